@@ -1,0 +1,263 @@
+"""Dataset configuration: everything dataset-specific lives in YAML, validated by these models.
+
+A user's own dataset goes in through a file like ``configs/flights.yaml``: tables and where they
+come from, a data contract per table, joins, the time column, the target, the features and the
+training search space. No pipeline code names a flights column. Strings in the YAML may use
+``${ENV_VAR}`` so that secrets (database URLs, API tokens) stay in the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+
+from tasks.errors import BadInput
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DTYPES = ("int64", "float64", "string", "bool", "date", "datetime")
+
+
+class ConfigError(BadInput):
+    """The dataset configuration is wrong; the message names the file, the field and the fix."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- sources -------------------------------------------------------------------------------------
+class FileSource(Strict):
+    """Parquet or CSV files: a store key, a local path or an s3:// URI; globs and hive partitions."""
+
+    kind: Literal["files"]
+    path: str = Field(description="store key (e.g. raw/flights), absolute path, or s3:// URI; may be a glob")
+    format: Literal["parquet", "csv"] = "parquet"
+    hive_partitioning: bool = False
+
+
+class SqlSource(Strict):
+    """Any SQLAlchemy URL; one query is one batch."""
+
+    kind: Literal["sql"]
+    url: str
+    query: str
+    timeout_seconds: float = 30.0
+
+
+class HttpPagination(Strict):
+    style: Literal["none", "page", "next_url"] = "none"
+    page_param: str = "page"
+    size_param: str = "page_size"
+    page_size: int = Field(500, ge=1)
+    next_url_field: str = "next"
+    max_pages: int = Field(10_000, ge=1)
+
+
+class HttpSource(Strict):
+    """A JSON API returning records, optionally paginated; one full read is one batch."""
+
+    kind: Literal["http"]
+    url: str
+    records_field: str | None = Field(None, description="field holding the list of records; None: the body is the list")
+    params: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    pagination: HttpPagination = HttpPagination()
+    timeout_seconds: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0)
+
+
+Source = Annotated[FileSource | SqlSource | HttpSource, Field(discriminator="kind")]
+
+
+# --- contracts -----------------------------------------------------------------------------------
+class ColumnContract(Strict):
+    dtype: Literal["int64", "float64", "string", "bool", "date", "datetime"]
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str | int | float] | None = None
+
+
+class TableContract(Strict):
+    columns: dict[str, ColumnContract]
+    unique: list[str] = Field([], description="columns that together identify a row")
+    extra_columns: Literal["error", "ignore"] = "error"
+    min_rows: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _unique_columns_exist(self) -> "TableContract":
+        missing = [c for c in self.unique if c not in self.columns]
+        if missing:
+            raise ValueError(f"unique names columns not in the contract: {missing}")
+        return self
+
+
+class TableConfig(Strict):
+    source: Source
+    contract: TableContract
+
+
+# --- preparation ---------------------------------------------------------------------------------
+class JoinConfig(Strict):
+    """A left join of another table onto the base table; the right side is de-duplicated on its keys."""
+
+    table: str
+    left_on: list[str]
+    right_on: list[str]
+    columns: list[str] | None = Field(None, description="right-hand columns to keep (default: all but keys)")
+    prefix: str = ""
+
+    @model_validator(mode="after")
+    def _same_key_count(self) -> "JoinConfig":
+        if len(self.left_on) != len(self.right_on):
+            raise ValueError(f"join {self.table}: left_on and right_on need the same number of columns")
+        return self
+
+
+class TimeConfig(Strict):
+    column: str
+    format: str | None = Field(None, description="strptime format when the column is a string")
+    timezone: str = Field("UTC", description="zone in which calendar parts (hour, weekday) are taken")
+    parts: list[Literal["hour", "weekday", "month", "day", "minute"]] = ["hour", "weekday", "month"]
+
+
+class TargetConfig(Strict):
+    name: str
+    expression: str = Field(description="Polars SQL expression giving the boolean label")
+    requires: list[str] = Field([], description="columns that must be non-null for a row to have a label")
+
+
+class FeatureConfig(Strict):
+    numeric: list[str] = []
+    categorical: list[str] = []
+    derived: dict[str, str] = Field({}, description="name -> row-local Polars SQL expression (numeric)")
+    clip_quantiles: tuple[float, float] = (0.001, 0.999)
+    min_category_count: int = Field(20, ge=1)
+
+
+class WindowConfig(Strict):
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+class SplitConfig(Strict):
+    valid_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    cv_folds: int = Field(3, ge=0, le=10)
+
+
+class SearchDimension(Strict):
+    low: float
+    high: float
+    log: bool = False
+    integer: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "SearchDimension":
+        if self.low > self.high:
+            raise ValueError(f"search dimension low={self.low} is above high={self.high}")
+        return self
+
+
+class TrainingConfig(Strict):
+    params: dict[str, Any] = {}
+    search_space: dict[str, SearchDimension] = {}
+    n_trials: int = Field(4, ge=1, le=200)
+    num_boost_round: int = Field(500, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    threshold: float = Field(0.5, gt=0, lt=1, description="probability above which the label is positive")
+    seed: int = 13
+
+
+class DatasetConfig(Strict):
+    name: str
+    model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    base_table: str
+    tables: dict[str, TableConfig]
+    joins: list[JoinConfig] = []
+    time: TimeConfig
+    target: TargetConfig
+    features: FeatureConfig
+    window: WindowConfig = WindowConfig()
+    split: SplitConfig = SplitConfig()
+    slices: list[str] = []
+    training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> "DatasetConfig":
+        if self.base_table not in self.tables:
+            raise ValueError(f"base_table {self.base_table!r} is not one of the tables {sorted(self.tables)}")
+        for join in self.joins:
+            if join.table not in self.tables:
+                raise ValueError(f"join table {join.table!r} is not one of the tables {sorted(self.tables)}")
+        overlap = set(self.features.numeric) & set(self.features.categorical)
+        if overlap:
+            raise ValueError(f"columns are both numeric and categorical features: {sorted(overlap)}")
+        leaked = {self.target.name, *self.target.requires} & set(self.feature_names)
+        if leaked:
+            raise ValueError(f"target columns must not be features: {sorted(leaked)}")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model columns in their fixed order."""
+        time_parts = [f"{self.time.column}_{p}" for p in self.time.parts]
+        return [*self.features.numeric, *self.features.derived, *time_parts, *self.features.categorical]
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, where: str, defaults: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name in os.environ:
+                return os.environ[name]
+            if name in defaults:
+                return defaults[name]
+            raise ConfigError(f"{where}: environment variable {name} is not set (used as ${{{name}}})")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}", defaults) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", defaults) for i, v in enumerate(value)]
+    return value
+
+
+def load_dataset_config(path: str | Path, defaults: dict[str, str] | None = None) -> DatasetConfig:
+    """Read and validate a dataset config; errors name the file and the field.
+
+    ``${VAR}`` in strings is taken from the environment, else from ``defaults`` (the settings'
+    own values such as ``DRIFTLOOP_SOURCES_DIR``), else it is an error naming the variable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"dataset config {path} does not exist; set DRIFTLOOP_DATASET_CONFIG or pass dataset_config")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level")
+    raw = _expand_env(raw, path.name, defaults or {})
+    try:
+        return DatasetConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            hint = " (unknown field: check its spelling)" if err["type"] == "extra_forbidden" else ""
+            problems.append(f"  - {loc or '<top>'}: {err['msg']}{hint}")
+        raise ConfigError(f"{path} is not a valid dataset config:\n" + "\n".join(problems)) from None

@@ -1,0 +1,283 @@
+"""Ingestion: find the batches each source offers, validate the new ones, keep the good ones.
+
+A *batch* is the unit of incremental ingestion and of quarantine: one file (or hive partition) of a
+file source, one full query result of a SQL source, one full read of an HTTP API. Batches are
+identified by content (file etag, or a hash of the fetched rows), so a run reads only batches it has
+not seen before (unless ``rebuild``), and a changed file is a new batch.
+
+Query and API results are landed in the raw zone as Parquet before validation, so every batch, good
+or bad, has its raw bytes in the store. Bad batches are copied to ``quarantine/<table>/<batch>/``
+with a JSON report; nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import BaseModel
+
+from tasks.config import FileSource, HttpSource, SqlSource, TableConfig
+from tasks.errors import BadInput, SourceUnavailable
+from tasks.settings import Settings
+from tasks.store import ArtifactStore, LocalStore, S3Store, open_store
+from tasks.validate import DataContractError, ValidationReport, validate_batch
+
+_GLOB = re.compile(r"[*?\[]")
+
+
+class BatchRef(BaseModel):
+    """Where one batch's raw bytes are and what they are; ``batch_id`` changes when content does."""
+
+    table: str
+    batch_id: str
+    store_uri: str
+    key: str
+    format: Literal["parquet", "csv"]
+    partition: dict[str, str] = {}
+    fingerprint: str
+
+
+class IngestedTable(BaseModel):
+    """The validated batches a table consists of now, and what this run did."""
+
+    table: str
+    valid_keys: list[str]
+    rows: int
+    new_batches: int
+    reused_batches: int
+    quarantined: list[str]  # quarantine keys of batches left out
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+
+
+def _hive_values(key: str) -> dict[str, str]:
+    return dict(seg.split("=", 1) for seg in key.split("/")[:-1] if "=" in seg)
+
+
+def _source_store(path: str, store: ArtifactStore, settings: Settings) -> tuple[ArtifactStore, str]:
+    """The store holding ``path`` and the path relative to it (store key, absolute path, or s3://)."""
+    if path.startswith("s3://"):
+        bucket = path.removeprefix("s3://").split("/", 1)[0]
+        return S3Store(f"s3://{bucket}", settings), path.removeprefix(f"s3://{bucket}").lstrip("/")
+    if path.startswith("/"):
+        base = Path(_GLOB.split(path, 1)[0]).parent if _GLOB.search(path) else Path(path).parent
+        return LocalStore(base), str(Path(path).relative_to(base))
+    if "://" in path:
+        raise BadInput(f"file source path {path!r}: use a store key, an absolute path or s3://")
+    return store, path.strip("/")
+
+
+def discover_file_batches(table: str, source: FileSource, store: ArtifactStore, settings: Settings) -> list[BatchRef]:
+    src_store, rel = _source_store(source.path, store, settings)
+    if _GLOB.search(rel):
+        prefix = _GLOB.split(rel, 1)[0].rsplit("/", 1)[0] if "/" in _GLOB.split(rel, 1)[0] else ""
+        keys = [k for k in src_store.list(prefix) if fnmatch.fnmatch(k, rel)]
+    else:
+        keys = src_store.list(rel)
+    ext = ".parquet" if source.format == "parquet" else ".csv"
+    keys = [k for k in keys if k.endswith(ext) or k.endswith(ext + ".gz")]
+    if not keys:
+        raise SourceUnavailable(
+            f"table {table!r}: no {source.format} files at {source.path!r} in {src_store.uri}. "
+            "Land data first (make demo does: python -m flows.land) or fix tables."
+            f"{table}.source.path in the dataset config."
+        )
+    refs = []
+    for key in keys:
+        etag = src_store.etag(key) or ""
+        refs.append(
+            BatchRef(
+                table=table, batch_id=_hash(table, src_store.uri, key, etag), store_uri=src_store.uri, key=key,
+                format=source.format, partition=_hive_values(key) if source.hive_partitioning else {},
+                fingerprint=etag,
+            )
+        )
+    return refs
+
+
+def _land_frame(table: str, kind: str, df: pl.DataFrame, store: ArtifactStore) -> BatchRef:
+    """Write a fetched result to the raw zone under its content hash; the batch points at it."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd")
+    digest = hashlib.sha256(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.schema).encode()).hexdigest()[:16]
+    key = f"raw/{table}/{kind}-{digest}.parquet"
+    if not store.exists(key):
+        store.write_bytes(key, buf.getvalue())
+    return BatchRef(table=table, batch_id=_hash(table, key), store_uri=store.uri, key=key, format="parquet", fingerprint=digest)
+
+
+def fetch_sql(table: str, source: SqlSource) -> pl.DataFrame:
+    """Run the configured query; unreachable databases raise SourceUnavailable naming table and URL."""
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(source.url)
+    except sa.exc.ArgumentError as exc:
+        raise BadInput(f"table {table!r}: source.url is not a SQLAlchemy URL: {exc}") from None
+    shown = url.render_as_string(hide_password=True)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        if not Path(url.database).is_file():
+            raise SourceUnavailable(f"table {table!r}: SQLite database {url.database} does not exist (url {shown})")
+    connect_args = {"timeout": source.timeout_seconds} if url.get_backend_name() == "sqlite" else {}
+    engine = sa.create_engine(url, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            return pl.read_database(sa.text(source.query), connection=conn, infer_schema_length=None)
+    except sa.exc.OperationalError as exc:
+        raise SourceUnavailable(f"table {table!r}: database {shown} unreachable or query failed: {exc.orig}") from None
+    except sa.exc.ProgrammingError as exc:
+        raise BadInput(f"table {table!r}: query failed on {shown}: {exc.orig}") from None
+    finally:
+        engine.dispose()
+
+
+def fetch_http(table: str, source: HttpSource) -> pl.DataFrame:
+    """Read every page of a JSON API into one frame."""
+    import httpx
+
+    records: list[dict[str, Any]] = []
+    url: str | None = source.url
+    params = dict(source.params)
+    if source.pagination.style == "page":
+        params[source.pagination.size_param] = str(source.pagination.page_size)
+        params[source.pagination.page_param] = "1"
+    transport = httpx.HTTPTransport(retries=source.retries)
+    with httpx.Client(timeout=source.timeout_seconds, headers=source.headers, transport=transport) as client:
+        for page_no in range(1, source.pagination.max_pages + 1):
+            try:
+                resp = client.get(url, params=params)
+            except httpx.HTTPError as exc:
+                raise SourceUnavailable(f"table {table!r}: GET {url} failed: {exc!r}") from None
+            if resp.status_code >= 500 or resp.status_code == 429:
+                raise SourceUnavailable(f"table {table!r}: GET {resp.url} answered {resp.status_code}")
+            if resp.status_code >= 400:
+                raise BadInput(f"table {table!r}: GET {resp.url} answered {resp.status_code}: {resp.text[:200]}")
+            try:
+                body = resp.json()
+            except ValueError:
+                raise BadInput(f"table {table!r}: GET {resp.url} did not return JSON: {resp.text[:200]!r}") from None
+            page = body if source.records_field is None else (body.get(source.records_field) if isinstance(body, dict) else None)
+            if not isinstance(page, list):
+                where = f"field {source.records_field!r}" if source.records_field else "the response body"
+                raise BadInput(f"table {table!r}: {where} of {resp.url} is not a list of records; set records_field")
+            records.extend(page)
+            style = source.pagination.style
+            if style == "none":
+                break
+            if style == "page":
+                if len(page) < source.pagination.page_size:
+                    break
+                params[source.pagination.page_param] = str(page_no + 1)
+            elif style == "next_url":
+                url = body.get(source.pagination.next_url_field) if isinstance(body, dict) else None
+                params = {}
+                if not url:
+                    break
+        else:
+            raise SourceUnavailable(f"table {table!r}: more than {source.pagination.max_pages} pages; raise pagination.max_pages")
+    return pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
+
+
+def discover_batches(table: str, table_cfg: TableConfig, store: ArtifactStore, settings: Settings) -> list[BatchRef]:
+    """The batches the table's source offers now (query and API results are landed first)."""
+    source = table_cfg.source
+    if isinstance(source, FileSource):
+        return discover_file_batches(table, source, store, settings)
+    if isinstance(source, SqlSource):
+        return [_land_frame(table, "sql", fetch_sql(table, source), store)]
+    if isinstance(source, HttpSource):
+        return [_land_frame(table, "http", fetch_http(table, source), store)]
+    raise BadInput(f"table {table!r}: unknown source kind {getattr(source, 'kind', source)!r}")
+
+
+def read_batch(ref: BatchRef, data: bytes) -> pl.DataFrame:
+    """Parse a batch's bytes; CSV is read as text so the contract, not a guess, decides types."""
+    if ref.format == "parquet":
+        df = pl.read_parquet(io.BytesIO(data))
+    else:
+        df = pl.read_csv(io.BytesIO(data), infer_schema=False, null_values=["", "NA"])
+    if ref.partition:
+        df = df.with_columns(pl.lit(v).alias(k) for k, v in ref.partition.items() if k not in df.columns)
+    return df
+
+
+def _quarantine(store: ArtifactStore, ref: BatchRef, report: ValidationReport, raw: bytes) -> str:
+    prefix = f"quarantine/{ref.table}/{ref.batch_id}"
+    ext = "parquet" if ref.format == "parquet" else "csv"
+    store.write_bytes(f"{prefix}/source.{ext}", raw)
+    store.write_json(f"{prefix}/report.json", {**report.model_dump(mode="json"), "source": ref.model_dump(), "message": report.summary()})
+    return prefix
+
+
+def ingest_batches(
+    table: str, refs: list[BatchRef], table_cfg: TableConfig, store: ArtifactStore, settings: Settings,
+    *, rebuild: bool = False, on_invalid: Literal["fail", "skip"] = "fail",
+) -> tuple[IngestedTable, list[ValidationReport]]:
+    """Validate batches not seen before; return the table's current valid batches.
+
+    Raises ``DataContractError`` (after quarantining) when a batch fails and ``on_invalid`` is fail.
+    """
+    state_key = f"state/ingest/{table}.json"
+    state: dict[str, Any] = {} if rebuild else (store.read_json(state_key) if store.exists(state_key) else {})
+    valid, quarantined, failed_reports = [], [], []
+    new = reused = rows = 0
+    for ref in refs:
+        entry = state.get(ref.batch_id)
+        if entry is None:
+            new += 1
+            src = store if ref.store_uri == store.uri else _store_for(ref.store_uri, settings)
+            raw = src.read_bytes(ref.key)
+            try:
+                df = read_batch(ref, raw)
+            except Exception as exc:  # noqa: BLE001 - any parse error means an unreadable batch
+                df = None
+                report = ValidationReport(table=table, batch=ref.key, rows=0)
+                report.failures.append(_unreadable(ref, exc))
+            if df is not None:
+                typed, report = validate_batch(df, table_cfg.contract, table, ref.key)
+            if report.ok:
+                vkey = f"validated/{table}/{ref.batch_id}.parquet"
+                store.write_parquet(vkey, typed.select(list(table_cfg.contract.columns)))
+                entry = {"status": "valid", "key": vkey, "rows": typed.height, "source": ref.key}
+            else:
+                qkey = _quarantine(store, ref, report, raw)
+                entry = {"status": "quarantined", "key": qkey, "rows": report.rows, "source": ref.key,
+                         "message": report.summary()}
+                failed_reports.append(report)
+            state[ref.batch_id] = entry
+        else:
+            reused += 1
+            if entry["status"] == "quarantined":
+                failed_reports.append(ValidationReport.model_validate(store.read_json(entry["key"] + "/report.json")))
+        if entry["status"] == "valid":
+            valid.append(entry["key"])
+            rows += entry["rows"]
+        else:
+            quarantined.append(entry["key"])
+    store.write_json(state_key, state)
+    result = IngestedTable(table=table, valid_keys=valid, rows=rows, new_batches=new, reused_batches=reused, quarantined=quarantined)
+    if failed_reports and on_invalid == "fail":
+        raise DataContractError(failed_reports[0], quarantined[0] if quarantined else None)
+    if not valid:
+        raise BadInput(f"table {table!r}: no valid batches ({len(quarantined)} quarantined); see {quarantined[:3]}")
+    return result, failed_reports
+
+
+def _store_for(uri: str, settings: Settings) -> ArtifactStore:
+    return open_store(settings.model_copy(update={"store_uri": uri}))
+
+
+def _unreadable(ref: BatchRef, exc: Exception):
+    from tasks.validate import ContractFailure
+
+    return ContractFailure(column=None, rule=f"unreadable {ref.format}: {type(exc).__name__}: {str(exc)[:300]}",
+                           failing_rows=0, examples=[])

@@ -1,0 +1,84 @@
+"""The one typed place for driftloop's settings.
+
+Every knob the pipeline reads at run time lives here, with a ``DRIFTLOOP_`` environment override
+(nested fields use ``__``, e.g. ``DRIFTLOOP_GATE__MIN_AUC_GAIN=0.01``). Laptop and cloud differ only
+in these values: ``store_uri`` is a local path or ``s3://bucket/prefix``; W&B is offline unless a key
+is set. Nothing else in the code base reads the environment for configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from tasks.config import DatasetConfig
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class S3Settings(BaseModel):
+    """How to reach S3. Empty endpoint means AWS itself; tests point it at a moto server."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+
+class TrackingSettings(BaseModel):
+    """Weights & Biases. ``offline`` writes run files locally and needs no account."""
+
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "driftloop"
+    entity: str | None = None
+    dir: Path = PROJECT_DIR / ".driftloop" / "wandb"
+
+
+class GateSettings(BaseModel):
+    """Promotion thresholds: a new model replaces the champion only if it is clearly better."""
+
+    min_auc_gain: float = Field(0.002, ge=0.0, le=1.0, description="ROC-AUC margin over the champion")
+    min_test_rows: int = Field(1000, ge=1)
+
+
+class Settings(BaseSettings):
+    """driftloop settings; construct with ``Settings()`` (reads env) and pass down explicitly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="forbid", env_file=None
+    )
+
+    store_uri: str = Field(
+        str(PROJECT_DIR / ".driftloop" / "store"),
+        description="Artifact store root: a local directory or s3://bucket/prefix",
+    )
+    dataset_config: Path = Field(
+        PROJECT_DIR / "configs" / "flights.yaml", description="Dataset configuration (YAML)"
+    )
+    sources_dir: Path = Field(
+        PROJECT_DIR / ".driftloop" / "sources",
+        description="Where the demo lands its SQLite source database",
+    )
+    bentoml_home: Path = PROJECT_DIR / ".driftloop" / "bentoml"
+    on_invalid: Literal["fail", "skip"] = Field(
+        "fail", description="A batch failing its contract stops the flow (fail) or is left out (skip)"
+    )
+    work_pool: str = "driftloop-local"
+    s3: S3Settings = S3Settings()
+    tracking: TrackingSettings = TrackingSettings()
+    gate: GateSettings = GateSettings()
+
+    @property
+    def is_s3(self) -> bool:
+        return self.store_uri.startswith("s3://")
+
+    def load_dataset(self, path: Path | str | None = None) -> "DatasetConfig":
+        """The dataset config at ``path`` (default: ``dataset_config``), ``${DRIFTLOOP_*}`` filled in."""
+        from tasks.config import load_dataset_config
+
+        defaults = {"DRIFTLOOP_SOURCES_DIR": str(self.sources_dir), "DRIFTLOOP_STORE_URI": self.store_uri}
+        return load_dataset_config(path or self.dataset_config, defaults)
