@@ -266,7 +266,7 @@ def ingest_batches(
     store.write_json(state_key, state)
     result = IngestedTable(table=table, valid_keys=valid, rows=rows, new_batches=new, reused_batches=reused, quarantined=quarantined)
     if failed_reports and on_invalid == "fail":
-        raise DataContractError(failed_reports[0], quarantined[0] if quarantined else None)
+        raise DataContractError(failed_reports, quarantined)
     if not valid:
         raise BadInput(f"table {table!r}: no valid batches ({len(quarantined)} quarantined); see {quarantined[:3]}")
     return result, failed_reports
@@ -281,3 +281,37 @@ def _unreadable(ref: BatchRef, exc: Exception):
 
     return ContractFailure(column=None, rule=f"unreadable {ref.format}: {type(exc).__name__}: {str(exc)[:300]}",
                            failing_rows=0, examples=[])
+
+
+# --- Prefect tasks ---------------------------------------------------------------------------------
+from prefect.artifacts import create_table_artifact  # noqa: E402
+
+from tasks.orchestration import cached_task, io_task, publish  # noqa: E402
+
+
+@io_task(name="discover-batches", task_run_name="discover-{table}")
+def discover_table_batches(table: str, table_cfg: TableConfig, settings: Settings) -> list[BatchRef]:
+    """List (or fetch and land) the batches a table's source offers now. Never cached: sources change."""
+    return discover_batches(table, table_cfg, open_store(settings), settings)
+
+
+@cached_task(name="validate-batches", task_run_name="validate-{table}")
+def validate_table_batches(
+    table: str, refs: list[BatchRef], table_cfg: TableConfig, settings: Settings, rebuild: bool, on_invalid: str,
+) -> IngestedTable:
+    """Validate new batches against the contract; quarantine failures; cached on the batch fingerprints."""
+    result, reports = ingest_batches(table, refs, table_cfg, open_store(settings), settings, rebuild=rebuild,
+                                     on_invalid="skip")
+    if reports:
+        publish(
+            create_table_artifact,
+            key=f"quarantine-{table}".replace("_", "-").lower(),
+            table=[{"table": r.table, "batch": r.batch, "column": f.column or "(table)", "rule": f.rule,
+                    "failing_rows": f.failing_rows, "examples": str(f.examples[:3])}
+                   for r in reports for f in r.failures],
+            description=f"Batches of {table!r} that failed their contract and were quarantined "
+                        f"({len(result.quarantined)}): {', '.join(result.quarantined[:5])}",
+        )
+        if on_invalid == "fail":
+            raise DataContractError(reports, result.quarantined)
+    return result

@@ -60,17 +60,17 @@ class ValidationReport(BaseModel):
 
 
 class DataContractError(BadInput):
-    """A batch broke its contract; the batch is already in quarantine when this is raised."""
+    """Batches broke their contract; they are already in quarantine when this is raised."""
 
-    def __init__(self, report: ValidationReport, quarantine_key: str | None = None):
-        self.report = report
-        self.quarantine_key = quarantine_key
-        where = f"\nThe batch was quarantined at {quarantine_key}." if quarantine_key else ""
+    def __init__(self, reports: list[ValidationReport], quarantine_keys: list[str]):
+        self.reports = reports
+        self.quarantine_keys = quarantine_keys
+        where = f"\nQuarantined (nothing deleted): {', '.join(quarantine_keys)}" if quarantine_keys else ""
         super().__init__(
-            report.summary()
+            "\n".join(r.summary() for r in reports)
             + where
             + "\nFix the source (or the contract in the dataset config), or set DRIFTLOOP_ON_INVALID=skip"
-            " to train without this batch."
+            " (flow parameter on_invalid=skip) to train without these batches."
         )
 
 

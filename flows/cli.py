@@ -1,0 +1,36 @@
+"""Terminal output for people: rich summaries of what a flow did and where to look next."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+console = Console()
+
+
+def print_training_summary(summary, prefect_ui: str | None = None) -> None:
+    """A short, scannable summary of a training run."""
+    s = summary
+    table = Table(title=f"{s.model_name} v{s.version}", show_header=True, header_style="bold")
+    table.add_column("metric (test)")
+    table.add_column("model", justify="right")
+    table.add_column("baseline", justify="right")
+    for label, attr in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
+                        (f"precision @ {s.test.threshold}", "precision"), (f"recall @ {s.test.threshold}", "recall")):
+        table.add_row(label, f"{getattr(s.test, attr):.4f}", f"{getattr(s.baseline, attr):.4f}")
+    console.print(table)
+    lines = [
+        f"[bold]decision[/]: {s.decision} — {s.reason}",
+        f"[bold]dataset snapshot[/]: {s.snapshot_id} ({s.snapshot_rows} rows)",
+        f"[bold]time-series CV ROC-AUC[/]: {s.cv_auc_mean:.4f} ± {s.cv_auc_std:.4f}",
+        f"[bold]registry entry[/]: {s.registry_entry}",
+        f"[bold]model, profile, plots[/]: under {s.store_uri}/registry/{s.model_name}/",
+        f"[bold]W&B run[/]: {s.wandb_run or 'tracking disabled'}"
+        + ("  (offline: upload with `wandb sync <dir>`)" if s.wandb_run and "://" not in s.wandb_run else ""),
+    ]
+    if s.quarantined:
+        lines.append(f"[bold yellow]quarantined batches[/]: {', '.join(s.quarantined)}")
+    if prefect_ui:
+        lines.append(f"[bold]Prefect UI[/]: {prefect_ui}")
+    console.print(Panel("\n".join(lines), title="training run", expand=False))

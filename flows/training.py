@@ -1,0 +1,255 @@
+"""The training flow: raw tables to a registered, tracked, profiled model.
+
+Reads top to bottom as the story of one training run:
+
+1. ingest each table (discover batches, validate the new ones, quarantine failures);
+2. build the dataset snapshot (content-derived id; reused when inputs are unchanged);
+3. split by time and fit the feature transform on the training rows;
+4. search hyperparameters (trials mapped in parallel), then time-series CV of the best;
+5. train the candidate, evaluate it against a baseline and the current champion;
+6. profile its inputs and predictions (the drift reference), track everything in W&B;
+7. register the version, apply the promotion gate's decision, save it to the BentoML store.
+
+Run it: ``python flows/training.py --n_trials 6`` or ``prefect deployment run 'training/local'``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel, Field
+
+from tasks.config import DatasetConfig
+from tasks.evaluate import Metrics, evaluate_candidate, evaluate_champion, model_card
+from tasks.gate import decide_promotion
+from tasks.ingest import IngestedTable, discover_table_batches, validate_table_batches
+from tasks.orchestration import in_prefect_run, publish
+from tasks.profile import profile_reference
+from tasks.registry import apply_promotion_decision, git_commit, register_model_version, save_version_to_bentoml
+from tasks.settings import Settings
+from tasks.snapshot import build_dataset_snapshot
+from tasks.store import open_store
+from tasks.tracking import track_training
+from tasks.train import (
+    cross_validate_fold,
+    fit_transform_on_train,
+    run_trial,
+    sample_trial_params,
+    threads_per_fit,
+    train_final_model,
+)
+
+
+class TrainingParams(BaseModel):
+    """Everything a training run can be told; unset fields fall back to the dataset config / settings."""
+
+    dataset_config: str | None = Field(None, description="path of the dataset config YAML (default: settings)")
+    model_name: str | None = Field(None, description="registry name (default: the dataset config's model_name)")
+    n_trials: int | None = Field(None, ge=1, le=200, description="hyperparameter search trials")
+    cv_folds: int | None = Field(None, ge=0, le=10, description="time-series CV folds (0 = skip)")
+    window_start: datetime | None = Field(None, description="first time included (default: config window)")
+    window_end: datetime | None = Field(None, description="first time excluded (default: config window)")
+    rebuild: bool = Field(False, description="re-read every source batch, ignoring what was ingested before")
+    on_invalid: Literal["fail", "skip"] | None = Field(None, description="what a batch failing its contract does")
+    min_auc_gain: float | None = Field(None, ge=0, le=1, description="ROC-AUC margin needed to replace the champion")
+    seed: int | None = Field(None, description="random seed for search and LightGBM")
+
+
+class TrainingSummary(BaseModel):
+    model_name: str
+    version: int
+    decision: str
+    reason: str
+    snapshot_id: str
+    snapshot_rows: int
+    test: Metrics
+    baseline: Metrics
+    champion_before: int | None
+    cv_auc_mean: float
+    cv_auc_std: float
+    wandb_run: str | None
+    registry_entry: str
+    store_uri: str
+    quarantined: list[str]
+
+
+def resolve_config(params: TrainingParams, settings: Settings) -> DatasetConfig:
+    """The dataset config with this run's overrides applied, validated like the file itself."""
+    data = settings.load_dataset(params.dataset_config).model_dump()
+    if params.model_name:
+        data["model_name"] = params.model_name
+    if params.window_start:
+        data["window"]["start"] = params.window_start
+    if params.window_end:
+        data["window"]["end"] = params.window_end
+    if params.n_trials is not None:
+        data["training"]["n_trials"] = params.n_trials
+    if params.seed is not None:
+        data["training"]["seed"] = params.seed
+    if params.cv_folds is not None:
+        data["split"]["cv_folds"] = params.cv_folds
+    return DatasetConfig.model_validate(data)
+
+
+def _progress(artifact_id: str | None, value: float) -> None:
+    if artifact_id:
+        update_progress_artifact(artifact_id, progress=value)
+
+
+@flow(name="training", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
+    """Train, evaluate, register and (maybe) promote a model from the configured sources."""
+    logger = get_run_logger()
+    settings = Settings()
+    if params.on_invalid:
+        settings = settings.model_copy(update={"on_invalid": params.on_invalid})
+    if params.min_auc_gain is not None:
+        settings = settings.model_copy(update={"gate": settings.gate.model_copy(update={"min_auc_gain": params.min_auc_gain})})
+    config = resolve_config(params, settings)
+    model_name = config.model_name
+    progress = publish(create_progress_artifact, progress=0.0, key="training-progress",
+                       description=f"training {model_name}")
+
+    # 1. ingest: discover every table's batches, then validate the new ones (tables in parallel)
+    refs = {t: discover_table_batches.submit(t, cfg, settings) for t, cfg in config.tables.items()}
+    ingested: dict[str, IngestedTable] = {
+        t: validate_table_batches.submit(t, refs[t], cfg, settings, params.rebuild, settings.on_invalid)
+        for t, cfg in config.tables.items()
+    }
+    ingested = {t: f.result() for t, f in ingested.items()}
+    for t, r in ingested.items():
+        logger.info("table %s: %d rows in %d valid batches (%d new, %d reused, %d quarantined)",
+                    t, r.rows, len(r.valid_keys), r.new_batches, r.reused_batches, len(r.quarantined))
+    _progress(progress, 15)
+
+    # 2. snapshot, 3. split + transform
+    manifest = build_dataset_snapshot({t: r.valid_keys for t, r in ingested.items()}, config, settings)
+    logger.info("snapshot %s: %d rows, %s .. %s, positive rate %.3f", manifest.snapshot_id, manifest.rows,
+                manifest.time_min, manifest.time_max, manifest.positive_rate)
+    prepared = fit_transform_on_train(manifest, config, settings)
+    _progress(progress, 25)
+
+    # 4. search: trials in parallel, best by validation AUC; then time-series CV of the best
+    trial_params = sample_trial_params(config.training, config.training.n_trials, config.training.seed)
+    threads = threads_per_fit(2)
+    shared = [unmapped(x) for x in (manifest, prepared, config, settings, threads)]
+    trials = run_trial.map(list(range(len(trial_params))), trial_params, *shared).result()
+    best = max(trials, key=lambda r: r.valid_auc)
+    logger.info("search: %d trials, best validation AUC %.4f (%s)", len(trials), best.valid_auc, best.params)
+    _progress(progress, 55)
+    folds = list(range(config.split.cv_folds))
+    fold_aucs = cross_validate_fold.map(folds, unmapped(best.params), *shared).result() if folds else []
+    import numpy as np
+
+    cv = {"mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
+          "std": float(np.std(fold_aucs)) if fold_aucs else float("nan"), "folds": float(len(fold_aucs))}
+    _progress(progress, 70)
+
+    # 5. candidate, evaluation, champion on the same window, the gate
+    trained = train_final_model(best.params, manifest, prepared, config, settings)
+    candidate = evaluate_candidate(trained, manifest, prepared, config, settings)
+    champion = evaluate_champion(model_name, manifest, prepared, config, settings)
+    decision = decide_promotion(candidate.evaluation.test, champion, settings.gate)
+    _progress(progress, 80)
+
+    # 6. reference profile and experiment tracking
+    profile_key = profile_reference(trained, manifest, prepared, config, settings)
+    test = candidate.evaluation.test
+    run_config = {"model_name": model_name, "snapshot_id": manifest.snapshot_id, "git_commit": git_commit(),
+                  "params": best.params, "best_iteration": trained.fit.best_iteration, "dataset": config.name,
+                  "window": config.window.model_dump(mode="json"), "n_trials": len(trials)}
+    tracked = track_training(
+        settings, name=f"{model_name}-{manifest.snapshot_id}", group=f"train-{manifest.snapshot_id}", config=run_config,
+        model_key=trained.model_key, transform_json=prepared.transform.to_json(), history=trained.fit.history,
+        summary={**{f"test/{k}": v for k, v in test.model_dump().items()},
+                 **{f"baseline/{k}": v for k, v in candidate.evaluation.baseline.model_dump().items()},
+                 "cv/auc_mean": cv["mean"], "cv/auc_std": cv["std"]},
+        plot_keys=candidate.plot_keys, trials=[t.model_dump() for t in trials],
+        slices=[s.model_dump() for s in candidate.evaluation.slices],
+    )
+    _progress(progress, 88)
+
+    # 7. register, apply the decision, make it buildable as a bento
+    store = open_store(settings)
+    prefix = trained.model_key.rsplit("/", 1)[0]
+    transform_key = f"{prefix}/transform.json"
+    store.write_bytes(transform_key, prepared.transform.to_json().encode())
+    evaluation_key = f"{prefix}/evaluation.json"
+    store.write_json(evaluation_key, {"candidate": candidate.evaluation.model_dump(mode="json"), "cv": cv,
+                                      "champion": champion.model_dump(mode="json"), "decision": decision.model_dump()})
+    files = {"model.txt": trained.model_key, "transform.json": transform_key, "reference_profile.bin": profile_key,
+             "evaluation.json": evaluation_key, **{f"plots/{k}.png": v for k, v in candidate.plot_keys.items()}}
+    record = {"snapshot_id": manifest.snapshot_id, "wandb_run": tracked.path if tracked else None,
+              "git_commit": run_config["git_commit"], "params": best.params,
+              "metrics": {**{k: v for k, v in test.model_dump().items() if isinstance(v, float)},
+                          "cv_auc_mean": cv["mean"], "cv_auc_std": cv["std"]},
+              "test_window": candidate.evaluation.test_window, "feature_names": prepared.transform.feature_names,
+              "input_columns": prepared.transform.spec.input_columns}
+    version = register_model_version(model_name, files, record, settings)
+    aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, settings)
+    bento_tag = save_version_to_bentoml(model_name, version.version, settings)
+    logger.info("registered %s v%d as %s (%s); aliases now %s; BentoML model %s", model_name, version.version,
+                decision.outcome, decision.reason, aliases, bento_tag)
+
+    summary = TrainingSummary(
+        model_name=model_name, version=version.version, decision=decision.outcome, reason=decision.reason,
+        snapshot_id=manifest.snapshot_id, snapshot_rows=manifest.rows, test=test, baseline=candidate.evaluation.baseline,
+        champion_before=champion.version, cv_auc_mean=cv["mean"], cv_auc_std=cv["std"],
+        wandb_run=tracked.url or tracked.path if tracked else None,
+        registry_entry=store.url(f"registry/{model_name}/versions/{version.version:06d}.json"), store_uri=store.uri,
+        quarantined=[q for r in ingested.values() for q in r.quarantined],
+    )
+    _publish_artifacts(summary, candidate, champion, trained, store, cv, config)
+    _progress(progress, 100)
+    return summary
+
+
+def _publish_artifacts(summary, candidate, champion, trained, store, cv, config) -> None:
+    if not in_prefect_run():
+        return
+    key = summary.model_name.replace("_", "-")
+    rows = []
+    for name, attr in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
+                       ("precision", "precision"), ("recall", "recall")):
+        row = {"metric": name, "model": round(getattr(summary.test, attr), 5),
+               "baseline": round(getattr(summary.baseline, attr), 5)}
+        if champion.metrics:
+            row[f"champion v{champion.version}"] = round(getattr(champion.metrics, attr), 5)
+        rows.append(row)
+    create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Test metrics of {summary.model_name} v{summary.version}")
+    pngs = {k: store.read_bytes(v) for k, v in candidate.plot_keys.items()}
+    card = model_card(model_name=summary.model_name, version=summary.version, decision=summary.decision,
+                      reason=summary.reason, evaluation=candidate.evaluation, champion=champion.metrics,
+                      snapshot_id=summary.snapshot_id, params=trained.fit.params, cv=cv, wandb_url=summary.wandb_run,
+                      pngs=pngs)
+    create_markdown_artifact(key=f"{key}-model-card", markdown=card, description="Model card")
+    create_link_artifact(key=f"{key}-registry", link=_as_link(summary.registry_entry),
+                         link_text=f"registry entry v{summary.version}", description="Model registry entry")
+    if summary.wandb_run:
+        create_link_artifact(key=f"{key}-wandb", link=_as_link(summary.wandb_run), link_text="W&B run",
+                             description="Weights & Biases run (offline runs: upload with `wandb sync <dir>`)")
+
+
+def _as_link(location: str) -> str:
+    return location if "://" in location else Path(location).resolve().as_uri()
+
+
+if __name__ == "__main__":
+    from pydantic_settings import CliApp
+
+    from flows.cli import print_training_summary
+
+    cli_params = CliApp.run(TrainingParams)
+    print_training_summary(training(cli_params))

@@ -1,0 +1,242 @@
+"""Evaluation: test metrics, a trivial baseline, metrics per slice, plots and the model card.
+
+Metrics come from scikit-learn (no hand-rolled AUC). Plots are PNG bytes (matplotlib, Agg) so they
+can go to the artifact store, to W&B and, inlined, into the Prefect model card.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+
+class Metrics(BaseModel):
+    rows: int
+    positive_rate: float
+    roc_auc: float
+    pr_auc: float
+    log_loss: float
+    brier: float
+    precision: float
+    recall: float
+    threshold: float
+
+
+class SliceMetrics(BaseModel):
+    column: str
+    value: str
+    rows: int
+    positive_rate: float
+    roc_auc: float | None
+    log_loss: float
+
+
+class Evaluation(BaseModel):
+    test: Metrics
+    baseline: Metrics
+    slices: list[SliceMetrics]
+    test_window: tuple[str, str]
+
+
+def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> Metrics:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    label = (p >= threshold).astype(int)
+    two_classes = len(np.unique(y)) == 2
+    return Metrics(
+        rows=int(len(y)), positive_rate=float(np.mean(y)),
+        roc_auc=float(skm.roc_auc_score(y, p)) if two_classes else float("nan"),
+        pr_auc=float(skm.average_precision_score(y, p)) if two_classes else float("nan"),
+        log_loss=float(skm.log_loss(y, p, labels=[0, 1])), brier=float(skm.brier_score_loss(y, p)),
+        precision=float(skm.precision_score(y, label, zero_division=0)),
+        recall=float(skm.recall_score(y, label, zero_division=0)), threshold=threshold,
+    )
+
+
+def slice_metrics(frame: pl.DataFrame, columns: list[str], y: np.ndarray, p: np.ndarray, min_rows: int = 200) -> list[SliceMetrics]:
+    """Metrics per value of each slice column (values with fewer than ``min_rows`` rows are skipped)."""
+    out = []
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    for col in columns:
+        values = frame[col].cast(pl.String).fill_null("<missing>").to_numpy()
+        for value in sorted(set(values)):
+            mask = values == value
+            if mask.sum() < min_rows:
+                continue
+            ys, ps = y[mask], p[mask]
+            auc = float(skm.roc_auc_score(ys, ps)) if len(np.unique(ys)) == 2 else None
+            out.append(SliceMetrics(column=col, value=str(value), rows=int(mask.sum()), positive_rate=float(ys.mean()),
+                                    roc_auc=auc, log_loss=float(skm.log_loss(ys, ps, labels=[0, 1]))))
+    return out
+
+
+def evaluate_predictions(frame: pl.DataFrame, y: np.ndarray, p: np.ndarray, base_rate: float, threshold: float,
+                         slices: list[str], time_column: str) -> Evaluation:
+    times = frame[time_column]
+    return Evaluation(
+        test=binary_metrics(y, p, threshold),
+        baseline=binary_metrics(y, np.full_like(p, base_rate), threshold),
+        slices=slice_metrics(frame, slices, y, p),
+        test_window=(str(times.min()), str(times.max())),
+    )
+
+
+def plot_pngs(y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> dict[str, bytes]:
+    """ROC, precision-recall, calibration and feature-importance plots as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pngs: dict[str, bytes] = {}
+
+    def save(fig: Any, name: str) -> None:
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        pngs[name] = buf.getvalue()
+
+    fpr, tpr, _ = skm.roc_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(fpr, tpr, label=f"model (AUC {skm.roc_auc_score(y, p):.3f})")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="baseline")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (test)")
+    ax.legend(loc="lower right")
+    save(fig, "roc")
+
+    prec, rec, _ = skm.precision_recall_curve(y, p)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(rec, prec, label=f"model (AP {skm.average_precision_score(y, p):.3f})")
+    ax.axhline(float(np.mean(y)), ls="--", color="grey", label="baseline")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall (test)")
+    ax.legend(loc="upper right")
+    save(fig, "pr")
+
+    frac_pos, mean_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(mean_pred, frac_pos, "o-", label="model")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+    ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (test)")
+    ax.legend(loc="upper left")
+    save(fig, "calibration")
+
+    top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.barh([k for k, _ in top], [v for _, v in top])
+    ax.set(xlabel="total gain", title="Feature importance")
+    save(fig, "importance")
+    return pngs
+
+
+def png_data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def model_card(*, model_name: str, version: int | None, decision: str, reason: str, evaluation: Evaluation,
+               champion: Metrics | None, snapshot_id: str, params: dict[str, Any], cv: dict[str, float],
+               wandb_url: str | None, pngs: dict[str, bytes]) -> str:
+    """The model card as Markdown: what the model is, how good, compared with what, and why it was promoted."""
+    t, b = evaluation.test, evaluation.baseline
+    rows = [("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
+            (f"precision @ {t.threshold}", "precision"), (f"recall @ {t.threshold}", "recall")]
+    lines = [
+        f"# {model_name} v{version if version is not None else '?'}",
+        "",
+        f"**Decision: {decision}** — {reason}",
+        "",
+        f"- dataset snapshot: `{snapshot_id}`; test window {evaluation.test_window[0]} .. {evaluation.test_window[1]}"
+        f" ({t.rows} rows, positive rate {t.positive_rate:.3f})",
+        f"- time-series CV ROC-AUC: {cv.get('mean', float('nan')):.4f} ± {cv.get('std', float('nan')):.4f}"
+        f" over {int(cv.get('folds', 0))} folds",
+        f"- W&B run: {wandb_url or 'not tracked'}",
+        "",
+        "| metric | model | baseline (positive rate) |" + (" champion |" if champion else ""),
+        "|---|---|---|" + ("---|" if champion else ""),
+    ]
+    for label, attr in rows:
+        line = f"| {label} | {getattr(t, attr):.4f} | {getattr(b, attr):.4f} |"
+        if champion:
+            line += f" {getattr(champion, attr):.4f} |"
+        lines.append(line)
+    lines += ["", "## Parameters", "", "```", *(f"{k}: {v}" for k, v in sorted(params.items())), "```", "",
+              "## Slices (test)", "", "| column | value | rows | positive rate | ROC-AUC |", "|---|---|---|---|---|"]
+    for s in evaluation.slices:
+        auc = f"{s.roc_auc:.4f}" if s.roc_auc is not None else "n/a"
+        lines.append(f"| {s.column} | {s.value} | {s.rows} | {s.positive_rate:.3f} | {auc} |")
+    lines += ["", "## Plots", ""]
+    for name, png in pngs.items():
+        lines.append(f"![{name}]({png_data_uri(png)})")
+    return "\n".join(lines)
+
+
+# --- Prefect tasks ---------------------------------------------------------------------------------
+from tasks.config import DatasetConfig  # noqa: E402
+from tasks.orchestration import cached_task, io_task  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+from tasks.snapshot import SnapshotManifest  # noqa: E402
+from tasks.store import open_store  # noqa: E402
+from tasks.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
+
+
+class CandidateEvaluation(BaseModel):
+    evaluation: Evaluation
+    plot_keys: dict[str, str]
+
+
+@cached_task(name="evaluate-candidate")
+def evaluate_candidate(trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining,
+                       config: DatasetConfig, settings: Settings) -> CandidateEvaluation:
+    """Test-window metrics, baseline, slices and plots for the candidate model."""
+    import lightgbm as lgb
+
+    store = open_store(settings)
+    X, y = load_matrix(store, manifest, prepared.transform, config.target.name)
+    booster = lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
+    start = prepared.split.valid_end
+    p = predict(booster, X[start:])
+    test_frame = store.read_parquet(manifest.data_key).slice(start)
+    evaluation = evaluate_predictions(test_frame, y[start:], p, prepared.base_rate, config.training.threshold,
+                                      config.slices, config.time.column)
+    plot_prefix = trained.model_key.rsplit("/", 1)[0] + "/plots"
+    keys = {}
+    for name, png in plot_pngs(y[start:], p, trained.importance).items():
+        keys[name] = f"{plot_prefix}/{name}.png"
+        store.write_bytes(keys[name], png)
+    return CandidateEvaluation(evaluation=evaluation, plot_keys=keys)
+
+
+class ChampionEvaluation(BaseModel):
+    version: int | None
+    metrics: Metrics | None
+    note: str
+
+
+@io_task(name="evaluate-champion")
+def evaluate_champion(model_name: str, manifest: SnapshotManifest, prepared: PreparedTraining,
+                      config: DatasetConfig, settings: Settings) -> ChampionEvaluation:
+    """The current champion scored on the candidate's test window, with its own saved transform."""
+    from tasks.registry import Registry, RegistryError
+
+    store = open_store(settings)
+    registry = Registry(store, model_name)
+    try:
+        champion = registry.resolve("champion")
+    except RegistryError:
+        return ChampionEvaluation(version=None, metrics=None, note="no champion yet")
+    test = store.read_parquet(manifest.data_key).slice(prepared.split.valid_end)
+    try:
+        X = registry.load_transform(champion).to_matrix(test)
+    except Exception as exc:  # noqa: BLE001 - e.g. the champion needs columns this snapshot lacks
+        return ChampionEvaluation(version=champion.version, metrics=None,
+                                  note=f"champion v{champion.version} cannot score this snapshot: {exc}")
+    p = predict(registry.load_booster(champion), X)
+    y = test[config.target.name].to_numpy()
+    return ChampionEvaluation(version=champion.version, metrics=binary_metrics(y, p, config.training.threshold),
+                              note=f"champion v{champion.version} scored on the same test window")

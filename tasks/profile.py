@@ -1,0 +1,85 @@
+"""whylogs profiles: the reference profile of a model's training inputs and predictions.
+
+whylogs 1.6 is unmaintained upstream and predates numpy 2; ``import_whylogs`` applies the one shim
+it needs (``np.unicode_``) and turns its telemetry off before the first import. The profile stored
+with each model version is what monitoring compares live traffic against.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+
+def import_whylogs() -> Any:
+    """Import whylogs with the numpy-2 shim and no telemetry."""
+    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
+    if not hasattr(np, "unicode_"):
+        np.unicode_ = np.str_  # removed in numpy 2; whylogs 1.6 still references it
+    import whylogs as why
+
+    return why
+
+
+def profile_frame(df: pl.DataFrame) -> Any:
+    """A whylogs ``DatasetProfileView`` of a Polars frame (whylogs reads pandas only)."""
+    why = import_whylogs()
+    pdf = df.with_columns(
+        pl.col(c).cast(pl.String) for c, t in df.schema.items() if isinstance(t, (pl.Datetime, pl.Date, pl.Categorical))
+    ).to_pandas()
+    return why.log(pdf).view()
+
+
+def reference_profile_bytes(inputs: pl.DataFrame, predictions: np.ndarray, time_column: str) -> bytes:
+    """Serialised profile of the model's raw inputs (without the time column) plus ``prediction``."""
+    frame = inputs.drop(time_column, strict=False).with_columns(pl.Series("prediction", predictions))
+    return profile_frame(frame).serialize()
+
+
+def load_profile(data: bytes) -> Any:
+    import_whylogs()
+    from whylogs.core import DatasetProfileView
+
+    return DatasetProfileView.deserialize(data)
+
+
+def profile_summary(view: Any) -> dict[str, dict[str, float]]:
+    """count / null count / mean per column, a compact check that a profile holds what we think."""
+    pdf = view.to_pandas()
+    out = {}
+    for col, row in pdf.iterrows():
+        out[str(col)] = {
+            "count": float(row.get("counts/n", np.nan)),
+            "nulls": float(row.get("counts/null", np.nan)),
+            "mean": float(row.get("distribution/mean", np.nan)) if "distribution/mean" in row else float("nan"),
+        }
+    return out
+
+
+# --- Prefect tasks ---------------------------------------------------------------------------------
+from tasks.config import DatasetConfig  # noqa: E402
+from tasks.orchestration import cached_task  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+from tasks.snapshot import SnapshotManifest  # noqa: E402
+from tasks.store import open_store  # noqa: E402
+from tasks.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
+
+
+@cached_task(name="profile-reference")
+def profile_reference(trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining,
+                      config: DatasetConfig, settings: Settings) -> str:
+    """Profile the training rows' raw inputs and the model's predictions; return the profile's key."""
+    import lightgbm as lgb
+
+    store = open_store(settings)
+    X, _ = load_matrix(store, manifest, prepared.transform, config.target.name)
+    end = prepared.split.train_end
+    booster = lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
+    inputs = store.read_parquet(manifest.data_key).slice(0, end).select(prepared.transform.spec.input_columns)
+    data = reference_profile_bytes(inputs, predict(booster, X[:end]), config.time.column)
+    key = trained.model_key.rsplit("/", 1)[0] + "/reference_profile.bin"
+    store.write_bytes(key, data)
+    return key

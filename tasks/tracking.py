@@ -1,0 +1,113 @@
+"""Experiment tracking with Weights & Biases: one run per training, trials grouped beside it.
+
+Offline by default (``DRIFTLOOP_TRACKING__MODE=offline``): runs land as files under the tracking dir
+and can be uploaded later with ``wandb sync``. Online when ``WANDB_API_KEY`` is set and the mode is
+``online``. Runs are created after the work is done, from its results, so parallel trials never
+share a W&B process and a retry never leaves a half-logged run behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from tasks.settings import Settings
+
+
+class TrackedRun(BaseModel):
+    run_id: str
+    path: str  # entity/project/run_id online, or the offline run directory
+    url: str | None
+    group: str
+
+
+def _wandb(settings: Settings) -> Any:
+    """Import wandb with every directory it writes under the tracking dir, never $HOME."""
+    base = Path(settings.tracking.dir)
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
+                     ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
+        os.environ.setdefault(var, str(base / sub))
+        Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    import wandb
+
+    return wandb
+
+
+def _init(settings: Settings, **kwargs: Any) -> Any:
+    wandb = _wandb(settings)
+    return wandb.init(
+        project=settings.tracking.project, entity=settings.tracking.entity, mode=settings.tracking.mode,
+        dir=os.environ["WANDB_DIR"], reinit="create_new", settings=wandb.Settings(console="off", silent=True),
+        **kwargs,
+    )
+
+
+def log_training_run(
+    settings: Settings, *, name: str, group: str, config: dict[str, Any], history: dict[str, dict[str, list[float]]],
+    summary: dict[str, float], pngs: dict[str, bytes], model_file: Path, transform_json: str,
+    trials: list[dict[str, Any]], slices: list[dict[str, Any]],
+) -> TrackedRun | None:
+    """Log the training run (config, per-iteration curves, metrics, plots, model artifact) and its trials."""
+    if settings.tracking.mode == "disabled":
+        return None
+    wandb = _wandb(settings)
+    for i, trial in enumerate(trials):
+        trial_run = _init(settings, name=f"{name}-trial-{i}", group=group, job_type="hpo-trial",
+                          config={**trial["params"], "trial": i})
+        for step, (auc, loss) in enumerate(zip(trial["history"]["valid"]["auc"], trial["history"]["valid"]["binary_logloss"])):
+            trial_run.log({"valid/auc": auc, "valid/logloss": loss}, step=step)
+        trial_run.summary.update({"valid_auc": trial["valid_auc"], "best_iteration": trial["best_iteration"]})
+        trial_run.finish()
+
+    run = _init(settings, name=name, group=group, job_type="train", config=config)
+    train_h, valid_h = history.get("train", {}), history.get("valid", {})
+    for step in range(len(valid_h.get("auc", []))):
+        run.log({"train/auc": train_h["auc"][step], "train/logloss": train_h["binary_logloss"][step],
+                 "valid/auc": valid_h["auc"][step], "valid/logloss": valid_h["binary_logloss"][step]}, step=step)
+    from PIL import Image
+
+    run.log({f"plots/{k}": wandb.Image(Image.open(io.BytesIO(v)), caption=k) for k, v in pngs.items()})
+    run.log({"trials": wandb.Table(columns=["trial", "valid_auc", "best_iteration", "params"],
+                                   data=[[i, t["valid_auc"], t["best_iteration"], str(t["params"])] for i, t in enumerate(trials)])})
+    if slices:
+        cols = list(slices[0])
+        run.log({"slices": wandb.Table(columns=cols, data=[[s[c] for c in cols] for s in slices])})
+    run.summary.update(summary)
+    artifact = wandb.Artifact(name=f"{config['model_name']}", type="model", metadata={"snapshot_id": config["snapshot_id"]})
+    artifact.add_file(str(model_file), name="model.txt")
+    with artifact.new_file("transform.json") as fh:
+        fh.write(transform_json)
+    run.log_artifact(artifact)
+    url = run.url if settings.tracking.mode == "online" else None
+    path = f"{run.entity}/{run.project}/{run.id}" if settings.tracking.mode == "online" else str(Path(run.dir).parent)
+    result = TrackedRun(run_id=run.id, path=path, url=url, group=group)
+    run.finish()
+    return result
+
+
+# --- Prefect tasks ---------------------------------------------------------------------------------
+import tempfile  # noqa: E402
+
+from tasks.orchestration import cached_task  # noqa: E402
+from tasks.store import open_store  # noqa: E402
+
+
+@cached_task(name="track-in-wandb")
+def track_training(settings: Settings, name: str, group: str, config: dict[str, Any], model_key: str,
+                   transform_json: str, history: dict[str, dict[str, list[float]]], summary: dict[str, float],
+                   plot_keys: dict[str, str], trials: list[dict[str, Any]], slices: list[dict[str, Any]]) -> TrackedRun | None:
+    """One W&B run for this training (plus one per trial, grouped), built from the results."""
+    store = open_store(settings)
+    pngs = {k: store.read_bytes(v) for k, v in plot_keys.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = Path(tmp) / "model.txt"
+        model_file.write_bytes(store.read_bytes(model_key))
+        return log_training_run(settings, name=name, group=group, config=config, history=history, summary=summary,
+                                pngs=pngs, model_file=model_file, transform_json=transform_json, trials=trials,
+                                slices=slices)

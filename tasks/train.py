@@ -1,0 +1,230 @@
+"""Training: time-based splits, LightGBM with early stopping, search trials, time-series CV.
+
+Everything here is a deterministic function of its inputs (LightGBM runs with ``seed`` and
+``deterministic=True``, category codes come from the fitted transform), so Prefect can cache and
+retry these steps safely and two runs on the same snapshot give the same model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import polars as pl
+from pydantic import BaseModel
+
+from tasks.config import DatasetConfig, SearchDimension, TrainingConfig
+from tasks.errors import BadInput, SingleClassTarget
+from tasks.features import FittedTransform
+from tasks.snapshot import SnapshotManifest
+from tasks.store import ArtifactStore
+
+FIXED_PARAMS = {
+    "objective": "binary",
+    "metric": ["auc", "binary_logloss"],
+    "deterministic": True,
+    "force_row_wise": True,
+    "verbose": -1,
+}
+
+
+class TimeSplit(BaseModel):
+    """Row ranges of a time-sorted snapshot: [0, train_end) train, [train_end, valid_end) valid, rest test."""
+
+    train_end: int
+    valid_end: int
+    rows: int
+    valid_start_time: str
+    test_start_time: str
+
+    @property
+    def test_rows(self) -> int:
+        return self.rows - self.valid_end
+
+
+def time_split(times: pl.Series, target: pl.Series, valid_fraction: float, test_fraction: float) -> TimeSplit:
+    """Split at timestamps so that rows sharing a timestamp never straddle two splits."""
+    n = len(times)
+    cut_valid = times[min(n - 1, int(n * (1 - valid_fraction - test_fraction)))]
+    cut_test = times[min(n - 1, int(n * (1 - test_fraction)))]
+    train_end = int(times.search_sorted(cut_valid, side="left"))
+    valid_end = int(times.search_sorted(cut_test, side="left"))
+    split = TimeSplit(train_end=train_end, valid_end=valid_end, rows=n,
+                      valid_start_time=str(cut_valid), test_start_time=str(cut_test))
+    for name, lo, hi in (("train", 0, train_end), ("validation", train_end, valid_end), ("test", valid_end, n)):
+        if hi - lo == 0:
+            raise BadInput(f"the {name} split is empty ({n} rows); widen the window or change split fractions")
+        if target[lo:hi].n_unique() < 2:
+            raise SingleClassTarget(f"the {name} split ({hi - lo} rows) holds only one class; widen the window")
+    return split
+
+
+def make_split(df: pl.DataFrame, config: DatasetConfig) -> TimeSplit:
+    return time_split(df[config.time.column], df[config.target.name], config.split.valid_fraction, config.split.test_fraction)
+
+
+def sample_trial_params(training: TrainingConfig, n_trials: int, seed: int) -> list[dict[str, Any]]:
+    """Trial 0 is the configured params; the rest sample the search space (reproducible by seed)."""
+    rng = np.random.default_rng(seed)
+    trials = [dict(training.params)]
+    for _ in range(n_trials - 1):
+        params = dict(training.params)
+        for name, dim in sorted(training.search_space.items()):
+            params[name] = _sample(dim, rng)
+        trials.append(params)
+    return trials
+
+
+def _sample(dim: SearchDimension, rng: np.random.Generator) -> float | int:
+    if dim.log:
+        value = math.exp(rng.uniform(math.log(dim.low), math.log(dim.high)))
+    else:
+        value = rng.uniform(dim.low, dim.high)
+    return int(round(value)) if dim.integer else round(float(value), 6)
+
+
+def time_series_folds(n_rows: int, k: int) -> list[tuple[int, int, int]]:
+    """Expanding-window folds over rows [0, n_rows): (train_end, valid_start, valid_end) per fold."""
+    if k < 1:
+        return []
+    chunk = n_rows // (k + 1)
+    return [(chunk * (i + 1), chunk * (i + 1), chunk * (i + 2) if i < k - 1 else n_rows) for i in range(k)]
+
+
+def load_matrix(store: ArtifactStore, manifest: SnapshotManifest, transform: FittedTransform, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """The snapshot as (X, y); memoised per process, since trials and folds reuse the same matrix."""
+    key = (store.uri, manifest.data_key, transform.fingerprint(), target)
+    with _MATRICES_LOCK:
+        hit = _MATRICES.get(key)
+        if hit is None:
+            df = store.read_parquet(manifest.data_key)
+            hit = (transform.to_matrix(df), df[target].to_numpy().astype(np.float64))
+            _MATRICES.clear()  # keep one snapshot in memory at most
+            _MATRICES[key] = hit
+    return hit
+
+
+# A process-local memo of the last matrix (an optimisation only: the content is a pure function of
+# the key, so a fresh process recomputes the same thing).
+_MATRICES: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+_MATRICES_LOCK = threading.Lock()
+
+
+class FitResult(BaseModel):
+    params: dict[str, Any]
+    best_iteration: int
+    valid_auc: float
+    valid_logloss: float
+    history: dict[str, dict[str, list[float]]]
+
+
+def fit_lightgbm(
+    X: np.ndarray, y: np.ndarray, train: slice, valid: slice, params: dict[str, Any], transform: FittedTransform,
+    training: TrainingConfig, num_threads: int,
+) -> tuple[lgb.Booster, FitResult]:
+    """One LightGBM fit with early stopping on the validation rows."""
+    full = {**params, **FIXED_PARAMS, "seed": training.seed, "num_threads": num_threads}
+    names = transform.feature_names
+    dtrain = lgb.Dataset(X[train], label=y[train], feature_name=names, categorical_feature=transform.categorical_indices,
+                         free_raw_data=False, params={"verbose": -1})
+    dvalid = lgb.Dataset(X[valid], label=y[valid], reference=dtrain)
+    history: dict[str, dict[str, list[float]]] = {}
+    booster = lgb.train(
+        full, dtrain, num_boost_round=training.num_boost_round, valid_sets=[dtrain, dvalid], valid_names=["train", "valid"],
+        callbacks=[lgb.early_stopping(training.early_stopping_rounds, verbose=False), lgb.record_evaluation(history)],
+    )
+    best = booster.best_iteration or booster.current_iteration()
+    result = FitResult(
+        params=params, best_iteration=best, valid_auc=float(history["valid"]["auc"][best - 1]),
+        valid_logloss=float(history["valid"]["binary_logloss"][best - 1]),
+        history={k: {m: [float(x) for x in v] for m, v in d.items()} for k, d in history.items()},
+    )
+    return booster, result
+
+
+def model_key(model_text: str) -> str:
+    return f"models/candidates/{hashlib.sha256(model_text.encode()).hexdigest()[:16]}/model.txt"
+
+
+def predict(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
+    return booster.predict(X, num_iteration=booster.best_iteration or None)
+
+
+
+
+# --- Prefect tasks ---------------------------------------------------------------------------------
+import os  # noqa: E402
+
+from tasks.features import FeatureSpec, fit_feature_transform  # noqa: E402
+from tasks.orchestration import cached_task  # noqa: E402
+from tasks.settings import Settings  # noqa: E402
+from tasks.store import open_store  # noqa: E402
+
+
+class PreparedTraining(BaseModel):
+    transform: FittedTransform
+    split: TimeSplit
+    base_rate: float
+
+
+@cached_task(name="fit-feature-transform")
+def fit_transform_on_train(manifest: SnapshotManifest, config: DatasetConfig, settings: Settings) -> PreparedTraining:
+    """Split by time, then fit the feature transform on the training rows only (no test leakage)."""
+    df = open_store(settings).read_parquet(manifest.data_key)
+    split = make_split(df, config)
+    train = df.slice(0, split.train_end)
+    return PreparedTraining(transform=fit_feature_transform(train, FeatureSpec.from_config(config)), split=split,
+                            base_rate=float(train[config.target.name].mean()))
+
+
+def threads_per_fit(parallel: int) -> int:
+    return max(1, (os.cpu_count() or 2) // max(1, parallel))
+
+
+@cached_task(name="train-trial", task_run_name="trial-{trial}")
+def run_trial(trial: int, params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
+              config: DatasetConfig, settings: Settings, num_threads: int) -> FitResult:
+    """One search trial: train on the train split, early-stop and score on validation."""
+    X, y = load_matrix(open_store(settings), manifest, prepared.transform, config.target.name)
+    s = prepared.split
+    _, result = fit_lightgbm(X, y, slice(0, s.train_end), slice(s.train_end, s.valid_end), params,
+                             prepared.transform, config.training, num_threads)
+    return result
+
+
+@cached_task(name="cv-fold", task_run_name="cv-fold-{fold}")
+def cross_validate_fold(fold: int, params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
+                        config: DatasetConfig, settings: Settings, num_threads: int) -> float:
+    """Validation ROC-AUC of one expanding-window fold over train+validation rows."""
+    X, y = load_matrix(open_store(settings), manifest, prepared.transform, config.target.name)
+    train_end, valid_start, valid_end = time_series_folds(prepared.split.valid_end, config.split.cv_folds)[fold]
+    _, result = fit_lightgbm(X, y, slice(0, train_end), slice(valid_start, valid_end), params, prepared.transform,
+                             config.training, num_threads)
+    return result.valid_auc
+
+
+class TrainedModel(BaseModel):
+    model_key: str
+    fit: FitResult
+    importance: dict[str, float]
+
+
+@cached_task(name="train-final-model")
+def train_final_model(params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
+                      config: DatasetConfig, settings: Settings) -> TrainedModel:
+    """The candidate: best params, early-stopped on validation; saved as LightGBM text."""
+    store = open_store(settings)
+    X, y = load_matrix(store, manifest, prepared.transform, config.target.name)
+    s = prepared.split
+    booster, result = fit_lightgbm(X, y, slice(0, s.train_end), slice(s.train_end, s.valid_end), params,
+                                   prepared.transform, config.training, threads_per_fit(1))
+    text = booster.model_to_string(num_iteration=result.best_iteration)
+    key = model_key(text)
+    store.write_bytes(key, text.encode())
+    gains = booster.feature_importance(importance_type="gain", iteration=result.best_iteration)
+    return TrainedModel(model_key=key, fit=result,
+                        importance={n: float(g) for n, g in zip(prepared.transform.feature_names, gains)})
