@@ -15,10 +15,7 @@ Run it: ``python flows/training.py --n_trials 6`` or ``prefect deployment run 't
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
@@ -29,15 +26,20 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, Field
 
+from flows.schemas import TrainingParams, TrainingSummary
 from tasks.config import DatasetConfig
-from tasks.evaluate import Metrics, evaluate_candidate, evaluate_champion, model_card
+from tasks.evaluate import evaluate_candidate, evaluate_champion, model_card
 from tasks.gate import decide_promotion
 from tasks.ingest import IngestedTable, discover_table_batches, validate_table_batches
 from tasks.orchestration import in_prefect_run, publish
 from tasks.profile import profile_reference
-from tasks.registry import apply_promotion_decision, git_commit, register_model_version, save_version_to_bentoml
+from tasks.registry import (
+    apply_promotion_decision,
+    git_commit,
+    register_model_version,
+    save_version_to_bentoml,
+)
 from tasks.settings import Settings
 from tasks.snapshot import build_dataset_snapshot
 from tasks.store import open_store
@@ -50,39 +52,6 @@ from tasks.train import (
     threads_per_fit,
     train_final_model,
 )
-
-
-class TrainingParams(BaseModel):
-    """Everything a training run can be told; unset fields fall back to the dataset config / settings."""
-
-    dataset_config: str | None = Field(None, description="path of the dataset config YAML (default: settings)")
-    model_name: str | None = Field(None, description="registry name (default: the dataset config's model_name)")
-    n_trials: int | None = Field(None, ge=1, le=200, description="hyperparameter search trials")
-    cv_folds: int | None = Field(None, ge=0, le=10, description="time-series CV folds (0 = skip)")
-    window_start: datetime | None = Field(None, description="first time included (default: config window)")
-    window_end: datetime | None = Field(None, description="first time excluded (default: config window)")
-    rebuild: bool = Field(False, description="re-read every source batch, ignoring what was ingested before")
-    on_invalid: Literal["fail", "skip"] | None = Field(None, description="what a batch failing its contract does")
-    min_auc_gain: float | None = Field(None, ge=0, le=1, description="ROC-AUC margin needed to replace the champion")
-    seed: int | None = Field(None, description="random seed for search and LightGBM")
-
-
-class TrainingSummary(BaseModel):
-    model_name: str
-    version: int
-    decision: str
-    reason: str
-    snapshot_id: str
-    snapshot_rows: int
-    test: Metrics
-    baseline: Metrics
-    champion_before: int | None
-    cv_auc_mean: float
-    cv_auc_std: float
-    wandb_run: str | None
-    registry_entry: str
-    store_uri: str
-    quarantined: list[str]
 
 
 def resolve_config(params: TrainingParams, settings: Settings) -> DatasetConfig:
@@ -108,7 +77,7 @@ def _progress(artifact_id: str | None, value: float) -> None:
         update_progress_artifact(artifact_id, progress=value)
 
 
-@flow(name="training", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="training", log_prints=True, persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     """Train, evaluate, register and (maybe) promote a model from the configured sources."""
     logger = get_run_logger()

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
-from prefect.context import TaskRunContext, FlowRunContext
+from prefect.context import FlowRunContext, TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from tasks.errors import BadInput

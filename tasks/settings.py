@@ -38,6 +38,24 @@ class TrackingSettings(BaseModel):
     dir: Path = PROJECT_DIR / ".driftloop" / "wandb"
 
 
+class PrefectSettings(BaseModel):
+    """The local Prefect stack (server + process worker). In the cloud, PREFECT_API_URL points elsewhere."""
+
+    home: Path = PROJECT_DIR / ".driftloop" / "prefect"
+    host: str = "127.0.0.1"
+    port: int = Field(4200, ge=1, le=65535)
+    work_pool: str = "driftloop-local"
+    worker_poll_seconds: float = Field(2.0, gt=0)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
 class GateSettings(BaseModel):
     """Promotion thresholds: a new model replaces the champion only if it is clearly better."""
 
@@ -67,7 +85,7 @@ class Settings(BaseSettings):
     on_invalid: Literal["fail", "skip"] = Field(
         "fail", description="A batch failing its contract stops the flow (fail) or is left out (skip)"
     )
-    work_pool: str = "driftloop-local"
+    prefect: PrefectSettings = PrefectSettings()
     s3: S3Settings = S3Settings()
     tracking: TrackingSettings = TrackingSettings()
     gate: GateSettings = GateSettings()

