@@ -130,12 +130,17 @@ def fetch_sql(table: str, source: SqlSource) -> pl.DataFrame:
     connect_args = {"timeout": source.timeout_seconds} if url.get_backend_name() == "sqlite" else {}
     engine = sa.create_engine(url, connect_args=connect_args)
     try:
-        with engine.connect() as conn:
-            return pl.read_database(sa.text(source.query), connection=conn, infer_schema_length=None)
-    except sa.exc.OperationalError as exc:
-        raise SourceUnavailable(f"table {table!r}: database {shown} unreachable or query failed: {exc.orig}") from None
-    except sa.exc.ProgrammingError as exc:
-        raise BadInput(f"table {table!r}: query failed on {shown}: {exc.orig}") from None
+        try:
+            conn = engine.connect()
+        except sa.exc.DBAPIError as exc:
+            raise SourceUnavailable(f"table {table!r}: cannot connect to {shown}: {exc.orig}") from None
+        with conn:
+            try:
+                return pl.read_database(sa.text(source.query), connection=conn, infer_schema_length=None)
+            except sa.exc.DBAPIError as exc:
+                if exc.connection_invalidated:  # the connection dropped: worth a retry
+                    raise SourceUnavailable(f"table {table!r}: lost the connection to {shown}: {exc.orig}") from None
+                raise BadInput(f"table {table!r}: query failed on {shown}: {exc.orig}; fix tables.{table}.source.query") from None
     finally:
         engine.dispose()
 
@@ -154,7 +159,7 @@ def fetch_http(table: str, source: HttpSource) -> pl.DataFrame:
     with httpx.Client(timeout=source.timeout_seconds, headers=source.headers, transport=transport) as client:
         for page_no in range(1, source.pagination.max_pages + 1):
             try:
-                resp = client.get(url, params=params)
+                resp = client.get(url, params=params or None)  # {} would wipe a next-link query
             except httpx.HTTPError as exc:
                 raise SourceUnavailable(f"table {table!r}: GET {url} failed: {exc!r}") from None
             if resp.status_code >= 500 or resp.status_code == 429:

