@@ -176,9 +176,17 @@ def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) ->
 
     try:
         existing = bentoml.models.get(mv.bento_tag)
-        return str(existing.tag)
     except bentoml.exceptions.NotFound:
-        pass
+        existing = None
+    if existing is not None:
+        same = (existing.info.metadata.get("registry_store") == registry.store.uri
+                and existing.info.labels.get("snapshot") == mv.snapshot_id)
+        if not same:
+            raise RegistryError(
+                f"BentoML model {mv.bento_tag} in {settings.bentoml_home} belongs to another registry "
+                f"({existing.info.metadata.get('registry_store')}); use a separate BENTOML_HOME per store, or "
+                f"`bentoml models delete {mv.bento_tag}` if that registry is gone")
+        return str(existing.tag)
     with bentoml.models.create(
         mv.bento_tag,
         labels={"registry_version": str(mv.version), "snapshot": mv.snapshot_id},

@@ -53,7 +53,8 @@ class ValidationReport(BaseModel):
         lines = [f"table {self.table!r}, batch {self.batch}: {len(self.failures)} contract rule(s) failed"]
         for f in self.failures:
             where = f"column {f.column!r}" if f.column else "table"
-            lines.append(f"  - {where}: {f.rule} ({f.failing_rows} row(s); e.g. {f.examples[:3]})")
+            detail = f" ({f.failing_rows} row(s); e.g. {f.examples[:3]})" if f.column or f.example_rows else ""
+            lines.append(f"  - {where}: {f.rule}{detail}")
             for row in f.example_rows[:2]:
                 lines.append(f"      row: {row}")
         return "\n".join(lines)
