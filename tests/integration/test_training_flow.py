@@ -95,9 +95,10 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     assert "Decision: champion" in card and "data:image/png;base64," in card
     assert "flights-worker-registry" in kinds and "flights-worker-wandb" in kinds
 
-    # a second run on the same data: a challenger at best, never a silent champion swap
+    # a second run that cannot clear the gate's margin stays challenger: no silent champion swap
     out = prefect_worker.cli("deployment", "run", "training/local", "--params",
-                             json.dumps({"params": {**SMALL, "model_name": "flights-worker", "seed": 7}}),
+                             json.dumps({"params": {**SMALL, "model_name": "flights-worker", "seed": 7,
+                                                    "min_auc_gain": 0.5}}),
                              "--watch", "--watch-timeout", "300", check=False)
     assert out.returncode == 0, out.stdout[-3000:]
     doc = registry.alias_doc()
