@@ -32,6 +32,7 @@ class LocalStack:
     # --- environment --------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
         """Environment for the server, the worker, CLI calls, and so for every flow run."""
+        self.home.mkdir(parents=True, exist_ok=True)  # Prefect warns when its home is missing
         env = dict(os.environ)
         env.update({
             "PREFECT_HOME": str(self.home),

@@ -77,7 +77,8 @@ def prepare_table(tables: dict[str, pl.LazyFrame], config: DatasetConfig) -> tup
             .unique(subset=join.right_on, keep="first", maintain_order=True)
             .rename(renamed)
         )
-        base = base.join(right, left_on=join.left_on, right_on=join.right_on, how="left", coalesce=True)
+        base = base.join(right, left_on=join.left_on, right_on=join.right_on, how="left", coalesce=True,
+                          maintain_order="left")  # row order must not depend on threads
 
     time_col = config.time.column
     schema = base.collect_schema()
