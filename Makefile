@@ -29,6 +29,9 @@ test: $(STAMP) ## unit, data, model and integration tests (real Prefect, moto S3
 test-fast: $(STAMP) ## everything but the tests that start servers
 	$(PY) -m pytest -q -ra -m "not integration"
 
+serve: $(STAMP) ## serve the current champion on 127.0.0.1:3000 (after make demo)
+	BENTOML_HOME=$(CURDIR)/.driftloop/bentoml $(VENV)/bin/bentoml serve bentos.service:Driftloop --host 127.0.0.1 --port 3000
+
 stack: $(STAMP) ## start the local Prefect server, pool, deployments and worker
 	$(PY) -m deployments.local_stack up
 

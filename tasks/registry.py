@@ -195,6 +195,8 @@ def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) ->
         for name in ("model.txt", "transform.json"):
             with open(model.path_of(name), "wb") as fh:
                 fh.write(registry.read_file(mv, name))
+        with open(model.path_of("registry_version.json"), "w") as fh:
+            fh.write(mv.model_dump_json())
     return mv.bento_tag
 
 

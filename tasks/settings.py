@@ -56,6 +56,23 @@ class PrefectSettings(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+class ServingSettings(BaseModel):
+    """The prediction service: routing between champion and challenger, logs, limits, auth."""
+
+    mode: Literal["canary", "shadow"] = Field("canary", description="canary: a share of traffic goes to the "
+                                              "challenger; shadow: both score, the champion answers")
+    challenger_share: float = Field(0.1, ge=0.0, le=1.0)
+    poll_seconds: float = Field(2.0, gt=0, description="how often the service checks the registry's aliases")
+    log_max_rows: int = Field(2000, ge=1)
+    log_max_seconds: float = Field(5.0, gt=0)
+    auth_token: str | None = Field(None, description="if set, requests need 'Authorization: Bearer <token>'")
+    max_request_bytes: int = Field(4_000_000, ge=1024)
+    max_batch_rows: int = Field(10_000, ge=1)
+    workers: int = Field(1, ge=1)
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=1, le=65535)
+
+
 class GateSettings(BaseModel):
     """Promotion thresholds: a new model replaces the champion only if it is clearly better."""
 
@@ -86,6 +103,7 @@ class Settings(BaseSettings):
         "fail", description="A batch failing its contract stops the flow (fail) or is left out (skip)"
     )
     prefect: PrefectSettings = PrefectSettings()
+    serving: ServingSettings = ServingSettings()
     s3: S3Settings = S3Settings()
     tracking: TrackingSettings = TrackingSettings()
     gate: GateSettings = GateSettings()

@@ -1,0 +1,45 @@
+"""The package flow: a registered model version -> a bento (service + model + requirements +
+Dockerfile), exported to the artifact store.
+
+    python flows/package.py --ref champion          # or --ref 3
+    prefect deployment run 'package/local' -p params='{"ref": "champion"}'
+
+Build the image where a Docker engine exists: ``bentoml containerize <bento_tag>``, or import the
+exported file elsewhere with ``bentoml import <file>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact
+from pydantic import BaseModel, Field
+
+from tasks.orchestration import publish
+from tasks.packaging import PackagedBento, build_bento
+from tasks.settings import Settings
+
+
+class PackageParams(BaseModel):
+    ref: str = Field("champion", description="alias (champion, challenger) or version number")
+    model_name: str | None = Field(None, description="registry name (default: the dataset config's)")
+
+
+@flow(name="package", persist_result=True)
+def package(params: PackageParams = PackageParams()) -> PackagedBento:
+    settings = Settings()
+    model_name = params.model_name or settings.load_dataset().model_name
+    bento = build_bento(model_name, params.ref, settings)
+    url = bento.export_url if "://" in bento.export_url else Path(bento.export_url).resolve().as_uri()
+    publish(create_link_artifact, key=f"{model_name}-bento".replace("_", "-"), link=url,
+            link_text=f"bento {bento.bento_tag}", description=f"Exported bento of {model_name} v{bento.version}")
+    get_run_logger().info("built %s (model %s), exported to %s; Dockerfile at %s", bento.bento_tag, bento.model_tag,
+                          bento.export_url, bento.dockerfile)
+    return bento
+
+
+if __name__ == "__main__":
+    from pydantic_settings import CliApp
+
+    print(package(CliApp.run(PackageParams)).model_dump_json(indent=2))

@@ -1,0 +1,71 @@
+"""The serving request schema, generated from the dataset configuration.
+
+A request carries the raw fields the model's feature transform needs (``FeatureSpec.input_columns``),
+typed and range-checked from the table contracts they come from (a joined column's contract is the
+joined table's). Fields that are non-nullable in the base table are required; everything else is
+optional, and a missing optional field is imputed exactly as in training. Unknown fields are
+rejected with their name, so a typo never silently becomes "missing".
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from tasks.config import ColumnContract, DatasetConfig
+from tasks.features import FeatureSpec
+
+PY_TYPES: dict[str, Any] = {"int64": int, "float64": float, "string": str, "bool": bool, "date": date, "datetime": datetime}
+POLARS_TYPES: dict[str, pl.DataType] = {"int64": pl.Int64(), "float64": pl.Float64(), "string": pl.String(),
+                                        "bool": pl.Boolean(), "date": pl.Date(), "datetime": pl.String()}
+
+
+def input_contracts(config: DatasetConfig) -> dict[str, tuple[ColumnContract, bool]]:
+    """Each model input column -> (its contract, whether a request must carry it)."""
+    base = config.tables[config.base_table].contract.columns
+    joined: dict[str, ColumnContract] = {}
+    for join in config.joins:
+        right = config.tables[join.table].contract.columns
+        for col in join.columns or [c for c in right if c not in join.right_on]:
+            joined[f"{join.prefix}{col}"] = right[col]
+    out = {}
+    for col in FeatureSpec.from_config(config).input_columns:
+        if col in base:
+            out[col] = (base[col], not base[col].nullable)
+        elif col in joined:
+            out[col] = (joined[col], False)
+        else:
+            out[col] = (ColumnContract(dtype="float64"), False)
+    return out
+
+
+def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> type[BaseModel]:
+    """A pydantic model of one prediction request, with types and ranges from the contracts."""
+    fields: dict[str, Any] = {
+        "request_id": (str | None, Field(None, max_length=128, description="caller's id; generated when absent")),
+        "routing_key": (str | None, Field(None, max_length=256,
+                                           description="keeps a caller on one arm of a canary (default: request_id)")),
+    }
+    for col, (contract, required) in input_contracts(config).items():
+        py = PY_TYPES[contract.dtype]
+        if col == config.time.column:
+            py = datetime  # ISO 8601 text is parsed; anything else is a 400 naming the field
+        constraints: dict[str, Any] = {}
+        if contract.min is not None and contract.dtype in ("int64", "float64"):
+            constraints["ge"] = contract.min
+        if contract.max is not None and contract.dtype in ("int64", "float64"):
+            constraints["le"] = contract.max
+        if required:
+            fields[col] = (py, Field(..., **constraints))
+        else:
+            fields[col] = (py | None, Field(None, **constraints))
+    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+
+
+def input_schema(config: DatasetConfig) -> dict[str, pl.DataType]:
+    """Polars types of the logged raw inputs (the time column is kept as its text)."""
+    return {col: POLARS_TYPES[c.dtype] if col != config.time.column else pl.String()
+            for col, (c, _) in input_contracts(config).items()}
