@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import uuid
 from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Literal
@@ -25,6 +24,7 @@ from typing import Any, Literal
 os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
 
 import bentoml  # noqa: E402
+import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
@@ -54,6 +54,18 @@ class Prediction(BaseModel):
     arm: Literal["champion", "challenger"]
     shadow_version: int | None = None
     shadow_probability: float | None = None
+
+
+class Scored(BaseModel):
+    """Answers for many rows, column by column (the shape /predict_columns returns)."""
+
+    ids: list[str]
+    probability: list[float]
+    label: list[int]
+    model_version: list[int]
+    arm: list[str]
+    shadow_version: int | None = None
+    shadow_probability: list[float | None]
 
 
 class FeedbackItem(BaseModel):
@@ -117,10 +129,63 @@ class RequestGuard:
         return await self.app(scope, limited_receive, send)
 
 
+CONTRACTS = input_contracts(CONFIG)
+
+
+def new_request_ids(n: int) -> list[str]:
+    """``n`` random 128-bit hex ids (one urandom call instead of n uuid4s)."""
+    token = os.urandom(16 * n).hex()
+    return [token[i * 32:(i + 1) * 32] for i in range(n)]
+
+
+def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
+    """A columnar request as a typed frame, checked against the input contracts (400s name the column)."""
+    bad = bentoml.exceptions.InvalidArgument
+    if not columns:
+        raise bad("columns is empty: send {column: [values...]} for the model's inputs")
+    unknown = sorted(set(columns) - set(CONTRACTS))
+    if unknown:
+        raise bad(f"unknown column(s) {unknown}; expected a subset of {sorted(CONTRACTS)}")
+    missing = [c for c, (_, required) in CONTRACTS.items() if required and c not in columns]
+    if missing:
+        raise bad(f"missing required column(s) {missing}")
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise bad(f"columns must be non-empty and of equal length; got lengths {sorted(lengths)}")
+    if lengths.pop() > SETTINGS.serving.max_batch_rows:
+        raise bad(f"more rows than max_batch_rows={SETTINGS.serving.max_batch_rows}; split the batch")
+    series = []
+    for name, dtype in INPUT_SCHEMA.items():
+        values = columns.get(name)
+        if values is None:
+            series.append(pl.Series(name, [None] * len(next(iter(columns.values()))), dtype=dtype))
+            continue
+        try:
+            if name == TIME_COLUMN:
+                s = pl.Series(name, values, dtype=pl.String).str.to_datetime(time_zone="UTC", strict=True)
+            else:
+                s = pl.Series(name, values, strict=True).cast(dtype, strict=True)
+        except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+            raise bad(f"column {name!r}: values are not {dtype} ({type(exc).__name__}: {str(exc)[:200]})") from None
+        contract, required = CONTRACTS[name]
+        if required and s.null_count():
+            raise bad(f"column {name!r}: {s.null_count()} null value(s) in a required column")
+        if dtype.is_numeric():
+            low = s < contract.min if contract.min is not None else pl.Series([False])
+            high = s > contract.max if contract.max is not None else pl.Series([False])
+            out = s.filter((low | high).fill_null(False)) if s.len() == (low | high).len() else s.head(0)
+            if out.len():
+                raise bad(f"column {name!r}: {out.len()} value(s) outside [{contract.min}, {contract.max}], "
+                          f"e.g. {out.head(3).to_list()}")
+        series.append(s)
+    return pl.DataFrame(series)
+
+
 PACKAGED_MODEL = os.environ.get("DRIFTLOOP_PACKAGED_MODEL")  # set inside a bento built by the package flow
 
 
-@bentoml.service(name="driftloop", workers=SETTINGS.serving.workers, traffic={"timeout": 30})
+@bentoml.service(name="driftloop", workers=SETTINGS.serving.workers, traffic={"timeout": 30},
+                 logging={"access": {"enabled": SETTINGS.serving.access_log}})
 class Driftloop:
     if PACKAGED_MODEL:  # the bento carries its model, for when the registry cannot be reached
         packaged = bentoml.models.BentoModel(PACKAGED_MODEL)
@@ -154,58 +219,67 @@ class Driftloop:
         self.predictions.close()
         self.feedback_log.close()
 
-    def _score(self, records: list[BaseModel]) -> list[Prediction]:
+    def _score(self, rows: list[dict[str, Any]] | None, frame: pl.DataFrame, ids: list[str],
+               routing_keys: list[str | None]) -> "Scored":
+        """Score rows with the arm each is routed to; log inputs and answers (flushed off the hot path)."""
         models = self.watcher.models  # one consistent snapshot of what serves, even mid-swap
         if models.champion is None:
             raise bentoml.exceptions.ServiceUnavailable("no champion model is loaded yet; see /model_status")
-        now = datetime.now(timezone.utc)
-        rows = [r.model_dump(exclude={"request_id", "routing_key"}) for r in records]
-        for row in rows:
-            t = row[TIME_COLUMN]
-            row[TIME_COLUMN] = t.astimezone(timezone.utc).strftime(CONFIG.time.format or "%Y-%m-%dT%H:%M:%SZ") if isinstance(t, datetime) else t
-        frame = pl.DataFrame(rows, schema=INPUT_SCHEMA)
-        ids = [r.request_id or uuid.uuid4().hex for r in records]
-        share = SETTINGS.serving.challenger_share if models.challenger is not None else 0.0
-        shadow = SETTINGS.serving.mode == "shadow" and models.challenger is not None
-        arms = ["champion"] * len(rows) if shadow or share == 0 else [
-            assign_arm(r.routing_key or i, share) for r, i in zip(records, ids)]
-        probs: dict[str, Any] = {}
-        for arm in set(arms) | ({"challenger"} if shadow else set()):
-            model = models.champion if arm == "champion" else models.challenger
-            idx = [i for i, a in enumerate(arms) if a == arm] if not (shadow and arm == "challenger") else list(range(len(rows)))
+        n = len(ids)
+        challenger = models.challenger
+        shadow = SETTINGS.serving.mode == "shadow" and challenger is not None
+        share = SETTINGS.serving.challenger_share if challenger is not None and not shadow else 0.0
+        on_challenger = np.array([assign_arm(k or i, share) == "challenger" for k, i in zip(routing_keys, ids)]
+                                 if share > 0 else np.zeros(n, dtype=bool))
+        probability = np.empty(n)
+        version = np.full(n, models.champion.version.version)
+        for model, mask, arm in ((models.champion, ~on_challenger, "champion"), (challenger, on_challenger, "challenger")):
+            count = int(mask.sum())
+            if not count:
+                continue
             started = time.perf_counter()
-            try:
-                p = model.score(frame[idx] if len(idx) != len(rows) else frame)
-            except ValueError as exc:  # e.g. a time value that does not parse
-                raise bentoml.exceptions.InvalidArgument(str(exc)) from None
-            per_row = (time.perf_counter() - started) / max(len(idx), 1)
-            probs[arm] = dict(zip(idx, p))
-            if not (shadow and arm == "challenger"):
-                labels = (str(model.version.version), arm)
-                PREDICTIONS.labels(*labels).inc(len(idx))
-                LATENCY.labels(*labels).observe(per_row)
-        out, log_rows = [], []
-        for i, (rid, arm) in enumerate(zip(ids, arms)):
-            model = models.champion if arm == "champion" else models.challenger
-            p = float(probs[arm][i])
-            pred = Prediction(request_id=rid, probability=p, label=int(p >= THRESHOLD), model_version=model.version.version,
-                              arm=arm, shadow_version=models.challenger.version.version if shadow else None,
-                              shadow_probability=float(probs["challenger"][i]) if shadow else None)
-            out.append(pred)
-            log_rows.append({"request_id": rid, "ts": now, **rows[i], "probability": p, "label": pred.label,
-                             "model_version": pred.model_version, "arm": arm, "shadow_version": pred.shadow_version,
-                             "shadow_probability": pred.shadow_probability})
-        self.predictions.append(log_rows)
-        for rid in ids:
-            self.recent_ids[rid] = None
+            probability[mask] = model.score(frame if count == n else frame.filter(pl.Series(mask)))
+            version[mask] = model.version.version
+            labels = (str(model.version.version), arm)
+            PREDICTIONS.labels(*labels).inc(count)
+            LATENCY.labels(*labels).observe((time.perf_counter() - started) / count)
+        out = Scored(ids=ids, probability=probability.tolist(), label=(probability >= THRESHOLD).astype(int).tolist(),
+                     model_version=version.tolist(), arm=np.where(on_challenger, "challenger", "champion").tolist(),
+                     shadow_version=challenger.version.version if shadow else None,
+                     shadow_probability=challenger.score(frame).tolist() if shadow else [None] * n)
+        now = datetime.now(timezone.utc)
+        if rows is not None:  # a few rows: plain dicts are cheapest; the flusher builds the Parquet
+            self.predictions.append([
+                {**inputs, "request_id": ids[i], "ts": now, "probability": out.probability[i], "label": out.label[i],
+                 "model_version": out.model_version[i], "arm": out.arm[i], "shadow_version": out.shadow_version,
+                 "shadow_probability": out.shadow_probability[i]}
+                for i, inputs in enumerate(rows)])
+        else:  # a columnar batch stays columnar
+            self.predictions.append_frame(frame.with_columns(
+                pl.Series("request_id", ids, dtype=pl.String), pl.lit(now).alias("ts"),
+                pl.Series("probability", out.probability, dtype=pl.Float64), pl.Series("label", out.label, dtype=pl.Int8),
+                pl.Series("model_version", out.model_version, dtype=pl.Int64), pl.Series("arm", out.arm, dtype=pl.String),
+                pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"),
+                pl.Series("shadow_probability", out.shadow_probability, dtype=pl.Float64)))
+        self.recent_ids.update(dict.fromkeys(ids))
         while len(self.recent_ids) > 1_000_000:
             self.recent_ids.pop(next(iter(self.recent_ids)))
         return out
 
+    def _score_records(self, records: list[BaseModel]) -> list[Prediction]:
+        rows = [{c: r.__dict__[c] for c in INPUT_COLUMNS} for r in records]
+        fresh = iter(new_request_ids(sum(r.request_id is None for r in records)))
+        ids = [r.request_id or next(fresh) for r in records]
+        out = self._score(rows, pl.DataFrame(rows, schema=INPUT_SCHEMA), ids, [r.routing_key for r in records])
+        return [Prediction.model_construct(
+            request_id=i, probability=p, label=lab, model_version=v, arm=a, shadow_version=out.shadow_version,
+            shadow_probability=sp) for i, p, lab, v, a, sp in zip(out.ids, out.probability, out.label,
+                                                                   out.model_version, out.arm, out.shadow_probability)]
+
     @bentoml.api
-    def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
+    async def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
         """Score one record: probability, label at the configured threshold, the version that answered."""
-        return self._score([record])[0]
+        return self._score_records([record])[0]
 
     @bentoml.api
     def predict_batch(self, records: list[Record]) -> list[Prediction]:  # type: ignore[valid-type]
@@ -215,7 +289,20 @@ class Driftloop:
         if len(records) > SETTINGS.serving.max_batch_rows:
             raise bentoml.exceptions.InvalidArgument(
                 f"{len(records)} records exceed max_batch_rows={SETTINGS.serving.max_batch_rows}; split the batch")
-        return self._score(records)
+        return self._score_records(records)
+
+    @bentoml.api
+    async def predict_columns(self, columns: dict[str, list[Any]], request_ids: list[str] | None = None,
+                              routing_keys: list[str] | None = None) -> Scored:
+        """Score a batch sent column by column ({"columns": {"carrier": [...], ...}}): the fast path for
+        large batches. Types, required fields and ranges are checked per column against the same
+        contracts as /predict_batch; errors name the column."""
+        frame = columns_to_frame(columns)
+        n = frame.height
+        for name, values in (("request_ids", request_ids), ("routing_keys", routing_keys)):
+            if values is not None and len(values) != n:
+                raise bentoml.exceptions.InvalidArgument(f"{name} has {len(values)} entries for {n} rows")
+        return self._score(None, frame, request_ids or new_request_ids(n), routing_keys or [None] * n)
 
     @bentoml.api
     def feedback(self, items: list[FeedbackItem]) -> FeedbackResult:

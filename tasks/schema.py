@@ -66,6 +66,6 @@ def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> typ
 
 
 def input_schema(config: DatasetConfig) -> dict[str, pl.DataType]:
-    """Polars types of the logged raw inputs (the time column is kept as its text)."""
-    return {col: POLARS_TYPES[c.dtype] if col != config.time.column else pl.String()
+    """Polars types of a request's raw inputs (the time column as a UTC datetime)."""
+    return {col: POLARS_TYPES[c.dtype] if col != config.time.column else pl.Datetime("us", "UTC")
             for col, (c, _) in input_contracts(config).items()}

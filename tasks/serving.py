@@ -172,6 +172,8 @@ class PartitionedLog:
         self.store, self.prefix, self.schema = store, prefix, schema
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self._rows: list[dict[str, Any]] = []
+        self._frames: list[pl.DataFrame] = []
+        self._buffered = 0
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
@@ -182,9 +184,20 @@ class PartitionedLog:
         self.errors = 0
 
     def append(self, rows: list[dict[str, Any]]) -> None:
+        """Buffer rows given as dicts (cheapest for a few rows)."""
         with self._lock:
             self._rows.extend(rows)
-            full = len(self._rows) >= self.max_rows
+            self._buffered += len(rows)
+            full = self._buffered >= self.max_rows
+        if full:
+            self._wake.set()
+
+    def append_frame(self, frame: pl.DataFrame) -> None:
+        """Buffer a frame whose columns match the schema (cheapest for large batches)."""
+        with self._lock:
+            self._frames.append(frame)
+            self._buffered += frame.height
+            full = self._buffered >= self.max_rows
         if full:
             self._wake.set()
 
@@ -198,23 +211,27 @@ class PartitionedLog:
         """Write what is buffered; on failure keep it for the next attempt (nothing is dropped)."""
         with self._flush_lock:
             with self._lock:
-                rows, self._rows = self._rows, []
-            if not rows:
+                rows, frames, self._rows, self._frames, self._buffered = self._rows, self._frames, [], [], 0
+            if not rows and not frames:
                 return 0
             try:
-                frame = pl.DataFrame(rows, schema=self.schema)
+                parts = [pl.DataFrame(rows, schema=self.schema)] if rows else []
+                parts += [f.select(list(self.schema)).cast(self.schema) for f in frames]
+                frame = pl.concat(parts)
                 for (date, hour), part in frame.with_columns(
                     pl.col("ts").dt.strftime("%Y-%m-%d").alias("__date"), pl.col("ts").dt.strftime("%H").alias("__hour")
                 ).partition_by(["__date", "__hour"], as_dict=True).items():
                     key = f"{self.prefix}/date={date}/hour={hour}/{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
                     self.store.write_parquet(key, part.drop("__date", "__hour"))
-                self.flushed_rows += len(rows)
-                return len(rows)
+                self.flushed_rows += frame.height
+                return frame.height
             except Exception as exc:  # noqa: BLE001 - keep the rows, report, try again later
                 self.errors += 1
-                log.error("driftloop: could not flush %d %s rows: %s", len(rows), self.prefix, exc)
+                log.error("driftloop: could not flush %s rows: %s", self.prefix, exc)
                 with self._lock:
                     self._rows[:0] = rows
+                    self._frames[:0] = frames
+                    self._buffered += len(rows) + sum(f.height for f in frames)
                 return 0
 
     def close(self) -> None:

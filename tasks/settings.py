@@ -69,6 +69,7 @@ class ServingSettings(BaseModel):
     max_request_bytes: int = Field(4_000_000, ge=1024)
     max_batch_rows: int = Field(10_000, ge=1)
     workers: int = Field(1, ge=1)
+    access_log: bool = Field(False, description="one log line per request (costs ~6% of a single-row request)")
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
 

@@ -135,6 +135,25 @@ def test_service_matches_the_offline_model(service, serving_store):
     assert single["request_id"]
 
 
+def test_columnar_batches_score_like_the_offline_model(service, serving_store):
+    frame, records = _test_rows(serving_store, 300)
+    columns = {k: [r[k] for r in records] for k in records[0]}
+    resp = httpx.post(f"{service}/predict_columns", json={"columns": columns}, headers=AUTH, timeout=30)
+    assert resp.status_code == 200, resp.text
+    out = resp.json()
+    offline = {v: _offline(serving_store, v, frame) for v in (1, 2)}
+    assert len(out["probability"]) == 300 and set(out["model_version"]) == {1, 2}
+    for i, (p, v) in enumerate(zip(out["probability"], out["model_version"])):
+        assert p == pytest.approx(offline[v][i], abs=1e-9)
+    bad = httpx.post(f"{service}/predict_columns", headers=AUTH,
+                     json={"columns": {**columns, "distance": [-1] + columns["distance"][1:]}})
+    assert bad.status_code == 400 and "column 'distance'" in bad.text and "outside" in bad.text
+    ragged = httpx.post(f"{service}/predict_columns", headers=AUTH, json={"columns": {**columns, "carrier": ["UA"]}})
+    assert ragged.status_code == 400 and "equal length" in ragged.text
+    typo = httpx.post(f"{service}/predict_columns", headers=AUTH, json={"columns": {**columns, "carier": columns["carrier"]}})
+    assert typo.status_code == 400 and "carier" in typo.text
+
+
 def test_canary_keeps_a_caller_on_one_arm(service, serving_store):
     _, records = _test_rows(serving_store, 1)
     arms = {}
