@@ -29,7 +29,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.schemas import TrainingParams, TrainingSummary
 from tasks.config import DatasetConfig
-from tasks.evaluate import evaluate_candidate, evaluate_champion, model_card
+from tasks.evaluate import evaluate_candidate
+from tasks.events import emit_model_event, evaluate_champion, model_card
 from tasks.gate import decide_promotion
 from tasks.ingest import IngestedTable, discover_table_batches, validate_table_batches
 from tasks.orchestration import in_prefect_run, publish
@@ -169,6 +170,9 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     version = register_model_version(model_name, files, record, settings)
     aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, settings)
     bento_tag = save_version_to_bentoml(model_name, version.version, settings)
+    emit_model_event("driftloop.model.registered", model_name, {
+        "version": version.version, "decision": decision.outcome, "reason": decision.reason,
+        "snapshot_id": manifest.snapshot_id, "roc_auc": test.roc_auc})
     logger.info("registered %s v%d as %s (%s); aliases now %s; BentoML model %s", model_name, version.version,
                 decision.outcome, decision.reason, aliases, bento_tag)
 

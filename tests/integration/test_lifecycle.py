@@ -1,0 +1,63 @@
+"""Promotion and rollback flows: atomic alias moves, history, events on the Prefect server."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from tasks.errors import BadInput
+from tasks.registry import Registry, RegistryError
+from tasks.store import open_store
+
+pytestmark = pytest.mark.integration
+
+RECORD = dict(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
+              feature_names=["f"], input_columns=["f"])
+
+
+def _events(api_url: str, name: str, model: str, at_least: int) -> list[dict]:
+    deadline, found = time.time() + 15, []
+    while time.time() < deadline:
+        resp = httpx.post(f"{api_url}/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50})
+        resp.raise_for_status()
+        found = [e for e in resp.json()["events"] if e["resource"]["prefect.resource.id"] == f"driftloop.model.{model}"]
+        if len(found) >= at_least:
+            break
+        time.sleep(0.5)
+    return found
+
+
+def test_promote_and_rollback(prefect_server, private_settings):
+    from flows.lifecycle import PromoteParams, RollbackParams, promote, rollback
+
+    registry = Registry(open_store(private_settings), "lifecycle-model")
+    with pytest.raises(BadInput, match="no previous champion"):
+        rollback(RollbackParams(model_name="lifecycle-model"))
+    for _ in range(3):
+        registry.register({"model.txt": b"tree"}, RECORD)
+    registry.set_alias("champion", 1, reason="first", actor="test")
+    registry.set_alias("challenger", 2, reason="second", actor="test")
+
+    moved = promote(PromoteParams(version=2, model_name="lifecycle-model", reason="canary won", actor="alice"))
+    assert (moved.previous, moved.version) == (1, 2)
+    doc = registry.alias_doc()
+    assert doc.aliases == {"champion": 2}  # the promoted challenger is no longer a challenger
+    assert doc.history[-2].actor == "alice" and doc.history[-2].reason == "canary won"
+
+    back = rollback(RollbackParams(model_name="lifecycle-model", reason="latency regression", actor="bob"))
+    assert (back.previous, back.version) == (2, 1)
+    named = rollback(RollbackParams(model_name="lifecycle-model", to_version=3, actor="bob"))
+    assert registry.alias_doc().aliases["champion"] == 3 and named.previous == 1
+
+    with pytest.raises(RegistryError, match=r"no version 9; versions: \[1, 2, 3\]"):
+        promote(PromoteParams(version=9, model_name="lifecycle-model"))
+    with pytest.raises(BadInput, match="already champion"):
+        promote(PromoteParams(version=3, model_name="lifecycle-model"))
+
+    api = prefect_server.cfg.api_url
+    promoted = _events(api, "driftloop.model.promoted", "lifecycle-model", 1)
+    assert promoted and promoted[0]["payload"]["version"] == 2 and promoted[0]["payload"]["actor"] == "alice"
+    rolled = _events(api, "driftloop.model.rolled_back", "lifecycle-model", 2)
+    assert {e["payload"]["version"] for e in rolled} == {1, 3}
