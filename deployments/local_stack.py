@@ -117,6 +117,25 @@ class LocalStack:
         self._spawn("worker", [str(BIN / "prefect"), "worker", "start", "--pool", self.cfg.work_pool,
                                "--type", "process", "--with-healthcheck"])
 
+    def start_service(self, timeout: float = 60) -> str:
+        """The BentoML prediction service on the configured port, serving the current champion."""
+        serving = self.settings.serving
+        url = f"http://{serving.host}:{serving.port}"
+        if not self._running("service"):
+            self._spawn("service", [str(BIN / "bentoml"), "serve", "bentos.service:Driftloop", "--host", serving.host,
+                                    "--port", str(serving.port)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            if not self._running("service"):
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"the prediction service did not become ready on {url}; see {self.home / 'service.log'}")
+
     def up(self) -> None:
         self.start_server()
         self.ensure_pool()
@@ -153,6 +172,7 @@ class LocalStack:
         self._pid_file(name).unlink(missing_ok=True)
 
     def down(self) -> None:
+        self._stop("service")
         self._stop("worker")
         self._stop("server")
 
@@ -168,7 +188,7 @@ def main(argv: list[str]) -> int:
         print(f"Prefect UI: {stack.cfg.ui_url}")
     elif cmd == "down":
         stack.down()
-        print("stopped the local Prefect worker and server")
+        print("stopped the local prediction service, Prefect worker and server")
     elif cmd == "status":
         print(f"server {'healthy' if stack.healthy() else 'down'} at {stack.cfg.ui_url}; "
               f"worker {'running' if stack._running('worker') else 'stopped'}")

@@ -73,8 +73,12 @@ def main() -> int:
     asyncio.run(_watch("land-demo-data/local", {}, None))
     summary = asyncio.run(_watch("training/local", {}, "training-progress"))
     print_training_summary(summary, prefect_ui=settings.prefect.ui_url)
-    console.print(f"demo finished in {time.monotonic() - started:.0f}s. The Prefect server and worker keep running "
-                  "for the UI; `make stop` stops them.")
+    with console.status("starting the prediction service with the champion..."):
+        url = stack.start_service()
+    console.print(f"[green]serving[/] v{summary.version if summary.decision == 'champion' else '(champion)'} at {url}; try:\n"
+                  f"  curl -s {url}/predict -H 'content-type: application/json' -d @bentos/example_request.json")
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s. The Prefect server, worker and prediction "
+                  "service keep running; `make stop` stops them.")
     return 0
 
 

@@ -29,8 +29,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.schemas import TrainingParams, TrainingSummary
 from tasks.config import DatasetConfig
-from tasks.evaluate import evaluate_candidate
-from tasks.events import emit_model_event, evaluate_champion, model_card
+from tasks.evaluate import evaluate_candidate, evaluate_champion, model_card
+from tasks.events import emit_model_event
 from tasks.gate import decide_promotion
 from tasks.ingest import IngestedTable, discover_table_batches, validate_table_batches
 from tasks.orchestration import in_prefect_run, publish

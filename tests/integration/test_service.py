@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -292,6 +291,19 @@ def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_s
     assert httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["model_version"] == 2
     registry.set_alias("champion", 1, reason="restore", actor="test")
     registry.set_alias("challenger", 2, reason="restore", actor="test")
+
+
+def test_shadow_mode_answers_with_the_champion_and_scores_the_challenger(serving_store):
+    frame, records = _test_rows(serving_store, 20)
+    proc, url = _start_server(serving_store, mode="shadow", challenger_share="0.5")
+    try:
+        answers = httpx.post(f"{url}/predict_batch", json={"records": records}, timeout=30).json()
+    finally:
+        _stop(proc)
+    champion, challenger = _offline(serving_store, 1, frame), _offline(serving_store, 2, frame)
+    assert {a["arm"] for a in answers} == {"champion"} and {a["shadow_version"] for a in answers} == {2}
+    assert [a["probability"] for a in answers] == pytest.approx(list(champion), abs=1e-9)
+    assert [a["shadow_probability"] for a in answers] == pytest.approx(list(challenger), abs=1e-9)
 
 
 def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
