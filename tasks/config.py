@@ -176,6 +176,19 @@ class TrainingConfig(Strict):
     seed: int = 13
 
 
+class MonitoringConfig(Strict):
+    """How monitoring judges live traffic against the champion's reference profile."""
+
+    drift_pvalue: float = Field(0.05, gt=0, lt=1, description="p-value below which a column has drifted")
+    column_pvalues: dict[str, float] = Field({}, description="per-column overrides of drift_pvalue")
+    drift_share: float = Field(0.25, gt=0, le=1, description="share of drifted inputs that raises drift.detected")
+    min_rows: int = Field(200, ge=1, description="rows a window needs before drift is judged")
+    min_labels: int = Field(200, ge=1, description="labelled predictions needed for a performance verdict")
+    max_auc_drop: float = Field(0.05, ge=0, le=1, description="live ROC-AUC drop vs test that is a degradation")
+    max_unseen_share: float = Field(0.2, ge=0, le=1, description="share of unseen categories that fails data quality")
+    max_null_increase: float = Field(0.2, ge=0, le=1, description="rise of a column's null rate that fails data quality")
+
+
 class DatasetConfig(Strict):
     name: str
     model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -189,6 +202,7 @@ class DatasetConfig(Strict):
     split: SplitConfig = SplitConfig()
     slices: list[str] = []
     training: TrainingConfig = TrainingConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")
     def _references_exist(self) -> "DatasetConfig":

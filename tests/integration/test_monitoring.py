@@ -1,0 +1,90 @@
+"""Monitoring on real prediction logs: watermark, whylogs drift vs the reference, data quality,
+live performance from feedback, and the Prefect events it emits."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import polars as pl
+import pytest
+
+from tests.conftest import SMALL
+from tests.integration.test_lifecycle import _events
+
+pytestmark = pytest.mark.integration
+
+
+def _log_window(settings, config, start: str, end: str, unseen_share: float) -> list[str]:
+    """Score a later window's real flights with the champion and log them like the service does."""
+    from tasks.ingest import discover_batches, ingest_batches
+    from tasks.registry import Registry
+    from tasks.serving import PartitionedLog, load_version
+    from tasks.snapshot import build_snapshot
+    from tasks.store import open_store
+
+    store = open_store(settings)
+    window = config.model_copy(update={"window": config.window.model_copy(update={
+        "start": datetime.fromisoformat(start), "end": datetime.fromisoformat(end)})})
+    sources = {t: ingest_batches(t, discover_batches(t, c, store, settings), c, store, settings)[0].valid_keys
+               for t, c in window.tables.items()}
+    rows = store.read_parquet(build_snapshot(sources, window, store).data_key).head(3000)
+    n_unseen = int(rows.height * unseen_share)
+    rows = rows.with_columns(pl.when(pl.int_range(pl.len()) < n_unseen).then(pl.lit("ZZ"))
+                             .otherwise(pl.col("carrier")).alias("carrier"))
+    registry = Registry(store, config.model_name)
+    champion = load_version(registry, registry.resolve("champion"))
+    inputs = champion.transform.spec.input_columns
+    p = champion.score(rows.select(inputs))
+    ids = [f"{start}-{i}" for i in range(rows.height)]
+    now = datetime.now(timezone.utc)
+    from tasks.schema import input_schema
+
+    schema = {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"), **input_schema(config), "probability": pl.Float64(),
+              "label": pl.Int8(), "model_version": pl.Int64(), "arm": pl.String(), "shadow_version": pl.Int64(),
+              "shadow_probability": pl.Float64()}
+    log = PartitionedLog(store, "predictions", schema, max_rows=10**9, max_seconds=3600)
+    log.append([{**r, "request_id": i, "ts": now, "probability": float(q), "label": int(q >= 0.5),
+                 "model_version": champion.version.version, "arm": "champion", "shadow_version": None,
+                 "shadow_probability": None} for r, i, q in zip(rows.select(inputs).to_dicts(), ids, p)])
+    log.close()
+    feedback = PartitionedLog(store, "feedback", {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"),
+                                                  "outcome": pl.Int8(), "known": pl.Boolean()}, 10**9, 3600)
+    feedback.append([{"request_id": i, "ts": now, "outcome": int(y), "known": True}
+                     for i, y in zip(ids, rows[config.target.name].to_list())])
+    feedback.close()
+    return ids
+
+
+def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings):
+    from flows.monitoring import MonitorParams, monitor
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.landing import land_nycflights13
+    from tasks.store import open_store
+
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])
+    config = private_settings.load_dataset()
+    training(TrainingParams(**SMALL, model_name="flights-monitored"))
+    config = config.model_copy(update={"model_name": "flights-monitored"})
+    params = MonitorParams(model_name="flights-monitored")
+
+    assert "no new predictions" in monitor(params).note
+
+    _log_window(private_settings, config, "2013-07-01T00:00:00+00:00", "2013-08-01T00:00:00+00:00", unseen_share=0.4)
+    report = monitor(params)
+    assert report.rows == 3000 and report.champion == 1
+    assert report.drift_detected and "temp" in report.drifted  # summer against a winter reference
+    assert "prediction" in {d.column for d in report.drift}
+    assert any("'carrier'" in p and "never seen" in p for p in report.quality_problems)
+    perf = {p.model_version: p for p in report.performance}
+    assert perf[1].labels == 3000 and perf[1].roc_auc is not None and 0.5 < perf[1].roc_auc < 1
+    assert store.list("profiles/flights-monitored/daily")  # the window's profile, merged per day
+
+    again = monitor(params)  # the watermark: the same window is never counted twice
+    assert again.rows == 0 and "no new predictions" in again.note
+
+    api = prefect_server.cfg.api_url
+    drift_events = _events(api, "driftloop.drift.detected", "flights-monitored", 1)
+    assert len(drift_events) == 1 and "temp" in drift_events[0]["payload"]["drifted"]
+    assert _events(api, "driftloop.data_quality.failed", "flights-monitored", 1)
