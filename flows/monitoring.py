@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 
-import polars as pl
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
