@@ -27,6 +27,9 @@ class TrainingParams(BaseModel):
     on_invalid: Literal["fail", "skip"] | None = Field(None, description="what a batch failing its contract does")
     min_auc_gain: float | None = Field(None, ge=0, le=1, description="ROC-AUC margin needed to replace the champion")
     seed: int | None = Field(None, description="random seed for search and LightGBM")
+    include_feedback: bool = Field(False, description="add the service's predictions that have observed outcomes")
+    register_as: Literal["gate", "candidate"] = Field(
+        "gate", description="gate: the promotion gate sets champion/challenger; candidate: register without an alias")
 
 
 class TrainingSummary(BaseModel):

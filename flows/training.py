@@ -42,7 +42,7 @@ from tasks.registry import (
     save_version_to_bentoml,
 )
 from tasks.settings import Settings
-from tasks.snapshot import build_dataset_snapshot
+from tasks.snapshot import build_dataset_snapshot, extend_with_feedback
 from tasks.store import open_store
 from tasks.tracking import track_training
 from tasks.train import (
@@ -108,6 +108,12 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     manifest = build_dataset_snapshot({t: r.valid_keys for t, r in ingested.items()}, config, settings)
     logger.info("snapshot %s: %d rows, %s .. %s, positive rate %.3f", manifest.snapshot_id, manifest.rows,
                 manifest.time_min, manifest.time_max, manifest.positive_rate)
+    if params.include_feedback:
+        from tasks.features import FeatureSpec
+
+        manifest = extend_with_feedback(manifest, config, settings, FeatureSpec.from_config(config).input_columns)
+        logger.info("with labelled predictions: snapshot %s, %d rows up to %s", manifest.snapshot_id, manifest.rows,
+                    manifest.time_max)
     prepared = fit_transform_on_train(manifest, config, settings)
     _progress(progress, 25)
 
@@ -168,7 +174,12 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
               "test_window": candidate.evaluation.test_window, "feature_names": prepared.transform.feature_names,
               "input_columns": prepared.transform.spec.input_columns}
     version = register_model_version(model_name, files, record, settings)
-    aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, settings)
+    if params.register_as == "gate":
+        aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, settings)
+    else:  # the caller (e.g. retraining) decides what the new version becomes
+        decision = decision.model_copy(update={"outcome": "candidate", "reason": "registered without an alias; "
+                                               f"the promotion gate would say: {decision.reason}"})
+        aliases = {}
     bento_tag = save_version_to_bentoml(model_name, version.version, settings)
     emit_model_event("driftloop.model.registered", model_name, {
         "version": version.version, "decision": decision.outcome, "reason": decision.reason,

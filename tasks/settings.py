@@ -74,6 +74,20 @@ class ServingSettings(BaseModel):
     port: int = Field(3000, ge=1, le=65535)
 
 
+class RetrainSettings(BaseModel):
+    """Automated retraining: how often at most, and the statistical gate a retrained model must pass."""
+
+    cooldown_minutes: float = Field(60, ge=0, description="at most one retrain per model in this period")
+    bootstrap_samples: int = Field(200, ge=20, le=5000)
+    min_gain_lower: float = Field(-0.005, ge=-1, le=1, description="the 95% interval of the ROC-AUC gain over the "
+                                  "champion must lie above this (non-inferiority margin)")
+    slice_tolerance: float = Field(0.03, ge=0, le=1, description="largest ROC-AUC drop allowed on any slice")
+    canary_share: float = Field(0.1, ge=0, le=1, description="traffic share a passing challenger starts with")
+    canary_min_labels: int = Field(200, ge=1, description="labelled predictions per arm before a canary verdict")
+    canary_margin: float = Field(0.0, ge=-1, le=1, description="live ROC-AUC gain the challenger needs to be promoted")
+    canary_stop_margin: float = Field(0.05, ge=0, le=1, description="live ROC-AUC loss that stops a canary at once")
+
+
 class GateSettings(BaseModel):
     """Promotion thresholds: a new model replaces the champion only if it is clearly better."""
 
@@ -108,6 +122,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     tracking: TrackingSettings = TrackingSettings()
     gate: GateSettings = GateSettings()
+    retrain: RetrainSettings = RetrainSettings()
 
     @property
     def is_s3(self) -> bool:

@@ -173,3 +173,56 @@ from tasks.store import open_store  # noqa: E402
 def build_dataset_snapshot(sources: dict[str, list[str]], config: DatasetConfig, settings: Settings) -> SnapshotManifest:
     """Prepare the joined, labelled table once per content-derived id."""
     return build_snapshot(sources, config, open_store(settings))
+
+
+def labelled_predictions(store: ArtifactStore, config: DatasetConfig, input_columns: list[str]) -> tuple[pl.DataFrame, list[str]]:
+    """Logged predictions joined with their observed outcomes (last feedback wins), shaped like a
+    snapshot's rows: the model inputs, the time column and the target. Returns (rows, log keys used)."""
+    keys = sorted(k for k in store.list("predictions") + store.list("feedback") if k.endswith(".parquet"))
+    pred_keys = [k for k in keys if k.startswith("predictions/")]
+    fb_keys = [k for k in keys if k.startswith("feedback/")]
+    if not pred_keys or not fb_keys:
+        return pl.DataFrame(), keys
+    outcomes = (store.scan_parquet(fb_keys).sort("ts").unique("request_id", keep="last")
+                .select("request_id", pl.col("outcome").cast(pl.Int8).alias(config.target.name)))
+    rows = (store.scan_parquet(pred_keys).unique("request_id", keep="last")
+            .join(outcomes, on="request_id", how="inner", maintain_order="left")
+            .select(*input_columns, config.target.name).collect())
+    return rows, keys
+
+
+@cached_task(name="extend-with-feedback")
+def extend_with_feedback(manifest: SnapshotManifest, config: DatasetConfig, settings: Settings,
+                         input_columns: list[str]) -> SnapshotManifest:
+    """A new snapshot: the raw-zone snapshot plus every prediction the service logged that has an
+    observed outcome (the freshest labelled data there is). Content-addressed like any snapshot."""
+    store = open_store(settings)
+    extra, keys = labelled_predictions(store, config, input_columns)
+    if extra.height == 0:
+        return manifest
+    sid = hashlib.sha256(json.dumps({"base": manifest.snapshot_id, "logs": keys, "code": _code_version()}).encode()).hexdigest()[:16]
+    manifest_key = f"snapshots/{sid}/manifest.json"
+    if store.exists(manifest_key):
+        return SnapshotManifest.model_validate(store.read_json(manifest_key))
+    base = load_snapshot(manifest, store)
+    time_col = config.time.column
+    cols = list(dict.fromkeys([*input_columns, time_col, config.target.name, *config.slices]))
+    extra = extra.with_columns(pl.col(time_col).cast(base.schema[time_col]))
+    df = (pl.concat([base.select(cols), extra.select(cols).cast({c: base.schema[c] for c in cols})])
+          .sort(time_col, maintain_order=True))
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    data = buf.getvalue()
+    data_key = f"snapshots/{sid}/data.parquet"
+    store.write_bytes(data_key, data)
+    target = df[config.target.name]
+    extended = manifest.model_copy(update=dict(
+        snapshot_id=sid, created_at=datetime.now(timezone.utc).isoformat(), data_key=data_key,
+        sources={**manifest.sources, "labelled_predictions": keys}, rows=df.height,
+        positive_rate=float(target.mean()), time_min=str(df[time_col].min()), time_max=str(df[time_col].max()),
+        columns={c: str(t) for c, t in df.schema.items()}, content_sha256=hashlib.sha256(data).hexdigest()))
+    try:
+        store.write_json(manifest_key, extended.model_dump(), if_none_match=True)
+    except PreconditionFailed:
+        return SnapshotManifest.model_validate(store.read_json(manifest_key))
+    return extended

@@ -1,0 +1,72 @@
+"""The closed loop on a real Prefect server and worker with the deployments and triggers from
+prefect.yaml: monitoring sees drift -> event -> automation -> retrain run -> challenger (canary)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.conftest import SMALL
+from tests.integration.test_monitoring import _log_window
+
+pytestmark = pytest.mark.integration
+
+
+def _retrain_runs(since: float) -> list:
+    import asyncio
+    import datetime as dt
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
+                                                FlowRunFilterExpectedStartTime)
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["local"])),
+                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
+                    after_=dt.datetime.fromtimestamp(since - 5, dt.timezone.utc))))
+
+    runs = asyncio.run(read())
+    return [r for r in runs if r.name and r.parameters.get("params", {}).get("model_name") == "flights-loop"]
+
+
+def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, landed):
+    from flows.monitoring import MonitorParams, monitor
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.registry import Registry
+    from tasks.store import open_store
+
+    training(TrainingParams(**SMALL, model_name="flights-loop"))
+    config = landed.load_dataset().model_copy(update={"model_name": "flights-loop"})
+    _log_window(landed, config, "2013-07-01T00:00:00+00:00", "2013-08-01T00:00:00+00:00", unseen_share=0.0)
+
+    emitted = time.time()
+    report = monitor(MonitorParams(model_name="flights-loop"))
+    assert report.drift_detected
+
+    runs, started = [], None
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        runs = _retrain_runs(emitted)
+        if runs and started is None and runs[0].start_time:
+            started = runs[0].start_time.timestamp() - emitted
+        if runs and runs[0].state and runs[0].state.is_final():
+            break
+        time.sleep(1)
+    assert runs, "the automation did not start a retrain run"
+    run = runs[0]
+    assert run.parameters["params"]["reason"] == "driftloop.drift.detected"
+    assert run.state.is_completed(), run.state.message
+    print(f"drift event -> retrain run started in {started:.1f}s")
+    assert started is not None and started < 30
+
+    registry = Registry(open_store(landed), "flights-loop")
+    doc = registry.alias_doc()
+    assert registry.versions() == [1, 2]
+    assert doc.aliases["champion"] == 1
+    assert doc.aliases.get("challenger") == 2, doc.history[-1]  # the retrained model passed its gate: a canary
+    assert "retrain (driftloop.drift.detected)" in doc.history[-1].reason
+    assert len(_retrain_runs(emitted)) == 1  # one event, one retrain
