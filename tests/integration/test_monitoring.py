@@ -14,8 +14,8 @@ from tests.integration.test_lifecycle import _events
 pytestmark = pytest.mark.integration
 
 
-def _log_window(settings, config, start: str, end: str, unseen_share: float) -> list[str]:
-    """Score a later window's real flights with the champion and log them like the service does."""
+def _log_window(settings, config, start: str, end: str, unseen_share: float, alias: str = "champion") -> list[str]:
+    """Score a later window's real flights with a model and log them, with feedback, like the service does."""
     from tasks.ingest import discover_batches, ingest_batches
     from tasks.registry import Registry
     from tasks.serving import PartitionedLog, load_version
@@ -32,10 +32,10 @@ def _log_window(settings, config, start: str, end: str, unseen_share: float) -> 
     rows = rows.with_columns(pl.when(pl.int_range(pl.len()) < n_unseen).then(pl.lit("ZZ"))
                              .otherwise(pl.col("carrier")).alias("carrier"))
     registry = Registry(store, config.model_name)
-    champion = load_version(registry, registry.resolve("champion"))
+    champion = load_version(registry, registry.resolve(alias))
     inputs = champion.transform.spec.input_columns
     p = champion.score(rows.select(inputs))
-    ids = [f"{start}-{i}" for i in range(rows.height)]
+    ids = [f"{alias}-{start}-{i}" for i in range(rows.height)]
     now = datetime.now(timezone.utc)
     from tasks.schema import input_schema
 
@@ -44,7 +44,7 @@ def _log_window(settings, config, start: str, end: str, unseen_share: float) -> 
               "shadow_probability": pl.Float64()}
     log = PartitionedLog(store, "predictions", schema, max_rows=10**9, max_seconds=3600)
     log.append([{**r, "request_id": i, "ts": now, "probability": float(q), "label": int(q >= 0.5),
-                 "model_version": champion.version.version, "arm": "champion", "shadow_version": None,
+                 "model_version": champion.version.version, "arm": alias, "shadow_version": None,
                  "shadow_probability": None} for r, i, q in zip(rows.select(inputs).to_dicts(), ids, p)])
     log.close()
     feedback = PartitionedLog(store, "feedback", {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"),

@@ -306,6 +306,27 @@ def test_shadow_mode_answers_with_the_champion_and_scores_the_challenger(serving
     assert [a["shadow_probability"] for a in answers] == pytest.approx(list(challenger), abs=1e-9)
 
 
+def test_promotion_and_rollback_flows_reach_the_live_service(service, serving_store, monkeypatch):
+    from flows.lifecycle import PromoteParams, RollbackParams, promote, rollback
+
+    monkeypatch.setenv("DRIFTLOOP_STORE_URI", str(serving_store))
+
+    def champion_served(expected: int) -> bool:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if httpx.post(f"{service}/model_status", headers=AUTH).json()["champion"] == expected:
+                return True
+            time.sleep(0.2)
+        return False
+
+    start = httpx.post(f"{service}/model_status", headers=AUTH).json()["champion"]
+    other = 2 if start == 1 else 1
+    promote(PromoteParams(version=other, reason="test", actor="test"))
+    assert champion_served(other)
+    rollback(RollbackParams(reason="test rollback", actor="test"))
+    assert champion_served(start)
+
+
 def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
     from tasks.serving import read_log
     from tasks.store import LocalStore

@@ -1,0 +1,64 @@
+"""Retraining (cooldown, a single slot under concurrent triggers, the holdout gate) and the canary
+decision on live labelled evidence, against a real Prefect server."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from tasks.errors import BadInput
+from tests.conftest import SMALL
+from tests.integration.test_monitoring import _log_window
+
+pytestmark = pytest.mark.integration
+
+
+def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypatch):
+    from flows.canary import CanaryParams, canary_decision
+    from flows.retrain import RetrainParams, claim_retrain_slot, retrain
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.landing import land_nycflights13
+    from tasks.registry import Registry
+    from tasks.store import open_store
+
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])
+    with pytest.raises(BadInput, match="no champion to retrain against"):
+        retrain(RetrainParams(model_name="flights-canary"))
+    with pytest.raises(BadInput, match="no canary running"):
+        canary_decision(CanaryParams(model_name="flights-canary"))
+
+    training(TrainingParams(**SMALL, model_name="flights-canary"))
+    config = private_settings.load_dataset().model_copy(update={"model_name": "flights-canary"})
+    _log_window(private_settings, config, "2013-07-01T00:00:00+00:00", "2013-07-16T00:00:00+00:00", 0.0)
+
+    result = retrain(RetrainParams(model_name="flights-canary", reason="test"))
+    registry = Registry(store, "flights-canary")
+    assert result.version == 2 and registry.versions() == [1, 2]
+    assert result.comparison.rows > 1000 and result.status == ("canary" if result.comparison.passed else "rejected")
+    snapshot = store.read_json(f"snapshots/{registry.get(2).snapshot_id}/manifest.json")
+    assert snapshot["sources"]["labelled_predictions"]  # the feedback-labelled log went into training
+
+    again = retrain(RetrainParams(model_name="flights-canary", reason="another event"))
+    assert again.status == "skipped" and "cooldown" in again.reason
+
+    # two triggers at the same moment: exactly one gets the slot
+    answers: list[str | None] = []
+    threads = [threading.Thread(target=lambda: answers.append(
+        claim_retrain_slot.fn("flights-race", "event", 60, False, private_settings))) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sum(a is None for a in answers) == 1
+
+    if result.status != "canary":
+        registry.set_alias("challenger", 2, reason="test: force a canary", actor="test")
+    _log_window(private_settings, config, "2013-07-16T00:00:00+00:00", "2013-08-01T00:00:00+00:00", 0.0,
+                alias="challenger")
+    decision = canary_decision(CanaryParams(model_name="flights-canary"))
+    assert decision.outcome in ("promote", "drop")
+    assert decision.challenger.labels >= 200 and decision.champion.labels >= 200
+    aliases = registry.alias_doc().aliases
+    assert "challenger" not in aliases
+    assert aliases["champion"] == (2 if decision.outcome == "promote" else 1)
