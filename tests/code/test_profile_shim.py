@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from tasks.profile import import_whylogs, profile_frame
+from tasks.profile import import_whylogs, monitoring_schema, profile_frame
 
 
 def _frame(n: int = 5000) -> pl.DataFrame:
@@ -30,7 +30,7 @@ def test_vectorised_split_matches_whylogs_original():
     patched = PreprocessedColumn._pandas_split
     PreprocessedColumn._pandas_split = patched.original
     try:
-        slow = why.log(frame.to_pandas()).view().to_pandas()
+        slow = why.log(frame.to_pandas(), schema=monitoring_schema()).view().to_pandas()
     finally:
         PreprocessedColumn._pandas_split = patched
     assert list(fast.index) == list(slow.index) and list(fast.columns) == list(slow.columns)
