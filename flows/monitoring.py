@@ -26,9 +26,8 @@ from tasks.monitor import (
     drift_scores,
     live_performance,
     mark_processed,
-    merge_daily_profiles,
+    profile_and_store_daily,
     unprocessed_files,
-    window_view,
 )
 from tasks.orchestration import io_task, publish
 from tasks.profile import load_profile
@@ -66,8 +65,8 @@ def judge_window(model_name: str, settings: Settings) -> MonitorReport:
     transform = registry.load_transform(champion)
     inputs = transform.spec.input_columns
     reference = load_profile(registry.read_file(champion, "reference_profile.bin"))
-    merge_daily_profiles(store, model_name, frame, inputs, config.time.column)
-    report.drift = drift_scores(window_view(frame, inputs, config.time.column), reference, mon)
+    window = profile_and_store_daily(store, model_name, frame, inputs, config.time.column)
+    report.drift = drift_scores(window, reference, mon)
     report.drifted = [d.column for d in report.drift if d.drifted]
     features = [d for d in report.drift if d.column != "prediction"]
     share = sum(d.drifted for d in features) / max(len(features), 1)

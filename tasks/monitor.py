@@ -80,19 +80,19 @@ def window_view(frame: pl.DataFrame, input_columns: list[str], time_column: str)
     return profile_frame(frame.select(*cols, pl.col("probability").alias("prediction")))
 
 
-def merge_daily_profiles(store: ArtifactStore, model_name: str, frame: pl.DataFrame, input_columns: list[str],
-                         time_column: str) -> list[str]:
-    """Merge this window into one stored profile per day (``profiles/<model>/daily/<date>.bin``)."""
-    keys = []
+def profile_and_store_daily(store: ArtifactStore, model_name: str, frame: pl.DataFrame, input_columns: list[str],
+                            time_column: str) -> Any:
+    """Profile the window once per day it spans, merge each day into ``profiles/<model>/daily/<date>.bin``,
+    and return the whole window's profile (the days merged)."""
+    window = None
     for (day,), part in frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%d").alias("__day")).partition_by(
             ["__day"], as_dict=True).items():
-        key = f"profiles/{model_name}/daily/{day}.bin"
         view = window_view(part, input_columns, time_column)
-        if store.exists(key):
-            view = load_profile(store.read_bytes(key)).merge(view)
-        store.write_bytes(key, view.serialize())
-        keys.append(key)
-    return keys
+        key = f"profiles/{model_name}/daily/{day}.bin"
+        stored = load_profile(store.read_bytes(key)).merge(view) if store.exists(key) else view
+        store.write_bytes(key, stored.serialize())
+        window = view if window is None else window.merge(view)
+    return window
 
 
 def drift_scores(window: Any, reference: Any, config: MonitoringConfig) -> list[ColumnDrift]:
