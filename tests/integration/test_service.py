@@ -224,6 +224,20 @@ def test_predictions_and_feedback_are_logged(service, serving_store):
     known = dict(zip(feedback["request_id"], feedback["known"]))
     assert known[ids[0]] is True and known["never-seen"] is False
 
+    # lineage: from the request id back to the model, its run, snapshot and raw data
+    from flows.lineage import LineageParams, lineage
+
+    os.environ["DRIFTLOOP_STORE_URI"], previous = str(serving_store), os.environ["DRIFTLOOP_STORE_URI"]
+    try:
+        trace = lineage(LineageParams(request_id=ids[0]))
+    finally:
+        os.environ["DRIFTLOOP_STORE_URI"] = previous
+    assert trace["outcome"] == 1 and trace["model"]["version"] in (1, 2)
+    assert trace["model"]["wandb_run"] and trace["model"]["git_commit"] and trace["model"]["snapshot_id"]
+    assert any(k.startswith("raw/flights/year=2013/month=") for k in trace["model"]["raw_sources"]["flights"])
+    assert trace["model"]["raw_sources"]["planes"][0].startswith("raw/planes/sql-")
+    assert {h["alias"] for h in trace["model"]["alias_history"]} & {"champion", "challenger"}  # its promotions
+
 
 def test_metrics_and_status(service):
     metrics = httpx.get(f"{service}/metrics").text

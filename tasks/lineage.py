@@ -1,0 +1,61 @@
+"""Lineage: from a prediction back to the data, and a model's promotion history.
+
+For a request id: the logged prediction (time, arm, probability) and its feedback, the model
+version that answered, its W&B run, git commit and dataset snapshot, and the raw source batches
+(files, query or API results) the snapshot was built from. For a model: every alias move.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from tasks.errors import BadInput
+from tasks.registry import Registry
+from tasks.store import ArtifactStore
+
+
+def raw_sources(store: ArtifactStore, snapshot: dict[str, Any]) -> dict[str, list[str]]:
+    """Validated batch keys of a snapshot mapped back to the raw keys they were read from."""
+    out: dict[str, list[str]] = {}
+    for table, keys in snapshot["sources"].items():
+        if table == "labelled_predictions":
+            out[table] = keys
+            continue
+        state_key = f"state/ingest/{table}.json"
+        state = store.read_json(state_key) if store.exists(state_key) else {}
+        by_key = {entry["key"]: entry["source"] for entry in state.values()}
+        out[table] = [by_key.get(k, k) for k in keys]
+    return out
+
+
+def version_lineage(store: ArtifactStore, registry: Registry, version: int) -> dict[str, Any]:
+    mv = registry.get(version)
+    manifest_key = f"snapshots/{mv.snapshot_id}/manifest.json"
+    snapshot = store.read_json(manifest_key) if store.exists(manifest_key) else None
+    history = [h.model_dump() for h in registry.alias_doc().history if h.version == version or h.previous == version]
+    return {
+        "model_name": mv.model_name, "version": mv.version, "created_at": mv.created_at, "git_commit": mv.git_commit,
+        "wandb_run": mv.wandb_run, "snapshot_id": mv.snapshot_id, "test_metrics": mv.metrics, "params": mv.params,
+        "snapshot": {k: snapshot[k] for k in ("rows", "time_min", "time_max", "content_sha256")} if snapshot else None,
+        "raw_sources": raw_sources(store, snapshot) if snapshot else {},
+        "alias_history": history,
+    }
+
+
+def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -> dict[str, Any]:
+    keys = [k for k in store.list("predictions") if k.endswith(".parquet")]
+    found = (store.scan_parquet(keys).filter(pl.col("request_id") == request_id).collect() if keys else pl.DataFrame())
+    if found.height == 0:
+        raise BadInput(f"no logged prediction has request id {request_id!r} (the service flushes its log every few "
+                       "seconds; check the id, or wait and retry)")
+    row = found.row(-1, named=True)
+    fb_keys = [k for k in store.list("feedback") if k.endswith(".parquet")]
+    feedback = (store.scan_parquet(fb_keys).filter(pl.col("request_id") == request_id).sort("ts").collect()
+                if fb_keys else pl.DataFrame())
+    return {
+        "request_id": request_id, "predicted_at": str(row["ts"]), "arm": row["arm"], "probability": row["probability"],
+        "label": row["label"], "outcome": feedback["outcome"][-1] if feedback.height else None,
+        "model": version_lineage(store, registry, int(row["model_version"])),
+    }
