@@ -11,11 +11,12 @@ already clearly worse (by ``canary_stop_margin``), otherwise wait.
 
 from __future__ import annotations
 
-from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
+
+from flows.schemas import CanaryDecision
 
 from flows.lifecycle import move_champion
 from tasks.errors import BadInput
@@ -32,14 +33,6 @@ EARLY_LABELS = 50
 
 class CanaryParams(BaseModel):
     model_name: str | None = Field(None, description="registry name (default: the dataset config's)")
-
-
-class CanaryDecision(BaseModel):
-    model_name: str
-    outcome: Literal["promote", "drop", "wait"]
-    reason: str
-    champion: LivePerformance | None
-    challenger: LivePerformance | None
 
 
 def decide_canary(champion: LivePerformance | None, challenger: LivePerformance | None, min_labels: int,
@@ -76,12 +69,18 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     settings = Settings()
     model_name = params.model_name or settings.load_dataset().model_name
     store = open_store(settings)
-    aliases = Registry(store, model_name).alias_doc().aliases
+    registry = Registry(store, model_name)
+    aliases = registry.alias_doc().aliases
     if "challenger" not in aliases or "champion" not in aliases:
         raise BadInput(f"model {model_name!r} has no canary running (aliases: {aliases or 'none'}); "
                        "a retrain that passes its gate starts one")
-    perf = {p.model_version: p for p in live_performance(read_log(store, "predictions"), read_log(store, "feedback"),
-                                                         EARLY_LABELS)}
+    # both arms judged on the same period: traffic since this canary started
+    started = max((h.at for h in registry.alias_doc().history
+                   if h.alias == "challenger" and h.version == aliases["challenger"]), default=None)
+    predictions = read_log(store, "predictions")
+    if started and predictions.height:
+        predictions = predictions.filter(pl.col("ts") >= datetime.fromisoformat(started))
+    perf = {p.model_version: p for p in live_performance(predictions, read_log(store, "feedback"), EARLY_LABELS)}
     champion, challenger = perf.get(aliases["champion"]), perf.get(aliases["challenger"])
     r = settings.retrain
     outcome, reason = decide_canary(champion, challenger, r.canary_min_labels, r.canary_margin, r.canary_stop_margin)

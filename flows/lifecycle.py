@@ -17,6 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
+from flows.schemas import AliasMove
+
 from tasks.errors import BadInput
 from tasks.events import emit_model_event
 from tasks.orchestration import io_task, publish
@@ -37,16 +39,6 @@ class RollbackParams(BaseModel):
     model_name: str | None = None
     reason: str = "manual rollback"
     actor: str | None = None
-
-
-class AliasMove(BaseModel):
-    model_name: str
-    alias: str
-    version: int
-    previous: int | None
-    reason: str
-    actor: str
-    event_id: str | None
 
 
 def _registry(model_name: str | None) -> tuple[Registry, str]:

@@ -19,14 +19,14 @@ Started by a Prefect automation when monitoring emits ``driftloop.drift.detected
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
-from typing import Literal
 
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows.schemas import TrainingParams
+from flows.schemas import RetrainResult, TrainingParams
+
 from flows.training import training
 from tasks.errors import BadInput
 from tasks.events import emit_model_event
@@ -43,14 +43,6 @@ class RetrainParams(BaseModel):
     model_name: str | None = Field(None, description="registry name (default: the dataset config's)")
     reason: str = Field("manual", description="why (an automation passes the event that triggered it)")
     ignore_cooldown: bool = Field(False, description="retrain even if one ran within the cooldown period")
-
-
-class RetrainResult(BaseModel):
-    model_name: str
-    status: Literal["skipped", "canary", "rejected"]
-    reason: str
-    version: int | None = None
-    comparison: HoldoutComparison | None = None
 
 
 @io_task(name="claim-retrain-slot")

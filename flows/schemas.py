@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from tasks.evaluate import Metrics
+from tasks.gate import HoldoutComparison
+from tasks.monitor import LivePerformance
 
 
 class TrainingParams(BaseModel):
@@ -48,3 +50,29 @@ class TrainingSummary(BaseModel):
     registry_entry: str
     store_uri: str
     quarantined: list[str]
+
+
+class RetrainResult(BaseModel):
+    model_name: str
+    status: Literal["skipped", "canary", "rejected"]
+    reason: str
+    version: int | None = None
+    comparison: HoldoutComparison | None = None
+
+
+class CanaryDecision(BaseModel):
+    model_name: str
+    outcome: Literal["promote", "drop", "wait"]
+    reason: str
+    champion: LivePerformance | None
+    challenger: LivePerformance | None
+
+
+class AliasMove(BaseModel):
+    model_name: str
+    alias: str
+    version: int
+    previous: int | None
+    reason: str
+    actor: str
+    event_id: str | None

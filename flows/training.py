@@ -174,7 +174,11 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
               "test_window": candidate.evaluation.test_window, "feature_names": prepared.transform.feature_names,
               "input_columns": prepared.transform.spec.input_columns}
     version = register_model_version(model_name, files, record, settings)
-    if params.register_as == "gate":
+    if champion.version == version.version:  # a rerun reproduced (from cache) the version that is champion
+        decision = decision.model_copy(update={"outcome": "champion", "reason": f"v{version.version} is already "
+                                               "champion: this run reproduced it, nothing changes"})
+        aliases = {"champion": version.version}
+    elif params.register_as == "gate":
         aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, settings)
     else:  # the caller (e.g. retraining) decides what the new version becomes
         decision = decision.model_copy(update={"outcome": "candidate", "reason": "registered without an alias; "
