@@ -11,14 +11,16 @@ already clearly worse (by ``canary_stop_margin``), otherwise wait.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+import polars as pl
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field
 
-from flows.schemas import CanaryDecision
-
 from flows.lifecycle import move_champion
+from flows.schemas import CanaryDecision
 from tasks.errors import BadInput
 from tasks.events import emit_model_event
 from tasks.monitor import LivePerformance, live_performance
