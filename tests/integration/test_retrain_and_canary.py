@@ -54,8 +54,9 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
 
     if result.status != "canary":
         registry.set_alias("challenger", 2, reason="test: force a canary", actor="test")
-    _log_window(private_settings, config, "2013-07-16T00:00:00+00:00", "2013-08-01T00:00:00+00:00", 0.0,
-                alias="challenger")
+    for alias in ("champion", "challenger"):  # both arms answer traffic after the canary started
+        _log_window(private_settings, config, "2013-07-16T00:00:00+00:00", "2013-08-01T00:00:00+00:00", 0.0,
+                    alias=alias)
     decision = canary_decision(CanaryParams(model_name="flights-canary"))
     assert decision.outcome in ("promote", "drop")
     assert decision.challenger.labels >= 200 and decision.champion.labels >= 200
