@@ -147,7 +147,8 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
                   "params": best.params, "best_iteration": trained.fit.best_iteration, "dataset": config.name,
                   "window": config.window.model_dump(mode="json"), "n_trials": len(trials)}
     tracked = track_training(
-        settings, name=f"{model_name}-{manifest.snapshot_id}", group=f"{model_name}-{manifest.snapshot_id}-seed{config.training.seed}", config=run_config,
+        settings, name=f"{model_name}-{manifest.snapshot_id}",
+        group=f"{model_name}-{manifest.snapshot_id}-seed{config.training.seed}", config=run_config,
         model_key=trained.model_key, transform_json=prepared.transform.to_json(), history=trained.fit.history,
         summary={**{f"test/{k}": v for k, v in test.model_dump().items()},
                  **{f"baseline/{k}": v for k, v in candidate.evaluation.baseline.model_dump().items()},
