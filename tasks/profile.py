@@ -28,6 +28,9 @@ def import_whylogs() -> Any:
     return why
 
 
+MAX_FREQUENT_ITEM_SIZE = 128  # whylogs' default: frequent-item strings are cut to this length
+
+
 def _make_vectorised_split(original: Any) -> Any:
     """whylogs 1.6 splits a numeric pandas column with per-element Python lambdas (``np.isinf`` and
     ``is_number`` called once per value): ~95% of its profiling time on this data. This does the same
@@ -42,7 +45,12 @@ def _make_vectorised_split(original: Any) -> Any:
             missing = series.isna().to_numpy()
             self.null_count = self.nan_count = int(missing.sum())
             if self.null_count < len(series):
-                self.pandas.strings = series[~missing]
+                present = series[~missing]
+                if int(present.str.len().max()) <= MAX_FREQUENT_ITEM_SIZE:
+                    # as a numpy array the strings are materialised once and not truncated item by item
+                    self.numpy.strings = present.to_numpy(dtype=object)
+                else:
+                    self.pandas.strings = present
             return None
         if series is None or not isinstance(series, pd.Series) or not pdc.is_numeric_dtype(series.dtype) \
                 or pdc.is_bool_dtype(series.dtype) or pdc.is_extension_array_dtype(series.dtype):
