@@ -47,7 +47,11 @@ def judge_window(model_name: str, settings: Settings) -> MonitorReport:
     store = open_store(settings)
     config = settings.load_dataset()
     registry = Registry(store, model_name)
-    champion = registry.resolve("champion")
+    champion_version = registry.alias_doc().aliases.get("champion")
+    if champion_version is None:
+        return MonitorReport(model_name=model_name, champion=None, files=[], rows=0, window=None,
+                             note=f"{model_name!r} has no champion yet (run the training flow); nothing to monitor")
+    champion = registry.get(champion_version)
     files = unprocessed_files(store, model_name)
     report = MonitorReport(model_name=model_name, champion=champion.version, files=files, rows=0, window=None)
     if not files:

