@@ -9,28 +9,17 @@ first (not timed), and a champion is trained without Prefect so the retrain has 
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(tempfile.mkdtemp(prefix="driftloop-bench-loop-"))
-with socket.socket() as _s:
-    _s.bind(("127.0.0.1", 0))
-    PORT = _s.getsockname()[1]
-os.environ.update({
-    "PREFECT_HOME": str(ROOT / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{PORT}/api",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-    "DRIFTLOOP_PREFECT__HOME": str(ROOT / "prefect"), "DRIFTLOOP_PREFECT__PORT": str(PORT),
-    "DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS": "1", "DRIFTLOOP_STORE_URI": str(ROOT / "store"),
-    "DRIFTLOOP_SOURCES_DIR": str(ROOT / "sources"), "DRIFTLOOP_TRACKING__MODE": "disabled",
-    "DRIFTLOOP_BENTOML_HOME": str(ROOT / "bentoml"), "BENTOML_HOME": str(ROOT / "bentoml"),
-    "BENTOML_DO_NOT_TRACK": "true", "WHYLOGS_NO_ANALYTICS": "1", "DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES": "0",
-})
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.lib.private_env import private_environment  # noqa: E402
+
+ROOT, PORT = private_environment("driftloop-bench-loop-", DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS="1",
+                                 DRIFTLOOP_TRACKING__MODE="disabled", DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES="0")
 
 from rich.console import Console  # noqa: E402
 

@@ -13,25 +13,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(tempfile.mkdtemp(prefix="driftloop-bench-"))
-with socket.socket() as _s:
-    _s.bind(("127.0.0.1", 0))
-    PORT = _s.getsockname()[1]
-os.environ.update({
-    "PREFECT_HOME": str(ROOT / "prefect"), "PREFECT_API_URL": f"http://127.0.0.1:{PORT}/api",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
-    "DRIFTLOOP_PREFECT__HOME": str(ROOT / "prefect"), "DRIFTLOOP_PREFECT__PORT": str(PORT),
-    "DRIFTLOOP_SOURCES_DIR": str(ROOT / "sources"), "DRIFTLOOP_TRACKING__DIR": str(ROOT / "wandb"),
-    "DRIFTLOOP_BENTOML_HOME": str(ROOT / "bentoml"), "BENTOML_HOME": str(ROOT / "bentoml"),
-    "BENTOML_DO_NOT_TRACK": "true", "WHYLOGS_NO_ANALYTICS": "1",
-})
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.lib.private_env import private_environment  # noqa: E402
+
+ROOT, PORT = private_environment("driftloop-bench-")
 
 from rich.console import Console  # noqa: E402
 
