@@ -21,9 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from tasks.errors import BadInput
 
-DTYPES = ("int64", "float64", "string", "bool", "date", "datetime")
-
-
 class ConfigError(BadInput):
     """The dataset configuration is wrong; the message names the file, the field and the fix."""
 

@@ -115,19 +115,6 @@ def load_profile(data: bytes) -> Any:
     return DatasetProfileView.deserialize(data)
 
 
-def profile_summary(view: Any) -> dict[str, dict[str, float]]:
-    """count / null count / mean per column, a compact check that a profile holds what we think."""
-    pdf = view.to_pandas()
-    out = {}
-    for col, row in pdf.iterrows():
-        out[str(col)] = {
-            "count": float(row.get("counts/n", np.nan)),
-            "nulls": float(row.get("counts/null", np.nan)),
-            "mean": float(row.get("distribution/mean", np.nan)) if "distribution/mean" in row else float("nan"),
-        }
-    return out
-
-
 # --- Prefect tasks ---------------------------------------------------------------------------------
 from tasks.config import DatasetConfig  # noqa: E402
 from tasks.orchestration import cached_task  # noqa: E402

@@ -124,10 +124,6 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     retrain: RetrainSettings = RetrainSettings()
 
-    @property
-    def is_s3(self) -> bool:
-        return self.store_uri.startswith("s3://")
-
     def load_dataset(self, path: Path | str | None = None) -> "DatasetConfig":
         """The dataset config at ``path`` (default: ``dataset_config``), ``${DRIFTLOOP_*}`` filled in."""
         from tasks.config import load_dataset_config
