@@ -116,6 +116,11 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
 
     summary = training(TrainingParams(model_name=model_name, include_feedback=True, register_as="candidate",
                                       window_end=datetime.max.replace(tzinfo=timezone.utc)))  # all data there is
+    if summary.version == registry.alias_doc().aliases.get("champion"):
+        reason = (f"training reproduced the champion v{summary.version} (same data and code, from cache): "
+                  "nothing new to put out as a canary")
+        logger.info("retrain of %s: %s", model_name, reason)
+        return RetrainResult(model_name=model_name, status="skipped", reason=reason, version=summary.version)
     comparison = compare_with_champion(model_name, summary.version, summary.snapshot_id, settings)
     if comparison.passed:
         start_canary(model_name, summary.version, f"retrain ({params.reason}): {comparison.reason}", settings)

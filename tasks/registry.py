@@ -146,6 +146,9 @@ class Registry:
             raise RegistryError(f"unknown alias {alias!r}; use one of {ALIASES}")
         if version is not None:
             self.get(version)  # must exist
+            other = "challenger" if alias == "champion" else "champion"
+            if alias == "challenger" and self.alias_doc().aliases.get(other) == version:
+                raise RegistryError(f"v{version} of {self.model_name!r} is the champion; a challenger must be another version")
         key = f"{self.prefix}/aliases.json"
         for _ in range(50):
             value, etag = self.store.read_json_with_etag(key)

@@ -164,7 +164,7 @@ def load_snapshot(manifest: SnapshotManifest, store: ArtifactStore) -> pl.DataFr
 
 
 # --- Prefect tasks ---------------------------------------------------------------------------------
-from tasks.orchestration import cached_task  # noqa: E402
+from tasks.orchestration import cached_task, io_task  # noqa: E402
 from tasks.settings import Settings  # noqa: E402
 from tasks.store import open_store  # noqa: E402
 
@@ -191,7 +191,7 @@ def labelled_predictions(store: ArtifactStore, config: DatasetConfig, input_colu
     return rows, keys
 
 
-@cached_task(name="extend-with-feedback")
+@io_task(name="extend-with-feedback")  # not cached: it reads logs that grow; its output is content-addressed
 def extend_with_feedback(manifest: SnapshotManifest, config: DatasetConfig, settings: Settings,
                          input_columns: list[str]) -> SnapshotManifest:
     """A new snapshot: the raw-zone snapshot plus every prediction the service logged that has an

@@ -85,6 +85,12 @@ def test_concurrent_registrations_and_alias_updates_lose_nothing(store):
     assert len(doc.history) == 6  # no compare-and-swap update was lost
     assert doc.aliases["challenger"] == doc.history[-1].version
 
+    from tasks.registry import RegistryError
+
+    registry.set_alias("champion", 1, reason="first", actor="test")
+    with pytest.raises(RegistryError, match="is the champion; a challenger must be another version"):
+        registry.set_alias("challenger", 1, reason="same as champion", actor="test")
+
 
 def test_unknown_store_scheme_is_a_clear_error(private_settings):
     from tasks.store import StoreError
