@@ -312,7 +312,7 @@ class Driftloop:
         unknown = [i.request_id for i in items if i.request_id not in self.recent_ids]
         if unknown:  # maybe predicted by another worker or before a restart: look in the flushed log
             self.predictions.flush()
-            logged = read_log(self.store, "predictions")
+            logged = read_log(self.store, "predictions", ["request_id"], request_ids=unknown)
             seen = set(logged["request_id"].to_list()) if logged.height else set()
             unknown = [u for u in unknown if u not in seen]
         now = datetime.now(timezone.utc)

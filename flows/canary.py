@@ -26,7 +26,7 @@ from tasks.events import emit_model_event
 from tasks.monitor import LivePerformance, live_performance
 from tasks.orchestration import io_task, publish
 from tasks.registry import Registry
-from tasks.serving import read_log
+from tasks.serving import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
 from tasks.settings import Settings
 from tasks.store import open_store
 
@@ -79,10 +79,10 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     # both arms judged on the same period: traffic since this canary started
     started = max((h.at for h in registry.alias_doc().history
                    if h.alias == "challenger" and h.version == aliases["challenger"]), default=None)
-    predictions = read_log(store, "predictions")
+    predictions = read_log(store, "predictions", PREDICTION_COLUMNS)
     if started and predictions.height:
         predictions = predictions.filter(pl.col("ts") >= datetime.fromisoformat(started))
-    perf = {p.model_version: p for p in live_performance(predictions, read_log(store, "feedback"), EARLY_LABELS)}
+    perf = {p.model_version: p for p in live_performance(predictions, read_log(store, "feedback", FEEDBACK_COLUMNS), EARLY_LABELS)}
     champion, challenger = perf.get(aliases["champion"]), perf.get(aliases["challenger"])
     r = settings.retrain
     outcome, reason = decide_canary(champion, challenger, r.canary_min_labels, r.canary_margin, r.canary_stop_margin)

@@ -32,7 +32,7 @@ from tasks.monitor import (
 from tasks.orchestration import io_task, publish
 from tasks.profile import load_profile
 from tasks.registry import Registry
-from tasks.serving import read_log
+from tasks.serving import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
 from tasks.settings import Settings
 from tasks.store import open_store
 
@@ -76,7 +76,8 @@ def judge_window(model_name: str, settings: Settings) -> MonitorReport:
     share = sum(d.drifted for d in features) / max(len(features), 1)
     report.drift_detected = share >= mon.drift_share or "prediction" in report.drifted
     report.quality_problems = data_quality(frame, transform, reference, mon)
-    report.performance = live_performance(read_log(store, "predictions"), read_log(store, "feedback"), mon.min_labels)
+    report.performance = live_performance(read_log(store, "predictions", PREDICTION_COLUMNS),
+                                          read_log(store, "feedback", FEEDBACK_COLUMNS), mon.min_labels)
     for perf in report.performance:
         expected = registry.get(perf.model_version).metrics.get("roc_auc")
         if perf.roc_auc is not None and expected is not None and perf.roc_auc < expected - mon.max_auc_drop:

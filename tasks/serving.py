@@ -241,9 +241,19 @@ class PartitionedLog:
         self.flush()
 
 
-def read_log(store: ArtifactStore, prefix: str) -> pl.DataFrame:
-    """Everything flushed under a log prefix, as one frame (empty when nothing was logged yet)."""
+PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
+FEEDBACK_COLUMNS = ["request_id", "ts", "outcome"]
+
+
+def read_log(store: ArtifactStore, prefix: str, columns: list[str] | None = None,
+             request_ids: list[str] | None = None) -> pl.DataFrame:
+    """What was flushed under a log prefix (empty when nothing was logged yet). The scan is lazy:
+    only ``columns`` are read, and only rows of ``request_ids`` kept, so callers that need a little
+    of a large log do not read all of it."""
     keys = [k for k in store.list(prefix) if k.endswith(".parquet")]
     if not keys:
         return pl.DataFrame()
-    return store.scan_parquet(keys).collect()
+    scan = store.scan_parquet(keys)
+    if request_ids is not None:
+        scan = scan.filter(pl.col("request_id").is_in(pl.Series(request_ids, dtype=pl.String).implode()))
+    return (scan.select(columns) if columns else scan).collect()
