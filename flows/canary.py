@@ -69,7 +69,7 @@ def apply_canary_decision(model_name: str, outcome: str, version: int, reason: s
 @flow(name="canary-decision", persist_result=True)
 def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     settings = Settings()
-    model_name = params.model_name or settings.load_dataset().model_name
+    model_name = settings.model_name(params.model_name)
     store = open_store(settings)
     registry = Registry(store, model_name)
     aliases = registry.alias_doc().aliases

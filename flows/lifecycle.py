@@ -43,7 +43,7 @@ class RollbackParams(BaseModel):
 
 def _registry(model_name: str | None) -> tuple[Registry, str]:
     settings = Settings()
-    name = model_name or settings.load_dataset().model_name
+    name = settings.model_name(model_name)
     return Registry(open_store(settings), name), name
 
 

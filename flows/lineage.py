@@ -36,7 +36,7 @@ class LineageParams(BaseModel):
 @io_task(name="trace-lineage")
 def trace(params: LineageParams, settings: Settings) -> dict[str, Any]:
     store = open_store(settings)
-    registry = Registry(store, params.model_name or settings.load_dataset().model_name)
+    registry = Registry(store, settings.model_name(params.model_name))
     if params.request_id:
         return request_lineage(store, registry, params.request_id)
     return version_lineage(store, registry, params.version)

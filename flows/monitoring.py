@@ -109,7 +109,7 @@ def drift_png(report: MonitorReport) -> bytes:
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     logger = get_run_logger()
     settings = Settings()
-    model_name = params.model_name or settings.load_dataset().model_name
+    model_name = settings.model_name(params.model_name)
     report = judge_window(model_name, settings)
     if report.note:
         logger.info(report.note)

@@ -29,7 +29,7 @@ class PackageParams(BaseModel):
 @flow(name="package", persist_result=True)
 def package(params: PackageParams = PackageParams()) -> PackagedBento:
     settings = Settings()
-    model_name = params.model_name or settings.load_dataset().model_name
+    model_name = settings.model_name(params.model_name)
     bento = build_bento(model_name, params.ref, settings)
     url = bento.export_url if "://" in bento.export_url else Path(bento.export_url).resolve().as_uri()
     publish(create_link_artifact, key=f"{model_name}-bento".replace("_", "-"), link=url,

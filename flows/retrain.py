@@ -102,7 +102,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
     if params.model_name is not None and not params.model_name.strip():
         raise BadInput("the triggering event carried no model_name in its payload (the automation passes "
                        "event.payload.model_name); emit events with tasks.events.emit_model_event, or pass model_name")
-    model_name = params.model_name or settings.load_dataset().model_name
+    model_name = settings.model_name(params.model_name)
     registry = Registry(open_store(settings), model_name)
     if "champion" not in registry.alias_doc().aliases:
         raise BadInput(f"model {model_name!r} has no champion to retrain against; run the training flow first")

@@ -130,3 +130,7 @@ class Settings(BaseSettings):
 
         defaults = {"DRIFTLOOP_SOURCES_DIR": str(self.sources_dir), "DRIFTLOOP_STORE_URI": self.store_uri}
         return load_dataset_config(path or self.dataset_config, defaults)
+
+    def model_name(self, override: str | None = None) -> str:
+        """The registry name a flow works on: ``override`` if given, else the dataset config's."""
+        return override or self.load_dataset().model_name
