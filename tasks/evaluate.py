@@ -180,7 +180,7 @@ def model_card(*, model_name: str, version: int | None, decision: str, reason: s
 from tasks.config import DatasetConfig  # noqa: E402
 from tasks.orchestration import cached_task, io_task  # noqa: E402
 from tasks.settings import Settings  # noqa: E402
-from tasks.snapshot import SnapshotManifest  # noqa: E402
+from tasks.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
 from tasks.store import open_store  # noqa: E402
 from tasks.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
 
@@ -201,7 +201,7 @@ def evaluate_candidate(trained: TrainedModel, manifest: SnapshotManifest, prepar
     booster = lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
     start = prepared.split.valid_end
     p = predict(booster, X[start:])
-    test_frame = store.read_parquet(manifest.data_key).slice(start)
+    test_frame = load_snapshot(manifest, store).slice(start)
     evaluation = evaluate_predictions(test_frame, y[start:], p, prepared.base_rate, config.training.threshold,
                                       config.slices, config.time.column)
     plot_prefix = trained.model_key.rsplit("/", 1)[0] + "/plots"
@@ -230,7 +230,7 @@ def evaluate_champion(model_name: str, manifest: SnapshotManifest, prepared: Pre
         champion = registry.resolve("champion")
     except RegistryError:
         return ChampionEvaluation(version=None, metrics=None, note="no champion yet")
-    test = store.read_parquet(manifest.data_key).slice(prepared.split.valid_end)
+    test = load_snapshot(manifest, store).slice(prepared.split.valid_end)
     try:
         X = registry.load_transform(champion).to_matrix(test)
     except Exception as exc:  # noqa: BLE001 - e.g. the champion needs columns this snapshot lacks

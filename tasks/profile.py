@@ -119,7 +119,7 @@ def load_profile(data: bytes) -> Any:
 from tasks.config import DatasetConfig  # noqa: E402
 from tasks.orchestration import cached_task  # noqa: E402
 from tasks.settings import Settings  # noqa: E402
-from tasks.snapshot import SnapshotManifest  # noqa: E402
+from tasks.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
 from tasks.store import open_store  # noqa: E402
 from tasks.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
 
@@ -134,7 +134,7 @@ def profile_reference(trained: TrainedModel, manifest: SnapshotManifest, prepare
     X, _ = load_matrix(store, manifest, prepared.transform, config.target.name)
     end = prepared.split.train_end
     booster = lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
-    inputs = store.read_parquet(manifest.data_key).slice(0, end).select(prepared.transform.spec.input_columns)
+    inputs = load_snapshot(manifest, store).slice(0, end).select(prepared.transform.spec.input_columns)
     data = reference_profile_bytes(inputs, predict(booster, X[:end]), config.time.column)
     key = trained.model_key.rsplit("/", 1)[0] + "/reference_profile.bin"
     store.write_bytes(key, data)

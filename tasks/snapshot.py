@@ -15,7 +15,9 @@ import inspect
 import io
 import json
 import sys
+import threading
 from datetime import datetime, timezone
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel
@@ -160,7 +162,17 @@ def _time_span(base: pl.LazyFrame, config: DatasetConfig) -> str:
 
 
 def load_snapshot(manifest: SnapshotManifest, store: ArtifactStore) -> pl.DataFrame:
-    return store.read_parquet(manifest.data_key)
+    """The snapshot's rows. A snapshot never changes once written (its id is its content), so the last
+    one read is kept per process: a training run's steps share one read instead of one each."""
+    key = (store.uri, manifest.data_key, manifest.content_sha256)
+    with _LAST_LOCK:
+        if _LAST.get("key") != key:
+            _LAST.update(key=key, frame=store.read_parquet(manifest.data_key))
+        return _LAST["frame"]
+
+
+_LAST: dict[str, Any] = {}
+_LAST_LOCK = threading.Lock()
 
 
 # --- Prefect tasks ---------------------------------------------------------------------------------

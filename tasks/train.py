@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from tasks.config import DatasetConfig, SearchDimension, TrainingConfig
 from tasks.errors import BadInput, SingleClassTarget
 from tasks.features import FittedTransform
-from tasks.snapshot import SnapshotManifest
+from tasks.snapshot import SnapshotManifest, load_snapshot
 from tasks.store import ArtifactStore
 
 FIXED_PARAMS = {
@@ -101,7 +101,7 @@ def load_matrix(store: ArtifactStore, manifest: SnapshotManifest, transform: Fit
     with _MATRICES_LOCK:
         hit = _MATRICES.get(key)
         if hit is None:
-            df = store.read_parquet(manifest.data_key)
+            df = load_snapshot(manifest, store)
             hit = (transform.to_matrix(df), df[target].to_numpy().astype(np.float64))
             _MATRICES.clear()  # keep one snapshot in memory at most
             _MATRICES[key] = hit
@@ -174,7 +174,7 @@ class PreparedTraining(BaseModel):
 @cached_task(name="fit-feature-transform")
 def fit_transform_on_train(manifest: SnapshotManifest, config: DatasetConfig, settings: Settings) -> PreparedTraining:
     """Split by time, then fit the feature transform on the training rows only (no test leakage)."""
-    df = open_store(settings).read_parquet(manifest.data_key)
+    df = load_snapshot(manifest, open_store(settings))
     split = make_split(df, config)
     train = df.slice(0, split.train_end)
     return PreparedTraining(transform=fit_feature_transform(train, FeatureSpec.from_config(config)), split=split,
