@@ -111,8 +111,10 @@ class RequestGuard:
         if self.token and headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
             return await JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
                                       status_code=401)(scope, receive, send)
-        length = headers.get(b"content-length")
-        if length is not None and int(length) > self.max_bytes:
+        length = headers.get(b"content-length", b"0")
+        if not length.isdigit():
+            return await JSONResponse({"error": "invalid Content-Length header"}, status_code=400)(scope, receive, send)
+        if int(length) > self.max_bytes:
             return await JSONResponse({"error": f"request body of {int(length)} bytes exceeds the limit of "
                                                 f"{self.max_bytes} (DRIFTLOOP_SERVING__MAX_REQUEST_BYTES)"},
                                       status_code=413)(scope, receive, send)
@@ -170,10 +172,10 @@ def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
         contract, required = CONTRACTS[name]
         if required and s.null_count():
             raise bad(f"column {name!r}: {s.null_count()} null value(s) in a required column")
-        if dtype.is_numeric():
-            low = s < contract.min if contract.min is not None else pl.Series([False])
-            high = s > contract.max if contract.max is not None else pl.Series([False])
-            out = s.filter((low | high).fill_null(False)) if s.len() == (low | high).len() else s.head(0)
+        if dtype.is_numeric() and (contract.min is not None or contract.max is not None):
+            low = -float("inf") if contract.min is None else contract.min
+            high = float("inf") if contract.max is None else contract.max
+            out = s.filter(~s.is_between(low, high).fill_null(True))
             if out.len():
                 raise bad(f"column {name!r}: {out.len()} value(s) outside [{contract.min}, {contract.max}], "
                           f"e.g. {out.head(3).to_list()}")
