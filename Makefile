@@ -10,7 +10,7 @@ export WHYLOGS_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DRIFTLOOP_PROJECT_DIR := $(CURDIR)
 
-.PHONY: venv demo test test-fast serve bench deploy stack stop clean lint
+.PHONY: venv demo test test-fast serve bench deploy stack stop clean lint lint-infra lock image cloud-check cloud-deploy
 
 venv: $(STAMP)
 
@@ -47,6 +47,27 @@ bench: $(STAMP) ## speed targets: prints RESULT lines
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --select F,E9 flows tasks deployments bentos tests bench
+
+lint-infra: $(STAMP) ## CloudFormation, Dockerfile and GitHub workflow linters (offline; also run by make test)
+	$(VENV)/bin/cfn-lint infra/cloudformation/*.yaml
+	$(VENV)/bin/hadolint infra/docker/flows.Dockerfile
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+
+lock: ## re-pin the flow image's dependencies (requirements.lock) from pyproject.toml
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet --upgrade pip && build/lock-venv/bin/pip install --quiet .
+	{ sed -n '1,3p' requirements.lock; build/lock-venv/bin/pip freeze --exclude driftloop; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock && rm -rf build/lock-venv
+
+IMAGE ?= driftloop/flows:dev
+image: ## build the flow image (needs a Docker engine; CI's deploy workflow builds and pushes it)
+	docker build -f infra/docker/flows.Dockerfile -t $(IMAGE) .
+
+cloud-check: $(STAMP) ## check what the */cloud deployments need (pool, image, blocks, secrets), change nothing
+	$(PY) -m deployments.cloud check
+
+cloud-deploy: $(STAMP) ## check, then register the */cloud deployments with PREFECT_API_URL
+	$(PY) -m deployments.cloud deploy
 
 clean: stop
 	rm -rf .driftloop

@@ -103,13 +103,19 @@ class LocalStack:
             raise RuntimeError(f"`prefect {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         return out
 
-    def ensure_pool(self) -> None:
-        out = self.cli("work-pool", "inspect", self.cfg.work_pool, check=False)
+    def python(self, *args: str) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, *args], env=self.env(), cwd=PROJECT_DIR, capture_output=True, text=True)
         if out.returncode != 0:
-            self.cli("work-pool", "create", self.cfg.work_pool, "--type", "process")
+            raise RuntimeError(f"`python {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        return out
+
+    def ensure_pool(self) -> None:
+        """The local ``process`` pool, created or updated by the same script the cloud uses."""
+        self.python("-m", "deployments.work_pools", "--only", "local")
 
     def deploy(self) -> None:
-        self.cli("--no-prompt", "deploy", "--all")
+        """Register the */local deployments (the */cloud ones belong to the ECS pool; see prefect.yaml)."""
+        self.cli("--no-prompt", "deploy", "--name", "*/local")
 
     def start_worker(self) -> None:
         if self._running("worker"):

@@ -3,7 +3,7 @@
 Event names: ``driftloop.model.registered``, ``.promoted``, ``.rolled_back``, ``.canary.started``
 (lifecycle) and ``driftloop.drift.detected``, ``driftloop.performance.degraded``,
 ``driftloop.data_quality.failed`` (monitoring). Automations in prefect.yaml match on
-``prefect.resource.id: driftloop.model.<name>``.
+``prefect.resource.id: driftloop.model.<name>`` and ``driftloop.target: local|cloud``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,21 @@ from typing import Any
 from prefect.events import emit_event
 
 
-def model_resource(model_name: str) -> dict[str, str]:
+def model_resource(model_name: str, target: str) -> dict[str, str]:
     return {"prefect.resource.id": f"driftloop.model.{model_name}", "prefect.resource.name": model_name,
-            "driftloop.model-name": model_name}
+            "driftloop.model-name": model_name, "driftloop.target": target}
 
 
-def emit_model_event(event: str, model_name: str, payload: dict[str, Any]) -> str | None:
-    """Emit ``event`` about ``model_name``; returns the event id (None when events are off)."""
-    sent = emit_event(event=event, resource=model_resource(model_name), payload={"model_name": model_name, **payload})
+def emit_model_event(event: str, model_name: str, payload: dict[str, Any], target: str | None = None) -> str | None:
+    """Emit ``event`` about ``model_name``; returns the event id (None when events are off).
+
+    The resource carries ``driftloop.target`` (local or cloud, from settings) so that the local and
+    the cloud retrain deployments each react only to events from their own side.
+    """
+    if target is None:
+        from tasks.settings import Settings
+
+        target = Settings().target
+    sent = emit_event(event=event, resource=model_resource(model_name, target),
+                      payload={"model_name": model_name, **payload})
     return str(sent.id) if sent else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -21,12 +21,18 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 class S3Settings(BaseModel):
-    """How to reach S3. Empty endpoint means AWS itself; tests point it at a moto server."""
+    """How to reach S3. Empty endpoint means AWS itself; tests point it at a moto server.
+
+    Credentials, first match wins: the Prefect ``AwsCredentials`` block named ``credentials_block``
+    (made by ``python -m deployments.blocks``), then explicit keys, then boto3's default chain (on ECS:
+    the task role, so no key exists anywhere). Keys are ``SecretStr``: they never print.
+    """
 
     endpoint_url: str | None = None
     region: str = "us-east-1"
     access_key_id: str | None = None
-    secret_access_key: str | None = None
+    secret_access_key: SecretStr | None = None
+    credentials_block: str | None = Field(None, description="name of a prefect-aws AwsCredentials block")
 
 
 class TrackingSettings(BaseModel):
@@ -36,6 +42,9 @@ class TrackingSettings(BaseModel):
     project: str = "driftloop"
     entity: str | None = None
     dir: Path = PROJECT_DIR / ".driftloop" / "wandb"
+    api_key_block: str | None = Field(
+        None, description="name of a Prefect Secret block holding the W&B API key (used when online)"
+    )
 
 
 class PrefectSettings(BaseModel):
@@ -116,6 +125,10 @@ class Settings(BaseSettings):
     bentoml_home: Path = PROJECT_DIR / ".driftloop" / "bentoml"
     on_invalid: Literal["fail", "skip"] = Field(
         "fail", description="A batch failing its contract stops the flow (fail) or is left out (skip)"
+    )
+    target: Literal["local", "cloud"] = Field(
+        "local", description="Which deployment variant runs this code; events carry it so each target's "
+        "automations react only to their own models",
     )
     prefect: PrefectSettings = PrefectSettings()
     serving: ServingSettings = ServingSettings()

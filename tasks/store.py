@@ -214,13 +214,14 @@ class S3Store(ArtifactStore):
         self.bucket, _, prefix = without_scheme.partition("/")
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self._s3 = settings.s3
+        self._creds = s3_credentials(settings)
         self.client = boto3.client(
             "s3",
-            endpoint_url=settings.s3.endpoint_url,
-            region_name=settings.s3.region,
-            aws_access_key_id=settings.s3.access_key_id,
-            aws_secret_access_key=settings.s3.secret_access_key,
+            endpoint_url=self._creds.endpoint_url,
+            region_name=self._creds.region,
+            aws_access_key_id=self._creds.access_key_id,
+            aws_secret_access_key=self._creds.secret_access_key(),
+            aws_session_token=self._creds.session_token(),
         )
 
     def _key(self, key: str) -> str:
@@ -286,15 +287,78 @@ class S3Store(ArtifactStore):
 
     @property
     def storage_options(self) -> dict[str, str]:
-        opts = {"aws_region": self._s3.region}
-        if self._s3.endpoint_url:
-            opts["aws_endpoint_url"] = self._s3.endpoint_url
-            opts["aws_allow_http"] = "true" if self._s3.endpoint_url.startswith("http://") else "false"
-        if self._s3.access_key_id:
-            opts["aws_access_key_id"] = self._s3.access_key_id
-        if self._s3.secret_access_key:
-            opts["aws_secret_access_key"] = self._s3.secret_access_key
+        creds = self._creds
+        opts = {"aws_region": creds.region}
+        if creds.endpoint_url:
+            opts["aws_endpoint_url"] = creds.endpoint_url
+            opts["aws_allow_http"] = "true" if creds.endpoint_url.startswith("http://") else "false"
+        if creds.access_key_id:
+            opts["aws_access_key_id"] = creds.access_key_id
+        if creds.secret_access_key():
+            opts["aws_secret_access_key"] = creds.secret_access_key()
+        if creds.session_token():
+            opts["aws_session_token"] = creds.session_token()
         return opts
+
+
+class S3Credentials:
+    """Where S3 is and who we are there. Secrets stay behind methods so they never print in a repr."""
+
+    def __init__(self, *, region: str, endpoint_url: str | None = None, access_key_id: str | None = None,
+                 secret_access_key: str | None = None, session_token: str | None = None, source: str = "default chain"):
+        self.region, self.endpoint_url, self.access_key_id, self.source = region, endpoint_url, access_key_id, source
+        self._secret, self._token = secret_access_key, session_token
+
+    def secret_access_key(self) -> str | None:
+        return self._secret
+
+    def session_token(self) -> str | None:
+        return self._token
+
+    def __repr__(self) -> str:
+        return f"S3Credentials(region={self.region!r}, endpoint_url={self.endpoint_url!r}, source={self.source!r})"
+
+
+_BLOCK_CREDENTIALS: dict[tuple[str, str], S3Credentials] = {}
+
+
+def s3_credentials(settings: Settings) -> S3Credentials:
+    """S3 credentials: the named ``AwsCredentials`` block, else explicit keys, else boto3's default chain.
+
+    A block is read once per process and Prefect API (flows open the store in many tasks).
+    """
+    s3 = settings.s3
+    if s3.credentials_block:
+        from prefect.settings import PREFECT_API_URL
+
+        memo_key = (s3.credentials_block, str(PREFECT_API_URL.value()))
+        if memo_key not in _BLOCK_CREDENTIALS:
+            _BLOCK_CREDENTIALS[memo_key] = _credentials_from_block(s3.credentials_block, s3.region, s3.endpoint_url)
+        return _BLOCK_CREDENTIALS[memo_key]
+    secret = s3.secret_access_key.get_secret_value() if s3.secret_access_key else None
+    return S3Credentials(region=s3.region, endpoint_url=s3.endpoint_url, access_key_id=s3.access_key_id,
+                         secret_access_key=secret, source="settings" if s3.access_key_id else "default chain")
+
+
+def _credentials_from_block(name: str, region: str, endpoint_url: str | None) -> S3Credentials:
+    from prefect_aws import AwsCredentials
+
+    try:
+        block = AwsCredentials.load(name)
+    except ValueError as exc:
+        raise StoreError(
+            f"AwsCredentials block {name!r} not found on the Prefect server ({exc}). Create it with "
+            "`python -m deployments.blocks`, or unset DRIFTLOOP_S3__CREDENTIALS_BLOCK to use keys or the task role."
+        ) from None
+    params = block.aws_client_parameters
+    return S3Credentials(
+        region=block.region_name or region,
+        endpoint_url=(str(params.endpoint_url) if params and params.endpoint_url else None) or endpoint_url,
+        access_key_id=block.aws_access_key_id,
+        secret_access_key=block.aws_secret_access_key.get_secret_value() if block.aws_secret_access_key else None,
+        session_token=block.aws_session_token,
+        source=f"block {name}",
+    )
 
 
 def open_store(settings: Settings) -> ArtifactStore:

@@ -39,12 +39,35 @@ def _wandb(settings: Settings) -> Any:
     return wandb
 
 
-def _init(settings: Settings, **kwargs: Any) -> Any:
+def wandb_api_key(settings: Settings) -> str | None:
+    """The W&B API key from the Prefect Secret block named in settings (None if no block is named).
+
+    The block is read whenever it is named, offline too, so a missing block fails on the laptop the
+    same way it would in the cloud. The key goes to wandb in memory only, never to env, logs or files.
+    """
+    name = settings.tracking.api_key_block
+    if not name:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(name).get())
+    except ValueError as exc:
+        raise RuntimeError(
+            f"W&B key: Secret block {name!r} not found on the Prefect server ({exc}). Create it with "
+            "`python -m deployments.blocks --wandb-api-key-env WANDB_API_KEY`, or unset "
+            "DRIFTLOOP_TRACKING__API_KEY_BLOCK to track offline."
+        ) from None
+
+
+def _init(settings: Settings, api_key: str | None = None, **kwargs: Any) -> Any:
     wandb = _wandb(settings)
+    options: dict[str, Any] = {"console": "off", "silent": True}
+    if api_key and settings.tracking.mode == "online":
+        options["api_key"] = api_key
     return wandb.init(
         project=settings.tracking.project, entity=settings.tracking.entity, mode=settings.tracking.mode,
-        dir=os.environ["WANDB_DIR"], reinit="create_new", settings=wandb.Settings(console="off", silent=True),
-        **kwargs,
+        dir=os.environ["WANDB_DIR"], reinit="create_new", settings=wandb.Settings(**options), **kwargs,
     )
 
 
@@ -57,15 +80,16 @@ def log_training_run(
     if settings.tracking.mode == "disabled":
         return None
     wandb = _wandb(settings)
+    api_key = wandb_api_key(settings)
     for i, trial in enumerate(trials):
-        trial_run = _init(settings, name=f"{name}-trial-{i}", group=group, job_type="hpo-trial",
+        trial_run = _init(settings, api_key, name=f"{name}-trial-{i}", group=group, job_type="hpo-trial",
                           config={**trial["params"], "trial": i})
         for step, (auc, loss) in enumerate(zip(trial["history"]["valid"]["auc"], trial["history"]["valid"]["binary_logloss"])):
             trial_run.log({"valid/auc": auc, "valid/logloss": loss}, step=step)
         trial_run.summary.update({"valid_auc": trial["valid_auc"], "best_iteration": trial["best_iteration"]})
         trial_run.finish()
 
-    run = _init(settings, name=name, group=group, job_type="train", config=config)
+    run = _init(settings, api_key, name=name, group=group, job_type="train", config=config)
     train_h, valid_h = history.get("train", {}), history.get("valid", {})
     for step in range(len(valid_h.get("auc", []))):
         run.log({"train/auc": train_h["auc"][step], "train/logloss": train_h["binary_logloss"][step],

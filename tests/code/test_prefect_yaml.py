@@ -1,5 +1,7 @@
-"""prefect.yaml stays true to the code: every entrypoint imports to a flow, every parameter schema
-builds (the Prefect UI renders it as a form), and the retraining trigger is the one documented."""
+"""prefect.yaml stays true to the code: every flow is deployed for both targets from one definition,
+every entrypoint imports to a flow, every parameter schema builds (the Prefect UI renders it as a
+form), cloud job variables pass the ECS pool template, and each target's retrain trigger reacts only
+to its own events."""
 
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tasks.settings import PROJECT_DIR
+from deployments import prefect_file
+from tasks.settings import PROJECT_DIR, Settings
 
-SPEC = yaml.safe_load((PROJECT_DIR / "prefect.yaml").read_text())
+SPEC = prefect_file.load()
 DEPLOYMENTS = SPEC["deployments"]
+FLOWS = ["training", "land-demo-data", "package", "promote", "rollback", "monitor", "retrain",
+         "canary-decision", "lineage"]
 
 
 def _load_flow(entrypoint: str):
@@ -23,30 +27,83 @@ def _load_flow(entrypoint: str):
     return getattr(module, name)
 
 
-@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["entrypoint"])
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: f"{d['entrypoint']}-{d['name']}")
 def test_entrypoint_is_a_flow_with_a_parameter_schema(deployment):
     from prefect import Flow
     from prefect.utilities.callables import parameter_schema
 
     flow = _load_flow(deployment["entrypoint"])
     assert isinstance(flow, Flow)
+    assert flow.name == prefect_file.flow_name(deployment)  # what `prefect deploy --name <flow>/<target>` matches
     schema = parameter_schema(flow.fn).model_dump()
     assert schema["type"] == "object"
-    assert deployment["work_pool"]["name"] == "driftloop-local"
+
+
+def test_every_flow_exists_for_both_targets_with_the_same_definition():
+    by_target = {t: {prefect_file.flow_name(d): d for d in prefect_file.deployments(t, SPEC)} for t in ("local", "cloud")}
+    assert sorted(by_target["local"]) == sorted(by_target["cloud"]) == sorted(FLOWS)
+    assert {d["name"] for d in DEPLOYMENTS} == {"local", "cloud"}
+    for name in FLOWS:
+        local, cloud = by_target["local"][name], by_target["cloud"][name]
+        for key in ("entrypoint", "description", "tags", "parameters"):
+            assert local.get(key) == cloud.get(key), f"{name}: {key} differs between targets"
+        assert local["work_pool"]["name"] == Settings().prefect.work_pool == "driftloop-local"
+        assert cloud["work_pool"]["name"] == "driftloop-ecs"
+        assert local["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $DRIFTLOOP_PROJECT_DIR }}"
+        assert cloud["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/opt/driftloop"
+    assert by_target["cloud"]["monitor"]["schedules"][0]["cron"] == "0 * * * *"
+
+
+def test_cloud_job_variables_pass_the_ecs_template():
+    from deployments.work_pools import ecs_template, validate_job_variables
+
+    template = ecs_template()
+    env = {"DRIFTLOOP_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/driftloop/flows:abc",
+           "DRIFTLOOP_STORE_URI": "s3://bucket/driftloop"}
+    for d in prefect_file.deployments("cloud", SPEC):
+        variables = prefect_file.render(d["work_pool"]["job_variables"], env)
+        validate_job_variables(variables, template, prefect_file.flow_name(d))
+        assert variables["env"]["DRIFTLOOP_TARGET"] == "cloud"
+        # every DRIFTLOOP_ variable is a real setting (Settings forbids unknown ones)
+        driftloop_env = {k: v for k, v in variables["env"].items() if k.startswith("DRIFTLOOP_")}
+        assert _settings_from_env(driftloop_env).target == "cloud"
+
+
+def _settings_from_env(env: dict[str, str]) -> Settings:
+    import os
+
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def test_every_flow_the_readme_names_is_deployed():
     names = {_load_flow(d["entrypoint"]).name for d in DEPLOYMENTS}
-    assert {"training", "land-demo-data", "package", "promote", "rollback", "monitor", "retrain",
-            "canary-decision", "lineage"} <= names
+    assert set(FLOWS) <= names
     readme = (PROJECT_DIR / "README.md").read_text()
     for name in names - {"land-demo-data"}:
         assert f"{name}/local" in readme, f"README does not mention the {name}/local deployment"
+    assert "training/cloud" in readme
 
 
-def test_retrain_is_triggered_by_drift_and_degradation():
-    retrain = next(d for d in DEPLOYMENTS if d["entrypoint"].endswith(":retrain"))
+@pytest.mark.parametrize("target", ["local", "cloud"])
+def test_retrain_is_triggered_by_drift_and_degradation_of_its_own_target(target):
+    retrain = next(d for d in prefect_file.deployments(target, SPEC) if d["entrypoint"].endswith(":retrain"))
     (trigger,) = retrain["triggers"]
     assert set(trigger["expect"]) == {"driftloop.drift.detected", "driftloop.performance.degraded"}
-    assert trigger["match"]["prefect.resource.id"] == "driftloop.model.*"
+    assert trigger["match"] == {"prefect.resource.id": "driftloop.model.*", "driftloop.target": target}
     assert trigger["parameters"]["params"]["model_name"] == "{{ event.payload.model_name }}"
+
+
+def test_events_carry_the_target_the_triggers_match():
+    from tasks.events import model_resource
+
+    assert model_resource("m", "cloud")["driftloop.target"] == "cloud"
+    assert model_resource("m", Settings().target)["driftloop.target"] == "local"

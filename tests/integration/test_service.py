@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -242,6 +243,13 @@ def test_predictions_and_feedback_are_logged(service, serving_store):
 def test_metrics_and_status(service):
     metrics = httpx.get(f"{service}/metrics").text
     assert "driftloop_predictions" in metrics and 'model_version="1"' in metrics and 'arm="challenger"' in metrics
+    # every series the Grafana dashboard and the alert rules query is one this service exports
+    from tests.code.test_cloud_files import dashboard_metric_names
+
+    exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", metrics, re.M))
+    queried = dashboard_metric_names()
+    assert {"driftloop_predictions_total", "driftloop_scoring_seconds_bucket", "bentoml_service_request_total"} <= queried
+    assert queried <= exported, f"dashboard queries series the service does not export: {queried - exported}"
     status = httpx.post(f"{service}/model_status", headers=AUTH).json()
     assert status["champion"] == 1 and status["challenger"] == 2 and status["problems"] == []
     spec = httpx.get(f"{service}/docs.json").json()

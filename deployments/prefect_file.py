@@ -1,0 +1,45 @@
+"""What prefect.yaml says, for the setup scripts: pool definitions and each target's deployments.
+
+prefect.yaml is the one place deployments are defined; the scripts read it rather than repeating
+pool names, block names or job variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.settings import PROJECT_DIR
+
+PREFECT_FILE = PROJECT_DIR / "prefect.yaml"
+
+
+def load(path: Path = PREFECT_FILE) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def pool(target: str, spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``definitions.work_pools.<target>``: name, work queue, job variables."""
+    spec = spec or load()
+    return spec["definitions"]["work_pools"][target]
+
+
+def deployments(target: str, spec: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every deployment of ``target`` (its name is the target: training/local, training/cloud, ...)."""
+    spec = spec or load()
+    return [d for d in spec["deployments"] if d["name"] == target]
+
+
+def render(value: Any, env: dict[str, str] | None = None) -> Any:
+    """Fill ``{{ $VAR }}`` from the environment as `prefect deploy` does; unset ones stay as they are."""
+    from prefect.utilities.templating import apply_values
+
+    return apply_values(value, dict(os.environ if env is None else env), remove_notset=False)
+
+
+def flow_name(deployment: dict[str, Any]) -> str:
+    """The flow's name as Prefect shows it (function name with dashes, or the @flow name)."""
+    return deployment["entrypoint"].split(":")[-1].replace("_", "-")

@@ -1,0 +1,188 @@
+"""The cloud deployment's files, checked offline: CloudFormation (cfn-lint), the flow image's
+Dockerfile (hadolint) and lock, the GitHub workflows (GitHub's schema), the ECS job template, and the
+observability configuration."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.settings import PROJECT_DIR
+
+BIN = Path(sys.executable).parent
+TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "driftloop.yaml"
+DOCKERFILE = PROJECT_DIR / "infra" / "docker" / "flows.Dockerfile"
+WORKFLOWS = sorted((PROJECT_DIR / ".github" / "workflows").glob("*.yml"))
+
+
+def _run(*args: str | Path) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    out = subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=PROJECT_DIR)
+    return out, time.perf_counter() - start
+
+
+def test_cloudformation_passes_cfn_lint():
+    out, seconds = _run(BIN / "cfn-lint", TEMPLATE)
+    print(f"cfn-lint: {seconds:.1f} s")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cfn_lint_would_catch_a_broken_template(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(TEMPLATE.read_text().replace("Type: AWS::ECS::Cluster", "Type: AWS::ECS::Clustre"))
+    out, _ = _run(BIN / "cfn-lint", broken)
+    assert out.returncode != 0 and "Clustre" in out.stdout
+
+
+def test_bucket_is_private_encrypted_versioned_and_expires_prediction_logs():
+    from cfnlint.decode import decode_str
+
+    template, _ = decode_str(TEMPLATE.read_text())
+    bucket = template["Resources"]["ArtifactBucket"]["Properties"]
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
+    assert bucket["VersioningConfiguration"]["Status"] == "Enabled"
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
+    assert "logs/" in str(rules["expire-prediction-logs"]["Prefix"])
+    # the flow role reaches only the store prefix of this bucket
+    statements = template["Resources"]["FlowTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    assert {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])} == {
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    assert "${StorePrefix}/*" in str(statements[1]["Resource"])
+
+
+def test_flow_dockerfile_passes_hadolint():
+    out, seconds = _run(BIN / "hadolint", DOCKERFILE)
+    print(f"hadolint: {seconds:.2f} s")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_would_catch_a_root_image(tmp_path):
+    worse = tmp_path / "Dockerfile"
+    worse.write_text(DOCKERFILE.read_text().replace("USER 10001:10001", "").replace(
+        "FROM python:3.11.7-slim-bookworm", "FROM python:latest"))
+    out, _ = _run(BIN / "hadolint", worse)
+    assert out.returncode != 0 and "DL3007" in out.stdout  # "latest" is not a pinned base image
+
+
+def test_flow_image_runs_as_non_root_with_the_project_and_no_secrets():
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^USER 10001", text, re.M)
+    packages = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    for package in (p.rstrip("*") for p in packages):
+        assert f"COPY {package} ./{package}" in text, f"the flow image lacks the {package} package"
+    assert "COPY configs ./configs" in text and "requirements.lock" in text
+    assert not re.search(r"(?i)(api_key|secret|password|token)\s*=", text)
+    ignored = (PROJECT_DIR / ".dockerignore").read_text().split()
+    assert {".venv", ".driftloop", ".git", ".env"} <= set(ignored)
+
+
+def test_lock_satisfies_every_runtime_dependency():
+    from packaging.requirements import Requirement
+
+    locked = {}
+    for line in (PROJECT_DIR / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            locked[name.lower().replace("_", "-")] = version
+    deps = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in map(Requirement, deps):
+        name = dep.name.lower().replace("_", "-")
+        assert name in locked, f"{name} is a dependency but not in requirements.lock; run `make lock`"
+        assert dep.specifier.contains(locked[name], prereleases=True), (
+            f"requirements.lock pins {name}=={locked[name]}, outside {dep}; run `make lock`")
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
+def test_github_workflow_matches_githubs_schema(workflow):
+    out, seconds = _run(BIN / "check-jsonschema", "--builtin-schema", "vendor.github-workflows", workflow)
+    print(f"check-jsonschema {workflow.name}: {seconds:.2f} s")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_workflows_test_on_pull_requests_and_deploy_and_run_on_main():
+    ci = yaml.safe_load((PROJECT_DIR / ".github/workflows/ci.yml").read_text())
+    assert "pull_request" in ci[True]  # YAML reads the `on:` key as True
+    assert any(step.get("run") == "make test" for step in ci["jobs"]["test"]["steps"])
+    deploy_text = (PROJECT_DIR / ".github/workflows/deploy.yml").read_text()
+    deploy = yaml.safe_load(deploy_text)
+    assert deploy[True]["push"]["branches"] == ["main"]
+    for needed in ("docker build -f infra/docker/flows.Dockerfile", "docker push", "deployments.work_pools",
+                   "deployments.blocks", "deployments.cloud deploy", "prefect deployment run 'training/cloud' --watch",
+                   "flows/package.py", "bentoml containerize"):
+        assert needed in deploy_text, f"deploy workflow lacks {needed!r}"
+    order = list(deploy["jobs"])
+    assert order.index("test") < order.index("flow-image") < order.index("deploy") < order.index("service-image")
+    assert "AWS_SECRET_ACCESS_KEY" not in deploy_text  # OIDC role, no long-lived keys
+
+
+def test_ecs_template_keeps_every_field_of_prefect_aws_default():
+    """Derived from `prefect work-pool get-default-base-job-template --type ecs`: an upgrade of
+    prefect-aws that adds a variable or job field shows up here."""
+    from prefect_aws.workers.ecs_worker import ECSWorker
+
+    from deployments.work_pools import ecs_template
+
+    default = ECSWorker.get_default_base_job_template()
+    ours = ecs_template()
+    assert set(default["variables"]["properties"]) == set(ours["variables"]["properties"])
+    assert set(default["job_configuration"]) == set(ours["job_configuration"])
+    assert ours["variables"]["properties"]["cpu"]["default"] == 1024
+    assert ours["variables"]["properties"]["cluster"]["default"] == "driftloop"
+
+
+@pytest.mark.parametrize("variables, complaint", [
+    ({"cpu": 300}, r"cpu: 300 is not one of"),
+    ({"cpu": 1024, "memory": 100}, r"memory: 100 is less than the minimum"),
+    ({"cpu": 256, "memory": 4096}, r"4096 MiB is not a Fargate size for cpu 256"),
+    ({"launch_type": "LAMBDA"}, r"launch_type: 'LAMBDA' is not one of"),
+    ({"env": {"A": 3}}, r"env.A: 3 is not valid"),
+])
+def test_job_variables_out_of_range_are_named(variables, complaint):
+    from deployments.aws import SetupError
+    from deployments.work_pools import ecs_template, validate_job_variables
+
+    with pytest.raises(SetupError, match=complaint):
+        validate_job_variables(variables, ecs_template(), "training/cloud")
+    validate_job_variables({"cpu": 2048, "memory": 8192}, ecs_template(), "training/cloud")  # a valid pair passes
+
+
+def test_ecr_image_names_are_parsed():
+    from deployments.aws import ECR_IMAGE, SetupError, check_image
+
+    m = ECR_IMAGE.match("123456789012.dkr.ecr.eu-west-1.amazonaws.com/driftloop/flows:0a1b2c")
+    assert m and m["repo"] == "driftloop/flows" and m["tag"] == "0a1b2c" and m["region"] == "eu-west-1"
+    with pytest.raises(SetupError, match="DRIFTLOOP_IMAGE"):
+        check_image("{{ $DRIFTLOOP_IMAGE }}")
+
+
+def test_grafana_dashboard_and_prometheus_config_are_well_formed():
+    dashboard = json.loads((PROJECT_DIR / "infra/observability/grafana-dashboard.json").read_text())
+    assert dashboard["uid"] == "driftloop-service" and dashboard["panels"]
+    for panel in dashboard["panels"]:
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"]), panel["title"]
+    titles = " ".join(p["title"] for p in dashboard["panels"])
+    assert "model version and arm" in titles and "latency" in titles.lower() and "Requests" in titles
+    prom = yaml.safe_load((PROJECT_DIR / "infra/observability/prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    assert job["metrics_path"] == "/metrics" and job["static_configs"][0]["targets"] == ["127.0.0.1:3000"]
+    rules = yaml.safe_load((PROJECT_DIR / "infra/observability" / prom["rule_files"][0]).read_text())
+    assert all(r["expr"] and r["alert"] for g in rules["groups"] for r in g["rules"])
+
+
+def dashboard_metric_names() -> set[str]:
+    """Metric names the dashboard and alert rules query (the service must export each)."""
+    texts = [(PROJECT_DIR / "infra/observability/grafana-dashboard.json").read_text(),
+             (PROJECT_DIR / "infra/observability/driftloop-alerts.yml").read_text()]
+    names = set()
+    for text in texts:
+        names |= set(re.findall(r"\b((?:bentoml_service|driftloop)_[a-z_]+)\b", text))
+    return names
