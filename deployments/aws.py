@@ -51,6 +51,7 @@ def secret_arn(name: str, region: str | None = None, *, need_value: bool = False
             f"secret {name!r} does not exist in Secrets Manager; the CloudFormation stack creates it"
         ) from None
     if need_value and not described.get("VersionIdsToStages"):
+        name = described.get("Name", name)
         raise SetupError(
             f"secret {name!r} has no value yet: `aws secretsmanager put-secret-value --secret-id {name} "
             "--secret-string <value>`"

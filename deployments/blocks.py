@@ -62,8 +62,14 @@ def desired_blocks(*, bucket: str, store_prefix: str, region: str, endpoint_url:
     return blocks
 
 
-def _dump(block: Any) -> dict[str, Any]:
-    return block.model_dump(mode="json", context={"include_secrets": True})
+def _dump(block: Any) -> Any:
+    """A block's fields, secrets included, without the bookkeeping a saved block carries (``_block_*``)."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if not k.startswith("_")}
+        return value
+
+    return strip(block.model_dump(mode="json", context={"include_secrets": True}))
 
 
 def apply_blocks(blocks: dict[str, Any]) -> dict[str, str]:

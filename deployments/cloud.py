@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ from deployments import prefect_file
 from deployments.aws import SetupError, check_image, client, secret_arn
 from deployments.work_pools import validate_job_variables
 
-UNRENDERED = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
+UNRENDERED = prefect_file.ENV_PLACEHOLDER
 
 
 def _unrendered(value: Any) -> set[str]:

@@ -7,6 +7,7 @@ pool names, block names or job variables.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,23 @@ def deployments(target: str, spec: dict[str, Any] | None = None) -> list[dict[st
     return [d for d in spec["deployments"] if d["name"] == target]
 
 
-def render(value: Any, env: dict[str, str] | None = None) -> Any:
-    """Fill ``{{ $VAR }}`` from the environment as `prefect deploy` does; unset ones stay as they are."""
-    from prefect.utilities.templating import apply_values
+ENV_PLACEHOLDER = re.compile(r"\{\{\s*\$(\w+)\s*\}\}")
 
-    return apply_values(value, dict(os.environ if env is None else env), remove_notset=False)
+
+def render(value: Any, env: dict[str, str] | None = None) -> Any:
+    """Fill ``{{ $VAR }}`` from ``env`` (default: the environment) as `prefect deploy` does; unset ones stay.
+
+    (Prefect's own ``apply_values`` always reads ``os.environ`` for these, so checks of another
+    environment need this.)
+    """
+    env = dict(os.environ) if env is None else env
+    if isinstance(value, dict):
+        return {k: render(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, env) for v in value]
+    if isinstance(value, str):
+        return ENV_PLACEHOLDER.sub(lambda m: env.get(m.group(1), m.group(0)), value)
+    return value
 
 
 def flow_name(deployment: dict[str, Any]) -> str:
