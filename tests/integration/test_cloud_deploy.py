@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 import boto3
 import pytest
@@ -230,29 +231,39 @@ def test_training_runs_with_the_cloud_settings_against_the_stacks_bucket_and_lea
     env.update(job_env)
     env.update({  # what differs from an ECS task here: no internet for W&B, private dirs
         "DRIFTLOOP_TRACKING__MODE": "offline", "DRIFTLOOP_TRACKING__DIR": str(tmp_path / "wandb"),
-        "DRIFTLOOP_BENTOML_HOME": str(tmp_path / "bentoml"), "DRIFTLOOP_SOURCES_DIR": str(tmp_path / "sources"),
+        "DRIFTLOOP_BENTOML_HOME": str(tmp_path / "bentoml"),
         "DRIFTLOOP_PREFECT__HOME": os.environ["DRIFTLOOP_PREFECT__HOME"], "PREFECT_LOGGING_LEVEL": "INFO",
     })
     assert "AWS_SECRET_ACCESS_KEY" not in env and "AWS_ENDPOINT_URL" not in env  # the blocks must carry both
-    script = (
-        "import json\n"
+    # two processes with separate disks, as two ECS tasks: landing, then training
+    land_script = (
         "from flows.land import LandParams, land_demo_data\n"
+        "state = land_demo_data(LandParams(months=[1, 2]), return_state=True)\n"
+        "print('RUN', state.state_details.flow_run_id)\n"
+    )
+    train_script = (
+        "import json\n"
         "from flows.schemas import TrainingParams\n"
         "from flows.training import training\n"
         f"SMALL = {SMALL!r}\n"
-        "land = land_demo_data(LandParams(months=[1, 2]), return_state=True)\n"
-        "train = training(TrainingParams(**SMALL), return_state=True)\n"
-        "summary = train.result()\n"
-        "print('RESULT', json.dumps({'runs': [str(land.state_details.flow_run_id), str(train.state_details.flow_run_id)],"
-        " 'version': summary.version, 'registry': summary.registry_entry}))\n"
+        "state = training(TrainingParams(**SMALL), return_state=True)\n"
+        "summary = state.result()\n"
+        "print('RUN', state.state_details.flow_run_id)\n"
+        "print('RESULT', json.dumps({'version': summary.version, 'registry': summary.registry_entry}))\n"
     )
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-c", script], env=env, cwd=PROJECT_DIR, capture_output=True, text=True,
-                         timeout=600)
-    print(f"\nland + train with cloud settings on the stack's bucket: {time.perf_counter() - start:.1f} s")
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    result = json.loads(run.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    outputs = []
+    for i, script in enumerate((land_script, train_script)):
+        run_env = {**env, "DRIFTLOOP_SOURCES_DIR": str(tmp_path / f"disk-{i}")}
+        run = subprocess.run([sys.executable, "-c", script], env=run_env, cwd=PROJECT_DIR, capture_output=True,
+                             text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        outputs.append(run.stdout + run.stderr)
+    print(f"\nland, then train, with the cloud settings on the stack's bucket: {time.perf_counter() - start:.1f} s")
+    result = json.loads(outputs[1].split("RESULT ", 1)[1].splitlines()[0])
+    run_ids = [UUID(o.split("RUN ", 1)[1].split()[0]) for o in outputs]
     assert result["version"] == 1 and result["registry"].startswith(out["StoreUri"])
+    assert not (tmp_path / "disk-1").exists() or not any((tmp_path / "disk-1").iterdir())  # training needed no local source
 
     s3 = _aws("s3", cloud["endpoint"])
     keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=out["BucketName"])
@@ -265,9 +276,6 @@ def test_training_runs_with_the_cloud_settings_against_the_stacks_bucket_and_lea
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
     import asyncio
-    from uuid import UUID
-
-    run_ids = [UUID(r) for r in result["runs"]]
 
     async def traces():
         async with get_client() as client:
@@ -278,7 +286,7 @@ def test_training_runs_with_the_cloud_settings_against_the_stacks_bucket_and_lea
 
     logs, artifacts = asyncio.run(traces())
     assert logs and artifacts
-    haystacks = {"stdout/stderr": run.stdout + run.stderr, "logs": "\n".join(logs), "artifacts": "\n".join(artifacts)}
+    haystacks = {"stdout/stderr": "\n".join(outputs), "logs": "\n".join(logs), "artifacts": "\n".join(artifacts)}
     haystacks["wandb files"] = "\n".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "wandb").rglob("*") if p.is_file())
     assert haystacks["wandb files"]
     haystacks["stored objects"] = "\n".join(s3.get_object(Bucket=out["BucketName"], Key=k)["Body"].read().decode("latin-1")
