@@ -1,7 +1,7 @@
 """Deploy the ``*/cloud`` deployments, after checking everything they need exists.
 
     python -m deployments.cloud check    # report every problem, change nothing
-    python -m deployments.cloud deploy   # check, then `prefect --no-prompt deploy --name '*/cloud'`
+    python -m deployments.cloud deploy   # check, then `prefect --no-prompt deploy` of every */cloud deployment
 
 A half-made deployment is worse than none: a run that waits forever for a missing pool, pulls an image
 that was never pushed, or dies on a missing secret at 3 a.m. So before anything is registered this
@@ -130,7 +130,7 @@ def deploy(prefect_bin: Path | None = None) -> int:
             print(f"  - {p}", file=sys.stderr)
         return 2
     prefect = prefect_bin or Path(sys.executable).parent / "prefect"
-    return subprocess.run([str(prefect), "--no-prompt", "deploy", "--name", "*/cloud"],
+    return subprocess.run([str(prefect), "--no-prompt", "deploy", *prefect_file.deploy_name_args("cloud")],
                           cwd=prefect_file.PREFECT_FILE.parent).returncode
 
 

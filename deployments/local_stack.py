@@ -115,7 +115,9 @@ class LocalStack:
 
     def deploy(self) -> None:
         """Register the */local deployments (the */cloud ones belong to the ECS pool; see prefect.yaml)."""
-        self.cli("--no-prompt", "deploy", "--name", "*/local")
+        from deployments.prefect_file import deploy_name_args
+
+        self.cli("--no-prompt", "deploy", *deploy_name_args("local"))
 
     def start_worker(self) -> None:
         if self._running("worker"):

@@ -56,3 +56,16 @@ def render(value: Any, env: dict[str, str] | None = None) -> Any:
 def flow_name(deployment: dict[str, Any]) -> str:
     """The flow's name as Prefect shows it (function name with dashes, or the @flow name)."""
     return deployment["entrypoint"].split(":")[-1].replace("_", "-")
+
+
+def deploy_name_args(target: str) -> list[str]:
+    """``--name <flow>/<target>`` for each of the target's deployments, for `prefect deploy`.
+
+    Explicit names rather than the pattern ``*/<target>``: Prefect 3.9 expands a pattern to bare
+    deployment names, and since every deployment of a target shares its name, each would be
+    deployed once per match (9 x 9 for nine flows, ~30 s instead of ~4 s).
+    """
+    args: list[str] = []
+    for d in deployments(target):
+        args += ["--name", f"{flow_name(d)}/{target}"]
+    return args

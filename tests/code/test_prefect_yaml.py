@@ -107,3 +107,11 @@ def test_events_carry_the_target_the_triggers_match():
 
     assert model_resource("m", "cloud")["driftloop.target"] == "cloud"
     assert model_resource("m", Settings().target)["driftloop.target"] == "local"
+
+
+@pytest.mark.parametrize("target", ["local", "cloud"])
+def test_deploy_names_select_each_deployment_of_a_target_once(target):
+    args = prefect_file.deploy_name_args(target)
+    names = args[1::2]
+    assert args[::2] == ["--name"] * len(names) and len(set(names)) == len(names) == len(FLOWS)
+    assert {n.split("/")[0] for n in names} == set(FLOWS) and all(n.endswith(f"/{target}") for n in names)
