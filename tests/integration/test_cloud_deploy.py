@@ -94,6 +94,13 @@ def test_stack_makes_the_bucket_roles_cluster_and_worker(cloud):
     assert container["image"] == f"{out['FlowsRepositoryUri']}:latest"
     assert container["command"][:5] == ["prefect", "worker", "start", "--pool", "driftloop-ecs"]
     assert [s["name"] for s in container["secrets"]] == ["PREFECT_API_KEY"]  # never a plain env value
+    # the worker's observer learns of crashed flow-run tasks from ECS events via an SQS queue
+    worker_env = {e["name"]: e["value"] for e in container["environment"]}
+    queue = worker_env["PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_SQS_QUEUE_NAME"]
+    assert queue == out["TaskEventsQueueName"]
+    assert _aws("sqs", endpoint).get_queue_url(QueueName=queue)["QueueUrl"]
+    (rule,) = _aws("events", endpoint).list_rules(NamePrefix="driftloop-ecs-task-events")["Rules"]
+    assert json.loads(rule["EventPattern"])["detail-type"] == ["ECS Task State Change"]
     repos = {r["repositoryName"] for r in _aws("ecr", endpoint).describe_repositories()["repositories"]}
     assert {"driftloop/flows", "driftloop/service"} <= repos
     groups = {g["logGroupName"] for g in _aws("logs", endpoint).describe_log_groups()["logGroups"]}
