@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SetupError("--keys-from-env: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must both be set")
         blocks = desired_blocks(bucket=bucket, store_prefix=prefix, region=args.region, endpoint_url=args.endpoint_url,
                                 access_key_id=keys[0], secret_access_key=keys[1], wandb_api_key=wandb_key)
+        prefect_file.require_prefect_api()
         actions = apply_blocks(blocks)
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.cloud", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["check", "deploy"])
     args = parser.parse_args(argv)
+    try:
+        prefect_file.require_prefect_api()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "deploy":
         return deploy()
     problems = check()

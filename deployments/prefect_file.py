@@ -69,3 +69,32 @@ def deploy_name_args(target: str) -> list[str]:
     for d in deployments(target):
         args += ["--name", f"{flow_name(d)}/{target}"]
     return args
+
+
+def require_prefect_api() -> str:
+    """The Prefect API URL the scripts will write to, refusing to go on without a reachable one.
+
+    Without ``PREFECT_API_URL`` Prefect would quietly start a throwaway in-process server, and pools
+    or blocks would be "created" where no one will ever see them.
+    """
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from deployments.aws import SetupError
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise SetupError("PREFECT_API_URL is not set: `prefect cloud login`, or export PREFECT_API_URL "
+                         "(and PREFECT_API_KEY) for your workspace or server (`make stack` starts a local one)")
+
+    async def health() -> Exception | None:
+        async with get_client() as client:
+            return await client.api_healthcheck()
+
+    error = asyncio.run(health())
+    if error is not None:
+        raise SetupError(f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}); "
+                         "is the server up, and are PREFECT_API_URL / PREFECT_API_KEY right?")
+    return url

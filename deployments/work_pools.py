@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         defaults.update({k: v for k, v in {"cpu": args.cpu, "memory": args.memory, "image": args.image,
                                            "launch_type": args.launch_type}.items() if v is not None})
         pools = desired_pools(defaults, args.only)  # everything validated before anything is written
+        prefect_file.require_prefect_api()
         actions = asyncio.run(apply_pools(pools))
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
