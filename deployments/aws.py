@@ -7,7 +7,8 @@ every client at another endpoint, which is how the tests use a moto server on 12
 from __future__ import annotations
 
 import re
-from typing import Any
+import sys
+from typing import Any, Callable
 
 ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)"
                        r"(?::(?P<tag>[\w][\w.-]{0,127})|@(?P<digest>sha256:[0-9a-f]{64}))$")
@@ -15,6 +16,18 @@ ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\
 
 class SetupError(RuntimeError):
     """A cloud setup step cannot go on; the message says what is wrong and what to do."""
+
+
+def run_setup(step: Callable[[], dict[str, str]], noun: str) -> int:
+    """Run a setup step; print ``<noun> <name>: created|updated|unchanged`` or the error. Exit code."""
+    try:
+        actions = step()
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, action in actions.items():
+        print(f"{noun} {name}: {action}")
+    return 0
 
 
 def client(service: str, region: str | None = None) -> Any:

@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from deployments import prefect_file
-from deployments.aws import SetupError, secret_value, stack_outputs
+from deployments.aws import SetupError, run_setup, secret_value, stack_outputs
 
 
 def block_names() -> dict[str, str]:
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb-from-stack-secret", action="store_true",
                         help="read the W&B key from the stack's Secrets Manager entry")
     args = parser.parse_args(argv)
-    try:
+
+    def step() -> dict[str, str]:
         outputs = stack_outputs(args.from_stack, args.region) if args.from_stack else {}
         bucket = args.bucket or outputs.get("BucketName")
         prefix = args.store_prefix or (outputs["StoreUri"].split("/", 3)[3] if "StoreUri" in outputs else None)
@@ -124,13 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         blocks = desired_blocks(bucket=bucket, store_prefix=prefix, region=args.region, endpoint_url=args.endpoint_url,
                                 access_key_id=keys[0], secret_access_key=keys[1], wandb_api_key=wandb_key)
         prefect_file.require_prefect_api()
-        actions = apply_blocks(blocks)
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for name, action in actions.items():
-        print(f"block {name}: {action}")
-    return 0
+        return apply_blocks(blocks)
+
+    return run_setup(step, "block")
 
 
 if __name__ == "__main__":

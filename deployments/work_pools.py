@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from deployments import prefect_file
-from deployments.aws import SetupError, secret_arn, stack_outputs
+from deployments.aws import SetupError, run_setup, secret_arn, stack_outputs
 
 ECS_TEMPLATE_FILE = Path(__file__).with_name("ecs-base-job-template.json")
 
@@ -144,20 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", help="default flow image (deployments set their own)")
     parser.add_argument("--launch-type", choices=["FARGATE", "FARGATE_SPOT", "EC2"])
     args = parser.parse_args(argv)
-    try:
+
+    def step() -> dict[str, str]:
         defaults = defaults_from_stack(stack_outputs(args.from_stack)) if args.from_stack else {}
         defaults.update({k: v for k, v in {"cpu": args.cpu, "memory": args.memory, "image": args.image,
                                            "launch_type": args.launch_type}.items() if v is not None})
         pools = desired_pools(defaults, args.only)  # everything validated before anything is written
         prefect_file.require_prefect_api()
-        actions = asyncio.run(apply_pools(pools))
-    except SetupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for name, action in actions.items():
-        print(f"work pool {name}: {action}")
-    return 0
+        return asyncio.run(apply_pools(pools))
 
+    return run_setup(step, "work pool")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -267,13 +267,18 @@ def _resolve_extends(raw: dict[str, Any], path: Path, seen: tuple[Path, ...]) ->
         raise ConfigError(f"{path}: `extends` loops back to {parent_path}")
     if not parent_path.is_file():
         raise ConfigError(f"{path}: extends {parent!r}, but {parent_path} does not exist")
-    try:
-        base = yaml.safe_load(parent_path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{parent_path} (extended by {path.name}) is not valid YAML: {exc}") from None
-    if not isinstance(base, dict):
-        raise ConfigError(f"{parent_path} (extended by {path.name}) must hold a mapping at the top level")
+    base = _read_mapping(parent_path, f"{parent_path} (extended by {path.name})")
     return _merge(_resolve_extends(base, parent_path, (*seen, parent_path)), raw)
+
+
+def _read_mapping(path: Path, label: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{label} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label} must hold a mapping at the top level")
+    return raw
 
 
 def load_dataset_config(path: str | Path, defaults: dict[str, str] | None = None) -> DatasetConfig:
@@ -286,13 +291,7 @@ def load_dataset_config(path: str | Path, defaults: dict[str, str] | None = None
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"dataset config {path} does not exist; set DRIFTLOOP_DATASET_CONFIG or pass dataset_config")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping at the top level")
-    raw = _resolve_extends(raw, path, seen=(path.resolve(),))
+    raw = _resolve_extends(_read_mapping(path, str(path)), path, seen=(path.resolve(),))
     raw = _expand_env(raw, path.name, defaults or {})
     try:
         return DatasetConfig.model_validate(raw)
