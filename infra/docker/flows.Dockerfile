@@ -20,8 +20,13 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends libgomp1 \
     && rm -rf /var/lib/apt/lists/*
 
+# The code stays root-owned and read-only to the runtime user; it writes only to its home (Prefect,
+# matplotlib caches) and to /tmp (W&B files, BentoML store, per the cloud job variables).
 RUN groupadd --system --gid 10001 driftloop \
-    && useradd --system --uid 10001 --gid driftloop --home-dir /opt/driftloop --shell /usr/sbin/nologin driftloop
+    && useradd --system --uid 10001 --gid driftloop --create-home --home-dir /home/driftloop \
+       --shell /usr/sbin/nologin driftloop
+ENV HOME=/home/driftloop \
+    PREFECT_HOME=/home/driftloop/.prefect
 
 WORKDIR /opt/driftloop
 

@@ -147,6 +147,14 @@ def test_work_pools_are_created_once_and_bad_values_write_nothing(cloud):
     assert defaults["network_configuration"]["awsvpcConfiguration"]["subnets"] == cloud["subnets"]
     assert defaults["prefect_api_key_secret_arn"].startswith("arn:aws:secretsmanager:")
 
+    # a pool of the wrong type under a pool's name is named, not overwritten
+    from deployments.aws import SetupError
+    from deployments.work_pools import apply_pools, desired_pools
+
+    (ecs_spec,) = desired_pools(only="cloud")
+    with pytest.raises(SetupError, match="'driftloop-local' exists with type 'process', not 'ecs'"):
+        asyncio.run(apply_pools([{**ecs_spec, "name": "driftloop-local"}]))
+
 
 def test_preflight_names_every_missing_piece_and_nothing_deploys(cloud):
     env = {k: v for k, v in cloud["env"].items() if k not in ("DRIFTLOOP_IMAGE", "DRIFTLOOP_STORE_URI")}
