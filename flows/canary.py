@@ -63,7 +63,8 @@ def apply_canary_decision(model_name: str, outcome: str, version: int, reason: s
         move_champion.fn(model_name, version, f"canary: {reason}", "canary-flow", "driftloop.model.promoted")
     elif outcome == "drop":
         registry.set_alias("challenger", None, reason=f"canary stopped: {reason}", actor="canary-flow")
-        emit_model_event("driftloop.model.canary.stopped", model_name, {"version": version, "reason": reason})
+        emit_model_event("driftloop.model.canary.stopped", model_name, {"version": version, "reason": reason},
+                         target=settings.target)
 
 
 @flow(name="canary-decision", persist_result=True)

@@ -118,11 +118,14 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         return report
     payload = {"version": report.champion, "window": list(report.window or ()), "rows": report.rows}
     if report.drift_detected:
-        emit_model_event("driftloop.drift.detected", model_name, {**payload, "drifted": report.drifted})
+        emit_model_event("driftloop.drift.detected", model_name, {**payload, "drifted": report.drifted},
+                         target=settings.target)
     if report.degraded:
-        emit_model_event("driftloop.performance.degraded", model_name, {**payload, "evidence": report.degraded})
+        emit_model_event("driftloop.performance.degraded", model_name, {**payload, "evidence": report.degraded},
+                         target=settings.target)
     if report.quality_problems:
-        emit_model_event("driftloop.data_quality.failed", model_name, {**payload, "problems": report.quality_problems})
+        emit_model_event("driftloop.data_quality.failed", model_name, {**payload, "problems": report.quality_problems},
+                         target=settings.target)
     _publish(report)
     mark_processed(open_store(settings), model_name, report.files)  # last: a failed run reprocesses its window
     logger.info("monitored %d predictions of %s: drift %s (%s), quality problems %d, degraded %s", report.rows,

@@ -92,7 +92,8 @@ def compare_with_champion(model_name: str, candidate: int, snapshot_id: str, set
 def start_canary(model_name: str, version: int, reason: str, settings: Settings) -> None:
     Registry(open_store(settings), model_name).set_alias("challenger", version, reason=reason, actor="retrain-flow")
     emit_model_event("driftloop.model.canary.started", model_name,
-                     {"version": version, "share": settings.serving.challenger_share, "reason": reason})
+                     {"version": version, "share": settings.serving.challenger_share, "reason": reason},
+                     target=settings.target)
 
 
 @flow(name="retrain", persist_result=True)
@@ -127,7 +128,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
         status = "canary"
     else:
         emit_model_event("driftloop.retrain.rejected", model_name, {"version": summary.version, "reason": comparison.reason,
-                                                                    "trigger": params.reason})
+                                                                    "trigger": params.reason}, target=settings.target)
         status = "rejected"
     publish(create_markdown_artifact, key=f"{model_name}-retrain".replace("_", "-"), description="retrain outcome",
             markdown=(f"# Retrain of {model_name}: {status}\n\n- trigger: {params.reason}\n- new version: "

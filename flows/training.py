@@ -188,7 +188,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     bento_tag = save_version_to_bentoml(model_name, version.version, settings)
     emit_model_event("driftloop.model.registered", model_name, {
         "version": version.version, "decision": decision.outcome, "reason": decision.reason,
-        "snapshot_id": manifest.snapshot_id, "roc_auc": test.roc_auc})
+        "snapshot_id": manifest.snapshot_id, "roc_auc": test.roc_auc}, target=settings.target)
     logger.info("registered %s v%d as %s (%s); aliases now %s; BentoML model %s", model_name, version.version,
                 decision.outcome, decision.reason, aliases, bento_tag)
 
