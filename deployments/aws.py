@@ -94,5 +94,5 @@ def check_image(image: str) -> None:
         code = exc.response["Error"].get("Code", "")
         raise SetupError(
             f"image {image} does not exist ({code}): build and push it first "
-            "(`make image` prints the commands; CI's deploy workflow does it on every push to main)"
+            "(`make image IMAGE=...` then `docker push`; CI's deploy workflow does both on every push to main)"
         ) from None

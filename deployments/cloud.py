@@ -26,13 +26,8 @@ from typing import Any
 
 from deployments import prefect_file
 from deployments.aws import SetupError, check_image, client, secret_arn
+from deployments.blocks import block_names
 from deployments.work_pools import validate_job_variables
-
-UNRENDERED = prefect_file.ENV_PLACEHOLDER
-
-
-def _unrendered(value: Any) -> set[str]:
-    return set(UNRENDERED.findall(str(value)))
 
 
 async def _read_pool(name: str) -> Any:
@@ -56,13 +51,14 @@ def _block_exists(slug: str, name: str) -> bool:
         return False
 
 
-def check(env: dict[str, str] | None = None, *, check_aws: bool = True) -> list[str]:
+def check() -> list[str]:
     """Every problem that would make a cloud deployment fail, as sentences; empty means ready."""
     problems: list[str] = []
-    pool_spec = prefect_file.pool("cloud")
-    deployments = [prefect_file.render(d, env) for d in prefect_file.deployments("cloud")]
+    spec = prefect_file.load()
+    pool_spec = prefect_file.pool("cloud", spec)
+    deployments = [prefect_file.render(d) for d in prefect_file.deployments("cloud", spec)]
 
-    missing_env = set().union(*(_unrendered(d) for d in deployments))
+    missing_env = {var for d in deployments for var in prefect_file.ENV_PLACEHOLDER.findall(str(d))}
     for var in sorted(missing_env):
         problems.append(f"${var} is not set; prefect.yaml's cloud deployments need it (see README, 'Deploy to AWS')")
 
@@ -85,16 +81,16 @@ def check(env: dict[str, str] | None = None, *, check_aws: bool = True) -> list[
             except SetupError as exc:
                 problems.append(str(exc))
 
-    env_vars = deployments[0]["work_pool"]["job_variables"]["env"] if deployments else {}
-    for slug, name in (("aws-credentials", env_vars.get("DRIFTLOOP_S3__CREDENTIALS_BLOCK")),
-                       ("s3-bucket", env_vars.get("PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK", "").removeprefix("s3-bucket/")),
-                       ("secret", env_vars.get("DRIFTLOOP_TRACKING__API_KEY_BLOCK"))):
-        if name and not _block_exists(slug, name):
+    names = block_names()
+    for slug, name in (("aws-credentials", names["aws"]), ("s3-bucket", names["results"]), ("secret", names["wandb"])):
+        if not _block_exists(slug, name):
             problems.append(f"block {slug}/{name} does not exist: run `python -m deployments.blocks --from-stack <stack> "
                             "--wandb-from-stack-secret`")
 
-    if check_aws and not missing_env:
-        image = deployments[0]["work_pool"]["job_variables"].get("image", "") if deployments else ""
+    if not missing_env:
+        job_variables = deployments[0]["work_pool"]["job_variables"]
+        env_vars = job_variables["env"]
+        image = job_variables.get("image", "")
         try:
             check_image(image)
         except SetupError as exc:
@@ -121,19 +117,6 @@ def check(env: dict[str, str] | None = None, *, check_aws: bool = True) -> list[
     return problems
 
 
-def deploy(prefect_bin: Path | None = None) -> int:
-    """Check, then register the cloud deployments with the Prefect API in PREFECT_API_URL."""
-    problems = check()
-    if problems:
-        print("Not deploying; fix these first:", file=sys.stderr)
-        for p in problems:
-            print(f"  - {p}", file=sys.stderr)
-        return 2
-    prefect = prefect_bin or Path(sys.executable).parent / "prefect"
-    return subprocess.run([str(prefect), "--no-prompt", "deploy", *prefect_file.deploy_name_args("cloud")],
-                          cwd=prefect_file.PREFECT_FILE.parent).returncode
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.cloud", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["check", "deploy"])
@@ -143,13 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     except SetupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "deploy":
-        return deploy()
     problems = check()
-    for p in problems:
-        print(f"  - {p}", file=sys.stderr)
-    print("ready to deploy" if not problems else f"{len(problems)} problem(s)")
-    return 0 if not problems else 2
+    if problems:
+        print("Not deploying; fix these first:" if args.command == "deploy" else f"{len(problems)} problem(s):",
+              file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        print("ready to deploy")
+        return 0
+    prefect = Path(sys.executable).parent / "prefect"
+    return subprocess.run([str(prefect), "--no-prompt", "deploy", *prefect_file.deploy_name_args("cloud")],
+                          cwd=prefect_file.PREFECT_FILE.parent).returncode
 
 
 if __name__ == "__main__":

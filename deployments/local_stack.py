@@ -97,17 +97,17 @@ class LocalStack:
                            f"(is port {self.cfg.port} taken? set DRIFTLOOP_PREFECT__PORT). Log tail:\n{tail}")
 
     # --- pool, deployments, worker ------------------------------------------------------------
-    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        out = subprocess.run([str(BIN / "prefect"), *args], env=self.env(), cwd=PROJECT_DIR, capture_output=True, text=True)
+    def _run(self, name: str, exe: str, args: tuple[str, ...], check: bool) -> subprocess.CompletedProcess:
+        out = subprocess.run([exe, *args], env=self.env(), cwd=PROJECT_DIR, capture_output=True, text=True)
         if check and out.returncode != 0:
-            raise RuntimeError(f"`prefect {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            raise RuntimeError(f"`{name} {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         return out
 
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self._run("prefect", str(BIN / "prefect"), args, check)
+
     def python(self, *args: str) -> subprocess.CompletedProcess:
-        out = subprocess.run([sys.executable, *args], env=self.env(), cwd=PROJECT_DIR, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"`python {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
-        return out
+        return self._run("python", sys.executable, args, check=True)
 
     def ensure_pool(self) -> None:
         """The local ``process`` pool, created or updated by the same script the cloud uses."""

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import polars as pl
+from pydantic import BaseModel, SecretStr
 
 from tasks.settings import Settings
 
@@ -220,8 +221,8 @@ class S3Store(ArtifactStore):
             endpoint_url=self._creds.endpoint_url,
             region_name=self._creds.region,
             aws_access_key_id=self._creds.access_key_id,
-            aws_secret_access_key=self._creds.secret_access_key(),
-            aws_session_token=self._creds.session_token(),
+            aws_secret_access_key=self._creds.secret("secret_access_key"),
+            aws_session_token=self._creds.secret("session_token"),
         )
 
     def _key(self, key: str) -> str:
@@ -294,29 +295,25 @@ class S3Store(ArtifactStore):
             opts["aws_allow_http"] = "true" if creds.endpoint_url.startswith("http://") else "false"
         if creds.access_key_id:
             opts["aws_access_key_id"] = creds.access_key_id
-        if creds.secret_access_key():
-            opts["aws_secret_access_key"] = creds.secret_access_key()
-        if creds.session_token():
-            opts["aws_session_token"] = creds.session_token()
+        for option, field in (("aws_secret_access_key", "secret_access_key"), ("aws_session_token", "session_token")):
+            if creds.secret(field):
+                opts[option] = creds.secret(field)
         return opts
 
 
-class S3Credentials:
-    """Where S3 is and who we are there. Secrets stay behind methods so they never print in a repr."""
+class S3Credentials(BaseModel):
+    """Where S3 is and who we are there; secrets are ``SecretStr`` so they never print."""
 
-    def __init__(self, *, region: str, endpoint_url: str | None = None, access_key_id: str | None = None,
-                 secret_access_key: str | None = None, session_token: str | None = None, source: str = "default chain"):
-        self.region, self.endpoint_url, self.access_key_id, self.source = region, endpoint_url, access_key_id, source
-        self._secret, self._token = secret_access_key, session_token
+    region: str
+    endpoint_url: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: SecretStr | None = None
+    session_token: SecretStr | None = None
+    source: str = "default chain"
 
-    def secret_access_key(self) -> str | None:
-        return self._secret
-
-    def session_token(self) -> str | None:
-        return self._token
-
-    def __repr__(self) -> str:
-        return f"S3Credentials(region={self.region!r}, endpoint_url={self.endpoint_url!r}, source={self.source!r})"
+    def secret(self, field: str) -> str | None:
+        value = getattr(self, field)
+        return value.get_secret_value() if value is not None else None
 
 
 _BLOCK_CREDENTIALS: dict[tuple[str, str], S3Credentials] = {}
@@ -335,9 +332,8 @@ def s3_credentials(settings: Settings) -> S3Credentials:
         if memo_key not in _BLOCK_CREDENTIALS:
             _BLOCK_CREDENTIALS[memo_key] = _credentials_from_block(s3.credentials_block, s3.region, s3.endpoint_url)
         return _BLOCK_CREDENTIALS[memo_key]
-    secret = s3.secret_access_key.get_secret_value() if s3.secret_access_key else None
     return S3Credentials(region=s3.region, endpoint_url=s3.endpoint_url, access_key_id=s3.access_key_id,
-                         secret_access_key=secret, source="settings" if s3.access_key_id else "default chain")
+                         secret_access_key=s3.secret_access_key, source="settings" if s3.access_key_id else "default chain")
 
 
 def _credentials_from_block(name: str, region: str, endpoint_url: str | None) -> S3Credentials:
@@ -355,7 +351,7 @@ def _credentials_from_block(name: str, region: str, endpoint_url: str | None) ->
         region=block.region_name or region,
         endpoint_url=(str(params.endpoint_url) if params and params.endpoint_url else None) or endpoint_url,
         access_key_id=block.aws_access_key_id,
-        secret_access_key=block.aws_secret_access_key.get_secret_value() if block.aws_secret_access_key else None,
+        secret_access_key=block.aws_secret_access_key,
         session_token=block.aws_session_token,
         source=f"block {name}",
     )

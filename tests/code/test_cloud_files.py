@@ -29,9 +29,10 @@ def _run(*args: str | Path) -> tuple[subprocess.CompletedProcess, float]:
     return out, time.perf_counter() - start
 
 
-def test_cloudformation_passes_cfn_lint():
-    out, seconds = _run(BIN / "cfn-lint", TEMPLATE)
-    print(f"cfn-lint: {seconds:.1f} s")
+@pytest.mark.parametrize("linter, path", [("cfn-lint", TEMPLATE), ("hadolint", DOCKERFILE)], ids=["cfn-lint", "hadolint"])
+def test_infra_file_passes_its_linter(linter, path):
+    out, seconds = _run(BIN / linter, path)
+    print(f"{linter}: {seconds:.2f} s")
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -57,12 +58,6 @@ def test_bucket_is_private_encrypted_versioned_and_expires_prediction_logs():
     assert {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])} == {
         "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
     assert "${StorePrefix}/*" in str(statements[1]["Resource"])
-
-
-def test_flow_dockerfile_passes_hadolint():
-    out, seconds = _run(BIN / "hadolint", DOCKERFILE)
-    print(f"hadolint: {seconds:.2f} s")
-    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_hadolint_would_catch_a_root_image(tmp_path):

@@ -6,6 +6,7 @@ with credentials only from blocks, and no secret in any log, artifact, W&B file 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -31,6 +32,17 @@ TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "driftloop.yaml"
 
 def _aws(service: str, endpoint: str):
     return boto3.client(service, endpoint_url=endpoint, region_name="us-east-1")
+
+
+def _api(read):
+    """Run ``read(client)`` against the Prefect API of the test session."""
+    from prefect.client.orchestration import get_client
+
+    async def run():
+        async with get_client() as client:
+            return await read(client)
+
+    return asyncio.run(run())
 
 
 def _script(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -133,14 +145,7 @@ def test_work_pools_are_created_once_and_bad_values_write_nothing(cloud):
     second = _script("deployments.work_pools", "--from-stack", STACK, env=env)
     assert second.returncode == 0 and second.stdout.count(": unchanged") == 2, second.stdout
 
-    from prefect.client.orchestration import get_client
-    import asyncio
-
-    async def read():
-        async with get_client() as client:
-            return await client.read_work_pool("driftloop-ecs")
-
-    pool = asyncio.run(read())
+    pool = _api(lambda client: client.read_work_pool("driftloop-ecs"))
     defaults = {k: v.get("default") for k, v in pool.base_job_template["variables"]["properties"].items()}
     assert pool.type == "ecs" and defaults["cluster"] == "driftloop"
     assert defaults["task_role_arn"] == cloud["outputs"]["FlowTaskRoleArn"]
@@ -165,14 +170,7 @@ def test_preflight_names_every_missing_piece_and_nothing_deploys(cloud):
         assert expected in out.stderr
     assert "Deploying" not in out.stdout
 
-    from prefect.client.orchestration import get_client
-    import asyncio
-
-    async def cloud_deployments():
-        async with get_client() as client:
-            return [d for d in await client.read_deployments() if d.work_pool_name == "driftloop-ecs"]
-
-    assert asyncio.run(cloud_deployments()) == []
+    assert [d for d in _api(lambda client: client.read_deployments()) if d.work_pool_name == "driftloop-ecs"] == []
 
 
 def test_blocks_are_made_once_from_env_and_a_missing_key_is_refused(cloud):
@@ -214,15 +212,8 @@ def test_preflight_refuses_a_missing_image_and_an_empty_secret_then_deploys(clou
     print(f"\ndeploy */cloud (9 deployments): {time.perf_counter() - start:.1f} s")
     assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
 
-    from prefect.client.orchestration import get_client
-    import asyncio
-
-    async def read():
-        async with get_client() as client:
-            return [d for d in await client.read_deployments() if d.work_pool_name == "driftloop-ecs"], \
-                await client.read_deployment_by_name("training/cloud")
-
-    cloud_deployments, training = asyncio.run(read())
+    cloud_deployments = [d for d in _api(lambda client: client.read_deployments()) if d.work_pool_name == "driftloop-ecs"]
+    training = _api(lambda client: client.read_deployment_by_name("training/cloud"))
     assert len(cloud_deployments) == len(prefect_file.deployments("cloud")) == 9
     assert training.job_variables["image"] == image
     assert training.job_variables["env"]["DRIFTLOOP_STORE_URI"] == out["StoreUri"]
@@ -288,18 +279,12 @@ def test_training_runs_with_the_cloud_settings_against_the_stacks_bucket_and_lea
     assert any(k.startswith("driftloop/registry/") for k in keys)
 
     # no secret anywhere a run leaves traces: output, logs, artifacts, W&B files, stored objects
-    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
-    import asyncio
 
-    async def traces():
-        async with get_client() as client:
-            logs = await client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)), limit=200)
-            artifacts = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids)))
-            return [l.message for l in logs], [json.dumps(a.model_dump(mode="json")) for a in artifacts]
-
-    logs, artifacts = asyncio.run(traces())
+    logs = [entry.message for entry in _api(lambda client: client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)), limit=200))]
+    artifacts = [json.dumps(a.model_dump(mode="json")) for a in _api(lambda client: client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))))]
     assert logs and artifacts
     haystacks = {"stdout/stderr": "\n".join(outputs), "logs": "\n".join(logs), "artifacts": "\n".join(artifacts)}
     haystacks["wandb files"] = "\n".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "wandb").rglob("*") if p.is_file())
