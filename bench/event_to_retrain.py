@@ -24,7 +24,7 @@ ROOT, PORT = private_environment("driftloop-bench-loop-", DRIFTLOOP_PREFECT__WOR
 from rich.console import Console  # noqa: E402
 
 from deployments.local_stack import LocalStack  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
 
 
 def first_retrain_run(since: float):
@@ -57,8 +57,8 @@ def main() -> int:
             stack.start_worker()
             from bench.lib.pipeline import run_bare
             from flows.schemas import TrainingParams
-            from tasks.landing import land_nycflights13
-            from tasks.store import open_store
+            from tasks.data.landing import land_nycflights13
+            from tasks.core.store import open_store
 
             settings = Settings()
             land_nycflights13(open_store(settings), settings.sources_dir, months=[1, 2])

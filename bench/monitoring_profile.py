@@ -49,13 +49,13 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-monitor-"))
     os.environ.update({"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")})
     try:
-        from tasks.ingest import discover_batches, ingest_batches
-        from tasks.landing import land_nycflights13
-        from tasks.monitor import window_view
-        from tasks.schema import input_contracts
-        from tasks.settings import Settings
-        from tasks.snapshot import build_snapshot
-        from tasks.store import open_store
+        from tasks.data.ingest import discover_batches, ingest_batches
+        from tasks.data.landing import land_nycflights13
+        from tasks.monitoring.window import window_view
+        from tasks.serving.schema import input_contracts
+        from tasks.core.settings import Settings
+        from tasks.data.snapshot import build_snapshot
+        from tasks.core.store import open_store
 
         with console.status("preparing a year of flights shaped like the prediction log..."):
             settings = Settings()

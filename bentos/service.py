@@ -29,11 +29,11 @@ import polars as pl  # noqa: E402
 from pydantic import BaseModel, Field  # noqa: E402
 from starlette.responses import JSONResponse  # noqa: E402
 
-from tasks.registry import Registry  # noqa: E402
-from tasks.schema import input_contracts, input_schema, request_model  # noqa: E402
-from tasks.serving import PartitionedLog, RegistryWatcher, assign_arm, read_log  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
-from tasks.store import open_store  # noqa: E402
+from tasks.registry.versions import Registry  # noqa: E402
+from tasks.serving.schema import input_contracts, input_schema, request_model  # noqa: E402
+from tasks.serving.watcher import PartitionedLog, RegistryWatcher, assign_arm, read_log  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
+from tasks.core.store import open_store  # noqa: E402
 
 log = logging.getLogger("driftloop.service")
 

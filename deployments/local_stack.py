@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tasks.settings import PROJECT_DIR, Settings
+from tasks.core.settings import PROJECT_DIR, Settings
 
 BIN = Path(sys.executable).parent
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tasks.settings import PROJECT_DIR
+from tasks.core.settings import PROJECT_DIR
 
 PREFECT_FILE = PROJECT_DIR / "prefect.yaml"
 

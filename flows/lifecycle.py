@@ -19,12 +19,12 @@ from pydantic import BaseModel, Field
 
 from flows.schemas import AliasMove
 
-from tasks.errors import BadInput
+from tasks.core.errors import BadInput
 from tasks.events import emit_model_event
 from tasks.orchestration import io_task, publish
-from tasks.registry import AliasDoc, Registry
-from tasks.settings import Settings
-from tasks.store import open_store
+from tasks.registry.versions import AliasDoc, Registry
+from tasks.core.settings import Settings
+from tasks.core.store import open_store
 
 
 class PromoteParams(BaseModel):

@@ -14,11 +14,11 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.lineage import request_lineage, version_lineage
+from tasks.monitoring.lineage import request_lineage, version_lineage
 from tasks.orchestration import io_task, publish
-from tasks.registry import Registry
-from tasks.settings import Settings
-from tasks.store import open_store
+from tasks.registry.versions import Registry
+from tasks.core.settings import Settings
+from tasks.core.store import open_store
 
 
 class LineageParams(BaseModel):

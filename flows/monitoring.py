@@ -19,8 +19,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
 from tasks.events import emit_model_event
-from tasks.evaluate import png_data_uri
-from tasks.monitor import (
+from tasks.model.evaluate import png_data_uri
+from tasks.monitoring.window import (
     MonitorReport,
     data_quality,
     drift_scores,
@@ -30,11 +30,11 @@ from tasks.monitor import (
     unprocessed_files,
 )
 from tasks.orchestration import io_task, publish
-from tasks.profile import load_profile
-from tasks.registry import Registry
-from tasks.serving import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
-from tasks.settings import Settings
-from tasks.store import open_store
+from tasks.monitoring.profile import load_profile
+from tasks.registry.versions import Registry
+from tasks.serving.watcher import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
+from tasks.core.settings import Settings
+from tasks.core.store import open_store
 
 
 class MonitorParams(BaseModel):

@@ -17,8 +17,8 @@ from prefect.artifacts import create_link_artifact
 from pydantic import BaseModel, Field
 
 from tasks.orchestration import publish
-from tasks.packaging import PackagedBento, build_bento
-from tasks.settings import Settings
+from tasks.registry.packaging import PackagedBento, build_bento
+from tasks.core.settings import Settings
 
 
 class PackageParams(BaseModel):

@@ -28,15 +28,15 @@ from pydantic import BaseModel, Field
 from flows.schemas import RetrainResult, TrainingParams
 
 from flows.training import training
-from tasks.errors import BadInput
+from tasks.core.errors import BadInput
 from tasks.events import emit_model_event
-from tasks.gate import HoldoutComparison, compare_on_holdout
+from tasks.decisions import HoldoutComparison, compare_on_holdout
 from tasks.orchestration import io_task, publish
-from tasks.registry import Registry
-from tasks.settings import Settings
-from tasks.snapshot import SnapshotManifest, load_snapshot
-from tasks.store import PreconditionFailed, open_store
-from tasks.train import make_split
+from tasks.registry.versions import Registry
+from tasks.core.settings import Settings
+from tasks.data.snapshot import SnapshotManifest, load_snapshot
+from tasks.core.store import PreconditionFailed, open_store
+from tasks.model.train import make_split
 
 
 class RetrainParams(BaseModel):

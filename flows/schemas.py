@@ -11,9 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from tasks.evaluate import Metrics
-from tasks.gate import HoldoutComparison
-from tasks.monitor import LivePerformance
+from tasks.model.evaluate import Metrics
+from tasks.decisions import HoldoutComparison
+from tasks.monitoring.window import LivePerformance
 
 
 class TrainingParams(BaseModel):

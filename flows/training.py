@@ -28,24 +28,24 @@ from prefect.artifacts import (
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.schemas import TrainingParams, TrainingSummary
-from tasks.config import DatasetConfig
-from tasks.evaluate import evaluate_candidate, evaluate_champion, model_card
+from tasks.core.config import DatasetConfig
+from tasks.model.evaluate import evaluate_candidate, evaluate_champion, model_card
 from tasks.events import emit_model_event
-from tasks.gate import decide_promotion
-from tasks.ingest import IngestedTable, discover_table_batches, validate_table_batches
+from tasks.decisions import decide_promotion
+from tasks.data.ingest import IngestedTable, discover_table_batches, validate_table_batches
 from tasks.orchestration import in_prefect_run, publish
-from tasks.profile import profile_reference
-from tasks.registry import (
+from tasks.monitoring.profile import profile_reference
+from tasks.registry.versions import (
     apply_promotion_decision,
     git_commit,
     register_model_version,
     save_version_to_bentoml,
 )
-from tasks.settings import Settings
-from tasks.snapshot import build_dataset_snapshot, extend_with_feedback
-from tasks.store import open_store
-from tasks.tracking import track_training
-from tasks.train import (
+from tasks.core.settings import Settings
+from tasks.data.snapshot import build_dataset_snapshot, extend_with_feedback
+from tasks.core.store import open_store
+from tasks.model.tracking import track_training
+from tasks.model.train import (
     cross_validate_fold,
     fit_transform_on_train,
     run_trial,
@@ -109,7 +109,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     logger.info("snapshot %s: %d rows, %s .. %s, positive rate %.3f", manifest.snapshot_id, manifest.rows,
                 manifest.time_min, manifest.time_max, manifest.positive_rate)
     if params.include_feedback:
-        from tasks.features import FeatureSpec
+        from tasks.model.features import FeatureSpec
 
         manifest = extend_with_feedback(manifest, config, settings, FeatureSpec.from_config(config).input_columns)
         logger.info("with labelled predictions: snapshot %s, %d rows up to %s", manifest.snapshot_id, manifest.rows,
@@ -238,7 +238,7 @@ def _as_link(location: str) -> str:
 if __name__ == "__main__":
     from pydantic_settings import CliApp
 
-    from flows.cli import print_training_summary
+    from deployments.console import print_training_summary
 
     cli_params = CliApp.run(TrainingParams)
     print_training_summary(training(cli_params))

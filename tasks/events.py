@@ -25,7 +25,7 @@ def emit_model_event(event: str, model_name: str, payload: dict[str, Any], targe
     the cloud retrain deployments each react only to events from their own side.
     """
     if target is None:
-        from tasks.settings import Settings
+        from tasks.core.settings import Settings
 
         target = Settings().target
     sent = emit_event(event=event, resource=model_resource(model_name, target),

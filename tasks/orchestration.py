@@ -16,7 +16,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from tasks.errors import BadInput
+from tasks.core.errors import BadInput
 
 
 def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:

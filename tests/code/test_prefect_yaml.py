@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from deployments import prefect_file
-from tasks.settings import PROJECT_DIR, Settings
+from tasks.core.settings import PROJECT_DIR, Settings
 
 SPEC = prefect_file.load()
 DEPLOYMENTS = SPEC["deployments"]

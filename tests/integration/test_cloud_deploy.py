@@ -19,7 +19,7 @@ import boto3
 import pytest
 
 from deployments import prefect_file
-from tasks.settings import PROJECT_DIR
+from tasks.core.settings import PROJECT_DIR
 from tests.conftest import SMALL
 
 pytestmark = pytest.mark.integration

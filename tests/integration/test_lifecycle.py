@@ -7,9 +7,9 @@ import time
 import httpx
 import pytest
 
-from tasks.errors import BadInput
-from tasks.registry import Registry, RegistryError
-from tasks.store import open_store
+from tasks.core.errors import BadInput
+from tasks.registry.versions import Registry, RegistryError
+from tasks.core.store import open_store
 
 pytestmark = pytest.mark.integration
 

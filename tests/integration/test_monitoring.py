@@ -16,11 +16,11 @@ pytestmark = pytest.mark.integration
 
 def _log_window(settings, config, start: str, end: str, unseen_share: float, alias: str = "champion") -> list[str]:
     """Score a later window's real flights with a model and log them, with feedback, like the service does."""
-    from tasks.ingest import discover_batches, ingest_batches
-    from tasks.registry import Registry
-    from tasks.serving import PartitionedLog, load_version
-    from tasks.snapshot import build_snapshot
-    from tasks.store import open_store
+    from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.registry.versions import Registry
+    from tasks.serving.watcher import PartitionedLog, load_version
+    from tasks.data.snapshot import build_snapshot
+    from tasks.core.store import open_store
 
     store = open_store(settings)
     window = config.model_copy(update={"window": config.window.model_copy(update={
@@ -37,7 +37,7 @@ def _log_window(settings, config, start: str, end: str, unseen_share: float, ali
     p = champion.score(rows.select(inputs))
     ids = [f"{alias}-{start}-{i}" for i in range(rows.height)]
     now = datetime.now(timezone.utc)
-    from tasks.schema import input_schema
+    from tasks.serving.schema import input_schema
 
     schema = {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"), **input_schema(config), "probability": pl.Float64(),
               "label": pl.Int8(), "model_version": pl.Int64(), "arm": pl.String(), "shadow_version": pl.Int64(),
@@ -59,8 +59,8 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     from flows.monitoring import MonitorParams, monitor
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.landing import land_nycflights13
-    from tasks.store import open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.core.store import open_store
 
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tasks.errors import BadInput
+from tasks.core.errors import BadInput
 from tests.conftest import SMALL
 from tests.integration.test_monitoring import _log_window
 
@@ -19,9 +19,9 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     from flows.retrain import RetrainParams, claim_retrain_slot, retrain
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.landing import land_nycflights13
-    from tasks.registry import Registry
-    from tasks.store import open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.registry.versions import Registry
+    from tasks.core.store import open_store
 
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])

@@ -35,9 +35,9 @@ def serving_store(prefect_server):
     """A registry with a champion (v1) and a challenger (v2), trained by the real training flow."""
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.landing import land_nycflights13
-    from tasks.settings import Settings
-    from tasks.store import open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.core.settings import Settings
+    from tasks.core.store import open_store
 
     store_dir = SESSION_DIR / "serving-store"
     old = os.environ.get("DRIFTLOOP_STORE_URI")
@@ -95,9 +95,9 @@ def service(serving_store):
 
 
 def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
-    from tasks.schema import input_contracts
-    from tasks.settings import Settings
-    from tasks.store import LocalStore
+    from tasks.serving.schema import input_contracts
+    from tasks.core.settings import Settings
+    from tasks.core.store import LocalStore
 
     store = LocalStore(store_dir)
     key = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
@@ -111,8 +111,8 @@ def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
 
 
 def _offline(store_dir: Path, version: int, frame: pl.DataFrame) -> np.ndarray:
-    from tasks.registry import Registry
-    from tasks.store import LocalStore
+    from tasks.registry.versions import Registry
+    from tasks.core.store import LocalStore
 
     registry = Registry(LocalStore(store_dir), "flights-late-arrival")
     mv = registry.get(version)
@@ -201,8 +201,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
 
 
 def test_predictions_and_feedback_are_logged(service, serving_store):
-    from tasks.serving import read_log
-    from tasks.store import LocalStore
+    from tasks.serving.watcher import read_log
+    from tasks.core.store import LocalStore
 
     _, records = _test_rows(serving_store, 3)
     ids = [f"req-{i}-{time.time()}" for i in range(3)]
@@ -257,12 +257,12 @@ def test_metrics_and_status(service):
 
 
 def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_store):
-    from tasks.registry import Registry
-    from tasks.store import LocalStore
+    from tasks.registry.versions import Registry
+    from tasks.core.store import LocalStore
 
     registry = Registry(LocalStore(serving_store), "flights-late-arrival")
     _, records = _test_rows(serving_store, 1)
-    from tasks.serving import assign_arm
+    from tasks.serving.watcher import assign_arm
 
     key = next(f"caller-{i}" for i in range(100) if assign_arm(f"caller-{i}", 0.5) == "champion")
     body = {"record": {**records[0], "routing_key": key}}
@@ -350,8 +350,8 @@ def test_promotion_and_rollback_flows_reach_the_live_service(service, serving_st
 
 
 def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
-    from tasks.serving import read_log
-    from tasks.store import LocalStore
+    from tasks.serving.watcher import read_log
+    from tasks.core.store import LocalStore
 
     proc, url = _start_server(serving_store, log_max_seconds="600", log_max_rows="100000")
     _, records = _test_rows(serving_store, 2)
@@ -368,7 +368,7 @@ def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
 
 def test_package_flow_builds_and_exports_a_bento(serving_store, monkeypatch):
     from flows.package import PackageParams, package
-    from tasks.store import LocalStore
+    from tasks.core.store import LocalStore
 
     monkeypatch.setenv("DRIFTLOOP_STORE_URI", str(serving_store))
     bento = package(PackageParams(ref="champion"))

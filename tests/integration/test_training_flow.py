@@ -40,9 +40,9 @@ def _task_states(flow_run_id) -> dict[str, str]:
 
 def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_dir):
     """`prefect deployment run 'training/local'` as CI would call it, executed by the process worker."""
-    from tasks.profile import load_profile
-    from tasks.registry import Registry
-    from tasks.store import open_store
+    from tasks.monitoring.profile import load_profile
+    from tasks.registry.versions import Registry
+    from tasks.core.store import open_store
 
     params = json.dumps({"params": {**SMALL, "model_name": "flights-worker"}})
     out = prefect_worker.cli("deployment", "run", "training/local", "--params", params, "--watch",
@@ -110,8 +110,8 @@ def test_a_killed_run_resumes_from_its_finished_steps(prefect_server, landed, pr
     """Kill a run while it trains; the rerun reuses ingestion, snapshot and transform from the cache."""
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.landing import land_nycflights13
-    from tasks.store import open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.core.store import open_store
 
     land_nycflights13(open_store(private_settings), private_settings.sources_dir, months=[1, 2, 3])
     params = {**SMALL, "model_name": "flights-resume", "n_trials": 4}
@@ -160,9 +160,9 @@ def test_training_against_s3(prefect_server, s3_settings):
     """The same flow with store_uri=s3://... on the moto server: raw zone, snapshot and registry in S3."""
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.landing import land_nycflights13
-    from tasks.registry import Registry
-    from tasks.store import S3Store, open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.registry.versions import Registry
+    from tasks.core.store import S3Store, open_store
 
     store = open_store(s3_settings)
     assert isinstance(store, S3Store)
@@ -181,10 +181,10 @@ def test_training_against_s3(prefect_server, s3_settings):
 def test_bad_batch_stops_the_flow_and_registers_nothing(prefect_server, private_settings):
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.landing import land_nycflights13
-    from tasks.registry import Registry
-    from tasks.store import open_store
-    from tasks.validate import DataContractError
+    from tasks.data.landing import land_nycflights13
+    from tasks.registry.versions import Registry
+    from tasks.core.store import open_store
+    from tasks.data.validate import DataContractError
 
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2])

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 
 from flows.canary import decide_canary
-from tasks.gate import bootstrap_auc_gain, compare_on_holdout
-from tasks.monitor import LivePerformance
-from tasks.settings import RetrainSettings
+from tasks.decisions import bootstrap_auc_gain, compare_on_holdout
+from tasks.monitoring.window import LivePerformance
+from tasks.core.settings import RetrainSettings
 
 
 def _preds(n: int = 4000, seed: int = 0):

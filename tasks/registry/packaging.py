@@ -12,9 +12,9 @@ import yaml
 from pydantic import BaseModel
 
 from tasks.orchestration import io_task
-from tasks.registry import Registry, save_to_bentoml
-from tasks.settings import PROJECT_DIR, Settings
-from tasks.store import open_store
+from tasks.registry.versions import Registry, save_to_bentoml
+from tasks.core.settings import PROJECT_DIR, Settings
+from tasks.core.store import open_store
 
 RUNTIME_PACKAGES = ["bentoml", "lightgbm", "polars", "numpy", "pyarrow", "pydantic", "pydantic-settings", "pyyaml",
                     "boto3", "pandas", "scikit-learn"]

@@ -14,8 +14,8 @@ import pandera.polars as pa
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.config import ColumnContract, TableContract
-from tasks.errors import BadInput
+from tasks.core.config import ColumnContract, TableContract
+from tasks.core.errors import BadInput
 
 POLARS_DTYPES: dict[str, pl.DataType] = {
     "int64": pl.Int64(),

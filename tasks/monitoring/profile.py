@@ -116,12 +116,12 @@ def load_profile(data: bytes) -> Any:
 
 
 # --- Prefect tasks ---------------------------------------------------------------------------------
-from tasks.config import DatasetConfig  # noqa: E402
+from tasks.core.config import DatasetConfig  # noqa: E402
 from tasks.orchestration import cached_task  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
-from tasks.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
-from tasks.store import open_store  # noqa: E402
-from tasks.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
+from tasks.data.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
+from tasks.core.store import open_store  # noqa: E402
+from tasks.model.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
 
 
 @cached_task(name="profile-reference")

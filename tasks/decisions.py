@@ -14,9 +14,9 @@ import polars as pl
 from pydantic import BaseModel
 from sklearn.metrics import roc_auc_score
 
-from tasks.evaluate import ChampionEvaluation, Metrics
+from tasks.model.evaluate import ChampionEvaluation, Metrics
 from tasks.orchestration import cached_task
-from tasks.settings import GateSettings, RetrainSettings
+from tasks.core.settings import GateSettings, RetrainSettings
 
 
 class Decision(BaseModel):

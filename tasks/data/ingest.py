@@ -22,11 +22,11 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.config import FileSource, HttpSource, SqlSource, TableConfig
-from tasks.errors import BadInput, SourceUnavailable
-from tasks.settings import Settings
-from tasks.store import ArtifactStore, LocalStore, S3Store, open_store
-from tasks.validate import DataContractError, ValidationReport, validate_batch
+from tasks.core.config import FileSource, HttpSource, SqlSource, TableConfig
+from tasks.core.errors import BadInput, SourceUnavailable
+from tasks.core.settings import Settings
+from tasks.core.store import ArtifactStore, LocalStore, S3Store, open_store
+from tasks.data.validate import DataContractError, ValidationReport, validate_batch
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -282,7 +282,7 @@ def _store_for(uri: str, settings: Settings) -> ArtifactStore:
 
 
 def _unreadable(ref: BatchRef, exc: Exception):
-    from tasks.validate import ContractFailure
+    from tasks.data.validate import ContractFailure
 
     return ContractFailure(column=None, rule=f"unreadable {ref.format}: {type(exc).__name__}: {str(exc)[:300]}",
                            failing_rows=0, examples=[])

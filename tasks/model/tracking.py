@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 
 
 class TrackedRun(BaseModel):
@@ -119,7 +119,7 @@ def log_training_run(
 import tempfile  # noqa: E402
 
 from tasks.orchestration import cached_task  # noqa: E402
-from tasks.store import open_store  # noqa: E402
+from tasks.core.store import open_store  # noqa: E402
 
 
 @cached_task(name="track-in-wandb")

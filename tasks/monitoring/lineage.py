@@ -11,9 +11,9 @@ from typing import Any
 
 import polars as pl
 
-from tasks.errors import BadInput
-from tasks.registry import Registry
-from tasks.store import ArtifactStore
+from tasks.core.errors import BadInput
+from tasks.registry.versions import Registry
+from tasks.core.store import ArtifactStore
 
 
 def raw_sources(store: ArtifactStore, snapshot: dict[str, Any]) -> dict[str, list[str]]:

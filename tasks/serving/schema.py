@@ -15,8 +15,8 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from tasks.config import ColumnContract, DatasetConfig
-from tasks.features import FeatureSpec
+from tasks.core.config import ColumnContract, DatasetConfig
+from tasks.model.features import FeatureSpec
 
 PY_TYPES: dict[str, Any] = {"int64": int, "float64": float, "string": str, "bool": bool, "date": date, "datetime": datetime}
 POLARS_TYPES: dict[str, pl.DataType] = {"int64": pl.Int64(), "float64": pl.Float64(), "string": pl.String(),

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tasks.errors import BadInput
+from tasks.core.errors import BadInput
 
 class ConfigError(BadInput):
     """The dataset configuration is wrong; the message names the file, the field and the fix."""

@@ -26,9 +26,9 @@ import lightgbm as lgb
 import numpy as np
 import polars as pl
 
-from tasks.features import FittedTransform
-from tasks.registry import ModelVersion, Registry, RegistryError
-from tasks.store import ArtifactStore
+from tasks.model.features import FittedTransform
+from tasks.registry.versions import ModelVersion, Registry, RegistryError
+from tasks.core.store import ArtifactStore
 
 log = logging.getLogger("driftloop.serving")
 Arm = Literal["champion", "challenger"]

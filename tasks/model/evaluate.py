@@ -177,12 +177,12 @@ def model_card(*, model_name: str, version: int | None, decision: str, reason: s
 
 
 # --- Prefect tasks ---------------------------------------------------------------------------------
-from tasks.config import DatasetConfig  # noqa: E402
+from tasks.core.config import DatasetConfig  # noqa: E402
 from tasks.orchestration import cached_task, io_task  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
-from tasks.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
-from tasks.store import open_store  # noqa: E402
-from tasks.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
+from tasks.data.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
+from tasks.core.store import open_store  # noqa: E402
+from tasks.model.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
 
 
 class CandidateEvaluation(BaseModel):
@@ -222,7 +222,7 @@ class ChampionEvaluation(BaseModel):
 def evaluate_champion(model_name: str, manifest: SnapshotManifest, prepared: PreparedTraining,
                       config: DatasetConfig, settings: Settings) -> ChampionEvaluation:
     """The current champion scored on the candidate's test window, with its own saved transform."""
-    from tasks.registry import Registry, RegistryError
+    from tasks.registry.versions import Registry, RegistryError
 
     store = open_store(settings)
     registry = Registry(store, model_name)

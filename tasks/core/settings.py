@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
-    from tasks.config import DatasetConfig
+    from tasks.core.config import DatasetConfig
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -139,7 +139,7 @@ class Settings(BaseSettings):
 
     def load_dataset(self, path: Path | str | None = None) -> "DatasetConfig":
         """The dataset config at ``path`` (default: ``dataset_config``), ``${DRIFTLOOP_*}`` filled in."""
-        from tasks.config import load_dataset_config
+        from tasks.core.config import load_dataset_config
 
         defaults = {"DRIFTLOOP_SOURCES_DIR": str(self.sources_dir), "DRIFTLOOP_STORE_URI": self.store_uri}
         return load_dataset_config(path or self.dataset_config, defaults)

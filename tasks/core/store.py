@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import polars as pl
 from pydantic import BaseModel, SecretStr
 
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 
 
 class StoreError(RuntimeError):

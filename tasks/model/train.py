@@ -17,11 +17,11 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.config import DatasetConfig, SearchDimension, TrainingConfig
-from tasks.errors import BadInput, SingleClassTarget
-from tasks.features import FittedTransform
-from tasks.snapshot import SnapshotManifest, load_snapshot
-from tasks.store import ArtifactStore
+from tasks.core.config import DatasetConfig, SearchDimension, TrainingConfig
+from tasks.core.errors import BadInput, SingleClassTarget
+from tasks.model.features import FittedTransform
+from tasks.data.snapshot import SnapshotManifest, load_snapshot
+from tasks.core.store import ArtifactStore
 
 FIXED_PARAMS = {
     "objective": "binary",
@@ -159,10 +159,10 @@ def predict(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
 # --- Prefect tasks ---------------------------------------------------------------------------------
 import os  # noqa: E402
 
-from tasks.features import FeatureSpec, fit_feature_transform  # noqa: E402
+from tasks.model.features import FeatureSpec, fit_feature_transform  # noqa: E402
 from tasks.orchestration import cached_task  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
-from tasks.store import open_store  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
+from tasks.core.store import open_store  # noqa: E402
 
 
 class PreparedTraining(BaseModel):

@@ -22,10 +22,10 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.config import DatasetConfig
-from tasks.errors import BadInput, EmptyWindow, SingleClassTarget
-from tasks.features import parse_time
-from tasks.store import ArtifactStore, PreconditionFailed
+from tasks.core.config import DatasetConfig
+from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
+from tasks.model.features import parse_time
+from tasks.core.store import ArtifactStore, PreconditionFailed
 
 
 class SnapshotManifest(BaseModel):
@@ -177,8 +177,8 @@ _LAST_LOCK = threading.Lock()
 
 # --- Prefect tasks ---------------------------------------------------------------------------------
 from tasks.orchestration import cached_task, io_task  # noqa: E402
-from tasks.settings import Settings  # noqa: E402
-from tasks.store import open_store  # noqa: E402
+from tasks.core.settings import Settings  # noqa: E402
+from tasks.core.store import open_store  # noqa: E402
 
 
 @cached_task(name="build-snapshot")

@@ -24,10 +24,10 @@ from typing import Any
 import lightgbm as lgb
 from pydantic import BaseModel, Field
 
-from tasks.errors import BadInput
-from tasks.features import FittedTransform
-from tasks.settings import PROJECT_DIR, Settings
-from tasks.store import ArtifactStore, KeyNotFound, PreconditionFailed
+from tasks.core.errors import BadInput
+from tasks.model.features import FittedTransform
+from tasks.core.settings import PROJECT_DIR, Settings
+from tasks.core.store import ArtifactStore, KeyNotFound, PreconditionFailed
 
 ALIASES = ("champion", "challenger")
 
@@ -205,7 +205,7 @@ def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) ->
 
 # --- Prefect tasks ---------------------------------------------------------------------------------
 from tasks.orchestration import cached_task, io_task  # noqa: E402
-from tasks.store import open_store  # noqa: E402
+from tasks.core.store import open_store  # noqa: E402
 
 
 @cached_task(name="register-model")
