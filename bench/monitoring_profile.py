@@ -50,6 +50,7 @@ def main() -> int:
     os.environ.update({"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")})
     try:
         from tasks.data.ingest import discover_batches, ingest_batches
+        from tasks.core.context import RunContext
         from tasks.data.landing import land_nycflights13
         from tasks.monitoring.window import window_view
         from tasks.serving.schema import input_contracts
@@ -63,7 +64,8 @@ def main() -> int:
             land_nycflights13(store, settings.sources_dir)
             config = settings.load_dataset()
             config = config.model_copy(update={"window": config.window.model_copy(update={"start": None, "end": None})})
-            sources = {t: ingest_batches(t, discover_batches(t, c, store, settings), c, store, settings)[0].valid_keys
+            ctx = RunContext.build(settings)
+            sources = {t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
                        for t, c in config.tables.items()}
             inputs = list(input_contracts(config))
             frame = (store.read_parquet(build_snapshot(sources, config, store).data_key).head(args.rows)

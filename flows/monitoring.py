@@ -5,112 +5,31 @@
 
 Reads the prediction log since its watermark, profiles the window (whylogs, merged per day),
 compares it with the champion's reference profile (drift per input and of the prediction), checks
-data quality, measures live performance from feedback, and emits Prefect events for what it finds:
+data quality, measures live performance from feedback (the verdicts are ``tasks.decisions``'
+``decide_drift`` and ``decide_degradation``), and emits Prefect events for what it finds:
 ``driftloop.drift.detected``, ``driftloop.performance.degraded``, ``driftloop.data_quality.failed``.
 """
 
 from __future__ import annotations
 
-import io
-import math
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from pydantic import BaseModel, Field
 
+from flows.schemas import MonitorParams
 from tasks.events import emit_model_event
 from tasks.model.evaluate import png_data_uri
-from tasks.monitoring.window import (
-    MonitorReport,
-    data_quality,
-    drift_scores,
-    live_performance,
-    mark_processed,
-    profile_and_store_daily,
-    unprocessed_files,
-)
-from tasks.orchestration import io_task, publish
-from tasks.monitoring.profile import load_profile
-from tasks.registry.versions import Registry
-from tasks.serving.watcher import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
-from tasks.core.settings import Settings
-from tasks.core.store import open_store
-
-
-class MonitorParams(BaseModel):
-    model_name: str | None = Field(None, description="registry name (default: the dataset config's)")
-
-
-@io_task(name="judge-window")
-def judge_window(model_name: str, settings: Settings) -> MonitorReport:
-    """Everything monitoring concludes about the unprocessed part of the prediction log."""
-    store = open_store(settings)
-    config = settings.load_dataset()
-    registry = Registry(store, model_name)
-    champion_version = registry.alias_doc().aliases.get("champion")
-    if champion_version is None:
-        return MonitorReport(model_name=model_name, champion=None, files=[], rows=0, window=None,
-                             note=f"{model_name!r} has no champion yet (run the training flow); nothing to monitor")
-    champion = registry.get(champion_version)
-    files = unprocessed_files(store, model_name)
-    report = MonitorReport(model_name=model_name, champion=champion.version, files=files, rows=0, window=None)
-    if not files:
-        report.note = "no new predictions since the last run; nothing to judge"
-        return report
-    frame = store.scan_parquet(files).collect()
-    report.rows = frame.height
-    report.window = (str(frame["ts"].min()), str(frame["ts"].max()))
-    mon = config.monitoring
-    if frame.height < mon.min_rows:
-        report.note = (f"only {frame.height} new predictions (monitoring.min_rows={mon.min_rows}); "
-                       "they stay unprocessed and count towards the next run")
-        report.files = []
-        return report
-    transform = registry.load_transform(champion)
-    inputs = transform.spec.input_columns
-    reference = load_profile(registry.read_file(champion, "reference_profile.bin"))
-    window = profile_and_store_daily(store, model_name, frame, inputs, config.time.column)
-    report.drift = drift_scores(window, reference, mon)
-    report.drifted = [d.column for d in report.drift if d.drifted]
-    features = [d for d in report.drift if d.column != "prediction"]
-    share = sum(d.drifted for d in features) / max(len(features), 1)
-    report.drift_detected = share >= mon.drift_share or "prediction" in report.drifted
-    report.quality_problems = data_quality(frame, transform, reference, mon)
-    report.performance = live_performance(read_log(store, "predictions", PREDICTION_COLUMNS),
-                                          read_log(store, "feedback", FEEDBACK_COLUMNS), mon.min_labels)
-    for perf in report.performance:
-        expected = registry.get(perf.model_version).metrics.get("roc_auc")
-        if perf.roc_auc is not None and expected is not None and perf.roc_auc < expected - mon.max_auc_drop:
-            report.degraded.append(f"v{perf.model_version}: live ROC-AUC {perf.roc_auc:.3f} on {perf.labels} labels, "
-                                   f"test ROC-AUC {expected:.3f}")
-    return report
-
-
-def drift_png(report: MonitorReport) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted(report.drift, key=lambda d: d.pvalue)
-    fig, ax = plt.subplots(figsize=(6, max(3, 0.25 * len(rows))))
-    ax.barh([d.column for d in rows][::-1], [min(-math.log10(max(d.pvalue, 1e-300)), 50) for d in rows][::-1],
-            color=["tab:red" if d.drifted else "tab:green" for d in rows][::-1])
-    ax.axvline(-math.log10(rows[0].threshold if rows else 0.05), ls="--", color="grey")
-    ax.set(xlabel="-log10 p-value (right of the line: drifted)", title=f"{report.model_name}: drift vs reference")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+from tasks.monitoring.drift import drift_png
+from tasks.monitoring.steps import judge_window
+from tasks.monitoring.window import MonitorReport, mark_processed
+from tasks.orchestration import publish, run_context
 
 
 @flow(name="monitor", persist_result=True)
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     logger = get_run_logger()
-    settings = Settings()
-    model_name = settings.model_name(params.model_name)
-    report = judge_window(model_name, settings)
+    ctx = run_context()
+    model_name = ctx.model_name(params.model_name)
+    report = judge_window(model_name, ctx)
     if report.note:
         logger.info(report.note)
         publish(create_markdown_artifact, key=f"{model_name}-monitoring".replace("_", "-"),
@@ -119,15 +38,15 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     payload = {"version": report.champion, "window": list(report.window or ()), "rows": report.rows}
     if report.drift_detected:
         emit_model_event("driftloop.drift.detected", model_name, {**payload, "drifted": report.drifted},
-                         target=settings.target)
+                         target=ctx.target)
     if report.degraded:
         emit_model_event("driftloop.performance.degraded", model_name, {**payload, "evidence": report.degraded},
-                         target=settings.target)
+                         target=ctx.target)
     if report.quality_problems:
         emit_model_event("driftloop.data_quality.failed", model_name, {**payload, "problems": report.quality_problems},
-                         target=settings.target)
+                         target=ctx.target)
     _publish(report)
-    mark_processed(open_store(settings), model_name, report.files)  # last: a failed run reprocesses its window
+    mark_processed(ctx.store, model_name, report.files)  # last: a failed run reprocesses its window
     logger.info("monitored %d predictions of %s: drift %s (%s), quality problems %d, degraded %s", report.rows,
                 model_name, report.drift_detected, ", ".join(report.drifted) or "none", len(report.quality_problems),
                 report.degraded or "no")
@@ -147,7 +66,7 @@ def _publish(report: MonitorReport) -> None:
           f"- data quality: {'; '.join(report.quality_problems) or 'ok'}\n"
           f"- performance: {'; '.join(report.degraded) or 'no degradation found'}\n\n"
           f"| version | predictions | labels | live ROC-AUC | mean prediction |\n|---|---|---|---|---|\n{perf}\n\n"
-          f"![drift]({png_data_uri(drift_png(report))})\n")
+          f"![drift]({png_data_uri(drift_png(report.model_name, report.drift))})\n")
     publish(create_markdown_artifact, key=f"{key}-monitoring", markdown=md, description="monitoring summary")
 
 

@@ -14,23 +14,18 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
-from pydantic import BaseModel, Field
 
-from tasks.orchestration import publish
-from tasks.registry.packaging import PackagedBento, build_bento
-from tasks.core.settings import Settings
-
-
-class PackageParams(BaseModel):
-    ref: str = Field("champion", description="alias (champion, challenger) or version number")
-    model_name: str | None = Field(None, description="registry name (default: the dataset config's)")
+from flows.schemas import PackageParams
+from tasks.orchestration import publish, run_context
+from tasks.registry.packaging import PackagedBento
+from tasks.registry.steps import package_version
 
 
 @flow(name="package", persist_result=True)
 def package(params: PackageParams = PackageParams()) -> PackagedBento:
-    settings = Settings()
-    model_name = settings.model_name(params.model_name)
-    bento = build_bento(model_name, params.ref, settings)
+    ctx = run_context()
+    model_name = ctx.model_name(params.model_name)
+    bento = package_version(model_name, params.ref, ctx)
     url = bento.export_url if "://" in bento.export_url else Path(bento.export_url).resolve().as_uri()
     publish(create_link_artifact, key=f"{model_name}-bento".replace("_", "-"), link=url,
             link_text=f"bento {bento.bento_tag}", description=f"Exported bento of {model_name} v{bento.version}")

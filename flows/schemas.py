@@ -1,7 +1,8 @@
-"""Parameter and result models of the flows, importable by name.
+"""Parameter and result models of every flow, in one place, importable by name.
 
-They live in their own module because a worker loads a flow file as a script: a result class defined
-there would be pickled under a module name nobody else can import.
+They live in their own module because a worker loads a flow file as a script: a class defined there
+would be pickled under a module name nobody else can import. Results that are a stage's own record
+(``MonitorReport``, ``PackagedBento``, ``LandingResult``) are defined by that stage.
 """
 
 from __future__ import annotations
@@ -9,11 +10,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-from tasks.model.evaluate import Metrics
 from tasks.decisions import HoldoutComparison
-from tasks.monitoring.window import LivePerformance
+from tasks.model.evaluate import Metrics
+from tasks.monitoring.performance import LivePerformance
+
+MODEL_NAME = "registry name (default: the dataset config's)"
+
+
+# --- parameters ----------------------------------------------------------------------------------
+class LandParams(BaseModel):
+    months: list[int] = Field(list(range(1, 13)), description="months of 2013 whose flights to land (1-12)")
 
 
 class TrainingParams(BaseModel):
@@ -34,6 +42,52 @@ class TrainingParams(BaseModel):
         "gate", description="gate: the promotion gate sets champion/challenger; candidate: register without an alias")
 
 
+class MonitorParams(BaseModel):
+    model_name: str | None = Field(None, description=MODEL_NAME)
+
+
+class RetrainParams(BaseModel):
+    model_name: str | None = Field(None, description=MODEL_NAME)
+    reason: str = Field("manual", description="why (an automation passes the event that triggered it)")
+    ignore_cooldown: bool = Field(False, description="retrain even if one ran within the cooldown period")
+
+
+class CanaryParams(BaseModel):
+    model_name: str | None = Field(None, description=MODEL_NAME)
+
+
+class PromoteParams(BaseModel):
+    version: int = Field(ge=1, description="the registered version to make champion")
+    model_name: str | None = Field(None, description=MODEL_NAME)
+    reason: str = Field("manual promotion", description="recorded in the alias history")
+    actor: str | None = Field(None, description="who asked (default: the user running the flow)")
+
+
+class RollbackParams(BaseModel):
+    to_version: int | None = Field(None, ge=1, description="version to restore (default: the previous champion)")
+    model_name: str | None = None
+    reason: str = "manual rollback"
+    actor: str | None = None
+
+
+class PackageParams(BaseModel):
+    ref: str = Field("champion", description="alias (champion, challenger) or version number")
+    model_name: str | None = Field(None, description=MODEL_NAME)
+
+
+class LineageParams(BaseModel):
+    request_id: str | None = Field(None, description="a prediction's request id")
+    version: int | None = Field(None, ge=1, description="a model version")
+    model_name: str | None = Field(None, description=MODEL_NAME)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "LineageParams":
+        if (self.request_id is None) == (self.version is None):
+            raise ValueError("give exactly one of request_id or version")
+        return self
+
+
+# --- results -------------------------------------------------------------------------------------
 class TrainingSummary(BaseModel):
     model_name: str
     version: int

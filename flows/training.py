@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import (
     create_link_artifact,
@@ -29,35 +30,38 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.schemas import TrainingParams, TrainingSummary
 from tasks.core.config import DatasetConfig
-from tasks.model.evaluate import evaluate_candidate, evaluate_champion, model_card
-from tasks.events import emit_model_event
-from tasks.decisions import decide_promotion
-from tasks.data.ingest import IngestedTable, discover_table_batches, validate_table_batches
-from tasks.orchestration import in_prefect_run, publish
-from tasks.monitoring.profile import profile_reference
-from tasks.registry.versions import (
-    apply_promotion_decision,
-    git_commit,
-    register_model_version,
-    save_version_to_bentoml,
-)
+from tasks.core.context import RunContext
 from tasks.core.settings import Settings
-from tasks.data.snapshot import build_dataset_snapshot, extend_with_feedback
-from tasks.core.store import open_store
-from tasks.model.tracking import track_training
-from tasks.model.train import (
+from tasks.data.ingest import IngestedTable
+from tasks.data.steps import (
+    build_dataset_snapshot,
+    discover_table_batches,
+    extend_snapshot_with_feedback,
+    validate_table_batches,
+)
+from tasks.decisions import decide_promotion
+from tasks.events import emit_model_event
+from tasks.model.evaluate import metric_table, model_card
+from tasks.model.steps import (
     cross_validate_fold,
+    evaluate_candidate_on_test,
+    evaluate_champion_on_test,
     fit_transform_on_train,
     run_trial,
-    sample_trial_params,
-    threads_per_fit,
+    stage_candidate_files,
+    track_training,
     train_final_model,
 )
+from tasks.model.train import sample_trial_params, threads_per_fit
+from tasks.monitoring.steps import profile_reference
+from tasks.orchestration import in_prefect_run, publish, run_context
+from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
+from tasks.registry.versions import NewVersion, Registry, git_commit
 
 
-def resolve_config(params: TrainingParams, settings: Settings) -> DatasetConfig:
+def resolve_config(params: TrainingParams, ctx: RunContext) -> DatasetConfig:
     """The dataset config with this run's overrides applied, validated like the file itself."""
-    data = settings.load_dataset(params.dataset_config).model_dump()
+    data = ctx.config.model_dump()
     if params.model_name:
         data["model_name"] = params.model_name
     if params.window_start:
@@ -73,6 +77,20 @@ def resolve_config(params: TrainingParams, settings: Settings) -> DatasetConfig:
     return DatasetConfig.model_validate(data)
 
 
+def training_context(params: TrainingParams) -> RunContext:
+    """The run context with this run's settings overrides, on the config with this run's overrides."""
+    settings = Settings()
+    updates: dict = {}
+    if params.dataset_config:
+        updates["dataset_config"] = Path(params.dataset_config)
+    if params.on_invalid:
+        updates["on_invalid"] = params.on_invalid
+    if params.min_auc_gain is not None:
+        updates["gate"] = settings.gate.model_copy(update={"min_auc_gain": params.min_auc_gain})
+    ctx = run_context(settings.model_copy(update=updates) if updates else settings)
+    return ctx.with_config(resolve_config(params, ctx))
+
+
 def _progress(artifact_id: str | None, value: float) -> None:
     if artifact_id:
         update_progress_artifact(artifact_id, progress=value)
@@ -82,20 +100,16 @@ def _progress(artifact_id: str | None, value: float) -> None:
 def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     """Train, evaluate, register and (maybe) promote a model from the configured sources."""
     logger = get_run_logger()
-    settings = Settings()
-    if params.on_invalid:
-        settings = settings.model_copy(update={"on_invalid": params.on_invalid})
-    if params.min_auc_gain is not None:
-        settings = settings.model_copy(update={"gate": settings.gate.model_copy(update={"min_auc_gain": params.min_auc_gain})})
-    config = resolve_config(params, settings)
+    ctx = training_context(params)
+    config, settings = ctx.config, ctx.settings
     model_name = config.model_name
     progress = publish(create_progress_artifact, progress=0.0, key="training-progress",
                        description=f"training {model_name}")
 
     # 1. ingest: discover every table's batches, then validate the new ones (tables in parallel)
-    refs = {t: discover_table_batches.submit(t, cfg, settings) for t, cfg in config.tables.items()}
+    refs = {t: discover_table_batches.submit(t, cfg, ctx) for t, cfg in config.tables.items()}
     ingested: dict[str, IngestedTable] = {
-        t: validate_table_batches.submit(t, refs[t], cfg, settings, params.rebuild, settings.on_invalid)
+        t: validate_table_batches.submit(t, refs[t], cfg, ctx, params.rebuild, settings.on_invalid)
         for t, cfg in config.tables.items()
     }
     ingested = {t: f.result() for t, f in ingested.items()}
@@ -105,49 +119,45 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     _progress(progress, 15)
 
     # 2. snapshot, 3. split + transform
-    manifest = build_dataset_snapshot({t: r.valid_keys for t, r in ingested.items()}, config, settings)
+    manifest = build_dataset_snapshot({t: r.valid_keys for t, r in ingested.items()}, ctx)
     logger.info("snapshot %s: %d rows, %s .. %s, positive rate %.3f", manifest.snapshot_id, manifest.rows,
                 manifest.time_min, manifest.time_max, manifest.positive_rate)
     if params.include_feedback:
-        from tasks.model.features import FeatureSpec
-
-        manifest = extend_with_feedback(manifest, config, settings, FeatureSpec.from_config(config).input_columns)
+        manifest = extend_snapshot_with_feedback(manifest, ctx)
         logger.info("with labelled predictions: snapshot %s, %d rows up to %s", manifest.snapshot_id, manifest.rows,
                     manifest.time_max)
-    prepared = fit_transform_on_train(manifest, config, settings)
+    prepared = fit_transform_on_train(manifest, ctx)
     _progress(progress, 25)
 
     # 4. search: trials in parallel, best by validation AUC; then time-series CV of the best
     trial_params = sample_trial_params(config.training, config.training.n_trials, config.training.seed)
-    threads = threads_per_fit(2)
-    shared = [unmapped(x) for x in (manifest, prepared, config, settings, threads)]
+    shared = [unmapped(x) for x in (manifest, prepared, ctx, threads_per_fit(2))]
     trials = run_trial.map(list(range(len(trial_params))), trial_params, *shared).result()
     best = max(trials, key=lambda r: r.valid_auc)
     logger.info("search: %d trials, best validation AUC %.4f (%s)", len(trials), best.valid_auc, best.params)
     _progress(progress, 55)
     folds = list(range(config.split.cv_folds))
     fold_aucs = cross_validate_fold.map(folds, unmapped(best.params), *shared).result() if folds else []
-    import numpy as np
-
     cv = {"mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
           "std": float(np.std(fold_aucs)) if fold_aucs else float("nan"), "folds": float(len(fold_aucs))}
     _progress(progress, 70)
 
     # 5. candidate, evaluation, champion on the same window, the gate
-    trained = train_final_model(best.params, manifest, prepared, config, settings)
-    candidate = evaluate_candidate(trained, manifest, prepared, config, settings)
-    champion = evaluate_champion(model_name, manifest, prepared, config, settings)
+    trained = train_final_model(best.params, manifest, prepared, ctx)
+    candidate = evaluate_candidate_on_test(trained, manifest, prepared, ctx)
+    champion = evaluate_champion_on_test(model_name, manifest, prepared, ctx)
     decision = decide_promotion(candidate.evaluation.test, champion, settings.gate)
     _progress(progress, 80)
 
     # 6. reference profile and experiment tracking
-    profile_key = profile_reference(trained, manifest, prepared, config, settings)
+    profile_key = profile_reference(trained, manifest, prepared, ctx)
     test = candidate.evaluation.test
-    run_config = {"model_name": model_name, "snapshot_id": manifest.snapshot_id, "git_commit": git_commit(),
-                  "params": best.params, "best_iteration": trained.fit.best_iteration, "dataset": config.name,
+    run_config = {"model_name": model_name, "snapshot_id": manifest.snapshot_id,
+                  "git_commit": git_commit(settings.git_commit), "params": best.params,
+                  "best_iteration": trained.fit.best_iteration, "dataset": config.name,
                   "window": config.window.model_dump(mode="json"), "n_trials": len(trials)}
     tracked = track_training(
-        settings, name=f"{model_name}-{manifest.snapshot_id}",
+        ctx, name=f"{model_name}-{manifest.snapshot_id}",
         group=f"{model_name}-{manifest.snapshot_id}-seed{config.training.seed}", config=run_config,
         model_key=trained.model_key, transform_json=prepared.transform.to_json(), history=trained.fit.history,
         summary={**{f"test/{k}": v for k, v in test.model_dump().items()},
@@ -159,36 +169,31 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     _progress(progress, 88)
 
     # 7. register, apply the decision, make it buildable as a bento
-    store = open_store(settings)
-    prefix = trained.model_key.rsplit("/", 1)[0]
-    transform_key = f"{prefix}/transform.json"
-    store.write_bytes(transform_key, prepared.transform.to_json().encode())
-    evaluation_key = f"{prefix}/evaluation.json"
-    store.write_json(evaluation_key, {"candidate": candidate.evaluation.model_dump(mode="json"), "cv": cv,
-                                      "champion": champion.model_dump(mode="json"), "decision": decision.model_dump()})
-    files = {"model.txt": trained.model_key, "transform.json": transform_key, "reference_profile.bin": profile_key,
-             "evaluation.json": evaluation_key, **{f"plots/{k}.png": v for k, v in candidate.plot_keys.items()}}
-    record = {"snapshot_id": manifest.snapshot_id, "wandb_run": tracked.path if tracked else None,
-              "git_commit": run_config["git_commit"], "params": best.params,
-              "metrics": {**{k: v for k, v in test.model_dump().items() if isinstance(v, float)},
-                          "cv_auc_mean": cv["mean"], "cv_auc_std": cv["std"]},
-              "test_window": candidate.evaluation.test_window, "feature_names": prepared.transform.feature_names,
-              "input_columns": prepared.transform.spec.input_columns}
-    version = register_model_version(model_name, files, record, settings)
+    files = stage_candidate_files(trained, prepared, candidate, profile_key, {
+        "candidate": candidate.evaluation.model_dump(mode="json"), "cv": cv,
+        "champion": champion.model_dump(mode="json"), "decision": decision.model_dump()}, ctx)
+    record = NewVersion(
+        snapshot_id=manifest.snapshot_id, wandb_run=tracked.path if tracked else None,
+        git_commit=run_config["git_commit"], params=best.params,
+        metrics={**{k: v for k, v in test.model_dump().items() if isinstance(v, float)},
+                 "cv_auc_mean": cv["mean"], "cv_auc_std": cv["std"]},
+        test_window=candidate.evaluation.test_window, feature_names=prepared.transform.feature_names,
+        input_columns=prepared.transform.spec.input_columns)
+    version = register_model_version(model_name, files, record, ctx)
     if champion.version == version.version:  # a rerun reproduced (from cache) the version that is champion
         decision = decision.model_copy(update={"outcome": "champion", "reason": f"v{version.version} is already "
                                                "champion: this run reproduced it, nothing changes"})
         aliases = {"champion": version.version}
     elif params.register_as == "gate":
-        aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, settings)
+        aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, ctx)
     else:  # the caller (e.g. retraining) decides what the new version becomes
         decision = decision.model_copy(update={"outcome": "candidate", "reason": "registered without an alias; "
                                                f"the promotion gate would say: {decision.reason}"})
         aliases = {}
-    bento_tag = save_version_to_bentoml(model_name, version.version, settings)
+    bento_tag = save_version_to_bentoml(model_name, version.version, ctx)
     emit_model_event("driftloop.model.registered", model_name, {
         "version": version.version, "decision": decision.outcome, "reason": decision.reason,
-        "snapshot_id": manifest.snapshot_id, "roc_auc": test.roc_auc}, target=settings.target)
+        "snapshot_id": manifest.snapshot_id, "roc_auc": test.roc_auc}, target=ctx.target)
     logger.info("registered %s v%d as %s (%s); aliases now %s; BentoML model %s", model_name, version.version,
                 decision.outcome, decision.reason, aliases, bento_tag)
 
@@ -197,28 +202,26 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
         snapshot_id=manifest.snapshot_id, snapshot_rows=manifest.rows, test=test, baseline=candidate.evaluation.baseline,
         champion_before=champion.version, cv_auc_mean=cv["mean"], cv_auc_std=cv["std"],
         wandb_run=tracked.url or tracked.path if tracked else None,
-        registry_entry=store.url(f"registry/{model_name}/versions/{version.version:06d}.json"), store_uri=store.uri,
+        registry_entry=Registry(ctx.store, model_name).version_url(version.version), store_uri=ctx.store.uri,
         quarantined=[q for r in ingested.values() for q in r.quarantined],
     )
-    _publish_artifacts(summary, candidate, champion, trained, store, cv, config)
+    _publish_artifacts(summary, candidate, champion, trained, ctx, cv)
     _progress(progress, 100)
     return summary
 
 
-def _publish_artifacts(summary, candidate, champion, trained, store, cv, config) -> None:
+def _publish_artifacts(summary, candidate, champion, trained, ctx, cv) -> None:
     if not in_prefect_run():
         return
     key = summary.model_name.replace("_", "-")
     rows = []
-    for name, attr in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
-                       ("precision", "precision"), ("recall", "recall")):
-        row = {"metric": name, "model": round(getattr(summary.test, attr), 5),
-               "baseline": round(getattr(summary.baseline, attr), 5)}
-        if champion.metrics:
-            row[f"champion v{champion.version}"] = round(getattr(champion.metrics, attr), 5)
+    for label, model, baseline, champ in metric_table(summary.test, summary.baseline, champion.metrics):
+        row = {"metric": label, "model": round(model, 5), "baseline": round(baseline, 5)}
+        if champ is not None:
+            row[f"champion v{champion.version}"] = round(champ, 5)
         rows.append(row)
     create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Test metrics of {summary.model_name} v{summary.version}")
-    pngs = {k: store.read_bytes(v) for k, v in candidate.plot_keys.items()}
+    pngs = {k: ctx.store.read_bytes(v) for k, v in candidate.plot_keys.items()}
     card = model_card(model_name=summary.model_name, version=summary.version, decision=summary.decision,
                       reason=summary.reason, evaluation=candidate.evaluation, champion=champion.metrics,
                       snapshot_id=summary.snapshot_id, params=trained.fit.params, cv=cv, wandb_url=summary.wandb_run,

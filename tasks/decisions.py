@@ -1,12 +1,20 @@
-"""The promotion gate: an explicit, testable decision about what a new model becomes.
+"""Every decision driftloop takes on its own, side by side: pure functions returning outcome + reason.
 
-A first model becomes champion (something has to serve). A later one becomes champion only if it
-beats the champion's ROC-AUC on the same test window by the configured margin, with enough test
-rows to believe it; otherwise it is registered as challenger, for a canary to decide on live data.
+- ``decide_promotion``: what a freshly trained model becomes (the training flow's gate);
+- ``compare_on_holdout``: whether a retrained model may go out as a canary (the retrain gate);
+- ``decide_retrain_start``: whether a retrain may start now (the cooldown);
+- ``decide_canary``: promote the challenger, drop it, or wait for more live evidence;
+- ``decide_drift``: whether a monitoring window has drifted from the champion's reference;
+- ``decide_degradation``: whether a version's live performance fell below what its test promised.
+
+They read only their arguments (metrics, statistics, thresholds from settings or the dataset config),
+so each is unit-tested on controlled inputs in ``tests/model/test_decisions.py`` and its kin, and the
+flows only apply what they return.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Literal
 
 import numpy as np
@@ -14,39 +22,49 @@ import polars as pl
 from pydantic import BaseModel
 from sklearn.metrics import roc_auc_score
 
-from tasks.model.evaluate import ChampionEvaluation, Metrics
-from tasks.orchestration import cached_task
+from tasks.core.config import MonitoringConfig
 from tasks.core.settings import GateSettings, RetrainSettings
+from tasks.model.evaluate import ChampionEvaluation, Metrics
+from tasks.monitoring.drift import ColumnDrift
+from tasks.monitoring.performance import LivePerformance
 
 
 class Decision(BaseModel):
-    outcome: Literal["champion", "challenger", "candidate"]
+    """An outcome and the reason for it, in words a person reads in an artifact or a notification."""
+
+    outcome: str
     reason: str
 
 
-def decide(candidate: Metrics, champion: ChampionEvaluation, gate: GateSettings) -> Decision:
+# --- promotion gate (training) -------------------------------------------------------------------
+class PromotionDecision(Decision):
+    outcome: Literal["champion", "challenger", "candidate"]
+
+
+def decide_promotion(candidate: Metrics, champion: ChampionEvaluation, gate: GateSettings) -> PromotionDecision:
+    """A first model becomes champion (something has to serve). A later one becomes champion only if it
+    beats the champion's ROC-AUC on the same test window by the margin, with enough test rows to believe
+    it; otherwise it is registered as challenger, for a canary to decide on live data."""
     if champion.version is None:
-        return Decision(outcome="champion", reason="first model of this name: it becomes champion")
+        return PromotionDecision(outcome="champion", reason="first model of this name: it becomes champion")
     if champion.metrics is None:
-        return Decision(outcome="challenger", reason=f"{champion.note}; kept as challenger for a live comparison")
+        return PromotionDecision(outcome="challenger",
+                                 reason=f"{champion.note}; kept as challenger for a live comparison")
     if candidate.rows < gate.min_test_rows:
-        return Decision(outcome="challenger",
-                        reason=f"only {candidate.rows} test rows (gate needs {gate.min_test_rows}); not enough evidence")
+        return PromotionDecision(outcome="challenger", reason=f"only {candidate.rows} test rows (gate needs "
+                                 f"{gate.min_test_rows}); not enough evidence")
     gain = candidate.roc_auc - champion.metrics.roc_auc
     verdict = (f"ROC-AUC {candidate.roc_auc:.4f} vs champion v{champion.version} {champion.metrics.roc_auc:.4f}"
                f" (gain {gain:+.4f}, margin {gate.min_auc_gain})")
     if gain >= gate.min_auc_gain:
-        return Decision(outcome="champion", reason=f"beats the champion: {verdict}")
-    return Decision(outcome="challenger", reason=f"does not beat the champion by the margin: {verdict}")
+        return PromotionDecision(outcome="champion", reason=f"beats the champion: {verdict}")
+    return PromotionDecision(outcome="challenger", reason=f"does not beat the champion by the margin: {verdict}")
 
 
-@cached_task(name="promotion-gate")
-def decide_promotion(candidate: Metrics, champion: ChampionEvaluation, gate: GateSettings) -> Decision:
-    return decide(candidate, champion, gate)
-
-
+# --- retrain gate --------------------------------------------------------------------------------
 class HoldoutComparison(BaseModel):
-    """A retrained model against the champion on the same recent holdout, with uncertainty."""
+    """A retrained model against the champion on the same recent holdout, with uncertainty; ``passed``
+    is the gate's outcome and ``reason`` says why."""
 
     rows: int
     champion_version: int
@@ -79,7 +97,9 @@ def bootstrap_auc_gain(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, samp
 def compare_on_holdout(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, slices: pl.DataFrame,
                        champion_version: int, candidate_version: int, settings: RetrainSettings,
                        min_slice_rows: int = 200) -> HoldoutComparison:
-    """Pass when the gain's interval clears the non-inferiority margin and no slice gets clearly worse."""
+    """The retrain gate: a retrained model (``p_new``) against the champion (``p_old``) on the same recent
+    holdout. Pass when the gain's interval clears the non-inferiority margin and no slice gets clearly
+    worse."""
     mean, low, high = bootstrap_auc_gain(y, p_new, p_old, settings.bootstrap_samples)
     worse = []
     for col in slices.columns:
@@ -103,3 +123,95 @@ def compare_on_holdout(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, slic
                              champion_auc=float(roc_auc_score(y, p_old)), candidate_auc=float(roc_auc_score(y, p_new)),
                              gain_mean=mean, gain_low=low, gain_high=high, slices_worse=worse, passed=passed,
                              reason=reason)
+
+
+class RetrainStart(Decision):
+    outcome: Literal["start", "wait"]
+
+
+def decide_retrain_start(model_name: str, last_started: datetime | None, last_reason: str | None, now: datetime,
+                         cooldown_minutes: float, ignore_cooldown: bool) -> RetrainStart:
+    """At most one retrain per model in the cooldown period, however many events ask for one."""
+    if last_started is None or ignore_cooldown:
+        why = "asked to ignore the cooldown" if last_started is not None else "no retrain of it has run before"
+        return RetrainStart(outcome="start", reason=f"{model_name}: {why}")
+    if now - last_started < timedelta(minutes=cooldown_minutes):
+        return RetrainStart(outcome="wait", reason=(
+            f"a retrain of {model_name} started at {last_started.isoformat()} ({last_reason}); the cooldown of "
+            f"{cooldown_minutes:g} min (DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES) has not passed"))
+    return RetrainStart(outcome="start", reason=f"{model_name}: the last retrain started at "
+                        f"{last_started.isoformat()}, more than {cooldown_minutes:g} min ago")
+
+
+# --- canary --------------------------------------------------------------------------------------
+EARLY_LABELS = 50  # labels per arm below which a live ROC-AUC is not computed at all
+
+
+class CanaryVerdict(Decision):
+    outcome: Literal["promote", "drop", "wait"]
+
+
+def decide_canary(champion: LivePerformance | None, challenger: LivePerformance | None, min_labels: int,
+                  margin: float, stop_margin: float) -> CanaryVerdict:
+    """With enough labels on both arms: promote if the challenger is at least ``margin`` better, else drop
+    it. Before that: stop at once if the challenger is already clearly worse (by ``stop_margin``), else
+    wait."""
+    if challenger is None or champion is None:
+        return CanaryVerdict(outcome="wait", reason="no labelled live traffic on both arms yet")
+    have = f"{challenger.labels} challenger / {champion.labels} champion labels"
+    if challenger.roc_auc is None or champion.roc_auc is None:
+        return CanaryVerdict(outcome="wait", reason=f"{have}; fewer than {EARLY_LABELS} on an arm")
+    gain = challenger.roc_auc - champion.roc_auc
+    verdict = (f"live ROC-AUC challenger v{challenger.model_version} {challenger.roc_auc:.4f} vs champion "
+               f"v{champion.model_version} {champion.roc_auc:.4f} (gain {gain:+.4f}; {have})")
+    if gain < -stop_margin:
+        return CanaryVerdict(outcome="drop", reason=f"clearly worse, stopped early: {verdict}")
+    if min(challenger.labels, champion.labels) < min_labels:
+        return CanaryVerdict(outcome="wait",
+                             reason=f"not enough evidence yet (need {min_labels} labels per arm): {verdict}")
+    if gain >= margin:
+        return CanaryVerdict(outcome="promote", reason=f"better by at least {margin:+.4f}: {verdict}")
+    return CanaryVerdict(outcome="drop", reason=f"not better by {margin:+.4f}: {verdict}")
+
+
+# --- monitoring verdicts -------------------------------------------------------------------------
+class DriftVerdict(Decision):
+    outcome: Literal["drift", "no drift"]
+    drifted: list[str]
+
+    @property
+    def detected(self) -> bool:
+        return self.outcome == "drift"
+
+
+def decide_drift(scores: list[ColumnDrift], config: MonitoringConfig) -> DriftVerdict:
+    """Drift of the window: the prediction drifted, or at least ``drift_share`` of the inputs did."""
+    drifted = [d.column for d in scores if d.drifted]
+    inputs = [d for d in scores if d.column != "prediction"]
+    share = sum(d.drifted for d in inputs) / max(len(inputs), 1)
+    detected = share >= config.drift_share or "prediction" in drifted
+    reason = (f"{sum(d.drifted for d in inputs)} of {len(inputs)} inputs drifted ({share:.0%}; threshold "
+              f"{config.drift_share:.0%}), prediction {'drifted' if 'prediction' in drifted else 'stable'}")
+    return DriftVerdict(outcome="drift" if detected else "no drift", reason=reason, drifted=drifted)
+
+
+class DegradationVerdict(Decision):
+    outcome: Literal["degraded", "ok"]
+    evidence: list[str]
+
+
+def decide_degradation(performance: list[LivePerformance], test_auc: dict[int, float | None],
+                       max_auc_drop: float) -> DegradationVerdict:
+    """A version is degraded when its live ROC-AUC is more than ``max_auc_drop`` below its test ROC-AUC
+    (``test_auc``: version -> what its evaluation measured)."""
+    evidence = []
+    for perf in performance:
+        expected = test_auc.get(perf.model_version)
+        if perf.roc_auc is not None and expected is not None and perf.roc_auc < expected - max_auc_drop:
+            evidence.append(f"v{perf.model_version}: live ROC-AUC {perf.roc_auc:.3f} on {perf.labels} labels, "
+                            f"test ROC-AUC {expected:.3f}")
+    if evidence:
+        return DegradationVerdict(outcome="degraded", evidence=evidence, reason="; ".join(evidence))
+    judged = [p for p in performance if p.roc_auc is not None]
+    return DegradationVerdict(outcome="ok", evidence=[], reason=(
+        f"{len(judged)} version(s) with enough labels, none more than {max_auc_drop} below its test ROC-AUC"))

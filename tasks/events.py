@@ -18,16 +18,12 @@ def model_resource(model_name: str, target: str) -> dict[str, str]:
             "driftloop.model-name": model_name, "driftloop.target": target}
 
 
-def emit_model_event(event: str, model_name: str, payload: dict[str, Any], target: str | None = None) -> str | None:
+def emit_model_event(event: str, model_name: str, payload: dict[str, Any], target: str) -> str | None:
     """Emit ``event`` about ``model_name``; returns the event id (None when events are off).
 
-    The resource carries ``driftloop.target`` (local or cloud, from settings) so that the local and
+    The resource carries ``driftloop.target`` (the run context's: local or cloud) so that the local and
     the cloud retrain deployments each react only to events from their own side.
     """
-    if target is None:
-        from tasks.core.settings import Settings
-
-        target = Settings().target
     sent = emit_event(event=event, resource=model_resource(model_name, target),
                       payload={"model_name": model_name, **payload})
     return str(sent.id) if sent else None

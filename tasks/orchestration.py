@@ -1,4 +1,10 @@
-"""Prefect conventions shared by every task: retries with backoff and jitter, caching, artifacts.
+"""Prefect conventions shared by every step: the run context, retries with backoff and jitter,
+caching, artifacts.
+
+``run_context`` is how a flow starts: it reads the settings and the process environment, loads the
+Prefect blocks the settings name (AWS credentials), points the libraries at their directories, and
+returns the one ``RunContext`` the flow passes to every step. This is the one place below the flows'
+own code that touches the environment.
 
 ``io_task`` is for steps that touch the outside world (sources, store, tracking): they retry with
 exponential backoff and jitter, except on ``BadInput``. ``pure_task`` is for deterministic steps
@@ -9,6 +15,7 @@ code, so rerunning a failed flow reuses every finished step.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable
 
 from prefect import task
@@ -16,7 +23,10 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.tasks import exponential_backoff
 
+from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
+from tasks.core.settings import Settings
+from tasks.core.store import S3Credentials, StoreError
 
 
 def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
@@ -64,3 +74,57 @@ def publish(create: Callable[..., Any], **kwargs: Any) -> Any:
     if in_prefect_run():
         return create(**kwargs)
     return None
+
+
+def run_context(settings: Settings | None = None) -> RunContext:
+    """The context of one flow run: ``settings`` (default: read from the environment), the dataset
+    config with ``${VAR}`` filled from the environment, S3 credentials from the named block."""
+    settings = settings or Settings()
+    for name, value in settings.library_environment().items():
+        os.environ.setdefault(name, value)
+    credentials = aws_credentials_from_block(settings) if settings.s3.credentials_block else None
+    return RunContext.build(settings, environ=os.environ, credentials=credentials)
+
+
+def aws_credentials_from_block(settings: Settings) -> S3Credentials:
+    """S3 credentials from the prefect-aws ``AwsCredentials`` block named in settings."""
+    from prefect_aws import AwsCredentials
+
+    name, s3 = settings.s3.credentials_block, settings.s3
+    try:
+        block = AwsCredentials.load(name)
+    except ValueError as exc:
+        raise StoreError(
+            f"AwsCredentials block {name!r} not found on the Prefect server ({exc}). Create it with "
+            "`python -m deployments.blocks`, or unset DRIFTLOOP_S3__CREDENTIALS_BLOCK to use keys or the task role."
+        ) from None
+    params = block.aws_client_parameters
+    return S3Credentials(
+        region=block.region_name or s3.region,
+        endpoint_url=(str(params.endpoint_url) if params and params.endpoint_url else None) or s3.endpoint_url,
+        access_key_id=block.aws_access_key_id,
+        secret_access_key=block.aws_secret_access_key,
+        session_token=block.aws_session_token,
+        source=f"block {name}",
+    )
+
+
+def wandb_api_key(settings: Settings) -> str | None:
+    """The W&B API key from the Prefect Secret block named in settings (None if no block is named).
+
+    The block is read whenever it is named, offline too, so a missing block fails on the laptop the
+    same way it would in the cloud. The key goes to wandb in memory only, never to env, logs or files.
+    """
+    name = settings.tracking.api_key_block
+    if not name:
+        return None
+    from prefect.blocks.system import Secret
+
+    try:
+        return str(Secret.load(name).get())
+    except ValueError as exc:
+        raise RuntimeError(
+            f"W&B key: Secret block {name!r} not found on the Prefect server ({exc}). Create it with "
+            "`python -m deployments.blocks --wandb-api-key-env WANDB_API_KEY`, or unset "
+            "DRIFTLOOP_TRACKING__API_KEY_BLOCK to track offline."
+        ) from None

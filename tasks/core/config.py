@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -226,24 +226,22 @@ class DatasetConfig(Strict):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def _expand_env(value: Any, where: str, defaults: dict[str, str]) -> Any:
+def _expand_variables(value: Any, where: str, variables: Mapping[str, str]) -> Any:
     if isinstance(value, str):
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
-            if name in os.environ:
-                return os.environ[name]
-            if name in defaults:
-                return defaults[name]
+            if name in variables:
+                return variables[name]
             raise ConfigError(f"{where}: environment variable {name} is not set (used as ${{{name}}})")
 
-        return _ENV.sub(sub, value)
+        return _VARIABLE.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}", defaults) for k, v in value.items()}
+        return {k: _expand_variables(v, f"{where}.{k}", variables) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]", defaults) for i, v in enumerate(value)]
+        return [_expand_variables(v, f"{where}[{i}]", variables) for i, v in enumerate(value)]
     return value
 
 
@@ -281,18 +279,19 @@ def _read_mapping(path: Path, label: str) -> dict[str, Any]:
     return raw
 
 
-def load_dataset_config(path: str | Path, defaults: dict[str, str] | None = None) -> DatasetConfig:
+def load_dataset_config(path: str | Path, variables: Mapping[str, str] | None = None) -> DatasetConfig:
     """Read and validate a dataset config; errors name the file and the field.
 
-    ``${VAR}`` in strings is taken from the environment, else from ``defaults`` (the settings'
-    own values such as ``DRIFTLOOP_SOURCES_DIR``), else it is an error naming the variable.
+    ``${VAR}`` in strings is taken from ``variables`` (the caller passes the settings' own values and
+    the process environment; this module never reads the environment itself), else it is an error
+    naming the variable.
     ``extends: base.yaml`` starts from another config and overrides fields of it.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"dataset config {path} does not exist; set DRIFTLOOP_DATASET_CONFIG or pass dataset_config")
     raw = _resolve_extends(_read_mapping(path, str(path)), path, seen=(path.resolve(),))
-    raw = _expand_env(raw, path.name, defaults or {})
+    raw = _expand_variables(raw, path.name, variables or {})
     try:
         return DatasetConfig.model_validate(raw)
     except ValidationError as exc:

@@ -8,6 +8,7 @@ is set. Nothing else in the code base reads the environment for configuration.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -17,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 if TYPE_CHECKING:
     from tasks.core.config import DatasetConfig
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 
 
 class S3Settings(BaseModel):
@@ -130,6 +131,14 @@ class Settings(BaseSettings):
         "local", description="Which deployment variant runs this code; events carry it so each target's "
         "automations react only to their own models",
     )
+    git_commit: str | None = Field(
+        None, description="the code version models record; read from git when unset (images built without .git "
+        "set DRIFTLOOP_GIT_COMMIT)",
+    )
+    packaged_model: str | None = Field(
+        None, description="BentoML model tag a bento carries, served while the registry cannot be read "
+        "(set inside bentos built by the package flow)",
+    )
     prefect: PrefectSettings = PrefectSettings()
     serving: ServingSettings = ServingSettings()
     s3: S3Settings = S3Settings()
@@ -137,13 +146,28 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     retrain: RetrainSettings = RetrainSettings()
 
-    def load_dataset(self, path: Path | str | None = None) -> "DatasetConfig":
-        """The dataset config at ``path`` (default: ``dataset_config``), ``${DRIFTLOOP_*}`` filled in."""
+    def load_dataset(self, path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> "DatasetConfig":
+        """The dataset config at ``path`` (default: ``dataset_config``).
+
+        ``${VAR}`` is filled from these settings (``DRIFTLOOP_SOURCES_DIR``, ``DRIFTLOOP_STORE_URI``) and
+        from ``environ``, which the flow's run context passes as the process environment (for secrets
+        such as database passwords); library code never reads the environment itself.
+        """
         from tasks.core.config import load_dataset_config
 
-        defaults = {"DRIFTLOOP_SOURCES_DIR": str(self.sources_dir), "DRIFTLOOP_STORE_URI": self.store_uri}
-        return load_dataset_config(path or self.dataset_config, defaults)
+        variables = {"DRIFTLOOP_SOURCES_DIR": str(self.sources_dir), "DRIFTLOOP_STORE_URI": self.store_uri,
+                     **(environ or {})}
+        return load_dataset_config(path or self.dataset_config, variables)
 
-    def model_name(self, override: str | None = None) -> str:
-        """The registry name a flow works on: ``override`` if given, else the dataset config's."""
-        return override or self.load_dataset().model_name
+    def library_environment(self) -> dict[str, str]:
+        """Environment variables the third-party libraries read instead of arguments: where W&B and
+        BentoML write, and their telemetry off. The flow layer (``tasks.orchestration.run_context``) and
+        the service apply them once per process; library code never writes ``os.environ``."""
+        wandb_dir = Path(self.tracking.dir)
+        return {
+            "WANDB_DIR": str(wandb_dir), "WANDB_CACHE_DIR": str(wandb_dir / "cache"),
+            "WANDB_DATA_DIR": str(wandb_dir / "data"), "WANDB_CONFIG_DIR": str(wandb_dir / "config"),
+            "WANDB_ARTIFACT_DIR": str(wandb_dir / "artifacts"), "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
+            "BENTOML_HOME": str(self.bentoml_home), "BENTOML_DO_NOT_TRACK": "true",
+            "WHYLOGS_NO_ANALYTICS": "1",
+        }

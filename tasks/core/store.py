@@ -208,14 +208,14 @@ class LocalStore(ArtifactStore):
 class S3Store(ArtifactStore):
     """``s3://bucket/prefix`` through boto3, with native conditional writes."""
 
-    def __init__(self, uri: str, settings: Settings):
+    def __init__(self, uri: str, credentials: "S3Credentials"):
         import boto3
 
         without_scheme = uri.removeprefix("s3://")
         self.bucket, _, prefix = without_scheme.partition("/")
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self._creds = s3_credentials(settings)
+        self._creds = credentials
         self.client = boto3.client(
             "s3",
             endpoint_url=self._creds.endpoint_url,
@@ -315,54 +315,33 @@ class S3Credentials(BaseModel):
         value = getattr(self, field)
         return value.get_secret_value() if value is not None else None
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "S3Credentials":
+        """Explicit keys from settings, else boto3's default chain. A named credentials block is loaded
+        by the run context (it needs the Prefect API); asking for it here is a mistake worth naming."""
+        s3 = settings.s3
+        if s3.credentials_block:
+            raise StoreError(
+                f"settings name the AwsCredentials block {s3.credentials_block!r}: open the store through a "
+                "flow's run context (tasks.orchestration.run_context), which loads the block from Prefect")
+        return cls(region=s3.region, endpoint_url=s3.endpoint_url, access_key_id=s3.access_key_id,
+                   secret_access_key=s3.secret_access_key,
+                   source="settings" if s3.access_key_id else "default chain")
 
-_BLOCK_CREDENTIALS: dict[tuple[str, str], S3Credentials] = {}
 
+def open_store(settings: Settings, credentials: S3Credentials | None = None) -> ArtifactStore:
+    """The store named by ``settings.store_uri``.
 
-def s3_credentials(settings: Settings) -> S3Credentials:
-    """S3 credentials: the named ``AwsCredentials`` block, else explicit keys, else boto3's default chain.
-
-    A block is read once per process and Prefect API (flows open the store in many tasks).
+    ``credentials`` come from the flow's run context, which loads a named ``AwsCredentials`` block;
+    without them S3 is reached with the settings' keys or boto3's default chain (on ECS: the task role).
     """
-    s3 = settings.s3
-    if s3.credentials_block:
-        from prefect.settings import PREFECT_API_URL
-
-        memo_key = (s3.credentials_block, str(PREFECT_API_URL.value()))
-        if memo_key not in _BLOCK_CREDENTIALS:
-            _BLOCK_CREDENTIALS[memo_key] = _credentials_from_block(s3.credentials_block, s3.region, s3.endpoint_url)
-        return _BLOCK_CREDENTIALS[memo_key]
-    return S3Credentials(region=s3.region, endpoint_url=s3.endpoint_url, access_key_id=s3.access_key_id,
-                         secret_access_key=s3.secret_access_key, source="settings" if s3.access_key_id else "default chain")
+    return open_store_at(settings.store_uri, settings, credentials)
 
 
-def _credentials_from_block(name: str, region: str, endpoint_url: str | None) -> S3Credentials:
-    from prefect_aws import AwsCredentials
-
-    try:
-        block = AwsCredentials.load(name)
-    except ValueError as exc:
-        raise StoreError(
-            f"AwsCredentials block {name!r} not found on the Prefect server ({exc}). Create it with "
-            "`python -m deployments.blocks`, or unset DRIFTLOOP_S3__CREDENTIALS_BLOCK to use keys or the task role."
-        ) from None
-    params = block.aws_client_parameters
-    return S3Credentials(
-        region=block.region_name or region,
-        endpoint_url=(str(params.endpoint_url) if params and params.endpoint_url else None) or endpoint_url,
-        access_key_id=block.aws_access_key_id,
-        secret_access_key=block.aws_secret_access_key,
-        session_token=block.aws_session_token,
-        source=f"block {name}",
-    )
-
-
-def open_store(settings: Settings) -> ArtifactStore:
-    """The store named by ``settings.store_uri``."""
-    if settings.store_uri.startswith("s3://"):
-        return S3Store(settings.store_uri, settings)
-    if "://" in settings.store_uri:
-        raise StoreError(
-            f"store_uri {settings.store_uri!r}: unsupported scheme; use a local path or s3://bucket/prefix"
-        )
-    return LocalStore(settings.store_uri)
+def open_store_at(uri: str, settings: Settings, credentials: S3Credentials | None = None) -> ArtifactStore:
+    """A store at ``uri`` (a local path or ``s3://bucket/prefix``), reached as ``settings`` say."""
+    if uri.startswith("s3://"):
+        return S3Store(uri, credentials or S3Credentials.from_settings(settings))
+    if "://" in uri:
+        raise StoreError(f"store_uri {uri!r}: unsupported scheme; use a local path or s3://bucket/prefix")
+    return LocalStore(uri)

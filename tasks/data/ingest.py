@@ -24,9 +24,9 @@ from pydantic import BaseModel
 
 from tasks.core.config import FileSource, HttpSource, SqlSource, TableConfig
 from tasks.core.errors import BadInput, SourceUnavailable
-from tasks.core.settings import Settings
-from tasks.core.store import ArtifactStore, LocalStore, S3Store, open_store
-from tasks.data.validate import DataContractError, ValidationReport, validate_batch
+from tasks.core.context import RunContext
+from tasks.core.store import ArtifactStore, LocalStore
+from tasks.data.validate import ContractFailure, DataContractError, ValidationReport, validate_batch
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -62,21 +62,21 @@ def _hive_values(key: str) -> dict[str, str]:
     return dict(seg.split("=", 1) for seg in key.split("/")[:-1] if "=" in seg)
 
 
-def _source_store(path: str, store: ArtifactStore, settings: Settings) -> tuple[ArtifactStore, str]:
+def _source_store(path: str, ctx: RunContext) -> tuple[ArtifactStore, str]:
     """The store holding ``path`` and the path relative to it (store key, absolute path, or s3://)."""
     if path.startswith("s3://"):
         bucket = path.removeprefix("s3://").split("/", 1)[0]
-        return S3Store(f"s3://{bucket}", settings), path.removeprefix(f"s3://{bucket}").lstrip("/")
+        return ctx.store_at(f"s3://{bucket}"), path.removeprefix(f"s3://{bucket}").lstrip("/")
     if path.startswith("/"):
         base = Path(_GLOB.split(path, 1)[0]).parent if _GLOB.search(path) else Path(path).parent
         return LocalStore(base), str(Path(path).relative_to(base))
     if "://" in path:
         raise BadInput(f"file source path {path!r}: use a store key, an absolute path or s3://")
-    return store, path.strip("/")
+    return ctx.store, path.strip("/")
 
 
-def discover_file_batches(table: str, source: FileSource, store: ArtifactStore, settings: Settings) -> list[BatchRef]:
-    src_store, rel = _source_store(source.path, store, settings)
+def discover_file_batches(table: str, source: FileSource, ctx: RunContext) -> list[BatchRef]:
+    src_store, rel = _source_store(source.path, ctx)
     if _GLOB.search(rel):
         prefix = _GLOB.split(rel, 1)[0].rsplit("/", 1)[0] if "/" in _GLOB.split(rel, 1)[0] else ""
         keys = [k for k in src_store.list(prefix) if fnmatch.fnmatch(k, rel)]
@@ -192,15 +192,15 @@ def fetch_http(table: str, source: HttpSource) -> pl.DataFrame:
     return pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
 
 
-def discover_batches(table: str, table_cfg: TableConfig, store: ArtifactStore, settings: Settings) -> list[BatchRef]:
+def discover_batches(table: str, table_cfg: TableConfig, ctx: RunContext) -> list[BatchRef]:
     """The batches the table's source offers now (query and API results are landed first)."""
     source = table_cfg.source
     if isinstance(source, FileSource):
-        return discover_file_batches(table, source, store, settings)
+        return discover_file_batches(table, source, ctx)
     if isinstance(source, SqlSource):
-        return [_land_frame(table, "sql", fetch_sql(table, source), store)]
+        return [_land_frame(table, "sql", fetch_sql(table, source), ctx.store)]
     if isinstance(source, HttpSource):
-        return [_land_frame(table, "http", fetch_http(table, source), store)]
+        return [_land_frame(table, "http", fetch_http(table, source), ctx.store)]
     raise BadInput(f"table {table!r}: unknown source kind {getattr(source, 'kind', source)!r}")
 
 
@@ -224,13 +224,14 @@ def _quarantine(store: ArtifactStore, ref: BatchRef, report: ValidationReport, r
 
 
 def ingest_batches(
-    table: str, refs: list[BatchRef], table_cfg: TableConfig, store: ArtifactStore, settings: Settings,
+    table: str, refs: list[BatchRef], table_cfg: TableConfig, ctx: RunContext,
     *, rebuild: bool = False, on_invalid: Literal["fail", "skip"] = "fail",
 ) -> tuple[IngestedTable, list[ValidationReport]]:
     """Validate batches not seen before; return the table's current valid batches.
 
     Raises ``DataContractError`` (after quarantining) when a batch fails and ``on_invalid`` is fail.
     """
+    store = ctx.store
     state_key = f"state/ingest/{table}.json"
     state: dict[str, Any] = {} if rebuild else (store.read_json(state_key) if store.exists(state_key) else {})
     valid, quarantined, failed_reports = [], [], []
@@ -239,7 +240,7 @@ def ingest_batches(
         entry = state.get(ref.batch_id)
         if entry is None:
             new += 1
-            src = store if ref.store_uri == store.uri else _store_for(ref.store_uri, settings)
+            src = ctx.store_at(ref.store_uri)
             raw = src.read_bytes(ref.key)
             try:
                 df = read_batch(ref, raw)
@@ -277,46 +278,6 @@ def ingest_batches(
     return result, failed_reports
 
 
-def _store_for(uri: str, settings: Settings) -> ArtifactStore:
-    return open_store(settings.model_copy(update={"store_uri": uri}))
-
-
-def _unreadable(ref: BatchRef, exc: Exception):
-    from tasks.data.validate import ContractFailure
-
+def _unreadable(ref: BatchRef, exc: Exception) -> ContractFailure:
     return ContractFailure(column=None, rule=f"unreadable {ref.format}: {type(exc).__name__}: {str(exc)[:300]}",
                            failing_rows=0, examples=[])
-
-
-# --- Prefect tasks ---------------------------------------------------------------------------------
-from prefect.artifacts import create_table_artifact  # noqa: E402
-
-from tasks.orchestration import cached_task, io_task, publish  # noqa: E402
-
-
-@io_task(name="discover-batches", task_run_name="discover-{table}")
-def discover_table_batches(table: str, table_cfg: TableConfig, settings: Settings) -> list[BatchRef]:
-    """List (or fetch and land) the batches a table's source offers now. Never cached: sources change."""
-    return discover_batches(table, table_cfg, open_store(settings), settings)
-
-
-@cached_task(name="validate-batches", task_run_name="validate-{table}")
-def validate_table_batches(
-    table: str, refs: list[BatchRef], table_cfg: TableConfig, settings: Settings, rebuild: bool, on_invalid: str,
-) -> IngestedTable:
-    """Validate new batches against the contract; quarantine failures; cached on the batch fingerprints."""
-    result, reports = ingest_batches(table, refs, table_cfg, open_store(settings), settings, rebuild=rebuild,
-                                     on_invalid="skip")
-    if reports:
-        publish(
-            create_table_artifact,
-            key=f"quarantine-{table}".replace("_", "-").lower(),
-            table=[{"table": r.table, "batch": r.batch, "column": f.column or "(table)", "rule": f.rule,
-                    "failing_rows": f.failing_rows, "examples": str(f.examples[:3])}
-                   for r in reports for f in r.failures],
-            description=f"Batches of {table!r} that failed their contract and were quarantined "
-                        f"({len(result.quarantined)}): {', '.join(result.quarantined[:5])}",
-        )
-        if on_invalid == "fail":
-            raise DataContractError(reports, result.quarantined)
-    return result

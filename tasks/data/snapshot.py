@@ -175,18 +175,6 @@ _LAST: dict[str, Any] = {}
 _LAST_LOCK = threading.Lock()
 
 
-# --- Prefect tasks ---------------------------------------------------------------------------------
-from tasks.orchestration import cached_task, io_task  # noqa: E402
-from tasks.core.settings import Settings  # noqa: E402
-from tasks.core.store import open_store  # noqa: E402
-
-
-@cached_task(name="build-snapshot")
-def build_dataset_snapshot(sources: dict[str, list[str]], config: DatasetConfig, settings: Settings) -> SnapshotManifest:
-    """Prepare the joined, labelled table once per content-derived id."""
-    return build_snapshot(sources, config, open_store(settings))
-
-
 def labelled_predictions(store: ArtifactStore, config: DatasetConfig, input_columns: list[str]) -> tuple[pl.DataFrame, list[str]]:
     """Logged predictions joined with their observed outcomes (last feedback wins), shaped like a
     snapshot's rows: the model inputs, the time column and the target. Returns (rows, log keys used)."""
@@ -203,12 +191,10 @@ def labelled_predictions(store: ArtifactStore, config: DatasetConfig, input_colu
     return rows, keys
 
 
-@io_task(name="extend-with-feedback")  # not cached: it reads logs that grow; its output is content-addressed
-def extend_with_feedback(manifest: SnapshotManifest, config: DatasetConfig, settings: Settings,
+def extend_with_feedback(manifest: SnapshotManifest, config: DatasetConfig, store: ArtifactStore,
                          input_columns: list[str]) -> SnapshotManifest:
     """A new snapshot: the raw-zone snapshot plus every prediction the service logged that has an
     observed outcome (the freshest labelled data there is). Content-addressed like any snapshot."""
-    store = open_store(settings)
     extra, keys = labelled_predictions(store, config, input_columns)
     if extra.height == 0:
         return manifest

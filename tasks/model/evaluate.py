@@ -10,11 +10,17 @@ import base64
 import io
 from typing import Any
 
+import lightgbm as lgb
 import numpy as np
 import polars as pl
 from pydantic import BaseModel
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
+
+from tasks.core.config import DatasetConfig
+from tasks.core.store import ArtifactStore
+from tasks.model.train import predict
+from tasks.registry.versions import Registry, RegistryError
 
 
 class Metrics(BaseModel):
@@ -135,6 +141,22 @@ def plot_pngs(y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> dic
     return pngs
 
 
+METRICS_SHOWN = (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
+                 ("precision", "precision"), ("recall", "recall"))
+
+
+def metric_table(test: Metrics, baseline: Metrics, champion: Metrics | None = None) -> list[tuple[str, float, float, float | None]]:
+    """The comparison every report shows (console, model card, Prefect table): one row per metric with
+    the model's, the baseline's and (if there is one) the champion's value on the same test window."""
+    rows = []
+    for label, attr in METRICS_SHOWN:
+        if attr in ("precision", "recall"):
+            label = f"{label} @ {test.threshold}"
+        rows.append((label, getattr(test, attr), getattr(baseline, attr),
+                     getattr(champion, attr) if champion is not None else None))
+    return rows
+
+
 def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
@@ -143,9 +165,7 @@ def model_card(*, model_name: str, version: int | None, decision: str, reason: s
                champion: Metrics | None, snapshot_id: str, params: dict[str, Any], cv: dict[str, float],
                wandb_url: str | None, pngs: dict[str, bytes]) -> str:
     """The model card as Markdown: what the model is, how good, compared with what, and why it was promoted."""
-    t, b = evaluation.test, evaluation.baseline
-    rows = [("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
-            (f"precision @ {t.threshold}", "precision"), (f"recall @ {t.threshold}", "recall")]
+    t = evaluation.test
     lines = [
         f"# {model_name} v{version if version is not None else '?'}",
         "",
@@ -160,11 +180,8 @@ def model_card(*, model_name: str, version: int | None, decision: str, reason: s
         "| metric | model | baseline (positive rate) |" + (" champion |" if champion else ""),
         "|---|---|---|" + ("---|" if champion else ""),
     ]
-    for label, attr in rows:
-        line = f"| {label} | {getattr(t, attr):.4f} | {getattr(b, attr):.4f} |"
-        if champion:
-            line += f" {getattr(champion, attr):.4f} |"
-        lines.append(line)
+    for label, model, baseline, champ in metric_table(t, evaluation.baseline, champion):
+        lines.append(f"| {label} | {model:.4f} | {baseline:.4f} |" + (f" {champ:.4f} |" if champ is not None else ""))
     lines += ["", "## Parameters", "", "```", *(f"{k}: {v}" for k, v in sorted(params.items())), "```", "",
               "## Slices (test)", "", "| column | value | rows | positive rate | ROC-AUC |", "|---|---|---|---|---|"]
     for s in evaluation.slices:
@@ -176,37 +193,21 @@ def model_card(*, model_name: str, version: int | None, decision: str, reason: s
     return "\n".join(lines)
 
 
-# --- Prefect tasks ---------------------------------------------------------------------------------
-from tasks.core.config import DatasetConfig  # noqa: E402
-from tasks.orchestration import cached_task, io_task  # noqa: E402
-from tasks.core.settings import Settings  # noqa: E402
-from tasks.data.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
-from tasks.core.store import open_store  # noqa: E402
-from tasks.model.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
-
-
 class CandidateEvaluation(BaseModel):
     evaluation: Evaluation
     plot_keys: dict[str, str]
 
 
-@cached_task(name="evaluate-candidate")
-def evaluate_candidate(trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining,
-                       config: DatasetConfig, settings: Settings) -> CandidateEvaluation:
-    """Test-window metrics, baseline, slices and plots for the candidate model."""
-    import lightgbm as lgb
-
-    store = open_store(settings)
-    X, y = load_matrix(store, manifest, prepared.transform, config.target.name)
-    booster = lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
-    start = prepared.split.valid_end
-    p = predict(booster, X[start:])
-    test_frame = load_snapshot(manifest, store).slice(start)
-    evaluation = evaluate_predictions(test_frame, y[start:], p, prepared.base_rate, config.training.threshold,
-                                      config.slices, config.time.column)
-    plot_prefix = trained.model_key.rsplit("/", 1)[0] + "/plots"
+def evaluate_candidate(booster: lgb.Booster, X: np.ndarray, y: np.ndarray, test_frame: pl.DataFrame,
+                       base_rate: float, importance: dict[str, float], config: DatasetConfig, store: ArtifactStore,
+                       plot_prefix: str) -> CandidateEvaluation:
+    """Test-window metrics, baseline, slices and plots (written under ``plot_prefix``) of a candidate;
+    ``X``/``y`` are the test rows of ``test_frame`` as the model sees them."""
+    p = predict(booster, X)
+    evaluation = evaluate_predictions(test_frame, y, p, base_rate, config.training.threshold, config.slices,
+                                      config.time.column)
     keys = {}
-    for name, png in plot_pngs(y[start:], p, trained.importance).items():
+    for name, png in plot_pngs(y, p, importance).items():
         keys[name] = f"{plot_prefix}/{name}.png"
         store.write_bytes(keys[name], png)
     return CandidateEvaluation(evaluation=evaluation, plot_keys=keys)
@@ -218,25 +219,18 @@ class ChampionEvaluation(BaseModel):
     note: str
 
 
-@io_task(name="evaluate-champion")
-def evaluate_champion(model_name: str, manifest: SnapshotManifest, prepared: PreparedTraining,
-                      config: DatasetConfig, settings: Settings) -> ChampionEvaluation:
-    """The current champion scored on the candidate's test window, with its own saved transform."""
-    from tasks.registry.versions import Registry, RegistryError
-
-    store = open_store(settings)
-    registry = Registry(store, model_name)
+def evaluate_champion(registry: Registry, test_frame: pl.DataFrame, config: DatasetConfig) -> ChampionEvaluation:
+    """The current champion scored on a candidate's test window, with its own saved transform."""
     try:
         champion = registry.resolve("champion")
     except RegistryError:
         return ChampionEvaluation(version=None, metrics=None, note="no champion yet")
-    test = load_snapshot(manifest, store).slice(prepared.split.valid_end)
     try:
-        X = registry.load_transform(champion).to_matrix(test)
+        X = registry.load_transform(champion).to_matrix(test_frame)
     except Exception as exc:  # noqa: BLE001 - e.g. the champion needs columns this snapshot lacks
         return ChampionEvaluation(version=champion.version, metrics=None,
                                   note=f"champion v{champion.version} cannot score this snapshot: {exc}")
     p = predict(registry.load_booster(champion), X)
-    y = test[config.target.name].to_numpy()
+    y = test_frame[config.target.name].to_numpy()
     return ChampionEvaluation(version=champion.version, metrics=binary_metrics(y, p, config.training.threshold),
                               note=f"champion v{champion.version} scored on the same test window")

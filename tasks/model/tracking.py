@@ -1,15 +1,14 @@
 """Experiment tracking with Weights & Biases: one run per training, trials grouped beside it.
 
 Offline by default (``DRIFTLOOP_TRACKING__MODE=offline``): runs land as files under the tracking dir
-and can be uploaded later with ``wandb sync``. Online when ``WANDB_API_KEY`` is set and the mode is
-``online``. Runs are created after the work is done, from its results, so parallel trials never
+and can be uploaded later with ``wandb sync``. Online when the mode is ``online``, with the key the
+step loads from a Prefect Secret block (``tracking.api_key_block``). Runs are created after the work is done, from its results, so parallel trials never
 share a W&B process and a retry never leaves a half-logged run behind.
 """
 
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,38 +25,12 @@ class TrackedRun(BaseModel):
 
 
 def _wandb(settings: Settings) -> Any:
-    """Import wandb with every directory it writes under the tracking dir, never $HOME."""
-    base = Path(settings.tracking.dir)
-    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
-                     ("WANDB_CONFIG_DIR", "config"), ("WANDB_ARTIFACT_DIR", "artifacts")):
-        os.environ.setdefault(var, str(base / sub))
-        Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WANDB_SILENT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
+    """Import wandb with its run directory (under the tracking dir) made. Where wandb keeps its cache,
+    data and config is set once per process by the run context (``Settings.library_environment``)."""
+    Path(settings.tracking.dir).mkdir(parents=True, exist_ok=True)
     import wandb
 
     return wandb
-
-
-def wandb_api_key(settings: Settings) -> str | None:
-    """The W&B API key from the Prefect Secret block named in settings (None if no block is named).
-
-    The block is read whenever it is named, offline too, so a missing block fails on the laptop the
-    same way it would in the cloud. The key goes to wandb in memory only, never to env, logs or files.
-    """
-    name = settings.tracking.api_key_block
-    if not name:
-        return None
-    from prefect.blocks.system import Secret
-
-    try:
-        return str(Secret.load(name).get())
-    except ValueError as exc:
-        raise RuntimeError(
-            f"W&B key: Secret block {name!r} not found on the Prefect server ({exc}). Create it with "
-            "`python -m deployments.blocks --wandb-api-key-env WANDB_API_KEY`, or unset "
-            "DRIFTLOOP_TRACKING__API_KEY_BLOCK to track offline."
-        ) from None
 
 
 def _init(settings: Settings, api_key: str | None = None, **kwargs: Any) -> Any:
@@ -67,12 +40,12 @@ def _init(settings: Settings, api_key: str | None = None, **kwargs: Any) -> Any:
         options["api_key"] = api_key
     return wandb.init(
         project=settings.tracking.project, entity=settings.tracking.entity, mode=settings.tracking.mode,
-        dir=os.environ["WANDB_DIR"], reinit="create_new", settings=wandb.Settings(**options), **kwargs,
+        dir=str(settings.tracking.dir), reinit="create_new", settings=wandb.Settings(**options), **kwargs,
     )
 
 
 def log_training_run(
-    settings: Settings, *, name: str, group: str, config: dict[str, Any], history: dict[str, dict[str, list[float]]],
+    settings: Settings, *, api_key: str | None, name: str, group: str, config: dict[str, Any], history: dict[str, dict[str, list[float]]],
     summary: dict[str, float], pngs: dict[str, bytes], model_file: Path, transform_json: str,
     trials: list[dict[str, Any]], slices: list[dict[str, Any]],
 ) -> TrackedRun | None:
@@ -80,7 +53,6 @@ def log_training_run(
     if settings.tracking.mode == "disabled":
         return None
     wandb = _wandb(settings)
-    api_key = wandb_api_key(settings)
     for i, trial in enumerate(trials):
         trial_run = _init(settings, api_key, name=f"{name}-trial-{i}", group=group, job_type="hpo-trial",
                           config={**trial["params"], "trial": i})
@@ -113,25 +85,3 @@ def log_training_run(
     result = TrackedRun(run_id=run.id, path=path, url=url, group=group)
     run.finish()
     return result
-
-
-# --- Prefect tasks ---------------------------------------------------------------------------------
-import tempfile  # noqa: E402
-
-from tasks.orchestration import cached_task  # noqa: E402
-from tasks.core.store import open_store  # noqa: E402
-
-
-@cached_task(name="track-in-wandb")
-def track_training(settings: Settings, name: str, group: str, config: dict[str, Any], model_key: str,
-                   transform_json: str, history: dict[str, dict[str, list[float]]], summary: dict[str, float],
-                   plot_keys: dict[str, str], trials: list[dict[str, Any]], slices: list[dict[str, Any]]) -> TrackedRun | None:
-    """One W&B run for this training (plus one per trial, grouped), built from the results."""
-    store = open_store(settings)
-    pngs = {k: store.read_bytes(v) for k, v in plot_keys.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        model_file = Path(tmp) / "model.txt"
-        model_file.write_bytes(store.read_bytes(model_key))
-        return log_training_run(settings, name=name, group=group, config=config, history=history, summary=summary,
-                                pngs=pngs, model_file=model_file, transform_json=transform_json, trials=trials,
-                                slices=slices)

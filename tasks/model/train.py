@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import threading
 from typing import Any
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig, SearchDimension, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
-from tasks.model.features import FittedTransform
+from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
 from tasks.data.snapshot import SnapshotManifest, load_snapshot
 from tasks.core.store import ArtifactStore
 
@@ -146,7 +147,7 @@ def fit_lightgbm(
     return booster, result
 
 
-def model_key(model_text: str) -> str:
+def candidate_model_key(model_text: str) -> str:
     return f"models/candidates/{hashlib.sha256(model_text.encode()).hexdigest()[:16]}/model.txt"
 
 
@@ -154,27 +155,16 @@ def predict(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
     return booster.predict(X, num_iteration=booster.best_iteration or None)
 
 
-
-
-# --- Prefect tasks ---------------------------------------------------------------------------------
-import os  # noqa: E402
-
-from tasks.model.features import FeatureSpec, fit_feature_transform  # noqa: E402
-from tasks.orchestration import cached_task  # noqa: E402
-from tasks.core.settings import Settings  # noqa: E402
-from tasks.core.store import open_store  # noqa: E402
-
-
 class PreparedTraining(BaseModel):
+    """The time split of a snapshot and the feature transform fitted on its training rows."""
+
     transform: FittedTransform
     split: TimeSplit
     base_rate: float
 
 
-@cached_task(name="fit-feature-transform")
-def fit_transform_on_train(manifest: SnapshotManifest, config: DatasetConfig, settings: Settings) -> PreparedTraining:
+def prepare_training(df: pl.DataFrame, config: DatasetConfig) -> PreparedTraining:
     """Split by time, then fit the feature transform on the training rows only (no test leakage)."""
-    df = load_snapshot(manifest, open_store(settings))
     split = make_split(df, config)
     train = df.slice(0, split.train_end)
     return PreparedTraining(transform=fit_feature_transform(train, FeatureSpec.from_config(config)), split=split,
@@ -182,49 +172,48 @@ def fit_transform_on_train(manifest: SnapshotManifest, config: DatasetConfig, se
 
 
 def threads_per_fit(parallel: int) -> int:
+    """LightGBM threads for each of ``parallel`` fits running at once on this machine."""
     return max(1, (os.cpu_count() or 2) // max(1, parallel))
 
 
-@cached_task(name="train-trial", task_run_name="trial-{trial}")
-def run_trial(trial: int, params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
-              config: DatasetConfig, settings: Settings, num_threads: int) -> FitResult:
-    """One search trial: train on the train split, early-stop and score on validation."""
-    X, y = load_matrix(open_store(settings), manifest, prepared.transform, config.target.name)
-    s = prepared.split
-    _, result = fit_lightgbm(X, y, slice(0, s.train_end), slice(s.train_end, s.valid_end), params,
-                             prepared.transform, config.training, num_threads)
-    return result
-
-
-@cached_task(name="cv-fold", task_run_name="cv-fold-{fold}")
-def cross_validate_fold(fold: int, params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
-                        config: DatasetConfig, settings: Settings, num_threads: int) -> float:
-    """Validation ROC-AUC of one expanding-window fold over train+validation rows."""
-    X, y = load_matrix(open_store(settings), manifest, prepared.transform, config.target.name)
-    train_end, valid_start, valid_end = time_series_folds(prepared.split.valid_end, config.split.cv_folds)[fold]
-    _, result = fit_lightgbm(X, y, slice(0, train_end), slice(valid_start, valid_end), params, prepared.transform,
-                             config.training, num_threads)
-    return result.valid_auc
-
-
 class TrainedModel(BaseModel):
+    """A candidate model saved in the store, with its fit and feature importance."""
+
     model_key: str
     fit: FitResult
     importance: dict[str, float]
 
+    @property
+    def files_prefix(self) -> str:
+        """Where the candidate's other files (plots, profile, transform, evaluation) go beside it."""
+        return self.model_key.rsplit("/", 1)[0]
 
-@cached_task(name="train-final-model")
-def train_final_model(params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
-                      config: DatasetConfig, settings: Settings) -> TrainedModel:
+
+def train_candidate(X: np.ndarray, y: np.ndarray, params: dict[str, Any], prepared: PreparedTraining,
+                    training: TrainingConfig, store: ArtifactStore) -> TrainedModel:
     """The candidate: best params, early-stopped on validation; saved as LightGBM text."""
-    store = open_store(settings)
-    X, y = load_matrix(store, manifest, prepared.transform, config.target.name)
     s = prepared.split
     booster, result = fit_lightgbm(X, y, slice(0, s.train_end), slice(s.train_end, s.valid_end), params,
-                                   prepared.transform, config.training, threads_per_fit(1))
+                                   prepared.transform, training, threads_per_fit(1))
     text = booster.model_to_string(num_iteration=result.best_iteration)
-    key = model_key(text)
+    key = candidate_model_key(text)
     store.write_bytes(key, text.encode())
     gains = booster.feature_importance(importance_type="gain", iteration=result.best_iteration)
     return TrainedModel(model_key=key, fit=result,
                         importance={n: float(g) for n, g in zip(prepared.transform.feature_names, gains)})
+
+
+def load_candidate(store: ArtifactStore, trained: TrainedModel) -> lgb.Booster:
+    return lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
+
+
+def write_candidate_files(store: ArtifactStore, trained: TrainedModel, transform: FittedTransform,
+                          evaluation: dict[str, Any], profile_key: str, plot_keys: dict[str, str]) -> dict[str, str]:
+    """Write the transform and evaluation beside the candidate's model; return what the registry
+    stores for it: file name -> store key (the model, transform, reference profile, evaluation, plots)."""
+    transform_key = f"{trained.files_prefix}/transform.json"
+    store.write_bytes(transform_key, transform.to_json().encode())
+    evaluation_key = f"{trained.files_prefix}/evaluation.json"
+    store.write_json(evaluation_key, evaluation)
+    return {"model.txt": trained.model_key, "transform.json": transform_key, "reference_profile.bin": profile_key,
+            "evaluation.json": evaluation_key, **{f"plots/{k}.png": v for k, v in plot_keys.items()}}

@@ -1,13 +1,12 @@
 """whylogs profiles: the reference profile of a model's training inputs and predictions.
 
 whylogs 1.6 is unmaintained upstream and predates numpy 2; ``import_whylogs`` applies the one shim
-it needs (``np.unicode_``) and turns its telemetry off before the first import. The profile stored
+it needs (``np.unicode_``) before the first import. The profile stored
 with each model version is what monitoring compares live traffic against.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -15,8 +14,8 @@ import polars as pl
 
 
 def import_whylogs() -> Any:
-    """Import whylogs with the numpy-2 shim, the vectorised numeric split, and no telemetry."""
-    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "1")
+    """Import whylogs with the numpy-2 shim and the vectorised numeric split. (Its telemetry is turned
+    off by ``WHYLOGS_NO_ANALYTICS``, set with the other library variables by the run context.)"""
     if not hasattr(np, "unicode_"):
         np.unicode_ = np.str_  # removed in numpy 2; whylogs 1.6 still references it
     import whylogs as why
@@ -113,29 +112,3 @@ def load_profile(data: bytes) -> Any:
     from whylogs.core import DatasetProfileView
 
     return DatasetProfileView.deserialize(data)
-
-
-# --- Prefect tasks ---------------------------------------------------------------------------------
-from tasks.core.config import DatasetConfig  # noqa: E402
-from tasks.orchestration import cached_task  # noqa: E402
-from tasks.core.settings import Settings  # noqa: E402
-from tasks.data.snapshot import SnapshotManifest, load_snapshot  # noqa: E402
-from tasks.core.store import open_store  # noqa: E402
-from tasks.model.train import PreparedTraining, TrainedModel, load_matrix, predict  # noqa: E402
-
-
-@cached_task(name="profile-reference")
-def profile_reference(trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining,
-                      config: DatasetConfig, settings: Settings) -> str:
-    """Profile the training rows' raw inputs and the model's predictions; return the profile's key."""
-    import lightgbm as lgb
-
-    store = open_store(settings)
-    X, _ = load_matrix(store, manifest, prepared.transform, config.target.name)
-    end = prepared.split.train_end
-    booster = lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
-    inputs = load_snapshot(manifest, store).slice(0, end).select(prepared.transform.spec.input_columns)
-    data = reference_profile_bytes(inputs, predict(booster, X[:end]), config.time.column)
-    key = trained.model_key.rsplit("/", 1)[0] + "/reference_profile.bin"
-    store.write_bytes(key, data)
-    return key

@@ -1,9 +1,11 @@
-"""Packaging a registered model version as a bento: the service, its model(s), pinned requirements
-and a generated Dockerfile, built with ``bentoml build`` and exported through the artifact store."""
+"""BentoML: registered versions in BentoML's model store, and bentos built from them.
+
+``save_to_bentoml`` copies a registry version into the BentoML model store; ``build_bento`` packages
+one as a bento (the service, its model, pinned requirements and a generated Dockerfile), built with
+``bentoml build`` and exported through the artifact store."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -11,13 +13,44 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from tasks.orchestration import io_task
-from tasks.registry.versions import Registry, save_to_bentoml
 from tasks.core.settings import PROJECT_DIR, Settings
-from tasks.core.store import open_store
+from tasks.registry.versions import ModelVersion, Registry, RegistryError
 
 RUNTIME_PACKAGES = ["bentoml", "lightgbm", "polars", "numpy", "pyarrow", "pydantic", "pydantic-settings", "pyyaml",
                     "boto3", "pandas", "scikit-learn"]
+
+
+def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) -> str:
+    """Copy a registered version into the BentoML model store (tag ``<model>:v<n>``) for bentos.
+
+    The store is BentoML's own (``BENTOML_HOME``, which the run context points at ``settings.bentoml_home``).
+    """
+    import bentoml
+
+    try:
+        existing = bentoml.models.get(mv.bento_tag)
+    except bentoml.exceptions.NotFound:
+        existing = None
+    if existing is not None:
+        same = (existing.info.metadata.get("registry_store") == registry.store.uri
+                and existing.info.labels.get("snapshot") == mv.snapshot_id)
+        if not same:
+            raise RegistryError(
+                f"BentoML model {mv.bento_tag} in {settings.bentoml_home} belongs to another registry "
+                f"({existing.info.metadata.get('registry_store')}); use a separate BENTOML_HOME per store, or "
+                f"`bentoml models delete {mv.bento_tag}` if that registry is gone")
+        return str(existing.tag)
+    with bentoml.models.create(
+        mv.bento_tag,
+        labels={"registry_version": str(mv.version), "snapshot": mv.snapshot_id},
+        metadata={"registry_store": registry.store.uri, "metrics": mv.metrics, "git_commit": mv.git_commit},
+    ) as model:
+        for name in ("model.txt", "transform.json"):
+            with open(model.path_of(name), "wb") as fh:
+                fh.write(registry.read_file(mv, name))
+        with open(model.path_of("registry_version.json"), "w") as fh:
+            fh.write(mv.model_dump_json())
+    return mv.bento_tag
 
 
 class PackagedBento(BaseModel):
@@ -40,7 +73,7 @@ def bentofile(model_name: str, model_tag: str, version: int, snapshot_id: str) -
         "name": model_name,
         "description": f"driftloop prediction service for {model_name} (registry version {version})",
         "labels": {"registry_version": str(version), "snapshot": snapshot_id, "owner": "driftloop"},
-        "include": ["bentos/*.py", "bentos/*.json", "tasks/*.py", "configs/*.yaml"],
+        "include": ["bentos/*.py", "bentos/*.json", "tasks/**/*.py", "configs/*.yaml"],
         "python": {"packages": pinned_requirements(), "lock_packages": False},
         "models": [model_tag],
         "envs": [{"name": "DRIFTLOOP_PACKAGED_MODEL", "value": model_tag},
@@ -49,14 +82,11 @@ def bentofile(model_name: str, model_tag: str, version: int, snapshot_id: str) -
     }
 
 
-@io_task(name="build-bento")
-def build_bento(model_name: str, ref: str, settings: Settings) -> PackagedBento:
+def build_bento(registry: Registry, ref: str, settings: Settings) -> PackagedBento:
     """Resolve ``ref`` (alias or version), build the bento, export it to ``bentos/`` in the store."""
-    os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_home))
     import bentoml
 
-    store = open_store(settings)
-    registry = Registry(store, model_name)
+    store, model_name = registry.store, registry.model_name
     mv = registry.resolve(ref)
     model_tag = save_to_bentoml(mv, registry, settings)
     with tempfile.TemporaryDirectory() as tmp:

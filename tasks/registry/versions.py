@@ -15,7 +15,6 @@ update. Models are LightGBM text files, not pickles.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from datetime import datetime, timezone
@@ -26,25 +25,32 @@ from pydantic import BaseModel, Field
 
 from tasks.core.errors import BadInput
 from tasks.model.features import FittedTransform
-from tasks.core.settings import PROJECT_DIR, Settings
+from tasks.core.settings import PROJECT_DIR
 from tasks.core.store import ArtifactStore, KeyNotFound, PreconditionFailed
 
 ALIASES = ("champion", "challenger")
 
 
-class ModelVersion(BaseModel):
-    model_name: str
-    version: int
-    created_at: str
+class NewVersion(BaseModel):
+    """What a training run tells the registry about the model it registers."""
+
     snapshot_id: str
     wandb_run: str | None = None
     git_commit: str
     params: dict[str, Any]
     metrics: dict[str, float]
     test_window: tuple[str, str]
-    files: dict[str, str] = Field(description="file name -> store key")
     feature_names: list[str]
     input_columns: list[str]
+
+
+class ModelVersion(NewVersion):
+    """An immutable registry record: the new version's facts plus its number, time and stored files."""
+
+    model_name: str
+    version: int
+    created_at: str
+    files: dict[str, str] = Field(description="file name -> store key")
 
     @property
     def bento_tag(self) -> str:
@@ -64,15 +70,39 @@ class AliasDoc(BaseModel):
     aliases: dict[str, int] = {}
     history: list[AliasChange] = []
 
+    def previous_champion(self) -> int | None:
+        """The champion before the current one, from the history (skipping repeats)."""
+        current = self.aliases.get("champion")
+        for change in reversed(self.history):
+            if change.alias == "champion" and change.version == current and change.previous not in (None, current):
+                return change.previous
+        return None
+
+    def alias_set_at(self, alias: str) -> str | None:
+        """When ``alias`` was last pointed at the version it names now (e.g. when a canary started)."""
+        version = self.aliases.get(alias)
+        return max((h.at for h in self.history if h.alias == alias and h.version == version), default=None)
+
+
+class ChampionMove(BaseModel):
+    """A move of the champion alias: to which version, from which, by whom and why."""
+
+    model_name: str
+    version: int
+    previous: int | None
+    reason: str
+    actor: str
+
 
 class RegistryError(BadInput):
     pass
 
 
-def git_commit() -> str:
-    """The code version a model was trained with (env override for images built without .git)."""
-    if os.environ.get("DRIFTLOOP_GIT_COMMIT"):
-        return os.environ["DRIFTLOOP_GIT_COMMIT"]
+def git_commit(configured: str | None = None) -> str:
+    """The code version a model was trained with: ``configured`` (the ``git_commit`` setting, for
+    images built without .git), else asked of git."""
+    if configured:
+        return configured
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or "unknown"
@@ -93,12 +123,23 @@ class Registry:
 
     def get(self, version: int) -> ModelVersion:
         try:
-            return ModelVersion.model_validate(self.store.read_json(f"{self.prefix}/versions/{version:06d}.json"))
+            return ModelVersion.model_validate(self.store.read_json(self.version_key(version)))
         except KeyNotFound:
             known = self.versions()
             raise RegistryError(f"model {self.model_name!r} has no version {version}; versions: {known or 'none'}") from None
 
-    def register(self, files: dict[str, bytes], record: dict[str, Any]) -> ModelVersion:
+    @property
+    def aliases_key(self) -> str:
+        return f"{self.prefix}/aliases.json"
+
+    def version_key(self, version: int) -> str:
+        return f"{self.prefix}/versions/{version:06d}.json"
+
+    def version_url(self, version: int) -> str:
+        """Where a person (or Polars) can open a version's record."""
+        return self.store.url(self.version_key(version))
+
+    def register(self, files: dict[str, bytes], record: NewVersion) -> ModelVersion:
         """Store the files, then atomically claim the next version number for them."""
         blob_prefix = f"{self.prefix}/blobs/{uuid.uuid4().hex}"
         keys = {}
@@ -109,9 +150,10 @@ class Registry:
         version = (existing[-1] if existing else 0) + 1
         for _ in range(100):
             mv = ModelVersion(model_name=self.model_name, version=version, files=keys,
-                              created_at=datetime.now(timezone.utc).isoformat(), **record)
+                              created_at=datetime.now(timezone.utc).isoformat(),
+                              **{f: getattr(record, f) for f in NewVersion.model_fields})
             try:
-                self.store.write_json(f"{self.prefix}/versions/{version:06d}.json", mv.model_dump(mode="json"), if_none_match=True)
+                self.store.write_json(self.version_key(version), mv.model_dump(mode="json"), if_none_match=True)
                 return mv
             except PreconditionFailed:
                 version += 1  # someone registered this number first; take the next
@@ -128,7 +170,7 @@ class Registry:
 
     # --- aliases -------------------------------------------------------------------------------
     def alias_doc(self) -> AliasDoc:
-        value, _ = self.store.read_json_with_etag(f"{self.prefix}/aliases.json")
+        value, _ = self.store.read_json_with_etag(self.aliases_key)
         return AliasDoc.model_validate(value) if value else AliasDoc()
 
     def resolve(self, ref: str | int) -> ModelVersion:
@@ -149,7 +191,7 @@ class Registry:
             other = "challenger" if alias == "champion" else "champion"
             if alias == "challenger" and self.alias_doc().aliases.get(other) == version:
                 raise RegistryError(f"v{version} of {self.model_name!r} is the champion; a challenger must be another version")
-        key = f"{self.prefix}/aliases.json"
+        key = self.aliases_key
         for _ in range(50):
             value, etag = self.store.read_json_with_etag(key)
             doc = AliasDoc.model_validate(value) if value else AliasDoc()
@@ -170,59 +212,20 @@ class Registry:
                 continue  # lost a race: re-read and apply again
         raise RuntimeError(f"could not update alias {alias!r} of {self.model_name}: too much contention")
 
-
-def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) -> str:
-    """Copy a registered version into the BentoML model store (tag ``<model>:v<n>``) for bentos."""
-    os.environ.setdefault("BENTOML_HOME", str(settings.bentoml_home))
-    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    import bentoml
-
-    try:
-        existing = bentoml.models.get(mv.bento_tag)
-    except bentoml.exceptions.NotFound:
-        existing = None
-    if existing is not None:
-        same = (existing.info.metadata.get("registry_store") == registry.store.uri
-                and existing.info.labels.get("snapshot") == mv.snapshot_id)
-        if not same:
-            raise RegistryError(
-                f"BentoML model {mv.bento_tag} in {settings.bentoml_home} belongs to another registry "
-                f"({existing.info.metadata.get('registry_store')}); use a separate BENTOML_HOME per store, or "
-                f"`bentoml models delete {mv.bento_tag}` if that registry is gone")
-        return str(existing.tag)
-    with bentoml.models.create(
-        mv.bento_tag,
-        labels={"registry_version": str(mv.version), "snapshot": mv.snapshot_id},
-        metadata={"registry_store": registry.store.uri, "metrics": mv.metrics, "git_commit": mv.git_commit},
-    ) as model:
-        for name in ("model.txt", "transform.json"):
-            with open(model.path_of(name), "wb") as fh:
-                fh.write(registry.read_file(mv, name))
-        with open(model.path_of("registry_version.json"), "w") as fh:
-            fh.write(mv.model_dump_json())
-    return mv.bento_tag
-
-
-# --- Prefect tasks ---------------------------------------------------------------------------------
-from tasks.orchestration import cached_task, io_task  # noqa: E402
-from tasks.core.store import open_store  # noqa: E402
-
-
-@cached_task(name="register-model")
-def register_model_version(model_name: str, files: dict[str, str], record: dict[str, Any], settings: Settings) -> ModelVersion:
-    """Register the candidate: copy its files (store keys) into the registry and claim a version."""
-    store = open_store(settings)
-    return Registry(store, model_name).register({name: store.read_bytes(key) for name, key in files.items()}, record)
-
-
-@cached_task(name="apply-decision")
-def apply_promotion_decision(model_name: str, version: int, outcome: str, reason: str, settings: Settings) -> dict[str, int]:
-    """Move the decided alias to the new version (atomic compare-and-swap)."""
-    doc = Registry(open_store(settings), model_name).set_alias(outcome, version, reason=reason, actor="training-flow")
-    return doc.aliases
-
-
-@io_task(name="save-to-bentoml")
-def save_version_to_bentoml(model_name: str, version: int, settings: Settings) -> str:
-    registry = Registry(open_store(settings), model_name)
-    return save_to_bentoml(registry.get(version), registry, settings)
+    def move_champion(self, version: int | None, *, reason: str, actor: str) -> ChampionMove:
+        """Make ``version`` the champion (None: the previous champion, i.e. a rollback). A promoted
+        challenger stops being the challenger."""
+        doc = self.alias_doc()
+        current = doc.aliases.get("champion")
+        if version is None:
+            version = doc.previous_champion()
+            if version is None:
+                raise BadInput(f"model {self.model_name!r} has no previous champion to roll back to (champion is "
+                               f"{'v' + str(current) if current else 'unset'}); pass to_version explicitly")
+        self.get(version)  # must exist: a clear error names the versions that do
+        if version == current:
+            raise BadInput(f"v{version} of {self.model_name!r} is already champion; nothing to do")
+        doc = self.set_alias("champion", version, reason=reason, actor=actor)
+        if doc.aliases.get("challenger") == version:
+            self.set_alias("challenger", None, reason=f"promoted to champion: {reason}", actor=actor)
+        return ChampionMove(model_name=self.model_name, version=version, previous=current, reason=reason, actor=actor)

@@ -7,7 +7,7 @@ import threading
 import polars as pl
 import pytest
 
-from tasks.registry.versions import Registry
+from tasks.registry.versions import NewVersion, Registry
 from tasks.core.store import KeyNotFound, PreconditionFailed, S3Store, open_store
 
 
@@ -63,7 +63,7 @@ def test_s3_store_speaks_to_the_moto_server(s3_settings):
 
 def test_concurrent_registrations_and_alias_updates_lose_nothing(store):
     registry = Registry(store, "m")
-    record = dict(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
+    record = NewVersion(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
                   feature_names=["f"], input_columns=["f"])
     versions: list[int] = []
 

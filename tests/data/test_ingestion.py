@@ -19,6 +19,7 @@ from tasks.data.ingest import discover_batches, fetch_http, fetch_sql, ingest_ba
 from tasks.data.landing import land_nycflights13
 from tasks.core.store import open_store
 from tasks.data.validate import DataContractError
+from tasks.core.context import RunContext
 
 
 @pytest.fixture
@@ -27,7 +28,9 @@ def flights_cfg(private_settings):
 
 
 def _ingest(table, cfg, store, settings, **kw):
-    return ingest_batches(table, discover_batches(table, cfg, store, settings), cfg, store, settings, **kw)
+    ctx = RunContext.build(settings)
+    assert ctx.store.uri == store.uri
+    return ingest_batches(table, discover_batches(table, cfg, ctx), cfg, ctx, **kw)
 
 
 def test_landing_writes_every_kind_of_source(private_settings):
@@ -118,7 +121,7 @@ def test_duplicate_keys_break_the_contract(private_settings):
 
 def test_missing_files_say_what_to_do(private_settings, flights_cfg):
     with pytest.raises(SourceUnavailable, match="no parquet files at 'raw/flights'"):
-        discover_batches("flights", flights_cfg, open_store(private_settings), private_settings)
+        discover_batches("flights", flights_cfg, RunContext.build(private_settings))
 
 
 def test_sql_source_reads_lands_and_fails_clearly(private_settings, tmp_path):
@@ -131,9 +134,10 @@ def test_sql_source_reads_lands_and_fails_clearly(private_settings, tmp_path):
     cfg = TableConfig(source=source, contract=TableContract.model_validate(
         {"columns": {"id": {"dtype": "int64"}, "name": {"dtype": "string"}}, "unique": ["id"]}))
     store = open_store(private_settings)
-    refs = discover_batches("t", cfg, store, private_settings)
+    ctx = RunContext.build(private_settings)
+    refs = discover_batches("t", cfg, ctx)
     assert refs[0].key.startswith("raw/t/sql-") and store.exists(refs[0].key)  # landed in the raw zone
-    assert discover_batches("t", cfg, store, private_settings)[0].batch_id == refs[0].batch_id  # same rows, same batch
+    assert discover_batches("t", cfg, ctx)[0].batch_id == refs[0].batch_id  # same rows, same batch
 
     with pytest.raises(SourceUnavailable, match="does not exist"):
         fetch_sql("t", SqlSource(kind="sql", url=f"sqlite:///{tmp_path}/missing.sqlite", query="select 1"))
@@ -219,5 +223,5 @@ def test_file_source_on_s3_with_hive_partitions(s3_settings):
     assert result.new_batches == 2 and result.rows > 50_000
     glob_cfg = TableConfig(source=FileSource(kind="files", path=f"{store.uri}/raw/flights/*/month=02/*.parquet",
                                              format="parquet", hive_partitioning=True), contract=cfg.contract)
-    refs = discover_batches("flights", glob_cfg, store, s3_settings)
+    refs = discover_batches("flights", glob_cfg, RunContext.build(s3_settings))
     assert [r.partition for r in refs] == [{"year": "2013", "month": "02"}]

@@ -8,12 +8,12 @@ import httpx
 import pytest
 
 from tasks.core.errors import BadInput
-from tasks.registry.versions import Registry, RegistryError
+from tasks.registry.versions import NewVersion, Registry, RegistryError
 from tasks.core.store import open_store
 
 pytestmark = pytest.mark.integration
 
-RECORD = dict(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
+RECORD = NewVersion(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
               feature_names=["f"], input_columns=["f"])
 
 

@@ -17,15 +17,18 @@ pytestmark = pytest.mark.integration
 def _log_window(settings, config, start: str, end: str, unseen_share: float, alias: str = "champion") -> list[str]:
     """Score a later window's real flights with a model and log them, with feedback, like the service does."""
     from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.core.context import RunContext
     from tasks.registry.versions import Registry
-    from tasks.serving.watcher import PartitionedLog, load_version
+    from tasks.serving.logs import PartitionedLog
+    from tasks.serving.watcher import load_version
     from tasks.data.snapshot import build_snapshot
     from tasks.core.store import open_store
 
     store = open_store(settings)
     window = config.model_copy(update={"window": config.window.model_copy(update={
         "start": datetime.fromisoformat(start), "end": datetime.fromisoformat(end)})})
-    sources = {t: ingest_batches(t, discover_batches(t, c, store, settings), c, store, settings)[0].valid_keys
+    ctx = RunContext.build(settings)
+    sources = {t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
                for t, c in window.tables.items()}
     rows = store.read_parquet(build_snapshot(sources, window, store).data_key).head(3000)
     n_unseen = int(rows.height * unseen_share)

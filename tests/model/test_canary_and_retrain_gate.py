@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from flows.canary import decide_canary
-from tasks.decisions import bootstrap_auc_gain, compare_on_holdout
-from tasks.monitoring.window import LivePerformance
 from tasks.core.settings import RetrainSettings
+from tasks.decisions import bootstrap_auc_gain, compare_on_holdout, decide_canary
+from tasks.monitoring.performance import LivePerformance
 
 
 def _preds(n: int = 4000, seed: int = 0):
@@ -52,10 +51,10 @@ def _perf(version: int, labels: int, auc: float | None) -> LivePerformance:
 
 
 def test_canary_verdicts():
-    assert decide_canary(None, None, 200, 0.0, 0.05)[0] == "wait"
-    assert decide_canary(_perf(1, 40, None), _perf(2, 40, None), 200, 0.0, 0.05)[0] == "wait"
+    assert decide_canary(None, None, 200, 0.0, 0.05).outcome == "wait"
+    assert decide_canary(_perf(1, 40, None), _perf(2, 40, None), 200, 0.0, 0.05).outcome == "wait"
     early = decide_canary(_perf(1, 80, 0.72), _perf(2, 80, 0.60), 200, 0.0, 0.05)
-    assert early[0] == "drop" and "stopped early" in early[1]
-    assert decide_canary(_perf(1, 80, 0.70), _perf(2, 80, 0.71), 200, 0.0, 0.05)[0] == "wait"
-    assert decide_canary(_perf(1, 300, 0.70), _perf(2, 300, 0.71), 200, 0.0, 0.05)[0] == "promote"
-    assert decide_canary(_perf(1, 300, 0.71), _perf(2, 300, 0.70), 200, 0.0, 0.05)[0] == "drop"
+    assert early.outcome == "drop" and "stopped early" in early.reason
+    assert decide_canary(_perf(1, 80, 0.70), _perf(2, 80, 0.71), 200, 0.0, 0.05).outcome == "wait"
+    assert decide_canary(_perf(1, 300, 0.70), _perf(2, 300, 0.71), 200, 0.0, 0.05).outcome == "promote"
+    assert decide_canary(_perf(1, 300, 0.71), _perf(2, 300, 0.70), 200, 0.0, 0.05).outcome == "drop"

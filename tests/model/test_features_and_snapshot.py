@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from tasks.core.context import RunContext
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
 from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
 from tasks.data.ingest import discover_batches, ingest_batches
@@ -19,11 +20,11 @@ from tasks.core.store import open_store
 
 @pytest.fixture(scope="module")
 def sources(landed):
-    store = open_store(landed)
-    config = landed.load_dataset()
+    ctx = RunContext.build(landed)
+    config = ctx.config
     out = {}
     for table, cfg in config.tables.items():
-        result, _ = ingest_batches(table, discover_batches(table, cfg, store, landed), cfg, store, landed)
+        result, _ = ingest_batches(table, discover_batches(table, cfg, ctx), cfg, ctx)
         out[table] = result.valid_keys
     return out
 

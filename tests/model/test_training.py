@@ -9,7 +9,7 @@ import pytest
 from tasks.core.config import TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
 from tasks.model.evaluate import ChampionEvaluation, binary_metrics
-from tasks.decisions import decide
+from tasks.decisions import decide_promotion
 from tasks.core.settings import GateSettings
 from tasks.model.train import sample_trial_params, time_series_folds, time_split
 
@@ -53,25 +53,26 @@ def _metrics(auc_shift: float, rows: int = 5000):
 
 
 def test_gate_first_model_becomes_champion():
-    d = decide(_metrics(0.2), ChampionEvaluation(version=None, metrics=None, note="none"), GateSettings())
+    d = decide_promotion(_metrics(0.2), ChampionEvaluation(version=None, metrics=None, note="none"), GateSettings())
     assert d.outcome == "champion"
 
 
 def test_gate_promotes_only_with_a_margin():
     weak, strong = _metrics(0.1), _metrics(0.4)
     champion = ChampionEvaluation(version=1, metrics=weak, note="")
-    assert decide(strong, champion, GateSettings(min_auc_gain=0.01)).outcome == "champion"
-    assert decide(weak, champion, GateSettings(min_auc_gain=0.01)).outcome == "challenger"
-    assert decide(strong, ChampionEvaluation(version=1, metrics=strong, note=""), GateSettings(min_auc_gain=0.0)).outcome == "champion"
-    few = decide(_metrics(0.4, rows=50), champion, GateSettings(min_test_rows=100))
+    assert decide_promotion(strong, champion, GateSettings(min_auc_gain=0.01)).outcome == "champion"
+    assert decide_promotion(weak, champion, GateSettings(min_auc_gain=0.01)).outcome == "challenger"
+    assert decide_promotion(strong, ChampionEvaluation(version=1, metrics=strong, note=""), GateSettings(min_auc_gain=0.0)).outcome == "champion"
+    few = decide_promotion(_metrics(0.4, rows=50), champion, GateSettings(min_test_rows=100))
     assert few.outcome == "challenger" and "not enough evidence" in few.reason
-    unscorable = decide(strong, ChampionEvaluation(version=1, metrics=None, note="champion v1 cannot score"), GateSettings())
+    unscorable = decide_promotion(strong, ChampionEvaluation(version=1, metrics=None, note="champion v1 cannot score"), GateSettings())
     assert unscorable.outcome == "challenger"
 
 
 def test_lightgbm_training_is_deterministic(landed):
     from tasks.model.features import FeatureSpec, fit_feature_transform
     from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.core.context import RunContext
     from tasks.data.snapshot import build_snapshot
     from tasks.core.store import open_store
     from tasks.model.train import fit_lightgbm, load_matrix, make_split
@@ -80,7 +81,8 @@ def test_lightgbm_training_is_deterministic(landed):
     data = landed.load_dataset().model_dump()
     data["window"] = {"start": "2013-01-01T00:00:00Z", "end": "2013-02-01T00:00:00Z"}
     config = type(landed.load_dataset()).model_validate(data)
-    sources = {t: ingest_batches(t, discover_batches(t, c, store, landed), c, store, landed)[0].valid_keys
+    ctx = RunContext.build(landed)
+    sources = {t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
                for t, c in config.tables.items()}
     manifest = build_snapshot(sources, config, store)
     df = store.read_parquet(manifest.data_key)

@@ -1,0 +1,79 @@
+"""Prefect steps of the registry stage: register, move aliases, start and stop canaries, package.
+
+Each step is a named Prefect task over ``tasks.registry``; alias moves also emit the lifecycle event
+(``driftloop.model.*``) that automations and notifications react to.
+"""
+
+from __future__ import annotations
+
+from tasks.core.context import RunContext
+from tasks.events import emit_model_event
+from tasks.orchestration import cached_task, io_task
+from tasks.registry.packaging import PackagedBento, build_bento, save_to_bentoml
+from tasks.registry.retrain_slot import claim_retrain_slot
+from tasks.registry.versions import ChampionMove, ModelVersion, NewVersion, Registry
+
+
+@cached_task(name="register-model")
+def register_model_version(model_name: str, files: dict[str, str], record: NewVersion, ctx: RunContext) -> ModelVersion:
+    """Register the candidate: copy its files (store keys) into the registry and claim a version."""
+    store = ctx.store
+    return Registry(store, model_name).register({name: store.read_bytes(key) for name, key in files.items()}, record)
+
+
+@cached_task(name="apply-decision")
+def apply_promotion_decision(model_name: str, version: int, outcome: str, reason: str,
+                             ctx: RunContext) -> dict[str, int]:
+    """Move the decided alias to the new version (atomic compare-and-swap)."""
+    doc = Registry(ctx.store, model_name).set_alias(outcome, version, reason=reason, actor="training-flow")
+    return doc.aliases
+
+
+@io_task(name="save-to-bentoml")
+def save_version_to_bentoml(model_name: str, version: int, ctx: RunContext) -> str:
+    registry = Registry(ctx.store, model_name)
+    return save_to_bentoml(registry.get(version), registry, ctx.settings)
+
+
+@io_task(name="build-bento")
+def package_version(model_name: str, ref: str, ctx: RunContext) -> PackagedBento:
+    """Resolve ``ref`` (alias or version), build the bento, export it to ``bentos/`` in the store."""
+    return build_bento(Registry(ctx.store, model_name), ref, ctx.settings)
+
+
+@io_task(name="move-champion")
+def move_champion(model_name: str, version: int | None, reason: str, actor: str, event: str,
+                  ctx: RunContext) -> tuple[ChampionMove, str | None]:
+    """Move the champion (None: back to the previous one) and emit ``event``; returns the move and event id."""
+    move = Registry(ctx.store, model_name).move_champion(version, reason=reason, actor=actor)
+    event_id = emit_model_event(event, model_name, {"version": move.version, "previous": move.previous,
+                                                    "reason": reason, "actor": actor}, target=ctx.target)
+    return move, event_id
+
+
+@io_task(name="claim-retrain-slot")
+def claim_retrain(model_name: str, reason: str, ignore_cooldown: bool, ctx: RunContext) -> str | None:
+    """None if this run may retrain (and it is now recorded as started); else why it may not."""
+    decision = claim_retrain_slot(ctx.store, model_name, reason, ctx.settings.retrain.cooldown_minutes,
+                                  ignore_cooldown)
+    return None if decision.outcome == "start" else decision.reason
+
+
+@io_task(name="start-canary")
+def start_canary(model_name: str, version: int, reason: str, ctx: RunContext) -> None:
+    Registry(ctx.store, model_name).set_alias("challenger", version, reason=reason, actor="retrain-flow")
+    emit_model_event("driftloop.model.canary.started", model_name,
+                     {"version": version, "share": ctx.settings.serving.challenger_share, "reason": reason},
+                     target=ctx.target)
+
+
+@io_task(name="apply-canary-decision")
+def apply_canary_decision(model_name: str, outcome: str, version: int, reason: str, ctx: RunContext) -> None:
+    """Promote the challenger (``promote``) or stop the canary (``drop``); ``wait`` changes nothing."""
+    if outcome == "promote":
+        move_champion.fn(model_name, version, f"canary: {reason}", "canary-flow", "driftloop.model.promoted", ctx)
+    elif outcome == "drop":
+        Registry(ctx.store, model_name).set_alias("challenger", None, reason=f"canary stopped: {reason}",
+                                                  actor="canary-flow")
+        emit_model_event("driftloop.model.canary.stopped", model_name, {"version": version, "reason": reason},
+                         target=ctx.target)

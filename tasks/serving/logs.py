@@ -1,0 +1,111 @@
+"""The prediction and feedback logs: buffered off the request path, flushed to the artifact store as
+Parquet partitioned by date and hour (by size, by time, and at shutdown), read back lazily."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import polars as pl
+
+from tasks.core.store import ArtifactStore
+
+log = logging.getLogger("driftloop.serving")
+
+
+class PartitionedLog:
+    """Append rows in memory; a background thread writes them to ``<prefix>/date=…/hour=…/*.parquet``."""
+
+    def __init__(self, store: ArtifactStore, prefix: str, schema: dict[str, pl.DataType],
+                 max_rows: int = 2000, max_seconds: float = 5.0):
+        self.store, self.prefix, self.schema = store, prefix, schema
+        self.max_rows, self.max_seconds = max_rows, max_seconds
+        self._rows: list[dict[str, Any]] = []
+        self._frames: list[pl.DataFrame] = []
+        self._buffered = 0
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"{prefix}-flusher", daemon=True)
+        self._thread.start()
+        self.flushed_rows = 0
+        self.errors = 0
+
+    def append(self, rows: list[dict[str, Any]]) -> None:
+        """Buffer rows given as dicts (cheapest for a few rows)."""
+        with self._lock:
+            self._rows.extend(rows)
+            self._buffered += len(rows)
+            full = self._buffered >= self.max_rows
+        if full:
+            self._wake.set()
+
+    def append_frame(self, frame: pl.DataFrame) -> None:
+        """Buffer a frame whose columns match the schema (cheapest for large batches)."""
+        with self._lock:
+            self._frames.append(frame)
+            self._buffered += frame.height
+            full = self._buffered >= self.max_rows
+        if full:
+            self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.max_seconds)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> int:
+        """Write what is buffered; on failure keep it for the next attempt (nothing is dropped)."""
+        with self._flush_lock:
+            with self._lock:
+                rows, frames, self._rows, self._frames, self._buffered = self._rows, self._frames, [], [], 0
+            if not rows and not frames:
+                return 0
+            try:
+                parts = [pl.DataFrame(rows, schema=self.schema)] if rows else []
+                parts += [f.select(list(self.schema)).cast(self.schema) for f in frames]
+                frame = pl.concat(parts)
+                for (date, hour), part in frame.with_columns(
+                    pl.col("ts").dt.strftime("%Y-%m-%d").alias("__date"), pl.col("ts").dt.strftime("%H").alias("__hour")
+                ).partition_by(["__date", "__hour"], as_dict=True).items():
+                    key = f"{self.prefix}/date={date}/hour={hour}/{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+                    self.store.write_parquet(key, part.drop("__date", "__hour"))
+                self.flushed_rows += frame.height
+                return frame.height
+            except Exception as exc:  # noqa: BLE001 - keep the rows, report, try again later
+                self.errors += 1
+                log.error("driftloop: could not flush %s rows: %s", self.prefix, exc)
+                with self._lock:
+                    self._rows[:0] = rows
+                    self._frames[:0] = frames
+                    self._buffered += len(rows) + sum(f.height for f in frames)
+                return 0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self.flush()
+
+
+PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
+FEEDBACK_COLUMNS = ["request_id", "ts", "outcome"]
+
+
+def read_log(store: ArtifactStore, prefix: str, columns: list[str] | None = None,
+             request_ids: list[str] | None = None) -> pl.DataFrame:
+    """What was flushed under a log prefix (empty when nothing was logged yet). The scan is lazy:
+    only ``columns`` are read, and only rows of ``request_ids`` kept, so callers that need a little
+    of a large log do not read all of it."""
+    keys = [k for k in store.list(prefix) if k.endswith(".parquet")]
+    if not keys:
+        return pl.DataFrame()
+    scan = store.scan_parquet(keys)
+    if request_ids is not None:
+        scan = scan.filter(pl.col("request_id").is_in(pl.Series(request_ids, dtype=pl.String).implode()))
+    return (scan.select(columns) if columns else scan).collect()
