@@ -1,0 +1,1 @@
+"""Core: typed settings, the run context, the dataset config, the artifact store, error types."""

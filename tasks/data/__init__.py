@@ -1,0 +1,1 @@
+"""Data stage: landing the demo tables, ingesting sources in batches, contracts, snapshots."""

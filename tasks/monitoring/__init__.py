@@ -1,0 +1,1 @@
+"""Monitoring stage: whylogs profiles, the monitoring window, drift, live performance, lineage."""

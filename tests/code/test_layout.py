@@ -1,0 +1,145 @@
+"""The layout keeps its promises: the folder says the layer, the file says the stage.
+
+- domain packages (``tasks/core``, ``data``, ``model``, ``registry``, ``monitoring``, ``serving`` and
+  ``tasks/decisions.py``) import no Prefect, and neither does the prediction service;
+- every Prefect task is defined in a stage's ``steps.py``, every flow under ``flows/``;
+- below the flows nothing reads or writes the environment or builds its own ``Settings()``
+  (``tasks/orchestration.py`` builds the run context: the one exception, by design);
+- the README's "Where things are" table names every module and only modules that exist.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tasks.core.settings import PROJECT_DIR
+
+STAGES = ("core", "data", "model", "registry", "monitoring", "serving")
+PREFECT_SIDE = {"tasks/orchestration.py", "tasks/events.py"}
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted(p for p in (PROJECT_DIR / folder).rglob("*.py") if p.name != "__init__.py")
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(PROJECT_DIR).as_posix()
+
+
+def _domain_modules() -> list[str]:
+    paths = [p for stage in STAGES for p in _modules(f"tasks/{stage}") if p.name != "steps.py"]
+    paths.append(PROJECT_DIR / "tasks" / "decisions.py")
+    return [_rel(p).removesuffix(".py").replace("/", ".") for p in paths]
+
+
+def _imports_prefect(modules: list[str]) -> list[str]:
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+            "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
+                         env={**_clean_env(), "BENTOML_DO_NOT_TRACK": "true"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own subprocess printed a list literal
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+
+
+def test_domain_code_imports_no_prefect():
+    modules = _domain_modules()
+    assert len(modules) > 20  # the check covers the stage packages, not an empty list
+    assert _imports_prefect(modules) == []
+
+
+def test_the_service_does_not_load_prefect():
+    assert _imports_prefect(["bentos.service"]) == []
+
+
+def test_the_check_sees_prefect_when_it_is_loaded():
+    assert "prefect" in _imports_prefect(["tasks.data.steps"])
+
+
+def _decorated(path: Path, names: set[str]) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for dec in node.decorator_list:
+                target = dec.func if isinstance(dec, ast.Call) else dec
+                name = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+                if name in names:
+                    found.append(node.name)
+    return found
+
+
+TASK_DECORATORS = {"task", "io_task", "cached_task"}
+CODE_DIRS = ("flows", "tasks", "deployments", "bentos", "bench")
+
+
+def test_every_task_lives_in_a_stage_steps_module_and_every_flow_in_flows():
+    tasks_at, flows_at = {}, {}
+    for folder in CODE_DIRS:
+        for path in _modules(folder):
+            if _decorated(path, TASK_DECORATORS):
+                tasks_at[_rel(path)] = _decorated(path, TASK_DECORATORS)
+            if _decorated(path, {"flow"}):
+                flows_at[_rel(path)] = _decorated(path, {"flow"})
+    assert tasks_at and flows_at
+    assert [p for p in tasks_at if not re.fullmatch(r"tasks/[a-z]+/steps\.py", p)] == []
+    assert [p for p in flows_at if not p.startswith("flows/")] == []
+
+
+def _environment_uses(source: str) -> list[str]:
+    """``os.environ``, ``os.getenv``/``putenv`` and ``Settings()`` in a module's source, by line."""
+    uses = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
+                and node.attr in ("environ", "getenv", "putenv", "unsetenv"):
+            uses.append(f"{node.lineno}: os.{node.attr}")
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Settings":
+            uses.append(f"{node.lineno}: Settings()")
+    return sorted(uses, key=lambda u: int(u.split(":")[0]))
+
+
+def test_nothing_below_the_flows_reads_the_environment():
+    below = [p for p in _modules("tasks") if _rel(p) not in PREFECT_SIDE]
+    assert len(below) > 20
+    assert [f"{_rel(p)}:{u}" for p in below for u in _environment_uses(p.read_text())] == []
+
+
+def test_the_environment_check_finds_each_kind_of_use():
+    source = "import os\nx = os.environ.get('A')\ny = os.getenv('B')\ns = Settings()\n"
+    assert _environment_uses(source) == ["2: os.environ", "3: os.getenv", "4: Settings()"]
+
+
+def _where_things_are() -> str:
+    text = (PROJECT_DIR / "README.md").read_text()
+    match = re.search(r"^## Where things are\n(.*?)(?=^## )", text, re.S | re.M)
+    assert match, "README.md has no '## Where things are' section"
+    return match.group(1)
+
+
+def test_readme_where_things_are_is_true_to_the_tree():
+    section = _where_things_are()
+    named = set(re.findall(r"`((?:flows|tasks|deployments|bentos|infra|configs|tests|bench)/[\w./-]*)`", section))
+    assert named, "the section names no paths"
+    missing = sorted(n for n in named if not (PROJECT_DIR / n.rstrip("/")).exists())
+    assert missing == [], f"README names paths that do not exist: {missing}"
+    modules = [_rel(p) for folder in ("flows", "tasks") for p in _modules(folder)]
+    unnamed = sorted(m for m in modules if m not in named)
+    assert unnamed == [], f"README's 'Where things are' does not name: {unnamed}"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_package_is_documented(stage):
+    init = PROJECT_DIR / "tasks" / stage / "__init__.py"
+    assert ast.get_docstring(ast.parse(init.read_text())), f"tasks/{stage}/__init__.py should say what the stage is"
