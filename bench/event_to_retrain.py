@@ -10,21 +10,21 @@ first (not timed), and a champion is trained without Prefect so the retrain has 
 from __future__ import annotations
 
 import shutil
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib.private_env import private_environment
+from rich.console import Console
 
-from bench.lib.private_env import private_environment  # noqa: E402
+from deployments.local_stack import LocalStack
+from tasks.core.settings import Settings
 
-ROOT, PORT = private_environment("driftloop-bench-loop-", DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS="1",
-                                 DRIFTLOOP_TRACKING__MODE="disabled", DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES="0")
-
-from rich.console import Console  # noqa: E402
-
-from deployments.local_stack import LocalStack  # noqa: E402
-from tasks.core.settings import Settings  # noqa: E402
+# Before anything imports Prefect (which reads its settings at import): the imports above do not.
+ROOT, PORT = private_environment(
+    "driftloop-bench-loop-",
+    DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS="1",
+    DRIFTLOOP_TRACKING__MODE="disabled",
+    DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES="0",
+)
 
 
 def first_retrain_run(since: float):
@@ -32,15 +32,24 @@ def first_retrain_run(since: float):
     import datetime as dt
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterExpectedStartTime
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+    )
 
     async def read():
         async with get_client() as client:
             dep = await client.read_deployment_by_name("retrain/local")
             return await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
-                    after_=dt.datetime.fromtimestamp(since - 5, dt.timezone.utc))))
+                flow_run_filter=FlowRunFilter(
+                    expected_start_time=FlowRunFilterExpectedStartTime(
+                        after_=dt.datetime.fromtimestamp(since - 5, dt.timezone.utc)
+                    )
+                ),
+            )
 
     runs = asyncio.run(read())
     return runs[0] if runs else None
@@ -50,15 +59,18 @@ def main() -> int:
     console = Console()
     stack = LocalStack(Settings())
     try:
-        with console.status("starting a private Prefect server, deployments and a worker; training a champion..."):
+        with console.status(
+            "starting a private Prefect server, deployments and a worker; training a champion..."
+        ):
             stack.start_server(timeout=120)
             stack.ensure_pool()
             stack.deploy()
             stack.start_worker()
-            from bench.lib.pipeline import run_bare
+            from lib.pipeline import run_bare
+
             from flows.schemas import TrainingParams
-            from tasks.data.landing import land_nycflights13
             from tasks.core.store import open_store
+            from tasks.data.landing import land_nycflights13
 
             settings = Settings()
             land_nycflights13(open_store(settings), settings.sources_dir, months=[1, 2])
@@ -67,8 +79,12 @@ def main() -> int:
         from tasks.events import emit_model_event
 
         emitted = time.time()
-        emit_model_event("driftloop.drift.detected", settings.load_dataset().model_name, {"drifted": ["bench"]},
-                         target=settings.target)
+        emit_model_event(
+            "driftloop.drift.detected",
+            settings.load_dataset().model_name,
+            {"drifted": ["bench"]},
+            target=settings.target,
+        )
         created = started = None
         deadline = time.time() + 120
         with console.status("waiting for the automation and the worker..."):
@@ -85,7 +101,10 @@ def main() -> int:
     if started is None:
         print("RESULT event_to_retrain_start_s=inf target<15 FAIL")
         return 0
-    console.print(f"event -> flow run created by the automation: {created:.1f}s; -> running on the worker: {started:.1f}s")
+    console.print(
+        f"event -> flow run created by the automation: {created:.1f}s; "
+        f"-> running on the worker: {started:.1f}s"
+    )
     print(f"RESULT event_to_retrain_start_s={started:.1f} target<15 {'PASS' if started < 15 else 'FAIL'}")
     return 0
 

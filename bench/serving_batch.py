@@ -9,25 +9,22 @@ Target: the service's best batch path reaches at least 50% of in-process rows/s.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from bench.lib.loadgen import run_load  # noqa: E402
-from bench.lib.serving_setup import serving_stack  # noqa: E402
+from lib.loadgen import run_load
+from lib.serving_setup import serving_stack
+from rich.console import Console
+from rich.table import Table
 
 
 def in_process_rows_per_s(booster, transform, rows, seconds: float) -> tuple[float, float]:
     """(transform + predict, predict only) rows/s for batches of len(rows), 2 threads."""
     X = transform.to_matrix(rows)
     out = []
-    for fn in (lambda: booster.predict(transform.to_matrix(rows), num_threads=2),
-               lambda: booster.predict(X, num_threads=2)):
+    for fn in (
+        lambda: booster.predict(transform.to_matrix(rows), num_threads=2),
+        lambda: booster.predict(X, num_threads=2),
+    ):
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             fn()
@@ -45,11 +42,19 @@ def main() -> int:
         stack = serving_stack()
         env = stack.__enter__()
     try:
-        full, predict_only = in_process_rows_per_s(env["booster"], env["transform"], env["rows"], args.seconds / 2)
+        full, predict_only = in_process_rows_per_s(
+            env["booster"], env["transform"], env["rows"], args.seconds / 2
+        )
         runs = {
-            "BentoML /predict_columns": run_load(f"{env['bento']}/predict_columns", env["columns"], 2, args.seconds),
-            "BentoML /predict_batch": run_load(f"{env['bento']}/predict_batch", env["batch"], 2, args.seconds),
-            "bare starlette (records)": run_load(f"{env['bare']}/predict_batch", env["batch"], 2, args.seconds),
+            "BentoML /predict_columns": run_load(
+                f"{env['bento']}/predict_columns", env["columns"], 2, args.seconds
+            ),
+            "BentoML /predict_batch": run_load(
+                f"{env['bento']}/predict_batch", env["batch"], 2, args.seconds
+            ),
+            "bare starlette (records)": run_load(
+                f"{env['bare']}/predict_batch", env["batch"], 2, args.seconds
+            ),
         }
     finally:
         stack.__exit__(None, None, None)

@@ -10,16 +10,11 @@ under 100 ms and no errors. The load generator shares the machine's 2 cores with
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from bench.lib.loadgen import run_load  # noqa: E402
-from bench.lib.serving_setup import serving_stack  # noqa: E402
+from lib.loadgen import run_load
+from lib.serving_setup import serving_stack
+from rich.console import Console
+from rich.table import Table
 
 
 def main() -> int:
@@ -35,7 +30,9 @@ def main() -> int:
         for clients in (16, 64):
             for target in ("bare", "bento"):
                 with console.status(f"{target}: {clients} clients for {args.seconds:.0f}s"):
-                    results[(target, clients)] = run_load(f"{env[target]}/predict", env["single"], clients, args.seconds)
+                    results[(target, clients)] = run_load(
+                        f"{env[target]}/predict", env["single"], clients, args.seconds
+                    )
     finally:
         stack.__exit__(None, None, None)
     table = Table(title="single-row /predict")
@@ -43,12 +40,16 @@ def main() -> int:
         table.add_column(col, justify="right")
     for (target, clients), r in results.items():
         name = "BentoML service" if target == "bento" else "bare starlette"
-        table.add_row(name, str(clients), f"{r.rps:.0f}", f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", str(r.errors))
+        table.add_row(
+            name, str(clients), f"{r.rps:.0f}", f"{r.pct(50):.1f}", f"{r.pct(99):.1f}", str(r.errors)
+        )
     console.print(table)
     bento, bare = results[("bento", 16)], results[("bare", 16)]
     ratio = bento.rps / bare.rps
     ok = ratio >= 0.40 and bento.pct(99) < 100 and bento.errors == 0
-    console.print(f"at 16 clients: p99 {bento.pct(99):.1f} ms (target < 100), errors {bento.errors} (target 0)")
+    console.print(
+        f"at 16 clients: p99 {bento.pct(99):.1f} ms (target < 100), errors {bento.errors} (target 0)"
+    )
     print(f"RESULT single_row_rps_ratio_16={ratio:.3f} target>=0.40 {'PASS' if ok else 'FAIL'}")
     return 0
 

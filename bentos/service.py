@@ -70,7 +70,9 @@ class Scored(BaseModel):
 
 class FeedbackItem(BaseModel):
     request_id: str = Field(min_length=1, max_length=128)
-    outcome: Literal[0, 1] = Field(description="the observed label (1 = positive, e.g. arrived > 15 min late)")
+    outcome: Literal[0, 1] = Field(
+        description="the observed label (1 = positive, e.g. arrived > 15 min late)"
+    )
 
 
 class FeedbackResult(BaseModel):
@@ -90,11 +92,15 @@ class ModelStatus(BaseModel):
     log_errors: int
 
 
-PREDICTIONS = bentoml.metrics.Counter(name="driftloop_predictions", documentation="predictions made",
-                                      labelnames=["model_version", "arm"])
-LATENCY = bentoml.metrics.Histogram(name="driftloop_scoring_seconds", documentation="feature transform + model time",
-                                    labelnames=["model_version", "arm"],
-                                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0))
+PREDICTIONS = bentoml.metrics.Counter(
+    name="driftloop_predictions", documentation="predictions made", labelnames=["model_version", "arm"]
+)
+LATENCY = bentoml.metrics.Histogram(
+    name="driftloop_scoring_seconds",
+    documentation="feature transform + model time",
+    labelnames=["model_version", "arm"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+)
 
 
 class RequestGuard:
@@ -109,15 +115,22 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         if self.token and headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
-            return await JSONResponse({"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
-                                      status_code=401)(scope, receive, send)
+            return await JSONResponse(
+                {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"}, status_code=401
+            )(scope, receive, send)
         length = headers.get(b"content-length", b"0")
         if not length.isdigit():
-            return await JSONResponse({"error": "invalid Content-Length header"}, status_code=400)(scope, receive, send)
+            return await JSONResponse({"error": "invalid Content-Length header"}, status_code=400)(
+                scope, receive, send
+            )
         if int(length) > self.max_bytes:
-            return await JSONResponse({"error": f"request body of {int(length)} bytes exceeds the limit of "
-                                                f"{self.max_bytes} (DRIFTLOOP_SERVING__MAX_REQUEST_BYTES)"},
-                                      status_code=413)(scope, receive, send)
+            return await JSONResponse(
+                {
+                    "error": f"request body of {int(length)} bytes exceeds the limit of "
+                    f"{self.max_bytes} (DRIFTLOOP_SERVING__MAX_REQUEST_BYTES)"
+                },
+                status_code=413,
+            )(scope, receive, send)
         seen = 0
 
         async def limited_receive() -> dict:
@@ -137,7 +150,7 @@ CONTRACTS = input_contracts(CONFIG)
 def new_request_ids(n: int) -> list[str]:
     """``n`` random 128-bit hex ids (one urandom call instead of n uuid4s)."""
     token = os.urandom(16 * n).hex()
-    return [token[i * 32:(i + 1) * 32] for i in range(n)]
+    return [token[i * 32 : (i + 1) * 32] for i in range(n)]
 
 
 def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
@@ -168,7 +181,9 @@ def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
             else:
                 s = pl.Series(name, values, strict=True).cast(dtype, strict=True)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
-            raise bad(f"column {name!r}: values are not {dtype} ({type(exc).__name__}: {str(exc)[:200]})") from None
+            raise bad(
+                f"column {name!r}: values are not {dtype} ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
         contract, required = CONTRACTS[name]
         if required and s.null_count():
             raise bad(f"column {name!r}: {s.null_count()} null value(s) in a required column")
@@ -177,8 +192,10 @@ def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
             high = float("inf") if contract.max is None else contract.max
             out = s.filter(~s.is_between(low, high).fill_null(True))
             if out.len():
-                raise bad(f"column {name!r}: {out.len()} value(s) outside [{contract.min}, {contract.max}], "
-                          f"e.g. {out.head(3).to_list()}")
+                raise bad(
+                    f"column {name!r}: {out.len()} value(s) outside [{contract.min}, {contract.max}], "
+                    f"e.g. {out.head(3).to_list()}"
+                )
         series.append(s)
     return pl.DataFrame(series)
 
@@ -196,8 +213,12 @@ def open_service_store(settings: Settings) -> ArtifactStore:
     return open_store(settings)
 
 
-@bentoml.service(name="driftloop", workers=SETTINGS.serving.workers, traffic={"timeout": 30},
-                 logging={"access": {"enabled": SETTINGS.serving.access_log}})
+@bentoml.service(
+    name="driftloop",
+    workers=SETTINGS.serving.workers,
+    traffic={"timeout": 30},
+    logging={"access": {"enabled": SETTINGS.serving.access_log}},
+)
 class Driftloop:
     if PACKAGED_MODEL:  # the bento carries its model, for when the registry cannot be reached
         packaged = bentoml.models.BentoModel(PACKAGED_MODEL)
@@ -207,14 +228,33 @@ class Driftloop:
         self.registry = Registry(self.store, CONFIG.model_name)
         self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds)
         self.watcher.start()
-        log_schema = {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"), **INPUT_SCHEMA,
-                      "probability": pl.Float64(), "label": pl.Int8(), "model_version": pl.Int64(), "arm": pl.String(),
-                      "shadow_version": pl.Int64(), "shadow_probability": pl.Float64()}
+        log_schema = {
+            "request_id": pl.String(),
+            "ts": pl.Datetime("us", "UTC"),
+            **INPUT_SCHEMA,
+            "probability": pl.Float64(),
+            "label": pl.Int8(),
+            "model_version": pl.Int64(),
+            "arm": pl.String(),
+            "shadow_version": pl.Int64(),
+            "shadow_probability": pl.Float64(),
+        }
         s = SETTINGS.serving
-        self.predictions = PartitionedLog(self.store, "predictions", log_schema, s.log_max_rows, s.log_max_seconds)
-        self.feedback_log = PartitionedLog(self.store, "feedback", {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"),
-                                                                    "outcome": pl.Int8(), "known": pl.Boolean()},
-                                           s.log_max_rows, s.log_max_seconds)
+        self.predictions = PartitionedLog(
+            self.store, "predictions", log_schema, s.log_max_rows, s.log_max_seconds
+        )
+        self.feedback_log = PartitionedLog(
+            self.store,
+            "feedback",
+            {
+                "request_id": pl.String(),
+                "ts": pl.Datetime("us", "UTC"),
+                "outcome": pl.Int8(),
+                "known": pl.Boolean(),
+            },
+            s.log_max_rows,
+            s.log_max_seconds,
+        )
         self.recent_ids: dict[str, None] = {}  # insertion-ordered set of recent request ids (this worker)
         if self.watcher.models.champion is None and PACKAGED_MODEL:
             try:
@@ -231,8 +271,13 @@ class Driftloop:
         self.predictions.close()
         self.feedback_log.close()
 
-    def _score(self, rows: list[dict[str, Any]] | None, frame: pl.DataFrame, ids: list[str],
-               routing_keys: list[str | None]) -> "Scored":
+    def _score(
+        self,
+        rows: list[dict[str, Any]] | None,
+        frame: pl.DataFrame,
+        ids: list[str],
+        routing_keys: list[str | None],
+    ) -> "Scored":
         """Score rows with the arm each is routed to; log inputs and answers (flushed off the hot path)."""
         models = self.watcher.models  # one consistent snapshot of what serves, even mid-swap
         if models.champion is None:
@@ -241,11 +286,17 @@ class Driftloop:
         challenger = models.challenger
         shadow = SETTINGS.serving.mode == "shadow" and challenger is not None
         share = SETTINGS.serving.challenger_share if challenger is not None and not shadow else 0.0
-        on_challenger = np.array([assign_arm(k or i, share) == "challenger" for k, i in zip(routing_keys, ids)]
-                                 if share > 0 else np.zeros(n, dtype=bool))
+        on_challenger = np.array(
+            [assign_arm(k or i, share) == "challenger" for k, i in zip(routing_keys, ids)]
+            if share > 0
+            else np.zeros(n, dtype=bool)
+        )
         probability = np.empty(n)
         version = np.full(n, models.champion.version.version)
-        for model, mask, arm in ((models.champion, ~on_challenger, "champion"), (challenger, on_challenger, "challenger")):
+        for model, mask, arm in (
+            (models.champion, ~on_challenger, "champion"),
+            (challenger, on_challenger, "challenger"),
+        ):
             count = int(mask.sum())
             if not count:
                 continue
@@ -255,24 +306,46 @@ class Driftloop:
             labels = (str(model.version.version), arm)
             PREDICTIONS.labels(*labels).inc(count)
             LATENCY.labels(*labels).observe((time.perf_counter() - started) / count)
-        out = Scored(ids=ids, probability=probability.tolist(), label=(probability >= THRESHOLD).astype(int).tolist(),
-                     model_version=version.tolist(), arm=np.where(on_challenger, "challenger", "champion").tolist(),
-                     shadow_version=challenger.version.version if shadow else None,
-                     shadow_probability=challenger.score(frame).tolist() if shadow else [None] * n)
+        out = Scored(
+            ids=ids,
+            probability=probability.tolist(),
+            label=(probability >= THRESHOLD).astype(int).tolist(),
+            model_version=version.tolist(),
+            arm=np.where(on_challenger, "challenger", "champion").tolist(),
+            shadow_version=challenger.version.version if shadow else None,
+            shadow_probability=challenger.score(frame).tolist() if shadow else [None] * n,
+        )
         now = datetime.now(timezone.utc)
         if rows is not None:  # a few rows: plain dicts are cheapest; the flusher builds the Parquet
-            self.predictions.append([
-                {**inputs, "request_id": ids[i], "ts": now, "probability": out.probability[i], "label": out.label[i],
-                 "model_version": out.model_version[i], "arm": out.arm[i], "shadow_version": out.shadow_version,
-                 "shadow_probability": out.shadow_probability[i]}
-                for i, inputs in enumerate(rows)])
+            self.predictions.append(
+                [
+                    {
+                        **inputs,
+                        "request_id": ids[i],
+                        "ts": now,
+                        "probability": out.probability[i],
+                        "label": out.label[i],
+                        "model_version": out.model_version[i],
+                        "arm": out.arm[i],
+                        "shadow_version": out.shadow_version,
+                        "shadow_probability": out.shadow_probability[i],
+                    }
+                    for i, inputs in enumerate(rows)
+                ]
+            )
         else:  # a columnar batch stays columnar
-            self.predictions.append_frame(frame.with_columns(
-                pl.Series("request_id", ids, dtype=pl.String), pl.lit(now).alias("ts"),
-                pl.Series("probability", out.probability, dtype=pl.Float64), pl.Series("label", out.label, dtype=pl.Int8),
-                pl.Series("model_version", out.model_version, dtype=pl.Int64), pl.Series("arm", out.arm, dtype=pl.String),
-                pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"),
-                pl.Series("shadow_probability", out.shadow_probability, dtype=pl.Float64)))
+            self.predictions.append_frame(
+                frame.with_columns(
+                    pl.Series("request_id", ids, dtype=pl.String),
+                    pl.lit(now).alias("ts"),
+                    pl.Series("probability", out.probability, dtype=pl.Float64),
+                    pl.Series("label", out.label, dtype=pl.Int8),
+                    pl.Series("model_version", out.model_version, dtype=pl.Int64),
+                    pl.Series("arm", out.arm, dtype=pl.String),
+                    pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"),
+                    pl.Series("shadow_probability", out.shadow_probability, dtype=pl.Float64),
+                )
+            )
         self.recent_ids.update(dict.fromkeys(ids))
         while len(self.recent_ids) > 1_000_000:
             self.recent_ids.pop(next(iter(self.recent_ids)))
@@ -282,11 +355,23 @@ class Driftloop:
         rows = [{c: r.__dict__[c] for c in INPUT_COLUMNS} for r in records]
         fresh = iter(new_request_ids(sum(r.request_id is None for r in records)))
         ids = [r.request_id or next(fresh) for r in records]
-        out = self._score(rows, pl.DataFrame(rows, schema=INPUT_SCHEMA), ids, [r.routing_key for r in records])
-        return [Prediction.model_construct(
-            request_id=i, probability=p, label=lab, model_version=v, arm=a, shadow_version=out.shadow_version,
-            shadow_probability=sp) for i, p, lab, v, a, sp in zip(out.ids, out.probability, out.label,
-                                                                   out.model_version, out.arm, out.shadow_probability)]
+        out = self._score(
+            rows, pl.DataFrame(rows, schema=INPUT_SCHEMA), ids, [r.routing_key for r in records]
+        )
+        return [
+            Prediction.model_construct(
+                request_id=i,
+                probability=p,
+                label=lab,
+                model_version=v,
+                arm=a,
+                shadow_version=out.shadow_version,
+                shadow_probability=sp,
+            )
+            for i, p, lab, v, a, sp in zip(
+                out.ids, out.probability, out.label, out.model_version, out.arm, out.shadow_probability
+            )
+        ]
 
     @bentoml.api
     async def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
@@ -300,12 +385,18 @@ class Driftloop:
             raise bentoml.exceptions.InvalidArgument("records is empty: send at least one record")
         if len(records) > SETTINGS.serving.max_batch_rows:
             raise bentoml.exceptions.InvalidArgument(
-                f"{len(records)} records exceed max_batch_rows={SETTINGS.serving.max_batch_rows}; split the batch")
+                f"{len(records)} records exceed max_batch_rows={SETTINGS.serving.max_batch_rows}; "
+                "split the batch"
+            )
         return self._score_records(records)
 
     @bentoml.api
-    async def predict_columns(self, columns: dict[str, list[Any]], request_ids: list[str] | None = None,
-                              routing_keys: list[str] | None = None) -> Scored:
+    async def predict_columns(
+        self,
+        columns: dict[str, list[Any]],
+        request_ids: list[str] | None = None,
+        routing_keys: list[str] | None = None,
+    ) -> Scored:
         """Score a batch sent column by column ({"columns": {"carrier": [...], ...}}): the fast path for
         large batches. Types, required fields and ranges are checked per column against the same
         contracts as /predict_batch; errors name the column."""
@@ -320,7 +411,9 @@ class Driftloop:
     def feedback(self, items: list[FeedbackItem]) -> FeedbackResult:
         """Record observed outcomes by request id; ids never predicted are reported (and still kept)."""
         if not items:
-            raise bentoml.exceptions.InvalidArgument("items is empty: send at least one {request_id, outcome}")
+            raise bentoml.exceptions.InvalidArgument(
+                "items is empty: send at least one {request_id, outcome}"
+            )
         unknown = [i.request_id for i in items if i.request_id not in self.recent_ids]
         if unknown:  # maybe predicted by another worker or before a restart: look in the flushed log
             self.predictions.flush()
@@ -329,20 +422,36 @@ class Driftloop:
             unknown = [u for u in unknown if u not in seen]
         now = datetime.now(timezone.utc)
         missing = set(unknown)
-        self.feedback_log.append([{"request_id": i.request_id, "ts": now, "outcome": i.outcome,
-                                   "known": i.request_id not in missing} for i in items])
+        self.feedback_log.append(
+            [
+                {
+                    "request_id": i.request_id,
+                    "ts": now,
+                    "outcome": i.outcome,
+                    "known": i.request_id not in missing,
+                }
+                for i in items
+            ]
+        )
         return FeedbackResult(accepted=len(items), unknown_request_ids=unknown)
 
     @bentoml.api
     def model_status(self) -> ModelStatus:
         """Which versions serve, when they were loaded, and any problem loading newer ones."""
         m, s = self.watcher.models, self.watcher.status
-        return ModelStatus(champion=m.champion.version.version if m.champion else None,
-                           challenger=m.challenger.version.version if m.challenger else None,
-                           mode=SETTINGS.serving.mode, challenger_share=SETTINGS.serving.challenger_share,
-                           loaded_at=s.loaded_at, last_check=s.last_check, problems=s.problems,
-                           predictions_logged=self.predictions.flushed_rows, log_errors=self.predictions.errors)
+        return ModelStatus(
+            champion=m.champion.version.version if m.champion else None,
+            challenger=m.challenger.version.version if m.challenger else None,
+            mode=SETTINGS.serving.mode,
+            challenger_share=SETTINGS.serving.challenger_share,
+            loaded_at=s.loaded_at,
+            last_check=s.last_check,
+            problems=s.problems,
+            predictions_logged=self.predictions.flushed_rows,
+            log_errors=self.predictions.errors,
+        )
 
 
-Driftloop.add_asgi_middleware(RequestGuard, token=SETTINGS.serving.auth_token,
-                              max_bytes=SETTINGS.serving.max_request_bytes)
+Driftloop.add_asgi_middleware(
+    RequestGuard, token=SETTINGS.serving.auth_token, max_bytes=SETTINGS.serving.max_request_bytes
+)

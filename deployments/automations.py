@@ -19,16 +19,25 @@ from prefect.events.schemas.automations import EventTrigger, Posture
 
 NAME = "driftloop-notify"
 EVENTS = {
-    "driftloop.drift.detected", "driftloop.performance.degraded", "driftloop.data_quality.failed",
-    "driftloop.model.registered", "driftloop.model.promoted", "driftloop.model.rolled_back",
-    "driftloop.model.canary.started", "driftloop.model.canary.stopped", "driftloop.retrain.rejected",
+    "driftloop.drift.detected",
+    "driftloop.performance.degraded",
+    "driftloop.data_quality.failed",
+    "driftloop.model.registered",
+    "driftloop.model.promoted",
+    "driftloop.model.rolled_back",
+    "driftloop.model.canary.started",
+    "driftloop.model.canary.stopped",
+    "driftloop.retrain.rejected",
 }
 
 
 def ensure_notifications(webhook_url: str) -> Automation:
     """Create or update the webhook block and the automation; idempotent."""
     block = CustomWebhookNotificationBlock(
-        name="driftloop", url=webhook_url, method="POST", allow_private_urls=True,
+        name="driftloop",
+        url=webhook_url,
+        method="POST",
+        allow_private_urls=True,
         json_data={"event": "{{subject}}", "details": "{{body}}"},
     )
     block_id = block.save(NAME, overwrite=True)
@@ -36,10 +45,20 @@ def ensure_notifications(webhook_url: str) -> Automation:
         name=NAME,
         description="Send every driftloop lifecycle and monitoring event to the notification webhook",
         enabled=True,
-        trigger=EventTrigger(match={"prefect.resource.id": "driftloop.model.*"}, expect=EVENTS,
-                             posture=Posture.Reactive, threshold=1, within=0),
-        actions=[SendNotification(block_document_id=block_id, subject="{{ event.event }}",
-                                  body="{{ event.resource['prefect.resource.id'] }}: {{ event.payload }}")],
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "driftloop.model.*"},
+            expect=EVENTS,
+            posture=Posture.Reactive,
+            threshold=1,
+            within=0,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_id,
+                subject="{{ event.event }}",
+                body="{{ event.resource['prefect.resource.id'] }}: {{ event.payload }}",
+            )
+        ],
     )
     try:
         existing = Automation.read(name=NAME)

@@ -10,8 +10,10 @@ import re
 import sys
 from typing import Any, Callable
 
-ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)"
-                       r"(?::(?P<tag>[\w][\w.-]{0,127})|@(?P<digest>sha256:[0-9a-f]{64}))$")
+ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127})|@(?P<digest>sha256:[0-9a-f]{64}))$"
+)
 
 
 class SetupError(RuntimeError):
@@ -49,7 +51,9 @@ def stack_outputs(stack_name: str, region: str | None = None) -> dict[str, str]:
         ) from None
     stack = stacks[0]
     if not stack["StackStatus"].endswith("_COMPLETE") or "ROLLBACK" in stack["StackStatus"]:
-        raise SetupError(f"stack {stack_name!r} is {stack['StackStatus']}; fix it in the CloudFormation console first")
+        raise SetupError(
+            f"stack {stack_name!r} is {stack['StackStatus']}; fix it in the CloudFormation console first"
+        )
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
@@ -89,10 +93,12 @@ def check_image(image: str) -> None:
     image_id = {"imageTag": match["tag"]} if match["tag"] else {"imageDigest": match["digest"]}
     try:
         client("ecr", match["region"]).describe_images(
-            registryId=match["account"], repositoryName=match["repo"], imageIds=[image_id])
+            registryId=match["account"], repositoryName=match["repo"], imageIds=[image_id]
+        )
     except ClientError as exc:
         code = exc.response["Error"].get("Code", "")
         raise SetupError(
             f"image {image} does not exist ({code}): build and push it first "
-            "(`make image IMAGE=...` then `docker push`; CI's deploy workflow does both on every push to main)"
+            "(`make image IMAGE=...` then `docker push`; "
+            "CI's deploy workflow does both on every push to main)"
         ) from None

@@ -1,7 +1,7 @@
 """Deploy the ``*/cloud`` deployments, after checking everything they need exists.
 
     python -m deployments.cloud check    # report every problem, change nothing
-    python -m deployments.cloud deploy   # check, then `prefect --no-prompt deploy` of every */cloud deployment
+    python -m deployments.cloud deploy   # check, then `prefect --no-prompt deploy` of each */cloud one
 
 A half-made deployment is worse than none: a run that waits forever for a missing pool, pulls an image
 that was never pushed, or dies on a missing secret at 3 a.m. So before anything is registered this
@@ -60,32 +60,47 @@ def check() -> list[str]:
 
     missing_env = {var for d in deployments for var in prefect_file.ENV_PLACEHOLDER.findall(str(d))}
     for var in sorted(missing_env):
-        problems.append(f"${var} is not set; prefect.yaml's cloud deployments need it (see README, 'Deploy to AWS')")
+        problems.append(
+            f"${var} is not set; prefect.yaml's cloud deployments need it (see README, 'Deploy to AWS')"
+        )
 
     pool = asyncio.run(_read_pool(pool_spec["name"]))
     if pool is None:
-        problems.append(f"work pool {pool_spec['name']!r} does not exist on the Prefect server: "
-                        "run `python -m deployments.work_pools --from-stack <stack>`")
+        problems.append(
+            f"work pool {pool_spec['name']!r} does not exist on the Prefect server: "
+            "run `python -m deployments.work_pools --from-stack <stack>`"
+        )
     elif pool.type != "ecs":
         problems.append(f"work pool {pool_spec['name']!r} has type {pool.type!r}, not 'ecs'")
     else:
         defaults = {k: p.get("default") for k, p in pool.base_job_template["variables"]["properties"].items()}
         for key in ("execution_role_arn", "task_role_arn", "network_configuration"):
             if not defaults.get(key):
-                problems.append(f"work pool {pool_spec['name']!r} has no default {key}: "
-                                "run `python -m deployments.work_pools --from-stack <stack>`")
+                problems.append(
+                    f"work pool {pool_spec['name']!r} has no default {key}: "
+                    "run `python -m deployments.work_pools --from-stack <stack>`"
+                )
         for d in deployments:
             try:
-                validate_job_variables(d["work_pool"].get("job_variables", {}), pool.base_job_template,
-                                       f"{prefect_file.flow_name(d)}/cloud")
+                validate_job_variables(
+                    d["work_pool"].get("job_variables", {}),
+                    pool.base_job_template,
+                    f"{prefect_file.flow_name(d)}/cloud",
+                )
             except SetupError as exc:
                 problems.append(str(exc))
 
     names = block_names()
-    for slug, name in (("aws-credentials", names["aws"]), ("s3-bucket", names["results"]), ("secret", names["wandb"])):
+    for slug, name in (
+        ("aws-credentials", names["aws"]),
+        ("s3-bucket", names["results"]),
+        ("secret", names["wandb"]),
+    ):
         if not _block_exists(slug, name):
-            problems.append(f"block {slug}/{name} does not exist: run `python -m deployments.blocks --from-stack <stack> "
-                            "--wandb-from-stack-secret`")
+            problems.append(
+                f"block {slug}/{name} does not exist: run `python -m deployments.blocks --from-stack <stack> "
+                "--wandb-from-stack-secret`"
+            )
 
     if not missing_env:
         job_variables = deployments[0]["work_pool"]["job_variables"]
@@ -97,7 +112,9 @@ def check() -> list[str]:
             problems.append(str(exc))
         store_uri = env_vars.get("DRIFTLOOP_STORE_URI", "")
         if not store_uri.startswith("s3://"):
-            problems.append(f"DRIFTLOOP_STORE_URI={store_uri!r}: the cloud store must be s3://<bucket>/<prefix>")
+            problems.append(
+                f"DRIFTLOOP_STORE_URI={store_uri!r}: the cloud store must be s3://<bucket>/<prefix>"
+            )
         else:
             from botocore.exceptions import ClientError
 
@@ -105,10 +122,16 @@ def check() -> list[str]:
             try:
                 client("s3").head_bucket(Bucket=bucket)
             except ClientError as exc:
-                problems.append(f"artifact bucket {bucket!r} is not reachable ({exc.response['Error'].get('Code')}): "
-                                "check the stack output BucketName and your AWS credentials")
+                problems.append(
+                    f"artifact bucket {bucket!r} is not reachable ({exc.response['Error'].get('Code')}): "
+                    "check the stack output BucketName and your AWS credentials"
+                )
         if pool is not None and pool.type == "ecs":
-            secret = pool.base_job_template["variables"]["properties"].get("prefect_api_key_secret_arn", {}).get("default")
+            secret = (
+                pool.base_job_template["variables"]["properties"]
+                .get("prefect_api_key_secret_arn", {})
+                .get("default")
+            )
             if secret:
                 try:
                     secret_arn(secret, need_value=True)
@@ -128,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     problems = check()
     if problems:
-        print("Not deploying; fix these first:" if args.command == "deploy" else f"{len(problems)} problem(s):",
-              file=sys.stderr)
+        print(
+            "Not deploying; fix these first:" if args.command == "deploy" else f"{len(problems)} problem(s):",
+            file=sys.stderr,
+        )
         for p in problems:
             print(f"  - {p}", file=sys.stderr)
         return 2
@@ -137,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         print("ready to deploy")
         return 0
     prefect = Path(sys.executable).parent / "prefect"
-    return subprocess.run([str(prefect), "--no-prompt", "deploy", *prefect_file.deploy_name_args("cloud")],
-                          cwd=prefect_file.PREFECT_FILE.parent).returncode
+    return subprocess.run(
+        [str(prefect), "--no-prompt", "deploy", *prefect_file.deploy_name_args("cloud")],
+        cwd=prefect_file.PREFECT_FILE.parent,
+    ).returncode
 
 
 if __name__ == "__main__":

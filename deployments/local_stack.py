@@ -34,22 +34,24 @@ class LocalStack:
         """Environment for the server, the worker, CLI calls, and so for every flow run."""
         self.home.mkdir(parents=True, exist_ok=True)  # Prefect warns when its home is missing
         env = dict(os.environ)
-        env.update({
-            "PREFECT_HOME": str(self.home),
-            "PREFECT_API_URL": self.cfg.api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_WORKER_QUERY_SECONDS": str(self.cfg.worker_poll_seconds),
-            "PREFECT_WORKER_PREFETCH_SECONDS": "5",
-            "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
-            "DRIFTLOOP_PROJECT_DIR": str(PROJECT_DIR),
-            "DRIFTLOOP_PREFECT__HOME": str(self.home),
-            "DRIFTLOOP_PREFECT__PORT": str(self.cfg.port),
-            "DRIFTLOOP_STORE_URI": self.settings.store_uri,
-            "DRIFTLOOP_SOURCES_DIR": str(self.settings.sources_dir),
-            "BENTOML_HOME": env.get("BENTOML_HOME", str(self.settings.bentoml_home)),
-            "BENTOML_DO_NOT_TRACK": "true",
-            "WHYLOGS_NO_ANALYTICS": "1",
-        })
+        env.update(
+            {
+                "PREFECT_HOME": str(self.home),
+                "PREFECT_API_URL": self.cfg.api_url,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_WORKER_QUERY_SECONDS": str(self.cfg.worker_poll_seconds),
+                "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+                "PREFECT_LOGGING_LEVEL": env.get("PREFECT_LOGGING_LEVEL", "INFO"),
+                "DRIFTLOOP_PROJECT_DIR": str(PROJECT_DIR),
+                "DRIFTLOOP_PREFECT__HOME": str(self.home),
+                "DRIFTLOOP_PREFECT__PORT": str(self.cfg.port),
+                "DRIFTLOOP_STORE_URI": self.settings.store_uri,
+                "DRIFTLOOP_SOURCES_DIR": str(self.settings.sources_dir),
+                "BENTOML_HOME": env.get("BENTOML_HOME", str(self.settings.bentoml_home)),
+                "BENTOML_DO_NOT_TRACK": "true",
+                "WHYLOGS_NO_ANALYTICS": "1",
+            }
+        )
         env.update(self.extra_env)
         return env
 
@@ -67,8 +69,14 @@ class LocalStack:
     def _spawn(self, name: str, args: list[str]) -> int:
         self.home.mkdir(parents=True, exist_ok=True)
         log = open(self.home / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, env=self.env(), stdout=log, stderr=subprocess.STDOUT, cwd=PROJECT_DIR,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_DIR,
+            start_new_session=True,
+        )
         self._pid_file(name).write_text(str(proc.pid))
         return proc.pid
 
@@ -83,8 +91,19 @@ class LocalStack:
         if self.healthy():
             return
         if not self._running("server"):
-            self._spawn("server", [str(BIN / "prefect"), "server", "start", "--host", self.cfg.host,
-                                   "--port", str(self.cfg.port), "--analytics-off"])
+            self._spawn(
+                "server",
+                [
+                    str(BIN / "prefect"),
+                    "server",
+                    "start",
+                    "--host",
+                    self.cfg.host,
+                    "--port",
+                    str(self.cfg.port),
+                    "--analytics-off",
+                ],
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.healthy():
@@ -93,14 +112,19 @@ class LocalStack:
                 break
             time.sleep(0.5)
         tail = (self.home / "server.log").read_text()[-2000:] if (self.home / "server.log").exists() else ""
-        raise RuntimeError(f"Prefect server did not become healthy on {self.cfg.api_url} within {timeout:.0f}s "
-                           f"(is port {self.cfg.port} taken? set DRIFTLOOP_PREFECT__PORT). Log tail:\n{tail}")
+        raise RuntimeError(
+            f"Prefect server did not become healthy on {self.cfg.api_url} within {timeout:.0f}s "
+            f"(is port {self.cfg.port} taken? set DRIFTLOOP_PREFECT__PORT). Log tail:\n{tail}"
+        )
 
     # --- pool, deployments, worker ------------------------------------------------------------
     def _run(self, name: str, exe: str, args: tuple[str, ...], check: bool) -> subprocess.CompletedProcess:
         out = subprocess.run([exe, *args], env=self.env(), cwd=PROJECT_DIR, capture_output=True, text=True)
         if check and out.returncode != 0:
-            raise RuntimeError(f"`{name} {' '.join(args)}` failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            raise RuntimeError(
+                f"`{name} {' '.join(args)}` failed ({out.returncode}):\n"
+                f"{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            )
         return out
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -122,16 +146,37 @@ class LocalStack:
     def start_worker(self) -> None:
         if self._running("worker"):
             return
-        self._spawn("worker", [str(BIN / "prefect"), "worker", "start", "--pool", self.cfg.work_pool,
-                               "--type", "process", "--with-healthcheck"])
+        self._spawn(
+            "worker",
+            [
+                str(BIN / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                self.cfg.work_pool,
+                "--type",
+                "process",
+                "--with-healthcheck",
+            ],
+        )
 
     def start_service(self, timeout: float = 60) -> str:
         """The BentoML prediction service on the configured port, serving the current champion."""
         serving = self.settings.serving
         url = f"http://{serving.host}:{serving.port}"
         if not self._running("service"):
-            self._spawn("service", [str(BIN / "bentoml"), "serve", "bentos.service:Driftloop", "--host", serving.host,
-                                    "--port", str(serving.port)])
+            self._spawn(
+                "service",
+                [
+                    str(BIN / "bentoml"),
+                    "serve",
+                    "bentos.service:Driftloop",
+                    "--host",
+                    serving.host,
+                    "--port",
+                    str(serving.port),
+                ],
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -142,7 +187,9 @@ class LocalStack:
             if not self._running("service"):
                 break
             time.sleep(0.5)
-        raise RuntimeError(f"the prediction service did not become ready on {url}; see {self.home / 'service.log'}")
+        raise RuntimeError(
+            f"the prediction service did not become ready on {url}; see {self.home / 'service.log'}"
+        )
 
     def up(self) -> None:
         self.start_server()
@@ -198,8 +245,10 @@ def main(argv: list[str]) -> int:
         stack.down()
         print("stopped the local prediction service, Prefect worker and server")
     elif cmd == "status":
-        print(f"server {'healthy' if stack.healthy() else 'down'} at {stack.cfg.ui_url}; "
-              f"worker {'running' if stack._running('worker') else 'stopped'}")
+        print(
+            f"server {'healthy' if stack.healthy() else 'down'} at {stack.cfg.ui_url}; "
+            f"worker {'running' if stack._running('worker') else 'stopped'}"
+        )
     else:
         print("usage: python -m deployments.local_stack [up|server|down|status]", file=sys.stderr)
         return 2

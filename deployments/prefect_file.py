@@ -86,8 +86,10 @@ def require_prefect_api() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise SetupError("PREFECT_API_URL is not set: `prefect cloud login`, or export PREFECT_API_URL "
-                         "(and PREFECT_API_KEY) for your workspace or server (`make stack` starts a local one)")
+        raise SetupError(
+            "PREFECT_API_URL is not set: `prefect cloud login`, or export PREFECT_API_URL "
+            "(and PREFECT_API_KEY) for your workspace or server (`make stack` starts a local one)"
+        )
 
     async def health() -> Exception | None:
         async with get_client() as client:
@@ -95,6 +97,8 @@ def require_prefect_api() -> str:
 
     error = asyncio.run(health())
     if error is not None:
-        raise SetupError(f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}); "
-                         "is the server up, and are PREFECT_API_URL / PREFECT_API_KEY right?")
+        raise SetupError(
+            f"the Prefect API at {url} does not answer ({type(error).__name__}: {error}); "
+            "is the server up, and are PREFECT_API_URL / PREFECT_API_KEY right?"
+        )
     return url

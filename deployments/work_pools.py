@@ -49,7 +49,9 @@ def ecs_template(defaults: dict[str, Any] | None = None) -> dict[str, Any]:
         if key not in props:
             raise SetupError(f"ECS job template has no variable {key!r}; known: {', '.join(sorted(props))}")
         props[key]["default"] = value
-    validate_job_variables({k: p["default"] for k, p in props.items() if "default" in p}, template, "pool defaults")
+    validate_job_variables(
+        {k: p["default"] for k, p in props.items() if "default" in p}, template, "pool defaults"
+    )
     return template
 
 
@@ -60,14 +62,18 @@ def validate_job_variables(values: dict[str, Any], template: dict[str, Any], whe
     schema = copy.deepcopy(template["variables"])
     schema.pop("required", None)
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [f"{'.'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in validator.iter_errors(values)]
+    problems = [
+        f"{'.'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in validator.iter_errors(values)
+    ]
     cpu = values.get("cpu") or schema["properties"]["cpu"].get("default")
     memory = values.get("memory") or schema["properties"]["memory"].get("default")
     launch = values.get("launch_type") or schema["properties"]["launch_type"].get("default")
     if launch in ("FARGATE", "FARGATE_SPOT") and cpu in FARGATE_MEMORY and memory not in FARGATE_MEMORY[cpu]:
         allowed = FARGATE_MEMORY[cpu]
-        problems.append(f"memory: {memory} MiB is not a Fargate size for cpu {cpu}; use one of "
-                        f"{allowed[0]}..{allowed[-1]} (step {allowed[1] - allowed[0] if len(allowed) > 1 else 0})")
+        problems.append(
+            f"memory: {memory} MiB is not a Fargate size for cpu {cpu}; use one of "
+            f"{allowed[0]}..{allowed[-1]} (step {allowed[1] - allowed[0] if len(allowed) > 1 else 0})"
+        )
     if problems:
         raise SetupError(f"{where}: invalid job variables:\n  - " + "\n  - ".join(problems))
 
@@ -79,30 +85,47 @@ def defaults_from_stack(outputs: dict[str, str]) -> dict[str, Any]:
         "execution_role_arn": outputs["TaskExecutionRoleArn"],
         "task_role_arn": outputs["FlowTaskRoleArn"],
         "vpc_id": outputs["VpcId"],
-        "network_configuration": {"awsvpcConfiguration": {
-            "subnets": outputs["SubnetIds"].split(","),
-            "securityGroups": [outputs["TasksSecurityGroupId"]],
-            "assignPublicIp": outputs.get("AssignPublicIp", "ENABLED"),
-        }},
-        "cloudwatch_logs_options": {"awslogs-group": outputs["FlowRunLogGroupName"], "awslogs-stream-prefix": "flow-run"},
+        "network_configuration": {
+            "awsvpcConfiguration": {
+                "subnets": outputs["SubnetIds"].split(","),
+                "securityGroups": [outputs["TasksSecurityGroupId"]],
+                "assignPublicIp": outputs.get("AssignPublicIp", "ENABLED"),
+            }
+        },
+        "cloudwatch_logs_options": {
+            "awslogs-group": outputs["FlowRunLogGroupName"],
+            "awslogs-stream-prefix": "flow-run",
+        },
         "prefect_api_key_secret_arn": secret_arn(outputs["PrefectApiKeySecretName"]),
     }
 
 
-def desired_pools(ecs_defaults: dict[str, Any] | None = None, only: str | None = None) -> list[dict[str, Any]]:
+def desired_pools(
+    ecs_defaults: dict[str, Any] | None = None, only: str | None = None
+) -> list[dict[str, Any]]:
     """Name, type, description and base job template of each pool prefect.yaml uses."""
     from prefect.workers.process import ProcessWorker
 
     spec = prefect_file.load()
     pools = []
     if only in (None, "local"):
-        pools.append({"name": prefect_file.pool("local", spec)["name"], "type": "process",
-                      "description": "driftloop on this machine: flows run as subprocesses of a local worker.",
-                      "base_job_template": ProcessWorker.get_default_base_job_template()})
+        pools.append(
+            {
+                "name": prefect_file.pool("local", spec)["name"],
+                "type": "process",
+                "description": "driftloop on this machine: flows run as subprocesses of a local worker.",
+                "base_job_template": ProcessWorker.get_default_base_job_template(),
+            }
+        )
     if only in (None, "cloud"):
-        pools.append({"name": prefect_file.pool("cloud", spec)["name"], "type": "ecs",
-                      "description": "driftloop on AWS: each flow run is an ECS (Fargate) task.",
-                      "base_job_template": ecs_template(ecs_defaults)})
+        pools.append(
+            {
+                "name": prefect_file.pool("cloud", spec)["name"],
+                "type": "ecs",
+                "description": "driftloop on AWS: each flow run is an ECS (Fargate) task.",
+                "base_job_template": ecs_template(ecs_defaults),
+            }
+        )
     return pools
 
 
@@ -124,21 +147,31 @@ async def apply_pools(pools: list[dict[str, Any]]) -> dict[str, str]:
             if have.type != want["type"]:
                 raise SetupError(
                     f"work pool {want['name']!r} exists with type {have.type!r}, not {want['type']!r}; "
-                    f"delete it (`prefect work-pool delete {want['name']}`) or rename the pool in prefect.yaml"
+                    f"delete it (`prefect work-pool delete {want['name']}`) "
+                    "or rename the pool in prefect.yaml"
                 )
-            if have.base_job_template == want["base_job_template"] and have.description == want["description"]:
+            if (
+                have.base_job_template == want["base_job_template"]
+                and have.description == want["description"]
+            ):
                 actions[want["name"]] = "unchanged"
                 continue
-            await client.update_work_pool(want["name"], WorkPoolUpdate(
-                base_job_template=want["base_job_template"], description=want["description"]))
+            await client.update_work_pool(
+                want["name"],
+                WorkPoolUpdate(base_job_template=want["base_job_template"], description=want["description"]),
+            )
             actions[want["name"]] = "updated"
     return actions
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deployments.work_pools", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.work_pools", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--only", choices=["local", "cloud"], help="create/update just this pool")
-    parser.add_argument("--from-stack", metavar="STACK", help="take ECS defaults from this CloudFormation stack")
+    parser.add_argument(
+        "--from-stack", metavar="STACK", help="take ECS defaults from this CloudFormation stack"
+    )
     parser.add_argument("--cpu", type=int, help="default CPU units of a flow-run task")
     parser.add_argument("--memory", type=int, help="default memory (MiB) of a flow-run task")
     parser.add_argument("--image", help="default flow image (deployments set their own)")
@@ -147,13 +180,24 @@ def main(argv: list[str] | None = None) -> int:
 
     def step() -> dict[str, str]:
         defaults = defaults_from_stack(stack_outputs(args.from_stack)) if args.from_stack else {}
-        defaults.update({k: v for k, v in {"cpu": args.cpu, "memory": args.memory, "image": args.image,
-                                           "launch_type": args.launch_type}.items() if v is not None})
+        defaults.update(
+            {
+                k: v
+                for k, v in {
+                    "cpu": args.cpu,
+                    "memory": args.memory,
+                    "image": args.image,
+                    "launch_type": args.launch_type,
+                }.items()
+                if v is not None
+            }
+        )
         pools = desired_pools(defaults, args.only)  # everything validated before anything is written
         prefect_file.require_prefect_api()
         return asyncio.run(apply_pools(pools))
 
     return run_setup(step, "work pool")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,8 +36,10 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     doc = Registry(store, model_name).alias_doc()
     aliases = doc.aliases
     if "challenger" not in aliases or "champion" not in aliases:
-        raise BadInput(f"model {model_name!r} has no canary running (aliases: {aliases or 'none'}); "
-                       "a retrain that passes its gate starts one")
+        raise BadInput(
+            f"model {model_name!r} has no canary running (aliases: {aliases or 'none'}); "
+            "a retrain that passes its gate starts one"
+        )
     # both arms judged on the same period: traffic since this canary started
     started = doc.alias_set_at("challenger")
     predictions = read_log(store, "predictions", PREDICTION_COLUMNS)
@@ -49,12 +51,23 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     r = ctx.settings.retrain
     verdict = decide_canary(champion, challenger, r.canary_min_labels, r.canary_margin, r.canary_stop_margin)
     apply_canary_decision(model_name, verdict.outcome, aliases["challenger"], verdict.reason, ctx)
-    get_run_logger().info("canary of %s v%d: %s (%s)", model_name, aliases["challenger"], verdict.outcome,
-                          verdict.reason)
-    publish(create_markdown_artifact, key=f"{model_name}-canary".replace("_", "-"), description="canary decision",
-            markdown=f"# Canary of {model_name} v{aliases['challenger']}: {verdict.outcome}\n\n{verdict.reason}\n")
-    return CanaryDecision(model_name=model_name, outcome=verdict.outcome, reason=verdict.reason, champion=champion,
-                          challenger=challenger)
+    get_run_logger().info(
+        "canary of %s v%d: %s (%s)", model_name, aliases["challenger"], verdict.outcome, verdict.reason
+    )
+    publish(
+        create_markdown_artifact,
+        key=f"{model_name}-canary".replace("_", "-"),
+        description="canary decision",
+        markdown=f"# Canary of {model_name} v{aliases['challenger']}: {verdict.outcome}\n\n"
+        f"{verdict.reason}\n",
+    )
+    return CanaryDecision(
+        model_name=model_name,
+        outcome=verdict.outcome,
+        reason=verdict.reason,
+        champion=champion,
+        challenger=challenger,
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,12 @@ from tasks.orchestration import run_context
 def land_demo_data(params: LandParams = LandParams()) -> LandingResult:
     """Write flights (monthly Parquet), weather (Parquet), planes (SQLite) and airports (CSV)."""
     result = land_demo_tables(params.months, run_context())
-    get_run_logger().info("landed %d new files, %d unchanged; planes in %s", len(result.written),
-                          len(result.unchanged), result.sqlite_path)
+    get_run_logger().info(
+        "landed %d new files, %d unchanged; planes in %s",
+        len(result.written),
+        len(result.unchanged),
+        result.sqlite_path,
+    )
     return result
 
 

@@ -21,33 +21,59 @@ from tasks.orchestration import publish, run_context
 from tasks.registry.steps import move_champion
 
 
-def _move(model_name: str | None, version: int | None, reason: str, actor: str | None, event: str,
-          what: str) -> AliasMove:
+def _move(
+    model_name: str | None, version: int | None, reason: str, actor: str | None, event: str, what: str
+) -> AliasMove:
     """Move the champion, then log and publish who moved it where and why."""
     ctx = run_context()
-    move, event_id = move_champion(ctx.model_name(model_name), version, reason, actor or getpass.getuser(), event, ctx)
+    move, event_id = move_champion(
+        ctx.model_name(model_name), version, reason, actor or getpass.getuser(), event, ctx
+    )
     result = AliasMove(event_id=event_id, alias="champion", **move.model_dump())
-    get_run_logger().info("%s: %s champion v%s -> v%d by %s (%s)", what, result.model_name, result.previous,
-                          result.version, result.actor, result.reason)
-    publish(create_markdown_artifact, key=f"{result.model_name}-{what}".replace("_", "-"),
-            markdown=f"# {what}: {result.model_name}\n\n| | |\n|---|---|\n| champion | v{result.previous} → "
-                     f"**v{result.version}** |\n| who | {result.actor} |\n| why | {result.reason} |\n| event | "
-                     f"`{result.event_id}` |\n", description=f"{what} of {result.model_name}")
+    get_run_logger().info(
+        "%s: %s champion v%s -> v%d by %s (%s)",
+        what,
+        result.model_name,
+        result.previous,
+        result.version,
+        result.actor,
+        result.reason,
+    )
+    publish(
+        create_markdown_artifact,
+        key=f"{result.model_name}-{what}".replace("_", "-"),
+        markdown=f"# {what}: {result.model_name}\n\n| | |\n|---|---|\n| champion | v{result.previous} → "
+        f"**v{result.version}** |\n| who | {result.actor} |\n| why | {result.reason} |\n| event | "
+        f"`{result.event_id}` |\n",
+        description=f"{what} of {result.model_name}",
+    )
     return result
 
 
 @flow(name="promote", persist_result=True)
 def promote(params: PromoteParams) -> AliasMove:
     """Make ``version`` the champion."""
-    return _move(params.model_name, params.version, params.reason, params.actor, "driftloop.model.promoted",
-                 "promotion")
+    return _move(
+        params.model_name,
+        params.version,
+        params.reason,
+        params.actor,
+        "driftloop.model.promoted",
+        "promotion",
+    )
 
 
 @flow(name="rollback", persist_result=True)
 def rollback(params: RollbackParams = RollbackParams()) -> AliasMove:
     """Put the previous (or a named) version back as champion."""
-    return _move(params.model_name, params.to_version, params.reason, params.actor, "driftloop.model.rolled_back",
-                 "rollback")
+    return _move(
+        params.model_name,
+        params.to_version,
+        params.reason,
+        params.actor,
+        "driftloop.model.rolled_back",
+        "rollback",
+    )
 
 
 if __name__ == "__main__":
@@ -59,4 +85,6 @@ if __name__ == "__main__":
     elif command == "rollback":
         print(rollback(CliApp.run(RollbackParams, cli_args=args)).model_dump_json(indent=2))
     else:
-        sys.exit("usage: python flows/lifecycle.py promote --version N [--reason …] | rollback [--to-version N]")
+        sys.exit(
+            "usage: python flows/lifecycle.py promote --version N [--reason …] | rollback [--to-version N]"
+        )

@@ -1,8 +1,8 @@
 """The lineage flow: where did a prediction (or a model version) come from?
 
-    python flows/lineage.py --request-id 3f2a…          # prediction -> model -> W&B run, snapshot, raw data
-    python flows/lineage.py --version 2                 # a model version and its promotions/rollbacks
-    prefect deployment run 'lineage/local' -p params='{"request_id": "…"}'
+python flows/lineage.py --request-id 3f2a…          # prediction -> model -> W&B run, snapshot, raw data
+python flows/lineage.py --version 2                 # a model version and its promotions/rollbacks
+prefect deployment run 'lineage/local' -p params='{"request_id": "…"}'
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ def lineage(params: LineageParams) -> dict[str, Any]:
     ctx = run_context()
     result = trace_lineage(ctx.model_name(params.model_name), params.request_id, params.version, ctx)
     what = f"request {params.request_id}" if params.request_id else f"v{params.version}"
-    publish(create_markdown_artifact, key="lineage", description=f"lineage of {what}",
-            markdown=f"# Lineage of {what}\n\n```json\n{json.dumps(result, indent=2, default=str)}\n```\n")
+    publish(
+        create_markdown_artifact,
+        key="lineage",
+        description=f"lineage of {what}",
+        markdown=f"# Lineage of {what}\n\n```json\n{json.dumps(result, indent=2, default=str)}\n```\n",
+    )
     return result
 
 

@@ -32,41 +32,70 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     report = judge_window(model_name, ctx)
     if report.note:
         logger.info(report.note)
-        publish(create_markdown_artifact, key=f"{model_name}-monitoring".replace("_", "-"),
-                markdown=f"# Monitoring {model_name}\n\n{report.note}", description="monitoring summary")
+        publish(
+            create_markdown_artifact,
+            key=f"{model_name}-monitoring".replace("_", "-"),
+            markdown=f"# Monitoring {model_name}\n\n{report.note}",
+            description="monitoring summary",
+        )
         return report
     payload = {"version": report.champion, "window": list(report.window or ()), "rows": report.rows}
     if report.drift_detected:
-        emit_model_event("driftloop.drift.detected", model_name, {**payload, "drifted": report.drifted},
-                         target=ctx.target)
+        emit_model_event(
+            "driftloop.drift.detected", model_name, {**payload, "drifted": report.drifted}, target=ctx.target
+        )
     if report.degraded:
-        emit_model_event("driftloop.performance.degraded", model_name, {**payload, "evidence": report.degraded},
-                         target=ctx.target)
+        emit_model_event(
+            "driftloop.performance.degraded",
+            model_name,
+            {**payload, "evidence": report.degraded},
+            target=ctx.target,
+        )
     if report.quality_problems:
-        emit_model_event("driftloop.data_quality.failed", model_name, {**payload, "problems": report.quality_problems},
-                         target=ctx.target)
+        emit_model_event(
+            "driftloop.data_quality.failed",
+            model_name,
+            {**payload, "problems": report.quality_problems},
+            target=ctx.target,
+        )
     _publish(report)
     mark_processed(ctx.store, model_name, report.files)  # last: a failed run reprocesses its window
-    logger.info("monitored %d predictions of %s: drift %s (%s), quality problems %d, degraded %s", report.rows,
-                model_name, report.drift_detected, ", ".join(report.drifted) or "none", len(report.quality_problems),
-                report.degraded or "no")
+    logger.info(
+        "monitored %d predictions of %s: drift %s (%s), quality problems %d, degraded %s",
+        report.rows,
+        model_name,
+        report.drift_detected,
+        ", ".join(report.drifted) or "none",
+        len(report.quality_problems),
+        report.degraded or "no",
+    )
     return report
 
 
 def _publish(report: MonitorReport) -> None:
     key = report.model_name.replace("_", "-")
-    publish(create_table_artifact, key=f"{key}-drift", description="drift per column vs the champion's reference",
-            table=[d.model_dump() for d in report.drift])
-    perf = "\n".join(f"| v{p.model_version} | {p.predictions} | {p.labels} | "
-                     f"{'n/a' if p.roc_auc is None else f'{p.roc_auc:.3f}'} | {p.mean_prediction:.3f} |"
-                     for p in report.performance)
-    md = (f"# Monitoring {report.model_name} (champion v{report.champion})\n\n"
-          f"- window: {report.window[0]} .. {report.window[1]}, {report.rows} predictions\n"
-          f"- drift: **{'DETECTED' if report.drift_detected else 'none'}** — drifted: {', '.join(report.drifted) or 'none'}\n"
-          f"- data quality: {'; '.join(report.quality_problems) or 'ok'}\n"
-          f"- performance: {'; '.join(report.degraded) or 'no degradation found'}\n\n"
-          f"| version | predictions | labels | live ROC-AUC | mean prediction |\n|---|---|---|---|---|\n{perf}\n\n"
-          f"![drift]({png_data_uri(drift_png(report.model_name, report.drift))})\n")
+    publish(
+        create_table_artifact,
+        key=f"{key}-drift",
+        description="drift per column vs the champion's reference",
+        table=[d.model_dump() for d in report.drift],
+    )
+    perf = "\n".join(
+        f"| v{p.model_version} | {p.predictions} | {p.labels} | "
+        f"{'n/a' if p.roc_auc is None else f'{p.roc_auc:.3f}'} | {p.mean_prediction:.3f} |"
+        for p in report.performance
+    )
+    md = (
+        f"# Monitoring {report.model_name} (champion v{report.champion})\n\n"
+        f"- window: {report.window[0]} .. {report.window[1]}, {report.rows} predictions\n"
+        f"- drift: **{'DETECTED' if report.drift_detected else 'none'}** — "
+        f"drifted: {', '.join(report.drifted) or 'none'}\n"
+        f"- data quality: {'; '.join(report.quality_problems) or 'ok'}\n"
+        f"- performance: {'; '.join(report.degraded) or 'no degradation found'}\n\n"
+        "| version | predictions | labels | live ROC-AUC | mean prediction |\n|---|---|---|---|---|\n"
+        f"{perf}\n\n"
+        f"![drift]({png_data_uri(drift_png(report.model_name, report.drift))})\n"
+    )
     publish(create_markdown_artifact, key=f"{key}-monitoring", markdown=md, description="monitoring summary")
 
 

@@ -27,10 +27,20 @@ def package(params: PackageParams = PackageParams()) -> PackagedBento:
     model_name = ctx.model_name(params.model_name)
     bento = package_version(model_name, params.ref, ctx)
     url = bento.export_url if "://" in bento.export_url else Path(bento.export_url).resolve().as_uri()
-    publish(create_link_artifact, key=f"{model_name}-bento".replace("_", "-"), link=url,
-            link_text=f"bento {bento.bento_tag}", description=f"Exported bento of {model_name} v{bento.version}")
-    get_run_logger().info("built %s (model %s), exported to %s; Dockerfile at %s", bento.bento_tag, bento.model_tag,
-                          bento.export_url, bento.dockerfile)
+    publish(
+        create_link_artifact,
+        key=f"{model_name}-bento".replace("_", "-"),
+        link=url,
+        link_text=f"bento {bento.bento_tag}",
+        description=f"Exported bento of {model_name} v{bento.version}",
+    )
+    get_run_logger().info(
+        "built %s (model %s), exported to %s; Dockerfile at %s",
+        bento.bento_tag,
+        bento.model_tag,
+        bento.export_url,
+        bento.dockerfile,
+    )
     return bento
 
 

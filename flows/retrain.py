@@ -37,25 +37,41 @@ from tasks.registry.versions import Registry
 def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
     logger = get_run_logger()
     if params.model_name is not None and not params.model_name.strip():
-        raise BadInput("the triggering event carried no model_name in its payload (the automation passes "
-                       "event.payload.model_name); emit events with tasks.events.emit_model_event, or pass model_name")
+        raise BadInput(
+            "the triggering event carried no model_name in its payload (the automation passes "
+            "event.payload.model_name); emit events with tasks.events.emit_model_event, or pass model_name"
+        )
     ctx = run_context()
     model_name = ctx.model_name(params.model_name)
     registry = Registry(ctx.store, model_name)
     if "champion" not in registry.alias_doc().aliases:
-        raise BadInput(f"model {model_name!r} has no champion to retrain against; run the training flow first")
+        raise BadInput(
+            f"model {model_name!r} has no champion to retrain against; run the training flow first"
+        )
     refused = claim_retrain(model_name, params.reason, params.ignore_cooldown, ctx)
     if refused:
         logger.info("not retraining: %s", refused)
-        publish(create_markdown_artifact, key=f"{model_name}-retrain".replace("_", "-"),
-                markdown=f"# Retrain of {model_name} skipped\n\n{refused}", description="retrain outcome")
+        publish(
+            create_markdown_artifact,
+            key=f"{model_name}-retrain".replace("_", "-"),
+            markdown=f"# Retrain of {model_name} skipped\n\n{refused}",
+            description="retrain outcome",
+        )
         return RetrainResult(model_name=model_name, status="skipped", reason=refused)
 
-    summary = training(TrainingParams(model_name=model_name, include_feedback=True, register_as="candidate",
-                                      window_end=datetime.max.replace(tzinfo=timezone.utc)))  # all data there is
+    summary = training(
+        TrainingParams(
+            model_name=model_name,
+            include_feedback=True,
+            register_as="candidate",
+            window_end=datetime.max.replace(tzinfo=timezone.utc),
+        )
+    )  # all data there is
     if summary.version == registry.alias_doc().aliases.get("champion"):
-        reason = (f"training reproduced the champion v{summary.version} (same data and code, from cache): "
-                  "nothing new to put out as a canary")
+        reason = (
+            f"training reproduced the champion v{summary.version} (same data and code, from cache): "
+            "nothing new to put out as a canary"
+        )
         logger.info("retrain of %s: %s", model_name, reason)
         return RetrainResult(model_name=model_name, status="skipped", reason=reason, version=summary.version)
     comparison = compare_with_champion(model_name, summary.version, summary.snapshot_id, ctx)
@@ -63,18 +79,33 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
         start_canary(model_name, summary.version, f"retrain ({params.reason}): {comparison.reason}", ctx)
         status = "canary"
     else:
-        emit_model_event("driftloop.retrain.rejected", model_name, {"version": summary.version, "reason": comparison.reason,
-                                                                    "trigger": params.reason}, target=ctx.target)
+        emit_model_event(
+            "driftloop.retrain.rejected",
+            model_name,
+            {"version": summary.version, "reason": comparison.reason, "trigger": params.reason},
+            target=ctx.target,
+        )
         status = "rejected"
-    publish(create_markdown_artifact, key=f"{model_name}-retrain".replace("_", "-"), description="retrain outcome",
-            markdown=(f"# Retrain of {model_name}: {status}\n\n- trigger: {params.reason}\n- new version: "
-                      f"v{summary.version} (snapshot `{summary.snapshot_id}`, {summary.snapshot_rows} rows)\n"
-                      f"- holdout: {comparison.rows} most recent rows; champion v{comparison.champion_version} "
-                      f"ROC-AUC {comparison.champion_auc:.4f}, new {comparison.candidate_auc:.4f}\n"
-                      f"- gate: {comparison.reason}\n"))
+    publish(
+        create_markdown_artifact,
+        key=f"{model_name}-retrain".replace("_", "-"),
+        description="retrain outcome",
+        markdown=(
+            f"# Retrain of {model_name}: {status}\n\n- trigger: {params.reason}\n- new version: "
+            f"v{summary.version} (snapshot `{summary.snapshot_id}`, {summary.snapshot_rows} rows)\n"
+            f"- holdout: {comparison.rows} most recent rows; champion v{comparison.champion_version} "
+            f"ROC-AUC {comparison.champion_auc:.4f}, new {comparison.candidate_auc:.4f}\n"
+            f"- gate: {comparison.reason}\n"
+        ),
+    )
     logger.info("retrain of %s: v%d %s (%s)", model_name, summary.version, status, comparison.reason)
-    return RetrainResult(model_name=model_name, status=status, reason=comparison.reason, version=summary.version,
-                         comparison=comparison)
+    return RetrainResult(
+        model_name=model_name,
+        status=status,
+        reason=comparison.reason,
+        version=summary.version,
+        comparison=comparison,
+    )
 
 
 if __name__ == "__main__":

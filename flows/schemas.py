@@ -27,19 +27,31 @@ class LandParams(BaseModel):
 class TrainingParams(BaseModel):
     """Everything a training run can be told; unset fields fall back to the dataset config / settings."""
 
-    dataset_config: str | None = Field(None, description="path of the dataset config YAML (default: settings)")
-    model_name: str | None = Field(None, description="registry name (default: the dataset config's model_name)")
+    dataset_config: str | None = Field(
+        None, description="path of the dataset config YAML (default: settings)"
+    )
+    model_name: str | None = Field(
+        None, description="registry name (default: the dataset config's model_name)"
+    )
     n_trials: int | None = Field(None, ge=1, le=200, description="hyperparameter search trials")
     cv_folds: int | None = Field(None, ge=0, le=10, description="time-series CV folds (0 = skip)")
     window_start: datetime | None = Field(None, description="first time included (default: config window)")
     window_end: datetime | None = Field(None, description="first time excluded (default: config window)")
     rebuild: bool = Field(False, description="re-read every source batch, ignoring what was ingested before")
-    on_invalid: Literal["fail", "skip"] | None = Field(None, description="what a batch failing its contract does")
-    min_auc_gain: float | None = Field(None, ge=0, le=1, description="ROC-AUC margin needed to replace the champion")
+    on_invalid: Literal["fail", "skip"] | None = Field(
+        None, description="what a batch failing its contract does"
+    )
+    min_auc_gain: float | None = Field(
+        None, ge=0, le=1, description="ROC-AUC margin needed to replace the champion"
+    )
     seed: int | None = Field(None, description="random seed for search and LightGBM")
-    include_feedback: bool = Field(False, description="add the service's predictions that have observed outcomes")
+    include_feedback: bool = Field(
+        False, description="add the service's predictions that have observed outcomes"
+    )
     register_as: Literal["gate", "candidate"] = Field(
-        "gate", description="gate: the promotion gate sets champion/challenger; candidate: register without an alias")
+        "gate",
+        description="gate: the promotion gate sets champion/challenger; candidate: register without an alias",
+    )
 
 
 class MonitorParams(BaseModel):
@@ -64,7 +76,9 @@ class PromoteParams(BaseModel):
 
 
 class RollbackParams(BaseModel):
-    to_version: int | None = Field(None, ge=1, description="version to restore (default: the previous champion)")
+    to_version: int | None = Field(
+        None, ge=1, description="version to restore (default: the previous champion)"
+    )
     model_name: str | None = None
     reason: str = "manual rollback"
     actor: str | None = None

@@ -103,8 +103,9 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     ctx = training_context(params)
     config, settings = ctx.config, ctx.settings
     model_name = config.model_name
-    progress = publish(create_progress_artifact, progress=0.0, key="training-progress",
-                       description=f"training {model_name}")
+    progress = publish(
+        create_progress_artifact, progress=0.0, key="training-progress", description=f"training {model_name}"
+    )
 
     # 1. ingest: discover every table's batches, then validate the new ones (tables in parallel)
     refs = {t: discover_table_batches.submit(t, cfg, ctx) for t, cfg in config.tables.items()}
@@ -114,18 +115,35 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     }
     ingested = {t: f.result() for t, f in ingested.items()}
     for t, r in ingested.items():
-        logger.info("table %s: %d rows in %d valid batches (%d new, %d reused, %d quarantined)",
-                    t, r.rows, len(r.valid_keys), r.new_batches, r.reused_batches, len(r.quarantined))
+        logger.info(
+            "table %s: %d rows in %d valid batches (%d new, %d reused, %d quarantined)",
+            t,
+            r.rows,
+            len(r.valid_keys),
+            r.new_batches,
+            r.reused_batches,
+            len(r.quarantined),
+        )
     _progress(progress, 15)
 
     # 2. snapshot, 3. split + transform
     manifest = build_dataset_snapshot({t: r.valid_keys for t, r in ingested.items()}, ctx)
-    logger.info("snapshot %s: %d rows, %s .. %s, positive rate %.3f", manifest.snapshot_id, manifest.rows,
-                manifest.time_min, manifest.time_max, manifest.positive_rate)
+    logger.info(
+        "snapshot %s: %d rows, %s .. %s, positive rate %.3f",
+        manifest.snapshot_id,
+        manifest.rows,
+        manifest.time_min,
+        manifest.time_max,
+        manifest.positive_rate,
+    )
     if params.include_feedback:
         manifest = extend_snapshot_with_feedback(manifest, ctx)
-        logger.info("with labelled predictions: snapshot %s, %d rows up to %s", manifest.snapshot_id, manifest.rows,
-                    manifest.time_max)
+        logger.info(
+            "with labelled predictions: snapshot %s, %d rows up to %s",
+            manifest.snapshot_id,
+            manifest.rows,
+            manifest.time_max,
+        )
     prepared = fit_transform_on_train(manifest, ctx)
     _progress(progress, 25)
 
@@ -138,8 +156,11 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     _progress(progress, 55)
     folds = list(range(config.split.cv_folds))
     fold_aucs = cross_validate_fold.map(folds, unmapped(best.params), *shared).result() if folds else []
-    cv = {"mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
-          "std": float(np.std(fold_aucs)) if fold_aucs else float("nan"), "folds": float(len(fold_aucs))}
+    cv = {
+        "mean": float(np.mean(fold_aucs)) if fold_aucs else float("nan"),
+        "std": float(np.std(fold_aucs)) if fold_aucs else float("nan"),
+        "folds": float(len(fold_aucs)),
+    }
     _progress(progress, 70)
 
     # 5. candidate, evaluation, champion on the same window, the gate
@@ -152,57 +173,123 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     # 6. reference profile and experiment tracking
     profile_key = profile_reference(trained, manifest, prepared, ctx)
     test = candidate.evaluation.test
-    run_config = {"model_name": model_name, "snapshot_id": manifest.snapshot_id,
-                  "git_commit": git_commit(settings.git_commit), "params": best.params,
-                  "best_iteration": trained.fit.best_iteration, "dataset": config.name,
-                  "window": config.window.model_dump(mode="json"), "n_trials": len(trials)}
+    run_config = {
+        "model_name": model_name,
+        "snapshot_id": manifest.snapshot_id,
+        "git_commit": git_commit(settings.git_commit),
+        "params": best.params,
+        "best_iteration": trained.fit.best_iteration,
+        "dataset": config.name,
+        "window": config.window.model_dump(mode="json"),
+        "n_trials": len(trials),
+    }
     tracked = track_training(
-        ctx, name=f"{model_name}-{manifest.snapshot_id}",
-        group=f"{model_name}-{manifest.snapshot_id}-seed{config.training.seed}", config=run_config,
-        model_key=trained.model_key, transform_json=prepared.transform.to_json(), history=trained.fit.history,
-        summary={**{f"test/{k}": v for k, v in test.model_dump().items()},
-                 **{f"baseline/{k}": v for k, v in candidate.evaluation.baseline.model_dump().items()},
-                 "cv/auc_mean": cv["mean"], "cv/auc_std": cv["std"]},
-        plot_keys=candidate.plot_keys, trials=[t.model_dump() for t in trials],
+        ctx,
+        name=f"{model_name}-{manifest.snapshot_id}",
+        group=f"{model_name}-{manifest.snapshot_id}-seed{config.training.seed}",
+        config=run_config,
+        model_key=trained.model_key,
+        transform_json=prepared.transform.to_json(),
+        history=trained.fit.history,
+        summary={
+            **{f"test/{k}": v for k, v in test.model_dump().items()},
+            **{f"baseline/{k}": v for k, v in candidate.evaluation.baseline.model_dump().items()},
+            "cv/auc_mean": cv["mean"],
+            "cv/auc_std": cv["std"],
+        },
+        plot_keys=candidate.plot_keys,
+        trials=[t.model_dump() for t in trials],
         slices=[s.model_dump() for s in candidate.evaluation.slices],
     )
     _progress(progress, 88)
 
     # 7. register, apply the decision, make it buildable as a bento
-    files = stage_candidate_files(trained, prepared, candidate, profile_key, {
-        "candidate": candidate.evaluation.model_dump(mode="json"), "cv": cv,
-        "champion": champion.model_dump(mode="json"), "decision": decision.model_dump()}, ctx)
+    files = stage_candidate_files(
+        trained,
+        prepared,
+        candidate,
+        profile_key,
+        {
+            "candidate": candidate.evaluation.model_dump(mode="json"),
+            "cv": cv,
+            "champion": champion.model_dump(mode="json"),
+            "decision": decision.model_dump(),
+        },
+        ctx,
+    )
     record = NewVersion(
-        snapshot_id=manifest.snapshot_id, wandb_run=tracked.path if tracked else None,
-        git_commit=run_config["git_commit"], params=best.params,
-        metrics={**{k: v for k, v in test.model_dump().items() if isinstance(v, float)},
-                 "cv_auc_mean": cv["mean"], "cv_auc_std": cv["std"]},
-        test_window=candidate.evaluation.test_window, feature_names=prepared.transform.feature_names,
-        input_columns=prepared.transform.spec.input_columns)
+        snapshot_id=manifest.snapshot_id,
+        wandb_run=tracked.path if tracked else None,
+        git_commit=run_config["git_commit"],
+        params=best.params,
+        metrics={
+            **{k: v for k, v in test.model_dump().items() if isinstance(v, float)},
+            "cv_auc_mean": cv["mean"],
+            "cv_auc_std": cv["std"],
+        },
+        test_window=candidate.evaluation.test_window,
+        feature_names=prepared.transform.feature_names,
+        input_columns=prepared.transform.spec.input_columns,
+    )
     version = register_model_version(model_name, files, record, ctx)
     if champion.version == version.version:  # a rerun reproduced (from cache) the version that is champion
-        decision = decision.model_copy(update={"outcome": "champion", "reason": f"v{version.version} is already "
-                                               "champion: this run reproduced it, nothing changes"})
+        decision = decision.model_copy(
+            update={
+                "outcome": "champion",
+                "reason": f"v{version.version} is already champion: this run reproduced it, nothing changes",
+            }
+        )
         aliases = {"champion": version.version}
     elif params.register_as == "gate":
-        aliases = apply_promotion_decision(model_name, version.version, decision.outcome, decision.reason, ctx)
+        aliases = apply_promotion_decision(
+            model_name, version.version, decision.outcome, decision.reason, ctx
+        )
     else:  # the caller (e.g. retraining) decides what the new version becomes
-        decision = decision.model_copy(update={"outcome": "candidate", "reason": "registered without an alias; "
-                                               f"the promotion gate would say: {decision.reason}"})
+        decision = decision.model_copy(
+            update={
+                "outcome": "candidate",
+                "reason": f"registered without an alias; the promotion gate would say: {decision.reason}",
+            }
+        )
         aliases = {}
     bento_tag = save_version_to_bentoml(model_name, version.version, ctx)
-    emit_model_event("driftloop.model.registered", model_name, {
-        "version": version.version, "decision": decision.outcome, "reason": decision.reason,
-        "snapshot_id": manifest.snapshot_id, "roc_auc": test.roc_auc}, target=ctx.target)
-    logger.info("registered %s v%d as %s (%s); aliases now %s; BentoML model %s", model_name, version.version,
-                decision.outcome, decision.reason, aliases, bento_tag)
+    emit_model_event(
+        "driftloop.model.registered",
+        model_name,
+        {
+            "version": version.version,
+            "decision": decision.outcome,
+            "reason": decision.reason,
+            "snapshot_id": manifest.snapshot_id,
+            "roc_auc": test.roc_auc,
+        },
+        target=ctx.target,
+    )
+    logger.info(
+        "registered %s v%d as %s (%s); aliases now %s; BentoML model %s",
+        model_name,
+        version.version,
+        decision.outcome,
+        decision.reason,
+        aliases,
+        bento_tag,
+    )
 
     summary = TrainingSummary(
-        model_name=model_name, version=version.version, decision=decision.outcome, reason=decision.reason,
-        snapshot_id=manifest.snapshot_id, snapshot_rows=manifest.rows, test=test, baseline=candidate.evaluation.baseline,
-        champion_before=champion.version, cv_auc_mean=cv["mean"], cv_auc_std=cv["std"],
+        model_name=model_name,
+        version=version.version,
+        decision=decision.outcome,
+        reason=decision.reason,
+        snapshot_id=manifest.snapshot_id,
+        snapshot_rows=manifest.rows,
+        test=test,
+        baseline=candidate.evaluation.baseline,
+        champion_before=champion.version,
+        cv_auc_mean=cv["mean"],
+        cv_auc_std=cv["std"],
         wandb_run=tracked.url or tracked.path if tracked else None,
-        registry_entry=Registry(ctx.store, model_name).version_url(version.version), store_uri=ctx.store.uri,
+        registry_entry=Registry(ctx.store, model_name).version_url(version.version),
+        store_uri=ctx.store.uri,
         quarantined=[q for r in ingested.values() for q in r.quarantined],
     )
     _publish_artifacts(summary, candidate, champion, trained, ctx, cv)
@@ -220,18 +307,39 @@ def _publish_artifacts(summary, candidate, champion, trained, ctx, cv) -> None:
         if champ is not None:
             row[f"champion v{champion.version}"] = round(champ, 5)
         rows.append(row)
-    create_table_artifact(key=f"{key}-metrics", table=rows, description=f"Test metrics of {summary.model_name} v{summary.version}")
+    create_table_artifact(
+        key=f"{key}-metrics",
+        table=rows,
+        description=f"Test metrics of {summary.model_name} v{summary.version}",
+    )
     pngs = {k: ctx.store.read_bytes(v) for k, v in candidate.plot_keys.items()}
-    card = model_card(model_name=summary.model_name, version=summary.version, decision=summary.decision,
-                      reason=summary.reason, evaluation=candidate.evaluation, champion=champion.metrics,
-                      snapshot_id=summary.snapshot_id, params=trained.fit.params, cv=cv, wandb_url=summary.wandb_run,
-                      pngs=pngs)
+    card = model_card(
+        model_name=summary.model_name,
+        version=summary.version,
+        decision=summary.decision,
+        reason=summary.reason,
+        evaluation=candidate.evaluation,
+        champion=champion.metrics,
+        snapshot_id=summary.snapshot_id,
+        params=trained.fit.params,
+        cv=cv,
+        wandb_url=summary.wandb_run,
+        pngs=pngs,
+    )
     create_markdown_artifact(key=f"{key}-model-card", markdown=card, description="Model card")
-    create_link_artifact(key=f"{key}-registry", link=_as_link(summary.registry_entry),
-                         link_text=f"registry entry v{summary.version}", description="Model registry entry")
+    create_link_artifact(
+        key=f"{key}-registry",
+        link=_as_link(summary.registry_entry),
+        link_text=f"registry entry v{summary.version}",
+        description="Model registry entry",
+    )
     if summary.wandb_run:
-        create_link_artifact(key=f"{key}-wandb", link=_as_link(summary.wandb_run), link_text="W&B run",
-                             description="Weights & Biases run (offline runs: upload with `wandb sync <dir>`)")
+        create_link_artifact(
+            key=f"{key}-wandb",
+            link=_as_link(summary.wandb_run),
+            link_text="W&B run",
+            description="Weights & Biases run (offline runs: upload with `wandb sync <dir>`)",
+        )
 
 
 def _as_link(location: str) -> str:

@@ -41,24 +41,33 @@ class PromotionDecision(Decision):
     outcome: Literal["champion", "challenger", "candidate"]
 
 
-def decide_promotion(candidate: Metrics, champion: ChampionEvaluation, gate: GateSettings) -> PromotionDecision:
+def decide_promotion(
+    candidate: Metrics, champion: ChampionEvaluation, gate: GateSettings
+) -> PromotionDecision:
     """A first model becomes champion (something has to serve). A later one becomes champion only if it
     beats the champion's ROC-AUC on the same test window by the margin, with enough test rows to believe
     it; otherwise it is registered as challenger, for a canary to decide on live data."""
     if champion.version is None:
         return PromotionDecision(outcome="champion", reason="first model of this name: it becomes champion")
     if champion.metrics is None:
-        return PromotionDecision(outcome="challenger",
-                                 reason=f"{champion.note}; kept as challenger for a live comparison")
+        return PromotionDecision(
+            outcome="challenger", reason=f"{champion.note}; kept as challenger for a live comparison"
+        )
     if candidate.rows < gate.min_test_rows:
-        return PromotionDecision(outcome="challenger", reason=f"only {candidate.rows} test rows (gate needs "
-                                 f"{gate.min_test_rows}); not enough evidence")
+        return PromotionDecision(
+            outcome="challenger",
+            reason=f"only {candidate.rows} test rows (gate needs {gate.min_test_rows}); not enough evidence",
+        )
     gain = candidate.roc_auc - champion.metrics.roc_auc
-    verdict = (f"ROC-AUC {candidate.roc_auc:.4f} vs champion v{champion.version} {champion.metrics.roc_auc:.4f}"
-               f" (gain {gain:+.4f}, margin {gate.min_auc_gain})")
+    verdict = (
+        f"ROC-AUC {candidate.roc_auc:.4f} vs champion v{champion.version} {champion.metrics.roc_auc:.4f}"
+        f" (gain {gain:+.4f}, margin {gate.min_auc_gain})"
+    )
     if gain >= gate.min_auc_gain:
         return PromotionDecision(outcome="champion", reason=f"beats the champion: {verdict}")
-    return PromotionDecision(outcome="challenger", reason=f"does not beat the champion by the margin: {verdict}")
+    return PromotionDecision(
+        outcome="challenger", reason=f"does not beat the champion by the margin: {verdict}"
+    )
 
 
 # --- retrain gate --------------------------------------------------------------------------------
@@ -79,8 +88,9 @@ class HoldoutComparison(BaseModel):
     reason: str
 
 
-def bootstrap_auc_gain(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, samples: int, seed: int = 0
-                       ) -> tuple[float, float, float]:
+def bootstrap_auc_gain(
+    y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, samples: int, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean and 95% percentile interval of AUC(new) - AUC(old) over paired bootstrap resamples."""
     rng = np.random.default_rng(seed)
     gains = []
@@ -94,9 +104,16 @@ def bootstrap_auc_gain(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, samp
     return float(g.mean()), float(np.percentile(g, 2.5)), float(np.percentile(g, 97.5))
 
 
-def compare_on_holdout(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, slices: pl.DataFrame,
-                       champion_version: int, candidate_version: int, settings: RetrainSettings,
-                       min_slice_rows: int = 200) -> HoldoutComparison:
+def compare_on_holdout(
+    y: np.ndarray,
+    p_new: np.ndarray,
+    p_old: np.ndarray,
+    slices: pl.DataFrame,
+    champion_version: int,
+    candidate_version: int,
+    settings: RetrainSettings,
+    min_slice_rows: int = 200,
+) -> HoldoutComparison:
     """The retrain gate: a retrained model (``p_new``) against the champion (``p_old``) on the same recent
     holdout. Pass when the gain's interval clears the non-inferiority margin and no slice gets clearly
     worse."""
@@ -112,35 +129,63 @@ def compare_on_holdout(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, slic
             if drop > settings.slice_tolerance:
                 worse.append(f"{col}={value}: ROC-AUC {drop:.3f} lower")
     passed = low > settings.min_gain_lower and not worse
-    interval = f"ROC-AUC gain {mean:+.4f} (95% interval {low:+.4f} .. {high:+.4f}, margin {settings.min_gain_lower:+.4f})"
+    interval = (
+        f"ROC-AUC gain {mean:+.4f} (95% interval {low:+.4f} .. {high:+.4f}, "
+        f"margin {settings.min_gain_lower:+.4f})"
+    )
     if passed:
         reason = f"passes: {interval}, no slice worse by more than {settings.slice_tolerance}"
     elif worse:
         reason = f"fails: slices got worse ({'; '.join(worse[:5])}); {interval}"
     else:
         reason = f"fails: {interval}"
-    return HoldoutComparison(rows=len(y), champion_version=champion_version, candidate_version=candidate_version,
-                             champion_auc=float(roc_auc_score(y, p_old)), candidate_auc=float(roc_auc_score(y, p_new)),
-                             gain_mean=mean, gain_low=low, gain_high=high, slices_worse=worse, passed=passed,
-                             reason=reason)
+    return HoldoutComparison(
+        rows=len(y),
+        champion_version=champion_version,
+        candidate_version=candidate_version,
+        champion_auc=float(roc_auc_score(y, p_old)),
+        candidate_auc=float(roc_auc_score(y, p_new)),
+        gain_mean=mean,
+        gain_low=low,
+        gain_high=high,
+        slices_worse=worse,
+        passed=passed,
+        reason=reason,
+    )
 
 
 class RetrainStart(Decision):
     outcome: Literal["start", "wait"]
 
 
-def decide_retrain_start(model_name: str, last_started: datetime | None, last_reason: str | None, now: datetime,
-                         cooldown_minutes: float, ignore_cooldown: bool) -> RetrainStart:
+def decide_retrain_start(
+    model_name: str,
+    last_started: datetime | None,
+    last_reason: str | None,
+    now: datetime,
+    cooldown_minutes: float,
+    ignore_cooldown: bool,
+) -> RetrainStart:
     """At most one retrain per model in the cooldown period, however many events ask for one."""
     if last_started is None or ignore_cooldown:
-        why = "asked to ignore the cooldown" if last_started is not None else "no retrain of it has run before"
+        why = (
+            "asked to ignore the cooldown" if last_started is not None else "no retrain of it has run before"
+        )
         return RetrainStart(outcome="start", reason=f"{model_name}: {why}")
     if now - last_started < timedelta(minutes=cooldown_minutes):
-        return RetrainStart(outcome="wait", reason=(
-            f"a retrain of {model_name} started at {last_started.isoformat()} ({last_reason}); the cooldown of "
-            f"{cooldown_minutes:g} min (DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES) has not passed"))
-    return RetrainStart(outcome="start", reason=f"{model_name}: the last retrain started at "
-                        f"{last_started.isoformat()}, more than {cooldown_minutes:g} min ago")
+        return RetrainStart(
+            outcome="wait",
+            reason=(
+                f"a retrain of {model_name} started at {last_started.isoformat()} ({last_reason}); "
+                f"the cooldown of {cooldown_minutes:g} min (DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES) "
+                "has not passed"
+            ),
+        )
+    return RetrainStart(
+        outcome="start",
+        reason=f"{model_name}: the last retrain started at "
+        f"{last_started.isoformat()}, more than {cooldown_minutes:g} min ago",
+    )
 
 
 # --- canary --------------------------------------------------------------------------------------
@@ -151,8 +196,13 @@ class CanaryVerdict(Decision):
     outcome: Literal["promote", "drop", "wait"]
 
 
-def decide_canary(champion: LivePerformance | None, challenger: LivePerformance | None, min_labels: int,
-                  margin: float, stop_margin: float) -> CanaryVerdict:
+def decide_canary(
+    champion: LivePerformance | None,
+    challenger: LivePerformance | None,
+    min_labels: int,
+    margin: float,
+    stop_margin: float,
+) -> CanaryVerdict:
     """With enough labels on both arms: promote if the challenger is at least ``margin`` better, else drop
     it. Before that: stop at once if the challenger is already clearly worse (by ``stop_margin``), else
     wait."""
@@ -162,13 +212,16 @@ def decide_canary(champion: LivePerformance | None, challenger: LivePerformance 
     if challenger.roc_auc is None or champion.roc_auc is None:
         return CanaryVerdict(outcome="wait", reason=f"{have}; fewer than {EARLY_LABELS} on an arm")
     gain = challenger.roc_auc - champion.roc_auc
-    verdict = (f"live ROC-AUC challenger v{challenger.model_version} {challenger.roc_auc:.4f} vs champion "
-               f"v{champion.model_version} {champion.roc_auc:.4f} (gain {gain:+.4f}; {have})")
+    verdict = (
+        f"live ROC-AUC challenger v{challenger.model_version} {challenger.roc_auc:.4f} vs champion "
+        f"v{champion.model_version} {champion.roc_auc:.4f} (gain {gain:+.4f}; {have})"
+    )
     if gain < -stop_margin:
         return CanaryVerdict(outcome="drop", reason=f"clearly worse, stopped early: {verdict}")
     if min(challenger.labels, champion.labels) < min_labels:
-        return CanaryVerdict(outcome="wait",
-                             reason=f"not enough evidence yet (need {min_labels} labels per arm): {verdict}")
+        return CanaryVerdict(
+            outcome="wait", reason=f"not enough evidence yet (need {min_labels} labels per arm): {verdict}"
+        )
     if gain >= margin:
         return CanaryVerdict(outcome="promote", reason=f"better by at least {margin:+.4f}: {verdict}")
     return CanaryVerdict(outcome="drop", reason=f"not better by {margin:+.4f}: {verdict}")
@@ -190,8 +243,10 @@ def decide_drift(scores: list[ColumnDrift], config: MonitoringConfig) -> DriftVe
     inputs = [d for d in scores if d.column != "prediction"]
     share = sum(d.drifted for d in inputs) / max(len(inputs), 1)
     detected = share >= config.drift_share or "prediction" in drifted
-    reason = (f"{sum(d.drifted for d in inputs)} of {len(inputs)} inputs drifted ({share:.0%}; threshold "
-              f"{config.drift_share:.0%}), prediction {'drifted' if 'prediction' in drifted else 'stable'}")
+    reason = (
+        f"{sum(d.drifted for d in inputs)} of {len(inputs)} inputs drifted ({share:.0%}; threshold "
+        f"{config.drift_share:.0%}), prediction {'drifted' if 'prediction' in drifted else 'stable'}"
+    )
     return DriftVerdict(outcome="drift" if detected else "no drift", reason=reason, drifted=drifted)
 
 
@@ -200,18 +255,27 @@ class DegradationVerdict(Decision):
     evidence: list[str]
 
 
-def decide_degradation(performance: list[LivePerformance], test_auc: dict[int, float | None],
-                       max_auc_drop: float) -> DegradationVerdict:
+def decide_degradation(
+    performance: list[LivePerformance], test_auc: dict[int, float | None], max_auc_drop: float
+) -> DegradationVerdict:
     """A version is degraded when its live ROC-AUC is more than ``max_auc_drop`` below its test ROC-AUC
     (``test_auc``: version -> what its evaluation measured)."""
     evidence = []
     for perf in performance:
         expected = test_auc.get(perf.model_version)
         if perf.roc_auc is not None and expected is not None and perf.roc_auc < expected - max_auc_drop:
-            evidence.append(f"v{perf.model_version}: live ROC-AUC {perf.roc_auc:.3f} on {perf.labels} labels, "
-                            f"test ROC-AUC {expected:.3f}")
+            evidence.append(
+                f"v{perf.model_version}: live ROC-AUC {perf.roc_auc:.3f} on {perf.labels} labels, "
+                f"test ROC-AUC {expected:.3f}"
+            )
     if evidence:
         return DegradationVerdict(outcome="degraded", evidence=evidence, reason="; ".join(evidence))
     judged = [p for p in performance if p.roc_auc is not None]
-    return DegradationVerdict(outcome="ok", evidence=[], reason=(
-        f"{len(judged)} version(s) with enough labels, none more than {max_auc_drop} below its test ROC-AUC"))
+    return DegradationVerdict(
+        outcome="ok",
+        evidence=[],
+        reason=(
+            f"{len(judged)} version(s) with enough labels, "
+            f"none more than {max_auc_drop} below its test ROC-AUC"
+        ),
+    )

@@ -14,8 +14,12 @@ from prefect.events import emit_event
 
 
 def model_resource(model_name: str, target: str) -> dict[str, str]:
-    return {"prefect.resource.id": f"driftloop.model.{model_name}", "prefect.resource.name": model_name,
-            "driftloop.model-name": model_name, "driftloop.target": target}
+    return {
+        "prefect.resource.id": f"driftloop.model.{model_name}",
+        "prefect.resource.name": model_name,
+        "driftloop.model-name": model_name,
+        "driftloop.target": target,
+    }
 
 
 def emit_model_event(event: str, model_name: str, payload: dict[str, Any], target: str) -> str | None:
@@ -24,6 +28,9 @@ def emit_model_event(event: str, model_name: str, payload: dict[str, Any], targe
     The resource carries ``driftloop.target`` (the run context's: local or cloud) so that the local and
     the cloud retrain deployments each react only to events from their own side.
     """
-    sent = emit_event(event=event, resource=model_resource(model_name, target),
-                      payload={"model_name": model_name, **payload})
+    sent = emit_event(
+        event=event,
+        resource=model_resource(model_name, target),
+        payload={"model_name": model_name, **payload},
+    )
     return str(sent.id) if sent else None

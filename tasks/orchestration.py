@@ -96,12 +96,14 @@ def aws_credentials_from_block(settings: Settings) -> S3Credentials:
     except ValueError as exc:
         raise StoreError(
             f"AwsCredentials block {name!r} not found on the Prefect server ({exc}). Create it with "
-            "`python -m deployments.blocks`, or unset DRIFTLOOP_S3__CREDENTIALS_BLOCK to use keys or the task role."
+            "`python -m deployments.blocks`, or unset DRIFTLOOP_S3__CREDENTIALS_BLOCK to use keys or "
+            "the task role."
         ) from None
     params = block.aws_client_parameters
     return S3Credentials(
         region=block.region_name or s3.region,
-        endpoint_url=(str(params.endpoint_url) if params and params.endpoint_url else None) or s3.endpoint_url,
+        endpoint_url=(str(params.endpoint_url) if params and params.endpoint_url else None)
+        or s3.endpoint_url,
         access_key_id=block.aws_access_key_id,
         secret_access_key=block.aws_secret_access_key,
         session_token=block.aws_session_token,

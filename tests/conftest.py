@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from tasks.core.settings import Settings  # reads no environment at import; Settings() does
+from tasks.core.store import LocalStore, open_store
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -27,34 +30,46 @@ def _free_port() -> int:
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="driftloop-tests-"))
 PREFECT_PORT = _free_port()
-os.environ.update({
-    "PREFECT_HOME": str(SESSION_DIR / "prefect"),
-    "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "DRIFTLOOP_PREFECT__HOME": str(SESSION_DIR / "prefect"),
-    "DRIFTLOOP_PREFECT__PORT": str(PREFECT_PORT),
-    "DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS": "1",
-    "DRIFTLOOP_STORE_URI": str(SESSION_DIR / "store"),
-    "DRIFTLOOP_SOURCES_DIR": str(SESSION_DIR / "sources"),
-    "DRIFTLOOP_BENTOML_HOME": str(SESSION_DIR / "bentoml"),
-    "DRIFTLOOP_TRACKING__DIR": str(SESSION_DIR / "wandb"),
-    "BENTOML_HOME": str(SESSION_DIR / "bentoml"),
-    "BENTOML_DO_NOT_TRACK": "true",
-    "WHYLOGS_NO_ANALYTICS": "1",
-    "WANDB_MODE": "offline",
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-})
-for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_CONFIG_DIR", "WANDB_ARTIFACT_DIR", "WANDB_API_KEY"):
+os.environ.update(
+    {
+        "PREFECT_HOME": str(SESSION_DIR / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{PREFECT_PORT}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "DRIFTLOOP_PREFECT__HOME": str(SESSION_DIR / "prefect"),
+        "DRIFTLOOP_PREFECT__PORT": str(PREFECT_PORT),
+        "DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS": "1",
+        "DRIFTLOOP_STORE_URI": str(SESSION_DIR / "store"),
+        "DRIFTLOOP_SOURCES_DIR": str(SESSION_DIR / "sources"),
+        "DRIFTLOOP_BENTOML_HOME": str(SESSION_DIR / "bentoml"),
+        "DRIFTLOOP_TRACKING__DIR": str(SESSION_DIR / "wandb"),
+        "BENTOML_HOME": str(SESSION_DIR / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "WHYLOGS_NO_ANALYTICS": "1",
+        "WANDB_MODE": "offline",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+for var in (
+    "WANDB_DIR",
+    "WANDB_CACHE_DIR",
+    "WANDB_DATA_DIR",
+    "WANDB_CONFIG_DIR",
+    "WANDB_ARTIFACT_DIR",
+    "WANDB_API_KEY",
+):
     os.environ.pop(var, None)
 
-from tasks.core.settings import Settings  # noqa: E402
-from tasks.core.store import LocalStore, open_store  # noqa: E402
 
 # A small training config for tests: two months, few trials, so a flow run takes seconds.
-SMALL = {"window_start": "2013-01-01T00:00:00Z", "window_end": "2013-03-01T00:00:00Z", "n_trials": 2, "cv_folds": 2}
+SMALL = {
+    "window_start": "2013-01-01T00:00:00Z",
+    "window_end": "2013-03-01T00:00:00Z",
+    "n_trials": 2,
+    "cv_folds": 2,
+}
 
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
@@ -93,8 +108,12 @@ def moto_endpoint() -> str:
     """A real S3 API on 127.0.0.1 (moto server), spoken to through boto3."""
     port = _free_port()
     exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     import httpx
 
@@ -116,11 +135,15 @@ def moto_endpoint() -> str:
 
 
 @pytest.fixture
-def s3_settings(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Settings:
+def s3_settings(
+    moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Settings:
     """Settings whose store is a fresh bucket on the moto server (env set, so flows see it too)."""
     import boto3
 
-    bucket = "driftloop-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    bucket = (
+        "driftloop-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    )
     boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
     monkeypatch.setenv("DRIFTLOOP_STORE_URI", f"s3://{bucket}/driftloop")
     monkeypatch.setenv("DRIFTLOOP_S3__ENDPOINT_URL", moto_endpoint)

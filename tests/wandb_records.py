@@ -29,8 +29,8 @@ def read_records(path: Path) -> list[Any]:
         if left < HEADER:  # block trailer padding
             pos += left
             continue
-        _checksum, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
-        chunk = data[pos + HEADER:pos + HEADER + length]
+        _checksum, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == 0 and length == 0:
             break
@@ -85,5 +85,3 @@ def runs_in_group(wandb_root: Path, group: str) -> list[dict[str, Any]]:
         if summary["run"] and summary["run"]["group"] == group:
             runs.append(summary)
     return runs
-
-

@@ -16,8 +16,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from tasks.registry.versions import Registry
 from tasks.core.store import LocalStore
+from tasks.registry.versions import Registry
 
 
 def make_app(store_dir: str, model_name: str) -> Starlette:
@@ -29,12 +29,21 @@ def make_app(store_dir: str, model_name: str) -> Starlette:
         body = json.loads(await request.body())
         rows = body["records"] if "records" in body else [body["record"]]
         p = booster.predict(transform.to_matrix(pl.DataFrame(rows)), num_threads=1)
-        return Response(json.dumps([{"probability": float(x), "model_version": mv.version} for x in p]),
-                        media_type="application/json")
+        return Response(
+            json.dumps([{"probability": float(x), "model_version": mv.version} for x in p]),
+            media_type="application/json",
+        )
 
-    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/predict_batch", predict, methods=["POST"])])
+    return Starlette(
+        routes=[
+            Route("/predict", predict, methods=["POST"]),
+            Route("/predict_batch", predict, methods=["POST"]),
+        ]
+    )
 
 
 if __name__ == "__main__":
     store_dir, model_name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    uvicorn.run(make_app(store_dir, model_name), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        make_app(store_dir, model_name), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )

@@ -33,8 +33,13 @@ class LoadResult:
 
 def encode_post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[str, int, bytes]:
     u = urlparse(url)
-    head = [f"POST {u.path or '/'} HTTP/1.1", f"Host: {u.hostname}:{u.port}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Connection: keep-alive"]
+    head = [
+        f"POST {u.path or '/'} HTTP/1.1",
+        f"Host: {u.hostname}:{u.port}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: keep-alive",
+    ]
     head += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return u.hostname, u.port, ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
@@ -66,7 +71,9 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _worker(host: str, port: int, request: bytes, deadline: float, lat: list[float], errs: list[int]) -> None:
+async def _worker(
+    host: str, port: int, request: bytes, deadline: float, lat: list[float], errs: list[int]
+) -> None:
     reader = writer = None
     while time.perf_counter() < deadline:
         try:
@@ -88,18 +95,30 @@ async def _worker(host: str, port: int, request: bytes, deadline: float, lat: li
         writer.close()
 
 
-def run_load(url: str, body: bytes, concurrency: int, seconds: float, headers: dict[str, str] | None = None,
-             warmup: float = 1.0) -> LoadResult:
+def run_load(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    warmup: float = 1.0,
+) -> LoadResult:
     host, port, request = encode_post(url, body, headers)
 
     async def main() -> LoadResult:
         if warmup:
-            await asyncio.gather(*[_worker(host, port, request, time.perf_counter() + warmup, [], [])
-                                   for _ in range(concurrency)])
+            await asyncio.gather(
+                *[
+                    _worker(host, port, request, time.perf_counter() + warmup, [], [])
+                    for _ in range(concurrency)
+                ]
+            )
         lat: list[float] = []
         errs: list[int] = []
         start = time.perf_counter()
-        await asyncio.gather(*[_worker(host, port, request, start + seconds, lat, errs) for _ in range(concurrency)])
+        await asyncio.gather(
+            *[_worker(host, port, request, start + seconds, lat, errs) for _ in range(concurrency)]
+        )
         elapsed = time.perf_counter() - start
         return LoadResult(requests=len(lat), errors=len(errs), seconds=elapsed, latencies_ms=np.array(lat))
 

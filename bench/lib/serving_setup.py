@@ -53,17 +53,24 @@ def _stop(proc: subprocess.Popen) -> None:
 def serving_stack() -> Iterator[dict]:
     """Train (no Prefect), then serve the champion two ways; yields urls, bodies and the loaded model."""
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-serving-"))
-    env = {**os.environ, "DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources"),
-           "DRIFTLOOP_TRACKING__MODE": "disabled", "DRIFTLOOP_BENTOML_HOME": str(root / "bentoml"),
-           "BENTOML_HOME": str(root / "bentoml"), "BENTOML_DO_NOT_TRACK": "true", "WHYLOGS_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "DRIFTLOOP_STORE_URI": str(root / "store"),
+        "DRIFTLOOP_SOURCES_DIR": str(root / "sources"),
+        "DRIFTLOOP_TRACKING__MODE": "disabled",
+        "DRIFTLOOP_BENTOML_HOME": str(root / "bentoml"),
+        "BENTOML_HOME": str(root / "bentoml"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "WHYLOGS_NO_ANALYTICS": "1",
+    }
     os.environ.update(env)
     from bench.lib.pipeline import run_bare
     from flows.schemas import TrainingParams
+    from tasks.core.settings import Settings
+    from tasks.core.store import open_store
     from tasks.data.landing import land_nycflights13
     from tasks.registry.versions import Registry
     from tasks.serving.schema import input_contracts
-    from tasks.core.settings import Settings
-    from tasks.core.store import open_store
 
     settings = Settings()
     store = open_store(settings)
@@ -82,21 +89,52 @@ def serving_stack() -> Iterator[dict]:
     bento_port, bare_port = _port(), _port()
     procs = []
     try:
-        procs.append(subprocess.Popen(
-            [str(Path(sys.executable).parent / "bentoml"), "serve", "bentos.service:Driftloop", "--host", "127.0.0.1",
-             "--port", str(bento_port)], cwd=ROOT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "bench.lib.bare_endpoint", str(root / "store"), config.model_name, str(bare_port)],
-            cwd=ROOT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "bentoml"),
+                    "serve",
+                    "bentos.service:Driftloop",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(bento_port),
+                ],
+                cwd=ROOT_DIR,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.lib.bare_endpoint",
+                    str(root / "store"),
+                    config.model_name,
+                    str(bare_port),
+                ],
+                cwd=ROOT_DIR,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         _wait(f"http://127.0.0.1:{bento_port}/readyz", procs[0])
         _wait(f"http://127.0.0.1:{bare_port}/predict", procs[1])
         yield {
-            "bento": f"http://127.0.0.1:{bento_port}", "bare": f"http://127.0.0.1:{bare_port}",
+            "bento": f"http://127.0.0.1:{bento_port}",
+            "bare": f"http://127.0.0.1:{bare_port}",
             "single": json.dumps({"record": records[-1]}).encode(),
             "batch": json.dumps({"records": records}).encode(),
             "columns": json.dumps({"columns": {k: [r[k] for r in records] for k in records[0]}}).encode(),
-            "rows": rows, "booster": registry.load_booster(mv), "transform": registry.load_transform(mv),
+            "rows": rows,
+            "booster": registry.load_booster(mv),
+            "transform": registry.load_transform(mv),
         }
     finally:
         for proc in procs:

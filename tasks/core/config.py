@@ -11,15 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tasks.core.errors import BadInput
+
 
 class ConfigError(BadInput):
     """The dataset configuration is wrong; the message names the file, the field and the fix."""
@@ -62,7 +63,9 @@ class HttpSource(Strict):
 
     kind: Literal["http"]
     url: str
-    records_field: str | None = Field(None, description="field holding the list of records; None: the body is the list")
+    records_field: str | None = Field(
+        None, description="field holding the list of records; None: the body is the list"
+    )
     params: dict[str, str] = {}
     headers: dict[str, str] = {}
     pagination: HttpPagination = HttpPagination()
@@ -178,12 +181,20 @@ class MonitoringConfig(Strict):
 
     drift_pvalue: float = Field(0.05, gt=0, lt=1, description="p-value below which a column has drifted")
     column_pvalues: dict[str, float] = Field({}, description="per-column overrides of drift_pvalue")
-    drift_share: float = Field(0.25, gt=0, le=1, description="share of drifted inputs that raises drift.detected")
+    drift_share: float = Field(
+        0.25, gt=0, le=1, description="share of drifted inputs that raises drift.detected"
+    )
     min_rows: int = Field(200, ge=1, description="rows a window needs before drift is judged")
     min_labels: int = Field(200, ge=1, description="labelled predictions needed for a performance verdict")
-    max_auc_drop: float = Field(0.05, ge=0, le=1, description="live ROC-AUC drop vs test that is a degradation")
-    max_unseen_share: float = Field(0.2, ge=0, le=1, description="share of unseen categories that fails data quality")
-    max_null_increase: float = Field(0.2, ge=0, le=1, description="rise of a column's null rate that fails data quality")
+    max_auc_drop: float = Field(
+        0.05, ge=0, le=1, description="live ROC-AUC drop vs test that is a degradation"
+    )
+    max_unseen_share: float = Field(
+        0.2, ge=0, le=1, description="share of unseen categories that fails data quality"
+    )
+    max_null_increase: float = Field(
+        0.2, ge=0, le=1, description="rise of a column's null rate that fails data quality"
+    )
 
 
 class DatasetConfig(Strict):
@@ -223,7 +234,9 @@ class DatasetConfig(Strict):
         return [*self.features.numeric, *self.features.derived, *time_parts, *self.features.categorical]
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
 
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -231,6 +244,7 @@ _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def _expand_variables(value: Any, where: str, variables: Mapping[str, str]) -> Any:
     if isinstance(value, str):
+
         def sub(m: re.Match[str]) -> str:
             name = m.group(1)
             if name in variables:
@@ -289,7 +303,9 @@ def load_dataset_config(path: str | Path, variables: Mapping[str, str] | None = 
     """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"dataset config {path} does not exist; set DRIFTLOOP_DATASET_CONFIG or pass dataset_config")
+        raise ConfigError(
+            f"dataset config {path} does not exist; set DRIFTLOOP_DATASET_CONFIG or pass dataset_config"
+        )
     raw = _resolve_extends(_read_mapping(path, str(path)), path, seen=(path.resolve(),))
     raw = _expand_variables(raw, path.name, variables or {})
     try:

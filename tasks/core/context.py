@@ -34,8 +34,12 @@ class RunContext(BaseModel):
     _store: ArtifactStore | None = PrivateAttr(None)
 
     @classmethod
-    def build(cls, settings: Settings, environ: Mapping[str, str] | None = None,
-              credentials: S3Credentials | None = None) -> RunContext:
+    def build(
+        cls,
+        settings: Settings,
+        environ: Mapping[str, str] | None = None,
+        credentials: S3Credentials | None = None,
+    ) -> RunContext:
         """A context for ``settings``; ``environ`` fills ``${VAR}`` in the dataset config, ``credentials``
         (from a Prefect block) reach S3 instead of the settings' keys or the default chain."""
         ctx = cls(settings=settings, config=settings.load_dataset(environ=environ))

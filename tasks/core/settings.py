@@ -69,8 +69,11 @@ class PrefectSettings(BaseModel):
 class ServingSettings(BaseModel):
     """The prediction service: routing between champion and challenger, logs, limits, auth."""
 
-    mode: Literal["canary", "shadow"] = Field("canary", description="canary: a share of traffic goes to the "
-                                              "challenger; shadow: both score, the champion answers")
+    mode: Literal["canary", "shadow"] = Field(
+        "canary",
+        description="canary: a share of traffic goes to the "
+        "challenger; shadow: both score, the champion answers",
+    )
     challenger_share: float = Field(0.1, ge=0.0, le=1.0)
     poll_seconds: float = Field(2.0, gt=0, description="how often the service checks the registry's aliases")
     log_max_rows: int = Field(2000, ge=1)
@@ -79,7 +82,9 @@ class ServingSettings(BaseModel):
     max_request_bytes: int = Field(4_000_000, ge=1024)
     max_batch_rows: int = Field(10_000, ge=1)
     workers: int = Field(1, ge=1)
-    access_log: bool = Field(False, description="one log line per request (costs ~6% of a single-row request)")
+    access_log: bool = Field(
+        False, description="one log line per request (costs ~6% of a single-row request)"
+    )
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
 
@@ -89,13 +94,24 @@ class RetrainSettings(BaseModel):
 
     cooldown_minutes: float = Field(60, ge=0, description="at most one retrain per model in this period")
     bootstrap_samples: int = Field(200, ge=20, le=5000)
-    min_gain_lower: float = Field(-0.005, ge=-1, le=1, description="the 95% interval of the ROC-AUC gain over the "
-                                  "champion must lie above this (non-inferiority margin)")
+    min_gain_lower: float = Field(
+        -0.005,
+        ge=-1,
+        le=1,
+        description="the 95% interval of the ROC-AUC gain over the "
+        "champion must lie above this (non-inferiority margin)",
+    )
     slice_tolerance: float = Field(0.03, ge=0, le=1, description="largest ROC-AUC drop allowed on any slice")
     canary_share: float = Field(0.1, ge=0, le=1, description="traffic share a passing challenger starts with")
-    canary_min_labels: int = Field(200, ge=1, description="labelled predictions per arm before a canary verdict")
-    canary_margin: float = Field(0.0, ge=-1, le=1, description="live ROC-AUC gain the challenger needs to be promoted")
-    canary_stop_margin: float = Field(0.05, ge=0, le=1, description="live ROC-AUC loss that stops a canary at once")
+    canary_min_labels: int = Field(
+        200, ge=1, description="labelled predictions per arm before a canary verdict"
+    )
+    canary_margin: float = Field(
+        0.0, ge=-1, le=1, description="live ROC-AUC gain the challenger needs to be promoted"
+    )
+    canary_stop_margin: float = Field(
+        0.05, ge=0, le=1, description="live ROC-AUC loss that stops a canary at once"
+    )
 
 
 class GateSettings(BaseModel):
@@ -128,15 +144,18 @@ class Settings(BaseSettings):
         "fail", description="A batch failing its contract stops the flow (fail) or is left out (skip)"
     )
     target: Literal["local", "cloud"] = Field(
-        "local", description="Which deployment variant runs this code; events carry it so each target's "
+        "local",
+        description="Which deployment variant runs this code; events carry it so each target's "
         "automations react only to their own models",
     )
     git_commit: str | None = Field(
-        None, description="the code version models record; read from git when unset (images built without .git "
+        None,
+        description="the code version models record; read from git when unset (images built without .git "
         "set DRIFTLOOP_GIT_COMMIT)",
     )
     packaged_model: str | None = Field(
-        None, description="BentoML model tag a bento carries, served while the registry cannot be read "
+        None,
+        description="BentoML model tag a bento carries, served while the registry cannot be read "
         "(set inside bentos built by the package flow)",
     )
     prefect: PrefectSettings = PrefectSettings()
@@ -146,7 +165,9 @@ class Settings(BaseSettings):
     gate: GateSettings = GateSettings()
     retrain: RetrainSettings = RetrainSettings()
 
-    def load_dataset(self, path: Path | str | None = None, environ: Mapping[str, str] | None = None) -> "DatasetConfig":
+    def load_dataset(
+        self, path: Path | str | None = None, environ: Mapping[str, str] | None = None
+    ) -> "DatasetConfig":
         """The dataset config at ``path`` (default: ``dataset_config``).
 
         ``${VAR}`` is filled from these settings (``DRIFTLOOP_SOURCES_DIR``, ``DRIFTLOOP_STORE_URI``) and
@@ -155,8 +176,11 @@ class Settings(BaseSettings):
         """
         from tasks.core.config import load_dataset_config
 
-        variables = {"DRIFTLOOP_SOURCES_DIR": str(self.sources_dir), "DRIFTLOOP_STORE_URI": self.store_uri,
-                     **(environ or {})}
+        variables = {
+            "DRIFTLOOP_SOURCES_DIR": str(self.sources_dir),
+            "DRIFTLOOP_STORE_URI": self.store_uri,
+            **(environ or {}),
+        }
         return load_dataset_config(path or self.dataset_config, variables)
 
     def library_environment(self) -> dict[str, str]:
@@ -165,9 +189,14 @@ class Settings(BaseSettings):
         the service apply them once per process; library code never writes ``os.environ``."""
         wandb_dir = Path(self.tracking.dir)
         return {
-            "WANDB_DIR": str(wandb_dir), "WANDB_CACHE_DIR": str(wandb_dir / "cache"),
-            "WANDB_DATA_DIR": str(wandb_dir / "data"), "WANDB_CONFIG_DIR": str(wandb_dir / "config"),
-            "WANDB_ARTIFACT_DIR": str(wandb_dir / "artifacts"), "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
-            "BENTOML_HOME": str(self.bentoml_home), "BENTOML_DO_NOT_TRACK": "true",
+            "WANDB_DIR": str(wandb_dir),
+            "WANDB_CACHE_DIR": str(wandb_dir / "cache"),
+            "WANDB_DATA_DIR": str(wandb_dir / "data"),
+            "WANDB_CONFIG_DIR": str(wandb_dir / "config"),
+            "WANDB_ARTIFACT_DIR": str(wandb_dir / "artifacts"),
+            "WANDB_SILENT": "true",
+            "WANDB_CONSOLE": "off",
+            "BENTOML_HOME": str(self.bentoml_home),
+            "BENTOML_DO_NOT_TRACK": "true",
             "WHYLOGS_NO_ANALYTICS": "1",
         }

@@ -53,7 +53,9 @@ class ArtifactStore(ABC):
     def read_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def write_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def write_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         """Write atomically; return the new etag. Raise PreconditionFailed if a condition fails."""
 
     @abstractmethod
@@ -89,7 +91,9 @@ class ArtifactStore(ABC):
         return json.loads(data), _md5(data)
 
     def write_json(self, key: str, value: Any, **conditions: Any) -> str:
-        return self.write_bytes(key, json.dumps(value, indent=2, sort_keys=True, default=str).encode(), **conditions)
+        return self.write_bytes(
+            key, json.dumps(value, indent=2, sort_keys=True, default=str).encode(), **conditions
+        )
 
     # --- Parquet ------------------------------------------------------------------------------
     def write_parquet(self, key: str, df: pl.DataFrame, **conditions: Any) -> str:
@@ -105,7 +109,9 @@ class ArtifactStore(ABC):
         if not keys:
             raise StoreError("scan_parquet needs at least one key")
         return pl.scan_parquet(
-            [self.url(k) for k in keys], storage_options=self.storage_options, missing_columns="insert",
+            [self.url(k) for k in keys],
+            storage_options=self.storage_options,
+            missing_columns="insert",
             extra_columns="ignore",
         )
 
@@ -150,7 +156,9 @@ class LocalStore(ArtifactStore):
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def write_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def write_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._tmp_dir())
@@ -244,7 +252,9 @@ class S3Store(ArtifactStore):
             return None, None
         return json.loads(obj["Body"].read()), obj["ETag"]
 
-    def write_bytes(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def write_bytes(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         from botocore.exceptions import ClientError
 
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
@@ -295,7 +305,10 @@ class S3Store(ArtifactStore):
             opts["aws_allow_http"] = "true" if creds.endpoint_url.startswith("http://") else "false"
         if creds.access_key_id:
             opts["aws_access_key_id"] = creds.access_key_id
-        for option, field in (("aws_secret_access_key", "secret_access_key"), ("aws_session_token", "session_token")):
+        for option, field in (
+            ("aws_secret_access_key", "secret_access_key"),
+            ("aws_session_token", "session_token"),
+        ):
             if creds.secret(field):
                 opts[option] = creds.secret(field)
         return opts
@@ -323,10 +336,15 @@ class S3Credentials(BaseModel):
         if s3.credentials_block:
             raise StoreError(
                 f"settings name the AwsCredentials block {s3.credentials_block!r}: open the store through a "
-                "flow's run context (tasks.orchestration.run_context), which loads the block from Prefect")
-        return cls(region=s3.region, endpoint_url=s3.endpoint_url, access_key_id=s3.access_key_id,
-                   secret_access_key=s3.secret_access_key,
-                   source="settings" if s3.access_key_id else "default chain")
+                "flow's run context (tasks.orchestration.run_context), which loads the block from Prefect"
+            )
+        return cls(
+            region=s3.region,
+            endpoint_url=s3.endpoint_url,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+            source="settings" if s3.access_key_id else "default chain",
+        )
 
 
 def open_store(settings: Settings, credentials: S3Credentials | None = None) -> ArtifactStore:

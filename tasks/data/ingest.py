@@ -23,8 +23,8 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks.core.config import FileSource, HttpSource, SqlSource, TableConfig
-from tasks.core.errors import BadInput, SourceUnavailable
 from tasks.core.context import RunContext
+from tasks.core.errors import BadInput, SourceUnavailable
 from tasks.core.store import ArtifactStore, LocalStore
 from tasks.data.validate import ContractFailure, DataContractError, ValidationReport, validate_batch
 
@@ -95,8 +95,12 @@ def discover_file_batches(table: str, source: FileSource, ctx: RunContext) -> li
         etag = src_store.etag(key) or ""
         refs.append(
             BatchRef(
-                table=table, batch_id=_hash(table, src_store.uri, key, etag), store_uri=src_store.uri, key=key,
-                format=source.format, partition=_hive_values(key) if source.hive_partitioning else {},
+                table=table,
+                batch_id=_hash(table, src_store.uri, key, etag),
+                store_uri=src_store.uri,
+                key=key,
+                format=source.format,
+                partition=_hive_values(key) if source.hive_partitioning else {},
                 fingerprint=etag,
             )
         )
@@ -107,11 +111,20 @@ def _land_frame(table: str, kind: str, df: pl.DataFrame, store: ArtifactStore) -
     """Write a fetched result to the raw zone under its content hash; the batch points at it."""
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd")
-    digest = hashlib.sha256(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.schema).encode()).hexdigest()[:16]
+    digest = hashlib.sha256(df.hash_rows(seed=0).to_numpy().tobytes() + str(df.schema).encode()).hexdigest()[
+        :16
+    ]
     key = f"raw/{table}/{kind}-{digest}.parquet"
     if not store.exists(key):
         store.write_bytes(key, buf.getvalue())
-    return BatchRef(table=table, batch_id=_hash(table, key), store_uri=store.uri, key=key, format="parquet", fingerprint=digest)
+    return BatchRef(
+        table=table,
+        batch_id=_hash(table, key),
+        store_uri=store.uri,
+        key=key,
+        format="parquet",
+        fingerprint=digest,
+    )
 
 
 def fetch_sql(table: str, source: SqlSource) -> pl.DataFrame:
@@ -126,7 +139,9 @@ def fetch_sql(table: str, source: SqlSource) -> pl.DataFrame:
     shown = url.render_as_string(hide_password=True)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         if not Path(url.database).is_file():
-            raise SourceUnavailable(f"table {table!r}: SQLite database {url.database} does not exist (url {shown})")
+            raise SourceUnavailable(
+                f"table {table!r}: SQLite database {url.database} does not exist (url {shown})"
+            )
     connect_args = {"timeout": source.timeout_seconds} if url.get_backend_name() == "sqlite" else {}
     engine = sa.create_engine(url, connect_args=connect_args)
     try:
@@ -139,8 +154,12 @@ def fetch_sql(table: str, source: SqlSource) -> pl.DataFrame:
                 return pl.read_database(sa.text(source.query), connection=conn, infer_schema_length=None)
             except sa.exc.DBAPIError as exc:
                 if exc.connection_invalidated:  # the connection dropped: worth a retry
-                    raise SourceUnavailable(f"table {table!r}: lost the connection to {shown}: {exc.orig}") from None
-                raise BadInput(f"table {table!r}: query failed on {shown}: {exc.orig}; fix tables.{table}.source.query") from None
+                    raise SourceUnavailable(
+                        f"table {table!r}: lost the connection to {shown}: {exc.orig}"
+                    ) from None
+                raise BadInput(
+                    f"table {table!r}: query failed on {shown}: {exc.orig}; fix tables.{table}.source.query"
+                ) from None
     finally:
         engine.dispose()
 
@@ -165,15 +184,25 @@ def fetch_http(table: str, source: HttpSource) -> pl.DataFrame:
             if resp.status_code >= 500 or resp.status_code == 429:
                 raise SourceUnavailable(f"table {table!r}: GET {resp.url} answered {resp.status_code}")
             if resp.status_code >= 400:
-                raise BadInput(f"table {table!r}: GET {resp.url} answered {resp.status_code}: {resp.text[:200]}")
+                raise BadInput(
+                    f"table {table!r}: GET {resp.url} answered {resp.status_code}: {resp.text[:200]}"
+                )
             try:
                 body = resp.json()
             except ValueError:
-                raise BadInput(f"table {table!r}: GET {resp.url} did not return JSON: {resp.text[:200]!r}") from None
-            page = body if source.records_field is None else (body.get(source.records_field) if isinstance(body, dict) else None)
+                raise BadInput(
+                    f"table {table!r}: GET {resp.url} did not return JSON: {resp.text[:200]!r}"
+                ) from None
+            page = (
+                body
+                if source.records_field is None
+                else (body.get(source.records_field) if isinstance(body, dict) else None)
+            )
             if not isinstance(page, list):
                 where = f"field {source.records_field!r}" if source.records_field else "the response body"
-                raise BadInput(f"table {table!r}: {where} of {resp.url} is not a list of records; set records_field")
+                raise BadInput(
+                    f"table {table!r}: {where} of {resp.url} is not a list of records; set records_field"
+                )
             records.extend(page)
             style = source.pagination.style
             if style == "none":
@@ -188,7 +217,9 @@ def fetch_http(table: str, source: HttpSource) -> pl.DataFrame:
                 if not url:
                     break
         else:
-            raise SourceUnavailable(f"table {table!r}: more than {source.pagination.max_pages} pages; raise pagination.max_pages")
+            raise SourceUnavailable(
+                f"table {table!r}: more than {source.pagination.max_pages} pages; raise pagination.max_pages"
+            )
     return pl.DataFrame(records, infer_schema_length=None) if records else pl.DataFrame()
 
 
@@ -219,13 +250,21 @@ def _quarantine(store: ArtifactStore, ref: BatchRef, report: ValidationReport, r
     prefix = f"quarantine/{ref.table}/{ref.batch_id}"
     ext = "parquet" if ref.format == "parquet" else "csv"
     store.write_bytes(f"{prefix}/source.{ext}", raw)
-    store.write_json(f"{prefix}/report.json", {**report.model_dump(mode="json"), "source": ref.model_dump(), "message": report.summary()})
+    store.write_json(
+        f"{prefix}/report.json",
+        {**report.model_dump(mode="json"), "source": ref.model_dump(), "message": report.summary()},
+    )
     return prefix
 
 
 def ingest_batches(
-    table: str, refs: list[BatchRef], table_cfg: TableConfig, ctx: RunContext,
-    *, rebuild: bool = False, on_invalid: Literal["fail", "skip"] = "fail",
+    table: str,
+    refs: list[BatchRef],
+    table_cfg: TableConfig,
+    ctx: RunContext,
+    *,
+    rebuild: bool = False,
+    on_invalid: Literal["fail", "skip"] = "fail",
 ) -> tuple[IngestedTable, list[ValidationReport]]:
     """Validate batches not seen before; return the table's current valid batches.
 
@@ -256,28 +295,48 @@ def ingest_batches(
                 entry = {"status": "valid", "key": vkey, "rows": typed.height, "source": ref.key}
             else:
                 qkey = _quarantine(store, ref, report, raw)
-                entry = {"status": "quarantined", "key": qkey, "rows": report.rows, "source": ref.key,
-                         "message": report.summary()}
+                entry = {
+                    "status": "quarantined",
+                    "key": qkey,
+                    "rows": report.rows,
+                    "source": ref.key,
+                    "message": report.summary(),
+                }
                 failed_reports.append(report)
             state[ref.batch_id] = entry
         else:
             reused += 1
             if entry["status"] == "quarantined":
-                failed_reports.append(ValidationReport.model_validate(store.read_json(entry["key"] + "/report.json")))
+                failed_reports.append(
+                    ValidationReport.model_validate(store.read_json(entry["key"] + "/report.json"))
+                )
         if entry["status"] == "valid":
             valid.append(entry["key"])
             rows += entry["rows"]
         else:
             quarantined.append(entry["key"])
     store.write_json(state_key, state)
-    result = IngestedTable(table=table, valid_keys=valid, rows=rows, new_batches=new, reused_batches=reused, quarantined=quarantined)
+    result = IngestedTable(
+        table=table,
+        valid_keys=valid,
+        rows=rows,
+        new_batches=new,
+        reused_batches=reused,
+        quarantined=quarantined,
+    )
     if failed_reports and on_invalid == "fail":
         raise DataContractError(failed_reports, quarantined)
     if not valid:
-        raise BadInput(f"table {table!r}: no valid batches ({len(quarantined)} quarantined); see {quarantined[:3]}")
+        raise BadInput(
+            f"table {table!r}: no valid batches ({len(quarantined)} quarantined); see {quarantined[:3]}"
+        )
     return result, failed_reports
 
 
 def _unreadable(ref: BatchRef, exc: Exception) -> ContractFailure:
-    return ContractFailure(column=None, rule=f"unreadable {ref.format}: {type(exc).__name__}: {str(exc)[:300]}",
-                           failing_rows=0, examples=[])
+    return ContractFailure(
+        column=None,
+        rule=f"unreadable {ref.format}: {type(exc).__name__}: {str(exc)[:300]}",
+        failing_rows=0,
+        examples=[],
+    )

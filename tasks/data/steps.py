@@ -36,7 +36,12 @@ def discover_table_batches(table: str, table_cfg: TableConfig, ctx: RunContext) 
 
 @cached_task(name="validate-batches", task_run_name="validate-{table}")
 def validate_table_batches(
-    table: str, refs: list[BatchRef], table_cfg: TableConfig, ctx: RunContext, rebuild: bool, on_invalid: str,
+    table: str,
+    refs: list[BatchRef],
+    table_cfg: TableConfig,
+    ctx: RunContext,
+    rebuild: bool,
+    on_invalid: str,
 ) -> IngestedTable:
     """Validate new batches against the contract; quarantine failures; cached on the batch fingerprints."""
     result, reports = ingest_batches(table, refs, table_cfg, ctx, rebuild=rebuild, on_invalid="skip")
@@ -44,11 +49,20 @@ def validate_table_batches(
         publish(
             create_table_artifact,
             key=f"quarantine-{table}".replace("_", "-").lower(),
-            table=[{"table": r.table, "batch": r.batch, "column": f.column or "(table)", "rule": f.rule,
-                    "failing_rows": f.failing_rows, "examples": str(f.examples[:3])}
-                   for r in reports for f in r.failures],
+            table=[
+                {
+                    "table": r.table,
+                    "batch": r.batch,
+                    "column": f.column or "(table)",
+                    "rule": f.rule,
+                    "failing_rows": f.failing_rows,
+                    "examples": str(f.examples[:3]),
+                }
+                for r in reports
+                for f in r.failures
+            ],
             description=f"Batches of {table!r} that failed their contract and were quarantined "
-                        f"({len(result.quarantined)}): {', '.join(result.quarantined[:5])}",
+            f"({len(result.quarantined)}): {', '.join(result.quarantined[:5])}",
         )
         if on_invalid == "fail":
             raise DataContractError(reports, result.quarantined)
@@ -64,4 +78,6 @@ def build_dataset_snapshot(sources: dict[str, list[str]], ctx: RunContext) -> Sn
 @io_task(name="extend-with-feedback")  # not cached: it reads logs that grow; its output is content-addressed
 def extend_snapshot_with_feedback(manifest: SnapshotManifest, ctx: RunContext) -> SnapshotManifest:
     """The snapshot plus every logged prediction that has an observed outcome."""
-    return extend_with_feedback(manifest, ctx.config, ctx.store, FeatureSpec.from_config(ctx.config).input_columns)
+    return extend_with_feedback(
+        manifest, ctx.config, ctx.store, FeatureSpec.from_config(ctx.config).input_columns
+    )

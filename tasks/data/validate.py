@@ -53,7 +53,9 @@ class ValidationReport(BaseModel):
         lines = [f"table {self.table!r}, batch {self.batch}: {len(self.failures)} contract rule(s) failed"]
         for f in self.failures:
             where = f"column {f.column!r}" if f.column else "table"
-            detail = f" ({f.failing_rows} row(s); e.g. {f.examples[:3]})" if f.column or f.example_rows else ""
+            detail = (
+                f" ({f.failing_rows} row(s); e.g. {f.examples[:3]})" if f.column or f.example_rows else ""
+            )
             lines.append(f"  - {where}: {f.rule}{detail}")
             for row in f.example_rows[:2]:
                 lines.append(f"      row: {row}")
@@ -112,17 +114,27 @@ def _cast(series: pl.Series, dtype: str) -> pl.Series:
     return series.cast(target, strict=False)
 
 
-def cast_to_contract(df: pl.DataFrame, contract: TableContract, table: str, batch: str) -> tuple[pl.DataFrame, list[ContractFailure]]:
+def cast_to_contract(
+    df: pl.DataFrame, contract: TableContract, table: str, batch: str
+) -> tuple[pl.DataFrame, list[ContractFailure]]:
     """Check columns exist, drop/flag extras, cast to the contract types; report what would not cast."""
     failures: list[ContractFailure] = []
     missing = [c for c in contract.columns if c not in df.columns]
     if missing:
-        failures.append(ContractFailure(column=None, rule=f"missing column(s) {missing}", failing_rows=df.height, examples=missing))
+        failures.append(
+            ContractFailure(
+                column=None, rule=f"missing column(s) {missing}", failing_rows=df.height, examples=missing
+            )
+        )
     extra = [c for c in df.columns if c not in contract.columns]
     if extra and contract.extra_columns == "error":
         failures.append(
-            ContractFailure(column=None, rule=f"unexpected column(s) {extra} (set extra_columns: ignore to drop them)",
-                            failing_rows=df.height, examples=extra)
+            ContractFailure(
+                column=None,
+                rule=f"unexpected column(s) {extra} (set extra_columns: ignore to drop them)",
+                failing_rows=df.height,
+                examples=extra,
+            )
         )
     present = [c for c in contract.columns if c in df.columns]
     casted = {}
@@ -137,8 +149,10 @@ def cast_to_contract(df: pl.DataFrame, contract: TableContract, table: str, batc
             idx = bad.arg_true().head(MAX_EXAMPLES).to_list()
             failures.append(
                 ContractFailure(
-                    column=name, rule=f"type {contract.columns[name].dtype} (found {src.dtype})",
-                    failing_rows=n_bad, examples=[src[i] for i in idx],
+                    column=name,
+                    rule=f"type {contract.columns[name].dtype} (found {src.dtype})",
+                    failing_rows=n_bad,
+                    examples=[src[i] for i in idx],
                     example_rows=[df.row(i, named=True) for i in idx[:2]],
                 )
             )
@@ -146,13 +160,19 @@ def cast_to_contract(df: pl.DataFrame, contract: TableContract, table: str, batc
     return pl.DataFrame(casted), failures
 
 
-def validate_batch(df: pl.DataFrame, contract: TableContract, table: str, batch: str) -> tuple[pl.DataFrame, ValidationReport]:
+def validate_batch(
+    df: pl.DataFrame, contract: TableContract, table: str, batch: str
+) -> tuple[pl.DataFrame, ValidationReport]:
     """Cast and check one batch; return the typed frame (contract columns only) and the report."""
     report = ValidationReport(table=table, batch=batch, rows=df.height)
     if df.height < max(contract.min_rows, 1):
         report.failures.append(
-            ContractFailure(column=None, rule=f"empty batch: {df.height} rows, at least {max(contract.min_rows, 1)} needed",
-                            failing_rows=0, examples=[])
+            ContractFailure(
+                column=None,
+                rule=f"empty batch: {df.height} rows, at least {max(contract.min_rows, 1)} needed",
+                failing_rows=0,
+                examples=[],
+            )
         )
         return df, report
     typed, failures = cast_to_contract(df, contract, table, batch)
@@ -162,11 +182,15 @@ def validate_batch(df: pl.DataFrame, contract: TableContract, table: str, batch:
     try:
         build_schema(contract).validate(typed, lazy=True)
     except pa.errors.SchemaErrors as exc:
-        report.failures.extend(_failures_from_pandera(exc.failure_cases, typed, already={f.column for f in failures}))
+        report.failures.extend(
+            _failures_from_pandera(exc.failure_cases, typed, already={f.column for f in failures})
+        )
     return typed, report
 
 
-def _failures_from_pandera(cases: pl.DataFrame, df: pl.DataFrame, already: set[str | None]) -> list[ContractFailure]:
+def _failures_from_pandera(
+    cases: pl.DataFrame, df: pl.DataFrame, already: set[str | None]
+) -> list[ContractFailure]:
     out = []
     cases = cases.with_columns(pl.col("column").fill_null(""))
     for (column, check), group in cases.group_by(["column", "check"], maintain_order=True):

@@ -56,16 +56,21 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> Metrics:
     label = (p >= threshold).astype(int)
     two_classes = len(np.unique(y)) == 2
     return Metrics(
-        rows=int(len(y)), positive_rate=float(np.mean(y)),
+        rows=int(len(y)),
+        positive_rate=float(np.mean(y)),
         roc_auc=float(skm.roc_auc_score(y, p)) if two_classes else float("nan"),
         pr_auc=float(skm.average_precision_score(y, p)) if two_classes else float("nan"),
-        log_loss=float(skm.log_loss(y, p, labels=[0, 1])), brier=float(skm.brier_score_loss(y, p)),
+        log_loss=float(skm.log_loss(y, p, labels=[0, 1])),
+        brier=float(skm.brier_score_loss(y, p)),
         precision=float(skm.precision_score(y, label, zero_division=0)),
-        recall=float(skm.recall_score(y, label, zero_division=0)), threshold=threshold,
+        recall=float(skm.recall_score(y, label, zero_division=0)),
+        threshold=threshold,
     )
 
 
-def slice_metrics(frame: pl.DataFrame, columns: list[str], y: np.ndarray, p: np.ndarray, min_rows: int = 200) -> list[SliceMetrics]:
+def slice_metrics(
+    frame: pl.DataFrame, columns: list[str], y: np.ndarray, p: np.ndarray, min_rows: int = 200
+) -> list[SliceMetrics]:
     """Metrics per value of each slice column (values with fewer than ``min_rows`` rows are skipped)."""
     out = []
     p = np.clip(p, 1e-7, 1 - 1e-7)
@@ -77,13 +82,28 @@ def slice_metrics(frame: pl.DataFrame, columns: list[str], y: np.ndarray, p: np.
                 continue
             ys, ps = y[mask], p[mask]
             auc = float(skm.roc_auc_score(ys, ps)) if len(np.unique(ys)) == 2 else None
-            out.append(SliceMetrics(column=col, value=str(value), rows=int(mask.sum()), positive_rate=float(ys.mean()),
-                                    roc_auc=auc, log_loss=float(skm.log_loss(ys, ps, labels=[0, 1]))))
+            out.append(
+                SliceMetrics(
+                    column=col,
+                    value=str(value),
+                    rows=int(mask.sum()),
+                    positive_rate=float(ys.mean()),
+                    roc_auc=auc,
+                    log_loss=float(skm.log_loss(ys, ps, labels=[0, 1])),
+                )
+            )
     return out
 
 
-def evaluate_predictions(frame: pl.DataFrame, y: np.ndarray, p: np.ndarray, base_rate: float, threshold: float,
-                         slices: list[str], time_column: str) -> Evaluation:
+def evaluate_predictions(
+    frame: pl.DataFrame,
+    y: np.ndarray,
+    p: np.ndarray,
+    base_rate: float,
+    threshold: float,
+    slices: list[str],
+    time_column: str,
+) -> Evaluation:
     times = frame[time_column]
     return Evaluation(
         test=binary_metrics(y, p, threshold),
@@ -141,19 +161,33 @@ def plot_pngs(y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> dic
     return pngs
 
 
-METRICS_SHOWN = (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"), ("log loss", "log_loss"), ("Brier", "brier"),
-                 ("precision", "precision"), ("recall", "recall"))
+METRICS_SHOWN = (
+    ("ROC-AUC", "roc_auc"),
+    ("PR-AUC", "pr_auc"),
+    ("log loss", "log_loss"),
+    ("Brier", "brier"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+)
 
 
-def metric_table(test: Metrics, baseline: Metrics, champion: Metrics | None = None) -> list[tuple[str, float, float, float | None]]:
+def metric_table(
+    test: Metrics, baseline: Metrics, champion: Metrics | None = None
+) -> list[tuple[str, float, float, float | None]]:
     """The comparison every report shows (console, model card, Prefect table): one row per metric with
     the model's, the baseline's and (if there is one) the champion's value on the same test window."""
     rows = []
     for label, attr in METRICS_SHOWN:
         if attr in ("precision", "recall"):
             label = f"{label} @ {test.threshold}"
-        rows.append((label, getattr(test, attr), getattr(baseline, attr),
-                     getattr(champion, attr) if champion is not None else None))
+        rows.append(
+            (
+                label,
+                getattr(test, attr),
+                getattr(baseline, attr),
+                getattr(champion, attr) if champion is not None else None,
+            )
+        )
     return rows
 
 
@@ -161,17 +195,30 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def model_card(*, model_name: str, version: int | None, decision: str, reason: str, evaluation: Evaluation,
-               champion: Metrics | None, snapshot_id: str, params: dict[str, Any], cv: dict[str, float],
-               wandb_url: str | None, pngs: dict[str, bytes]) -> str:
-    """The model card as Markdown: what the model is, how good, compared with what, and why it was promoted."""
+def model_card(
+    *,
+    model_name: str,
+    version: int | None,
+    decision: str,
+    reason: str,
+    evaluation: Evaluation,
+    champion: Metrics | None,
+    snapshot_id: str,
+    params: dict[str, Any],
+    cv: dict[str, float],
+    wandb_url: str | None,
+    pngs: dict[str, bytes],
+) -> str:
+    """The model card as Markdown: what the model is, how good, compared with what, and why it was
+    promoted."""
     t = evaluation.test
     lines = [
         f"# {model_name} v{version if version is not None else '?'}",
         "",
         f"**Decision: {decision}** — {reason}",
         "",
-        f"- dataset snapshot: `{snapshot_id}`; test window {evaluation.test_window[0]} .. {evaluation.test_window[1]}"
+        f"- dataset snapshot: `{snapshot_id}`; "
+        f"test window {evaluation.test_window[0]} .. {evaluation.test_window[1]}"
         f" ({t.rows} rows, positive rate {t.positive_rate:.3f})",
         f"- time-series CV ROC-AUC: {cv.get('mean', float('nan')):.4f} ± {cv.get('std', float('nan')):.4f}"
         f" over {int(cv.get('folds', 0))} folds",
@@ -181,9 +228,22 @@ def model_card(*, model_name: str, version: int | None, decision: str, reason: s
         "|---|---|---|" + ("---|" if champion else ""),
     ]
     for label, model, baseline, champ in metric_table(t, evaluation.baseline, champion):
-        lines.append(f"| {label} | {model:.4f} | {baseline:.4f} |" + (f" {champ:.4f} |" if champ is not None else ""))
-    lines += ["", "## Parameters", "", "```", *(f"{k}: {v}" for k, v in sorted(params.items())), "```", "",
-              "## Slices (test)", "", "| column | value | rows | positive rate | ROC-AUC |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {label} | {model:.4f} | {baseline:.4f} |" + (f" {champ:.4f} |" if champ is not None else "")
+        )
+    lines += [
+        "",
+        "## Parameters",
+        "",
+        "```",
+        *(f"{k}: {v}" for k, v in sorted(params.items())),
+        "```",
+        "",
+        "## Slices (test)",
+        "",
+        "| column | value | rows | positive rate | ROC-AUC |",
+        "|---|---|---|---|---|",
+    ]
     for s in evaluation.slices:
         auc = f"{s.roc_auc:.4f}" if s.roc_auc is not None else "n/a"
         lines.append(f"| {s.column} | {s.value} | {s.rows} | {s.positive_rate:.3f} | {auc} |")
@@ -198,14 +258,23 @@ class CandidateEvaluation(BaseModel):
     plot_keys: dict[str, str]
 
 
-def evaluate_candidate(booster: lgb.Booster, X: np.ndarray, y: np.ndarray, test_frame: pl.DataFrame,
-                       base_rate: float, importance: dict[str, float], config: DatasetConfig, store: ArtifactStore,
-                       plot_prefix: str) -> CandidateEvaluation:
+def evaluate_candidate(
+    booster: lgb.Booster,
+    X: np.ndarray,
+    y: np.ndarray,
+    test_frame: pl.DataFrame,
+    base_rate: float,
+    importance: dict[str, float],
+    config: DatasetConfig,
+    store: ArtifactStore,
+    plot_prefix: str,
+) -> CandidateEvaluation:
     """Test-window metrics, baseline, slices and plots (written under ``plot_prefix``) of a candidate;
     ``X``/``y`` are the test rows of ``test_frame`` as the model sees them."""
     p = predict(booster, X)
-    evaluation = evaluate_predictions(test_frame, y, p, base_rate, config.training.threshold, config.slices,
-                                      config.time.column)
+    evaluation = evaluate_predictions(
+        test_frame, y, p, base_rate, config.training.threshold, config.slices, config.time.column
+    )
     keys = {}
     for name, png in plot_pngs(y, p, importance).items():
         keys[name] = f"{plot_prefix}/{name}.png"
@@ -219,7 +288,9 @@ class ChampionEvaluation(BaseModel):
     note: str
 
 
-def evaluate_champion(registry: Registry, test_frame: pl.DataFrame, config: DatasetConfig) -> ChampionEvaluation:
+def evaluate_champion(
+    registry: Registry, test_frame: pl.DataFrame, config: DatasetConfig
+) -> ChampionEvaluation:
     """The current champion scored on a candidate's test window, with its own saved transform."""
     try:
         champion = registry.resolve("champion")
@@ -228,9 +299,15 @@ def evaluate_champion(registry: Registry, test_frame: pl.DataFrame, config: Data
     try:
         X = registry.load_transform(champion).to_matrix(test_frame)
     except Exception as exc:  # noqa: BLE001 - e.g. the champion needs columns this snapshot lacks
-        return ChampionEvaluation(version=champion.version, metrics=None,
-                                  note=f"champion v{champion.version} cannot score this snapshot: {exc}")
+        return ChampionEvaluation(
+            version=champion.version,
+            metrics=None,
+            note=f"champion v{champion.version} cannot score this snapshot: {exc}",
+        )
     p = predict(registry.load_booster(champion), X)
     y = test_frame[config.target.name].to_numpy()
-    return ChampionEvaluation(version=champion.version, metrics=binary_metrics(y, p, config.training.threshold),
-                              note=f"champion v{champion.version} scored on the same test window")
+    return ChampionEvaluation(
+        version=champion.version,
+        metrics=binary_metrics(y, p, config.training.threshold),
+        note=f"champion v{champion.version} scored on the same test window",
+    )

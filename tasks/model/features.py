@@ -57,8 +57,14 @@ class FeatureSpec(BaseModel):
     @classmethod
     def from_config(cls, config: DatasetConfig) -> "FeatureSpec":
         f = config.features
-        return cls(numeric=f.numeric, categorical=f.categorical, derived=f.derived, time=config.time,
-                   clip_quantiles=f.clip_quantiles, min_category_count=f.min_category_count)
+        return cls(
+            numeric=f.numeric,
+            categorical=f.categorical,
+            derived=f.derived,
+            time=config.time,
+            clip_quantiles=f.clip_quantiles,
+            min_category_count=f.min_category_count,
+        )
 
     @property
     def time_part_names(self) -> list[str]:
@@ -92,7 +98,10 @@ class FeatureSpec(BaseModel):
         return [
             *(pl.col(c).cast(pl.Float64, strict=False).alias(c) for c in self.numeric),
             *(pl.sql_expr(e).cast(pl.Float64, strict=False).alias(n) for n, e in self.derived.items()),
-            *(TIME_PARTS[p](local).cast(pl.Float64).alias(f"{self.time.column}_{p}") for p in self.time.parts),
+            *(
+                TIME_PARTS[p](local).cast(pl.Float64).alias(f"{self.time.column}_{p}")
+                for p in self.time.parts
+            ),
         ]
 
     def derive(self, frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
@@ -100,7 +109,9 @@ class FeatureSpec(BaseModel):
         lf = frame.lazy()
         schema = lf.collect_schema()
         self.check_columns(schema)
-        return lf.select(*self.numeric_exprs(schema[self.time.column]), *(pl.col(c) for c in self.categorical))
+        return lf.select(
+            *self.numeric_exprs(schema[self.time.column]), *(pl.col(c) for c in self.categorical)
+        )
 
 
 class FittedTransform(BaseModel):
@@ -125,21 +136,37 @@ class FittedTransform(BaseModel):
     @cached_property
     def _bounds(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         names = self.spec.numeric_names
-        return (np.array([self.clip[c][0] for c in names]), np.array([self.clip[c][1] for c in names]),
-                np.array([self.fill[c] for c in names]))
+        return (
+            np.array([self.clip[c][0] for c in names]),
+            np.array([self.clip[c][1] for c in names]),
+            np.array([self.fill[c] for c in names]),
+        )
 
     @cached_property
     def _category_maps(self) -> list[tuple[str, pl.Series, pl.Series]]:
-        return [(c, pl.Series(self.categories[c], dtype=pl.String),
-                 pl.Series(range(len(self.categories[c])), dtype=pl.Float64)) for c in self.spec.categorical]
+        return [
+            (
+                c,
+                pl.Series(self.categories[c], dtype=pl.String),
+                pl.Series(range(len(self.categories[c])), dtype=pl.Float64),
+            )
+            for c in self.spec.categorical
+        ]
 
     def _exprs(self, time_dtype: pl.DataType) -> list[pl.Expr]:
         key = str(time_dtype)
         cache = self.__dict__.setdefault("_expr_cache", {})
         if key not in cache:  # building expressions costs more than running them on one row
-            cache[key] = [*self.spec.numeric_exprs(time_dtype), *(
-                pl.col(c).cast(pl.String).replace_strict(old, new, default=None, return_dtype=pl.Float64).alias(c)
-                for c, old, new in self._category_maps)]
+            cache[key] = [
+                *self.spec.numeric_exprs(time_dtype),
+                *(
+                    pl.col(c)
+                    .cast(pl.String)
+                    .replace_strict(old, new, default=None, return_dtype=pl.Float64)
+                    .alias(c)
+                    for c, old, new in self._category_maps
+                ),
+            ]
         return cache[key]
 
     def to_matrix(self, frame: pl.LazyFrame | pl.DataFrame) -> np.ndarray:
@@ -172,7 +199,9 @@ class FittedTransform(BaseModel):
         return cls.model_validate_json(text)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
+            :16
+        ]
 
 
 def fit_feature_transform(train: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec) -> FittedTransform:
@@ -182,9 +211,18 @@ def fit_feature_transform(train: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec)
         raise BadInput("cannot fit the feature transform on zero rows")
     lo_q, hi_q = spec.clip_quantiles
     stats = df.select(
-        *(pl.col(c).cast(pl.Float64).fill_nan(None).median().alias(f"{c}|median") for c in spec.numeric_names),
-        *(pl.col(c).cast(pl.Float64).fill_nan(None).quantile(lo_q).alias(f"{c}|lo") for c in spec.numeric_names),
-        *(pl.col(c).cast(pl.Float64).fill_nan(None).quantile(hi_q).alias(f"{c}|hi") for c in spec.numeric_names),
+        *(
+            pl.col(c).cast(pl.Float64).fill_nan(None).median().alias(f"{c}|median")
+            for c in spec.numeric_names
+        ),
+        *(
+            pl.col(c).cast(pl.Float64).fill_nan(None).quantile(lo_q).alias(f"{c}|lo")
+            for c in spec.numeric_names
+        ),
+        *(
+            pl.col(c).cast(pl.Float64).fill_nan(None).quantile(hi_q).alias(f"{c}|hi")
+            for c in spec.numeric_names
+        ),
     ).row(0, named=True)
 
     def num(v: Any, default: float) -> float:
@@ -198,8 +236,12 @@ def fit_feature_transform(train: pl.DataFrame | pl.LazyFrame, spec: FeatureSpec)
     categories = {}
     for c in spec.categorical:
         counts = (
-            df.select(pl.col(c).cast(pl.String)).drop_nulls().group_by(c).len()
-            .filter(pl.col("len") >= spec.min_category_count).sort(["len", c], descending=[True, False])
+            df.select(pl.col(c).cast(pl.String))
+            .drop_nulls()
+            .group_by(c)
+            .len()
+            .filter(pl.col("len") >= spec.min_category_count)
+            .sort(["len", c], descending=[True, False])
         )
         categories[c] = counts[c].to_list()
     return FittedTransform(spec=spec, fill=fill, clip=clip, categories=categories)

@@ -16,7 +16,12 @@ import numpy as np
 from tasks.core.context import RunContext
 from tasks.data.snapshot import SnapshotManifest, load_snapshot
 from tasks.decisions import HoldoutComparison, compare_on_holdout
-from tasks.model.evaluate import CandidateEvaluation, ChampionEvaluation, evaluate_candidate, evaluate_champion
+from tasks.model.evaluate import (
+    CandidateEvaluation,
+    ChampionEvaluation,
+    evaluate_candidate,
+    evaluate_champion,
+)
 from tasks.model.tracking import TrackedRun, log_training_run
 from tasks.model.train import (
     FitResult,
@@ -42,65 +47,124 @@ def fit_transform_on_train(manifest: SnapshotManifest, ctx: RunContext) -> Prepa
 
 
 @cached_task(name="train-trial", task_run_name="trial-{trial}")
-def run_trial(trial: int, params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
-              ctx: RunContext, num_threads: int) -> FitResult:
+def run_trial(
+    trial: int,
+    params: dict[str, Any],
+    manifest: SnapshotManifest,
+    prepared: PreparedTraining,
+    ctx: RunContext,
+    num_threads: int,
+) -> FitResult:
     """One search trial: train on the train split, early-stop and score on validation."""
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
     s = prepared.split
-    _, result = fit_lightgbm(X, y, slice(0, s.train_end), slice(s.train_end, s.valid_end), params,
-                             prepared.transform, ctx.config.training, num_threads)
+    _, result = fit_lightgbm(
+        X,
+        y,
+        slice(0, s.train_end),
+        slice(s.train_end, s.valid_end),
+        params,
+        prepared.transform,
+        ctx.config.training,
+        num_threads,
+    )
     return result
 
 
 @cached_task(name="cv-fold", task_run_name="cv-fold-{fold}")
-def cross_validate_fold(fold: int, params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
-                        ctx: RunContext, num_threads: int) -> float:
+def cross_validate_fold(
+    fold: int,
+    params: dict[str, Any],
+    manifest: SnapshotManifest,
+    prepared: PreparedTraining,
+    ctx: RunContext,
+    num_threads: int,
+) -> float:
     """Validation ROC-AUC of one expanding-window fold over train+validation rows."""
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
-    train_end, valid_start, valid_end = time_series_folds(prepared.split.valid_end, ctx.config.split.cv_folds)[fold]
-    _, result = fit_lightgbm(X, y, slice(0, train_end), slice(valid_start, valid_end), params, prepared.transform,
-                             ctx.config.training, num_threads)
+    train_end, valid_start, valid_end = time_series_folds(
+        prepared.split.valid_end, ctx.config.split.cv_folds
+    )[fold]
+    _, result = fit_lightgbm(
+        X,
+        y,
+        slice(0, train_end),
+        slice(valid_start, valid_end),
+        params,
+        prepared.transform,
+        ctx.config.training,
+        num_threads,
+    )
     return result.valid_auc
 
 
 @cached_task(name="train-final-model")
-def train_final_model(params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining,
-                      ctx: RunContext) -> TrainedModel:
+def train_final_model(
+    params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+) -> TrainedModel:
     """The candidate: best params, early-stopped on validation; saved as LightGBM text."""
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
     return train_candidate(X, y, params, prepared, ctx.config.training, ctx.store)
 
 
 @cached_task(name="evaluate-candidate")
-def evaluate_candidate_on_test(trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining,
-                               ctx: RunContext) -> CandidateEvaluation:
+def evaluate_candidate_on_test(
+    trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+) -> CandidateEvaluation:
     """Test-window metrics, baseline, slices and plots for the candidate model."""
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
     start = prepared.split.valid_end
-    return evaluate_candidate(load_candidate(ctx.store, trained), X[start:], y[start:],
-                              load_snapshot(manifest, ctx.store).slice(start), prepared.base_rate, trained.importance,
-                              ctx.config, ctx.store, f"{trained.files_prefix}/plots")
+    return evaluate_candidate(
+        load_candidate(ctx.store, trained),
+        X[start:],
+        y[start:],
+        load_snapshot(manifest, ctx.store).slice(start),
+        prepared.base_rate,
+        trained.importance,
+        ctx.config,
+        ctx.store,
+        f"{trained.files_prefix}/plots",
+    )
 
 
 @io_task(name="evaluate-champion")
-def evaluate_champion_on_test(model_name: str, manifest: SnapshotManifest, prepared: PreparedTraining,
-                              ctx: RunContext) -> ChampionEvaluation:
+def evaluate_champion_on_test(
+    model_name: str, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+) -> ChampionEvaluation:
     """The current champion scored on the candidate's test window, with its own saved transform."""
     test = load_snapshot(manifest, ctx.store).slice(prepared.split.valid_end)
     return evaluate_champion(Registry(ctx.store, model_name), test, ctx.config)
 
 
 @io_task(name="stage-candidate-files")
-def stage_candidate_files(trained: TrainedModel, prepared: PreparedTraining, candidate: CandidateEvaluation,
-                          profile_key: str, evaluation: dict[str, Any], ctx: RunContext) -> dict[str, str]:
+def stage_candidate_files(
+    trained: TrainedModel,
+    prepared: PreparedTraining,
+    candidate: CandidateEvaluation,
+    profile_key: str,
+    evaluation: dict[str, Any],
+    ctx: RunContext,
+) -> dict[str, str]:
     """Everything that explains the candidate, beside it in the store; registry file name -> store key."""
-    return write_candidate_files(ctx.store, trained, prepared.transform, evaluation, profile_key, candidate.plot_keys)
+    return write_candidate_files(
+        ctx.store, trained, prepared.transform, evaluation, profile_key, candidate.plot_keys
+    )
 
 
 @cached_task(name="track-in-wandb")
-def track_training(ctx: RunContext, name: str, group: str, config: dict[str, Any], model_key: str,
-                   transform_json: str, history: dict[str, dict[str, list[float]]], summary: dict[str, float],
-                   plot_keys: dict[str, str], trials: list[dict[str, Any]], slices: list[dict[str, Any]]) -> TrackedRun | None:
+def track_training(
+    ctx: RunContext,
+    name: str,
+    group: str,
+    config: dict[str, Any],
+    model_key: str,
+    transform_json: str,
+    history: dict[str, dict[str, list[float]]],
+    summary: dict[str, float],
+    plot_keys: dict[str, str],
+    trials: list[dict[str, Any]],
+    slices: list[dict[str, Any]],
+) -> TrackedRun | None:
     """One W&B run for this training (plus one per trial, grouped), built from the results."""
     store = ctx.store
     pngs = {k: store.read_bytes(v) for k, v in plot_keys.items()}
@@ -108,23 +172,45 @@ def track_training(ctx: RunContext, name: str, group: str, config: dict[str, Any
         model_file = Path(tmp) / "model.txt"
         model_file.write_bytes(store.read_bytes(model_key))
         api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
-        return log_training_run(ctx.settings, api_key=api_key, name=name, group=group,
-                                config=config, history=history, summary=summary, pngs=pngs, model_file=model_file,
-                                transform_json=transform_json, trials=trials, slices=slices)
+        return log_training_run(
+            ctx.settings,
+            api_key=api_key,
+            name=name,
+            group=group,
+            config=config,
+            history=history,
+            summary=summary,
+            pngs=pngs,
+            model_file=model_file,
+            transform_json=transform_json,
+            trials=trials,
+            slices=slices,
+        )
 
 
 @io_task(name="compare-on-holdout")
-def compare_with_champion(model_name: str, candidate: int, snapshot_id: str, ctx: RunContext) -> HoldoutComparison:
+def compare_with_champion(
+    model_name: str, candidate: int, snapshot_id: str, ctx: RunContext
+) -> HoldoutComparison:
     """Champion and candidate scored on the candidate snapshot's test rows (the most recent data)."""
     store, config = ctx.store, ctx.config
     registry = Registry(store, model_name)
     champion = registry.resolve("champion")
-    df = load_snapshot(SnapshotManifest.model_validate(store.read_json(f"snapshots/{snapshot_id}/manifest.json")), store)
+    df = load_snapshot(
+        SnapshotManifest.model_validate(store.read_json(f"snapshots/{snapshot_id}/manifest.json")), store
+    )
     test = df.slice(make_split(df, config).valid_end)
     y = test[config.target.name].to_numpy().astype(int)
     scores = {}
     for v in (champion.version, candidate):
         mv = registry.get(v)
         scores[v] = registry.load_booster(mv).predict(registry.load_transform(mv).to_matrix(test))
-    return compare_on_holdout(y, np.asarray(scores[candidate]), np.asarray(scores[champion.version]),
-                              test.select(config.slices), champion.version, candidate, ctx.settings.retrain)
+    return compare_on_holdout(
+        y,
+        np.asarray(scores[candidate]),
+        np.asarray(scores[champion.version]),
+        test.select(config.slices),
+        champion.version,
+        candidate,
+        ctx.settings.retrain,
+    )

@@ -2,8 +2,9 @@
 
 Offline by default (``DRIFTLOOP_TRACKING__MODE=offline``): runs land as files under the tracking dir
 and can be uploaded later with ``wandb sync``. Online when the mode is ``online``, with the key the
-step loads from a Prefect Secret block (``tracking.api_key_block``). Runs are created after the work is done, from its results, so parallel trials never
-share a W&B process and a retry never leaves a half-logged run behind.
+step loads from a Prefect Secret block (``tracking.api_key_block``). Runs are created after the work
+is done, from its results, so parallel trials never share a W&B process and a retry never leaves a
+half-logged run behind.
 """
 
 from __future__ import annotations
@@ -39,24 +40,47 @@ def _init(settings: Settings, api_key: str | None = None, **kwargs: Any) -> Any:
     if api_key and settings.tracking.mode == "online":
         options["api_key"] = api_key
     return wandb.init(
-        project=settings.tracking.project, entity=settings.tracking.entity, mode=settings.tracking.mode,
-        dir=str(settings.tracking.dir), reinit="create_new", settings=wandb.Settings(**options), **kwargs,
+        project=settings.tracking.project,
+        entity=settings.tracking.entity,
+        mode=settings.tracking.mode,
+        dir=str(settings.tracking.dir),
+        reinit="create_new",
+        settings=wandb.Settings(**options),
+        **kwargs,
     )
 
 
 def log_training_run(
-    settings: Settings, *, api_key: str | None, name: str, group: str, config: dict[str, Any], history: dict[str, dict[str, list[float]]],
-    summary: dict[str, float], pngs: dict[str, bytes], model_file: Path, transform_json: str,
-    trials: list[dict[str, Any]], slices: list[dict[str, Any]],
+    settings: Settings,
+    *,
+    api_key: str | None,
+    name: str,
+    group: str,
+    config: dict[str, Any],
+    history: dict[str, dict[str, list[float]]],
+    summary: dict[str, float],
+    pngs: dict[str, bytes],
+    model_file: Path,
+    transform_json: str,
+    trials: list[dict[str, Any]],
+    slices: list[dict[str, Any]],
 ) -> TrackedRun | None:
     """Log the training run (config, per-iteration curves, metrics, plots, model artifact) and its trials."""
     if settings.tracking.mode == "disabled":
         return None
     wandb = _wandb(settings)
     for i, trial in enumerate(trials):
-        trial_run = _init(settings, api_key, name=f"{name}-trial-{i}", group=group, job_type="hpo-trial",
-                          config={**trial["params"], "trial": i})
-        for step, (auc, loss) in enumerate(zip(trial["history"]["valid"]["auc"], trial["history"]["valid"]["binary_logloss"])):
+        trial_run = _init(
+            settings,
+            api_key,
+            name=f"{name}-trial-{i}",
+            group=group,
+            job_type="hpo-trial",
+            config={**trial["params"], "trial": i},
+        )
+        for step, (auc, loss) in enumerate(
+            zip(trial["history"]["valid"]["auc"], trial["history"]["valid"]["binary_logloss"])
+        ):
             trial_run.log({"valid/auc": auc, "valid/logloss": loss}, step=step)
         trial_run.summary.update({"valid_auc": trial["valid_auc"], "best_iteration": trial["best_iteration"]})
         trial_run.finish()
@@ -64,24 +88,45 @@ def log_training_run(
     run = _init(settings, api_key, name=name, group=group, job_type="train", config=config)
     train_h, valid_h = history.get("train", {}), history.get("valid", {})
     for step in range(len(valid_h.get("auc", []))):
-        run.log({"train/auc": train_h["auc"][step], "train/logloss": train_h["binary_logloss"][step],
-                 "valid/auc": valid_h["auc"][step], "valid/logloss": valid_h["binary_logloss"][step]}, step=step)
+        run.log(
+            {
+                "train/auc": train_h["auc"][step],
+                "train/logloss": train_h["binary_logloss"][step],
+                "valid/auc": valid_h["auc"][step],
+                "valid/logloss": valid_h["binary_logloss"][step],
+            },
+            step=step,
+        )
     from PIL import Image
 
     run.log({f"plots/{k}": wandb.Image(Image.open(io.BytesIO(v)), caption=k) for k, v in pngs.items()})
-    run.log({"trials": wandb.Table(columns=["trial", "valid_auc", "best_iteration", "params"],
-                                   data=[[i, t["valid_auc"], t["best_iteration"], str(t["params"])] for i, t in enumerate(trials)])})
+    run.log(
+        {
+            "trials": wandb.Table(
+                columns=["trial", "valid_auc", "best_iteration", "params"],
+                data=[
+                    [i, t["valid_auc"], t["best_iteration"], str(t["params"])] for i, t in enumerate(trials)
+                ],
+            )
+        }
+    )
     if slices:
         cols = list(slices[0])
         run.log({"slices": wandb.Table(columns=cols, data=[[s[c] for c in cols] for s in slices])})
     run.summary.update(summary)
-    artifact = wandb.Artifact(name=f"{config['model_name']}", type="model", metadata={"snapshot_id": config["snapshot_id"]})
+    artifact = wandb.Artifact(
+        name=f"{config['model_name']}", type="model", metadata={"snapshot_id": config["snapshot_id"]}
+    )
     artifact.add_file(str(model_file), name="model.txt")
     with artifact.new_file("transform.json") as fh:
         fh.write(transform_json)
     run.log_artifact(artifact)
     url = run.url if settings.tracking.mode == "online" else None
-    path = f"{run.entity}/{run.project}/{run.id}" if settings.tracking.mode == "online" else str(Path(run.dir).parent)
+    path = (
+        f"{run.entity}/{run.project}/{run.id}"
+        if settings.tracking.mode == "online"
+        else str(Path(run.dir).parent)
+    )
     result = TrackedRun(run_id=run.id, path=path, url=url, group=group)
     run.finish()
     return result

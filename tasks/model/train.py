@@ -20,9 +20,9 @@ from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig, SearchDimension, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
-from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
-from tasks.data.snapshot import SnapshotManifest, load_snapshot
 from tasks.core.store import ArtifactStore
+from tasks.data.snapshot import SnapshotManifest, load_snapshot
+from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
 
 FIXED_PARAMS = {
     "objective": "binary",
@@ -54,18 +54,36 @@ def time_split(times: pl.Series, target: pl.Series, valid_fraction: float, test_
     cut_test = times[min(n - 1, int(n * (1 - test_fraction)))]
     train_end = int(times.search_sorted(cut_valid, side="left"))
     valid_end = int(times.search_sorted(cut_test, side="left"))
-    split = TimeSplit(train_end=train_end, valid_end=valid_end, rows=n,
-                      valid_start_time=str(cut_valid), test_start_time=str(cut_test))
-    for name, lo, hi in (("train", 0, train_end), ("validation", train_end, valid_end), ("test", valid_end, n)):
+    split = TimeSplit(
+        train_end=train_end,
+        valid_end=valid_end,
+        rows=n,
+        valid_start_time=str(cut_valid),
+        test_start_time=str(cut_test),
+    )
+    for name, lo, hi in (
+        ("train", 0, train_end),
+        ("validation", train_end, valid_end),
+        ("test", valid_end, n),
+    ):
         if hi - lo == 0:
-            raise BadInput(f"the {name} split is empty ({n} rows); widen the window or change split fractions")
+            raise BadInput(
+                f"the {name} split is empty ({n} rows); widen the window or change split fractions"
+            )
         if target[lo:hi].n_unique() < 2:
-            raise SingleClassTarget(f"the {name} split ({hi - lo} rows) holds only one class; widen the window")
+            raise SingleClassTarget(
+                f"the {name} split ({hi - lo} rows) holds only one class; widen the window"
+            )
     return split
 
 
 def make_split(df: pl.DataFrame, config: DatasetConfig) -> TimeSplit:
-    return time_split(df[config.time.column], df[config.target.name], config.split.valid_fraction, config.split.test_fraction)
+    return time_split(
+        df[config.time.column],
+        df[config.target.name],
+        config.split.valid_fraction,
+        config.split.test_fraction,
+    )
 
 
 def sample_trial_params(training: TrainingConfig, n_trials: int, seed: int) -> list[dict[str, Any]]:
@@ -96,7 +114,9 @@ def time_series_folds(n_rows: int, k: int) -> list[tuple[int, int, int]]:
     return [(chunk * (i + 1), chunk * (i + 1), chunk * (i + 2) if i < k - 1 else n_rows) for i in range(k)]
 
 
-def load_matrix(store: ArtifactStore, manifest: SnapshotManifest, transform: FittedTransform, target: str) -> tuple[np.ndarray, np.ndarray]:
+def load_matrix(
+    store: ArtifactStore, manifest: SnapshotManifest, transform: FittedTransform, target: str
+) -> tuple[np.ndarray, np.ndarray]:
     """The snapshot as (X, y); memoised per process, since trials and folds reuse the same matrix."""
     key = (store.uri, manifest.data_key, transform.fingerprint(), target)
     with _MATRICES_LOCK:
@@ -124,23 +144,44 @@ class FitResult(BaseModel):
 
 
 def fit_lightgbm(
-    X: np.ndarray, y: np.ndarray, train: slice, valid: slice, params: dict[str, Any], transform: FittedTransform,
-    training: TrainingConfig, num_threads: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    train: slice,
+    valid: slice,
+    params: dict[str, Any],
+    transform: FittedTransform,
+    training: TrainingConfig,
+    num_threads: int,
 ) -> tuple[lgb.Booster, FitResult]:
     """One LightGBM fit with early stopping on the validation rows."""
     full = {**params, **FIXED_PARAMS, "seed": training.seed, "num_threads": num_threads}
     names = transform.feature_names
-    dtrain = lgb.Dataset(X[train], label=y[train], feature_name=names, categorical_feature=transform.categorical_indices,
-                         free_raw_data=False, params={"verbose": -1})
+    dtrain = lgb.Dataset(
+        X[train],
+        label=y[train],
+        feature_name=names,
+        categorical_feature=transform.categorical_indices,
+        free_raw_data=False,
+        params={"verbose": -1},
+    )
     dvalid = lgb.Dataset(X[valid], label=y[valid], reference=dtrain)
     history: dict[str, dict[str, list[float]]] = {}
     booster = lgb.train(
-        full, dtrain, num_boost_round=training.num_boost_round, valid_sets=[dtrain, dvalid], valid_names=["train", "valid"],
-        callbacks=[lgb.early_stopping(training.early_stopping_rounds, verbose=False), lgb.record_evaluation(history)],
+        full,
+        dtrain,
+        num_boost_round=training.num_boost_round,
+        valid_sets=[dtrain, dvalid],
+        valid_names=["train", "valid"],
+        callbacks=[
+            lgb.early_stopping(training.early_stopping_rounds, verbose=False),
+            lgb.record_evaluation(history),
+        ],
     )
     best = booster.best_iteration or booster.current_iteration()
     result = FitResult(
-        params=params, best_iteration=best, valid_auc=float(history["valid"]["auc"][best - 1]),
+        params=params,
+        best_iteration=best,
+        valid_auc=float(history["valid"]["auc"][best - 1]),
         valid_logloss=float(history["valid"]["binary_logloss"][best - 1]),
         history={k: {m: [float(x) for x in v] for m, v in d.items()} for k, d in history.items()},
     )
@@ -167,8 +208,11 @@ def prepare_training(df: pl.DataFrame, config: DatasetConfig) -> PreparedTrainin
     """Split by time, then fit the feature transform on the training rows only (no test leakage)."""
     split = make_split(df, config)
     train = df.slice(0, split.train_end)
-    return PreparedTraining(transform=fit_feature_transform(train, FeatureSpec.from_config(config)), split=split,
-                            base_rate=float(train[config.target.name].mean()))
+    return PreparedTraining(
+        transform=fit_feature_transform(train, FeatureSpec.from_config(config)),
+        split=split,
+        base_rate=float(train[config.target.name].mean()),
+    )
 
 
 def threads_per_fit(parallel: int) -> int:
@@ -189,31 +233,59 @@ class TrainedModel(BaseModel):
         return self.model_key.rsplit("/", 1)[0]
 
 
-def train_candidate(X: np.ndarray, y: np.ndarray, params: dict[str, Any], prepared: PreparedTraining,
-                    training: TrainingConfig, store: ArtifactStore) -> TrainedModel:
+def train_candidate(
+    X: np.ndarray,
+    y: np.ndarray,
+    params: dict[str, Any],
+    prepared: PreparedTraining,
+    training: TrainingConfig,
+    store: ArtifactStore,
+) -> TrainedModel:
     """The candidate: best params, early-stopped on validation; saved as LightGBM text."""
     s = prepared.split
-    booster, result = fit_lightgbm(X, y, slice(0, s.train_end), slice(s.train_end, s.valid_end), params,
-                                   prepared.transform, training, threads_per_fit(1))
+    booster, result = fit_lightgbm(
+        X,
+        y,
+        slice(0, s.train_end),
+        slice(s.train_end, s.valid_end),
+        params,
+        prepared.transform,
+        training,
+        threads_per_fit(1),
+    )
     text = booster.model_to_string(num_iteration=result.best_iteration)
     key = candidate_model_key(text)
     store.write_bytes(key, text.encode())
     gains = booster.feature_importance(importance_type="gain", iteration=result.best_iteration)
-    return TrainedModel(model_key=key, fit=result,
-                        importance={n: float(g) for n, g in zip(prepared.transform.feature_names, gains)})
+    return TrainedModel(
+        model_key=key,
+        fit=result,
+        importance={n: float(g) for n, g in zip(prepared.transform.feature_names, gains)},
+    )
 
 
 def load_candidate(store: ArtifactStore, trained: TrainedModel) -> lgb.Booster:
     return lgb.Booster(model_str=store.read_bytes(trained.model_key).decode())
 
 
-def write_candidate_files(store: ArtifactStore, trained: TrainedModel, transform: FittedTransform,
-                          evaluation: dict[str, Any], profile_key: str, plot_keys: dict[str, str]) -> dict[str, str]:
+def write_candidate_files(
+    store: ArtifactStore,
+    trained: TrainedModel,
+    transform: FittedTransform,
+    evaluation: dict[str, Any],
+    profile_key: str,
+    plot_keys: dict[str, str],
+) -> dict[str, str]:
     """Write the transform and evaluation beside the candidate's model; return what the registry
     stores for it: file name -> store key (the model, transform, reference profile, evaluation, plots)."""
     transform_key = f"{trained.files_prefix}/transform.json"
     store.write_bytes(transform_key, transform.to_json().encode())
     evaluation_key = f"{trained.files_prefix}/evaluation.json"
     store.write_json(evaluation_key, evaluation)
-    return {"model.txt": trained.model_key, "transform.json": transform_key, "reference_profile.bin": profile_key,
-            "evaluation.json": evaluation_key, **{f"plots/{k}.png": v for k, v in plot_keys.items()}}
+    return {
+        "model.txt": trained.model_key,
+        "transform.json": transform_key,
+        "reference_profile.bin": profile_key,
+        "evaluation.json": evaluation_key,
+        **{f"plots/{k}.png": v for k, v in plot_keys.items()},
+    }

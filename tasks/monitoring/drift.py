@@ -41,13 +41,22 @@ def drift_scores(window: Any, reference: Any, config: MonitoringConfig) -> list[
             continue
         threshold = config.column_pvalues.get(column, config.drift_pvalue)
         pvalue = float(score["pvalue"])
-        out.append(ColumnDrift(column=column, algorithm=str(score["algorithm"]), pvalue=pvalue,
-                               statistic=float(score["statistic"]) if np.isfinite(score["statistic"]) else 1e9,
-                               threshold=threshold, drifted=pvalue < threshold))
+        out.append(
+            ColumnDrift(
+                column=column,
+                algorithm=str(score["algorithm"]),
+                pvalue=pvalue,
+                statistic=float(score["statistic"]) if np.isfinite(score["statistic"]) else 1e9,
+                threshold=threshold,
+                drifted=pvalue < threshold,
+            )
+        )
     return out
 
 
-def data_quality(frame: pl.DataFrame, transform: FittedTransform, reference: Any, config: MonitoringConfig) -> list[str]:
+def data_quality(
+    frame: pl.DataFrame, transform: FittedTransform, reference: Any, config: MonitoringConfig
+) -> list[str]:
     """Problems a person should look at: missing columns, null rates up, categories never seen in training."""
     problems = []
     missing = [c for c in transform.spec.input_columns if c not in frame.columns]
@@ -70,8 +79,10 @@ def data_quality(frame: pl.DataFrame, transform: FittedTransform, reference: Any
             unseen = values.filter(~values.is_in(pl.Series(levels, dtype=pl.String)))
             share = unseen.len() / values.len()
             if share > config.max_unseen_share:
-                problems.append(f"categories: {share:.0%} of {col!r} values were never seen in training "
-                                f"(e.g. {unseen.unique().head(3).to_list()})")
+                problems.append(
+                    f"categories: {share:.0%} of {col!r} values were never seen in training "
+                    f"(e.g. {unseen.unique().head(3).to_list()})"
+                )
     return problems
 
 
@@ -84,8 +95,11 @@ def drift_png(model_name: str, drift: list[ColumnDrift]) -> bytes:
 
     rows = sorted(drift, key=lambda d: d.pvalue)
     fig, ax = plt.subplots(figsize=(6, max(3, 0.25 * len(rows))))
-    ax.barh([d.column for d in rows][::-1], [min(-math.log10(max(d.pvalue, 1e-300)), 50) for d in rows][::-1],
-            color=["tab:red" if d.drifted else "tab:green" for d in rows][::-1])
+    ax.barh(
+        [d.column for d in rows][::-1],
+        [min(-math.log10(max(d.pvalue, 1e-300)), 50) for d in rows][::-1],
+        color=["tab:red" if d.drifted else "tab:green" for d in rows][::-1],
+    )
     ax.axvline(-math.log10(rows[0].threshold if rows else 0.05), ls="--", color="grey")
     ax.set(xlabel="-log10 p-value (right of the line: drifted)", title=f"{model_name}: drift vs reference")
     buf = io.BytesIO()

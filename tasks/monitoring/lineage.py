@@ -12,8 +12,8 @@ from typing import Any
 import polars as pl
 
 from tasks.core.errors import BadInput
-from tasks.registry.versions import Registry
 from tasks.core.store import ArtifactStore
+from tasks.registry.versions import Registry
 
 
 def raw_sources(store: ArtifactStore, snapshot: dict[str, Any]) -> dict[str, list[str]]:
@@ -34,11 +34,21 @@ def version_lineage(store: ArtifactStore, registry: Registry, version: int) -> d
     mv = registry.get(version)
     manifest_key = f"snapshots/{mv.snapshot_id}/manifest.json"
     snapshot = store.read_json(manifest_key) if store.exists(manifest_key) else None
-    history = [h.model_dump() for h in registry.alias_doc().history if h.version == version or h.previous == version]
+    history = [
+        h.model_dump() for h in registry.alias_doc().history if h.version == version or h.previous == version
+    ]
     return {
-        "model_name": mv.model_name, "version": mv.version, "created_at": mv.created_at, "git_commit": mv.git_commit,
-        "wandb_run": mv.wandb_run, "snapshot_id": mv.snapshot_id, "test_metrics": mv.metrics, "params": mv.params,
-        "snapshot": {k: snapshot[k] for k in ("rows", "time_min", "time_max", "content_sha256")} if snapshot else None,
+        "model_name": mv.model_name,
+        "version": mv.version,
+        "created_at": mv.created_at,
+        "git_commit": mv.git_commit,
+        "wandb_run": mv.wandb_run,
+        "snapshot_id": mv.snapshot_id,
+        "test_metrics": mv.metrics,
+        "params": mv.params,
+        "snapshot": {k: snapshot[k] for k in ("rows", "time_min", "time_max", "content_sha256")}
+        if snapshot
+        else None,
         "raw_sources": raw_sources(store, snapshot) if snapshot else {},
         "alias_history": history,
     }
@@ -46,16 +56,29 @@ def version_lineage(store: ArtifactStore, registry: Registry, version: int) -> d
 
 def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -> dict[str, Any]:
     keys = [k for k in store.list("predictions") if k.endswith(".parquet")]
-    found = (store.scan_parquet(keys).filter(pl.col("request_id") == request_id).collect() if keys else pl.DataFrame())
+    found = (
+        store.scan_parquet(keys).filter(pl.col("request_id") == request_id).collect()
+        if keys
+        else pl.DataFrame()
+    )
     if found.height == 0:
-        raise BadInput(f"no logged prediction has request id {request_id!r} (the service flushes its log every few "
-                       "seconds; check the id, or wait and retry)")
+        raise BadInput(
+            f"no logged prediction has request id {request_id!r} (the service flushes its log every few "
+            "seconds; check the id, or wait and retry)"
+        )
     row = found.row(-1, named=True)
     fb_keys = [k for k in store.list("feedback") if k.endswith(".parquet")]
-    feedback = (store.scan_parquet(fb_keys).filter(pl.col("request_id") == request_id).sort("ts").collect()
-                if fb_keys else pl.DataFrame())
+    feedback = (
+        store.scan_parquet(fb_keys).filter(pl.col("request_id") == request_id).sort("ts").collect()
+        if fb_keys
+        else pl.DataFrame()
+    )
     return {
-        "request_id": request_id, "predicted_at": str(row["ts"]), "arm": row["arm"], "probability": row["probability"],
-        "label": row["label"], "outcome": feedback["outcome"][-1] if feedback.height else None,
+        "request_id": request_id,
+        "predicted_at": str(row["ts"]),
+        "arm": row["arm"],
+        "probability": row["probability"],
+        "label": row["label"],
+        "outcome": feedback["outcome"][-1] if feedback.height else None,
         "model": version_lineage(store, registry, int(row["model_version"])),
     }

@@ -18,7 +18,9 @@ class LivePerformance(BaseModel):
     positive_rate: float | None
 
 
-def live_performance(predictions: pl.DataFrame, feedback: pl.DataFrame, min_labels: int) -> list[LivePerformance]:
+def live_performance(
+    predictions: pl.DataFrame, feedback: pl.DataFrame, min_labels: int
+) -> list[LivePerformance]:
     """Per model version: predictions joined with their observed outcomes (last feedback wins)."""
     if predictions.height == 0:
         return []
@@ -33,10 +35,15 @@ def live_performance(predictions: pl.DataFrame, feedback: pl.DataFrame, min_labe
         known = part.filter(pl.col("outcome").is_not_null())
         y, p = known["outcome"].to_numpy(), np.clip(known["probability"].to_numpy(), 1e-7, 1 - 1e-7)
         enough = known.height >= min_labels and len(np.unique(y)) == 2
-        out.append(LivePerformance(
-            model_version=int(version), predictions=part.height, labels=known.height,
-            roc_auc=float(skm.roc_auc_score(y, p)) if enough else None,
-            log_loss=float(skm.log_loss(y, p, labels=[0, 1])) if enough else None,
-            mean_prediction=float(part["probability"].mean()),
-            positive_rate=float(y.mean()) if known.height else None))
+        out.append(
+            LivePerformance(
+                model_version=int(version),
+                predictions=part.height,
+                labels=known.height,
+                roc_auc=float(skm.roc_auc_score(y, p)) if enough else None,
+                log_loss=float(skm.log_loss(y, p, labels=[0, 1])) if enough else None,
+                mean_prediction=float(part["probability"].mean()),
+                positive_rate=float(y.mean()) if known.height else None,
+            )
+        )
     return sorted(out, key=lambda r: r.model_version)

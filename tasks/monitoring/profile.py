@@ -39,7 +39,11 @@ def _make_vectorised_split(original: Any) -> Any:
     import pandas.api.types as pdc
 
     def _vectorised_pandas_split(self: Any, series: Any, parse_numeric_string: bool = False) -> None:
-        if isinstance(series, pd.Series) and isinstance(series.dtype, pd.StringDtype) and series.dtype.na_value is np.nan:
+        if (
+            isinstance(series, pd.Series)
+            and isinstance(series.dtype, pd.StringDtype)
+            and series.dtype.na_value is np.nan
+        ):
             # pandas' text columns: missing values are NaN, so each null is a NaN number, the rest strings
             missing = series.isna().to_numpy()
             self.null_count = self.nan_count = int(missing.sum())
@@ -51,8 +55,13 @@ def _make_vectorised_split(original: Any) -> Any:
                 else:
                     self.pandas.strings = present
             return None
-        if series is None or not isinstance(series, pd.Series) or not pdc.is_numeric_dtype(series.dtype) \
-                or pdc.is_bool_dtype(series.dtype) or pdc.is_extension_array_dtype(series.dtype):
+        if (
+            series is None
+            or not isinstance(series, pd.Series)
+            or not pdc.is_numeric_dtype(series.dtype)
+            or pdc.is_bool_dtype(series.dtype)
+            or pdc.is_extension_array_dtype(series.dtype)
+        ):
             return original(self, series, parse_numeric_string)
         values = series.to_numpy()
         if pdc.is_float_dtype(series.dtype):
@@ -84,19 +93,27 @@ def monitoring_schema() -> Any:
     def specs(*metrics: Any) -> list:
         return [*COLUMN_METRICS, *(MetricSpec(m.value) for m in metrics)]
 
-    return DeclarativeSchema([
-        ResolverSpec(column_type=Integral, metrics=specs(StandardMetric.distribution, StandardMetric.ints)),
-        ResolverSpec(column_type=Fractional, metrics=specs(StandardMetric.distribution)),
-        ResolverSpec(column_type=String, metrics=specs(StandardMetric.cardinality, StandardMetric.frequent_items)),
-        ResolverSpec(column_type=AnyType, metrics=specs()),
-    ])
+    return DeclarativeSchema(
+        [
+            ResolverSpec(
+                column_type=Integral, metrics=specs(StandardMetric.distribution, StandardMetric.ints)
+            ),
+            ResolverSpec(column_type=Fractional, metrics=specs(StandardMetric.distribution)),
+            ResolverSpec(
+                column_type=String, metrics=specs(StandardMetric.cardinality, StandardMetric.frequent_items)
+            ),
+            ResolverSpec(column_type=AnyType, metrics=specs()),
+        ]
+    )
 
 
 def profile_frame(df: pl.DataFrame) -> Any:
     """A whylogs ``DatasetProfileView`` of a Polars frame (whylogs reads pandas only)."""
     why = import_whylogs()
     pdf = df.with_columns(
-        pl.col(c).cast(pl.String) for c, t in df.schema.items() if isinstance(t, (pl.Datetime, pl.Date, pl.Categorical))
+        pl.col(c).cast(pl.String)
+        for c, t in df.schema.items()
+        if isinstance(t, (pl.Datetime, pl.Date, pl.Categorical))
     ).to_pandas()
     return why.log(pdf, schema=monitoring_schema()).view()
 

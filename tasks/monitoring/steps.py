@@ -23,14 +23,17 @@ from tasks.serving.logs import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
 
 
 @cached_task(name="profile-reference")
-def profile_reference(trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining,
-                      ctx: RunContext) -> str:
+def profile_reference(
+    trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+) -> str:
     """Profile the training rows' raw inputs and the model's predictions; return the profile's key."""
     store = ctx.store
     X, _ = load_matrix(store, manifest, prepared.transform, ctx.config.target.name)
     end = prepared.split.train_end
     inputs = load_snapshot(manifest, store).slice(0, end).select(prepared.transform.spec.input_columns)
-    data = reference_profile_bytes(inputs, predict(load_candidate(store, trained), X[:end]), ctx.config.time.column)
+    data = reference_profile_bytes(
+        inputs, predict(load_candidate(store, trained), X[:end]), ctx.config.time.column
+    )
     key = f"{trained.files_prefix}/reference_profile.bin"
     store.write_bytes(key, data)
     return key
@@ -43,8 +46,14 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
     registry = Registry(store, model_name)
     champion_version = registry.alias_doc().aliases.get("champion")
     if champion_version is None:
-        return MonitorReport(model_name=model_name, champion=None, files=[], rows=0, window=None,
-                             note=f"{model_name!r} has no champion yet (run the training flow); nothing to monitor")
+        return MonitorReport(
+            model_name=model_name,
+            champion=None,
+            files=[],
+            rows=0,
+            window=None,
+            note=f"{model_name!r} has no champion yet (run the training flow); nothing to monitor",
+        )
     champion = registry.get(champion_version)
     files = unprocessed_files(store, model_name)
     report = MonitorReport(model_name=model_name, champion=champion.version, files=files, rows=0, window=None)
@@ -56,26 +65,37 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
     report.window = (str(frame["ts"].min()), str(frame["ts"].max()))
     mon = config.monitoring
     if frame.height < mon.min_rows:
-        report.note = (f"only {frame.height} new predictions (monitoring.min_rows={mon.min_rows}); "
-                       "they stay unprocessed and count towards the next run")
+        report.note = (
+            f"only {frame.height} new predictions (monitoring.min_rows={mon.min_rows}); "
+            "they stay unprocessed and count towards the next run"
+        )
         report.files = []
         return report
     transform = registry.load_transform(champion)
     reference = load_profile(registry.read_file(champion, "reference_profile.bin"))
-    window = profile_and_store_daily(store, model_name, frame, transform.spec.input_columns, config.time.column)
+    window = profile_and_store_daily(
+        store, model_name, frame, transform.spec.input_columns, config.time.column
+    )
     report.drift = drift_scores(window, reference, mon)
     drift = decide_drift(report.drift, mon)
     report.drifted, report.drift_detected = drift.drifted, drift.detected
     report.quality_problems = data_quality(frame, transform, reference, mon)
-    report.performance = live_performance(read_log(store, "predictions", PREDICTION_COLUMNS),
-                                          read_log(store, "feedback", FEEDBACK_COLUMNS), mon.min_labels)
-    test_auc = {p.model_version: registry.get(p.model_version).metrics.get("roc_auc") for p in report.performance}
+    report.performance = live_performance(
+        read_log(store, "predictions", PREDICTION_COLUMNS),
+        read_log(store, "feedback", FEEDBACK_COLUMNS),
+        mon.min_labels,
+    )
+    test_auc = {
+        p.model_version: registry.get(p.model_version).metrics.get("roc_auc") for p in report.performance
+    }
     report.degraded = decide_degradation(report.performance, test_auc, mon.max_auc_drop).evidence
     return report
 
 
 @io_task(name="trace-lineage")
-def trace_lineage(model_name: str, request_id: str | None, version: int | None, ctx: RunContext) -> dict[str, Any]:
+def trace_lineage(
+    model_name: str, request_id: str | None, version: int | None, ctx: RunContext
+) -> dict[str, Any]:
     """A prediction's or a version's way back to the data (exactly one of ``request_id``, ``version``)."""
     registry = Registry(ctx.store, model_name)
     if request_id:

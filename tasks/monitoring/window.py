@@ -38,7 +38,11 @@ def watermark_key(model_name: str) -> str:
 
 
 def unprocessed_files(store: ArtifactStore, model_name: str) -> list[str]:
-    done = set(store.read_json(watermark_key(model_name))["processed"]) if store.exists(watermark_key(model_name)) else set()
+    done = (
+        set(store.read_json(watermark_key(model_name))["processed"])
+        if store.exists(watermark_key(model_name))
+        else set()
+    )
     return [k for k in store.list("predictions") if k.endswith(".parquet") and k not in done]
 
 
@@ -54,13 +58,17 @@ def window_view(frame: pl.DataFrame, input_columns: list[str], time_column: str)
     return profile_frame(frame.select(*cols, pl.col("probability").alias("prediction")))
 
 
-def profile_and_store_daily(store: ArtifactStore, model_name: str, frame: pl.DataFrame, input_columns: list[str],
-                            time_column: str) -> Any:
+def profile_and_store_daily(
+    store: ArtifactStore, model_name: str, frame: pl.DataFrame, input_columns: list[str], time_column: str
+) -> Any:
     """Profile the window once per day it spans, merge each day into ``profiles/<model>/daily/<date>.bin``,
     and return the whole window's profile (the days merged)."""
     window = None
-    for (day,), part in frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%d").alias("__day")).partition_by(
-            ["__day"], as_dict=True).items():
+    for (day,), part in (
+        frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%d").alias("__day"))
+        .partition_by(["__day"], as_dict=True)
+        .items()
+    ):
         view = window_view(part, input_columns, time_column)
         key = f"profiles/{model_name}/daily/{day}.bin"
         stored = load_profile(store.read_bytes(key)).merge(view) if store.exists(key) else view

@@ -16,8 +16,19 @@ from pydantic import BaseModel
 from tasks.core.settings import PROJECT_DIR, Settings
 from tasks.registry.versions import ModelVersion, Registry, RegistryError
 
-RUNTIME_PACKAGES = ["bentoml", "lightgbm", "polars", "numpy", "pyarrow", "pydantic", "pydantic-settings", "pyyaml",
-                    "boto3", "pandas", "scikit-learn"]
+RUNTIME_PACKAGES = [
+    "bentoml",
+    "lightgbm",
+    "polars",
+    "numpy",
+    "pyarrow",
+    "pydantic",
+    "pydantic-settings",
+    "pyyaml",
+    "boto3",
+    "pandas",
+    "scikit-learn",
+]
 
 
 def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) -> str:
@@ -32,13 +43,17 @@ def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) ->
     except bentoml.exceptions.NotFound:
         existing = None
     if existing is not None:
-        same = (existing.info.metadata.get("registry_store") == registry.store.uri
-                and existing.info.labels.get("snapshot") == mv.snapshot_id)
+        same = (
+            existing.info.metadata.get("registry_store") == registry.store.uri
+            and existing.info.labels.get("snapshot") == mv.snapshot_id
+        )
         if not same:
             raise RegistryError(
                 f"BentoML model {mv.bento_tag} in {settings.bentoml_home} belongs to another registry "
-                f"({existing.info.metadata.get('registry_store')}); use a separate BENTOML_HOME per store, or "
-                f"`bentoml models delete {mv.bento_tag}` if that registry is gone")
+                f"({existing.info.metadata.get('registry_store')}); "
+                "use a separate BENTOML_HOME per store, or "
+                f"`bentoml models delete {mv.bento_tag}` if that registry is gone"
+            )
         return str(existing.tag)
     with bentoml.models.create(
         mv.bento_tag,
@@ -76,8 +91,10 @@ def bentofile(model_name: str, model_tag: str, version: int, snapshot_id: str) -
         "include": ["bentos/*.py", "bentos/*.json", "tasks/**/*.py", "configs/*.yaml"],
         "python": {"packages": pinned_requirements(), "lock_packages": False},
         "models": [model_tag],
-        "envs": [{"name": "DRIFTLOOP_PACKAGED_MODEL", "value": model_tag},
-                 {"name": "BENTOML_DO_NOT_TRACK", "value": "true"}],
+        "envs": [
+            {"name": "DRIFTLOOP_PACKAGED_MODEL", "value": model_tag},
+            {"name": "BENTOML_DO_NOT_TRACK", "value": "true"},
+        ],
         "docker": {"python_version": "3.11"},
     }
 
@@ -91,15 +108,25 @@ def build_bento(registry: Registry, ref: str, settings: Settings) -> PackagedBen
     model_tag = save_to_bentoml(mv, registry, settings)
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "bentofile.yaml"
-        spec.write_text(yaml.safe_dump(bentofile(model_name, model_tag, mv.version, mv.snapshot_id), sort_keys=False))
+        spec.write_text(
+            yaml.safe_dump(bentofile(model_name, model_tag, mv.version, mv.snapshot_id), sort_keys=False)
+        )
         try:  # rebuilding a version replaces its bento (the code may have changed since)
             bentoml.bentos.delete(f"{model_name}:v{mv.version}")
         except bentoml.exceptions.NotFound:
             pass
-        bento = bentoml.bentos.build_bentofile(str(spec), build_ctx=str(PROJECT_DIR), version=f"v{mv.version}")
+        bento = bentoml.bentos.build_bentofile(
+            str(spec), build_ctx=str(PROJECT_DIR), version=f"v{mv.version}"
+        )
         dockerfile = Path(bento.path) / "env" / "docker" / "Dockerfile"
         exported = bentoml.export_bento(bento.tag, str(Path(tmp) / f"{model_name}-v{mv.version}.bento"))
         key = f"bentos/{model_name}/v{mv.version}.bento"
         store.write_bytes(key, Path(exported).read_bytes())
-    return PackagedBento(bento_tag=str(bento.tag), model_tag=model_tag, version=mv.version, export_key=key,
-                         export_url=store.url(key), dockerfile=str(dockerfile))
+    return PackagedBento(
+        bento_tag=str(bento.tag),
+        model_tag=model_tag,
+        version=mv.version,
+        export_key=key,
+        export_url=store.url(key),
+        dockerfile=str(dockerfile),
+    )

@@ -17,15 +17,22 @@ def retrain_slot_key(model_name: str) -> str:
     return f"state/retrain/{model_name}.json"
 
 
-def claim_retrain_slot(store: ArtifactStore, model_name: str, reason: str, cooldown_minutes: float,
-                       ignore_cooldown: bool, now: datetime | None = None) -> RetrainStart:
+def claim_retrain_slot(
+    store: ArtifactStore,
+    model_name: str,
+    reason: str,
+    cooldown_minutes: float,
+    ignore_cooldown: bool,
+    now: datetime | None = None,
+) -> RetrainStart:
     """``start`` (and the start is now recorded) if this run may retrain; else ``wait`` and why not."""
     key = retrain_slot_key(model_name)
     state, etag = store.read_json_with_etag(key)
     now = now or datetime.now(timezone.utc)
     last = datetime.fromisoformat(state["last_started"]) if state else None
-    decision = decide_retrain_start(model_name, last, (state or {}).get("reason"), now, cooldown_minutes,
-                                    ignore_cooldown)
+    decision = decide_retrain_start(
+        model_name, last, (state or {}).get("reason"), now, cooldown_minutes, ignore_cooldown
+    )
     if decision.outcome != "start":
         return decision
     history = (state or {}).get("history", [])[-50:] + [{"started": now.isoformat(), "reason": reason}]
@@ -36,5 +43,7 @@ def claim_retrain_slot(store: ArtifactStore, model_name: str, reason: str, coold
         else:
             store.write_json(key, doc, if_match=etag)
     except PreconditionFailed:
-        return RetrainStart(outcome="wait", reason=f"another retrain of {model_name} claimed the slot at the same moment")
+        return RetrainStart(
+            outcome="wait", reason=f"another retrain of {model_name} claimed the slot at the same moment"
+        )
     return decision

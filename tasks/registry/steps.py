@@ -15,15 +15,20 @@ from tasks.registry.versions import ChampionMove, ModelVersion, NewVersion, Regi
 
 
 @cached_task(name="register-model")
-def register_model_version(model_name: str, files: dict[str, str], record: NewVersion, ctx: RunContext) -> ModelVersion:
+def register_model_version(
+    model_name: str, files: dict[str, str], record: NewVersion, ctx: RunContext
+) -> ModelVersion:
     """Register the candidate: copy its files (store keys) into the registry and claim a version."""
     store = ctx.store
-    return Registry(store, model_name).register({name: store.read_bytes(key) for name, key in files.items()}, record)
+    return Registry(store, model_name).register(
+        {name: store.read_bytes(key) for name, key in files.items()}, record
+    )
 
 
 @cached_task(name="apply-decision")
-def apply_promotion_decision(model_name: str, version: int, outcome: str, reason: str,
-                             ctx: RunContext) -> dict[str, int]:
+def apply_promotion_decision(
+    model_name: str, version: int, outcome: str, reason: str, ctx: RunContext
+) -> dict[str, int]:
     """Move the decided alias to the new version (atomic compare-and-swap)."""
     doc = Registry(ctx.store, model_name).set_alias(outcome, version, reason=reason, actor="training-flow")
     return doc.aliases
@@ -42,38 +47,55 @@ def package_version(model_name: str, ref: str, ctx: RunContext) -> PackagedBento
 
 
 @io_task(name="move-champion")
-def move_champion(model_name: str, version: int | None, reason: str, actor: str, event: str,
-                  ctx: RunContext) -> tuple[ChampionMove, str | None]:
-    """Move the champion (None: back to the previous one) and emit ``event``; returns the move and event id."""
+def move_champion(
+    model_name: str, version: int | None, reason: str, actor: str, event: str, ctx: RunContext
+) -> tuple[ChampionMove, str | None]:
+    """Move the champion (None: back to the previous one) and emit ``event``; return the move and
+    the event's id."""
     move = Registry(ctx.store, model_name).move_champion(version, reason=reason, actor=actor)
-    event_id = emit_model_event(event, model_name, {"version": move.version, "previous": move.previous,
-                                                    "reason": reason, "actor": actor}, target=ctx.target)
+    event_id = emit_model_event(
+        event,
+        model_name,
+        {"version": move.version, "previous": move.previous, "reason": reason, "actor": actor},
+        target=ctx.target,
+    )
     return move, event_id
 
 
 @io_task(name="claim-retrain-slot")
 def claim_retrain(model_name: str, reason: str, ignore_cooldown: bool, ctx: RunContext) -> str | None:
     """None if this run may retrain (and it is now recorded as started); else why it may not."""
-    decision = claim_retrain_slot(ctx.store, model_name, reason, ctx.settings.retrain.cooldown_minutes,
-                                  ignore_cooldown)
+    decision = claim_retrain_slot(
+        ctx.store, model_name, reason, ctx.settings.retrain.cooldown_minutes, ignore_cooldown
+    )
     return None if decision.outcome == "start" else decision.reason
 
 
 @io_task(name="start-canary")
 def start_canary(model_name: str, version: int, reason: str, ctx: RunContext) -> None:
     Registry(ctx.store, model_name).set_alias("challenger", version, reason=reason, actor="retrain-flow")
-    emit_model_event("driftloop.model.canary.started", model_name,
-                     {"version": version, "share": ctx.settings.serving.challenger_share, "reason": reason},
-                     target=ctx.target)
+    emit_model_event(
+        "driftloop.model.canary.started",
+        model_name,
+        {"version": version, "share": ctx.settings.serving.challenger_share, "reason": reason},
+        target=ctx.target,
+    )
 
 
 @io_task(name="apply-canary-decision")
 def apply_canary_decision(model_name: str, outcome: str, version: int, reason: str, ctx: RunContext) -> None:
     """Promote the challenger (``promote``) or stop the canary (``drop``); ``wait`` changes nothing."""
     if outcome == "promote":
-        move_champion.fn(model_name, version, f"canary: {reason}", "canary-flow", "driftloop.model.promoted", ctx)
+        move_champion.fn(
+            model_name, version, f"canary: {reason}", "canary-flow", "driftloop.model.promoted", ctx
+        )
     elif outcome == "drop":
-        Registry(ctx.store, model_name).set_alias("challenger", None, reason=f"canary stopped: {reason}",
-                                                  actor="canary-flow")
-        emit_model_event("driftloop.model.canary.stopped", model_name, {"version": version, "reason": reason},
-                         target=ctx.target)
+        Registry(ctx.store, model_name).set_alias(
+            "challenger", None, reason=f"canary stopped: {reason}", actor="canary-flow"
+        )
+        emit_model_event(
+            "driftloop.model.canary.stopped",
+            model_name,
+            {"version": version, "reason": reason},
+            target=ctx.target,
+        )

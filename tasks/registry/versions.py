@@ -24,9 +24,9 @@ import lightgbm as lgb
 from pydantic import BaseModel, Field
 
 from tasks.core.errors import BadInput
-from tasks.model.features import FittedTransform
 from tasks.core.settings import PROJECT_DIR
 from tasks.core.store import ArtifactStore, KeyNotFound, PreconditionFailed
+from tasks.model.features import FittedTransform
 
 ALIASES = ("champion", "challenger")
 
@@ -74,7 +74,11 @@ class AliasDoc(BaseModel):
         """The champion before the current one, from the history (skipping repeats)."""
         current = self.aliases.get("champion")
         for change in reversed(self.history):
-            if change.alias == "champion" and change.version == current and change.previous not in (None, current):
+            if (
+                change.alias == "champion"
+                and change.version == current
+                and change.previous not in (None, current)
+            ):
                 return change.previous
         return None
 
@@ -104,7 +108,9 @@ def git_commit(configured: str | None = None) -> str:
     if configured:
         return configured
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -118,15 +124,20 @@ class Registry:
 
     # --- versions ------------------------------------------------------------------------------
     def versions(self) -> list[int]:
-        return sorted(int(k.rsplit("/", 1)[1].removesuffix(".json")) for k in self.store.list(f"{self.prefix}/versions")
-                      if k.endswith(".json"))
+        return sorted(
+            int(k.rsplit("/", 1)[1].removesuffix(".json"))
+            for k in self.store.list(f"{self.prefix}/versions")
+            if k.endswith(".json")
+        )
 
     def get(self, version: int) -> ModelVersion:
         try:
             return ModelVersion.model_validate(self.store.read_json(self.version_key(version)))
         except KeyNotFound:
             known = self.versions()
-            raise RegistryError(f"model {self.model_name!r} has no version {version}; versions: {known or 'none'}") from None
+            raise RegistryError(
+                f"model {self.model_name!r} has no version {version}; versions: {known or 'none'}"
+            ) from None
 
     @property
     def aliases_key(self) -> str:
@@ -149,11 +160,17 @@ class Registry:
         existing = self.versions()
         version = (existing[-1] if existing else 0) + 1
         for _ in range(100):
-            mv = ModelVersion(model_name=self.model_name, version=version, files=keys,
-                              created_at=datetime.now(timezone.utc).isoformat(),
-                              **{f: getattr(record, f) for f in NewVersion.model_fields})
+            mv = ModelVersion(
+                model_name=self.model_name,
+                version=version,
+                files=keys,
+                created_at=datetime.now(timezone.utc).isoformat(),
+                **{f: getattr(record, f) for f in NewVersion.model_fields},
+            )
             try:
-                self.store.write_json(self.version_key(version), mv.model_dump(mode="json"), if_none_match=True)
+                self.store.write_json(
+                    self.version_key(version), mv.model_dump(mode="json"), if_none_match=True
+                )
                 return mv
             except PreconditionFailed:
                 version += 1  # someone registered this number first; take the next
@@ -179,10 +196,14 @@ class Registry:
             return self.get(int(ref))
         doc = self.alias_doc()
         if ref not in doc.aliases:
-            raise RegistryError(f"model {self.model_name!r} has no {ref!r} alias; aliases: {doc.aliases or 'none'}")
+            raise RegistryError(
+                f"model {self.model_name!r} has no {ref!r} alias; aliases: {doc.aliases or 'none'}"
+            )
         return self.get(doc.aliases[ref])
 
-    def set_alias(self, alias: str, version: int | None, *, reason: str, actor: str = "driftloop") -> AliasDoc:
+    def set_alias(
+        self, alias: str, version: int | None, *, reason: str, actor: str = "driftloop"
+    ) -> AliasDoc:
         """Point ``alias`` at ``version`` (None removes it), atomically, recording who and why."""
         if alias not in ALIASES:
             raise RegistryError(f"unknown alias {alias!r}; use one of {ALIASES}")
@@ -190,7 +211,9 @@ class Registry:
             self.get(version)  # must exist
             other = "challenger" if alias == "champion" else "champion"
             if alias == "challenger" and self.alias_doc().aliases.get(other) == version:
-                raise RegistryError(f"v{version} of {self.model_name!r} is the champion; a challenger must be another version")
+                raise RegistryError(
+                    f"v{version} of {self.model_name!r} is the champion; a challenger must be another version"
+                )
         key = self.aliases_key
         for _ in range(50):
             value, etag = self.store.read_json_with_etag(key)
@@ -200,8 +223,16 @@ class Registry:
                 doc.aliases.pop(alias, None)
             else:
                 doc.aliases[alias] = version
-            doc.history.append(AliasChange(alias=alias, version=version, previous=previous,
-                                           at=datetime.now(timezone.utc).isoformat(), reason=reason, actor=actor))
+            doc.history.append(
+                AliasChange(
+                    alias=alias,
+                    version=version,
+                    previous=previous,
+                    at=datetime.now(timezone.utc).isoformat(),
+                    reason=reason,
+                    actor=actor,
+                )
+            )
             try:
                 if etag is None:
                     self.store.write_json(key, doc.model_dump(mode="json"), if_none_match=True)
@@ -220,12 +251,16 @@ class Registry:
         if version is None:
             version = doc.previous_champion()
             if version is None:
-                raise BadInput(f"model {self.model_name!r} has no previous champion to roll back to (champion is "
-                               f"{'v' + str(current) if current else 'unset'}); pass to_version explicitly")
+                raise BadInput(
+                    f"model {self.model_name!r} has no previous champion to roll back to (champion is "
+                    f"{'v' + str(current) if current else 'unset'}); pass to_version explicitly"
+                )
         self.get(version)  # must exist: a clear error names the versions that do
         if version == current:
             raise BadInput(f"v{version} of {self.model_name!r} is already champion; nothing to do")
         doc = self.set_alias("champion", version, reason=reason, actor=actor)
         if doc.aliases.get("challenger") == version:
             self.set_alias("challenger", None, reason=f"promoted to champion: {reason}", actor=actor)
-        return ChampionMove(model_name=self.model_name, version=version, previous=current, reason=reason, actor=actor)
+        return ChampionMove(
+            model_name=self.model_name, version=version, previous=current, reason=reason, actor=actor
+        )

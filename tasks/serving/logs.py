@@ -19,8 +19,14 @@ log = logging.getLogger("driftloop.serving")
 class PartitionedLog:
     """Append rows in memory; a background thread writes them to ``<prefix>/date=…/hour=…/*.parquet``."""
 
-    def __init__(self, store: ArtifactStore, prefix: str, schema: dict[str, pl.DataType],
-                 max_rows: int = 2000, max_seconds: float = 5.0):
+    def __init__(
+        self,
+        store: ArtifactStore,
+        prefix: str,
+        schema: dict[str, pl.DataType],
+        max_rows: int = 2000,
+        max_seconds: float = 5.0,
+    ):
         self.store, self.prefix, self.schema = store, prefix, schema
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self._rows: list[dict[str, Any]] = []
@@ -70,10 +76,16 @@ class PartitionedLog:
                 parts = [pl.DataFrame(rows, schema=self.schema)] if rows else []
                 parts += [f.select(list(self.schema)).cast(self.schema) for f in frames]
                 frame = pl.concat(parts)
-                for (date, hour), part in frame.with_columns(
-                    pl.col("ts").dt.strftime("%Y-%m-%d").alias("__date"), pl.col("ts").dt.strftime("%H").alias("__hour")
-                ).partition_by(["__date", "__hour"], as_dict=True).items():
-                    key = f"{self.prefix}/date={date}/hour={hour}/{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+                for (date, hour), part in (
+                    frame.with_columns(
+                        pl.col("ts").dt.strftime("%Y-%m-%d").alias("__date"),
+                        pl.col("ts").dt.strftime("%H").alias("__hour"),
+                    )
+                    .partition_by(["__date", "__hour"], as_dict=True)
+                    .items()
+                ):
+                    name = f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
+                    key = f"{self.prefix}/date={date}/hour={hour}/{name}"
                     self.store.write_parquet(key, part.drop("__date", "__hour"))
                 self.flushed_rows += frame.height
                 return frame.height
@@ -97,8 +109,9 @@ PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
 FEEDBACK_COLUMNS = ["request_id", "ts", "outcome"]
 
 
-def read_log(store: ArtifactStore, prefix: str, columns: list[str] | None = None,
-             request_ids: list[str] | None = None) -> pl.DataFrame:
+def read_log(
+    store: ArtifactStore, prefix: str, columns: list[str] | None = None, request_ids: list[str] | None = None
+) -> pl.DataFrame:
     """What was flushed under a log prefix (empty when nothing was logged yet). The scan is lazy:
     only ``columns`` are read, and only rows of ``request_ids`` kept, so callers that need a little
     of a large log do not read all of it."""

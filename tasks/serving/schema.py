@@ -18,9 +18,22 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from tasks.core.config import ColumnContract, DatasetConfig
 from tasks.model.features import FeatureSpec
 
-PY_TYPES: dict[str, Any] = {"int64": int, "float64": float, "string": str, "bool": bool, "date": date, "datetime": datetime}
-POLARS_TYPES: dict[str, pl.DataType] = {"int64": pl.Int64(), "float64": pl.Float64(), "string": pl.String(),
-                                        "bool": pl.Boolean(), "date": pl.Date(), "datetime": pl.String()}
+PY_TYPES: dict[str, Any] = {
+    "int64": int,
+    "float64": float,
+    "string": str,
+    "bool": bool,
+    "date": date,
+    "datetime": datetime,
+}
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "int64": pl.Int64(),
+    "float64": pl.Float64(),
+    "string": pl.String(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.String(),
+}
 
 
 def input_contracts(config: DatasetConfig) -> dict[str, tuple[ColumnContract, bool]]:
@@ -45,9 +58,18 @@ def input_contracts(config: DatasetConfig) -> dict[str, tuple[ColumnContract, bo
 def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> type[BaseModel]:
     """A pydantic model of one prediction request, with types and ranges from the contracts."""
     fields: dict[str, Any] = {
-        "request_id": (str | None, Field(None, max_length=128, description="caller's id; generated when absent")),
-        "routing_key": (str | None, Field(None, max_length=256,
-                                           description="keeps a caller on one arm of a canary (default: request_id)")),
+        "request_id": (
+            str | None,
+            Field(None, max_length=128, description="caller's id; generated when absent"),
+        ),
+        "routing_key": (
+            str | None,
+            Field(
+                None,
+                max_length=256,
+                description="keeps a caller on one arm of a canary (default: request_id)",
+            ),
+        ),
     }
     for col, (contract, required) in input_contracts(config).items():
         py = PY_TYPES[contract.dtype]
@@ -67,5 +89,7 @@ def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> typ
 
 def input_schema(config: DatasetConfig) -> dict[str, pl.DataType]:
     """Polars types of a request's raw inputs (the time column as a UTC datetime)."""
-    return {col: POLARS_TYPES[c.dtype] if col != config.time.column else pl.Datetime("us", "UTC")
-            for col, (c, _) in input_contracts(config).items()}
+    return {
+        col: POLARS_TYPES[c.dtype] if col != config.time.column else pl.Datetime("us", "UTC")
+        for col, (c, _) in input_contracts(config).items()
+    }

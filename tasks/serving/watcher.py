@@ -40,7 +40,10 @@ def load_version(registry: Registry, mv: ModelVersion) -> LoadedModel:
     booster = registry.load_booster(mv)
     transform = registry.load_transform(mv)
     if booster.num_feature() != len(transform.feature_names):
-        raise RegistryError(f"v{mv.version}: model has {booster.num_feature()} features, transform {len(transform.feature_names)}")
+        raise RegistryError(
+            f"v{mv.version}: model has {booster.num_feature()} features, "
+            f"transform {len(transform.feature_names)}"
+        )
     return LoadedModel(version=mv, booster=booster, transform=transform)
 
 
@@ -89,22 +92,35 @@ class RegistryWatcher:
                 loaded[alias] = current
                 continue
             try:
-                loaded[alias] = self._cache.get(version) or load_version(self.registry, self.registry.get(version))
-                self._cache = {version: loaded[alias], **{k: v for k, v in self._cache.items() if k != version}}
+                loaded[alias] = self._cache.get(version) or load_version(
+                    self.registry, self.registry.get(version)
+                )
+                self._cache = {
+                    version: loaded[alias],
+                    **{k: v for k, v in self._cache.items() if k != version},
+                }
                 while len(self._cache) > 4:
                     self._cache.pop(next(iter(self._cache)))
             except Exception as exc:  # noqa: BLE001 - any failure means: keep what we have
                 keep = current.version.version if current else None
-                problems.append(f"{alias} v{version} failed to load ({type(exc).__name__}: {exc}); "
-                                f"{'still serving v' + str(keep) if keep else 'no ' + alias + ' loaded'}")
+                problems.append(
+                    f"{alias} v{version} failed to load ({type(exc).__name__}: {exc}); "
+                    f"{'still serving v' + str(keep) if keep else 'no ' + alias + ' loaded'}"
+                )
                 log.error("driftloop: %s", problems[-1])
                 if current is not None:
                     loaded[alias] = current
         self.status.problems = problems
         # remember the etag only when everything loaded, so a fixed registry is picked up next poll
-        new = ModelSet(champion=loaded.get("champion"), challenger=loaded.get("challenger"),
-                       etag=etag if not problems else None)
-        changed = (_v(new.champion), _v(new.challenger)) != (_v(self.models.champion), _v(self.models.challenger))
+        new = ModelSet(
+            champion=loaded.get("champion"),
+            challenger=loaded.get("challenger"),
+            etag=etag if not problems else None,
+        )
+        changed = (_v(new.champion), _v(new.challenger)) != (
+            _v(self.models.champion),
+            _v(self.models.challenger),
+        )
         self.models = new
         if changed:
             self.status.loaded_at = datetime.now(timezone.utc).isoformat()
@@ -119,7 +135,9 @@ class RegistryWatcher:
         transform = FittedTransform.from_json((path / "transform.json").read_text())
         meta = json.loads((path / "registry_version.json").read_text())
         self.models = ModelSet(champion=LoadedModel(ModelVersion.model_validate(meta), booster, transform))
-        self.status.problems.append(f"registry unreadable at start; serving the packaged model v{meta['version']}")
+        self.status.problems.append(
+            f"registry unreadable at start; serving the packaged model v{meta['version']}"
+        )
         log.warning("driftloop: %s", self.status.problems[-1])
 
     def start(self) -> None:

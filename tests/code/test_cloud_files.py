@@ -29,7 +29,9 @@ def _run(*args: str | Path) -> tuple[subprocess.CompletedProcess, float]:
     return out, time.perf_counter() - start
 
 
-@pytest.mark.parametrize("linter, path", [("cfn-lint", TEMPLATE), ("hadolint", DOCKERFILE)], ids=["cfn-lint", "hadolint"])
+@pytest.mark.parametrize(
+    "linter, path", [("cfn-lint", TEMPLATE), ("hadolint", DOCKERFILE)], ids=["cfn-lint", "hadolint"]
+)
 def test_infra_file_passes_its_linter(linter, path):
     out, seconds = _run(BIN / linter, path)
     print(f"{linter}: {seconds:.2f} s")
@@ -54,16 +56,22 @@ def test_bucket_is_private_encrypted_versioned_and_expires_prediction_logs():
     rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
     assert "logs/" in str(rules["expire-prediction-logs"]["Prefix"])
     # the flow role reaches only the store prefix of this bucket
-    statements = template["Resources"]["FlowTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-    assert {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])} == {
-        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    statements = template["Resources"]["FlowTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"][
+        "Statement"
+    ]
+    assert {
+        a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    } == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
     assert "${StorePrefix}/*" in str(statements[1]["Resource"])
 
 
 def test_hadolint_would_catch_a_root_image(tmp_path):
     worse = tmp_path / "Dockerfile"
-    worse.write_text(DOCKERFILE.read_text().replace("USER 10001:10001", "").replace(
-        "FROM python:3.11.7-slim-bookworm", "FROM python:latest"))
+    worse.write_text(
+        DOCKERFILE.read_text()
+        .replace("USER 10001:10001", "")
+        .replace("FROM python:3.11.7-slim-bookworm", "FROM python:latest")
+    )
     out, _ = _run(BIN / "hadolint", worse)
     assert out.returncode != 0 and "DL3007" in out.stdout  # "latest" is not a pinned base image
 
@@ -71,7 +79,9 @@ def test_hadolint_would_catch_a_root_image(tmp_path):
 def test_flow_image_runs_as_non_root_with_the_project_and_no_secrets():
     text = DOCKERFILE.read_text()
     assert re.search(r"^USER 10001", text, re.M)
-    packages = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"][
+        "find"
+    ]["include"]
     for package in (p.rstrip("*") for p in packages):
         assert f"COPY {package} ./{package}" in text, f"the flow image lacks the {package} package"
     assert "COPY configs ./configs" in text and "requirements.lock" in text
@@ -93,7 +103,8 @@ def test_lock_satisfies_every_runtime_dependency():
         name = dep.name.lower().replace("_", "-")
         assert name in locked, f"{name} is a dependency but not in requirements.lock; run `make lock`"
         assert dep.specifier.contains(locked[name], prereleases=True), (
-            f"requirements.lock pins {name}=={locked[name]}, outside {dep}; run `make lock`")
+            f"requirements.lock pins {name}=={locked[name]}, outside {dep}; run `make lock`"
+        )
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
@@ -110,12 +121,21 @@ def test_workflows_test_on_pull_requests_and_deploy_and_run_on_main():
     deploy_text = (PROJECT_DIR / ".github/workflows/deploy.yml").read_text()
     deploy = yaml.safe_load(deploy_text)
     assert deploy[True]["push"]["branches"] == ["main"]
-    for needed in ("docker build -f infra/docker/flows.Dockerfile", "docker push", "deployments.work_pools",
-                   "deployments.blocks", "deployments.cloud deploy", "prefect deployment run 'training/cloud' --watch",
-                   "flows/package.py", "bentoml containerize"):
+    for needed in (
+        "docker build -f infra/docker/flows.Dockerfile",
+        "docker push",
+        "deployments.work_pools",
+        "deployments.blocks",
+        "deployments.cloud deploy",
+        "prefect deployment run 'training/cloud' --watch",
+        "flows/package.py",
+        "bentoml containerize",
+    ):
         assert needed in deploy_text, f"deploy workflow lacks {needed!r}"
     order = list(deploy["jobs"])
-    assert order.index("test") < order.index("flow-image") < order.index("deploy") < order.index("service-image")
+    assert (
+        order.index("test") < order.index("flow-image") < order.index("deploy") < order.index("service-image")
+    )
     assert "AWS_SECRET_ACCESS_KEY" not in deploy_text  # OIDC role, no long-lived keys
 
 
@@ -134,20 +154,25 @@ def test_ecs_template_keeps_every_field_of_prefect_aws_default():
     assert ours["variables"]["properties"]["cluster"]["default"] == "driftloop"
 
 
-@pytest.mark.parametrize("variables, complaint", [
-    ({"cpu": 300}, r"cpu: 300 is not one of"),
-    ({"cpu": 1024, "memory": 100}, r"memory: 100 is less than the minimum"),
-    ({"cpu": 256, "memory": 4096}, r"4096 MiB is not a Fargate size for cpu 256"),
-    ({"launch_type": "LAMBDA"}, r"launch_type: 'LAMBDA' is not one of"),
-    ({"env": {"A": 3}}, r"env.A: 3 is not valid"),
-])
+@pytest.mark.parametrize(
+    "variables, complaint",
+    [
+        ({"cpu": 300}, r"cpu: 300 is not one of"),
+        ({"cpu": 1024, "memory": 100}, r"memory: 100 is less than the minimum"),
+        ({"cpu": 256, "memory": 4096}, r"4096 MiB is not a Fargate size for cpu 256"),
+        ({"launch_type": "LAMBDA"}, r"launch_type: 'LAMBDA' is not one of"),
+        ({"env": {"A": 3}}, r"env.A: 3 is not valid"),
+    ],
+)
 def test_job_variables_out_of_range_are_named(variables, complaint):
     from deployments.aws import SetupError
     from deployments.work_pools import ecs_template, validate_job_variables
 
     with pytest.raises(SetupError, match=complaint):
         validate_job_variables(variables, ecs_template(), "training/cloud")
-    validate_job_variables({"cpu": 2048, "memory": 8192}, ecs_template(), "training/cloud")  # a valid pair passes
+    validate_job_variables(
+        {"cpu": 2048, "memory": 8192}, ecs_template(), "training/cloud"
+    )  # a valid pair passes
 
 
 def test_ecr_image_names_are_parsed():
@@ -175,8 +200,10 @@ def test_grafana_dashboard_and_prometheus_config_are_well_formed():
 
 def dashboard_metric_names() -> set[str]:
     """Metric names the dashboard and alert rules query (the service must export each)."""
-    texts = [(PROJECT_DIR / "infra/observability/grafana-dashboard.json").read_text(),
-             (PROJECT_DIR / "infra/observability/driftloop-alerts.yml").read_text()]
+    texts = [
+        (PROJECT_DIR / "infra/observability/grafana-dashboard.json").read_text(),
+        (PROJECT_DIR / "infra/observability/driftloop-alerts.yml").read_text(),
+    ]
     names = set()
     for text in texts:
         names |= set(re.findall(r"\b((?:bentoml_service|driftloop)_[a-z_]+)\b", text))

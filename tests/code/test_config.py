@@ -76,7 +76,9 @@ def test_cloud_config_extends_the_flights_config_and_replaces_only_the_planes_so
     assert base.tables["planes"].source.kind == "sql" and cloud.tables["planes"].source.kind == "files"
     assert cloud.tables["planes"].contract == base.tables["planes"].contract  # merged, not replaced
     assert cloud.model_dump(exclude={"tables"}) == base.model_dump(exclude={"tables"})
-    assert {k: v for k, v in cloud.tables.items() if k != "planes"} == {k: v for k, v in base.tables.items() if k != "planes"}
+    assert {k: v for k, v in cloud.tables.items() if k != "planes"} == {
+        k: v for k, v in base.tables.items() if k != "planes"
+    }
 
 
 def test_extends_loops_and_missing_parents_are_named(tmp_path):

@@ -39,11 +39,19 @@ def _domain_modules() -> list[str]:
 
 
 def _imports_prefect(modules: list[str]) -> list[str]:
-    code = ("import importlib, sys\n"
-            f"for name in {modules!r}:\n    importlib.import_module(name)\n"
-            "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120,
-                         env={**_clean_env(), "BENTOML_DO_NOT_TRACK": "true"})
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_clean_env(), "BENTOML_DO_NOT_TRACK": "true"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own subprocess printed a list literal
 
@@ -102,8 +110,12 @@ def _environment_uses(source: str) -> list[str]:
     """``os.environ``, ``os.getenv``/``putenv`` and ``Settings()`` in a module's source, by line."""
     uses = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os" \
-                and node.attr in ("environ", "getenv", "putenv", "unsetenv"):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "os"
+            and node.attr in ("environ", "getenv", "putenv", "unsetenv")
+        ):
             uses.append(f"{node.lineno}: os.{node.attr}")
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Settings":
             uses.append(f"{node.lineno}: Settings()")
@@ -130,7 +142,9 @@ def _where_things_are() -> str:
 
 def test_readme_where_things_are_is_true_to_the_tree():
     section = _where_things_are()
-    named = set(re.findall(r"`((?:flows|tasks|deployments|bentos|infra|configs|tests|bench)/[\w./-]*)`", section))
+    named = set(
+        re.findall(r"`((?:flows|tasks|deployments|bentos|infra|configs|tests|bench)/[\w./-]*)`", section)
+    )
     assert named, "the section names no paths"
     missing = sorted(n for n in named if not (PROJECT_DIR / n.rstrip("/")).exists())
     assert missing == [], f"README names paths that do not exist: {missing}"
@@ -142,4 +156,6 @@ def test_readme_where_things_are_is_true_to_the_tree():
 @pytest.mark.parametrize("stage", STAGES)
 def test_each_stage_package_is_documented(stage):
     init = PROJECT_DIR / "tasks" / stage / "__init__.py"
-    assert ast.get_docstring(ast.parse(init.read_text())), f"tasks/{stage}/__init__.py should say what the stage is"
+    assert ast.get_docstring(ast.parse(init.read_text())), (
+        f"tasks/{stage}/__init__.py should say what the stage is"
+    )

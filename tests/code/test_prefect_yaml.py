@@ -15,8 +15,17 @@ from tasks.core.settings import PROJECT_DIR, Settings
 
 SPEC = prefect_file.load()
 DEPLOYMENTS = SPEC["deployments"]
-FLOWS = ["training", "land-demo-data", "package", "promote", "rollback", "monitor", "retrain",
-         "canary-decision", "lineage"]
+FLOWS = [
+    "training",
+    "land-demo-data",
+    "package",
+    "promote",
+    "rollback",
+    "monitor",
+    "retrain",
+    "canary-decision",
+    "lineage",
+]
 
 
 def _load_flow(entrypoint: str):
@@ -34,13 +43,18 @@ def test_entrypoint_is_a_flow_with_a_parameter_schema(deployment):
 
     flow = _load_flow(deployment["entrypoint"])
     assert isinstance(flow, Flow)
-    assert flow.name == prefect_file.flow_name(deployment)  # what `prefect deploy --name <flow>/<target>` matches
+    assert flow.name == prefect_file.flow_name(
+        deployment
+    )  # what `prefect deploy --name <flow>/<target>` matches
     schema = parameter_schema(flow.fn).model_dump()
     assert schema["type"] == "object"
 
 
 def test_every_flow_exists_for_both_targets_with_the_same_definition():
-    by_target = {t: {prefect_file.flow_name(d): d for d in prefect_file.deployments(t, SPEC)} for t in ("local", "cloud")}
+    by_target = {
+        t: {prefect_file.flow_name(d): d for d in prefect_file.deployments(t, SPEC)}
+        for t in ("local", "cloud")
+    }
     assert sorted(by_target["local"]) == sorted(by_target["cloud"]) == sorted(FLOWS)
     assert {d["name"] for d in DEPLOYMENTS} == {"local", "cloud"}
     for name in FLOWS:
@@ -49,8 +63,14 @@ def test_every_flow_exists_for_both_targets_with_the_same_definition():
             assert local.get(key) == cloud.get(key), f"{name}: {key} differs between targets"
         assert local["work_pool"]["name"] == Settings().prefect.work_pool == "driftloop-local"
         assert cloud["work_pool"]["name"] == "driftloop-ecs"
-        assert local["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $DRIFTLOOP_PROJECT_DIR }}"
-        assert cloud["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/opt/driftloop"
+        assert (
+            local["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
+            == "{{ $DRIFTLOOP_PROJECT_DIR }}"
+        )
+        assert (
+            cloud["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
+            == "/opt/driftloop"
+        )
     assert by_target["cloud"]["monitor"]["schedules"][0]["cron"] == "0 * * * *"
 
 
@@ -58,8 +78,10 @@ def test_cloud_job_variables_pass_the_ecs_template():
     from deployments.work_pools import ecs_template, validate_job_variables
 
     template = ecs_template()
-    env = {"DRIFTLOOP_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/driftloop/flows:abc",
-           "DRIFTLOOP_STORE_URI": "s3://bucket/driftloop"}
+    env = {
+        "DRIFTLOOP_IMAGE": "123456789012.dkr.ecr.us-east-1.amazonaws.com/driftloop/flows:abc",
+        "DRIFTLOOP_STORE_URI": "s3://bucket/driftloop",
+    }
     for d in prefect_file.deployments("cloud", SPEC):
         variables = prefect_file.render(d["work_pool"]["job_variables"], env)
         validate_job_variables(variables, template, prefect_file.flow_name(d))

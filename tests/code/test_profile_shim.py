@@ -16,9 +16,15 @@ def _frame(n: int = 5000) -> pl.DataFrame:
     floats[::97] = np.inf
     floats[1::101] = -np.inf
     strings = rng.choice(["AA", "UA", "DL", None], n).tolist()
-    return pl.DataFrame({"f": floats, "i": rng.integers(-5, 500, n), "s": strings, "b": rng.integers(0, 2, n) == 1,
-                         "all_null": pl.Series([None] * n, dtype=pl.String)}).with_columns(
-        pl.when(pl.col("f").is_nan()).then(None).otherwise(pl.col("f")).alias("f_null"))
+    return pl.DataFrame(
+        {
+            "f": floats,
+            "i": rng.integers(-5, 500, n),
+            "s": strings,
+            "b": rng.integers(0, 2, n) == 1,
+            "all_null": pl.Series([None] * n, dtype=pl.String),
+        }
+    ).with_columns(pl.when(pl.col("f").is_nan()).then(None).otherwise(pl.col("f")).alias("f_null"))
 
 
 def test_vectorised_split_matches_whylogs_original():
@@ -35,9 +41,21 @@ def test_vectorised_split_matches_whylogs_original():
         PreprocessedColumn._pandas_split = patched
     assert list(fast.index) == list(slow.index) and list(fast.columns) == list(slow.columns)
     # exact statistics must agree exactly; sketches (KLL quantiles, HLL cardinality) are randomised
-    exact = [c for c in fast.columns if c.startswith(("counts/", "types/")) or c in (
-        "distribution/mean", "distribution/stddev", "distribution/n", "distribution/max", "distribution/min",
-        "cardinality/est", "frequent_items/frequent_strings")]
+    exact = [
+        c
+        for c in fast.columns
+        if c.startswith(("counts/", "types/"))
+        or c
+        in (
+            "distribution/mean",
+            "distribution/stddev",
+            "distribution/n",
+            "distribution/max",
+            "distribution/min",
+            "cardinality/est",
+            "frequent_items/frequent_strings",
+        )
+    ]
     assert "frequent_items/frequent_strings" in exact and "cardinality/est" in exact
     pd.testing.assert_frame_equal(fast[exact], slow[exact], check_exact=False, rtol=1e-12)
     assert fast.loc["f", "counts/inf"] == int(np.isinf(frame["f"].to_numpy()).sum()) > 0  # +inf and -inf rows

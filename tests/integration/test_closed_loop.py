@@ -18,15 +18,23 @@ def _retrain_runs(since: float) -> list:
     import datetime as dt
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (DeploymentFilter, DeploymentFilterName, FlowRunFilter,
-                                                FlowRunFilterExpectedStartTime)
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterName,
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+    )
 
     async def read():
         async with get_client() as client:
             return await client.read_flow_runs(
                 deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["local"])),
-                flow_run_filter=FlowRunFilter(expected_start_time=FlowRunFilterExpectedStartTime(
-                    after_=dt.datetime.fromtimestamp(since - 5, dt.timezone.utc))))
+                flow_run_filter=FlowRunFilter(
+                    expected_start_time=FlowRunFilterExpectedStartTime(
+                        after_=dt.datetime.fromtimestamp(since - 5, dt.timezone.utc)
+                    )
+                ),
+            )
 
     runs = asyncio.run(read())
     return [r for r in runs if r.name and r.parameters.get("params", {}).get("model_name") == "flights-loop"]
@@ -36,8 +44,8 @@ def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, lande
     from flows.monitoring import MonitorParams, monitor
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.registry.versions import Registry
     from tasks.core.store import open_store
+    from tasks.registry.versions import Registry
 
     training(TrainingParams(**SMALL, model_name="flights-loop"))
     config = landed.load_dataset().model_copy(update={"model_name": "flights-loop"})
@@ -67,6 +75,8 @@ def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, lande
     doc = registry.alias_doc()
     assert registry.versions() == [1, 2]
     assert doc.aliases["champion"] == 1
-    assert doc.aliases.get("challenger") == 2, doc.history[-1]  # the retrained model passed its gate: a canary
+    assert doc.aliases.get("challenger") == 2, doc.history[
+        -1
+    ]  # the retrained model passed its gate: a canary
     assert "retrain (driftloop.drift.detected)" in doc.history[-1].reason
     assert len(_retrain_runs(emitted)) == 1  # one event, one retrain

@@ -46,8 +46,14 @@ def _api(read):
 
 
 def _script(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=PROJECT_DIR, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        env=env,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,13 +61,24 @@ def cloud(moto_endpoint, prefect_server):
     """The stack created in moto; env for the setup scripts (boto3 reaches moto via AWS_ENDPOINT_URL)."""
     ec2 = _aws("ec2", moto_endpoint)
     vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)
+    ]
     cfn = _aws("cloudformation", moto_endpoint)
     start = time.perf_counter()
-    cfn.create_stack(StackName=STACK, TemplateBody=TEMPLATE.read_text(), Capabilities=["CAPABILITY_NAMED_IAM"],
-                     Parameters=[{"ParameterKey": "PrefectApiUrl", "ParameterValue": "https://api.prefect.cloud/api/accounts/a/workspaces/w"},
-                                 {"ParameterKey": "VpcId", "ParameterValue": vpc},
-                                 {"ParameterKey": "SubnetIds", "ParameterValue": ",".join(subnets)}])
+    cfn.create_stack(
+        StackName=STACK,
+        TemplateBody=TEMPLATE.read_text(),
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+        Parameters=[
+            {
+                "ParameterKey": "PrefectApiUrl",
+                "ParameterValue": "https://api.prefect.cloud/api/accounts/a/workspaces/w",
+            },
+            {"ParameterKey": "VpcId", "ParameterValue": vpc},
+            {"ParameterKey": "SubnetIds", "ParameterValue": ",".join(subnets)},
+        ],
+    )
     stack = cfn.describe_stacks(StackName=STACK)["Stacks"][0]
     print(f"\nstack into moto: {time.perf_counter() - start:.2f} s, {stack['StackStatus']}")
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
@@ -70,10 +87,20 @@ def cloud(moto_endpoint, prefect_server):
     sm = _aws("secretsmanager", moto_endpoint)
     for name in (outputs["PrefectApiKeySecretName"], outputs["WandbApiKeySecretName"]):
         sm.create_secret(Name=name)
-    env = {**os.environ, "AWS_ENDPOINT_URL": moto_endpoint, "AWS_REGION": "us-east-1",
-           "PREFECT_API_URL": prefect_server.cfg.api_url}
-    return {"endpoint": moto_endpoint, "outputs": outputs, "env": env, "subnets": subnets, "vpc": vpc,
-            "status": stack["StackStatus"]}
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": moto_endpoint,
+        "AWS_REGION": "us-east-1",
+        "PREFECT_API_URL": prefect_server.cfg.api_url,
+    }
+    return {
+        "endpoint": moto_endpoint,
+        "outputs": outputs,
+        "env": env,
+        "subnets": subnets,
+        "vpc": vpc,
+        "status": stack["StackStatus"],
+    }
 
 
 def test_stack_makes_the_bucket_roles_cluster_and_worker(cloud):
@@ -94,9 +121,13 @@ def test_stack_makes_the_bucket_roles_cluster_and_worker(cloud):
         trust = roles[name]["AssumeRolePolicyDocument"]
         trust = json.loads(trust) if isinstance(trust, str) else trust
         assert trust["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
-    policy = iam.get_role_policy(RoleName="driftloop-flow-task", PolicyName="artifact-store-prefix")["PolicyDocument"]
+    policy = iam.get_role_policy(RoleName="driftloop-flow-task", PolicyName="artifact-store-prefix")[
+        "PolicyDocument"
+    ]
     resources = json.dumps(policy)
-    assert f"arn:aws:s3:::{bucket}/driftloop/*" in resources and "s3:*" not in resources  # only the store prefix
+    assert (
+        f"arn:aws:s3:::{bucket}/driftloop/*" in resources and "s3:*" not in resources
+    )  # only the store prefix
 
     ecs = _aws("ecs", endpoint)
     assert ecs.describe_clusters(clusters=["driftloop"])["clusters"][0]["status"] == "ACTIVE"
@@ -119,13 +150,20 @@ def test_stack_makes_the_bucket_roles_cluster_and_worker(cloud):
     assert {"/driftloop/worker", "/driftloop/flow-runs"} <= groups
 
     # moto's CloudFormation skips some types (their resources exist on AWS); name them, don't hide them
-    made = {r["LogicalResourceId"] for r in _aws("cloudformation", endpoint).list_stack_resources(StackName=STACK)
-            ["StackResourceSummaries"] if r["LogicalResourceId"]}
+    made = {
+        r["LogicalResourceId"]
+        for r in _aws("cloudformation", endpoint).list_stack_resources(StackName=STACK)[
+            "StackResourceSummaries"
+        ]
+        if r["LogicalResourceId"]
+    }
     from cfnlint.decode import decode_str
 
     declared, _ = decode_str(TEMPLATE.read_text())
-    skipped = sorted({declared["Resources"][k]["Type"] for k in declared["Resources"]} -
-                     {declared["Resources"][k]["Type"] for k in made})
+    skipped = sorted(
+        {declared["Resources"][k]["Type"] for k in declared["Resources"]}
+        - {declared["Resources"][k]["Type"] for k in made}
+    )
     print("resource types moto's CloudFormation does not implement (checked by cfn-lint only):", skipped)
     assert not {"AWS::S3::Bucket", "AWS::IAM::Role", "AWS::ECS::Cluster", "AWS::ECS::Service"} & set(skipped)
 
@@ -165,17 +203,27 @@ def test_preflight_names_every_missing_piece_and_nothing_deploys(cloud):
     env = {k: v for k, v in cloud["env"].items() if k not in ("DRIFTLOOP_IMAGE", "DRIFTLOOP_STORE_URI")}
     out = _script("deployments.cloud", "deploy", env=env)
     assert out.returncode == 2, out.stdout + out.stderr
-    for expected in ("$DRIFTLOOP_IMAGE is not set", "$DRIFTLOOP_STORE_URI is not set",
-                     "block aws-credentials/driftloop-aws does not exist", "block secret/driftloop-wandb-api-key does not exist"):
+    for expected in (
+        "$DRIFTLOOP_IMAGE is not set",
+        "$DRIFTLOOP_STORE_URI is not set",
+        "block aws-credentials/driftloop-aws does not exist",
+        "block secret/driftloop-wandb-api-key does not exist",
+    ):
         assert expected in out.stderr
     assert "Deploying" not in out.stdout
 
-    assert [d for d in _api(lambda client: client.read_deployments()) if d.work_pool_name == "driftloop-ecs"] == []
+    assert [
+        d for d in _api(lambda client: client.read_deployments()) if d.work_pool_name == "driftloop-ecs"
+    ] == []
 
 
 def test_blocks_are_made_once_from_env_and_a_missing_key_is_refused(cloud):
-    env = {**cloud["env"], "AWS_ACCESS_KEY_ID": "sentinel-access-key-id", "AWS_SECRET_ACCESS_KEY": SENTINEL_AWS_SECRET,
-           "DRIFTLOOP_TEST_WANDB_KEY": SENTINEL_WANDB_KEY}
+    env = {
+        **cloud["env"],
+        "AWS_ACCESS_KEY_ID": "sentinel-access-key-id",
+        "AWS_SECRET_ACCESS_KEY": SENTINEL_AWS_SECRET,
+        "DRIFTLOOP_TEST_WANDB_KEY": SENTINEL_WANDB_KEY,
+    }
     args = ["--from-stack", STACK, "--endpoint-url", cloud["endpoint"], "--keys-from-env"]
     refused = _script("deployments.blocks", *args, "--wandb-api-key-env", "UNSET_WANDB_VAR", env=env)
     assert refused.returncode == 2 and "$UNSET_WANDB_VAR is not set" in refused.stderr
@@ -198,12 +246,25 @@ def test_preflight_refuses_a_missing_image_and_an_empty_secret_then_deploys(clou
     assert f"secret {out['PrefectApiKeySecretName']!r} has no value yet" in refused.stderr
 
     ecr = _aws("ecr", cloud["endpoint"])  # what CI's `docker push` does
-    ecr.put_image(repositoryName="driftloop/flows", imageTag="0123abc", imageManifest=json.dumps(
-        {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-         "config": {"digest": "sha256:" + "a" * 64, "size": 1, "mediaType": "application/vnd.docker.container.image.v1+json"},
-         "layers": []}))
-    _aws("secretsmanager", cloud["endpoint"]).put_secret_value(SecretId=out["PrefectApiKeySecretName"],
-                                                               SecretString="pnu_sentinel")
+    ecr.put_image(
+        repositoryName="driftloop/flows",
+        imageTag="0123abc",
+        imageManifest=json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "digest": "sha256:" + "a" * 64,
+                    "size": 1,
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                },
+                "layers": [],
+            }
+        ),
+    )
+    _aws("secretsmanager", cloud["endpoint"]).put_secret_value(
+        SecretId=out["PrefectApiKeySecretName"], SecretString="pnu_sentinel"
+    )
     ready = _script("deployments.cloud", "check", env=env)
     assert ready.returncode == 0 and "ready to deploy" in ready.stdout, ready.stderr
 
@@ -212,17 +273,28 @@ def test_preflight_refuses_a_missing_image_and_an_empty_secret_then_deploys(clou
     print(f"\ndeploy */cloud (9 deployments): {time.perf_counter() - start:.1f} s")
     assert deployed.returncode == 0, deployed.stdout[-2000:] + deployed.stderr[-2000:]
 
-    cloud_deployments = [d for d in _api(lambda client: client.read_deployments()) if d.work_pool_name == "driftloop-ecs"]
+    cloud_deployments = [
+        d for d in _api(lambda client: client.read_deployments()) if d.work_pool_name == "driftloop-ecs"
+    ]
     training = _api(lambda client: client.read_deployment_by_name("training/cloud"))
     assert len(cloud_deployments) == len(prefect_file.deployments("cloud")) == 9
     assert training.job_variables["image"] == image
     assert training.job_variables["env"]["DRIFTLOOP_STORE_URI"] == out["StoreUri"]
-    assert training.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"] == "/opt/driftloop"
+    assert (
+        training.pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"]
+        == "/opt/driftloop"
+    )
 
     # both targets at once, as `prefect deploy --all` does once both pools exist
     start = time.perf_counter()
-    everything = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
-                                env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=600)
+    everything = subprocess.run(
+        [str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+        env=env,
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(f"prefect deploy --all (18 deployments): {time.perf_counter() - start:.1f} s")
     assert everything.returncode == 0, everything.stdout[-2000:]
 
@@ -231,15 +303,24 @@ def test_training_runs_with_the_cloud_settings_against_the_stacks_bucket_and_lea
     """The training/cloud deployment's own env (prefect.yaml), credentials only from blocks."""
     out = cloud["outputs"]
     (training,) = [d for d in prefect_file.deployments("cloud") if d["entrypoint"].endswith(":training")]
-    job_env = prefect_file.render(training["work_pool"]["job_variables"]["env"], {"DRIFTLOOP_STORE_URI": out["StoreUri"]})
-    env = {k: v for k, v in cloud["env"].items()
-           if not k.startswith(("AWS_", "DRIFTLOOP_", "WANDB_")) and k != "BENTOML_HOME"}
+    job_env = prefect_file.render(
+        training["work_pool"]["job_variables"]["env"], {"DRIFTLOOP_STORE_URI": out["StoreUri"]}
+    )
+    env = {
+        k: v
+        for k, v in cloud["env"].items()
+        if not k.startswith(("AWS_", "DRIFTLOOP_", "WANDB_")) and k != "BENTOML_HOME"
+    }
     env.update(job_env)
-    env.update({  # what differs from an ECS task here: no internet for W&B, private dirs
-        "DRIFTLOOP_TRACKING__MODE": "offline", "DRIFTLOOP_TRACKING__DIR": str(tmp_path / "wandb"),
-        "DRIFTLOOP_BENTOML_HOME": str(tmp_path / "bentoml"),
-        "DRIFTLOOP_PREFECT__HOME": os.environ["DRIFTLOOP_PREFECT__HOME"], "PREFECT_LOGGING_LEVEL": "INFO",
-    })
+    env.update(
+        {  # what differs from an ECS task here: no internet for W&B, private dirs
+            "DRIFTLOOP_TRACKING__MODE": "offline",
+            "DRIFTLOOP_TRACKING__DIR": str(tmp_path / "wandb"),
+            "DRIFTLOOP_BENTOML_HOME": str(tmp_path / "bentoml"),
+            "DRIFTLOOP_PREFECT__HOME": os.environ["DRIFTLOOP_PREFECT__HOME"],
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
+    )
     assert "AWS_SECRET_ACCESS_KEY" not in env and "AWS_ENDPOINT_URL" not in env  # the blocks must carry both
     # two processes with separate disks, as two ECS tasks: landing, then training
     land_script = (
@@ -261,36 +342,76 @@ def test_training_runs_with_the_cloud_settings_against_the_stacks_bucket_and_lea
     outputs = []
     for i, script in enumerate((land_script, train_script)):
         run_env = {**env, "DRIFTLOOP_SOURCES_DIR": str(tmp_path / f"disk-{i}")}
-        run = subprocess.run([sys.executable, "-c", script], env=run_env, cwd=PROJECT_DIR, capture_output=True,
-                             text=True, timeout=600)
+        run = subprocess.run(
+            [sys.executable, "-c", script],
+            env=run_env,
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         outputs.append(run.stdout + run.stderr)
-    print(f"\nland, then train, with the cloud settings on the stack's bucket: {time.perf_counter() - start:.1f} s")
+    print(
+        "\nland, then train, with the cloud settings on the stack's bucket: "
+        f"{time.perf_counter() - start:.1f} s"
+    )
     result = json.loads(outputs[1].split("RESULT ", 1)[1].splitlines()[0])
     run_ids = [UUID(o.split("RUN ", 1)[1].split()[0]) for o in outputs]
     assert result["version"] == 1 and result["registry"].startswith(out["StoreUri"])
-    assert not (tmp_path / "disk-1").exists() or not any((tmp_path / "disk-1").iterdir())  # training needed no local source
+    assert not (tmp_path / "disk-1").exists() or not any(
+        (tmp_path / "disk-1").iterdir()
+    )  # training needed no local source
 
     s3 = _aws("s3", cloud["endpoint"])
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=out["BucketName"])
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=out["BucketName"])
+        for o in page.get("Contents", [])
+    ]
     assert keys and all(k.startswith("driftloop/") for k in keys), "a flow wrote outside the store prefix"
     assert any(k.startswith("driftloop/prefect-results/") for k in keys)  # task results in the S3Bucket block
     assert any(k.startswith("driftloop/registry/") for k in keys)
 
     # no secret anywhere a run leaves traces: output, logs, artifacts, W&B files, stored objects
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
 
-    logs = [entry.message for entry in _api(lambda client: client.read_logs(
-        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)), limit=200))]
-    artifacts = [json.dumps(a.model_dump(mode="json")) for a in _api(lambda client: client.read_artifacts(
-        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))))]
+    logs = [
+        entry.message
+        for entry in _api(
+            lambda client: client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=run_ids)), limit=200
+            )
+        )
+    ]
+    artifacts = [
+        json.dumps(a.model_dump(mode="json"))
+        for a in _api(
+            lambda client: client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=run_ids))
+            )
+        )
+    ]
     assert logs and artifacts
-    haystacks = {"stdout/stderr": "\n".join(outputs), "logs": "\n".join(logs), "artifacts": "\n".join(artifacts)}
-    haystacks["wandb files"] = "\n".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "wandb").rglob("*") if p.is_file())
+    haystacks = {
+        "stdout/stderr": "\n".join(outputs),
+        "logs": "\n".join(logs),
+        "artifacts": "\n".join(artifacts),
+    }
+    haystacks["wandb files"] = "\n".join(
+        p.read_bytes().decode("latin-1") for p in (tmp_path / "wandb").rglob("*") if p.is_file()
+    )
     assert haystacks["wandb files"]
-    haystacks["stored objects"] = "\n".join(s3.get_object(Bucket=out["BucketName"], Key=k)["Body"].read().decode("latin-1")
-                                            for k in keys if not k.endswith(".parquet"))
+    haystacks["stored objects"] = "\n".join(
+        s3.get_object(Bucket=out["BucketName"], Key=k)["Body"].read().decode("latin-1")
+        for k in keys
+        if not k.endswith(".parquet")
+    )
     for where, text in haystacks.items():
         for secret in (SENTINEL_AWS_SECRET, SENTINEL_WANDB_KEY):
             assert secret not in text, f"a secret leaked into {where}"

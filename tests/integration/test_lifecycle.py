@@ -8,21 +8,34 @@ import httpx
 import pytest
 
 from tasks.core.errors import BadInput
-from tasks.registry.versions import NewVersion, Registry, RegistryError
 from tasks.core.store import open_store
+from tasks.registry.versions import NewVersion, Registry, RegistryError
 
 pytestmark = pytest.mark.integration
 
-RECORD = NewVersion(snapshot_id="s", git_commit="g", params={}, metrics={}, test_window=("a", "b"),
-              feature_names=["f"], input_columns=["f"])
+RECORD = NewVersion(
+    snapshot_id="s",
+    git_commit="g",
+    params={},
+    metrics={},
+    test_window=("a", "b"),
+    feature_names=["f"],
+    input_columns=["f"],
+)
 
 
 def _events(api_url: str, name: str, model: str, at_least: int) -> list[dict]:
     deadline, found = time.time() + 15, []
     while time.time() < deadline:
-        resp = httpx.post(f"{api_url}/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50})
+        resp = httpx.post(
+            f"{api_url}/events/filter", json={"filter": {"event": {"name": [name]}}, "limit": 50}
+        )
         resp.raise_for_status()
-        found = [e for e in resp.json()["events"] if e["resource"]["prefect.resource.id"] == f"driftloop.model.{model}"]
+        found = [
+            e
+            for e in resp.json()["events"]
+            if e["resource"]["prefect.resource.id"] == f"driftloop.model.{model}"
+        ]
         if len(found) >= at_least:
             break
         time.sleep(0.5)
@@ -40,7 +53,9 @@ def test_promote_and_rollback(prefect_server, private_settings):
     registry.set_alias("champion", 1, reason="first", actor="test")
     registry.set_alias("challenger", 2, reason="second", actor="test")
 
-    moved = promote(PromoteParams(version=2, model_name="lifecycle-model", reason="canary won", actor="alice"))
+    moved = promote(
+        PromoteParams(version=2, model_name="lifecycle-model", reason="canary won", actor="alice")
+    )
     assert (moved.previous, moved.version) == (1, 2)
     doc = registry.alias_doc()
     assert doc.aliases == {"champion": 2}  # the promoted challenger is no longer a challenger

@@ -14,26 +14,39 @@ from tests.integration.test_lifecycle import _events
 pytestmark = pytest.mark.integration
 
 
-def _log_window(settings, config, start: str, end: str, unseen_share: float, alias: str = "champion") -> list[str]:
+def _log_window(
+    settings, config, start: str, end: str, unseen_share: float, alias: str = "champion"
+) -> list[str]:
     """Score a later window's real flights with a model and log them, with feedback, like the service does."""
-    from tasks.data.ingest import discover_batches, ingest_batches
     from tasks.core.context import RunContext
+    from tasks.core.store import open_store
+    from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.data.snapshot import build_snapshot
     from tasks.registry.versions import Registry
     from tasks.serving.logs import PartitionedLog
     from tasks.serving.watcher import load_version
-    from tasks.data.snapshot import build_snapshot
-    from tasks.core.store import open_store
 
     store = open_store(settings)
-    window = config.model_copy(update={"window": config.window.model_copy(update={
-        "start": datetime.fromisoformat(start), "end": datetime.fromisoformat(end)})})
+    window = config.model_copy(
+        update={
+            "window": config.window.model_copy(
+                update={"start": datetime.fromisoformat(start), "end": datetime.fromisoformat(end)}
+            )
+        }
+    )
     ctx = RunContext.build(settings)
-    sources = {t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
-               for t, c in window.tables.items()}
+    sources = {
+        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+        for t, c in window.tables.items()
+    }
     rows = store.read_parquet(build_snapshot(sources, window, store).data_key).head(3000)
     n_unseen = int(rows.height * unseen_share)
-    rows = rows.with_columns(pl.when(pl.int_range(pl.len()) < n_unseen).then(pl.lit("ZZ"))
-                             .otherwise(pl.col("carrier")).alias("carrier"))
+    rows = rows.with_columns(
+        pl.when(pl.int_range(pl.len()) < n_unseen)
+        .then(pl.lit("ZZ"))
+        .otherwise(pl.col("carrier"))
+        .alias("carrier")
+    )
     registry = Registry(store, config.model_name)
     champion = load_version(registry, registry.resolve(alias))
     inputs = champion.transform.spec.input_columns
@@ -42,18 +55,53 @@ def _log_window(settings, config, start: str, end: str, unseen_share: float, ali
     now = datetime.now(timezone.utc)
     from tasks.serving.schema import input_schema
 
-    schema = {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"), **input_schema(config), "probability": pl.Float64(),
-              "label": pl.Int8(), "model_version": pl.Int64(), "arm": pl.String(), "shadow_version": pl.Int64(),
-              "shadow_probability": pl.Float64()}
+    schema = {
+        "request_id": pl.String(),
+        "ts": pl.Datetime("us", "UTC"),
+        **input_schema(config),
+        "probability": pl.Float64(),
+        "label": pl.Int8(),
+        "model_version": pl.Int64(),
+        "arm": pl.String(),
+        "shadow_version": pl.Int64(),
+        "shadow_probability": pl.Float64(),
+    }
     log = PartitionedLog(store, "predictions", schema, max_rows=10**9, max_seconds=3600)
-    log.append([{**r, "request_id": i, "ts": now, "probability": float(q), "label": int(q >= 0.5),
-                 "model_version": champion.version.version, "arm": alias, "shadow_version": None,
-                 "shadow_probability": None} for r, i, q in zip(rows.select(inputs).to_dicts(), ids, p)])
+    log.append(
+        [
+            {
+                **r,
+                "request_id": i,
+                "ts": now,
+                "probability": float(q),
+                "label": int(q >= 0.5),
+                "model_version": champion.version.version,
+                "arm": alias,
+                "shadow_version": None,
+                "shadow_probability": None,
+            }
+            for r, i, q in zip(rows.select(inputs).to_dicts(), ids, p)
+        ]
+    )
     log.close()
-    feedback = PartitionedLog(store, "feedback", {"request_id": pl.String(), "ts": pl.Datetime("us", "UTC"),
-                                                  "outcome": pl.Int8(), "known": pl.Boolean()}, 10**9, 3600)
-    feedback.append([{"request_id": i, "ts": now, "outcome": int(y), "known": True}
-                     for i, y in zip(ids, rows[config.target.name].to_list())])
+    feedback = PartitionedLog(
+        store,
+        "feedback",
+        {
+            "request_id": pl.String(),
+            "ts": pl.Datetime("us", "UTC"),
+            "outcome": pl.Int8(),
+            "known": pl.Boolean(),
+        },
+        10**9,
+        3600,
+    )
+    feedback.append(
+        [
+            {"request_id": i, "ts": now, "outcome": int(y), "known": True}
+            for i, y in zip(ids, rows[config.target.name].to_list())
+        ]
+    )
     feedback.close()
     return ids
 
@@ -62,8 +110,8 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     from flows.monitoring import MonitorParams, monitor
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.data.landing import land_nycflights13
     from tasks.core.store import open_store
+    from tasks.data.landing import land_nycflights13
 
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])
@@ -75,7 +123,9 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
 
     assert "no new predictions" in monitor(params).note
 
-    _log_window(private_settings, config, "2013-07-01T00:00:00+00:00", "2013-08-01T00:00:00+00:00", unseen_share=0.4)
+    _log_window(
+        private_settings, config, "2013-07-01T00:00:00+00:00", "2013-08-01T00:00:00+00:00", unseen_share=0.4
+    )
     report = monitor(params)
     assert report.rows == 3000 and report.champion == 1
     assert report.drift_detected and "temp" in report.drifted  # summer against a winter reference

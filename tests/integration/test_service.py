@@ -35,9 +35,9 @@ def serving_store(prefect_server):
     """A registry with a champion (v1) and a challenger (v2), trained by the real training flow."""
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.data.landing import land_nycflights13
     from tasks.core.settings import Settings
     from tasks.core.store import open_store
+    from tasks.data.landing import land_nycflights13
 
     store_dir = SESSION_DIR / "serving-store"
     old = os.environ.get("DRIFTLOOP_STORE_URI")
@@ -54,12 +54,29 @@ def serving_store(prefect_server):
 
 def _start_server(store_dir: Path, **serving_env: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    env = {**os.environ, "DRIFTLOOP_STORE_URI": str(store_dir), "DRIFTLOOP_SERVING__POLL_SECONDS": "0.3",
-           **{f"DRIFTLOOP_SERVING__{k.upper()}": v for k, v in serving_env.items()}}
+    env = {
+        **os.environ,
+        "DRIFTLOOP_STORE_URI": str(store_dir),
+        "DRIFTLOOP_SERVING__POLL_SECONDS": "0.3",
+        **{f"DRIFTLOOP_SERVING__{k.upper()}": v for k, v in serving_env.items()},
+    }
     log = open(SESSION_DIR / f"bentoml-{port}.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "bentos.service:Driftloop",
-                             "--host", "127.0.0.1", "--port", str(port)], cwd=Path(__file__).parents[2], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "bentoml"),
+            "serve",
+            "bentos.service:Driftloop",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=Path(__file__).parents[2],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
@@ -88,16 +105,21 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def service(serving_store):
-    proc, url = _start_server(serving_store, challenger_share="0.5", log_max_seconds="0.5", auth_token=TOKEN,
-                              max_request_bytes="200000")
+    proc, url = _start_server(
+        serving_store,
+        challenger_share="0.5",
+        log_max_seconds="0.5",
+        auth_token=TOKEN,
+        max_request_bytes="200000",
+    )
     yield url
     _stop(proc)
 
 
 def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
-    from tasks.serving.schema import input_contracts
     from tasks.core.settings import Settings
     from tasks.core.store import LocalStore
+    from tasks.serving.schema import input_contracts
 
     store = LocalStore(store_dir)
     key = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
@@ -111,8 +133,8 @@ def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
 
 
 def _offline(store_dir: Path, version: int, frame: pl.DataFrame) -> np.ndarray:
-    from tasks.registry.versions import Registry
     from tasks.core.store import LocalStore
+    from tasks.registry.versions import Registry
 
     registry = Registry(LocalStore(store_dir), "flights-late-arrival")
     mv = registry.get(version)
@@ -145,12 +167,21 @@ def test_columnar_batches_score_like_the_offline_model(service, serving_store):
     assert len(out["probability"]) == 300 and set(out["model_version"]) == {1, 2}
     for i, (p, v) in enumerate(zip(out["probability"], out["model_version"])):
         assert p == pytest.approx(offline[v][i], abs=1e-9)
-    bad = httpx.post(f"{service}/predict_columns", headers=AUTH,
-                     json={"columns": {**columns, "distance": [-1] + columns["distance"][1:]}})
+    bad = httpx.post(
+        f"{service}/predict_columns",
+        headers=AUTH,
+        json={"columns": {**columns, "distance": [-1] + columns["distance"][1:]}},
+    )
     assert bad.status_code == 400 and "column 'distance'" in bad.text and "outside" in bad.text
-    ragged = httpx.post(f"{service}/predict_columns", headers=AUTH, json={"columns": {**columns, "carrier": ["UA"]}})
+    ragged = httpx.post(
+        f"{service}/predict_columns", headers=AUTH, json={"columns": {**columns, "carrier": ["UA"]}}
+    )
     assert ragged.status_code == 400 and "equal length" in ragged.text
-    typo = httpx.post(f"{service}/predict_columns", headers=AUTH, json={"columns": {**columns, "carier": columns["carrier"]}})
+    typo = httpx.post(
+        f"{service}/predict_columns",
+        headers=AUTH,
+        json={"columns": {**columns, "carier": columns["carrier"]}},
+    )
     assert typo.status_code == 400 and "carier" in typo.text
 
 
@@ -162,8 +193,12 @@ def test_canary_keeps_a_caller_on_one_arm(service, serving_store):
         arms[i] = httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["arm"]
     share = sum(a == "challenger" for a in arms.values()) / len(arms)
     assert 0.35 < share < 0.65
-    again = [httpx.post(f"{service}/predict", json={"record": {**records[0], "routing_key": f"user-{i}"}},
-                        headers=AUTH).json()["arm"] for i in range(20)]
+    again = [
+        httpx.post(
+            f"{service}/predict", json={"record": {**records[0], "routing_key": f"user-{i}"}}, headers=AUTH
+        ).json()["arm"]
+        for i in range(20)
+    ]
     assert again == [arms[i] for i in range(20)]
 
 
@@ -201,15 +236,29 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
 
 
 def test_predictions_and_feedback_are_logged(service, serving_store):
-    from tasks.serving.logs import read_log
     from tasks.core.store import LocalStore
+    from tasks.serving.logs import read_log
 
     _, records = _test_rows(serving_store, 3)
     ids = [f"req-{i}-{time.time()}" for i in range(3)]
     for rid, rec in zip(ids, records):
-        assert httpx.post(f"{service}/predict", json={"record": {**rec, "request_id": rid}}, headers=AUTH).status_code == 200
-    fb = httpx.post(f"{service}/feedback", headers=AUTH, json={"items": [
-        {"request_id": ids[0], "outcome": 1}, {"request_id": ids[1], "outcome": 0}, {"request_id": "never-seen", "outcome": 1}]})
+        assert (
+            httpx.post(
+                f"{service}/predict", json={"record": {**rec, "request_id": rid}}, headers=AUTH
+            ).status_code
+            == 200
+        )
+    fb = httpx.post(
+        f"{service}/feedback",
+        headers=AUTH,
+        json={
+            "items": [
+                {"request_id": ids[0], "outcome": 1},
+                {"request_id": ids[1], "outcome": 0},
+                {"request_id": "never-seen", "outcome": 1},
+            ]
+        },
+    )
     assert fb.status_code == 200 and fb.json() == {"accepted": 3, "unknown_request_ids": ["never-seen"]}
     store = LocalStore(serving_store)
     deadline = time.time() + 10
@@ -237,18 +286,29 @@ def test_predictions_and_feedback_are_logged(service, serving_store):
     assert trace["model"]["wandb_run"] and trace["model"]["git_commit"] and trace["model"]["snapshot_id"]
     assert any(k.startswith("raw/flights/year=2013/month=") for k in trace["model"]["raw_sources"]["flights"])
     assert trace["model"]["raw_sources"]["planes"][0].startswith("raw/planes/sql-")
-    assert {h["alias"] for h in trace["model"]["alias_history"]} & {"champion", "challenger"}  # its promotions
+    assert {h["alias"] for h in trace["model"]["alias_history"]} & {
+        "champion",
+        "challenger",
+    }  # its promotions
 
 
 def test_metrics_and_status(service):
     metrics = httpx.get(f"{service}/metrics").text
-    assert "driftloop_predictions" in metrics and 'model_version="1"' in metrics and 'arm="challenger"' in metrics
+    assert (
+        "driftloop_predictions" in metrics
+        and 'model_version="1"' in metrics
+        and 'arm="challenger"' in metrics
+    )
     # every series the Grafana dashboard and the alert rules query is one this service exports
     from tests.code.test_cloud_files import dashboard_metric_names
 
     exported = set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", metrics, re.M))
     queried = dashboard_metric_names()
-    assert {"driftloop_predictions_total", "driftloop_scoring_seconds_bucket", "bentoml_service_request_total"} <= queried
+    assert {
+        "driftloop_predictions_total",
+        "driftloop_scoring_seconds_bucket",
+        "bentoml_service_request_total",
+    } <= queried
     assert queried <= exported, f"dashboard queries series the service does not export: {queried - exported}"
     status = httpx.post(f"{service}/model_status", headers=AUTH).json()
     assert status["champion"] == 1 and status["challenger"] == 2 and status["problems"] == []
@@ -257,8 +317,8 @@ def test_metrics_and_status(service):
 
 
 def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_store):
-    from tasks.registry.versions import NewVersion, Registry
     from tasks.core.store import LocalStore
+    from tasks.registry.versions import NewVersion, Registry
 
     registry = Registry(LocalStore(serving_store), "flights-late-arrival")
     _, records = _test_rows(serving_store, 1)
@@ -296,9 +356,13 @@ def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_s
     assert versions[0] == 1 and versions[-1] == 2
 
     # a version whose model file is corrupt is never swapped in; the service says why
-    mv = registry.register({"model.txt": b"this is not a LightGBM model",
-                            "transform.json": registry.read_file(registry.get(2), "transform.json")},
-                           NewVersion.model_validate(registry.get(2).model_dump(include=set(NewVersion.model_fields))))
+    mv = registry.register(
+        {
+            "model.txt": b"this is not a LightGBM model",
+            "transform.json": registry.read_file(registry.get(2), "transform.json"),
+        },
+        NewVersion.model_validate(registry.get(2).model_dump(include=set(NewVersion.model_fields))),
+    )
     registry.set_alias("champion", mv.version, reason="bad model on purpose", actor="test")
     deadline = time.time() + 10
     status = {}
@@ -349,16 +413,20 @@ def test_promotion_and_rollback_flows_reach_the_live_service(service, serving_st
 
 
 def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
-    from tasks.serving.logs import read_log
     from tasks.core.store import LocalStore
+    from tasks.serving.logs import read_log
 
     proc, url = _start_server(serving_store, log_max_seconds="600", log_max_rows="100000")
     _, records = _test_rows(serving_store, 2)
     ids = [f"shutdown-{i}-{time.time()}" for i in range(2)]
     try:
         for rid, rec in zip(ids, records):
-            assert httpx.post(f"{url}/predict", json={"record": {**rec, "request_id": rid}}).status_code == 200
-        assert not set(ids) & set(read_log(LocalStore(serving_store), "predictions")["request_id"])  # still buffered
+            assert (
+                httpx.post(f"{url}/predict", json={"record": {**rec, "request_id": rid}}).status_code == 200
+            )
+        assert not set(ids) & set(
+            read_log(LocalStore(serving_store), "predictions")["request_id"]
+        )  # still buffered
     finally:
         _stop(proc)
     logged = read_log(LocalStore(serving_store), "predictions")

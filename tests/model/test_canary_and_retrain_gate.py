@@ -42,12 +42,21 @@ def test_a_single_slice_getting_worse_fails_the_gate():
     champion = np.where(half, good, good)
     slices = pl.DataFrame({"origin": np.where(half, "EWR", "JFK")})
     result = compare_on_holdout(y, candidate, champion, slices, 1, 2, RetrainSettings(min_gain_lower=-1.0))
-    assert not result.passed and result.slices_worse == [s for s in result.slices_worse if s.startswith("origin=EWR")]
+    assert not result.passed and result.slices_worse == [
+        s for s in result.slices_worse if s.startswith("origin=EWR")
+    ]
 
 
 def _perf(version: int, labels: int, auc: float | None) -> LivePerformance:
-    return LivePerformance(model_version=version, predictions=labels, labels=labels, roc_auc=auc, log_loss=None,
-                           mean_prediction=0.3, positive_rate=0.2)
+    return LivePerformance(
+        model_version=version,
+        predictions=labels,
+        labels=labels,
+        roc_auc=auc,
+        log_loss=None,
+        mean_prediction=0.3,
+        positive_rate=0.2,
+    )
 
 
 def test_canary_verdicts():

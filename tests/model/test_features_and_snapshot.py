@@ -12,10 +12,10 @@ import pytest
 
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
-from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
+from tasks.core.store import open_store
 from tasks.data.ingest import discover_batches, ingest_batches
 from tasks.data.snapshot import build_snapshot, load_snapshot
-from tasks.core.store import open_store
+from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +59,21 @@ def test_same_inputs_same_snapshot_no_rewrite(landed, sources, small_config):
 
 
 def test_empty_window_names_the_data_span(landed, sources, small_config):
-    config = small_config.model_copy(update={"window": small_config.window.model_copy(
-        update={"start": small_config.window.start.replace(year=2020), "end": None})})
+    config = small_config.model_copy(
+        update={
+            "window": small_config.window.model_copy(
+                update={"start": small_config.window.start.replace(year=2020), "end": None}
+            )
+        }
+    )
     with pytest.raises(EmptyWindow, match=r"holds no labelled rows.*data covers 2013-01-01"):
         build_snapshot(sources, config, open_store(landed))
 
 
 def test_single_class_target_is_refused(landed, sources, small_config):
-    config = small_config.model_copy(update={"target": small_config.target.model_copy(update={"expression": "arr_delay > 100000"})})
+    config = small_config.model_copy(
+        update={"target": small_config.target.model_copy(update={"expression": "arr_delay > 100000"})}
+    )
     with pytest.raises(SingleClassTarget, match="only the value 0"):
         build_snapshot(sources, config, open_store(landed))
 
@@ -79,11 +86,22 @@ def test_transform_reloaded_in_another_process_gives_the_same_matrix(landed, sou
     offline = transform.to_matrix(rows)
     (tmp_path / "t.json").write_text(transform.to_json())
     rows.write_parquet(tmp_path / "rows.parquet")
-    code = ("import sys, numpy as np, polars as pl; from tasks.model.features import FittedTransform;"
-            "t = FittedTransform.from_json(open(sys.argv[1]).read());"
-            "np.save(sys.argv[3], t.to_matrix(pl.read_parquet(sys.argv[2])))")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "t.json"), str(tmp_path / "rows.parquet"),
-                    str(tmp_path / "m.npy")], check=True)
+    code = (
+        "import sys, numpy as np, polars as pl; from tasks.model.features import FittedTransform;"
+        "t = FittedTransform.from_json(open(sys.argv[1]).read());"
+        "np.save(sys.argv[3], t.to_matrix(pl.read_parquet(sys.argv[2])))"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(tmp_path / "t.json"),
+            str(tmp_path / "rows.parquet"),
+            str(tmp_path / "m.npy"),
+        ],
+        check=True,
+    )
     reloaded = np.load(tmp_path / "m.npy")
     np.testing.assert_array_equal(np.isnan(offline), np.isnan(reloaded))
     np.testing.assert_allclose(np.nan_to_num(offline), np.nan_to_num(reloaded))

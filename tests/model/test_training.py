@@ -8,9 +8,9 @@ import pytest
 
 from tasks.core.config import TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
-from tasks.model.evaluate import ChampionEvaluation, binary_metrics
-from tasks.decisions import decide_promotion
 from tasks.core.settings import GateSettings
+from tasks.decisions import decide_promotion
+from tasks.model.evaluate import ChampionEvaluation, binary_metrics
 from tasks.model.train import sample_trial_params, time_series_folds, time_split
 
 
@@ -37,8 +37,12 @@ def test_folds_expand_and_never_look_ahead():
 
 
 def test_trial_params_are_reproducible_and_start_from_the_config():
-    cfg = TrainingConfig.model_validate({"params": {"num_leaves": 31},
-                                         "search_space": {"num_leaves": {"low": 8, "high": 64, "integer": True, "log": True}}})
+    cfg = TrainingConfig.model_validate(
+        {
+            "params": {"num_leaves": 31},
+            "search_space": {"num_leaves": {"low": 8, "high": 64, "integer": True, "log": True}},
+        }
+    )
     a, b = sample_trial_params(cfg, 5, seed=1), sample_trial_params(cfg, 5, seed=1)
     assert a == b and a[0] == {"num_leaves": 31}
     assert all(8 <= t["num_leaves"] <= 64 and isinstance(t["num_leaves"], int) for t in a[1:])
@@ -53,7 +57,9 @@ def _metrics(auc_shift: float, rows: int = 5000):
 
 
 def test_gate_first_model_becomes_champion():
-    d = decide_promotion(_metrics(0.2), ChampionEvaluation(version=None, metrics=None, note="none"), GateSettings())
+    d = decide_promotion(
+        _metrics(0.2), ChampionEvaluation(version=None, metrics=None, note="none"), GateSettings()
+    )
     assert d.outcome == "champion"
 
 
@@ -62,19 +68,26 @@ def test_gate_promotes_only_with_a_margin():
     champion = ChampionEvaluation(version=1, metrics=weak, note="")
     assert decide_promotion(strong, champion, GateSettings(min_auc_gain=0.01)).outcome == "champion"
     assert decide_promotion(weak, champion, GateSettings(min_auc_gain=0.01)).outcome == "challenger"
-    assert decide_promotion(strong, ChampionEvaluation(version=1, metrics=strong, note=""), GateSettings(min_auc_gain=0.0)).outcome == "champion"
+    assert (
+        decide_promotion(
+            strong, ChampionEvaluation(version=1, metrics=strong, note=""), GateSettings(min_auc_gain=0.0)
+        ).outcome
+        == "champion"
+    )
     few = decide_promotion(_metrics(0.4, rows=50), champion, GateSettings(min_test_rows=100))
     assert few.outcome == "challenger" and "not enough evidence" in few.reason
-    unscorable = decide_promotion(strong, ChampionEvaluation(version=1, metrics=None, note="champion v1 cannot score"), GateSettings())
+    unscorable = decide_promotion(
+        strong, ChampionEvaluation(version=1, metrics=None, note="champion v1 cannot score"), GateSettings()
+    )
     assert unscorable.outcome == "challenger"
 
 
 def test_lightgbm_training_is_deterministic(landed):
-    from tasks.model.features import FeatureSpec, fit_feature_transform
-    from tasks.data.ingest import discover_batches, ingest_batches
     from tasks.core.context import RunContext
-    from tasks.data.snapshot import build_snapshot
     from tasks.core.store import open_store
+    from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.data.snapshot import build_snapshot
+    from tasks.model.features import FeatureSpec, fit_feature_transform
     from tasks.model.train import fit_lightgbm, load_matrix, make_split
 
     store = open_store(landed)
@@ -82,15 +95,28 @@ def test_lightgbm_training_is_deterministic(landed):
     data["window"] = {"start": "2013-01-01T00:00:00Z", "end": "2013-02-01T00:00:00Z"}
     config = type(landed.load_dataset()).model_validate(data)
     ctx = RunContext.build(landed)
-    sources = {t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
-               for t, c in config.tables.items()}
+    sources = {
+        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+        for t, c in config.tables.items()
+    }
     manifest = build_snapshot(sources, config, store)
     df = store.read_parquet(manifest.data_key)
     split = make_split(df, config)
     transform = fit_feature_transform(df.slice(0, split.train_end), FeatureSpec.from_config(config))
     X, y = load_matrix(store, manifest, transform, "late")
     training = config.training.model_copy(update={"num_boost_round": 60})
-    fits = [fit_lightgbm(X, y, slice(0, split.train_end), slice(split.train_end, split.valid_end),
-                         dict(config.training.params), transform, training, num_threads=2) for _ in range(2)]
+    fits = [
+        fit_lightgbm(
+            X,
+            y,
+            slice(0, split.train_end),
+            slice(split.train_end, split.valid_end),
+            dict(config.training.params),
+            transform,
+            training,
+            num_threads=2,
+        )
+        for _ in range(2)
+    ]
     assert fits[0][0].model_to_string() == fits[1][0].model_to_string()
     assert fits[0][1].valid_auc > 0.6  # learns something real, well above chance
