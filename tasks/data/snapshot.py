@@ -44,6 +44,19 @@ class SnapshotManifest(BaseModel):
     config_fingerprint: str
 
 
+SNAPSHOTS = "snapshots"  # <store>/snapshots/<id>/{data.parquet, manifest.json}; the manifest is written last
+
+
+def snapshot_manifest_key(snapshot_id: str) -> str:
+    return f"{SNAPSHOTS}/{snapshot_id}/manifest.json"
+
+
+def read_manifest(store: ArtifactStore, snapshot_id: str) -> SnapshotManifest | None:
+    """The manifest of a complete snapshot, or None if there is no (complete) snapshot of that id."""
+    value, _ = store.read_json_with_etag(snapshot_manifest_key(snapshot_id))
+    return SnapshotManifest.model_validate(value) if value is not None else None
+
+
 def _code_version() -> str:
     return hashlib.sha256(inspect.getsource(sys.modules[__name__]).encode()).hexdigest()[:12]
 
@@ -141,7 +154,7 @@ def build_snapshot(
 ) -> SnapshotManifest:
     """Prepare and write the snapshot for these validated batches, or return the existing one."""
     sid = snapshot_id_for(sources, config)
-    manifest_key = f"snapshots/{sid}/manifest.json"
+    manifest_key = snapshot_manifest_key(sid)
     if store.exists(manifest_key):
         return SnapshotManifest.model_validate(store.read_json(manifest_key))
 
@@ -164,7 +177,7 @@ def build_snapshot(
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd", statistics=True)
     data = buf.getvalue()
-    data_key = f"snapshots/{sid}/data.parquet"
+    data_key = f"{SNAPSHOTS}/{sid}/data.parquet"
     store.write_bytes(data_key, data)
     manifest = SnapshotManifest(
         snapshot_id=sid,
@@ -251,7 +264,7 @@ def extend_with_feedback(
     sid = hashlib.sha256(
         json.dumps({"base": manifest.snapshot_id, "logs": keys, "code": _code_version()}).encode()
     ).hexdigest()[:16]
-    manifest_key = f"snapshots/{sid}/manifest.json"
+    manifest_key = snapshot_manifest_key(sid)
     if store.exists(manifest_key):
         return SnapshotManifest.model_validate(store.read_json(manifest_key))
     base = load_snapshot(manifest, store)
@@ -264,7 +277,7 @@ def extend_with_feedback(
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd", statistics=True)
     data = buf.getvalue()
-    data_key = f"snapshots/{sid}/data.parquet"
+    data_key = f"{SNAPSHOTS}/{sid}/data.parquet"
     store.write_bytes(data_key, data)
     target = df[config.target.name]
     extended = manifest.model_copy(

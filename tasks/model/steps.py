@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from tasks.core.context import RunContext
-from tasks.data.snapshot import SnapshotManifest, load_snapshot
+from tasks.core.errors import BadInput
+from tasks.data.snapshot import SnapshotManifest, load_snapshot, read_manifest
 from tasks.decisions import HoldoutComparison, compare_on_holdout
 from tasks.model.evaluate import (
     CandidateEvaluation,
@@ -196,9 +197,10 @@ def compare_with_champion(
     store, config = ctx.store, ctx.config
     registry = Registry(store, model_name)
     champion = registry.resolve("champion")
-    df = load_snapshot(
-        SnapshotManifest.model_validate(store.read_json(f"snapshots/{snapshot_id}/manifest.json")), store
-    )
+    manifest = read_manifest(store, snapshot_id)
+    if manifest is None:
+        raise BadInput(f"snapshot {snapshot_id} does not exist in {store.uri} (or was never completed)")
+    df = load_snapshot(manifest, store)
     test = df.slice(make_split(df, config).valid_end)
     y = test[config.target.name].to_numpy().astype(int)
     scores = {}

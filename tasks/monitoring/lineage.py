@@ -13,6 +13,7 @@ import polars as pl
 
 from tasks.core.errors import BadInput
 from tasks.core.store import ArtifactStore
+from tasks.data.snapshot import read_manifest
 from tasks.registry.versions import Registry
 
 
@@ -32,8 +33,8 @@ def raw_sources(store: ArtifactStore, snapshot: dict[str, Any]) -> dict[str, lis
 
 def version_lineage(store: ArtifactStore, registry: Registry, version: int) -> dict[str, Any]:
     mv = registry.get(version)
-    manifest_key = f"snapshots/{mv.snapshot_id}/manifest.json"
-    snapshot = store.read_json(manifest_key) if store.exists(manifest_key) else None
+    manifest = read_manifest(store, mv.snapshot_id)
+    snapshot = manifest.model_dump() if manifest else None
     history = [
         h.model_dump() for h in registry.alias_doc().history if h.version == version or h.previous == version
     ]
