@@ -238,6 +238,8 @@ class Driftloop:
             "arm": pl.String(),
             "shadow_version": pl.Int64(),
             "shadow_probability": pl.Float64(),
+            "paired_version": pl.Int64(),  # during a canary: the other arm's model and its score
+            "paired_probability": pl.Float64(),
         }
         s = SETTINGS.serving
         self.predictions = PartitionedLog(
@@ -293,19 +295,28 @@ class Driftloop:
         )
         probability = np.empty(n)
         version = np.full(n, models.champion.version.version)
-        for model, mask, arm in (
-            (models.champion, ~on_challenger, "champion"),
-            (challenger, on_challenger, "challenger"),
-        ):
+        # during a canary each row is also scored by the other arm's model (logged, never returned), so
+        # the canary decision compares both models on the same labelled rows: a paired test
+        paired = np.full(n, np.nan) if share > 0 else None
+        paired_version = np.full(n, -1) if share > 0 else None
+        arms = (
+            (models.champion, ~on_challenger, "champion", challenger),
+            (challenger, on_challenger, "challenger", models.champion),
+        )
+        for model, mask, arm, other in arms:
             count = int(mask.sum())
             if not count:
                 continue
+            rows_of_arm = frame if count == n else frame.filter(pl.Series(mask))
             started = time.perf_counter()
-            probability[mask] = model.score(frame if count == n else frame.filter(pl.Series(mask)))
+            probability[mask] = model.score(rows_of_arm)
             version[mask] = model.version.version
             labels = (str(model.version.version), arm)
             PREDICTIONS.labels(*labels).inc(count)
             LATENCY.labels(*labels).observe((time.perf_counter() - started) / count)
+            if paired is not None:
+                paired[mask] = other.score(rows_of_arm)
+                paired_version[mask] = other.version.version
         out = Scored(
             ids=ids,
             probability=probability.tolist(),
@@ -329,6 +340,8 @@ class Driftloop:
                         "arm": out.arm[i],
                         "shadow_version": out.shadow_version,
                         "shadow_probability": out.shadow_probability[i],
+                        "paired_version": int(paired_version[i]) if paired is not None else None,
+                        "paired_probability": float(paired[i]) if paired is not None else None,
                     }
                     for i, inputs in enumerate(rows)
                 ]
@@ -344,6 +357,12 @@ class Driftloop:
                     pl.Series("arm", out.arm, dtype=pl.String),
                     pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"),
                     pl.Series("shadow_probability", out.shadow_probability, dtype=pl.Float64),
+                    pl.Series("paired_version", paired_version, dtype=pl.Int64)
+                    if paired is not None
+                    else pl.lit(None, dtype=pl.Int64).alias("paired_version"),
+                    pl.Series("paired_probability", paired, dtype=pl.Float64)
+                    if paired is not None
+                    else pl.lit(None, dtype=pl.Float64).alias("paired_probability"),
                 )
             )
         self.recent_ids.update(dict.fromkeys(ids))

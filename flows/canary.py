@@ -3,16 +3,17 @@
     python flows/canary.py
     prefect deployment run 'canary-decision/local'
 
-Compares live ROC-AUC of the challenger and the champion over the predictions each arm answered
-since the canary started that have feedback. With enough labels on both arms: promote if the
-challenger is at least ``canary_margin`` better, else drop it. Before that: stop the canary at once
-if the challenger is already clearly worse (by ``canary_stop_margin``), otherwise wait. The rule is
-``tasks.decisions.decide_canary``.
+During a canary the service scores every request with both models (one answers, the other's score is
+logged), so this compares the challenger and the champion on the same labelled rows since the canary
+started: DeLong's paired test of the ROC-AUC gain. It promotes when the gain is significantly above
+``canary_margin``, stops early when the challenger is significantly worse, waits otherwise, and after
+``canary_max_hours`` keeps the champion. The false-promotion rate is ``canary_alpha`` over
+``canary_checks`` checks. The rule is ``tasks.decisions.decide_canary``.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 import polars as pl
 from prefect import flow, get_run_logger
@@ -20,12 +21,12 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import CanaryDecision, CanaryParams
 from tasks.core.errors import BadInput
-from tasks.decisions import EARLY_LABELS, decide_canary
-from tasks.monitoring.performance import live_performance
+from tasks.decisions import decide_canary
+from tasks.monitoring.performance import canary_evidence, live_performance
 from tasks.orchestration import publish, run_context
 from tasks.registry.steps import apply_canary_decision
 from tasks.registry.versions import Registry
-from tasks.serving.logs import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
+from tasks.serving.logs import CANARY_COLUMNS, FEEDBACK_COLUMNS, read_log
 
 
 @flow(name="canary-decision", persist_result=True)
@@ -40,33 +41,34 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
             f"model {model_name!r} has no canary running (aliases: {aliases or 'none'}); "
             "a retrain that passes its gate starts one"
         )
+    champion_v, challenger_v = aliases["champion"], aliases["challenger"]
     # both arms judged on the same period: traffic since this canary started
-    started = doc.alias_set_at("challenger")
-    predictions = read_log(store, "predictions", PREDICTION_COLUMNS)
-    if started and predictions.height:
-        predictions = predictions.filter(pl.col("ts") >= datetime.fromisoformat(started))
+    started = datetime.fromisoformat(doc.alias_set_at("challenger") or datetime.now(timezone.utc).isoformat())
+    predictions = read_log(store, "predictions", CANARY_COLUMNS)
+    if predictions.height:
+        predictions = predictions.filter(pl.col("ts") >= started)
     feedback = read_log(store, "feedback", FEEDBACK_COLUMNS)
-    perf = {p.model_version: p for p in live_performance(predictions, feedback, EARLY_LABELS)}
-    champion, challenger = perf.get(aliases["champion"]), perf.get(aliases["challenger"])
-    r = ctx.settings.retrain
-    verdict = decide_canary(champion, challenger, r.canary_min_labels, r.canary_margin, r.canary_stop_margin)
-    apply_canary_decision(model_name, verdict.outcome, aliases["challenger"], verdict.reason, ctx)
+    hours = (datetime.now(timezone.utc) - started).total_seconds() / 3600
+    evidence = canary_evidence(predictions, feedback, champion_v, challenger_v, hours)
+    verdict = decide_canary(evidence, ctx.settings.retrain)
+    perf = {p.model_version: p for p in live_performance(predictions, feedback, min_labels=50)}
+    apply_canary_decision(model_name, verdict.outcome, challenger_v, verdict.reason, ctx)
     get_run_logger().info(
-        "canary of %s v%d: %s (%s)", model_name, aliases["challenger"], verdict.outcome, verdict.reason
+        "canary of %s v%d: %s (%s)", model_name, challenger_v, verdict.outcome, verdict.reason
     )
     publish(
         create_markdown_artifact,
         key=f"{model_name}-canary".replace("_", "-"),
         description="canary decision",
-        markdown=f"# Canary of {model_name} v{aliases['challenger']}: {verdict.outcome}\n\n"
-        f"{verdict.reason}\n",
+        markdown=f"# Canary of {model_name} v{challenger_v}: {verdict.outcome}\n\n{verdict.reason}\n",
     )
     return CanaryDecision(
         model_name=model_name,
         outcome=verdict.outcome,
         reason=verdict.reason,
-        champion=champion,
-        challenger=challenger,
+        champion=perf.get(champion_v),
+        challenger=perf.get(challenger_v),
+        evidence=evidence,
     )
 
 

@@ -67,10 +67,10 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
             window_end=datetime.max.replace(tzinfo=timezone.utc),
         )
     )  # all data there is
-    if summary.version == registry.alias_doc().aliases.get("champion"):
+    if summary.decision == "reproduced" or summary.version == registry.alias_doc().aliases.get("champion"):
         reason = (
-            f"training reproduced the champion v{summary.version} (same data and code, from cache): "
-            "nothing new to put out as a canary"
+            f"training reproduced v{summary.version}, registered before (same data, code and settings, "
+            "from cache): nothing new to put out as a canary"
         )
         logger.info("retrain of %s: %s", model_name, reason)
         return RetrainResult(model_name=model_name, status="skipped", reason=reason, version=summary.version)

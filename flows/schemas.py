@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.decisions import HoldoutComparison
 from tasks.model.evaluate import Metrics
-from tasks.monitoring.performance import LivePerformance
+from tasks.monitoring.performance import CanaryEvidence, LivePerformance
 
 MODEL_NAME = "registry name (default: the dataset config's)"
 
@@ -134,6 +134,7 @@ class CanaryDecision(BaseModel):
     reason: str
     champion: LivePerformance | None
     challenger: LivePerformance | None
+    evidence: CanaryEvidence
 
 
 class AliasMove(BaseModel):

@@ -56,7 +56,7 @@ from tasks.model.train import sample_trial_params, threads_per_fit
 from tasks.monitoring.steps import profile_reference
 from tasks.orchestration import in_prefect_run, publish, run_context
 from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
-from tasks.registry.versions import NewVersion, Registry, git_commit
+from tasks.registry.versions import NewVersion, Registry, VersionDecision, git_commit
 
 
 def resolve_config(params: TrainingParams, ctx: RunContext) -> DatasetConfig:
@@ -231,40 +231,49 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
         feature_names=prepared.transform.feature_names,
         input_columns=prepared.transform.spec.input_columns,
     )
-    version = register_model_version(model_name, files, record, ctx)
-    if champion.version == version.version:  # a rerun reproduced (from cache) the version that is champion
-        decision = decision.model_copy(
-            update={
-                "outcome": "champion",
-                "reason": f"v{version.version} is already champion: this run reproduced it, nothing changes",
-            }
-        )
-        aliases = {"champion": version.version}
-    elif params.register_as == "gate":
-        aliases = apply_promotion_decision(
-            model_name, version.version, decision.outcome, decision.reason, ctx
-        )
-    else:  # the caller (e.g. retraining) decides what the new version becomes
+    if params.register_as == "candidate":  # the caller (e.g. retraining) decides what the new version becomes
         decision = decision.model_copy(
             update={
                 "outcome": "candidate",
                 "reason": f"registered without an alias; the promotion gate would say: {decision.reason}",
             }
         )
-        aliases = {}
+    registry = Registry(ctx.store, model_name)
+    known = set(registry.versions())
+    version = register_model_version(model_name, files, record, VersionDecision(**decision.model_dump()), ctx)
+    if version.version in known and registry.decision_applied(version):
+        # this run reproduced (from cache) a version registered before, and its gate was applied then
+        decision = decision.model_copy(
+            update={
+                "outcome": "reproduced",
+                "reason": (
+                    f"v{version.version} was registered before from the same data, code and settings "
+                    f"({version.decision.outcome if version.decision else 'no decision recorded'}); "
+                    "nothing changes"
+                ),
+            }
+        )
+        aliases = registry.alias_doc().aliases
+    elif decision.outcome == "champion":
+        aliases = apply_promotion_decision(
+            model_name, version.version, decision.outcome, decision.reason, ctx
+        )
+    else:  # rejected, or a candidate for the caller: registered with no alias, never served
+        aliases = registry.alias_doc().aliases
     bento_tag = save_version_to_bentoml(model_name, version.version, ctx)
-    emit_model_event(
-        "driftloop.model.registered",
-        model_name,
-        {
-            "version": version.version,
-            "decision": decision.outcome,
-            "reason": decision.reason,
-            "snapshot_id": manifest.snapshot_id,
-            "roc_auc": test.roc_auc,
-        },
-        target=ctx.target,
-    )
+    if decision.outcome != "reproduced":
+        emit_model_event(
+            "driftloop.model.registered",
+            model_name,
+            {
+                "version": version.version,
+                "decision": decision.outcome,
+                "reason": decision.reason,
+                "snapshot_id": manifest.snapshot_id,
+                "roc_auc": test.roc_auc,
+            },
+            target=ctx.target,
+        )
     logger.info(
         "registered %s v%d as %s (%s); aliases now %s; BentoML model %s",
         model_name,
@@ -288,7 +297,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
         cv_auc_mean=cv["mean"],
         cv_auc_std=cv["std"],
         wandb_run=tracked.url or tracked.path if tracked else None,
-        registry_entry=Registry(ctx.store, model_name).version_url(version.version),
+        registry_entry=registry.version_url(version.version),
         store_uri=ctx.store.uri,
         quarantined=[q for r in ingested.values() for q in r.quarantined],
     )

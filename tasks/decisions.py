@@ -26,7 +26,7 @@ from tasks.core.config import MonitoringConfig
 from tasks.core.settings import GateSettings, RetrainSettings
 from tasks.model.evaluate import ChampionEvaluation, Metrics
 from tasks.monitoring.drift import ColumnDrift
-from tasks.monitoring.performance import LivePerformance
+from tasks.monitoring.performance import CanaryEvidence, LivePerformance
 
 
 class Decision(BaseModel):
@@ -38,7 +38,9 @@ class Decision(BaseModel):
 
 # --- promotion gate (training) -------------------------------------------------------------------
 class PromotionDecision(Decision):
-    outcome: Literal["champion", "challenger", "candidate"]
+    # champion / rejected: the gate; candidate: registered for the caller's own gate (retrain);
+    # reproduced: the run rebuilt a version registered before, so nothing changes
+    outcome: Literal["champion", "rejected", "candidate", "reproduced"]
 
 
 def decide_promotion(
@@ -46,16 +48,19 @@ def decide_promotion(
 ) -> PromotionDecision:
     """A first model becomes champion (something has to serve). A later one becomes champion only if it
     beats the champion's ROC-AUC on the same test window by the margin, with enough test rows to believe
-    it; otherwise it is registered as challenger, for a canary to decide on live data."""
+    it; otherwise it is rejected: registered with no alias, never served. (A retrained model takes the
+    retrain gate and a canary instead, see ``compare_on_holdout`` and ``decide_canary``.)"""
     if champion.version is None:
         return PromotionDecision(outcome="champion", reason="first model of this name: it becomes champion")
     if champion.metrics is None:
         return PromotionDecision(
-            outcome="challenger", reason=f"{champion.note}; kept as challenger for a live comparison"
+            outcome="rejected",
+            reason=f"{champion.note}: no evidence it is better; promote it by hand (promote flow) "
+            "if intended",
         )
     if candidate.rows < gate.min_test_rows:
         return PromotionDecision(
-            outcome="challenger",
+            outcome="rejected",
             reason=f"only {candidate.rows} test rows (gate needs {gate.min_test_rows}); not enough evidence",
         )
     gain = candidate.roc_auc - champion.metrics.roc_auc
@@ -66,7 +71,7 @@ def decide_promotion(
     if gain >= gate.min_auc_gain:
         return PromotionDecision(outcome="champion", reason=f"beats the champion: {verdict}")
     return PromotionDecision(
-        outcome="challenger", reason=f"does not beat the champion by the margin: {verdict}"
+        outcome="rejected", reason=f"does not beat the champion by the margin: {verdict}"
     )
 
 
@@ -189,42 +194,59 @@ def decide_retrain_start(
 
 
 # --- canary --------------------------------------------------------------------------------------
-EARLY_LABELS = 50  # labels per arm below which a live ROC-AUC is not computed at all
-
-
 class CanaryVerdict(Decision):
     outcome: Literal["promote", "drop", "wait"]
 
 
-def decide_canary(
-    champion: LivePerformance | None,
-    challenger: LivePerformance | None,
-    min_labels: int,
-    margin: float,
-    stop_margin: float,
-) -> CanaryVerdict:
-    """With enough labels on both arms: promote if the challenger is at least ``margin`` better, else drop
-    it. Before that: stop at once if the challenger is already clearly worse (by ``stop_margin``), else
-    wait."""
-    if challenger is None or champion is None:
-        return CanaryVerdict(outcome="wait", reason="no labelled live traffic on both arms yet")
-    have = f"{challenger.labels} challenger / {champion.labels} champion labels"
-    if challenger.roc_auc is None or champion.roc_auc is None:
-        return CanaryVerdict(outcome="wait", reason=f"{have}; fewer than {EARLY_LABELS} on an arm")
-    gain = challenger.roc_auc - champion.roc_auc
-    verdict = (
-        f"live ROC-AUC challenger v{challenger.model_version} {challenger.roc_auc:.4f} vs champion "
-        f"v{champion.model_version} {champion.roc_auc:.4f} (gain {gain:+.4f}; {have})"
-    )
-    if gain < -stop_margin:
-        return CanaryVerdict(outcome="drop", reason=f"clearly worse, stopped early: {verdict}")
-    if min(challenger.labels, champion.labels) < min_labels:
+def canary_bound(alpha: float, checks: int) -> float:
+    """The z a canary's gain must clear at any one check for the false-promotion rate over all
+    ``checks`` to stay at ``alpha`` (one-sided, Bonferroni over the checks)."""
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - alpha / checks))
+
+
+def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVerdict:
+    """Promote, drop or wait, on both models scored on the same labelled live rows (DeLong's paired
+    test of the ROC-AUC gain). Promote when the gain's lower bound clears ``canary_margin``; stop early
+    when its upper bound is below ``-canary_stop_margin`` (the challenger is significantly worse); with
+    too few labels per arm, or no clear result, wait, until ``canary_max_hours``: then the champion
+    stays. The bound is set so an equally good challenger is promoted with probability at most
+    ``canary_alpha`` over ``canary_checks`` checks."""
+    e, z = evidence, canary_bound(policy.canary_alpha, policy.canary_checks)
+    have = f"{e.challenger_labels} challenger / {e.champion_labels} champion labels after {e.hours:.1f} h"
+    expired = e.hours >= policy.canary_max_hours
+    if min(e.champion_labels, e.challenger_labels) < policy.canary_min_labels or e.paired is None:
+        if expired:
+            return CanaryVerdict(
+                outcome="drop",
+                reason=f"{policy.canary_max_hours:g} h passed without enough "
+                f"evidence ({have}; {policy.canary_min_labels} per arm needed): the champion stays",
+            )
         return CanaryVerdict(
-            outcome="wait", reason=f"not enough evidence yet (need {min_labels} labels per arm): {verdict}"
+            outcome="wait",
+            reason=f"not enough evidence yet: {have}; {policy.canary_min_labels} per arm needed",
         )
-    if gain >= margin:
-        return CanaryVerdict(outcome="promote", reason=f"better by at least {margin:+.4f}: {verdict}")
-    return CanaryVerdict(outcome="drop", reason=f"not better by {margin:+.4f}: {verdict}")
+    p = e.paired
+    low, high = p.gain - z * p.se, p.gain + z * p.se
+    verdict = (
+        f"live ROC-AUC on the same {p.rows} labelled rows: challenger v{e.challenger_version} {p.auc_b:.4f}"
+        f" vs champion v{e.champion_version} {p.auc_a:.4f}, gain {p.gain:+.4f} (bounds {low:+.4f} .. "
+        f"{high:+.4f} at z={z:.2f}: false-promotion rate {policy.canary_alpha:g} over "
+        f"{policy.canary_checks} checks); {have}"
+    )
+    if high < -policy.canary_stop_margin:
+        return CanaryVerdict(outcome="drop", reason=f"significantly worse, stopped early: {verdict}")
+    if low > policy.canary_margin:
+        return CanaryVerdict(
+            outcome="promote", reason=f"significantly better than +{policy.canary_margin:g}: {verdict}"
+        )
+    if expired:
+        return CanaryVerdict(
+            outcome="drop",
+            reason=f"not shown better within {policy.canary_max_hours:g} h, the champion stays: {verdict}",
+        )
+    return CanaryVerdict(outcome="wait", reason=f"no significant difference yet: {verdict}")
 
 
 # --- monitoring verdicts -------------------------------------------------------------------------

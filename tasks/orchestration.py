@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from prefect import task
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.tasks import exponential_backoff
 
@@ -56,9 +57,29 @@ def io_task(fn: Callable | None = None, **kwargs: Any) -> Any:
     return task(**options)(fn)
 
 
+@dataclass
+class RunContextIdentity(CachePolicy):
+    """The part of a step's cache key that comes from its ``ctx``: only what changes results
+    (``RunContext.cache_identity``), not the run's operational settings."""
+
+    def compute_key(
+        self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs: Any
+    ) -> str | None:
+        from prefect.utilities.hashing import hash_objects
+
+        ctx = (inputs or {}).get("ctx")
+        return (
+            hash_objects(ctx.cache_identity(), raise_on_failure=True) if isinstance(ctx, RunContext) else None
+        )
+
+
+# inputs (the run context by its identity only) + the step's code
+CACHE_POLICY = (INPUTS - "ctx") + RunContextIdentity() + TASK_SOURCE
+
+
 def cached_task(fn: Callable | None = None, **kwargs: Any) -> Any:
     """A Prefect task whose persisted result is reused when inputs and code are unchanged."""
-    options = {**IO_RETRIES, "cache_policy": INPUTS + TASK_SOURCE, "persist_result": True, **kwargs}
+    options = {**IO_RETRIES, "cache_policy": CACHE_POLICY, "persist_result": True, **kwargs}
     if fn is None:
         return functools.partial(cached_task, **kwargs)
     return task(**options)(fn)

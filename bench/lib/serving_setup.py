@@ -64,8 +64,8 @@ def serving_stack() -> Iterator[dict]:
         "WHYLOGS_NO_ANALYTICS": "1",
     }
     os.environ.update(env)
-    from bench.lib.pipeline import run_bare
     from flows.schemas import TrainingParams
+    from lib.pipeline import run_bare
     from tasks.core.settings import Settings
     from tasks.core.store import open_store
     from tasks.data.landing import land_nycflights13

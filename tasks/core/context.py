@@ -70,6 +70,20 @@ class RunContext(BaseModel):
             return self.store
         return open_store_at(str(uri), self.settings, self._credentials)
 
+    def cache_identity(self) -> dict[str, Any]:
+        """What of this context changes a step's result, and so belongs in its cache key: where the data
+        lives, the dataset config, how invalid batches are treated, where runs are tracked. Operational
+        settings (cooldowns, ports, poll intervals, the target, serving limits) are left out, so the same
+        training under another worker or schedule reuses its finished steps instead of redoing them."""
+        s = self.settings
+        return {
+            "store_uri": s.store_uri,
+            "s3_endpoint": s.s3.endpoint_url,
+            "config": self.config.model_dump(mode="json"),
+            "on_invalid": s.on_invalid,
+            "tracking": s.tracking.model_dump(mode="json", include={"mode", "project", "entity", "dir"}),
+        }
+
     def model_name(self, override: str | None = None) -> str:
         """The registry name a flow works on: ``override`` if given, else the dataset config's."""
         return override or self.config.model_name

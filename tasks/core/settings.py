@@ -107,10 +107,34 @@ class RetrainSettings(BaseModel):
         200, ge=1, description="labelled predictions per arm before a canary verdict"
     )
     canary_margin: float = Field(
-        0.0, ge=-1, le=1, description="live ROC-AUC gain the challenger needs to be promoted"
+        0.0,
+        ge=-1,
+        le=1,
+        description="ROC-AUC gain the challenger's confidence bound must clear to be promoted",
     )
     canary_stop_margin: float = Field(
-        0.05, ge=0, le=1, description="live ROC-AUC loss that stops a canary at once"
+        0.0,
+        ge=0,
+        le=1,
+        description="the canary stops early once the gain's upper bound is below -this "
+        "(0: as soon as the challenger is significantly worse)",
+    )
+    canary_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="false-promotion rate: the chance an equally good challenger is "
+        "promoted, over all the canary's checks",
+    )
+    canary_checks: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="how many times a canary is judged at most (the alpha is split "
+        "between them, Bonferroni); a schedule that judges more often should raise it",
+    )
+    canary_max_hours: float = Field(
+        72, gt=0, description="a canary not promoted by then is stopped and the champion stays"
     )
 
 

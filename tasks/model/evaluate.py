@@ -311,3 +311,42 @@ def evaluate_champion(
         metrics=binary_metrics(y, p, config.training.threshold),
         note=f"champion v{champion.version} scored on the same test window",
     )
+
+
+class PairedAucDifference(BaseModel):
+    """ROC-AUC of two models scored on the same labelled rows, and the difference's standard error."""
+
+    rows: int
+    auc_a: float
+    auc_b: float
+    gain: float  # auc_b - auc_a
+    se: float
+
+
+def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> PairedAucDifference:
+    """DeLong's test for two correlated ROC-AUCs (the fast midrank form of Sun & Xu, 2014): both models
+    scored the same rows, so the variance of the difference uses their covariance, which is what makes a
+    paired comparison far more sensitive than comparing two separate samples."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"need at least 2 rows of each class, got {m} positive and {n} negative")
+    preds = np.vstack([np.asarray(p_a, dtype=float), np.asarray(p_b, dtype=float)])
+    pos, neg = preds[:, y], preds[:, ~y]
+    tx = rankdata(pos, axis=1)
+    ty = rankdata(neg, axis=1)
+    tz = rankdata(np.hstack([pos, neg]), axis=1)
+    aucs = (tz[:, :m].sum(axis=1) / m - (m + 1) / 2) / n
+    v01 = (tz[:, :m] - tx) / n
+    v10 = 1.0 - (tz[:, m:] - ty) / m
+    cov = np.cov(v01) / m + np.cov(v10) / n
+    var = max(float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), 0.0)
+    return PairedAucDifference(
+        rows=int(len(y)),
+        auc_a=float(aucs[0]),
+        auc_b=float(aucs[1]),
+        gain=float(aucs[1] - aucs[0]),
+        se=var**0.5,
+    )

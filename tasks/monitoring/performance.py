@@ -7,6 +7,8 @@ import polars as pl
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
+from tasks.model.evaluate import PairedAucDifference, paired_auc_difference
+
 
 class LivePerformance(BaseModel):
     model_version: int
@@ -47,3 +49,55 @@ def live_performance(
             )
         )
     return sorted(out, key=lambda r: r.model_version)
+
+
+class CanaryEvidence(BaseModel):
+    """What a canary has shown so far: labelled rows per arm, and both models compared on the same
+    labelled rows (each row is scored by both during a canary; one answers, the other is logged)."""
+
+    champion_version: int
+    challenger_version: int
+    champion_labels: int  # labelled rows the champion answered since the canary started
+    challenger_labels: int
+    hours: float  # since the canary started
+    paired: PairedAucDifference | None  # champion = a, challenger = b; None: too few paired labels
+
+
+def canary_evidence(
+    predictions: pl.DataFrame, feedback: pl.DataFrame, champion: int, challenger: int, hours: float
+) -> CanaryEvidence:
+    """Evidence from the prediction log since the canary started (``predictions``) and the feedback."""
+    empty = CanaryEvidence(
+        champion_version=champion,
+        challenger_version=challenger,
+        champion_labels=0,
+        challenger_labels=0,
+        hours=hours,
+        paired=None,
+    )
+    if predictions.height == 0 or feedback.height == 0:
+        return empty
+    outcomes = feedback.sort("ts").unique("request_id", keep="last").select("request_id", "outcome")
+    labelled = predictions.join(outcomes, on="request_id", how="inner").filter(
+        pl.col("outcome").is_not_null()
+    )
+    counts = dict(labelled.group_by("model_version").len().iter_rows())
+    evidence = empty.model_copy(
+        update={
+            "champion_labels": int(counts.get(champion, 0)),
+            "challenger_labels": int(counts.get(challenger, 0)),
+        }
+    )
+    if "paired_version" not in labelled.columns:
+        return evidence
+    both = labelled.filter(
+        ((pl.col("model_version") == champion) & (pl.col("paired_version") == challenger))
+        | ((pl.col("model_version") == challenger) & (pl.col("paired_version") == champion))
+    ).filter(pl.col("paired_probability").is_not_null())
+    on_champion = both["model_version"] == champion
+    p_champion = np.where(on_champion, both["probability"], both["paired_probability"])
+    p_challenger = np.where(on_champion, both["paired_probability"], both["probability"])
+    y = both["outcome"].to_numpy()
+    if both.height == 0 or y.min() == y.max():
+        return evidence
+    return evidence.model_copy(update={"paired": paired_auc_difference(y, p_champion, p_challenger)})

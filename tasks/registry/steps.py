@@ -8,18 +8,23 @@ from __future__ import annotations
 
 from tasks.core.context import RunContext
 from tasks.events import emit_model_event
-from tasks.orchestration import cached_task, io_task
+from tasks.orchestration import CACHE_POLICY, cached_task, io_task
 from tasks.registry.packaging import PackagedBento, build_bento, save_to_bentoml
 from tasks.registry.retrain_slot import claim_retrain_slot
-from tasks.registry.versions import ChampionMove, ModelVersion, NewVersion, Registry
+from tasks.registry.versions import ChampionMove, ModelVersion, NewVersion, Registry, VersionDecision
 
 
-@cached_task(name="register-model")
+@cached_task(name="register-model", cache_policy=CACHE_POLICY - "decision")
 def register_model_version(
-    model_name: str, files: dict[str, str], record: NewVersion, ctx: RunContext
+    model_name: str, files: dict[str, str], record: NewVersion, decision: VersionDecision, ctx: RunContext
 ) -> ModelVersion:
-    """Register the candidate: copy its files (store keys) into the registry and claim a version."""
+    """Register the candidate: copy its files (store keys) into the registry and claim a version.
+
+    Cached on the model and its facts, not on the gate's ``decision`` (which depends on whichever
+    champion serves now): a rerun that reproduces a registered model returns that version, a no-op.
+    """
     store = ctx.store
+    record = record.model_copy(update={"decision": decision})
     return Registry(store, model_name).register(
         {name: store.read_bytes(key) for name, key in files.items()}, record
     )

@@ -31,6 +31,13 @@ from tasks.model.features import FittedTransform
 ALIASES = ("champion", "challenger")
 
 
+class VersionDecision(BaseModel):
+    """What the gate said when the version was registered (champion, rejected or candidate) and why."""
+
+    outcome: str
+    reason: str
+
+
 class NewVersion(BaseModel):
     """What a training run tells the registry about the model it registers."""
 
@@ -42,6 +49,7 @@ class NewVersion(BaseModel):
     test_window: tuple[str, str]
     feature_names: list[str]
     input_columns: list[str]
+    decision: VersionDecision | None = None
 
 
 class ModelVersion(NewVersion):
@@ -175,6 +183,13 @@ class Registry:
             except PreconditionFailed:
                 version += 1  # someone registered this number first; take the next
         raise RuntimeError(f"could not claim a version number for {self.model_name} after 100 attempts")
+
+    def decision_applied(self, mv: ModelVersion) -> bool:
+        """Whether what the gate decided at registration has been carried out: a version decided
+        champion has been champion at some point; any other outcome needs no alias."""
+        if mv.decision is None or mv.decision.outcome != "champion":
+            return True
+        return any(h.alias == "champion" and h.version == mv.version for h in self.alias_doc().history)
 
     def read_file(self, mv: ModelVersion, name: str) -> bytes:
         return self.store.read_bytes(mv.files[name])

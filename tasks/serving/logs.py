@@ -106,6 +106,8 @@ class PartitionedLog:
 
 
 PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
+# during a canary, each row also carries the other arm's model and score (a paired comparison)
+CANARY_COLUMNS = [*PREDICTION_COLUMNS, "paired_version", "paired_probability"]
 FEEDBACK_COLUMNS = ["request_id", "ts", "outcome"]
 
 
@@ -114,11 +116,15 @@ def read_log(
 ) -> pl.DataFrame:
     """What was flushed under a log prefix (empty when nothing was logged yet). The scan is lazy:
     only ``columns`` are read, and only rows of ``request_ids`` kept, so callers that need a little
-    of a large log do not read all of it."""
+    of a large log do not read all of it. A column no file has yet (one added to the log later) reads
+    as nulls."""
     keys = [k for k in store.list(prefix) if k.endswith(".parquet")]
     if not keys:
         return pl.DataFrame()
     scan = store.scan_parquet(keys)
     if request_ids is not None:
         scan = scan.filter(pl.col("request_id").is_in(pl.Series(request_ids, dtype=pl.String).implode()))
-    return (scan.select(columns) if columns else scan).collect()
+    if columns:
+        present = scan.collect_schema()
+        scan = scan.select(pl.col(c) if c in present else pl.lit(None).alias(c) for c in columns)
+    return scan.collect()

@@ -15,9 +15,16 @@ pytestmark = pytest.mark.integration
 
 
 def _log_window(
-    settings, config, start: str, end: str, unseen_share: float, alias: str = "champion"
+    settings,
+    config,
+    start: str,
+    end: str,
+    unseen_share: float,
+    alias: str = "champion",
+    paired_with: str | None = None,
 ) -> list[str]:
-    """Score a later window's real flights with a model and log them, with feedback, like the service does."""
+    """Score a later window's real flights with a model and log them, with feedback, like the service does
+    (during a canary, ``paired_with`` names the other arm, whose score is logged beside the answer)."""
     from tasks.core.context import RunContext
     from tasks.core.store import open_store
     from tasks.data.ingest import discover_batches, ingest_batches
@@ -51,6 +58,8 @@ def _log_window(
     champion = load_version(registry, registry.resolve(alias))
     inputs = champion.transform.spec.input_columns
     p = champion.score(rows.select(inputs))
+    other = load_version(registry, registry.resolve(paired_with)) if paired_with else None
+    q = other.score(rows.select(other.transform.spec.input_columns)) if other else [None] * rows.height
     ids = [f"{alias}-{start}-{i}" for i in range(rows.height)]
     now = datetime.now(timezone.utc)
     from tasks.serving.schema import input_schema
@@ -65,6 +74,8 @@ def _log_window(
         "arm": pl.String(),
         "shadow_version": pl.Int64(),
         "shadow_probability": pl.Float64(),
+        "paired_version": pl.Int64(),
+        "paired_probability": pl.Float64(),
     }
     log = PartitionedLog(store, "predictions", schema, max_rows=10**9, max_seconds=3600)
     log.append(
@@ -79,8 +90,10 @@ def _log_window(
                 "arm": alias,
                 "shadow_version": None,
                 "shadow_probability": None,
+                "paired_version": other.version.version if other else None,
+                "paired_probability": None if other is None else float(o),
             }
-            for r, i, q in zip(rows.select(inputs).to_dicts(), ids, p)
+            for r, i, q, o in zip(rows.select(inputs).to_dicts(), ids, p, q)
         ]
     )
     log.close()

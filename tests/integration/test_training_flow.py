@@ -113,7 +113,7 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     assert "Decision: champion" in card and "data:image/png;base64," in card
     assert "flights-worker-registry" in kinds and "flights-worker-wandb" in kinds
 
-    # a second run that cannot clear the gate's margin stays challenger: no silent champion swap
+    # a second run that cannot clear the gate's margin is rejected: registered, no alias, never served
     out = prefect_worker.cli(
         "deployment",
         "run",
@@ -127,8 +127,11 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     )
     assert out.returncode == 0, out.stdout[-3000:]
     doc = registry.alias_doc()
-    assert doc.aliases["champion"] == 1 and doc.aliases.get("challenger") == 2
-    assert "does not beat the champion" in doc.history[-1].reason
+    assert doc.aliases == {"champion": 1}
+    rejected = registry.get(2)
+    assert (
+        rejected.decision.outcome == "rejected" and "does not beat the champion" in rejected.decision.reason
+    )
 
 
 def test_a_killed_run_resumes_from_its_finished_steps(prefect_server, landed, private_settings, monkeypatch):
@@ -203,6 +206,27 @@ def test_a_killed_run_resumes_from_its_finished_steps(prefect_server, landed, pr
     assert any(
         n.startswith("train-final-model") and s == "Completed" for n, s in second.items()
     )  # work that was cut off runs
+
+    # the same training under other operational settings (another worker's cooldown, poll intervals)
+    # reuses every step and reproduces the registered version: a no-op, not a duplicate
+    from tasks.registry.versions import Registry
+
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN__COOLDOWN_MINUTES", "7")
+    monkeypatch.setenv("DRIFTLOOP_SERVING__POLL_SECONDS", "9")
+    monkeypatch.setenv("DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS", "3")
+    first_summary = state.result()
+    again = training(TrainingParams(**params), return_state=True)
+    third = _task_states(again.state_details.flow_run_id)
+    assert {n for n, s in third.items() if n.startswith(("train-final-model", "register-model"))} and all(
+        s == "Cached"
+        for n, s in third.items()
+        if n.startswith(("train-", "register-model", "fit-", "cv-fold"))
+    ), third
+    summary = again.result()
+    assert summary.version == first_summary.version and summary.decision == "reproduced"
+    registry = Registry(open_store(private_settings), "flights-resume")
+    assert registry.versions() == [first_summary.version]
+    assert registry.alias_doc().aliases == {"champion": first_summary.version}
 
 
 def test_training_against_s3(prefect_server, s3_settings):

@@ -6,8 +6,9 @@ import numpy as np
 import polars as pl
 
 from tasks.core.settings import RetrainSettings
-from tasks.decisions import bootstrap_auc_gain, compare_on_holdout, decide_canary
-from tasks.monitoring.performance import LivePerformance
+from tasks.decisions import bootstrap_auc_gain, canary_bound, compare_on_holdout, decide_canary
+from tasks.model.evaluate import PairedAucDifference, paired_auc_difference
+from tasks.monitoring.performance import CanaryEvidence
 
 
 def _preds(n: int = 4000, seed: int = 0):
@@ -47,23 +48,50 @@ def test_a_single_slice_getting_worse_fails_the_gate():
     ]
 
 
-def _perf(version: int, labels: int, auc: float | None) -> LivePerformance:
-    return LivePerformance(
-        model_version=version,
-        predictions=labels,
-        labels=labels,
-        roc_auc=auc,
-        log_loss=None,
-        mean_prediction=0.3,
-        positive_rate=0.2,
+def _evidence(
+    gain: float, se: float, labels: int = 300, hours: float = 1.0, rows: int = 600
+) -> CanaryEvidence:
+    paired = PairedAucDifference(rows=rows, auc_a=0.70, auc_b=0.70 + gain, gain=gain, se=se)
+    return CanaryEvidence(
+        champion_version=1,
+        challenger_version=2,
+        champion_labels=labels,
+        challenger_labels=labels,
+        hours=hours,
+        paired=paired,
     )
 
 
 def test_canary_verdicts():
-    assert decide_canary(None, None, 200, 0.0, 0.05).outcome == "wait"
-    assert decide_canary(_perf(1, 40, None), _perf(2, 40, None), 200, 0.0, 0.05).outcome == "wait"
-    early = decide_canary(_perf(1, 80, 0.72), _perf(2, 80, 0.60), 200, 0.0, 0.05)
+    policy = RetrainSettings(canary_min_labels=200, canary_alpha=0.05, canary_checks=10, canary_max_hours=72)
+    z = canary_bound(0.05, 10)
+    assert 2.5 < z < 2.6  # one-sided 0.5% per check
+    nothing = CanaryEvidence(
+        champion_version=1, challenger_version=2, champion_labels=0, challenger_labels=0, hours=1, paired=None
+    )
+    assert decide_canary(nothing, policy).outcome == "wait"
+    assert decide_canary(_evidence(0.05, 0.01, labels=40), policy).outcome == "wait"  # too few labels per arm
+    early = decide_canary(_evidence(-0.05, 0.01), policy)
     assert early.outcome == "drop" and "stopped early" in early.reason
-    assert decide_canary(_perf(1, 80, 0.70), _perf(2, 80, 0.71), 200, 0.0, 0.05).outcome == "wait"
-    assert decide_canary(_perf(1, 300, 0.70), _perf(2, 300, 0.71), 200, 0.0, 0.05).outcome == "promote"
-    assert decide_canary(_perf(1, 300, 0.71), _perf(2, 300, 0.70), 200, 0.0, 0.05).outcome == "drop"
+    assert decide_canary(_evidence(0.01, 0.005), policy).outcome == "wait"  # +0.01 at z*se=0.013: not shown
+    assert decide_canary(_evidence(0.02, 0.005), policy).outcome == "promote"
+    late = decide_canary(_evidence(0.01, 0.005, hours=80), policy)
+    assert late.outcome == "drop" and "champion stays" in late.reason
+    assert decide_canary(nothing.model_copy(update={"hours": 80}), policy).outcome == "drop"
+    identical = decide_canary(_evidence(0.0, 0.0), policy)
+    assert identical.outcome == "wait"  # an identical challenger is never promoted
+
+
+def test_paired_auc_difference_matches_sklearn_and_the_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    y, good, weak = _preds()
+    paired = paired_auc_difference(y, weak, good)
+    assert (
+        abs(paired.auc_a - roc_auc_score(y, weak)) < 1e-9
+        and abs(paired.auc_b - roc_auc_score(y, good)) < 1e-9
+    )
+    mean, low, high = bootstrap_auc_gain(y, good, weak, 300)
+    assert abs(paired.gain - mean) < 0.005 and 0.7 < paired.se / ((high - low) / 3.92) < 1.4
+    same = paired_auc_difference(y, good, good)
+    assert same.gain == 0 and same.se == 0

@@ -67,7 +67,7 @@ def test_gate_promotes_only_with_a_margin():
     weak, strong = _metrics(0.1), _metrics(0.4)
     champion = ChampionEvaluation(version=1, metrics=weak, note="")
     assert decide_promotion(strong, champion, GateSettings(min_auc_gain=0.01)).outcome == "champion"
-    assert decide_promotion(weak, champion, GateSettings(min_auc_gain=0.01)).outcome == "challenger"
+    assert decide_promotion(weak, champion, GateSettings(min_auc_gain=0.01)).outcome == "rejected"
     assert (
         decide_promotion(
             strong, ChampionEvaluation(version=1, metrics=strong, note=""), GateSettings(min_auc_gain=0.0)
@@ -75,11 +75,11 @@ def test_gate_promotes_only_with_a_margin():
         == "champion"
     )
     few = decide_promotion(_metrics(0.4, rows=50), champion, GateSettings(min_test_rows=100))
-    assert few.outcome == "challenger" and "not enough evidence" in few.reason
+    assert few.outcome == "rejected" and "not enough evidence" in few.reason
     unscorable = decide_promotion(
         strong, ChampionEvaluation(version=1, metrics=None, note="champion v1 cannot score"), GateSettings()
     )
-    assert unscorable.outcome == "challenger"
+    assert unscorable.outcome == "rejected"
 
 
 def test_lightgbm_training_is_deterministic(landed):

