@@ -14,6 +14,7 @@ store for monitoring.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 import time
@@ -24,13 +25,14 @@ from typing import Any, Literal
 import bentoml
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from starlette.responses import JSONResponse
 
 from tasks.core.settings import Settings
 from tasks.core.store import ArtifactStore, open_store
 from tasks.registry.versions import Registry
-from tasks.serving.logs import PartitionedLog, read_log
+from tasks.serving.logs import PartitionedLog
+from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.routing import assign_arm
 from tasks.serving.schema import input_contracts, input_schema, request_model
 from tasks.serving.watcher import RegistryWatcher
@@ -47,7 +49,8 @@ THRESHOLD = CONFIG.training.threshold
 
 
 class Prediction(BaseModel):
-    request_id: str
+    request_id: str = Field(description="issued by the service: the id to send feedback for")
+    correlation_id: str | None = Field(None, description="the caller's own id, as sent")
     probability: float
     label: int
     model_version: int
@@ -59,7 +62,8 @@ class Prediction(BaseModel):
 class Scored(BaseModel):
     """Answers for many rows, column by column (the shape /predict_columns returns)."""
 
-    ids: list[str]
+    ids: list[str]  # issued by the service, one per row
+    correlation_ids: list[str | None]
     probability: list[float]
     label: list[int]
     model_version: list[int]
@@ -69,15 +73,23 @@ class Scored(BaseModel):
 
 
 class FeedbackItem(BaseModel):
-    request_id: str = Field(min_length=1, max_length=128)
+    request_id: str = Field(min_length=1, max_length=128, description="the id /predict returned")
     outcome: Literal[0, 1] = Field(
         description="the observed label (1 = positive, e.g. arrived > 15 min late)"
     )
+    correction: bool = Field(
+        False, description="replace an outcome reported before (otherwise the first one reported counts)"
+    )
+
+
+class RejectedFeedback(BaseModel):
+    request_id: str
+    reason: str
 
 
 class FeedbackResult(BaseModel):
     accepted: int
-    unknown_request_ids: list[str]
+    rejected: list[RejectedFeedback]
 
 
 class ModelStatus(BaseModel):
@@ -104,20 +116,46 @@ LATENCY = bentoml.metrics.Histogram(
 
 
 class RequestGuard:
-    """ASGI middleware: optional bearer token and a request-size limit, before any parsing."""
+    """ASGI middleware: bearer tokens and a request-size limit, before any parsing.
 
-    def __init__(self, app: Any, token: str | None, max_bytes: int):
-        self.app, self.token, self.max_bytes = app, token, max_bytes
+    With auth on, scoring needs ``auth_token`` and ``/feedback`` needs its own ``feedback_token`` (a
+    caller allowed to score is not thereby allowed to write the labels that judge models). Tokens are
+    compared in constant time."""
+
+    FEEDBACK_PATHS = ("/feedback",)
+
+    def __init__(self, app: Any, token: SecretStr | None, feedback_token: SecretStr | None, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+        self.token = token.get_secret_value().encode() if token else None
+        self.feedback_token = feedback_token.get_secret_value().encode() if feedback_token else None
         self.open_paths = ("/healthz", "/livez", "/readyz", "/metrics", "/docs", "/docs.json", "/")
+
+    def _refusal(self, path: str, authorization: bytes) -> tuple[int, str] | None:
+        presented = authorization.removeprefix(b"Bearer ") if authorization.startswith(b"Bearer ") else b""
+        if path in self.FEEDBACK_PATHS:
+            if self.feedback_token is None:
+                if self.token is None:
+                    return None  # no auth at all (a laptop)
+                return 403, (
+                    "feedback needs its own token, separate from predict's: set "
+                    "DRIFTLOOP_SERVING__FEEDBACK_TOKEN on the service and send it as a bearer token"
+                )
+            expected = self.feedback_token
+        elif self.token is None:
+            return None
+        else:
+            expected = self.token
+        if not hmac.compare_digest(presented, expected):
+            return 401, "missing or wrong bearer token (Authorization: Bearer <token>)"
+        return None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        if self.token and headers.get(b"authorization", b"") != f"Bearer {self.token}".encode():
-            return await JSONResponse(
-                {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"}, status_code=401
-            )(scope, receive, send)
+        refused = self._refusal(scope["path"], headers.get(b"authorization", b""))
+        if refused:
+            return await JSONResponse({"error": refused[1]}, status_code=refused[0])(scope, receive, send)
         length = headers.get(b"content-length", b"0")
         if not length.isdigit():
             return await JSONResponse({"error": "invalid Content-Length header"}, status_code=400)(
@@ -145,12 +183,6 @@ class RequestGuard:
 
 
 CONTRACTS = input_contracts(CONFIG)
-
-
-def new_request_ids(n: int) -> list[str]:
-    """``n`` random 128-bit hex ids (one urandom call instead of n uuid4s)."""
-    token = os.urandom(16 * n).hex()
-    return [token[i * 32 : (i + 1) * 32] for i in range(n)]
 
 
 def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
@@ -200,6 +232,8 @@ def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
     return pl.DataFrame(series)
 
 
+# who a label came from: with a feedback token only its holder can report (see RequestGuard)
+FEEDBACK_SOURCE = "feedback-token" if SETTINGS.serving.feedback_token else "unauthenticated"
 PACKAGED_MODEL = SETTINGS.packaged_model  # set inside a bento built by the package flow
 
 
@@ -229,7 +263,8 @@ class Driftloop:
         self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds)
         self.watcher.start()
         log_schema = {
-            "request_id": pl.String(),
+            "request_id": pl.String(),  # issued by this service
+            "correlation_id": pl.String(),  # the caller's own id, as sent
             "ts": pl.Datetime("us", "UTC"),
             **INPUT_SCHEMA,
             "probability": pl.Float64(),
@@ -252,12 +287,13 @@ class Driftloop:
                 "request_id": pl.String(),
                 "ts": pl.Datetime("us", "UTC"),
                 "outcome": pl.Int8(),
-                "known": pl.Boolean(),
+                "correction": pl.Boolean(),
+                "source": pl.String(),  # who reported it: the feedback token's holder, or no auth
             },
             s.log_max_rows,
             s.log_max_seconds,
         )
-        self.recent_ids: dict[str, None] = {}  # insertion-ordered set of recent request ids (this worker)
+        self.request_ids = RequestIds(request_id_key(self.store))
         if self.watcher.models.champion is None and PACKAGED_MODEL:
             try:
                 self.watcher.use_packaged(Path(self.packaged.path))
@@ -277,14 +313,15 @@ class Driftloop:
         self,
         rows: list[dict[str, Any]] | None,
         frame: pl.DataFrame,
-        ids: list[str],
+        correlation_ids: list[str | None],
         routing_keys: list[str | None],
     ) -> "Scored":
         """Score rows with the arm each is routed to; log inputs and answers (flushed off the hot path)."""
         models = self.watcher.models  # one consistent snapshot of what serves, even mid-swap
         if models.champion is None:
             raise bentoml.exceptions.ServiceUnavailable("no champion model is loaded yet; see /model_status")
-        n = len(ids)
+        n = len(correlation_ids)
+        ids = self.request_ids.issue(n)  # identity comes from the service, never from the caller
         challenger = models.challenger
         shadow = SETTINGS.serving.mode == "shadow" and challenger is not None
         share = SETTINGS.serving.challenger_share if challenger is not None and not shadow else 0.0
@@ -319,6 +356,7 @@ class Driftloop:
                 paired_version[mask] = other.version.version
         out = Scored(
             ids=ids,
+            correlation_ids=correlation_ids,
             probability=probability.tolist(),
             label=(probability >= THRESHOLD).astype(int).tolist(),
             model_version=version.tolist(),
@@ -333,6 +371,7 @@ class Driftloop:
                     {
                         **inputs,
                         "request_id": ids[i],
+                        "correlation_id": correlation_ids[i],
                         "ts": now,
                         "probability": out.probability[i],
                         "label": out.label[i],
@@ -350,6 +389,7 @@ class Driftloop:
             self.predictions.append_frame(
                 frame.with_columns(
                     pl.Series("request_id", ids, dtype=pl.String),
+                    pl.Series("correlation_id", correlation_ids, dtype=pl.String),
                     pl.lit(now).alias("ts"),
                     pl.Series("probability", out.probability, dtype=pl.Float64),
                     pl.Series("label", out.label, dtype=pl.Int8),
@@ -365,21 +405,20 @@ class Driftloop:
                     else pl.lit(None, dtype=pl.Float64).alias("paired_probability"),
                 )
             )
-        self.recent_ids.update(dict.fromkeys(ids))
-        while len(self.recent_ids) > 1_000_000:
-            self.recent_ids.pop(next(iter(self.recent_ids)))
         return out
 
     def _score_records(self, records: list[BaseModel]) -> list[Prediction]:
         rows = [{c: r.__dict__[c] for c in INPUT_COLUMNS} for r in records]
-        fresh = iter(new_request_ids(sum(r.request_id is None for r in records)))
-        ids = [r.request_id or next(fresh) for r in records]
         out = self._score(
-            rows, pl.DataFrame(rows, schema=INPUT_SCHEMA), ids, [r.routing_key for r in records]
+            rows,
+            pl.DataFrame(rows, schema=INPUT_SCHEMA),
+            [r.correlation_id for r in records],
+            [r.routing_key for r in records],
         )
         return [
             Prediction.model_construct(
                 request_id=i,
+                correlation_id=c,
                 probability=p,
                 label=lab,
                 model_version=v,
@@ -387,8 +426,14 @@ class Driftloop:
                 shadow_version=out.shadow_version,
                 shadow_probability=sp,
             )
-            for i, p, lab, v, a, sp in zip(
-                out.ids, out.probability, out.label, out.model_version, out.arm, out.shadow_probability
+            for i, c, p, lab, v, a, sp in zip(
+                out.ids,
+                out.correlation_ids,
+                out.probability,
+                out.label,
+                out.model_version,
+                out.arm,
+                out.shadow_probability,
             )
         ]
 
@@ -413,7 +458,7 @@ class Driftloop:
     async def predict_columns(
         self,
         columns: dict[str, list[Any]],
-        request_ids: list[str] | None = None,
+        correlation_ids: list[str] | None = None,
         routing_keys: list[str] | None = None,
     ) -> Scored:
         """Score a batch sent column by column ({"columns": {"carrier": [...], ...}}): the fast path for
@@ -421,38 +466,44 @@ class Driftloop:
         contracts as /predict_batch; errors name the column."""
         frame = columns_to_frame(columns)
         n = frame.height
-        for name, values in (("request_ids", request_ids), ("routing_keys", routing_keys)):
+        for name, values in (("correlation_ids", correlation_ids), ("routing_keys", routing_keys)):
             if values is not None and len(values) != n:
                 raise bentoml.exceptions.InvalidArgument(f"{name} has {len(values)} entries for {n} rows")
-        return self._score(None, frame, request_ids or new_request_ids(n), routing_keys or [None] * n)
+        return self._score(None, frame, correlation_ids or [None] * n, routing_keys or [None] * n)
 
     @bentoml.api
     def feedback(self, items: list[FeedbackItem]) -> FeedbackResult:
-        """Record observed outcomes by request id; ids never predicted are reported (and still kept)."""
+        """Record observed outcomes for request ids this service issued. An id it never issued is
+        rejected (its signature says so: no lookup, no log scan); the first outcome for an id counts
+        unless a later one is sent with ``correction: true``; each label records its source."""
         if not items:
             raise bentoml.exceptions.InvalidArgument(
                 "items is empty: send at least one {request_id, outcome}"
             )
-        unknown = [i.request_id for i in items if i.request_id not in self.recent_ids]
-        if unknown:  # maybe predicted by another worker or before a restart: look in the flushed log
-            self.predictions.flush()
-            logged = read_log(self.store, "predictions", ["request_id"], request_ids=unknown)
-            seen = set(logged["request_id"].to_list()) if logged.height else set()
-            unknown = [u for u in unknown if u not in seen]
         now = datetime.now(timezone.utc)
-        missing = set(unknown)
-        self.feedback_log.append(
-            [
-                {
-                    "request_id": i.request_id,
-                    "ts": now,
-                    "outcome": i.outcome,
-                    "known": i.request_id not in missing,
-                }
-                for i in items
-            ]
-        )
-        return FeedbackResult(accepted=len(items), unknown_request_ids=unknown)
+        accepted, rejected = [], []
+        for item in items:
+            if self.request_ids.verify(item.request_id):
+                accepted.append(
+                    {
+                        "request_id": item.request_id,
+                        "ts": now,
+                        "outcome": item.outcome,
+                        "correction": item.correction,
+                        "source": FEEDBACK_SOURCE,
+                    }
+                )
+            else:
+                rejected.append(
+                    RejectedFeedback(
+                        request_id=item.request_id[:128],
+                        reason=(
+                            "not a request id this service issued: send the request_id /predict returned"
+                        ),
+                    )
+                )
+        self.feedback_log.append(accepted)
+        return FeedbackResult(accepted=len(accepted), rejected=rejected)
 
     @bentoml.api
     def model_status(self) -> ModelStatus:
@@ -472,5 +523,8 @@ class Driftloop:
 
 
 Driftloop.add_asgi_middleware(
-    RequestGuard, token=SETTINGS.serving.auth_token, max_bytes=SETTINGS.serving.max_request_bytes
+    RequestGuard,
+    token=SETTINGS.serving.auth_token,
+    feedback_token=SETTINGS.serving.feedback_token,
+    max_bytes=SETTINGS.serving.max_request_bytes,
 )

@@ -99,11 +99,12 @@ def replay_rows(months: list[int]) -> list[dict]:
     return frame.select(*inputs, pl.col(config.target.name).alias("__label")).to_dicts()
 
 
-def send_traffic(url: str, rows: list[dict], tag: str, batch: int = 500) -> dict[str, int]:
-    """POST rows to /predict_batch with request ids; return the answering version per request."""
+def send_traffic(url: str, rows: list[dict], tag: str, batch: int = 500) -> list[dict]:
+    """POST rows to /predict_batch, each with the caller's own correlation id; return the answers (with
+    the request ids the service issued, which feedback must quote)."""
     import httpx
 
-    answered: dict[str, int] = {}
+    answers: list[dict] = []
     with (
         httpx.Client(timeout=60) as client,
         Progress(
@@ -117,24 +118,25 @@ def send_traffic(url: str, rows: list[dict], tag: str, batch: int = 500) -> dict
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
             records = [
-                {k: v for k, v in r.items() if k != "__label"} | {"request_id": f"{tag}-{start + i}"}
+                {k: v for k, v in r.items() if k != "__label"} | {"correlation_id": f"{tag}-{start + i}"}
                 for i, r in enumerate(chunk)
             ]
             resp = client.post(f"{url}/predict_batch", json={"records": records})
             resp.raise_for_status()
-            answered.update({a["request_id"]: a["model_version"] for a in resp.json()})
+            answers.extend(resp.json())
             bar.advance(task, len(chunk))
-    return answered
+    return answers
 
 
-def send_feedback(url: str, rows: list[dict], tag: str, batch: int = 2000) -> None:
+def send_feedback(url: str, rows: list[dict], answers: list[dict], batch: int = 2000) -> None:
+    """The observed outcome of each answered request, as an airline would report it the next day."""
     import httpx
 
     with httpx.Client(timeout=60) as client:
         for start in range(0, len(rows), batch):
             items = [
-                {"request_id": f"{tag}-{start + i}", "outcome": int(r["__label"])}
-                for i, r in enumerate(rows[start : start + batch])
+                {"request_id": a["request_id"], "outcome": int(r["__label"])}
+                for r, a in zip(rows[start : start + batch], answers[start : start + batch])
             ]
             client.post(f"{url}/feedback", json={"items": items}).raise_for_status()
 
@@ -274,8 +276,7 @@ def main() -> int:
 
     run_tag = time.strftime("%H%M%S")
     autumn = replay_rows([9, 10])
-    send_traffic(url, autumn, f"sep-oct-{run_tag}")
-    send_feedback(url, autumn, f"sep-oct-{run_tag}")
+    send_feedback(url, autumn, send_traffic(url, autumn, f"sep-oct-{run_tag}"))
     console.print(
         f"replayed {len(autumn)} September-October flights as traffic, and their outcomes as feedback"
     )
@@ -300,8 +301,8 @@ def main() -> int:
                 time.sleep(settings.serving.poll_seconds + 1)  # the service picks up the challenger
                 winter = replay_rows([11, 12])
                 answered = send_traffic(url, winter, f"nov-dec-{run_tag}")
-                send_feedback(url, winter, f"nov-dec-{run_tag}")
-                on_challenger = sum(v == result.version for v in answered.values())
+                send_feedback(url, winter, answered)
+                on_challenger = sum(a["model_version"] == result.version for a in answered)
                 console.print(
                     f"replayed {len(winter)} November-December flights; {on_challenger} answered by the "
                     f"challenger v{result.version}"

@@ -78,7 +78,14 @@ class ServingSettings(BaseModel):
     poll_seconds: float = Field(2.0, gt=0, description="how often the service checks the registry's aliases")
     log_max_rows: int = Field(2000, ge=1)
     log_max_seconds: float = Field(5.0, gt=0)
-    auth_token: str | None = Field(None, description="if set, requests need 'Authorization: Bearer <token>'")
+    auth_token: SecretStr | None = Field(
+        None, description="if set, scoring requests need 'Authorization: Bearer <token>'"
+    )
+    feedback_token: SecretStr | None = Field(
+        None,
+        description="the bearer token /feedback needs (separate from auth_token: scoring does not allow "
+        "writing labels); with auth_token set and no feedback_token, feedback is refused",
+    )
     max_request_bytes: int = Field(4_000_000, ge=1024)
     max_batch_rows: int = Field(10_000, ge=1)
     workers: int = Field(1, ge=1)

@@ -26,6 +26,7 @@ from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
 from tasks.core.store import ArtifactStore, PreconditionFailed
 from tasks.model.features import parse_time
+from tasks.serving.logs import outcome_per_request
 
 
 class SnapshotManifest(BaseModel):
@@ -237,11 +238,8 @@ def labelled_predictions(
     fb_keys = [k for k in keys if k.startswith("feedback/")]
     if not pred_keys or not fb_keys:
         return pl.DataFrame(), keys
-    outcomes = (
-        store.scan_parquet(fb_keys)
-        .sort("ts")
-        .unique("request_id", keep="last")
-        .select("request_id", pl.col("outcome").cast(pl.Int8).alias(config.target.name))
+    outcomes = outcome_per_request(store.scan_parquet(fb_keys)).select(
+        "request_id", pl.col("outcome").cast(pl.Int8).alias(config.target.name)
     )
     rows = (
         store.scan_parquet(pred_keys)

@@ -15,6 +15,7 @@ from tasks.core.errors import BadInput
 from tasks.core.store import ArtifactStore
 from tasks.data.snapshot import read_manifest
 from tasks.registry.versions import Registry
+from tasks.serving.logs import outcome_per_request
 
 
 def raw_sources(store: ArtifactStore, snapshot: dict[str, Any]) -> dict[str, list[str]]:
@@ -80,6 +81,6 @@ def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -
         "arm": row["arm"],
         "probability": row["probability"],
         "label": row["label"],
-        "outcome": feedback["outcome"][-1] if feedback.height else None,
+        "outcome": outcome_per_request(feedback).collect()["outcome"][0] if feedback.height else None,
         "model": version_lineage(store, registry, int(row["model_version"])),
     }

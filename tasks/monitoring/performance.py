@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from sklearn import metrics as skm
 
 from tasks.model.evaluate import PairedAucDifference, paired_auc_difference
+from tasks.serving.logs import outcome_per_request
 
 
 class LivePerformance(BaseModel):
@@ -23,12 +24,15 @@ class LivePerformance(BaseModel):
 def live_performance(
     predictions: pl.DataFrame, feedback: pl.DataFrame, min_labels: int
 ) -> list[LivePerformance]:
-    """Per model version: predictions joined with their observed outcomes (last feedback wins)."""
+    """Per model version: predictions joined with their observed outcomes (``outcome_per_request``);
+    a request id logged twice counts once."""
     if predictions.height == 0:
         return []
-    labelled = predictions.select("request_id", "model_version", "probability")
+    labelled = predictions.select("request_id", "model_version", "probability").unique(
+        "request_id", keep="first", maintain_order=True
+    )
     if feedback.height:
-        outcomes = feedback.sort("ts").unique("request_id", keep="last").select("request_id", "outcome")
+        outcomes = outcome_per_request(feedback).collect()
         labelled = labelled.join(outcomes, on="request_id", how="left")
     else:
         labelled = labelled.with_columns(pl.lit(None, dtype=pl.Int8).alias("outcome"))
@@ -77,9 +81,11 @@ def canary_evidence(
     )
     if predictions.height == 0 or feedback.height == 0:
         return empty
-    outcomes = feedback.sort("ts").unique("request_id", keep="last").select("request_id", "outcome")
-    labelled = predictions.join(outcomes, on="request_id", how="inner").filter(
-        pl.col("outcome").is_not_null()
+    outcomes = outcome_per_request(feedback).collect()
+    labelled = (
+        predictions.unique("request_id", keep="first", maintain_order=True)
+        .join(outcomes, on="request_id", how="inner")
+        .filter(pl.col("outcome").is_not_null())
     )
     counts = dict(labelled.group_by("model_version").len().iter_rows())
     evidence = empty.model_copy(

@@ -106,9 +106,9 @@ class PartitionedLog:
 
 
 PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
+FEEDBACK_COLUMNS = ["request_id", "ts", "outcome", "correction"]
 # during a canary, each row also carries the other arm's model and score (a paired comparison)
 CANARY_COLUMNS = [*PREDICTION_COLUMNS, "paired_version", "paired_probability"]
-FEEDBACK_COLUMNS = ["request_id", "ts", "outcome"]
 
 
 def read_log(
@@ -128,3 +128,24 @@ def read_log(
         present = scan.collect_schema()
         scan = scan.select(pl.col(c) if c in present else pl.lit(None).alias(c) for c in columns)
     return scan.collect()
+
+
+def outcome_per_request(feedback: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
+    """The outcome that counts for each request id: the first one reported, unless a correction was
+    sent explicitly (``correction``), in which case the latest correction. A caller repeating or
+    contradicting an outcome without saying so cannot rewrite a label. Logs written before the
+    ``correction`` column existed read as no corrections."""
+    lf = feedback.lazy()
+    if "correction" not in lf.collect_schema():
+        lf = lf.with_columns(pl.lit(False).alias("correction"))
+    lf = lf.with_columns(pl.col("correction").fill_null(False))
+    return (
+        lf.sort("ts", maintain_order=True)
+        .group_by("request_id", maintain_order=True)
+        .agg(
+            pl.when(pl.col("correction").any())
+            .then(pl.col("outcome").filter(pl.col("correction")).last())
+            .otherwise(pl.col("outcome").first())
+            .alias("outcome")
+        )
+    )

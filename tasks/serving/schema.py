@@ -58,16 +58,21 @@ def input_contracts(config: DatasetConfig) -> dict[str, tuple[ColumnContract, bo
 def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> type[BaseModel]:
     """A pydantic model of one prediction request, with types and ranges from the contracts."""
     fields: dict[str, Any] = {
-        "request_id": (
+        "correlation_id": (
             str | None,
-            Field(None, max_length=128, description="caller's id; generated when absent"),
+            Field(
+                None,
+                max_length=128,
+                description="the caller's own id, logged and returned beside the "
+                "request id the service issues; never used as an identity",
+            ),
         ),
         "routing_key": (
             str | None,
             Field(
                 None,
                 max_length=256,
-                description="keeps a caller on one arm of a canary (default: request_id)",
+                description="keeps a caller on one arm of a canary (default: the issued request id)",
             ),
         ),
     }

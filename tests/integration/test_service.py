@@ -22,6 +22,8 @@ from tests.conftest import SESSION_DIR, SMALL
 pytestmark = pytest.mark.integration
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+FEEDBACK_TOKEN = "test-feedback-token"
+FEEDBACK_AUTH = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
 
 
 def _free_port() -> int:
@@ -116,6 +118,7 @@ def service(serving_store):
         challenger_share="0.5",
         log_max_seconds="0.5",
         auth_token=TOKEN,
+        feedback_token=FEEDBACK_TOKEN,
         max_request_bytes="200000",
     )
     yield url
@@ -231,7 +234,9 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
     assert empty.status_code == 400 and "empty" in empty.text
     huge = post("predict_batch", json={"records": [good] * 1000})
     assert huge.status_code == 413 and "MAX_REQUEST_BYTES" in huge.text
-    not_binary = post("feedback", json={"items": [{"request_id": "x", "outcome": 2}]})
+    not_binary = httpx.post(
+        f"{service}/feedback", json={"items": [{"request_id": "x", "outcome": 2}]}, headers=FEEDBACK_AUTH
+    )
     assert not_binary.status_code == 400 and "outcome" in not_binary.text
     no_token = httpx.post(f"{service}/predict", json={"record": good})
     assert no_token.status_code == 401
@@ -243,42 +248,65 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
 
 def test_predictions_and_feedback_are_logged(service, serving_store):
     from tasks.core.store import LocalStore
-    from tasks.serving.logs import read_log
+    from tasks.serving.logs import outcome_per_request, read_log
 
     _, records = _test_rows(serving_store, 3)
-    ids = [f"req-{i}-{time.time()}" for i in range(3)]
-    for rid, rec in zip(ids, records):
-        assert (
-            httpx.post(
-                f"{service}/predict", json={"record": {**rec, "request_id": rid}}, headers=AUTH
-            ).status_code
-            == 200
-        )
-    fb = httpx.post(
-        f"{service}/feedback",
-        headers=AUTH,
-        json={
-            "items": [
-                {"request_id": ids[0], "outcome": 1},
-                {"request_id": ids[1], "outcome": 0},
-                {"request_id": "never-seen", "outcome": 1},
-            ]
-        },
+    mine = [f"caller-{i}-{time.time()}" for i in range(3)]
+    answers = []
+    for cid, rec in zip(mine, records):
+        resp = httpx.post(f"{service}/predict", json={"record": {**rec, "correlation_id": cid}}, headers=AUTH)
+        assert resp.status_code == 200
+        answers.append(resp.json())
+    ids = [a["request_id"] for a in answers]  # issued by the service, never the caller's
+    assert [a["correlation_id"] for a in answers] == mine and not set(ids) & set(mine)
+    stolen = httpx.post(
+        f"{service}/predict", json={"record": {**records[0], "request_id": ids[0]}}, headers=AUTH
+    )  # a caller cannot pick (or overwrite) a request id
+    assert stolen.status_code == 400 and "request_id" in stolen.text
+
+    def feedback(items, headers=FEEDBACK_AUTH):
+        return httpx.post(f"{service}/feedback", headers=headers, json={"items": items})
+
+    assert (
+        feedback([{"request_id": ids[0], "outcome": 1}], headers=AUTH).status_code == 401
+    )  # predict's token
+    assert feedback([{"request_id": ids[0], "outcome": 1}], headers={}).status_code == 401
+    forged = ids[2][:-1] + ("0" if ids[2][-1] != "0" else "1")
+    fb = feedback(
+        [
+            {"request_id": ids[0], "outcome": 1},
+            {"request_id": ids[1], "outcome": 0},
+            {"request_id": "never-seen", "outcome": 1},
+            {"request_id": forged, "outcome": 1},
+            {"request_id": mine[2], "outcome": 1},
+        ]
     )
-    assert fb.status_code == 200 and fb.json() == {"accepted": 3, "unknown_request_ids": ["never-seen"]}
+    assert fb.status_code == 200
+    assert fb.json()["accepted"] == 2 and [r["request_id"] for r in fb.json()["rejected"]] == [
+        "never-seen",
+        forged,
+        mine[2],
+    ]
+    assert "not a request id this service issued" in fb.json()["rejected"][0]["reason"]
+    # a repeated, contradicting outcome does not rewrite the label; an explicit correction does
+    assert feedback([{"request_id": ids[0], "outcome": 0}]).json()["accepted"] == 1
+    assert feedback([{"request_id": ids[1], "outcome": 1, "correction": True}]).json()["accepted"] == 1
     store = LocalStore(serving_store)
     deadline = time.time() + 10
     while time.time() < deadline:
-        preds, feedback = read_log(store, "predictions"), read_log(store, "feedback")
-        if preds.height and set(ids) <= set(preds["request_id"]) and feedback.height >= 3:
+        preds, feedback_log = read_log(store, "predictions"), read_log(store, "feedback")
+        if preds.height and set(ids) <= set(preds["request_id"]) and feedback_log.height >= 4:
             break
         time.sleep(0.3)
     logged = preds.filter(pl.col("request_id").is_in(ids))
     assert logged.height == 3 and set(logged["arm"]) <= {"champion", "challenger"}
+    assert sorted(logged["correlation_id"]) == sorted(mine)
     assert logged["carrier"].to_list() == [r["carrier"] for r in records]  # raw inputs kept for monitoring
     assert any("/date=" in k and "/hour=" in k for k in store.list("predictions"))
-    known = dict(zip(feedback["request_id"], feedback["known"]))
-    assert known[ids[0]] is True and known["never-seen"] is False
+    mine_fb = feedback_log.filter(pl.col("request_id").is_in(ids))
+    assert mine_fb.height == 4 and set(mine_fb["source"]) == {"feedback-token"}
+    outcomes = dict(outcome_per_request(mine_fb).collect().iter_rows())
+    assert outcomes == {ids[0]: 1, ids[1]: 1}  # first outcome kept for ids[0]; ids[1] corrected
 
     # lineage: from the request id back to the model, its run, snapshot and raw data
     from flows.lineage import LineageParams, lineage
@@ -404,7 +432,7 @@ def test_a_canary_logs_both_models_scores_for_a_paired_comparison(serving_store)
 
     frame, records = _test_rows(serving_store, 40)
     ids = [f"paired-{i}" for i in range(len(records))]
-    batch = [{**r, "request_id": i, "routing_key": i} for r, i in zip(records, ids)]
+    batch = [{**r, "correlation_id": i, "routing_key": i} for r, i in zip(records, ids)]
     proc, url = _start_server(serving_store, mode="canary", challenger_share="0.5")
     try:
         answers = httpx.post(f"{url}/predict_batch", json={"records": batch}, timeout=30).json()
@@ -417,11 +445,13 @@ def test_a_canary_logs_both_models_scores_for_a_paired_comparison(serving_store)
         _stop(proc)  # a graceful stop flushes the log
     assert {a["arm"] for a in answers} == {"champion", "challenger"}
     assert all(a["shadow_version"] is None for a in answers)  # the other score is logged, not returned
+    issued = [a["request_id"] for a in answers]
+    assert [a["correlation_id"] for a in answers] == ids
     logged = read_log(
-        LocalStore(serving_store), "predictions", CANARY_COLUMNS, request_ids=ids + columns["ids"]
+        LocalStore(serving_store), "predictions", CANARY_COLUMNS, request_ids=issued + columns["ids"]
     )
     scores = {1: _offline(serving_store, 1, frame), 2: _offline(serving_store, 2, frame)}
-    for request_ids in (ids, columns["ids"]):
+    for request_ids in (issued, columns["ids"]):
         rows = logged.filter(pl.col("request_id").is_in(request_ids)).sort(
             pl.col("request_id").replace_strict(
                 {r: k for k, r in enumerate(request_ids)}, return_dtype=pl.Int64
@@ -461,12 +491,12 @@ def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
 
     proc, url = _start_server(serving_store, log_max_seconds="600", log_max_rows="100000")
     _, records = _test_rows(serving_store, 2)
-    ids = [f"shutdown-{i}-{time.time()}" for i in range(2)]
+    ids = []
     try:
-        for rid, rec in zip(ids, records):
-            assert (
-                httpx.post(f"{url}/predict", json={"record": {**rec, "request_id": rid}}).status_code == 200
-            )
+        for rec in records:
+            resp = httpx.post(f"{url}/predict", json={"record": rec})
+            assert resp.status_code == 200
+            ids.append(resp.json()["request_id"])
         assert not set(ids) & set(
             read_log(LocalStore(serving_store), "predictions")["request_id"]
         )  # still buffered

@@ -1,0 +1,55 @@
+"""Request ids the service issues and can verify on its own: ``<random>.<signature>``.
+
+Identity comes from the service, never from the caller: every prediction gets an id made of 64 random
+bits and an HMAC of them under a key only the service holds, so ``/feedback`` can reject an id it never
+issued at once, with no index and no scan of the log, on any worker and after any restart. The key
+lives in the artifact store (``state/serving/request-id-key``), created once by whichever worker
+starts first (a conditional write), so every worker of every deployment on that store agrees.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+from tasks.core.store import ArtifactStore, PreconditionFailed
+
+KEY = "state/serving/request-id-key"
+_RANDOM_HEX = 16
+_SIGNATURE_HEX = 16
+
+
+def request_id_key(store: ArtifactStore) -> bytes:
+    """The store's signing key, created on first use."""
+    if not store.exists(KEY):
+        try:
+            store.write_bytes(KEY, os.urandom(32), if_none_match=True)
+        except PreconditionFailed:
+            pass  # another worker created it first: use theirs
+    return store.read_bytes(KEY)
+
+
+class RequestIds:
+    """Issues and verifies signed request ids."""
+
+    def __init__(self, key: bytes):
+        if len(key) < 16:
+            raise ValueError("the request-id key must be at least 16 bytes")
+        self._key = key
+
+    def _sign(self, token: str) -> str:
+        return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:_SIGNATURE_HEX]
+
+    def issue(self, n: int) -> list[str]:
+        """``n`` new ids (one ``urandom`` call for all of them)."""
+        raw = os.urandom(_RANDOM_HEX // 2 * n).hex()
+        tokens = [raw[i * _RANDOM_HEX : (i + 1) * _RANDOM_HEX] for i in range(n)]
+        return [f"{t}.{self._sign(t)}" for t in tokens]
+
+    def verify(self, request_id: str) -> bool:
+        """Whether this service issued ``request_id`` (constant-time comparison of the signature)."""
+        token, dot, signature = request_id.partition(".")
+        if not dot or len(token) != _RANDOM_HEX or len(signature) != _SIGNATURE_HEX:
+            return False
+        return hmac.compare_digest(self._sign(token), signature)
