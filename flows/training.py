@@ -224,6 +224,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
         params=best.params,
         metrics={
             **{k: v for k, v in test.model_dump().items() if isinstance(v, float)},
+            "test_rows": float(test.rows),  # with positive_rate: the held-out AUC's uncertainty
             "cv_auc_mean": cv["mean"],
             "cv_auc_std": cv["std"],
         },

@@ -277,27 +277,47 @@ class DegradationVerdict(Decision):
     evidence: list[str]
 
 
+class HeldOutAuc(BaseModel):
+    """What a version's evaluation measured on its held-out test window."""
+
+    roc_auc: float
+    se: float
+
+
 def decide_degradation(
-    performance: list[LivePerformance], test_auc: dict[int, float | None], max_auc_drop: float
+    performance: list[LivePerformance],
+    held_out: dict[int, HeldOutAuc | None],
+    max_auc_drop: float,
+    alpha: float,
 ) -> DegradationVerdict:
-    """A version is degraded when its live ROC-AUC is more than ``max_auc_drop`` below its test ROC-AUC
-    (``test_auc``: version -> what its evaluation measured)."""
-    evidence = []
+    """A version is degraded when its live ROC-AUC (over the recent window) is more than ``max_auc_drop``
+    below what its held-out test measured, and the drop is significant at ``alpha`` (one-sided) given
+    the uncertainty of both numbers: a small or noisy dip is reported, not acted on."""
+    from scipy.stats import norm
+
+    z_needed = float(norm.ppf(1 - alpha))
+    evidence, judged = [], 0
     for perf in performance:
-        expected = test_auc.get(perf.model_version)
-        if perf.roc_auc is not None and expected is not None and perf.roc_auc < expected - max_auc_drop:
+        ref = held_out.get(perf.model_version)
+        if perf.roc_auc is None or ref is None:
+            continue
+        judged += 1
+        drop = ref.roc_auc - perf.roc_auc
+        se = ((perf.roc_auc_se or 0.0) ** 2 + ref.se**2) ** 0.5
+        z = drop / se if se > 0 else (float("inf") if drop > 0 else 0.0)
+        if drop > max_auc_drop and z >= z_needed:
             evidence.append(
-                f"v{perf.model_version}: live ROC-AUC {perf.roc_auc:.3f} on {perf.labels} labels, "
-                f"test ROC-AUC {expected:.3f}"
+                f"v{perf.model_version}: live ROC-AUC {perf.roc_auc:.3f} on {perf.labels} labels vs held-out "
+                f"{ref.roc_auc:.3f}: {drop:.3f} lower "
+                f"(z={z:.1f}; needs > {max_auc_drop} and z >= {z_needed:.2f})"
             )
     if evidence:
         return DegradationVerdict(outcome="degraded", evidence=evidence, reason="; ".join(evidence))
-    judged = [p for p in performance if p.roc_auc is not None]
     return DegradationVerdict(
         outcome="ok",
         evidence=[],
         reason=(
-            f"{len(judged)} version(s) with enough labels, "
-            f"none more than {max_auc_drop} below its test ROC-AUC"
+            f"{judged} version(s) with enough labels, none significantly more than {max_auc_drop} "
+            "below its held-out ROC-AUC"
         ),
     )

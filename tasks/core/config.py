@@ -187,7 +187,21 @@ class MonitoringConfig(Strict):
     min_rows: int = Field(200, ge=1, description="rows a window needs before drift is judged")
     min_labels: int = Field(200, ge=1, description="labelled predictions needed for a performance verdict")
     max_auc_drop: float = Field(
-        0.05, ge=0, le=1, description="live ROC-AUC drop vs test that is a degradation"
+        0.05,
+        ge=0,
+        le=1,
+        description="live ROC-AUC drop vs the model's held-out ROC-AUC that is a "
+        "degradation, if it is also significant (degradation_alpha)",
+    )
+    degradation_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=0.5,
+        description="one-sided significance the drop must reach against the "
+        "uncertainty of both the live and the held-out ROC-AUC",
+    )
+    performance_window_days: float = Field(
+        7, gt=0, description="live performance is judged on labelled predictions of the last N days"
     )
     max_unseen_share: float = Field(
         0.2, ge=0, le=1, description="share of unseen categories that fails data quality"

@@ -321,6 +321,8 @@ class PairedAucDifference(BaseModel):
     auc_b: float
     gain: float  # auc_b - auc_a
     se: float
+    se_a: float  # of auc_a alone
+    se_b: float
 
 
 def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> PairedAucDifference:
@@ -349,4 +351,24 @@ def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> Pa
         auc_b=float(aucs[1]),
         gain=float(aucs[1] - aucs[0]),
         se=var**0.5,
+        se_a=max(float(cov[0, 0]), 0.0) ** 0.5,
+        se_b=max(float(cov[1, 1]), 0.0) ** 0.5,
     )
+
+
+def auc_standard_error(y: np.ndarray, p: np.ndarray) -> float:
+    """DeLong's standard error of one model's ROC-AUC on these rows (the one-model case of
+    ``paired_auc_difference``)."""
+    return paired_auc_difference(y, p, np.zeros(len(p))).se_a
+
+
+def hanley_mcneil_se(auc: float, positives: int, negatives: int) -> float:
+    """The standard error of a ROC-AUC measured on ``positives`` and ``negatives`` rows, from the AUC
+    alone (Hanley & McNeil, 1982): for a held-out AUC whose rows are no longer at hand."""
+    if positives < 1 or negatives < 1:
+        return float("inf")
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (
+        positives * negatives
+    )
+    return float(max(var, 0.0) ** 0.5)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import polars as pl
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
-from tasks.model.evaluate import PairedAucDifference, paired_auc_difference
+from tasks.model.evaluate import PairedAucDifference, auc_standard_error, paired_auc_difference
 from tasks.serving.logs import outcome_per_request
 
 
@@ -19,18 +21,23 @@ class LivePerformance(BaseModel):
     log_loss: float | None
     mean_prediction: float
     positive_rate: float | None
+    roc_auc_se: float | None = None  # DeLong's standard error of roc_auc
+    window: tuple[str, str] | None = None  # first and last prediction time judged
 
 
 def live_performance(
-    predictions: pl.DataFrame, feedback: pl.DataFrame, min_labels: int
+    predictions: pl.DataFrame, feedback: pl.DataFrame, min_labels: int, window_days: float | None = None
 ) -> list[LivePerformance]:
     """Per model version: predictions joined with their observed outcomes (``outcome_per_request``);
-    a request id logged twice counts once."""
+    a request id logged twice counts once. With ``window_days``, only predictions made in the last
+    ``window_days`` before the newest one count: performance now, not averaged over the whole log."""
     if predictions.height == 0:
         return []
-    labelled = predictions.select("request_id", "model_version", "probability").unique(
-        "request_id", keep="first", maintain_order=True
-    )
+    if window_days is not None and "ts" in predictions.columns:
+        newest = predictions["ts"].max()
+        predictions = predictions.filter(pl.col("ts") > newest - timedelta(days=window_days))
+    columns = ["request_id", "model_version", "probability", *(["ts"] if "ts" in predictions.columns else [])]
+    labelled = predictions.select(columns).unique("request_id", keep="first", maintain_order=True)
     if feedback.height:
         outcomes = outcome_per_request(feedback).collect()
         labelled = labelled.join(outcomes, on="request_id", how="left")
@@ -41,6 +48,7 @@ def live_performance(
         known = part.filter(pl.col("outcome").is_not_null())
         y, p = known["outcome"].to_numpy(), np.clip(known["probability"].to_numpy(), 1e-7, 1 - 1e-7)
         enough = known.height >= min_labels and len(np.unique(y)) == 2
+        span = (str(part["ts"].min()), str(part["ts"].max())) if "ts" in part.columns else None
         out.append(
             LivePerformance(
                 model_version=int(version),
@@ -50,6 +58,8 @@ def live_performance(
                 log_loss=float(skm.log_loss(y, p, labels=[0, 1])) if enough else None,
                 mean_prediction=float(part["probability"].mean()),
                 positive_rate=float(y.mean()) if known.height else None,
+                roc_auc_se=auc_standard_error(y, p) if enough else None,
+                window=span,
             )
         )
     return sorted(out, key=lambda r: r.model_version)

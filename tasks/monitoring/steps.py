@@ -10,7 +10,8 @@ from typing import Any
 
 from tasks.core.context import RunContext
 from tasks.data.snapshot import SnapshotManifest, load_snapshot
-from tasks.decisions import decide_degradation, decide_drift
+from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
+from tasks.model.evaluate import hanley_mcneil_se
 from tasks.model.train import PreparedTraining, TrainedModel, load_candidate, load_matrix, predict
 from tasks.monitoring.drift import data_quality, drift_scores
 from tasks.monitoring.lineage import request_lineage, version_lineage
@@ -18,7 +19,7 @@ from tasks.monitoring.performance import live_performance
 from tasks.monitoring.profile import load_profile, reference_profile_bytes
 from tasks.monitoring.window import MonitorReport, profile_and_store_daily, unprocessed_files
 from tasks.orchestration import cached_task, io_task
-from tasks.registry.versions import Registry
+from tasks.registry.versions import ModelVersion, Registry
 from tasks.serving.logs import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
 
 
@@ -84,12 +85,28 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
         read_log(store, "predictions", PREDICTION_COLUMNS),
         read_log(store, "feedback", FEEDBACK_COLUMNS),
         mon.min_labels,
+        window_days=mon.performance_window_days,
     )
-    test_auc = {
-        p.model_version: registry.get(p.model_version).metrics.get("roc_auc") for p in report.performance
-    }
-    report.degraded = decide_degradation(report.performance, test_auc, mon.max_auc_drop).evidence
+    held_out = {p.model_version: held_out_auc(registry.get(p.model_version)) for p in report.performance}
+    report.degraded = decide_degradation(
+        report.performance, held_out, mon.max_auc_drop, mon.degradation_alpha
+    ).evidence
     return report
+
+
+def held_out_auc(mv: ModelVersion) -> HeldOutAuc | None:
+    """What a version's evaluation measured on its test window, with its standard error (from the AUC,
+    the test rows and their positive rate; versions registered before ``test_rows`` was recorded get
+    none, so any drop of theirs counts as precise)."""
+    m = mv.metrics
+    if m.get("roc_auc") is None:
+        return None
+    rows, rate = m.get("test_rows"), m.get("positive_rate")
+    se = 0.0
+    if rows and rate is not None:
+        positives = round(rows * rate)
+        se = hanley_mcneil_se(m["roc_auc"], positives, round(rows) - positives)
+    return HeldOutAuc(roc_auc=m["roc_auc"], se=se)
 
 
 @io_task(name="trace-lineage")

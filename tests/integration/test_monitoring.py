@@ -22,6 +22,7 @@ def _log_window(
     unseen_share: float,
     alias: str = "champion",
     paired_with: str | None = None,
+    invert_outcomes: bool = False,
 ) -> list[str]:
     """Score a later window's real flights with a model and log them, with feedback, like the service does
     (during a canary, ``paired_with`` names the other arm, whose score is logged beside the answer)."""
@@ -111,7 +112,7 @@ def _log_window(
     )
     feedback.append(
         [
-            {"request_id": i, "ts": now, "outcome": int(y), "known": True}
+            {"request_id": i, "ts": now, "outcome": 1 - int(y) if invert_outcomes else int(y), "known": True}
             for i, y in zip(ids, rows[config.target.name].to_list())
         ]
     )
@@ -155,3 +156,17 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     drift_events = _events(api, "driftloop.drift.detected", "flights-monitored", 1)
     assert len(drift_events) == 1 and "temp" in drift_events[0]["payload"]["drifted"]
     assert _events(api, "driftloop.data_quality.failed", "flights-monitored", 1)
+
+    # outcomes that contradict the model (inverted labels): a large, significant drop is a degradation
+    _log_window(
+        private_settings,
+        config,
+        "2013-07-02T00:00:00+00:00",  # other rows, other request ids
+        "2013-08-01T00:00:00+00:00",
+        0.0,
+        invert_outcomes=True,
+    )
+    worse = monitor(params)
+    assert worse.degraded and worse.degraded[0].startswith("v1:") and "lower" in worse.degraded[0]
+    degraded_events = _events(api, "driftloop.performance.degraded", "flights-monitored", 1)
+    assert any(e["payload"]["evidence"] == worse.degraded for e in degraded_events)

@@ -51,7 +51,7 @@ def test_a_single_slice_getting_worse_fails_the_gate():
 def _evidence(
     gain: float, se: float, labels: int = 300, hours: float = 1.0, rows: int = 600
 ) -> CanaryEvidence:
-    paired = PairedAucDifference(rows=rows, auc_a=0.70, auc_b=0.70 + gain, gain=gain, se=se)
+    paired = PairedAucDifference(rows=rows, auc_a=0.70, auc_b=0.70 + gain, gain=gain, se=se, se_a=se, se_b=se)
     return CanaryEvidence(
         champion_version=1,
         challenger_version=2,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from tasks.core.config import MonitoringConfig
-from tasks.decisions import decide_degradation, decide_drift, decide_retrain_start
+from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift, decide_retrain_start
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import LivePerformance
 
@@ -42,7 +42,7 @@ def test_drift_needs_a_share_of_inputs_or_the_prediction():
     assert not decide_drift([], config).detected
 
 
-def _perf(version: int, auc: float | None, labels: int = 500) -> LivePerformance:
+def _perf(version: int, auc: float | None, labels: int = 500, se: float | None = 0.01) -> LivePerformance:
     return LivePerformance(
         model_version=version,
         predictions=labels,
@@ -51,21 +51,40 @@ def _perf(version: int, auc: float | None, labels: int = 500) -> LivePerformance
         log_loss=None,
         mean_prediction=0.3,
         positive_rate=0.2,
+        roc_auc_se=se if auc is not None else None,
     )
 
 
-def test_degradation_compares_live_with_test_auc_per_version():
-    verdict = decide_degradation(
-        [_perf(1, 0.70), _perf(2, 0.60), _perf(3, None)], {1: 0.72, 2: 0.71, 3: 0.9}, 0.05
-    )
+def test_degradation_needs_a_drop_that_is_both_large_and_significant():
+    held = {
+        1: HeldOutAuc(roc_auc=0.72, se=0.005),
+        2: HeldOutAuc(roc_auc=0.71, se=0.005),
+        3: HeldOutAuc(roc_auc=0.9, se=0.005),
+    }
+    verdict = decide_degradation([_perf(1, 0.70), _perf(2, 0.60), _perf(3, None)], held, 0.05, 0.01)
     assert (
         verdict.outcome == "degraded" and len(verdict.evidence) == 1 and verdict.evidence[0].startswith("v2:")
     )
-    fine = decide_degradation([_perf(1, 0.70)], {1: 0.72}, 0.05)
-    assert fine.outcome == "ok" and fine.evidence == [] and "none more than 0.05" in fine.reason
-    assert (
-        decide_degradation([_perf(1, 0.50)], {1: None}, 0.05).outcome == "ok"
-    )  # no test AUC: nothing to compare
+    fine = decide_degradation([_perf(1, 0.70)], held, 0.05, 0.01)
+    assert fine.outcome == "ok" and fine.evidence == [] and "none significantly" in fine.reason
+    noisy = decide_degradation([_perf(2, 0.60, labels=80, se=0.06)], held, 0.05, 0.01)
+    assert noisy.outcome == "ok"  # 0.11 lower, but on 80 labels that is within the noise (z = 1.8)
+    assert decide_degradation([_perf(1, 0.50)], {1: None}, 0.05, 0.01).outcome == "ok"  # nothing to compare
+
+
+def test_standard_errors_of_an_auc_agree():
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.model.evaluate import auc_standard_error, hanley_mcneil_se
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 20_000)
+    p = 0.5 + 0.3 * (y - 0.5) + rng.normal(0, 0.3, len(y))
+    auc = roc_auc_score(y, p)
+    boot = np.std([roc_auc_score(y[i], p[i]) for i in (rng.integers(0, len(y), len(y)) for _ in range(100))])
+    delong, hanley = auc_standard_error(y, p), hanley_mcneil_se(auc, int(y.sum()), int(len(y) - y.sum()))
+    assert 0.8 < delong / boot < 1.25 and 0.8 < hanley / boot < 1.25
 
 
 def test_retrain_waits_for_the_cooldown():
