@@ -285,11 +285,12 @@ def main() -> int:
     before_monitor = time.time()
     report = asyncio.run(_watch("monitor/local", {}, None))
     console.print(
-        f"monitoring: drift {'[red]DETECTED[/]' if report.drift_detected else 'none'} "
-        f"({', '.join(report.drifted[:8]) or 'no column'}); "
-        f"quality: {'; '.join(report.quality_problems) or 'ok'}"
+        f"monitoring: drift that needs action {'[red]DETECTED[/]' if report.drift_detected else 'none'} "
+        f"({report.drift_reason}); quality: {'; '.join(report.quality_problems) or 'ok'}"
     )
-    if report.drift_detected:
+    if report.degraded:
+        console.print(f"performance: [red]DEGRADED[/] ({'; '.join(report.degraded)})")
+    if report.drift_detected or report.degraded:
         retrain_run = asyncio.run(_wait_for_run("retrain/local", before_monitor - 1))
         if retrain_run is not None:
             result = asyncio.run(retrain_run.state.aresult())

@@ -42,7 +42,10 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     payload = {"version": report.champion, "window": list(report.window or ()), "rows": report.rows}
     if report.drift_detected:
         emit_model_event(
-            "driftloop.drift.detected", model_name, {**payload, "drifted": report.drifted}, target=ctx.target
+            "driftloop.drift.detected",
+            model_name,
+            {**payload, "drifted": report.drifted, "reason": report.drift_reason},
+            target=ctx.target,
         )
     if report.degraded:
         emit_model_event(
@@ -89,7 +92,7 @@ def _publish(report: MonitorReport) -> None:
         f"# Monitoring {report.model_name} (champion v{report.champion})\n\n"
         f"- window: {report.window[0]} .. {report.window[1]}, {report.rows} predictions\n"
         f"- drift: **{'DETECTED' if report.drift_detected else 'none'}** — "
-        f"drifted: {', '.join(report.drifted) or 'none'}\n"
+        f"drifted: {', '.join(report.drifted) or 'none'} ({report.drift_reason})\n"
         f"- data quality: {'; '.join(report.quality_problems) or 'ok'}\n"
         f"- performance: {'; '.join(report.degraded) or 'no degradation found'}\n\n"
         "| version | predictions | labels | live ROC-AUC | mean prediction |\n|---|---|---|---|---|\n"

@@ -171,7 +171,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     _progress(progress, 80)
 
     # 6. reference profile and experiment tracking
-    profile_key = profile_reference(trained, manifest, prepared, ctx)
+    reference_keys = profile_reference(trained, manifest, prepared, ctx)
     test = candidate.evaluation.test
     run_config = {
         "model_name": model_name,
@@ -208,7 +208,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
         trained,
         prepared,
         candidate,
-        profile_key,
+        reference_keys,
         {
             "candidate": candidate.evaluation.model_dump(mode="json"),
             "cv": cv,

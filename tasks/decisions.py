@@ -252,7 +252,8 @@ def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVe
 # --- monitoring verdicts -------------------------------------------------------------------------
 class DriftVerdict(Decision):
     outcome: Literal["drift", "no drift"]
-    drifted: list[str]
+    drifted: list[str]  # groups whose columns drifted, most drifted first (reported)
+    actionable: list[str]  # the subset that starts a retrain
 
     @property
     def detected(self) -> bool:
@@ -260,16 +261,45 @@ class DriftVerdict(Decision):
 
 
 def decide_drift(scores: list[ColumnDrift], config: MonitoringConfig) -> DriftVerdict:
-    """Drift of the window: the prediction drifted, or at least ``drift_share`` of the inputs did."""
-    drifted = [d.column for d in scores if d.drifted]
-    inputs = [d for d in scores if d.column != "prediction"]
-    share = sum(d.drifted for d in inputs) / max(len(inputs), 1)
-    detected = share >= config.drift_share or "prediction" in drifted
+    """Drift of a window, judged by calibrated effect sizes. A group of related columns (one join's)
+    drifted when any of its columns' PSI is above its calibrated threshold; every such group is reported.
+    Drift starts a retrain only where it takes the model outside what it learned: a drifted group the
+    model uses (at least ``min_importance`` of its gain) with at least ``min_novelty`` of the window
+    beyond what training saw. Drift within the training's range (a season the model was trained on, a
+    carrier's share moving) is for live performance to judge, which it does with labels."""
+    groups: dict[str, list[ColumnDrift]] = {}
+    for d in scores:
+        groups.setdefault(d.group, []).append(d)
+    drifted, actionable, notes = [], [], []
+    for name, members in sorted(groups.items(), key=lambda kv: -max(d.ratio for d in kv[1])):
+        hit = [d for d in members if d.drifted]
+        if not hit:
+            continue
+        top = max(hit, key=lambda d: d.ratio)
+        label = name if name == top.column else f"{name} ({top.column})"
+        drifted.append(label)
+        importance = sum(d.importance for d in members)
+        novel = max(d.novelty for d in members)
+        if importance >= config.min_importance and novel >= config.min_novelty:
+            actionable.append(label)
+            notes.append(
+                f"{label}: PSI {top.psi:.3f} (threshold {top.threshold:.3f}), {novel:.0%} outside "
+                f"training, {importance:.0%} of the model's gain"
+            )
+    if actionable:
+        return DriftVerdict(
+            outcome="drift",
+            drifted=drifted,
+            actionable=actionable,
+            reason="outside what the model learned: " + "; ".join(notes),
+        )
     reason = (
-        f"{sum(d.drifted for d in inputs)} of {len(inputs)} inputs drifted ({share:.0%}; threshold "
-        f"{config.drift_share:.0%}), prediction {'drifted' if 'prediction' in drifted else 'stable'}"
+        f"{len(drifted)} group(s) drifted ({', '.join(drifted[:6])}) within what the model was trained "
+        "on or in columns it hardly uses: reported, live performance decides"
+        if drifted
+        else "no column beyond its calibrated threshold"
     )
-    return DriftVerdict(outcome="drift" if detected else "no drift", reason=reason, drifted=drifted)
+    return DriftVerdict(outcome="no drift", drifted=drifted, actionable=[], reason=reason)
 
 
 class DegradationVerdict(Decision):

@@ -59,7 +59,7 @@ def run_bare(settings: Settings, params) -> float:
     candidate = model_steps.evaluate_candidate_on_test.fn(trained, manifest, prepared, ctx)
     champion = model_steps.evaluate_champion_on_test.fn(config.model_name, manifest, prepared, ctx)
     decision = decide_promotion(candidate.evaluation.test, champion, settings.gate)
-    profile_key = profile_reference.fn(trained, manifest, prepared, ctx)
+    reference_keys = profile_reference.fn(trained, manifest, prepared, ctx)
     model_steps.track_training.fn(
         ctx,
         name="bare",
@@ -73,7 +73,7 @@ def run_bare(settings: Settings, params) -> float:
         trials=[t.model_dump() for t in trials],
         slices=[s.model_dump() for s in candidate.evaluation.slices],
     )
-    files = model_steps.stage_candidate_files.fn(trained, prepared, candidate, profile_key, {}, ctx)
+    files = model_steps.stage_candidate_files.fn(trained, prepared, candidate, reference_keys, {}, ctx)
     record = NewVersion(
         snapshot_id=manifest.snapshot_id,
         git_commit="bench",

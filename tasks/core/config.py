@@ -179,10 +179,36 @@ class TrainingConfig(Strict):
 class MonitoringConfig(Strict):
     """How monitoring judges live traffic against the champion's reference profile."""
 
-    drift_pvalue: float = Field(0.05, gt=0, lt=1, description="p-value below which a column has drifted")
-    column_pvalues: dict[str, float] = Field({}, description="per-column overrides of drift_pvalue")
-    drift_share: float = Field(
-        0.25, gt=0, le=1, description="share of drifted inputs that raises drift.detected"
+    drift_floor: float = Field(
+        0.05,
+        gt=0,
+        description="smallest PSI that is drift, however large the window (0.1 is a common "
+        "'moderate shift'; 0.25 'major')",
+    )
+    drift_safety: float = Field(
+        2.0,
+        ge=1,
+        description="a column drifts when its PSI exceeds this many times the sampling noise "
+        "calibrated from random held-out windows of the same size",
+    )
+    calibration_sizes: list[int] = Field(
+        [1000, 5000, 20000], description="window sizes (rows) of the calibration's random held-out windows"
+    )
+    calibration_resamples: int = Field(8, ge=2, le=100, description="random held-out windows per size")
+    min_importance: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="a drifted group of columns the model takes less than this share of "
+        "its gain from is reported, not acted on",
+    )
+    min_novelty: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="drift starts a retrain when this share of the window is outside what "
+        "training saw (values beyond its range, unseen levels, nulls where it had none) in an important "
+        "group",
     )
     min_rows: int = Field(200, ge=1, description="rows a window needs before drift is judged")
     min_labels: int = Field(200, ge=1, description="labelled predictions needed for a performance verdict")

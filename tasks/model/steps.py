@@ -142,13 +142,13 @@ def stage_candidate_files(
     trained: TrainedModel,
     prepared: PreparedTraining,
     candidate: CandidateEvaluation,
-    profile_key: str,
+    reference_keys: dict[str, str],
     evaluation: dict[str, Any],
     ctx: RunContext,
 ) -> dict[str, str]:
     """Everything that explains the candidate, beside it in the store; registry file name -> store key."""
     return write_candidate_files(
-        ctx.store, trained, prepared.transform, evaluation, profile_key, candidate.plot_keys
+        ctx.store, trained, prepared.transform, evaluation, reference_keys, candidate.plot_keys
     )
 
 

@@ -273,11 +273,11 @@ def write_candidate_files(
     trained: TrainedModel,
     transform: FittedTransform,
     evaluation: dict[str, Any],
-    profile_key: str,
+    reference_keys: dict[str, str],
     plot_keys: dict[str, str],
 ) -> dict[str, str]:
     """Write the transform and evaluation beside the candidate's model; return what the registry
-    stores for it: file name -> store key (the model, transform, reference profile, evaluation, plots)."""
+    stores for it: file name -> store key (the model, transform, drift reference, evaluation, plots)."""
     transform_key = f"{trained.files_prefix}/transform.json"
     store.write_bytes(transform_key, transform.to_json().encode())
     evaluation_key = f"{trained.files_prefix}/evaluation.json"
@@ -285,7 +285,7 @@ def write_candidate_files(
     return {
         "model.txt": trained.model_key,
         "transform.json": transform_key,
-        "reference_profile.bin": profile_key,
+        **reference_keys,  # the drift reference: profile and calibration
         "evaluation.json": evaluation_key,
         **{f"plots/{k}.png": v for k, v in plot_keys.items()},
     }

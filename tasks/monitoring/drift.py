@@ -1,57 +1,274 @@
-"""Drift and data quality of a monitoring window against the champion's reference profile.
+"""Drift of a monitoring window against the champion's reference, by effect size, calibrated.
 
-Drift per input column and of the prediction comes from whylogs (KS for numbers, chi-square for
-categories), with the p-value threshold per column from the dataset config; what counts as drift of
-the whole window is decided in ``tasks.decisions.decide_drift``. Data quality: null rates against the
-reference, categories the model never saw, missing columns.
+For each input column and the prediction, the **population stability index** (PSI) between the
+reference and the window, both read from their whylogs profiles: numbers in ten buckets cut at the
+reference's deciles (from its KLL sketch), categories as the reference's top levels plus "other"
+(from the frequent-items sketch), and nulls as a bucket of their own; counts are smoothed so a rare
+level cannot make the index infinite. Unlike a p-value, PSI does not grow with the window's size.
+
+Whether a PSI is drift is calibrated from the reference itself when the model is trained: random
+windows of held-out rows (which have not drifted, by construction) give each column's sampling
+noise, which shrinks as ``c / rows``; a window's column has drifted when its PSI exceeds
+``max(drift_floor, drift_safety * c / rows)``. Columns that one join brings in (a destination's
+lat/lon/alt/tz) form one group and count once. Each column also carries the model's use of it
+(share of gain) and its **novelty**: the share of the window outside what the model was trained on
+(values beyond the training range, levels never seen, nulls in a column training never saw null). What is only
+reported and what starts a retrain is decided in ``tasks.decisions.decide_drift``. Data quality:
+null rates against the reference, categories the model never saw, missing columns.
 """
 
 from __future__ import annotations
 
 import io
-import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.core.config import MonitoringConfig
-from tasks.model.features import FittedTransform
-from tasks.monitoring.profile import import_whylogs
+from tasks.core.config import DatasetConfig, MonitoringConfig
+from tasks.model.features import FeatureSpec, FittedTransform
+from tasks.monitoring.profile import load_profile, profile_frame
+
+BINS = 10  # numeric buckets: the reference's deciles
+TOP_LEVELS = 20  # categorical buckets: the reference's most frequent levels, then "other"
+SMOOTHING = 0.5  # added to every bucket's count
+NEW_NULLS_BELOW = 0.01  # a column null in fewer training rows than this "never had nulls"
+PREDICTION = "prediction"
+
+
+class ColumnReference(BaseModel):
+    """One column's reference distribution as buckets, its noise, and what the model learned of it."""
+
+    column: str
+    group: str  # columns of one join count once
+    kind: Literal["numeric", "categorical"]
+    edges: list[float] = []  # numeric: inner bucket edges
+    levels: list[str] = []  # categorical: bucketed levels (the rest is "other")
+    counts: list[float]  # reference counts per bucket: [null, *buckets, (other)]
+    noise: float = 0.0  # calibrated: a no-drift window of n rows has PSI up to about noise / n
+    importance: float = 0.0  # the model's share of gain from this column
+    train_min: float | None = None  # coverage: what training saw
+    train_max: float | None = None
+    train_levels: list[str] = []
+    train_null_rate: float = 0.0
+
+
+class DriftReference(BaseModel):
+    """Everything monitoring compares a window with, saved with the model version."""
+
+    rows: int  # held-out rows the reference profile was built from
+    period: tuple[str, str]  # and the time they cover
+    columns: dict[str, ColumnReference]
+    calibration_sizes: list[int]
+    calibration_resamples: int
 
 
 class ColumnDrift(BaseModel):
     column: str
-    algorithm: str
-    pvalue: float
-    statistic: float
+    group: str
+    psi: float
     threshold: float
     drifted: bool
+    importance: float
+    novelty: float  # share of the window outside what training saw
+
+    @property
+    def ratio(self) -> float:
+        return self.psi / self.threshold if self.threshold > 0 else float("inf")
 
 
-def drift_scores(window: Any, reference: Any, config: MonitoringConfig) -> list[ColumnDrift]:
-    import_whylogs()
-    from whylogs.viz.drift.column_drift_algorithms import calculate_drift_scores
+def _counts_of(col: Any) -> tuple[float, float]:
+    summary = col.get_metric("counts").to_summary_dict()
+    return float(summary.get("n", 0)), float(summary.get("null", 0))
 
-    scores = calculate_drift_scores(target_view=window, reference_view=reference, with_thresholds=True)
-    out = []
-    for column, score in sorted(scores.items()):
-        if not score:
+
+def bucket_counts(view: Any, ref: ColumnReference) -> np.ndarray:
+    """A profile's counts in the reference's buckets: ``[null, *buckets, (other)]``."""
+    col = view.get_column(ref.column)
+    if col is None:
+        return np.zeros(len(ref.counts))
+    n, nulls = _counts_of(col)
+    present = max(n - nulls, 0.0)
+    if ref.kind == "numeric":
+        dist = col.get_metric("distribution")
+        kll = dist.kll.value if dist is not None else None
+        if kll is None or kll.get_n() == 0:
+            return np.array([nulls, *np.zeros(len(ref.edges) + 1)])
+        cdf = np.asarray(kll.get_cdf(ref.edges), dtype=float) if ref.edges else np.array([1.0])
+        pmf = np.diff(np.concatenate([[0.0], cdf]))
+        return np.array([nulls, *(np.clip(pmf, 0, None) * kll.get_n())])
+    items = _frequent_items(col)
+    levels = [float(items.get(level, 0.0)) for level in ref.levels]
+    return np.array([nulls, *levels, max(present - sum(levels), 0.0)])
+
+
+def _frequent_items(col: Any) -> dict[str, float]:
+    metric = col.get_metric("frequent_items")
+    if metric is None:
+        return {}
+    return {str(f.value): float(f.est) for f in metric.to_summary_dict().get("frequent_strings", [])}
+
+
+def psi(reference: np.ndarray, window: np.ndarray) -> float:
+    """Population stability index between two bucket-count vectors (smoothed)."""
+    r = (reference + SMOOTHING) / (reference.sum() + SMOOTHING * len(reference))
+    w = (window + SMOOTHING) / (window.sum() + SMOOTHING * len(window))
+    return float(np.sum((w - r) * np.log(w / r)))
+
+
+def column_reference(view: Any, column: str, group: str) -> ColumnReference | None:
+    """A column's buckets from the reference profile (None for a column it does not hold)."""
+    col = view.get_column(column)
+    if col is None:
+        return None
+    dist = col.get_metric("distribution")
+    kll = dist.kll.value if dist is not None else None
+    if kll is not None and kll.get_n() > 0:
+        quantiles = kll.get_quantiles([k / BINS for k in range(1, BINS)])
+        edges = sorted({float(q) for q in quantiles if np.isfinite(q)})
+        ref = ColumnReference(column=column, group=group, kind="numeric", edges=edges, counts=[])
+    else:
+        items = sorted(_frequent_items(col).items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_LEVELS]
+        ref = ColumnReference(
+            column=column, group=group, kind="categorical", levels=[k for k, _ in items], counts=[]
+        )
+    ref.counts = [float(c) for c in bucket_counts(view, ref.model_copy(update={"counts": [0.0]}))]
+    return ref
+
+
+def column_groups(config: DatasetConfig, columns: list[str]) -> dict[str, str]:
+    """Each input column's group: the columns one join brings in form one group, named after the join's
+    key when that is an input (``dest`` for a destination's lat/lon/alt/tz) else after its table."""
+    groups = {c: c for c in columns}
+    for join in config.joins:
+        right = config.tables[join.table].contract.columns
+        brought = [
+            f"{join.prefix}{c}" for c in (join.columns or [c for c in right if c not in join.right_on])
+        ]
+        key = join.left_on[0] if len(join.left_on) == 1 and join.left_on[0] in columns else join.table
+        for c in brought:
+            if c in groups:
+                groups[c] = key
+        if key in groups:
+            groups[key] = key
+    groups[PREDICTION] = PREDICTION
+    return groups
+
+
+def input_importance(spec: FeatureSpec, gains: dict[str, float]) -> dict[str, float]:
+    """The model's share of gain from each raw input column (a derived feature's gain is shared by the
+    columns its expression reads; calendar parts belong to the time column)."""
+    total = sum(gains.values()) or 1.0
+    share: dict[str, float] = {}
+    uses: dict[str, list[str]] = {c: [c] for c in [*spec.numeric, *spec.categorical]}
+    for name, expr in spec.derived.items():
+        uses[name] = pl.sql_expr(expr).meta.root_names()
+    for part in spec.time_part_names:
+        uses[part] = [spec.time.column]
+    for feature, gain in gains.items():
+        roots = uses.get(feature, [feature])
+        for root in roots:
+            share[root] = share.get(root, 0.0) + gain / total / len(roots)
+    return share
+
+
+def calibrate_reference(
+    held_out: pl.DataFrame,
+    period: tuple[str, str],
+    training: pl.DataFrame,
+    config: DatasetConfig,
+    importance: dict[str, float],
+    seed: int,
+) -> tuple[bytes, DriftReference]:
+    """The reference profile of the held-out rows (``held_out``: the model's raw inputs without the time
+    column, plus its ``prediction``; ``period``: the time they cover) and what monitoring needs to judge
+    a window against it: buckets, per-column noise from random held-out windows, the model's use of each
+    column and what its data covered (``training``: the inputs of every row it was trained and
+    validated on)."""
+    mon = config.monitoring
+    view = load_profile(profile_frame(held_out).serialize())
+    groups = column_groups(config, [c for c in held_out.columns if c != PREDICTION])
+    columns = {}
+    for c in held_out.columns:
+        ref = column_reference(view, c, groups.get(c, c))
+        if ref is None:
             continue
-        threshold = config.column_pvalues.get(column, config.drift_pvalue)
-        pvalue = float(score["pvalue"])
+        ref.importance = importance.get(c, 0.0)
+        if c in training.columns:
+            values = training[c]
+            ref.train_null_rate = values.null_count() / max(values.len(), 1)
+            if ref.kind == "numeric":
+                numeric = values.cast(pl.Float64, strict=False).drop_nulls()
+                ref.train_min = float(numeric.min()) if numeric.len() else None
+                ref.train_max = float(numeric.max()) if numeric.len() else None
+            else:
+                ref.train_levels = sorted(values.drop_nulls().cast(pl.String).unique().to_list())[:5000]
+        columns[c] = ref
+    rng = np.random.default_rng(seed)
+    sizes = [s for s in mon.calibration_sizes if s <= held_out.height // 2] or [max(held_out.height // 2, 1)]
+    for size in sizes:
+        for _ in range(mon.calibration_resamples):
+            rows = np.sort(rng.choice(held_out.height, size=size, replace=False))
+            sample = load_profile(profile_frame(held_out[rows]).serialize())
+            for ref in columns.values():
+                ref.noise = max(ref.noise, psi(np.asarray(ref.counts), bucket_counts(sample, ref)) * size)
+    reference = DriftReference(
+        rows=held_out.height,
+        period=period,
+        columns=columns,
+        calibration_sizes=sizes,
+        calibration_resamples=mon.calibration_resamples,
+    )
+    return view.serialize(), reference
+
+
+def novelty(view: Any, ref: ColumnReference) -> float:
+    """The share of the window outside what training saw: values beyond its range, levels it never saw,
+    nulls in a column that training (almost) never saw null."""
+    col = view.get_column(ref.column)
+    if col is None:
+        return 0.0
+    n, nulls = _counts_of(col)
+    if n == 0:
+        return 0.0
+    # nulls are new only in a column that (almost) never had any in training: where training had
+    # nulls, the model learned what to do with them (the fitted fill) and live performance judges more
+    new_nulls = nulls / n if ref.train_null_rate < NEW_NULLS_BELOW else 0.0
+    present = n - nulls
+    outside = 0.0
+    if present > 0 and ref.kind == "numeric" and ref.train_min is not None and ref.train_max is not None:
+        kll = col.get_metric("distribution").kll.value
+        if kll.get_n() > 0:
+            below, upto = kll.get_cdf([ref.train_min, float(np.nextafter(ref.train_max, np.inf))])[:2]
+            outside = (below + (1.0 - upto)) * present / n
+    elif present > 0 and ref.kind == "categorical" and ref.train_levels:
+        known = set(ref.train_levels)
+        unseen = sum(v for k, v in _frequent_items(col).items() if k not in known)
+        outside = min(unseen, present) / n
+    return float(new_nulls + outside)
+
+
+def drift_scores(
+    window: Any, reference: DriftReference, rows: int, config: MonitoringConfig
+) -> list[ColumnDrift]:
+    """Each column's PSI against the reference, its calibrated threshold at this window size, its novelty."""
+    out = []
+    for ref in reference.columns.values():
+        distance = psi(np.asarray(ref.counts), bucket_counts(window, ref))
+        threshold = max(config.drift_floor, config.drift_safety * ref.noise / max(rows, 1))
         out.append(
             ColumnDrift(
-                column=column,
-                algorithm=str(score["algorithm"]),
-                pvalue=pvalue,
-                statistic=float(score["statistic"]) if np.isfinite(score["statistic"]) else 1e9,
+                column=ref.column,
+                group=ref.group,
+                psi=distance,
                 threshold=threshold,
-                drifted=pvalue < threshold,
+                drifted=distance > threshold,
+                importance=ref.importance,
+                novelty=novelty(window, ref) if ref.column != PREDICTION else 0.0,
             )
         )
-    return out
+    return sorted(out, key=lambda d: -d.ratio)
 
 
 def data_quality(
@@ -87,21 +304,24 @@ def data_quality(
 
 
 def drift_png(model_name: str, drift: list[ColumnDrift]) -> bytes:
-    """Drift per column as a bar chart of -log10 p-values; red bars drifted."""
+    """PSI per column against its calibrated threshold (the line at 1); red bars drifted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = sorted(drift, key=lambda d: d.pvalue)
+    rows = sorted(drift, key=lambda d: d.ratio)
     fig, ax = plt.subplots(figsize=(6, max(3, 0.25 * len(rows))))
     ax.barh(
-        [d.column for d in rows][::-1],
-        [min(-math.log10(max(d.pvalue, 1e-300)), 50) for d in rows][::-1],
-        color=["tab:red" if d.drifted else "tab:green" for d in rows][::-1],
+        [d.column for d in rows],
+        [min(d.ratio, 50) for d in rows],
+        color=["tab:red" if d.drifted else "tab:green" for d in rows],
     )
-    ax.axvline(-math.log10(rows[0].threshold if rows else 0.05), ls="--", color="grey")
-    ax.set(xlabel="-log10 p-value (right of the line: drifted)", title=f"{model_name}: drift vs reference")
+    ax.axvline(1.0, ls="--", color="grey")
+    ax.set(
+        xlabel="PSI / calibrated threshold (right of the line: drifted)",
+        title=f"{model_name}: drift vs reference",
+    )
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=80)

@@ -118,12 +118,6 @@ def profile_frame(df: pl.DataFrame) -> Any:
     return why.log(pdf, schema=monitoring_schema()).view()
 
 
-def reference_profile_bytes(inputs: pl.DataFrame, predictions: np.ndarray, time_column: str) -> bytes:
-    """Serialised profile of the model's raw inputs (without the time column) plus ``prediction``."""
-    frame = inputs.drop(time_column, strict=False).with_columns(pl.Series("prediction", predictions))
-    return profile_frame(frame).serialize()
-
-
 def load_profile(data: bytes) -> Any:
     import_whylogs()
     from whylogs.core import DatasetProfileView

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
+import polars as pl
+
 from tasks.core.context import RunContext
 from tasks.data.snapshot import SnapshotManifest, load_snapshot
 from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
 from tasks.model.evaluate import hanley_mcneil_se
 from tasks.model.train import PreparedTraining, TrainedModel, load_candidate, load_matrix, predict
-from tasks.monitoring.drift import data_quality, drift_scores
+from tasks.monitoring.drift import (
+    DriftReference,
+    calibrate_reference,
+    data_quality,
+    drift_scores,
+    input_importance,
+)
 from tasks.monitoring.lineage import request_lineage, version_lineage
 from tasks.monitoring.performance import live_performance
-from tasks.monitoring.profile import load_profile, reference_profile_bytes
+from tasks.monitoring.profile import load_profile
 from tasks.monitoring.window import MonitorReport, profile_and_store_daily, unprocessed_files
 from tasks.orchestration import cached_task, io_task
 from tasks.registry.versions import ModelVersion, Registry
@@ -26,18 +34,36 @@ from tasks.serving.logs import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
 @cached_task(name="profile-reference")
 def profile_reference(
     trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
-) -> str:
-    """Profile the training rows' raw inputs and the model's predictions; return the profile's key."""
-    store = ctx.store
-    X, _ = load_matrix(store, manifest, prepared.transform, ctx.config.target.name)
-    end = prepared.split.train_end
-    inputs = load_snapshot(manifest, store).slice(0, end).select(prepared.transform.spec.input_columns)
-    data = reference_profile_bytes(
-        inputs, predict(load_candidate(store, trained), X[:end]), ctx.config.time.column
+) -> dict[str, str]:
+    """The drift reference: a whylogs profile of the held-out rows' raw inputs and the model's
+    predictions on them (rows it did not train on), calibrated against random held-out windows, with
+    what the model learned from each column. Returns registry file name -> store key."""
+    store, config = ctx.store, ctx.config
+    X, _ = load_matrix(store, manifest, prepared.transform, config.target.name)
+    start = prepared.split.train_end
+    df = load_snapshot(manifest, store)
+    spec = prepared.transform.spec
+    time_col = config.time.column
+    held = df.slice(start)
+    inputs = [c for c in spec.input_columns if c != time_col]
+    held_out = held.select(inputs).with_columns(
+        pl.Series("prediction", predict(load_candidate(store, trained), X[start:]))
     )
-    key = f"{trained.files_prefix}/reference_profile.bin"
-    store.write_bytes(key, data)
-    return key
+    profile, reference = calibrate_reference(
+        held_out,
+        (str(held[time_col].min()), str(held[time_col].max())),
+        df.select(inputs),  # every row the model was trained and validated on
+        config,
+        input_importance(spec, trained.importance),
+        seed=config.training.seed,
+    )
+    keys = {
+        "reference_profile.bin": f"{trained.files_prefix}/reference_profile.bin",
+        "drift_reference.json": f"{trained.files_prefix}/drift_reference.json",
+    }
+    store.write_bytes(keys["reference_profile.bin"], profile)
+    store.write_bytes(keys["drift_reference.json"], reference.model_dump_json().encode())
+    return keys
 
 
 @io_task(name="judge-window")
@@ -77,9 +103,22 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
     window = profile_and_store_daily(
         store, model_name, frame, transform.spec.input_columns, config.time.column
     )
-    report.drift = drift_scores(window, reference, mon)
-    drift = decide_drift(report.drift, mon)
-    report.drifted, report.drift_detected = drift.drifted, drift.detected
+    if "drift_reference.json" in champion.files:
+        drift_reference = DriftReference.model_validate_json(
+            registry.read_file(champion, "drift_reference.json")
+        )
+        report.drift = drift_scores(window, drift_reference, frame.height, mon)
+        verdict = decide_drift(report.drift, mon)
+        report.drifted, report.drift_detected, report.drift_reason = (
+            verdict.drifted,
+            verdict.detected,
+            verdict.reason,
+        )
+    else:
+        report.drift_reason = (
+            f"champion v{champion.version} was registered before drift references were "
+            "saved with each version: retrain it to judge drift; performance is judged below"
+        )
     report.quality_problems = data_quality(frame, transform, reference, mon)
     report.performance = live_performance(
         read_log(store, "predictions", PREDICTION_COLUMNS),
@@ -87,9 +126,13 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
         mon.min_labels,
         window_days=mon.performance_window_days,
     )
-    held_out = {p.model_version: held_out_auc(registry.get(p.model_version)) for p in report.performance}
+    serving = set(registry.alias_doc().aliases.values())  # a retired version's past is not news
+    held_out = {v: held_out_auc(registry.get(v)) for v in serving}
     report.degraded = decide_degradation(
-        report.performance, held_out, mon.max_auc_drop, mon.degradation_alpha
+        [p for p in report.performance if p.model_version in serving],
+        held_out,
+        mon.max_auc_drop,
+        mon.degradation_alpha,
     ).evidence
     return report
 

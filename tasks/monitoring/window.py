@@ -25,8 +25,9 @@ class MonitorReport(BaseModel):
     rows: int
     window: tuple[str, str] | None
     drift: list[ColumnDrift] = []
-    drifted: list[str] = []
-    drift_detected: bool = False
+    drifted: list[str] = []  # groups of columns that drifted, most first (reported)
+    drift_detected: bool = False  # drift that takes the model outside what it learned: starts a retrain
+    drift_reason: str = ""
     quality_problems: list[str] = []
     performance: list[LivePerformance] = []
     degraded: list[str] = []

