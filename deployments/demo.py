@@ -224,9 +224,8 @@ def print_timeline(api_url: str, since: float, webhook: Webhook) -> None:
         table.add_column(col, overflow="fold")
     for e in events:
         p = e.get("payload", {})
-        evidence = (
-            ", ".join(p["drifted"][:6]) if "drifted" in p else str(p.get("reason") or p.get("decision") or "")
-        )
+        listed = p.get("drifted") or p.get("evidence") or p.get("problems")
+        evidence = "; ".join(listed[:6]) if listed else str(p.get("reason") or p.get("decision") or "")
         table.add_row(
             e["occurred"][11:19],
             e["event"].removeprefix("driftloop."),
