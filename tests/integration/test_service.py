@@ -521,3 +521,77 @@ def test_package_flow_builds_and_exports_a_bento(serving_store, monkeypatch):
 
     built = bentoml.get(bento.bento_tag)
     assert [str(m.tag) for m in built.info.all_models] == ["flights-late-arrival:v1"]
+
+
+def test_monitoring_and_the_canary_judge_what_the_real_service_logged(service, serving_store, monkeypatch):
+    """Traffic and feedback through the running service, then the monitor and canary-decision flows on
+    the store it wrote: a control window from the training period starts nothing, and the canary counts
+    only labels since it started, each row scored by both models."""
+    from flows.canary import canary_decision
+    from flows.monitoring import monitor
+    from flows.schemas import CanaryParams, MonitorParams
+    from tasks.core.settings import Settings
+    from tasks.core.store import LocalStore
+    from tasks.decisions import decide_canary
+    from tasks.registry.versions import Registry
+    from tasks.serving.logs import read_log
+    from tasks.serving.schema import input_contracts
+
+    store = LocalStore(serving_store)
+    registry = Registry(store, "flights-late-arrival")
+    config = Settings().load_dataset()
+    key = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
+    rows = store.read_parquet(key).tail(1200)  # the champion's own held-out rows: no drift, no decay
+    labels = rows[config.target.name].to_list()
+    records = [
+        {**r, config.time.column: r[config.time.column].strftime("%Y-%m-%dT%H:%M:%SZ")}
+        for r in rows.select(list(input_contracts(config))).rows(named=True)
+    ]
+
+    def replay(start: int, end: int) -> list[str]:
+        ids = []
+        for chunk in range(start, end, 100):  # the fixture's service limits the request size
+            part = records[chunk : min(chunk + 100, end)]
+            resp = httpx.post(f"{service}/predict_batch", json={"records": part}, headers=AUTH, timeout=60)
+            assert resp.status_code == 200, resp.text
+            ids += [a["request_id"] for a in resp.json()]
+        items = [{"request_id": i, "outcome": y} for i, y in zip(ids, labels[start:end])]
+        assert httpx.post(f"{service}/feedback", json={"items": items}, headers=FEEDBACK_AUTH).json()[
+            "accepted"
+        ] == len(items)
+        return ids
+
+    registry.set_alias("challenger", None, reason="test: before the canary", actor="test")
+    time.sleep(1)  # the service follows the registry within its poll interval
+    before = replay(0, 400)  # the champion alone
+    registry.set_alias("challenger", 2, reason="test: a canary starts", actor="test")
+    deadline = time.time() + 10
+    while (
+        httpx.post(f"{service}/model_status", headers=AUTH).json()["challenger"] != 2
+        and time.time() < deadline
+    ):
+        time.sleep(0.2)
+    during = replay(400, 1200)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        logged = read_log(store, "predictions", ["request_id"])
+        fed = read_log(store, "feedback", ["request_id"])
+        if {*before, *during} <= set(logged["request_id"]) and {*before, *during} <= set(fed["request_id"]):
+            break
+        time.sleep(0.3)
+
+    monkeypatch.setenv("DRIFTLOOP_STORE_URI", str(serving_store))
+    report = monitor(MonitorParams())
+    assert report.rows >= 1200 and not report.drift_detected and not report.degraded, (
+        report.drift_reason,
+        report.degraded,
+    )
+    served = {p.model_version: p for p in report.performance}
+    assert served[1].labels >= 400 + 1 and served[1].roc_auc is not None
+
+    decision = canary_decision(CanaryParams())
+    evidence = decision.evidence
+    assert evidence.paired is not None and evidence.paired.rows == 800  # the canary's rows, both models
+    assert evidence.champion_labels + evidence.challenger_labels == 800  # not the 400 before it started
+    assert evidence.challenger_labels > 200
+    assert decision.outcome == decide_canary(evidence, Settings().retrain).outcome
