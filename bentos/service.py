@@ -46,6 +46,7 @@ INPUT_COLUMNS = list(input_contracts(CONFIG))
 INPUT_SCHEMA = input_schema(CONFIG)
 TIME_COLUMN = CONFIG.time.column
 THRESHOLD = CONFIG.training.threshold
+MODEL_NAME = CONFIG.model_name
 
 
 class Prediction(BaseModel):
@@ -263,6 +264,7 @@ class Driftloop:
         self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds)
         self.watcher.start()
         log_schema = {
+            "model_name": pl.String(),  # services of several models may share a store
             "request_id": pl.String(),  # issued by this service
             "correlation_id": pl.String(),  # the caller's own id, as sent
             "ts": pl.Datetime("us", "UTC"),
@@ -370,6 +372,7 @@ class Driftloop:
                 [
                     {
                         **inputs,
+                        "model_name": MODEL_NAME,
                         "request_id": ids[i],
                         "correlation_id": correlation_ids[i],
                         "ts": now,
@@ -388,6 +391,7 @@ class Driftloop:
         else:  # a columnar batch stays columnar
             self.predictions.append_frame(
                 frame.with_columns(
+                    pl.lit(MODEL_NAME, dtype=pl.String).alias("model_name"),
                     pl.Series("request_id", ids, dtype=pl.String),
                     pl.Series("correlation_id", correlation_ids, dtype=pl.String),
                     pl.lit(now).alias("ts"),

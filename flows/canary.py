@@ -44,7 +44,7 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     champion_v, challenger_v = aliases["champion"], aliases["challenger"]
     # both arms judged on the same period: traffic since this canary started
     started = datetime.fromisoformat(doc.alias_set_at("challenger") or datetime.now(timezone.utc).isoformat())
-    predictions = read_log(store, "predictions", CANARY_COLUMNS)
+    predictions = read_log(store, "predictions", CANARY_COLUMNS, model_name=model_name)
     if predictions.height:
         predictions = predictions.filter(pl.col("ts") >= started)
     feedback = read_log(store, "feedback", FEEDBACK_COLUMNS)

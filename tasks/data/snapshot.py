@@ -26,7 +26,7 @@ from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
 from tasks.core.store import ArtifactStore, PreconditionFailed
 from tasks.model.features import parse_time
-from tasks.serving.logs import outcome_per_request
+from tasks.serving.logs import of_model, outcome_per_request
 
 
 class SnapshotManifest(BaseModel):
@@ -242,8 +242,8 @@ def labelled_predictions(
         "request_id", pl.col("outcome").cast(pl.Int8).alias(config.target.name)
     )
     rows = (
-        store.scan_parquet(pred_keys)
-        .unique("request_id", keep="last")
+        of_model(store.scan_parquet(pred_keys), config.model_name)
+        .unique("request_id", keep="first")
         .join(outcomes, on="request_id", how="inner", maintain_order="left")
         .select(*input_columns, config.target.name)
         .collect()

@@ -28,7 +28,7 @@ from tasks.monitoring.profile import load_profile
 from tasks.monitoring.window import MonitorReport, profile_and_store_daily, unprocessed_files
 from tasks.orchestration import cached_task, io_task
 from tasks.registry.versions import ModelVersion, Registry
-from tasks.serving.logs import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, read_log
+from tasks.serving.logs import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, of_model, read_log
 
 
 @cached_task(name="profile-reference")
@@ -87,7 +87,7 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
     if not files:
         report.note = "no new predictions since the last run; nothing to judge"
         return report
-    frame = store.scan_parquet(files).collect()
+    frame = of_model(store.scan_parquet(files), model_name).collect()
     report.rows = frame.height
     report.window = (str(frame["ts"].min()), str(frame["ts"].max()))
     mon = config.monitoring
@@ -121,7 +121,7 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
         )
     report.quality_problems = data_quality(frame, transform, reference, mon)
     report.performance = live_performance(
-        read_log(store, "predictions", PREDICTION_COLUMNS),
+        read_log(store, "predictions", PREDICTION_COLUMNS, model_name=model_name),
         read_log(store, "feedback", FEEDBACK_COLUMNS),
         mon.min_labels,
         window_days=mon.performance_window_days,

@@ -112,22 +112,34 @@ CANARY_COLUMNS = [*PREDICTION_COLUMNS, "paired_version", "paired_probability"]
 
 
 def read_log(
-    store: ArtifactStore, prefix: str, columns: list[str] | None = None, request_ids: list[str] | None = None
+    store: ArtifactStore,
+    prefix: str,
+    columns: list[str] | None = None,
+    request_ids: list[str] | None = None,
+    model_name: str | None = None,
 ) -> pl.DataFrame:
     """What was flushed under a log prefix (empty when nothing was logged yet). The scan is lazy:
-    only ``columns`` are read, and only rows of ``request_ids`` kept, so callers that need a little
-    of a large log do not read all of it. A column no file has yet (one added to the log later) reads
-    as nulls."""
+    only ``columns`` are read, and only rows of ``request_ids`` (and of ``model_name``'s service) kept,
+    so callers that need a little of a large log do not read all of it. A column no file has yet (one
+    added to the log later) reads as nulls."""
     keys = [k for k in store.list(prefix) if k.endswith(".parquet")]
     if not keys:
         return pl.DataFrame()
-    scan = store.scan_parquet(keys)
+    scan = of_model(store.scan_parquet(keys), model_name)
     if request_ids is not None:
         scan = scan.filter(pl.col("request_id").is_in(pl.Series(request_ids, dtype=pl.String).implode()))
     if columns:
         present = scan.collect_schema()
         scan = scan.select(pl.col(c) if c in present else pl.lit(None).alias(c) for c in columns)
     return scan.collect()
+
+
+def of_model(scan: pl.LazyFrame, model_name: str | None) -> pl.LazyFrame:
+    """Only the prediction-log rows of ``model_name`` (services of several models may share a store;
+    rows logged before the log named its model are kept)."""
+    if model_name is None or "model_name" not in scan.collect_schema():
+        return scan
+    return scan.filter(pl.col("model_name").is_null() | (pl.col("model_name") == model_name))
 
 
 def outcome_per_request(feedback: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:

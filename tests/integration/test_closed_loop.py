@@ -13,7 +13,7 @@ from tests.integration.test_monitoring import _log_window
 pytestmark = pytest.mark.integration
 
 
-def _retrain_runs(since: float) -> list:
+def _retrain_runs(since: float, model_name: str = "flights-loop") -> list:
     import asyncio
     import datetime as dt
 
@@ -37,7 +37,7 @@ def _retrain_runs(since: float) -> list:
             )
 
     runs = asyncio.run(read())
-    return [r for r in runs if r.name and r.parameters.get("params", {}).get("model_name") == "flights-loop"]
+    return [r for r in runs if r.name and r.parameters.get("params", {}).get("model_name") == model_name]
 
 
 def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, landed):
@@ -87,3 +87,28 @@ def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, lande
     )
     # one retrain per cooldown: with two events, the second run was refused the slot (no third version)
     assert len(_retrain_runs(emitted)) == len(runs)
+
+
+def test_a_significant_performance_drop_starts_a_retrain_with_that_reason(prefect_worker, landed):
+    """Outcomes that contradict the model on data it was trained on: no drift to act on, but live
+    performance far below its held-out ROC-AUC -> performance.degraded -> the automation retrains."""
+    from flows.monitoring import MonitorParams, monitor
+    from flows.schemas import TrainingParams
+    from flows.training import training
+
+    training(TrainingParams(**SMALL, model_name="flights-decay"))
+    config = landed.load_dataset().model_copy(update={"model_name": "flights-decay"})
+    _log_window(
+        landed, config, "2013-02-01T00:00:00+00:00", "2013-03-01T00:00:00+00:00", 0.0, invert_outcomes=True
+    )
+    emitted = time.time()
+    report = monitor(MonitorParams(model_name="flights-decay"))
+    assert not report.drift_detected and report.degraded, (report.drift_reason, report.degraded)
+    runs, deadline = [], time.time() + 240
+    while time.time() < deadline:
+        runs = _retrain_runs(emitted, "flights-decay")
+        if runs and all(r.state and r.state.is_final() for r in runs):
+            break
+        time.sleep(1)
+    assert [r.parameters["params"]["reason"] for r in runs] == ["driftloop.performance.degraded"]
+    assert runs[0].state.is_completed(), runs[0].state.message

@@ -66,6 +66,7 @@ def _log_window(
     from tasks.serving.schema import input_schema
 
     schema = {
+        "model_name": pl.String(),
         "request_id": pl.String(),
         "ts": pl.Datetime("us", "UTC"),
         **input_schema(config),
@@ -83,6 +84,7 @@ def _log_window(
         [
             {
                 **r,
+                "model_name": config.model_name,
                 "request_id": i,
                 "ts": now,
                 "probability": float(q),
