@@ -38,28 +38,30 @@ def _domain_modules() -> list[str]:
     return [_rel(p).removesuffix(".py").replace("/", ".") for p in paths]
 
 
-def _imports_prefect(modules: list[str]) -> list[str]:
-    code = (
-        "import importlib, sys\n"
-        f"for name in {modules!r}:\n    importlib.import_module(name)\n"
-        "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
-    )
+def _fresh_python(code: str) -> list[str]:
+    """Run ``code`` in a new interpreter (nothing imported yet, no Prefect settings) at the project root;
+    return the list literal it prints last."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,
-        timeout=120,
-        env={**_clean_env(), "BENTOML_DO_NOT_TRACK": "true"},
+        timeout=300,
+        env={**env, "BENTOML_DO_NOT_TRACK": "true"},
     )
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.returncode == 0, out.stderr[-3000:]
     return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own subprocess printed a list literal
 
 
-def _clean_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+def _imports_prefect(modules: list[str]) -> list[str]:
+    return _fresh_python(
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
+    )
 
 
 def test_domain_code_imports_no_prefect():
@@ -98,16 +100,7 @@ print(missing)
 def test_every_import_of_project_code_resolves():
     """Imports inside functions (lazy, so a module loads fast) are not checked by importing the
     module: this reads every ``from <project module> import name`` and resolves it."""
-    out = subprocess.run(
-        [sys.executable, "-c", IMPORT_CHECK],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**_clean_env(), "BENTOML_DO_NOT_TRACK": "true"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert _fresh_python(IMPORT_CHECK) == []
 
 
 def _decorated(path: Path, names: set[str]) -> list[str]:
