@@ -20,6 +20,7 @@ import pytest
 
 from tasks.core.settings import Settings  # reads no environment at import; Settings() does
 from tasks.core.store import LocalStore, open_store
+from tasks.registry.versions import NewVersion
 
 
 def _free_port() -> int:
@@ -62,6 +63,17 @@ for var in (
 ):
     os.environ.pop(var, None)
 
+
+# What a registry test registers when the model's facts do not matter.
+RECORD = NewVersion(
+    snapshot_id="s",
+    git_commit="g",
+    params={},
+    metrics={},
+    test_window=("a", "b"),
+    feature_names=["f"],
+    input_columns=["f"],
+)
 
 # A small training config for tests: two months, few trials, so a flow run takes seconds.
 SMALL = {

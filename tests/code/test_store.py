@@ -8,7 +8,8 @@ import polars as pl
 import pytest
 
 from tasks.core.store import KeyNotFound, PreconditionFailed, S3Store, open_store
-from tasks.registry.versions import NewVersion, Registry
+from tasks.registry.versions import Registry
+from tests.conftest import RECORD
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -65,15 +66,7 @@ def test_s3_store_speaks_to_the_moto_server(s3_settings):
 
 def test_concurrent_registrations_and_alias_updates_lose_nothing(store):
     registry = Registry(store, "m")
-    record = NewVersion(
-        snapshot_id="s",
-        git_commit="g",
-        params={},
-        metrics={},
-        test_window=("a", "b"),
-        feature_names=["f"],
-        input_columns=["f"],
-    )
+    record = RECORD
     versions: list[int] = []
 
     def register() -> None:

@@ -11,7 +11,8 @@ from tasks.core.store import LocalStore, open_store
 from tasks.data.ingest import discover_batches, ingest_batches
 from tasks.data.landing import land_nycflights13
 from tasks.data.snapshot import build_snapshot
-from tasks.registry.versions import NewVersion, Registry
+from tasks.registry.versions import Registry
+from tests.conftest import RECORD
 
 
 class CrashingStore(LocalStore):
@@ -25,17 +26,6 @@ class CrashingStore(LocalStore):
         if self.marker in key:
             raise OSError(f"simulated crash while writing {key}")
         return super().write_bytes(key, data, **conditions)
-
-
-RECORD = NewVersion(
-    snapshot_id="s",
-    git_commit="g",
-    params={},
-    metrics={},
-    test_window=("a", "b"),
-    feature_names=["f"],
-    input_columns=["f"],
-)
 
 
 def test_a_crash_before_the_version_record_registers_nothing(private_settings):

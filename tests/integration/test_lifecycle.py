@@ -9,19 +9,10 @@ import pytest
 
 from tasks.core.errors import BadInput
 from tasks.core.store import open_store
-from tasks.registry.versions import NewVersion, Registry, RegistryError
+from tasks.registry.versions import Registry, RegistryError
+from tests.conftest import RECORD
 
 pytestmark = pytest.mark.integration
-
-RECORD = NewVersion(
-    snapshot_id="s",
-    git_commit="g",
-    params={},
-    metrics={},
-    test_window=("a", "b"),
-    feature_names=["f"],
-    input_columns=["f"],
-)
 
 
 def _events(api_url: str, name: str, model: str, at_least: int) -> list[dict]:
