@@ -5,8 +5,9 @@
 2. land January-August 2013 into the raw zone and train on it (``training/local``): the champion;
 3. start the prediction service and replay September-October as production traffic, then send
    their outcomes as feedback, as an airline would the next day;
-4. run ``monitor/local``: drift is found, its event makes the automation start ``retrain/local``,
-   whose model, if it passes the holdout gate, goes out as a canary;
+4. run ``monitor/local``: drift is reported; a significant drop of live performance (or drift beyond
+   what the model learned) makes the automation start ``retrain/local``, whose model, if it passes
+   the holdout gate, goes out as a canary;
 5. replay November-December (a share of callers now meets the challenger), send feedback, and run
    ``canary-decision/local``: the challenger is promoted or dropped on live evidence;
 6. print the timeline of events, flow runs and notifications.
