@@ -52,4 +52,5 @@ class RequestIds:
         token, dot, signature = request_id.partition(".")
         if not dot or len(token) != _RANDOM_HEX or len(signature) != _SIGNATURE_HEX:
             return False
-        return hmac.compare_digest(self._sign(token), signature)
+        # bytes, not str: compare_digest refuses non-ASCII text, and an id is whatever a caller sends
+        return hmac.compare_digest(self._sign(token).encode(), signature.encode("utf-8", "replace"))

@@ -1,0 +1,28 @@
+"""Request ids: issued by the service, verified without a lookup, whatever a caller sends instead."""
+
+from __future__ import annotations
+
+from tasks.core.store import LocalStore
+from tasks.serving.request_ids import RequestIds, request_id_key
+
+
+def test_issued_ids_verify_and_anything_else_does_not(tmp_path):
+    store = LocalStore(tmp_path)
+    key = request_id_key(store)
+    assert request_id_key(store) == key  # created once, shared by every worker on the store
+    ids = RequestIds(key)
+    issued = ids.issue(50)
+    assert len(set(issued)) == 50 and all(ids.verify(i) for i in issued)
+    assert not RequestIds(b"another key of 32 bytes.........").verify(issued[0])
+    forged = issued[0][:-1] + ("0" if issued[0][-1] != "0" else "1")
+    hostile = [
+        "",
+        ".",
+        "x" * 200,
+        "é" * 16 + "." + "é" * 16,
+        "a" * 16 + "." + "\x00" * 16,
+        forged,
+        issued[0].upper(),
+        issued[0] + " ",
+    ]
+    assert [ids.verify(h) for h in hostile] == [False] * len(hostile)
