@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from lib.heldout import train_january_august
+from lib.results import result
 from rich.console import Console
 from rich.table import Table
 
@@ -145,12 +146,9 @@ def main() -> int:
         better = results["better by +0.02"]["promote"]
         worse = results["worse by -0.02"]["stopped early"]
         aa = results["equally good (A/A)"]["promote"]
-        for metric, value, op, target, ok in (
-            ("canary_better_promoted", better, ">=", 0.80, better >= 0.80),
-            ("canary_worse_stopped_early", worse, ">=", 0.95, worse >= 0.95),
-            ("canary_aa_promoted", aa, "<=", 0.05, aa <= 0.05),
-        ):
-            print(f"RESULT {metric}={value:.3f} target{op}{target:.2f} {'PASS' if ok else 'FAIL'}")
+        result("canary_better_promoted", better, ">=", 0.80)
+        result("canary_worse_stopped_early", worse, ">=", 0.95)
+        result("canary_aa_promoted", aa, "<=", 0.05)
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

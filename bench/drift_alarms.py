@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from lib.heldout import train_january_august
+from lib.results import result
 from rich.console import Console
 from rich.table import Table
 
@@ -168,18 +169,9 @@ def main() -> int:
         console.print(table)
         console.print(f"in {time.perf_counter() - started:.0f} s")
         rate = detected / total
-        for metric, value, op, target, ok in (
-            ("drift_no_drift_columns_flagged", flagged, "<=", 1, flagged <= 1),
-            (
-                "drift_retrains_without_drift",
-                retrains + week_retrains,
-                "<=",
-                0,
-                retrains + week_retrains == 0,
-            ),
-            ("drift_shifts_detected", rate, ">=", 0.95, rate >= 0.95),
-        ):
-            print(f"RESULT {metric}={value:.3g} target{op}{target:g} {'PASS' if ok else 'FAIL'}")
+        result("drift_no_drift_columns_flagged", flagged, "<=", 1)
+        result("drift_retrains_without_drift", retrains + week_retrains, "<=", 0)
+        result("drift_shifts_detected", rate, ">=", 0.95)
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

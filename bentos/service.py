@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse
 from tasks.core.settings import Settings
 from tasks.core.store import ArtifactStore, open_store
 from tasks.registry.versions import Registry
-from tasks.serving.logs import PartitionedLog
+from tasks.serving.logs import FEEDBACK_SCHEMA, PartitionedLog, prediction_log_schema
 from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.routing import assign_arm
 from tasks.serving.schema import input_contracts, input_schema, request_model
@@ -264,35 +264,14 @@ class Driftloop:
         self.registry = Registry(self.store, CONFIG.model_name)
         self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds)
         self.watcher.start()
-        log_schema = {
-            "model_name": pl.String(),  # services of several models may share a store
-            "request_id": pl.String(),  # issued by this service
-            "correlation_id": pl.String(),  # the caller's own id, as sent
-            "ts": pl.Datetime("us", "UTC"),
-            **INPUT_SCHEMA,
-            "probability": pl.Float64(),
-            "label": pl.Int8(),
-            "model_version": pl.Int64(),
-            "arm": pl.String(),
-            "shadow_version": pl.Int64(),
-            "shadow_probability": pl.Float64(),
-            "paired_version": pl.Int64(),  # during a canary: the other arm's model and its score
-            "paired_probability": pl.Float64(),
-        }
         s = SETTINGS.serving
         self.predictions = PartitionedLog(
-            self.store, "predictions", log_schema, s.log_max_rows, s.log_max_seconds
+            self.store, "predictions", prediction_log_schema(INPUT_SCHEMA), s.log_max_rows, s.log_max_seconds
         )
         self.feedback_log = PartitionedLog(
             self.store,
             "feedback",
-            {
-                "request_id": pl.String(),
-                "ts": pl.Datetime("us", "UTC"),
-                "outcome": pl.Int8(),
-                "correction": pl.Boolean(),
-                "source": pl.String(),  # who reported it: the feedback token's holder, or no auth
-            },
+            FEEDBACK_SCHEMA,
             s.log_max_rows,
             s.log_max_seconds,
         )

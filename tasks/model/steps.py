@@ -29,6 +29,7 @@ from tasks.model.train import (
     PreparedTraining,
     TrainedModel,
     fit_lightgbm,
+    fit_on_split,
     load_candidate,
     load_matrix,
     make_split,
@@ -58,17 +59,7 @@ def run_trial(
 ) -> FitResult:
     """One search trial: train on the train split, early-stop and score on validation."""
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
-    s = prepared.split
-    _, result = fit_lightgbm(
-        X,
-        y,
-        slice(0, s.train_end),
-        slice(s.train_end, s.valid_end),
-        params,
-        prepared.transform,
-        ctx.config.training,
-        num_threads,
-    )
+    _, result = fit_on_split(X, y, params, prepared, ctx.config.training, num_threads)
     return result
 
 

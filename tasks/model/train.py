@@ -233,6 +233,28 @@ class TrainedModel(BaseModel):
         return self.model_key.rsplit("/", 1)[0]
 
 
+def fit_on_split(
+    X: np.ndarray,
+    y: np.ndarray,
+    params: dict[str, Any],
+    prepared: PreparedTraining,
+    training: TrainingConfig,
+    num_threads: int,
+) -> tuple[lgb.Booster, FitResult]:
+    """Fit on the training rows, early-stopped and scored on the validation rows of the time split."""
+    s = prepared.split
+    return fit_lightgbm(
+        X,
+        y,
+        slice(0, s.train_end),
+        slice(s.train_end, s.valid_end),
+        params,
+        prepared.transform,
+        training,
+        num_threads,
+    )
+
+
 def train_candidate(
     X: np.ndarray,
     y: np.ndarray,
@@ -242,17 +264,7 @@ def train_candidate(
     store: ArtifactStore,
 ) -> TrainedModel:
     """The candidate: best params, early-stopped on validation; saved as LightGBM text."""
-    s = prepared.split
-    booster, result = fit_lightgbm(
-        X,
-        y,
-        slice(0, s.train_end),
-        slice(s.train_end, s.valid_end),
-        params,
-        prepared.transform,
-        training,
-        threads_per_fit(1),
-    )
+    booster, result = fit_on_split(X, y, params, prepared, training, threads_per_fit(1))
     text = booster.model_to_string(num_iteration=result.best_iteration)
     key = candidate_model_key(text)
     store.write_bytes(key, text.encode())

@@ -105,6 +105,33 @@ class PartitionedLog:
         self.flush()
 
 
+def prediction_log_schema(inputs: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
+    """The prediction log's columns: who and when, the raw ``inputs``, the answer, and during a canary
+    the other arm's score."""
+    return {
+        "model_name": pl.String(),  # services of several models may share a store
+        "request_id": pl.String(),  # issued by the service
+        "correlation_id": pl.String(),  # the caller's own id, as sent
+        "ts": pl.Datetime("us", "UTC"),
+        **inputs,
+        "probability": pl.Float64(),
+        "label": pl.Int8(),
+        "model_version": pl.Int64(),
+        "arm": pl.String(),
+        "shadow_version": pl.Int64(),
+        "shadow_probability": pl.Float64(),
+        "paired_version": pl.Int64(),  # during a canary: the other arm's model and its score
+        "paired_probability": pl.Float64(),
+    }
+
+
+FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
+    "request_id": pl.String(),
+    "ts": pl.Datetime("us", "UTC"),
+    "outcome": pl.Int8(),
+    "correction": pl.Boolean(),
+    "source": pl.String(),  # who reported it: the feedback token's holder, or no auth
+}
 PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
 FEEDBACK_COLUMNS = ["request_id", "ts", "outcome", "correction"]
 # during a canary, each row also carries the other arm's model and score (a paired comparison)

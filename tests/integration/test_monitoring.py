@@ -31,7 +31,7 @@ def _log_window(
     from tasks.data.ingest import discover_batches, ingest_batches
     from tasks.data.snapshot import build_snapshot
     from tasks.registry.versions import Registry
-    from tasks.serving.logs import PartitionedLog
+    from tasks.serving.logs import FEEDBACK_SCHEMA, PartitionedLog, prediction_log_schema
     from tasks.serving.watcher import load_version
 
     store = open_store(settings)
@@ -65,20 +65,7 @@ def _log_window(
     now = datetime.now(timezone.utc)
     from tasks.serving.schema import input_schema
 
-    schema = {
-        "model_name": pl.String(),
-        "request_id": pl.String(),
-        "ts": pl.Datetime("us", "UTC"),
-        **input_schema(config),
-        "probability": pl.Float64(),
-        "label": pl.Int8(),
-        "model_version": pl.Int64(),
-        "arm": pl.String(),
-        "shadow_version": pl.Int64(),
-        "shadow_probability": pl.Float64(),
-        "paired_version": pl.Int64(),
-        "paired_probability": pl.Float64(),
-    }
+    schema = prediction_log_schema(input_schema(config))
     log = PartitionedLog(store, "predictions", schema, max_rows=10**9, max_seconds=3600)
     log.append(
         [
@@ -103,18 +90,18 @@ def _log_window(
     feedback = PartitionedLog(
         store,
         "feedback",
-        {
-            "request_id": pl.String(),
-            "ts": pl.Datetime("us", "UTC"),
-            "outcome": pl.Int8(),
-            "known": pl.Boolean(),
-        },
+        FEEDBACK_SCHEMA,
         10**9,
         3600,
     )
     feedback.append(
         [
-            {"request_id": i, "ts": now, "outcome": 1 - int(y) if invert_outcomes else int(y), "known": True}
+            {
+                "request_id": i,
+                "ts": now,
+                "outcome": 1 - int(y) if invert_outcomes else int(y),
+                "source": "test",
+            }
             for i, y in zip(ids, rows[config.target.name].to_list())
         ]
     )

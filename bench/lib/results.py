@@ -1,0 +1,14 @@
+"""The line every benchmark ends with: ``RESULT <metric>=<value> target<op><value> PASS|FAIL``."""
+
+from __future__ import annotations
+
+import operator
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
+
+
+def result(metric: str, value: float, op: str, target: float) -> bool:
+    """Print the RESULT line for ``value <op> target``; return whether it passed."""
+    ok = bool(_OPS[op](value, target))
+    print(f"RESULT {metric}={value:.3g} target{op}{target:g} {'PASS' if ok else 'FAIL'}")
+    return ok
