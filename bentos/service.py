@@ -7,15 +7,18 @@ Endpoints: ``/predict`` (one record), ``/predict_batch`` (many), ``/feedback`` (
 ``/model_status``; BentoML adds ``/healthz``, ``/livez``, ``/readyz`` (ready once a champion is
 loaded), ``/metrics`` (Prometheus) and the OpenAPI spec at ``/docs.json``.
 
-The service reads the registry (the single truth), not a copy: it applies each version's saved
-feature transform, follows alias moves without a restart, and logs every prediction to the artifact
-store for monitoring.
+The service serves one registered model, named in its settings (``DRIFTLOOP_SERVING__MODEL_NAME``,
+default: the dataset config's ``model_name``); several services of several models share one store. It
+reads the registry (the single truth), not a copy: its request schema comes from the dataset config
+the model's champion was registered with, it applies each version's saved feature transform, follows
+alias moves without a restart, and logs every prediction to the model's own log for monitoring.
 """
 
 from __future__ import annotations
 
 import gc
 import hmac
+import json
 import logging
 import os
 import time
@@ -29,10 +32,17 @@ import polars as pl
 from pydantic import BaseModel, Field, SecretStr
 from starlette.responses import JSONResponse
 
+from tasks.core.config import DatasetConfig, config_from_template
 from tasks.core.settings import Settings
 from tasks.core.store import ArtifactStore, open_store
-from tasks.registry.versions import Registry
-from tasks.serving.logs import FEEDBACK_SCHEMA, PartitionedLog, prediction_log_schema
+from tasks.registry.versions import CONFIG_FILE, Registry
+from tasks.serving.logs import (
+    FEEDBACK,
+    FEEDBACK_SCHEMA,
+    PartitionedLog,
+    log_prefix,
+    prediction_log_schema,
+)
 from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.routing import assign_arm
 from tasks.serving.schema import input_contracts, input_schema, request_model
@@ -41,11 +51,48 @@ from tasks.serving.watcher import RegistryWatcher
 log = logging.getLogger("driftloop.service")
 
 SETTINGS = Settings()
-CONFIG = SETTINGS.load_dataset(environ=os.environ)
+
+
+def open_service_store(settings: Settings) -> ArtifactStore:
+    """The artifact store the service reads the registry from and logs to. A named AwsCredentials block
+    needs the Prefect API, so only then is Prefect loaded; keys or the task role need nothing more."""
+    if settings.s3.credentials_block:
+        from tasks.orchestration import aws_credentials_from_block
+
+        return open_store(settings, aws_credentials_from_block(settings))
+    return open_store(settings)
+
+
+def served_config(settings: Settings) -> DatasetConfig:
+    """The dataset config of the model this service serves: the one packaged with it (a bento), else
+    the one its champion (or newest version) was registered with, else (a model not trained yet) the
+    settings' file if it names that model. Anything else is an error saying what to do."""
+    variables = settings.config_variables(os.environ)
+    if settings.packaged_model:
+        model = bentoml.models.get(settings.packaged_model)
+        path = Path(model.path_of(CONFIG_FILE))
+        if path.is_file():
+            return config_from_template(
+                json.loads(path.read_text()), variables, f"{settings.packaged_model} ({CONFIG_FILE})"
+            )
+    file_config = settings.load_dataset(environ=os.environ)
+    name = settings.serving.model_name or file_config.model_name
+    registry = Registry(open_service_store(settings), name)
+    versions = registry.versions()
+    if versions:
+        newest = registry.get(registry.alias_doc().aliases.get("champion", versions[-1]))
+        if registry.config_template(newest):
+            return registry.load_config(newest, variables)
+    if file_config.model_name == name:
+        return file_config
+    return registry.model_config(variables)  # raises: names the models that are registered
+
+
+CONFIG = served_config(SETTINGS)
 Record = request_model(CONFIG, "FlightRecord" if CONFIG.name == "nycflights13" else "Record")
 INPUT_COLUMNS = list(input_contracts(CONFIG))
 INPUT_SCHEMA = input_schema(CONFIG)
-TIME_COLUMN = CONFIG.time.column
+TIME_COLUMN = CONFIG.time_column
 THRESHOLD = CONFIG.training.threshold
 MODEL_NAME = CONFIG.model_name
 
@@ -239,16 +286,6 @@ FEEDBACK_SOURCE = "feedback-token" if SETTINGS.serving.feedback_token else "unau
 PACKAGED_MODEL = SETTINGS.packaged_model  # set inside a bento built by the package flow
 
 
-def open_service_store(settings: Settings) -> ArtifactStore:
-    """The artifact store the service reads the registry from and logs to. A named AwsCredentials block
-    needs the Prefect API, so only then is Prefect loaded; keys or the task role need nothing more."""
-    if settings.s3.credentials_block:
-        from tasks.orchestration import aws_credentials_from_block
-
-        return open_store(settings, aws_credentials_from_block(settings))
-    return open_store(settings)
-
-
 @bentoml.service(
     name="driftloop",
     workers=SETTINGS.serving.workers,
@@ -261,21 +298,25 @@ class Driftloop:
 
     def __init__(self) -> None:
         self.store = open_service_store(SETTINGS)
-        self.registry = Registry(self.store, CONFIG.model_name)
-        self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds)
+        self.registry = Registry(self.store, MODEL_NAME)
+        self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds, set(INPUT_COLUMNS))
         self.watcher.start()
         s = SETTINGS.serving
         self.predictions = PartitionedLog(
-            self.store, "predictions", prediction_log_schema(INPUT_SCHEMA), s.log_max_rows, s.log_max_seconds
+            self.store,
+            log_prefix("predictions", MODEL_NAME),
+            prediction_log_schema(INPUT_SCHEMA),
+            s.log_max_rows,
+            s.log_max_seconds,
         )
         self.feedback_log = PartitionedLog(
             self.store,
-            "feedback",
+            log_prefix(FEEDBACK, MODEL_NAME),
             FEEDBACK_SCHEMA,
             s.log_max_rows,
             s.log_max_seconds,
         )
-        self.request_ids = RequestIds(request_id_key(self.store))
+        self.request_ids = RequestIds(request_id_key(self.store, MODEL_NAME))
         if self.watcher.models.champion is None and PACKAGED_MODEL:
             try:
                 self.watcher.use_packaged(Path(self.packaged.path))

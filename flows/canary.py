@@ -23,16 +23,16 @@ from flows.schemas import CanaryDecision, CanaryParams
 from tasks.core.errors import BadInput
 from tasks.decisions import decide_canary
 from tasks.monitoring.performance import canary_evidence, live_performance
-from tasks.orchestration import publish, run_context
+from tasks.orchestration import model_context, publish, run_context
 from tasks.registry.steps import apply_canary_decision
 from tasks.registry.versions import Registry
-from tasks.serving.logs import CANARY_COLUMNS, FEEDBACK_COLUMNS, read_log
+from tasks.serving.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
 
 
 @flow(name="canary-decision", persist_result=True)
 def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
-    ctx = run_context()
-    model_name = ctx.model_name(params.model_name)
+    ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
+    model_name = ctx.config.model_name
     store = ctx.store
     doc = Registry(store, model_name).alias_doc()
     aliases = doc.aliases
@@ -44,10 +44,10 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     champion_v, challenger_v = aliases["champion"], aliases["challenger"]
     # both arms judged on the same period: traffic since this canary started
     started = datetime.fromisoformat(doc.alias_set_at("challenger") or datetime.now(timezone.utc).isoformat())
-    predictions = read_log(store, "predictions", CANARY_COLUMNS, model_name=model_name)
+    predictions = read_log(store, PREDICTIONS, model_name, CANARY_COLUMNS)
     if predictions.height:
         predictions = predictions.filter(pl.col("ts") >= started)
-    feedback = read_log(store, "feedback", FEEDBACK_COLUMNS)
+    feedback = read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS)
     hours = (datetime.now(timezone.utc) - started).total_seconds() / 3600
     evidence = canary_evidence(predictions, feedback, champion_v, challenger_v, hours)
     verdict = decide_canary(evidence, ctx.settings.retrain)

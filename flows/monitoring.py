@@ -21,14 +21,14 @@ from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
 from tasks.monitoring.steps import judge_window
 from tasks.monitoring.window import MonitorReport, mark_processed
-from tasks.orchestration import publish, run_context
+from tasks.orchestration import model_context, publish, run_context
 
 
 @flow(name="monitor", persist_result=True)
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     logger = get_run_logger()
-    ctx = run_context()
-    model_name = ctx.model_name(params.model_name)
+    ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
+    model_name = ctx.config.model_name
     report = judge_window(model_name, ctx)
     if report.note:
         logger.info(report.note)

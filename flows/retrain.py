@@ -28,7 +28,7 @@ from flows.training import training
 from tasks.core.errors import BadInput
 from tasks.events import emit_model_event
 from tasks.model.steps import compare_with_champion
-from tasks.orchestration import publish, run_context
+from tasks.orchestration import model_context, publish, run_context
 from tasks.registry.steps import claim_retrain, start_canary
 from tasks.registry.versions import Registry
 
@@ -41,8 +41,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
             "the triggering event carried no model_name in its payload (the automation passes "
             "event.payload.model_name); emit events with tasks.events.emit_model_event, or pass model_name"
         )
-    ctx = run_context()
-    model_name = ctx.model_name(params.model_name)
+    ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
+    model_name = ctx.config.model_name
     registry = Registry(ctx.store, model_name)
     if "champion" not in registry.alias_doc().aliases:
         raise BadInput(
@@ -62,11 +62,13 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
     summary = training(
         TrainingParams(
             model_name=model_name,
+            config_from_registry=True,
             include_feedback=True,
             register_as="candidate",
-            window_end=datetime.max.replace(tzinfo=timezone.utc),
+            # all data there is
+            window_end=datetime.max.replace(tzinfo=timezone.utc) if ctx.config.time_column else None,
         )
-    )  # all data there is
+    )
     if summary.decision == "reproduced" or summary.version == registry.alias_doc().aliases.get("champion"):
         reason = (
             f"training reproduced v{summary.version}, registered before (same data, code and settings, "

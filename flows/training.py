@@ -15,6 +15,7 @@ Run it: ``python flows/training.py --n_trials 6`` or ``prefect deployment run 't
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import ValidationError
 
 from flows.schemas import TrainingParams, TrainingSummary
-from tasks.core.config import DatasetConfig
+from tasks.core.config import ConfigError, DatasetConfig
 from tasks.core.context import RunContext
 from tasks.core.settings import Settings
 from tasks.data.ingest import IngestedTable
@@ -54,31 +56,42 @@ from tasks.model.steps import (
 )
 from tasks.model.train import sample_trial_params, threads_per_fit
 from tasks.monitoring.steps import profile_reference
-from tasks.orchestration import in_prefect_run, publish, run_context
+from tasks.orchestration import in_prefect_run, model_context, publish, run_context
 from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
 from tasks.registry.versions import NewVersion, Registry, VersionDecision, git_commit
 
 
 def resolve_config(params: TrainingParams, ctx: RunContext) -> DatasetConfig:
-    """The dataset config with this run's overrides applied, validated like the file itself."""
-    data = ctx.config.model_dump()
+    """The dataset config with this run's overrides applied (to the registry's copy too), validated
+    like the file itself."""
+    updates: dict = {}
     if params.model_name:
-        data["model_name"] = params.model_name
+        updates["model_name"] = params.model_name
     if params.window_start:
-        data["window"]["start"] = params.window_start
+        updates.setdefault("window", {})["start"] = params.window_start
     if params.window_end:
-        data["window"]["end"] = params.window_end
+        updates.setdefault("window", {})["end"] = params.window_end
     if params.n_trials is not None:
-        data["training"]["n_trials"] = params.n_trials
+        updates.setdefault("training", {})["n_trials"] = params.n_trials
     if params.seed is not None:
-        data["training"]["seed"] = params.seed
+        updates.setdefault("training", {})["seed"] = params.seed
     if params.cv_folds is not None:
-        data["split"]["cv_folds"] = params.cv_folds
-    return DatasetConfig.model_validate(data)
+        updates.setdefault("split", {})["cv_folds"] = params.cv_folds
+    try:
+        return ctx.config.with_updates(updates) if updates else ctx.config
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<top>'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(
+            f"{ctx.config.origin} with this run's parameters is not valid: {problems}"
+        ) from None
 
 
 def training_context(params: TrainingParams) -> RunContext:
-    """The run context with this run's settings overrides, on the config with this run's overrides."""
+    """The run context with this run's settings overrides, on the config with this run's overrides.
+
+    Which config: ``dataset_config`` if given; else, for a registered ``model_name`` other than the
+    settings' config's (or any, with ``config_from_registry``), the config that model was registered
+    with; else the settings' file (a new model name trains a new model from it)."""
     settings = Settings()
     updates: dict = {}
     if params.dataset_config:
@@ -88,7 +101,34 @@ def training_context(params: TrainingParams) -> RunContext:
     if params.min_auc_gain is not None:
         updates["gate"] = settings.gate.model_copy(update={"min_auc_gain": params.min_auc_gain})
     ctx = run_context(settings.model_copy(update=updates) if updates else settings)
-    return ctx.with_config(resolve_config(params, ctx))
+    if not params.dataset_config and params.model_name:
+        registered = Registry(ctx.store, params.model_name).versions()
+        if params.config_from_registry or (registered and params.model_name != ctx.config.model_name):
+            ctx = model_context(ctx, params.model_name)
+    ctx = ctx.with_config(resolve_config(params, ctx))
+    _check_same_dataset(ctx)
+    return ctx
+
+
+def _check_same_dataset(ctx: RunContext) -> None:
+    """A model name belongs to one dataset and task: training it on another config's data is an error
+    (before anything is read or registered)."""
+    registry = Registry(ctx.store, ctx.config.model_name)
+    versions = registry.versions()
+    if not versions:
+        return
+    newest = registry.get(versions[-1])
+    template = registry.config_template(newest)
+    if not template:
+        return
+    registered = registry.load_config(newest, ctx.settings.config_variables(os.environ))
+    differs = ctx.config.same_dataset_as(registered)
+    if differs:
+        raise ConfigError(
+            f"{ctx.config.origin}: model_name {ctx.config.model_name!r} is registered "
+            f"(v{newest.version}) for another dataset or target ({differs}); give this config its own "
+            "model_name"
+        )
 
 
 def _progress(artifact_id: str | None, value: float) -> None:

@@ -107,6 +107,22 @@ def run_context(settings: Settings | None = None) -> RunContext:
     return RunContext.build(settings, environ=os.environ, credentials=credentials)
 
 
+def model_context(ctx: RunContext, model_name: str | None) -> RunContext:
+    """The run context on ``model_name``'s own dataset config, read from its registry entry (its
+    champion's, else its newest version's), never the worker's: one worker acts on any model. A model
+    never registered is an error naming those that are."""
+    from tasks.registry.versions import Registry
+
+    name = ctx.model_name(model_name)
+    registry = Registry(ctx.store, name)
+    versions = registry.versions()
+    if versions and name == ctx.config.model_name:
+        newest = registry.get(registry.alias_doc().aliases.get("champion", versions[-1]))
+        if not registry.config_template(newest):  # registered before versions kept their config
+            return ctx
+    return ctx.with_config(registry.model_config(ctx.settings.config_variables(os.environ)))
+
+
 def aws_credentials_from_block(settings: Settings) -> S3Credentials:
     """S3 credentials from the prefect-aws ``AwsCredentials`` block named in settings."""
     from prefect_aws import AwsCredentials

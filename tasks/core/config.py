@@ -1,13 +1,20 @@
 """Dataset configuration: everything dataset-specific lives in YAML, validated by these models.
 
 A user's own dataset goes in through a file like ``configs/flights.yaml``: tables and where they
-come from, a data contract per table, joins, the time column, the target, the features and the
-training search space. No pipeline code names a flights column. Strings in the YAML may use
+come from, a data contract per table, joins, the time column (optional), the target, the features and
+the training search space. No pipeline code names a flights column. Strings in the YAML may use
 ``${ENV_VAR}`` so that secrets (database URLs, API tokens) stay in the environment.
+
+Every column a config names is checked against the table contracts when the file is read, so a typo
+fails at once with the file, the field and the nearest column names, not halfway through training.
+Each registered model version keeps a copy of its config (``template``: the file as written, with
+``${VAR}`` unexpanded, so no secret is copied); whatever later acts on that model reads it from there.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import json
 import re
@@ -16,8 +23,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tasks.core.errors import BadInput
 
@@ -82,20 +98,58 @@ class ColumnContract(Strict):
     nullable: bool = True
     min: float | None = None
     max: float | None = None
-    allowed: list[str | int | float] | None = None
+    allowed: list[str | int | float] | None = Field(None, description="the only values the column may hold")
+    pattern: str | None = Field(None, description="regular expression every (string) value must match")
+    coerce: bool = Field(
+        False,
+        description="accept values of another type that convert losslessly to dtype (e.g. numbers "
+        "delivered as text); off by default: a string where a number is declared fails the batch. CSV "
+        "files carry no types, so their text is always parsed as dtype",
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern {value!r} is not a regular expression: {exc}") from None
+        return value
+
+
+def _sql_roots(expression: str, where: str) -> list[str]:
+    """The columns a Polars SQL expression reads; a clear error when it does not parse."""
+    try:
+        return pl.sql_expr(expression).meta.root_names()
+    except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
+        raise ValueError(f"{where}: {expression!r} is not a valid Polars SQL expression: {exc}") from None
 
 
 class TableContract(Strict):
     columns: dict[str, ColumnContract]
-    unique: list[str] = Field([], description="columns that together identify a row")
+    unique: list[str] = Field(
+        [],
+        description="columns that together identify a row, within a batch and across all batches of "
+        "the table (a partition delivered twice is caught at ingestion)",
+    )
+    rules: dict[str, str] = Field(
+        {},
+        description="row-level rules across columns: name -> Polars SQL condition every row must meet, "
+        "e.g. 'arr_time IS NULL OR dep_time IS NOT NULL' (a NULL result passes, as in SQL CHECK)",
+    )
     extra_columns: Literal["error", "ignore"] = "error"
     min_rows: int = Field(1, ge=0)
 
     @model_validator(mode="after")
-    def _unique_columns_exist(self) -> "TableContract":
+    def _columns_exist(self) -> "TableContract":
         missing = [c for c in self.unique if c not in self.columns]
         if missing:
             raise ValueError(f"unique names columns not in the contract: {missing}")
+        for name, rule in self.rules.items():
+            unknown = [c for c in _sql_roots(rule, f"rules.{name}") if c not in self.columns]
+            if unknown:
+                raise ValueError(f"rules.{name} reads column(s) {unknown} that are not in the contract")
         return self
 
 
@@ -129,9 +183,27 @@ class TimeConfig(Strict):
 
 
 class TargetConfig(Strict):
+    """The yes/no label. Either a column holding it (``name`` alone: booleans, 0/1, or text such as
+    yes/no, true/false, y/n, 1/0; ``positive`` names the positive value of any other two-valued column)
+    or an ``expression`` computing it from other columns (then ``name`` is the new column's name)."""
+
     name: str
-    expression: str = Field(description="Polars SQL expression giving the boolean label")
+    expression: str | None = Field(None, description="Polars SQL expression giving the boolean label")
+    positive: str | int | bool | None = Field(
+        None, description="the value of the target column that means yes (without an expression)"
+    )
     requires: list[str] = Field([], description="columns that must be non-null for a row to have a label")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "TargetConfig":
+        if self.expression is not None and self.positive is not None:
+            raise ValueError("target: give either expression or positive, not both")
+        return self
+
+    @property
+    def label_columns(self) -> list[str]:
+        """Columns without which a row has no label (the target column itself, when it is given)."""
+        return list(dict.fromkeys([*self.requires, *([] if self.expression else [self.name])]))
 
 
 class FeatureConfig(Strict):
@@ -148,9 +220,20 @@ class WindowConfig(Strict):
 
 
 class SplitConfig(Strict):
+    """How rows are split into train / validation / test. ``time`` (the default with a time column):
+    the latest rows are the test, CV folds are expanding windows. ``stratified`` (the default without
+    one): each split gets the target's share of positives, CV is stratified k-fold. ``random``: like
+    stratified without balancing the classes. Rows are assigned by a seeded hash of their contents, so a
+    row keeps its split when the data grows (a retrain's holdout holds no row the champion trained on,
+    except a few next to a boundary in stratified mode)."""
+
+    method: Literal["time", "stratified", "random"] | None = Field(
+        None, description="default: time with a time column, else stratified"
+    )
     valid_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     cv_folds: int = Field(3, ge=0, le=10)
+    seed: int = Field(13, description="seed of the row hash that assigns rows to splits (not time splits)")
 
 
 class SearchDimension(Strict):
@@ -243,7 +326,9 @@ class DatasetConfig(Strict):
     base_table: str
     tables: dict[str, TableConfig]
     joins: list[JoinConfig] = []
-    time: TimeConfig
+    time: TimeConfig | None = Field(
+        None, description="the column that orders rows in time; without one, splits are random/stratified"
+    )
     target: TargetConfig
     features: FeatureConfig
     window: WindowConfig = WindowConfig()
@@ -251,6 +336,10 @@ class DatasetConfig(Strict):
     slices: list[str] = []
     training: TrainingConfig = TrainingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+
+    # where the config came from (for error messages) and the file as written (${VAR} unexpanded)
+    _origin: str = PrivateAttr("<dataset config>")
+    _template: dict[str, Any] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _references_exist(self) -> "DatasetConfig":
@@ -265,18 +354,102 @@ class DatasetConfig(Strict):
         leaked = {self.target.name, *self.target.requires} & set(self.feature_names)
         if leaked:
             raise ValueError(f"target columns must not be features: {sorted(leaked)}")
+        if self.time is None and (self.window.start or self.window.end):
+            raise ValueError("window needs a time column: set time.column or remove window")
+        if self.split.method == "time" and self.time is None:
+            raise ValueError("split.method time needs a time column: set time.column or use stratified")
+        self._columns_exist()
         return self
+
+    def _columns_exist(self) -> None:
+        """Every column the config names is in a table contract (joined columns under their prefix)."""
+        base = self.tables[self.base_table].contract.columns
+        available = set(base)
+
+        def need(where: str, columns: list[str], pool: set[str] | dict, table: str) -> None:
+            unknown = [c for c in columns if c not in pool]
+            if unknown:
+                near = {c: difflib.get_close_matches(c, list(pool), n=2) for c in unknown}
+                hint = "; ".join(f"{c!r}: did you mean {m}?" for c, m in near.items() if m)
+                raise ValueError(
+                    f"{where} names column(s) {unknown} that {table} does not have"
+                    + (f" ({hint})" if hint else "")
+                    + ": add them to the contract or fix the name"
+                )
+
+        for i, join in enumerate(self.joins):
+            right = self.tables[join.table].contract.columns
+            need(f"joins[{i}].left_on", join.left_on, available, "the joined table so far")
+            need(f"joins[{i}].right_on", join.right_on, right, f"table {join.table!r}")
+            need(f"joins[{i}].columns", join.columns or [], right, f"table {join.table!r}")
+            available |= {
+                f"{join.prefix}{c}" for c in (join.columns or [c for c in right if c not in join.right_on])
+            }
+        inputs = "the base table or a join"
+        for name, expr in self.features.derived.items():
+            need(f"features.derived.{name}", _sql_roots(expr, f"features.derived.{name}"), available, inputs)
+        need("features.numeric", self.features.numeric, available, inputs)
+        need("features.categorical", self.features.categorical, available, inputs)
+        if self.time is not None:
+            need("time.column", [self.time.column], available, inputs)
+        if self.target.expression is not None:
+            need(
+                "target.expression",
+                _sql_roots(self.target.expression, "target.expression"),
+                available,
+                inputs,
+            )
+        else:
+            need("target.name", [self.target.name], available, inputs)
+        need("target.requires", self.target.requires, available, inputs)
+        need("slices", self.slices, available | {self.target.name}, inputs)
+
+    @property
+    def time_column(self) -> str | None:
+        return self.time.column if self.time is not None else None
+
+    @property
+    def split_method(self) -> str:
+        return self.split.method or ("time" if self.time is not None else "stratified")
 
     @property
     def feature_names(self) -> list[str]:
         """Model columns in their fixed order."""
-        time_parts = [f"{self.time.column}_{p}" for p in self.time.parts]
+        time_parts = [f"{self.time.column}_{p}" for p in self.time.parts] if self.time else []
         return [*self.features.numeric, *self.features.derived, *time_parts, *self.features.categorical]
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[
             :16
         ]
+
+    @property
+    def origin(self) -> str:
+        """Where this config came from: a file path, or a model version in the registry."""
+        return self._origin
+
+    def template(self) -> dict[str, Any]:
+        """The config as written (``${VAR}`` unexpanded, so secrets stay in the environment), with this
+        run's overrides: what the registry keeps with each version."""
+        if self._template is not None:
+            return copy.deepcopy(self._template)
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+    def with_updates(self, updates: dict[str, Any]) -> "DatasetConfig":
+        """This config with ``updates`` (nested mappings merge) applied to it and to its template."""
+        merged = DatasetConfig.model_validate(_merge(self.model_dump(), updates))
+        merged._origin = self._origin
+        merged._template = _merge(self.template(), _plain(updates))
+        return merged
+
+    def same_dataset_as(self, other: "DatasetConfig") -> str | None:
+        """None if ``other`` describes the same dataset and task (tables, target), else what differs:
+        a model name must not be reused for another dataset's model."""
+        for field in ("name", "base_table", "target"):
+            mine, theirs = getattr(self, field), getattr(other, field)
+            if mine != theirs:
+                return f"{field}: {theirs!r} (registered) vs {mine!r}"
+        return None
 
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -333,6 +506,33 @@ def _read_mapping(path: Path, label: str) -> dict[str, Any]:
     return raw
 
 
+def config_from_template(
+    template: Mapping[str, Any], variables: Mapping[str, str] | None, origin: str
+) -> DatasetConfig:
+    """Validate a config mapping (a file's contents, or a registry copy); errors name ``origin``."""
+    raw = _expand_variables(copy.deepcopy(dict(template)), origin, variables or {})
+    try:
+        config = DatasetConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            hint = " (unknown field: check its spelling)" if err["type"] == "extra_forbidden" else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"  - {loc or '<top>'}: {msg}{hint}")
+        raise ConfigError(f"{origin} is not a valid dataset config:\n" + "\n".join(problems)) from None
+    config._origin = origin
+    config._template = _plain(template)
+    return config
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data (YAML's dates become ISO text), safe to store and to compare."""
+    return json.loads(
+        json.dumps(value, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v))
+    )
+
+
 def load_dataset_config(path: str | Path, variables: Mapping[str, str] | None = None) -> DatasetConfig:
     """Read and validate a dataset config; errors name the file and the field.
 
@@ -347,13 +547,4 @@ def load_dataset_config(path: str | Path, variables: Mapping[str, str] | None = 
             f"dataset config {path} does not exist; set DRIFTLOOP_DATASET_CONFIG or pass dataset_config"
         )
     raw = _resolve_extends(_read_mapping(path, str(path)), path, seen=(path.resolve(),))
-    raw = _expand_variables(raw, path.name, variables or {})
-    try:
-        return DatasetConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            hint = " (unknown field: check its spelling)" if err["type"] == "extra_forbidden" else ""
-            problems.append(f"  - {loc or '<top>'}: {err['msg']}{hint}")
-        raise ConfigError(f"{path} is not a valid dataset config:\n" + "\n".join(problems)) from None
+    return config_from_template(raw, variables, str(path))

@@ -86,6 +86,11 @@ class ServingSettings(BaseModel):
         description="the bearer token /feedback needs (separate from auth_token: scoring does not allow "
         "writing labels); with auth_token set and no feedback_token, feedback is refused",
     )
+    model_name: str | None = Field(
+        None,
+        description="the registered model this service serves (its champion, and challenger during a "
+        "canary); default: the dataset config's model_name",
+    )
     max_request_bytes: int = Field(4_000_000, ge=1024)
     max_batch_rows: int = Field(10_000, ge=1)
     workers: int = Field(1, ge=1)
@@ -207,12 +212,16 @@ class Settings(BaseSettings):
         """
         from tasks.core.config import load_dataset_config
 
-        variables = {
+        return load_dataset_config(path or self.dataset_config, self.config_variables(environ))
+
+    def config_variables(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """What ``${VAR}`` in a dataset config (a file, or a registered version's copy) is filled from:
+        these settings' own values, then ``environ`` (the process environment, passed by the caller)."""
+        return {
             "DRIFTLOOP_SOURCES_DIR": str(self.sources_dir),
             "DRIFTLOOP_STORE_URI": self.store_uri,
             **(environ or {}),
         }
-        return load_dataset_config(path or self.dataset_config, variables)
 
     def library_environment(self) -> dict[str, str]:
         """Environment variables the third-party libraries read instead of arguments: where W&B and

@@ -6,8 +6,10 @@ identified by content (file etag, or a hash of the fetched rows), so a run reads
 not seen before (unless ``rebuild``), and a changed file is a new batch.
 
 Query and API results are landed in the raw zone as Parquet before validation, so every batch, good
-or bad, has its raw bytes in the store. Bad batches are copied to ``quarantine/<table>/<batch>/``
-with a JSON report; nothing is deleted.
+or bad, has its raw bytes in the store. Bad batches are copied to
+``quarantine/<dataset>/<table>/<batch>/`` with a JSON report; nothing is deleted. A table's unique key
+holds across batches too: a batch repeating keys of a batch accepted before (a partition delivered
+twice) is quarantined with the repeated keys in its report, so it never reaches a snapshot.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from tasks.core.config import FileSource, HttpSource, SqlSource, TableConfig
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput, SourceUnavailable
 from tasks.core.store import ArtifactStore, LocalStore
-from tasks.data.validate import ContractFailure, DataContractError, ValidationReport, validate_batch
+from tasks.data.validate import (
+    MAX_EXAMPLES,
+    ContractFailure,
+    DataContractError,
+    ValidationReport,
+    validate_batch,
+)
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -246,8 +254,19 @@ def read_batch(ref: BatchRef, data: bytes) -> pl.DataFrame:
     return df
 
 
-def _quarantine(store: ArtifactStore, ref: BatchRef, report: ValidationReport, raw: bytes) -> str:
-    prefix = f"quarantine/{ref.table}/{ref.batch_id}"
+def ingest_state_key(dataset: str, table: str) -> str:
+    """Which batches of ``table`` (of dataset ``dataset``) were seen, and what became of each."""
+    return f"state/ingest/{dataset}/{table}.json"
+
+
+def _contract_hash(table_cfg: TableConfig) -> str:
+    return _hash(table_cfg.contract.model_dump_json())
+
+
+def _quarantine(
+    store: ArtifactStore, dataset: str, ref: BatchRef, report: ValidationReport, raw: bytes
+) -> str:
+    prefix = f"quarantine/{dataset}/{ref.table}/{ref.batch_id}"
     ext = "parquet" if ref.format == "parquet" else "csv"
     store.write_bytes(f"{prefix}/source.{ext}", raw)
     store.write_json(
@@ -266,17 +285,36 @@ def ingest_batches(
     rebuild: bool = False,
     on_invalid: Literal["fail", "skip"] = "fail",
 ) -> tuple[IngestedTable, list[ValidationReport]]:
-    """Validate batches not seen before; return the table's current valid batches.
+    """Validate batches not seen before (or seen under another contract); return the table's current
+    valid batches. Batches accepted before are kept; a new batch repeating their unique keys is not.
 
     Raises ``DataContractError`` (after quarantining) when a batch fails and ``on_invalid`` is fail.
     """
     store = ctx.store
-    state_key = f"state/ingest/{table}.json"
+    dataset = ctx.config.name
+    state_key = ingest_state_key(dataset, table)
     state: dict[str, Any] = {} if rebuild else (store.read_json(state_key) if store.exists(state_key) else {})
+    contract_hash = _contract_hash(table_cfg)
+    unique = table_cfg.contract.unique
+    entries: dict[str, dict[str, Any]] = {}
+    for ref in refs:  # what was decided before under this contract stands
+        entry = state.get(ref.batch_id)
+        if entry is not None and entry.get("contract", contract_hash) == contract_hash:
+            entries[ref.batch_id] = entry
+    accepted_keys = (
+        [
+            store.scan_parquet([e["key"]]).select(unique).with_columns(pl.lit(e["source"]).alias("__batch"))
+            for e in entries.values()
+            if e["status"] == "valid"
+        ]
+        if unique
+        else []
+    )
+    seen = pl.concat(accepted_keys).collect() if accepted_keys else None
     valid, quarantined, failed_reports = [], [], []
     new = reused = rows = 0
     for ref in refs:
-        entry = state.get(ref.batch_id)
+        entry = entries.get(ref.batch_id)
         if entry is None:
             new += 1
             src = ctx.store_at(ref.store_uri)
@@ -288,13 +326,21 @@ def ingest_batches(
                 report = ValidationReport(table=table, batch=ref.key, rows=0)
                 report.failures.append(_unreadable(ref, exc))
             if df is not None:
-                typed, report = validate_batch(df, table_cfg.contract, table, ref.key)
+                text = set(df.columns) if ref.format == "csv" else set(ref.partition)
+                typed, report = validate_batch(df, table_cfg.contract, table, ref.key, text)
+                if report.ok and unique:
+                    repeated = _repeated_keys(typed.select(unique), seen, unique)
+                    if repeated is not None:
+                        report.failures.append(repeated)
             if report.ok:
-                vkey = f"validated/{table}/{ref.batch_id}.parquet"
+                vkey = f"validated/{dataset}/{table}/{ref.batch_id}.parquet"
                 store.write_parquet(vkey, typed.select(list(table_cfg.contract.columns)))
                 entry = {"status": "valid", "key": vkey, "rows": typed.height, "source": ref.key}
+                if unique:
+                    mine = typed.select(unique).with_columns(pl.lit(ref.key).alias("__batch"))
+                    seen = mine if seen is None else pl.concat([seen, mine])
             else:
-                qkey = _quarantine(store, ref, report, raw)
+                qkey = _quarantine(store, dataset, ref, report, raw)
                 entry = {
                     "status": "quarantined",
                     "key": qkey,
@@ -303,7 +349,7 @@ def ingest_batches(
                     "message": report.summary(),
                 }
                 failed_reports.append(report)
-            state[ref.batch_id] = entry
+            state[ref.batch_id] = {**entry, "contract": contract_hash}
         else:
             reused += 1
             if entry["status"] == "quarantined":
@@ -331,6 +377,26 @@ def ingest_batches(
             f"table {table!r}: no valid batches ({len(quarantined)} quarantined); see {quarantined[:3]}"
         )
     return result, failed_reports
+
+
+def _repeated_keys(
+    keys: pl.DataFrame, seen: pl.DataFrame | None, unique: list[str]
+) -> ContractFailure | None:
+    """The rows of a batch whose unique key an accepted batch already has (None if there are none)."""
+    if seen is None or seen.height == 0:
+        return None
+    hits = keys.join(seen.cast({c: keys.schema[c] for c in unique}), on=unique, how="inner", nulls_equal=True)
+    if hits.height == 0:
+        return None
+    batches = hits["__batch"].unique(maintain_order=True).to_list()
+    return ContractFailure(
+        column=", ".join(unique),
+        rule=f"unique across batches: {hits.height} row(s) repeat keys of accepted batch(es) {batches[:3]} "
+        "(a partition delivered twice?); remove the duplicate delivery, or rebuild if it replaces the "
+        "old one",
+        failing_rows=hits.height,
+        examples=hits.select(unique).head(MAX_EXAMPLES).to_dicts(),
+    )
 
 
 def _unreadable(ref: BatchRef, exc: Exception) -> ContractFailure:

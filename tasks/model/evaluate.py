@@ -102,14 +102,17 @@ def evaluate_predictions(
     base_rate: float,
     threshold: float,
     slices: list[str],
-    time_column: str,
+    time_column: str | None,
 ) -> Evaluation:
-    times = frame[time_column]
+    if time_column is not None:
+        window = (str(frame[time_column].min()), str(frame[time_column].max()))
+    else:  # a random / stratified holdout has no time span: say what it is
+        window = ("held-out rows", f"{frame.height} rows")
     return Evaluation(
         test=binary_metrics(y, p, threshold),
         baseline=binary_metrics(y, np.full_like(p, base_rate), threshold),
         slices=slice_metrics(frame, slices, y, p),
-        test_window=(str(times.min()), str(times.max())),
+        test_window=window,
     )
 
 
@@ -273,7 +276,7 @@ def evaluate_candidate(
     ``X``/``y`` are the test rows of ``test_frame`` as the model sees them."""
     p = predict(booster, X)
     evaluation = evaluate_predictions(
-        test_frame, y, p, base_rate, config.training.threshold, config.slices, config.time.column
+        test_frame, y, p, base_rate, config.training.threshold, config.slices, config.time_column
     )
     keys = {}
     for name, png in plot_pngs(y, p, importance).items():

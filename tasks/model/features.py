@@ -50,7 +50,7 @@ class FeatureSpec(BaseModel):
     numeric: list[str]
     categorical: list[str]
     derived: dict[str, str]
-    time: TimeConfig
+    time: TimeConfig | None
     clip_quantiles: tuple[float, float]
     min_category_count: int
 
@@ -68,7 +68,7 @@ class FeatureSpec(BaseModel):
 
     @property
     def time_part_names(self) -> list[str]:
-        return [f"{self.time.column}_{p}" for p in self.time.parts]
+        return [f"{self.time.column}_{p}" for p in self.time.parts] if self.time else []
 
     @property
     def numeric_names(self) -> list[str]:
@@ -82,7 +82,7 @@ class FeatureSpec(BaseModel):
     @property
     def input_columns(self) -> list[str]:
         """Raw columns a caller must provide: numerics, categoricals, time, and what derived use."""
-        cols = [*self.numeric, *self.categorical, self.time.column]
+        cols = [*self.numeric, *self.categorical, *([self.time.column] if self.time else [])]
         for expr in self.derived.values():
             cols.extend(pl.sql_expr(expr).meta.root_names())
         return list(dict.fromkeys(cols))
@@ -92,16 +92,24 @@ class FeatureSpec(BaseModel):
         if missing:
             raise BadInput(f"input is missing column(s) {missing}; the model needs {self.input_columns}")
 
-    def numeric_exprs(self, time_dtype: pl.DataType) -> list[pl.Expr]:
+    def time_dtype(self, schema: Any) -> pl.DataType | None:
+        return schema[self.time.column] if self.time else None
+
+    def numeric_exprs(self, time_dtype: pl.DataType | None) -> list[pl.Expr]:
         """Raw numeric, derived and calendar columns as Float64 (before fill/clip), named, in order."""
-        local = parse_time(self.time.column, self.time, time_dtype).dt.convert_time_zone(self.time.timezone)
+        calendar = []
+        if self.time is not None:
+            local = parse_time(self.time.column, self.time, time_dtype).dt.convert_time_zone(
+                self.time.timezone
+            )
+            calendar = [
+                TIME_PARTS[p](local).cast(pl.Float64).alias(f"{self.time.column}_{p}")
+                for p in self.time.parts
+            ]
         return [
             *(pl.col(c).cast(pl.Float64, strict=False).alias(c) for c in self.numeric),
             *(pl.sql_expr(e).cast(pl.Float64, strict=False).alias(n) for n, e in self.derived.items()),
-            *(
-                TIME_PARTS[p](local).cast(pl.Float64).alias(f"{self.time.column}_{p}")
-                for p in self.time.parts
-            ),
+            *calendar,
         ]
 
     def derive(self, frame: pl.LazyFrame | pl.DataFrame) -> pl.LazyFrame:
@@ -109,9 +117,7 @@ class FeatureSpec(BaseModel):
         lf = frame.lazy()
         schema = lf.collect_schema()
         self.check_columns(schema)
-        return lf.select(
-            *self.numeric_exprs(schema[self.time.column]), *(pl.col(c) for c in self.categorical)
-        )
+        return lf.select(*self.numeric_exprs(self.time_dtype(schema)), *(pl.col(c) for c in self.categorical))
 
 
 class FittedTransform(BaseModel):
@@ -153,7 +159,7 @@ class FittedTransform(BaseModel):
             for c in self.spec.categorical
         ]
 
-    def _exprs(self, time_dtype: pl.DataType) -> list[pl.Expr]:
+    def _exprs(self, time_dtype: pl.DataType | None) -> list[pl.Expr]:
         key = str(time_dtype)
         cache = self.__dict__.setdefault("_expr_cache", {})
         if key not in cache:  # building expressions costs more than running them on one row
@@ -178,7 +184,7 @@ class FittedTransform(BaseModel):
         """
         df = frame.collect() if isinstance(frame, pl.LazyFrame) else frame
         self.spec.check_columns(df.schema)
-        X = df.select(self._exprs(df.schema[self.spec.time.column])).to_numpy().astype(np.float64, copy=False)
+        X = df.select(self._exprs(self.spec.time_dtype(df.schema))).to_numpy().astype(np.float64, copy=False)
         if not X.flags.writeable:
             X = X.copy()
         lo, hi, fill = self._bounds

@@ -28,13 +28,13 @@ from tasks.model.train import (
     FitResult,
     PreparedTraining,
     TrainedModel,
+    cv_fold,
     fit_lightgbm,
     fit_on_split,
     load_candidate,
     load_matrix,
     make_split,
     prepare_training,
-    time_series_folds,
     train_candidate,
     write_candidate_files,
 )
@@ -72,16 +72,15 @@ def cross_validate_fold(
     ctx: RunContext,
     num_threads: int,
 ) -> float:
-    """Validation ROC-AUC of one expanding-window fold over train+validation rows."""
+    """Validation ROC-AUC of one fold over train+validation rows (an expanding window over time, or
+    one part of a stratified k-fold)."""
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
-    train_end, valid_start, valid_end = time_series_folds(
-        prepared.split.valid_end, ctx.config.split.cv_folds
-    )[fold]
+    train, valid = cv_fold(prepared.split.valid_end, ctx.config.split.cv_folds, fold, ctx.config.split_method)
     _, result = fit_lightgbm(
         X,
         y,
-        slice(0, train_end),
-        slice(valid_start, valid_end),
+        train,
+        valid,
         params,
         prepared.transform,
         ctx.config.training,
@@ -139,7 +138,13 @@ def stage_candidate_files(
 ) -> dict[str, str]:
     """Everything that explains the candidate, beside it in the store; registry file name -> store key."""
     return write_candidate_files(
-        ctx.store, trained, prepared.transform, evaluation, reference_keys, candidate.plot_keys
+        ctx.store,
+        trained,
+        prepared.transform,
+        evaluation,
+        reference_keys,
+        candidate.plot_keys,
+        ctx.config.template(),
     )
 
 

@@ -1,4 +1,5 @@
-"""Training: time-based splits, LightGBM with early stopping, search trials, time-series CV.
+"""Training: splits (by time, or stratified / random by row hash), LightGBM with early stopping,
+search trials, cross-validation (expanding windows over time, else stratified k-fold).
 
 Everything here is a deterministic function of its inputs (LightGBM runs with ``seed`` and
 ``deterministic=True``, category codes come from the fitted transform), so Prefect can cache and
@@ -21,7 +22,7 @@ from pydantic import BaseModel
 from tasks.core.config import DatasetConfig, SearchDimension, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
 from tasks.core.store import ArtifactStore
-from tasks.data.snapshot import SnapshotManifest, load_snapshot
+from tasks.data.snapshot import SnapshotManifest, load_snapshot, split_key
 from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
 
 FIXED_PARAMS = {
@@ -34,7 +35,9 @@ FIXED_PARAMS = {
 
 
 class TimeSplit(BaseModel):
-    """Row ranges of a time-sorted snapshot: [0, train_end) train, [train_end, valid_end) valid, rest test."""
+    """Row ranges of a snapshot in split order (by time, or by split key): [0, train_end) train,
+    [train_end, valid_end) valid, rest test. ``*_start_time`` are the time (or the split key) at which
+    validation and test start."""
 
     train_end: int
     valid_end: int
@@ -78,12 +81,9 @@ def time_split(times: pl.Series, target: pl.Series, valid_fraction: float, test_
 
 
 def make_split(df: pl.DataFrame, config: DatasetConfig) -> TimeSplit:
-    return time_split(
-        df[config.time.column],
-        df[config.target.name],
-        config.split.valid_fraction,
-        config.split.test_fraction,
-    )
+    """The split of a snapshot (whose rows are in split order, see ``tasks.data.snapshot.order_rows``)."""
+    keys = df[config.time_column] if config.split_method == "time" else split_key(df, config)
+    return time_split(keys, df[config.target.name], config.split.valid_fraction, config.split.test_fraction)
 
 
 def sample_trial_params(training: TrainingConfig, n_trials: int, seed: int) -> list[dict[str, Any]]:
@@ -112,6 +112,19 @@ def time_series_folds(n_rows: int, k: int) -> list[tuple[int, int, int]]:
         return []
     chunk = n_rows // (k + 1)
     return [(chunk * (i + 1), chunk * (i + 1), chunk * (i + 2) if i < k - 1 else n_rows) for i in range(k)]
+
+
+def cv_fold(n_rows: int, k: int, fold: int, method: str) -> tuple[slice | np.ndarray, slice]:
+    """(train rows, validation rows) of one fold over rows [0, n_rows) in split order. By time: an
+    expanding window (train on the past, validate on what follows). Otherwise k-fold: fold ``fold``'s
+    consecutive chunk validates, the rest trains; the rows are ordered by their stratified split key,
+    so each chunk holds the target's share of positives (stratified k-fold)."""
+    if method == "time":
+        train_end, valid_start, valid_end = time_series_folds(n_rows, k)[fold]
+        return slice(0, train_end), slice(valid_start, valid_end)
+    bounds = [n_rows * i // k for i in range(k + 1)]
+    lo, hi = bounds[fold], bounds[fold + 1]
+    return np.r_[0:lo, hi:n_rows], slice(lo, hi)
 
 
 def load_matrix(
@@ -146,8 +159,8 @@ class FitResult(BaseModel):
 def fit_lightgbm(
     X: np.ndarray,
     y: np.ndarray,
-    train: slice,
-    valid: slice,
+    train: slice | np.ndarray,
+    valid: slice | np.ndarray,
     params: dict[str, Any],
     transform: FittedTransform,
     training: TrainingConfig,
@@ -205,7 +218,7 @@ class PreparedTraining(BaseModel):
 
 
 def prepare_training(df: pl.DataFrame, config: DatasetConfig) -> PreparedTraining:
-    """Split by time, then fit the feature transform on the training rows only (no test leakage)."""
+    """Split, then fit the feature transform on the training rows only (no test leakage)."""
     split = make_split(df, config)
     train = df.slice(0, split.train_end)
     return PreparedTraining(
@@ -287,16 +300,21 @@ def write_candidate_files(
     evaluation: dict[str, Any],
     reference_keys: dict[str, str],
     plot_keys: dict[str, str],
+    config_template: dict[str, Any],
 ) -> dict[str, str]:
-    """Write the transform and evaluation beside the candidate's model; return what the registry
-    stores for it: file name -> store key (the model, transform, drift reference, evaluation, plots)."""
+    """Write the transform, evaluation and dataset config beside the candidate's model; return what the
+    registry stores for it: file name -> store key (model, transform, config, drift reference,
+    evaluation, plots)."""
     transform_key = f"{trained.files_prefix}/transform.json"
     store.write_bytes(transform_key, transform.to_json().encode())
+    config_key = f"{trained.files_prefix}/dataset_config.json"
+    store.write_json(config_key, config_template)
     evaluation_key = f"{trained.files_prefix}/evaluation.json"
     store.write_json(evaluation_key, evaluation)
     return {
         "model.txt": trained.model_key,
         "transform.json": transform_key,
+        "dataset_config.json": config_key,
         **reference_keys,  # the drift reference: profile and calibration
         "evaluation.json": evaluation_key,
         **{f"plots/{k}.png": v for k, v in plot_keys.items()},

@@ -13,19 +13,20 @@ import polars as pl
 
 from tasks.core.errors import BadInput
 from tasks.core.store import ArtifactStore
+from tasks.data.ingest import ingest_state_key
 from tasks.data.snapshot import read_manifest
 from tasks.registry.versions import Registry
-from tasks.serving.logs import outcome_per_request
+from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_keys, outcome_per_request
 
 
-def raw_sources(store: ArtifactStore, snapshot: dict[str, Any]) -> dict[str, list[str]]:
+def raw_sources(store: ArtifactStore, snapshot: dict[str, Any], dataset: str) -> dict[str, list[str]]:
     """Validated batch keys of a snapshot mapped back to the raw keys they were read from."""
     out: dict[str, list[str]] = {}
     for table, keys in snapshot["sources"].items():
         if table == "labelled_predictions":
             out[table] = keys
             continue
-        state_key = f"state/ingest/{table}.json"
+        state_key = ingest_state_key(dataset, table)
         state = store.read_json(state_key) if store.exists(state_key) else {}
         by_key = {entry["key"]: entry["source"] for entry in state.values()}
         out[table] = [by_key.get(k, k) for k in keys]
@@ -51,13 +52,15 @@ def version_lineage(store: ArtifactStore, registry: Registry, version: int) -> d
         "snapshot": {k: snapshot[k] for k in ("rows", "time_min", "time_max", "content_sha256")}
         if snapshot
         else None,
-        "raw_sources": raw_sources(store, snapshot) if snapshot else {},
+        "raw_sources": raw_sources(store, snapshot, registry.config_template(mv).get("name", ""))
+        if snapshot
+        else {},
         "alias_history": history,
     }
 
 
 def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -> dict[str, Any]:
-    keys = [k for k in store.list("predictions") if k.endswith(".parquet")]
+    keys = log_keys(store, PREDICTIONS, registry.model_name)
     found = (
         store.scan_parquet(keys).filter(pl.col("request_id") == request_id).collect()
         if keys
@@ -69,7 +72,7 @@ def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -
             "seconds; check the id, or wait and retry)"
         )
     row = found.row(-1, named=True)
-    fb_keys = [k for k in store.list("feedback") if k.endswith(".parquet")]
+    fb_keys = log_keys(store, FEEDBACK, registry.model_name)
     feedback = (
         store.scan_parquet(fb_keys).filter(pl.col("request_id") == request_id).sort("ts").collect()
         if fb_keys

@@ -28,7 +28,7 @@ from tasks.monitoring.profile import load_profile
 from tasks.monitoring.window import MonitorReport, profile_and_store_daily, unprocessed_files
 from tasks.orchestration import cached_task, io_task
 from tasks.registry.versions import ModelVersion, Registry
-from tasks.serving.logs import FEEDBACK_COLUMNS, PREDICTION_COLUMNS, of_model, read_log
+from tasks.serving.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, of_model, read_log
 
 
 @cached_task(name="profile-reference")
@@ -43,15 +43,16 @@ def profile_reference(
     start = prepared.split.train_end
     df = load_snapshot(manifest, store)
     spec = prepared.transform.spec
-    time_col = config.time.column
+    time_col = config.time_column
     held = df.slice(start)
     inputs = [c for c in spec.input_columns if c != time_col]
     held_out = held.select(inputs).with_columns(
         pl.Series("prediction", predict(load_candidate(store, trained), X[start:]))
     )
+    window = (str(held[time_col].min()), str(held[time_col].max())) if time_col else ("held-out rows", "")
     profile, reference = calibrate_reference(
         held_out,
-        (str(held[time_col].min()), str(held[time_col].max())),
+        window,
         df.select(inputs),  # every row the model was trained and validated on
         config,
         input_importance(spec, trained.importance),
@@ -101,7 +102,7 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
     transform = registry.load_transform(champion)
     reference = load_profile(registry.read_file(champion, "reference_profile.bin"))
     window = profile_and_store_daily(
-        store, model_name, frame, transform.spec.input_columns, config.time.column
+        store, model_name, frame, transform.spec.input_columns, config.time_column
     )
     if "drift_reference.json" in champion.files:
         drift_reference = DriftReference.model_validate_json(
@@ -121,8 +122,8 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
         )
     report.quality_problems = data_quality(frame, transform, reference, mon)
     report.performance = live_performance(
-        read_log(store, "predictions", PREDICTION_COLUMNS, model_name=model_name),
-        read_log(store, "feedback", FEEDBACK_COLUMNS),
+        read_log(store, PREDICTIONS, model_name, PREDICTION_COLUMNS),
+        read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS),
         mon.min_labels,
         window_days=mon.performance_window_days,
     )

@@ -16,6 +16,7 @@ from tasks.core.store import ArtifactStore
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import LivePerformance
 from tasks.monitoring.profile import load_profile, profile_frame
+from tasks.serving.logs import PREDICTIONS, log_keys
 
 
 class MonitorReport(BaseModel):
@@ -44,7 +45,7 @@ def unprocessed_files(store: ArtifactStore, model_name: str) -> list[str]:
         if store.exists(watermark_key(model_name))
         else set()
     )
-    return [k for k in store.list("predictions") if k.endswith(".parquet") and k not in done]
+    return [k for k in log_keys(store, PREDICTIONS, model_name) if k not in done]
 
 
 def mark_processed(store: ArtifactStore, model_name: str, keys: list[str]) -> None:
@@ -53,14 +54,18 @@ def mark_processed(store: ArtifactStore, model_name: str, keys: list[str]) -> No
     store.write_json(key, {"processed": sorted(set(done) | set(keys))})
 
 
-def window_view(frame: pl.DataFrame, input_columns: list[str], time_column: str) -> Any:
+def window_view(frame: pl.DataFrame, input_columns: list[str], time_column: str | None) -> Any:
     """The window's profile, shaped like the reference: raw inputs (no time column) + ``prediction``."""
     cols = [c for c in input_columns if c != time_column and c in frame.columns]
     return profile_frame(frame.select(*cols, pl.col("probability").alias("prediction")))
 
 
 def profile_and_store_daily(
-    store: ArtifactStore, model_name: str, frame: pl.DataFrame, input_columns: list[str], time_column: str
+    store: ArtifactStore,
+    model_name: str,
+    frame: pl.DataFrame,
+    input_columns: list[str],
+    time_column: str | None,
 ) -> Any:
     """Profile the window once per day it spans, merge each day into ``profiles/<model>/daily/<date>.bin``,
     and return the whole window's profile (the days merged)."""

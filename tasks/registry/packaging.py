@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 from tasks.core.settings import PROJECT_DIR, Settings
-from tasks.registry.versions import ModelVersion, Registry, RegistryError
+from tasks.registry.versions import CONFIG_FILE, ModelVersion, Registry, RegistryError
 
 RUNTIME_PACKAGES = [
     "bentoml",
@@ -60,7 +60,9 @@ def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) ->
         labels={"registry_version": str(mv.version), "snapshot": mv.snapshot_id},
         metadata={"registry_store": registry.store.uri, "metrics": mv.metrics, "git_commit": mv.git_commit},
     ) as model:
-        for name in ("model.txt", "transform.json"):
+        for name in ("model.txt", "transform.json", CONFIG_FILE):
+            if name not in mv.files:
+                continue  # versions registered before configs were kept
             with open(model.path_of(name), "wb") as fh:
                 fh.write(registry.read_file(mv, name))
         with open(model.path_of("registry_version.json"), "w") as fh:

@@ -2,7 +2,7 @@
 
 Layout in the artifact store (per model name)::
 
-    registry/<model>/blobs/<uuid>/{model.txt, transform.json, reference_profile.bin, card.md, ...}
+    registry/<model>/blobs/<uuid>/{model.txt, transform.json, dataset_config.json, drift_reference.json, ...}
     registry/<model>/versions/000001.json     immutable version record, created with if-none-match
     registry/<model>/aliases.json             {"champion": 3, "challenger": 4} + history, compare-and-swap
 
@@ -11,18 +11,25 @@ with a conditional write: a crash before that leaves orphan blobs, never a half-
 and two flows registering at once get different numbers. Alias moves are compare-and-swap loops
 on ``aliases.json`` (S3 ``If-Match``; a file lock locally), so concurrent promotions never lose an
 update. Models are LightGBM text files, not pickles.
+
+Each version keeps the dataset config it was trained with (``dataset_config.json``, ``${VAR}``
+unexpanded): monitoring, retraining, scoring and the service take a model's config from here, never
+from the worker's environment, so one worker and one store serve any number of models.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
 import lightgbm as lgb
 from pydantic import BaseModel, Field
 
+from tasks.core.config import ConfigError, DatasetConfig, config_from_template
 from tasks.core.errors import BadInput
 from tasks.core.settings import PROJECT_DIR
 from tasks.core.store import ArtifactStore, KeyNotFound, PreconditionFailed
@@ -124,6 +131,16 @@ def git_commit(configured: str | None = None) -> str:
         return "unknown"
 
 
+CONFIG_FILE = "dataset_config.json"
+
+
+def registered_models(store: ArtifactStore) -> list[str]:
+    """Names of the models with at least one version in ``store``."""
+    return sorted(
+        {k.split("/")[1] for k in store.list("registry") if k.count("/") >= 3 and "/versions/" in k}
+    )
+
+
 class Registry:
     def __init__(self, store: ArtifactStore, model_name: str):
         self.store = store
@@ -193,6 +210,40 @@ class Registry:
 
     def read_file(self, mv: ModelVersion, name: str) -> bytes:
         return self.store.read_bytes(mv.files[name])
+
+    # --- the dataset config each version was trained with ----------------------------------------
+    def config_template(self, mv: ModelVersion) -> dict[str, Any]:
+        """The version's dataset config as written (``${VAR}`` unexpanded); {} for versions registered
+        before configs were kept."""
+        if CONFIG_FILE not in mv.files:
+            return {}
+        return json.loads(self.read_file(mv, CONFIG_FILE))
+
+    def load_config(self, mv: ModelVersion, variables: Mapping[str, str]) -> DatasetConfig:
+        """The dataset config ``mv`` was trained with, ``${VAR}`` filled from ``variables``."""
+        template = self.config_template(mv)
+        if not template:
+            raise ConfigError(
+                f"{self.model_name} v{mv.version} was registered before versions kept their dataset config; "
+                "train it again with its config (training flow, dataset_config=<file>)"
+            )
+        return config_from_template(
+            template, variables, f"registry {self.model_name} v{mv.version} ({CONFIG_FILE})"
+        )
+
+    def model_config(self, variables: Mapping[str, str]) -> DatasetConfig:
+        """The config of the model: its champion's, else its newest version's. A model that was never
+        registered is an error naming the models that are."""
+        versions = self.versions()
+        if not versions:
+            known = registered_models(self.store)
+            raise RegistryError(
+                f"model {self.model_name!r} was never registered in {self.store.uri} (registered: "
+                f"{known or 'none'}); train it first, e.g. prefect deployment run 'training/local' "
+                "-p dataset_config=configs/<yours>.yaml"
+            )
+        version = self.alias_doc().aliases.get("champion", versions[-1])
+        return self.load_config(self.get(version), variables)
 
     def load_booster(self, mv: ModelVersion) -> lgb.Booster:
         return lgb.Booster(model_str=self.read_file(mv, "model.txt").decode())

@@ -1,5 +1,8 @@
 """The prediction and feedback logs: buffered off the request path, flushed to the artifact store as
-Parquet partitioned by date and hour (by size, by time, and at shutdown), read back lazily."""
+Parquet partitioned by model, date and hour (by size, by time, and at shutdown), read back lazily.
+
+Layout: ``predictions/<model>/date=…/hour=…/*.parquet`` and ``feedback/<model>/…``: services of
+several models share one store, and whatever reads one model's log lists only that model's files."""
 
 from __future__ import annotations
 
@@ -138,18 +141,33 @@ FEEDBACK_COLUMNS = ["request_id", "ts", "outcome", "correction"]
 CANARY_COLUMNS = [*PREDICTION_COLUMNS, "paired_version", "paired_probability"]
 
 
+PREDICTIONS, FEEDBACK = "predictions", "feedback"
+
+
+def log_prefix(kind: str, model_name: str) -> str:
+    """Where ``model_name``'s prediction or feedback log lives (``kind``: predictions or feedback)."""
+    if kind not in (PREDICTIONS, FEEDBACK):
+        raise ValueError(f"unknown log {kind!r}")
+    return f"{kind}/{model_name}"
+
+
+def log_keys(store: ArtifactStore, kind: str, model_name: str) -> list[str]:
+    """The Parquet files of one model's prediction or feedback log, in key order."""
+    return [k for k in store.list(log_prefix(kind, model_name)) if k.endswith(".parquet")]
+
+
 def read_log(
     store: ArtifactStore,
-    prefix: str,
+    kind: str,
+    model_name: str,
     columns: list[str] | None = None,
     request_ids: list[str] | None = None,
-    model_name: str | None = None,
 ) -> pl.DataFrame:
-    """What was flushed under a log prefix (empty when nothing was logged yet). The scan is lazy:
-    only ``columns`` are read, and only rows of ``request_ids`` (and of ``model_name``'s service) kept,
+    """What ``model_name``'s service flushed to its prediction or feedback log (empty when nothing was
+    logged yet). The scan is lazy: only ``columns`` are read, and only rows of ``request_ids`` kept,
     so callers that need a little of a large log do not read all of it. A column no file has yet (one
     added to the log later) reads as nulls."""
-    keys = [k for k in store.list(prefix) if k.endswith(".parquet")]
+    keys = log_keys(store, kind, model_name)
     if not keys:
         return pl.DataFrame()
     scan = of_model(store.scan_parquet(keys), model_name)

@@ -3,8 +3,9 @@
 Identity comes from the service, never from the caller: every prediction gets an id made of 64 random
 bits and an HMAC of them under a key only the service holds, so ``/feedback`` can reject an id it never
 issued at once, with no index and no scan of the log, on any worker and after any restart. The key
-lives in the artifact store (``state/serving/request-id-key``), created once by whichever worker
-starts first (a conditional write), so every worker of every deployment on that store agrees.
+lives in the artifact store (``state/serving/<model>/request-id-key``), created once by whichever worker
+starts first (a conditional write), so every worker of every deployment of that model agrees; each
+model has its own key, so an id one model's service issued is no id to another's ``/feedback``.
 """
 
 from __future__ import annotations
@@ -15,19 +16,19 @@ import os
 
 from tasks.core.store import ArtifactStore, PreconditionFailed
 
-KEY = "state/serving/request-id-key"
 _RANDOM_HEX = 16
 _SIGNATURE_HEX = 16
 
 
-def request_id_key(store: ArtifactStore) -> bytes:
-    """The store's signing key, created on first use."""
-    if not store.exists(KEY):
+def request_id_key(store: ArtifactStore, model_name: str) -> bytes:
+    """``model_name``'s signing key in the store, created on first use."""
+    key = f"state/serving/{model_name}/request-id-key"
+    if not store.exists(key):
         try:
-            store.write_bytes(KEY, os.urandom(32), if_none_match=True)
+            store.write_bytes(key, os.urandom(32), if_none_match=True)
         except PreconditionFailed:
             pass  # another worker created it first: use theirs
-    return store.read_bytes(KEY)
+    return store.read_bytes(key)
 
 
 class RequestIds:

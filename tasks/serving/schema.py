@@ -78,7 +78,7 @@ def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> typ
     }
     for col, (contract, required) in input_contracts(config).items():
         py = PY_TYPES[contract.dtype]
-        if col == config.time.column:
+        if col == config.time_column:
             py = datetime  # ISO 8601 text is parsed; anything else is a 400 naming the field
         constraints: dict[str, Any] = {}
         if contract.min is not None and contract.dtype in ("int64", "float64"):
@@ -95,6 +95,6 @@ def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> typ
 def input_schema(config: DatasetConfig) -> dict[str, pl.DataType]:
     """Polars types of a request's raw inputs (the time column as a UTC datetime)."""
     return {
-        col: POLARS_TYPES[c.dtype] if col != config.time.column else pl.Datetime("us", "UTC")
+        col: POLARS_TYPES[c.dtype] if col != config.time_column else pl.Datetime("us", "UTC")
         for col, (c, _) in input_contracts(config).items()
     }

@@ -35,10 +35,17 @@ class LoadedModel:
         return self.booster.predict(self.transform.to_matrix(frame), num_threads=1)
 
 
-def load_version(registry: Registry, mv: ModelVersion) -> LoadedModel:
-    """Load and smoke-test a version: a model that cannot score is never swapped in."""
+def load_version(registry: Registry, mv: ModelVersion, inputs: set[str] | None = None) -> LoadedModel:
+    """Load and smoke-test a version: a model that cannot score is never swapped in, nor one needing
+    inputs the service's request schema (``inputs``, fixed when it started) does not take."""
     booster = registry.load_booster(mv)
     transform = registry.load_transform(mv)
+    lacking = sorted(set(transform.spec.input_columns) - inputs) if inputs is not None else []
+    if lacking:
+        raise RegistryError(
+            f"v{mv.version} needs input(s) {lacking} that this service's request schema does not take "
+            "(its dataset config changed): restart the service to serve it"
+        )
     if booster.num_feature() != len(transform.feature_names):
         raise RegistryError(
             f"v{mv.version}: model has {booster.num_feature()} features, "
@@ -66,8 +73,9 @@ class WatcherStatus:
 class RegistryWatcher:
     """Keeps a ``ModelSet`` in step with the registry's aliases."""
 
-    def __init__(self, registry: Registry, poll_seconds: float = 2.0):
+    def __init__(self, registry: Registry, poll_seconds: float = 2.0, inputs: set[str] | None = None):
         self.registry = registry
+        self.inputs = inputs
         self.poll_seconds = poll_seconds
         self.models = ModelSet()
         self.status = WatcherStatus()
@@ -93,7 +101,7 @@ class RegistryWatcher:
                 continue
             try:
                 loaded[alias] = self._cache.get(version) or load_version(
-                    self.registry, self.registry.get(version)
+                    self.registry, self.registry.get(version), self.inputs
                 )
                 self._cache = {
                     version: loaded[alias],

@@ -8,8 +8,9 @@ from tasks.serving.request_ids import RequestIds, request_id_key
 
 def test_issued_ids_verify_and_anything_else_does_not(tmp_path):
     store = LocalStore(tmp_path)
-    key = request_id_key(store)
-    assert request_id_key(store) == key  # created once, shared by every worker on the store
+    key = request_id_key(store, "m")
+    assert request_id_key(store, "m") == key  # created once, shared by every worker on the store
+    assert request_id_key(store, "other-model") != key  # ids of one model are no ids to another
     ids = RequestIds(key)
     issued = ids.issue(50)
     assert len(set(issued)) == 50 and all(ids.verify(i) for i in issued)

@@ -97,12 +97,12 @@ def test_bad_batches_are_quarantined_and_named(private_settings, flights_cfg):
         assert expected in message
     assert "'far'" in message  # example values are shown
 
-    quarantined = {k.split("/")[2] for k in store.list("quarantine/flights")}
+    quarantined = {k.split("/")[3] for k in store.list("quarantine/nycflights13/flights")}
     assert len(quarantined) == 6
     for batch in quarantined:
-        report = store.read_json(f"quarantine/flights/{batch}/report.json")
+        report = store.read_json(f"quarantine/nycflights13/flights/{batch}/report.json")
         assert report["failures"] and report["source"]["key"].startswith("raw/flights/")
-        assert store.exists(f"quarantine/flights/{batch}/source.parquet")
+        assert store.exists(f"quarantine/nycflights13/flights/{batch}/source.parquet")
     assert (
         store.read_bytes("raw/flights/year=2013/month=07/part-0.parquet") == b"PAR1 this is not parquet"
     )  # not deleted

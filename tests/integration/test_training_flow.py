@@ -244,7 +244,7 @@ def test_training_against_s3(prefect_server, s3_settings):
     assert summary.store_uri.startswith("s3://") and summary.registry_entry.startswith("s3://")
     keys = store.list("")
     assert any(k.startswith(f"snapshots/{summary.snapshot_id}/") for k in keys)
-    assert any(k.startswith("validated/flights/") for k in keys)
+    assert any(k.startswith("validated/nycflights13/flights/") for k in keys)
     mv = Registry(store, "flights-s3").resolve("champion")
     assert mv.version == summary.version == 1
     raw = store.client.get_object(
@@ -267,7 +267,7 @@ def test_bad_batch_stops_the_flow_and_registers_nothing(prefect_server, private_
     with pytest.raises(DataContractError, match=r"(?s)table .flights.*unreadable parquet"):
         training(TrainingParams(**SMALL, model_name="flights-bad"))
     assert Registry(store, "flights-bad").versions() == []
-    assert store.list("quarantine/flights")  # the bad batch is kept, with its report
+    assert store.list("quarantine/nycflights13/flights")  # the bad batch is kept, with its report
 
     summary = training(TrainingParams(**SMALL, model_name="flights-bad", on_invalid="skip"))
     assert summary.version == 1 and len(summary.quarantined) == 1
