@@ -89,7 +89,7 @@ def served_config(settings: Settings) -> DatasetConfig:
 
 
 CONFIG = served_config(SETTINGS)
-Record = request_model(CONFIG, "FlightRecord" if CONFIG.name == "nycflights13" else "Record")
+Record = request_model(CONFIG, "Record")  # the fields are the served model's inputs
 INPUT_COLUMNS = list(input_contracts(CONFIG))
 INPUT_SCHEMA = input_schema(CONFIG)
 TIME_COLUMN = CONFIG.time_column

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import AliasMove, PromoteParams, RollbackParams
-from tasks.orchestration import model_context, publish, run_context
+from tasks.orchestration import publish, registered_model, run_context
 from tasks.registry.steps import move_champion
 
 
@@ -25,9 +25,9 @@ def _move(
     model_name: str | None, version: int | None, reason: str, actor: str | None, event: str, what: str
 ) -> AliasMove:
     """Move the champion, then log and publish who moved it where and why."""
-    ctx = model_context(run_context(), model_name)
+    ctx = run_context()
     move, event_id = move_champion(
-        ctx.config.model_name, version, reason, actor or getpass.getuser(), event, ctx
+        registered_model(ctx, model_name), version, reason, actor or getpass.getuser(), event, ctx
     )
     result = AliasMove(event_id=event_id, alias="champion", **move.model_dump())
     get_run_logger().info(

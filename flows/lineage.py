@@ -15,13 +15,13 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import LineageParams
 from tasks.monitoring.steps import trace_lineage
-from tasks.orchestration import model_context, publish, run_context
+from tasks.orchestration import publish, registered_model, run_context
 
 
 @flow(name="lineage", persist_result=True)
 def lineage(params: LineageParams) -> dict[str, Any]:
-    ctx = model_context(run_context(), params.model_name)
-    result = trace_lineage(ctx.config.model_name, params.request_id, params.version, ctx)
+    ctx = run_context()
+    result = trace_lineage(registered_model(ctx, params.model_name), params.request_id, params.version, ctx)
     what = f"request {params.request_id}" if params.request_id else f"v{params.version}"
     publish(
         create_markdown_artifact,

@@ -22,14 +22,27 @@ from tasks.monitoring.drift import drift_png
 from tasks.monitoring.steps import judge_window
 from tasks.monitoring.window import MonitorReport, mark_processed
 from tasks.orchestration import model_context, publish, run_context
+from tasks.registry.versions import Registry, registered_models
 
 
 @flow(name="monitor", persist_result=True)
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     logger = get_run_logger()
-    ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
-    model_name = ctx.config.model_name
-    report = judge_window(model_name, ctx)
+    ctx = run_context()
+    model_name = ctx.model_name(params.model_name)
+    if not Registry(ctx.store, model_name).versions():  # the hourly schedule may run before training
+        report = MonitorReport(
+            model_name=model_name,
+            champion=None,
+            files=[],
+            rows=0,
+            window=None,
+            note=f"{model_name!r} has no champion yet: it was never registered in {ctx.store.uri} "
+            f"(registered: {registered_models(ctx.store) or 'none'}); run the training flow first",
+        )
+    else:
+        ctx = model_context(ctx, model_name)  # the model's own config, from its registry entry
+        report = judge_window(model_name, ctx)
     if report.note:
         logger.info(report.note)
         publish(

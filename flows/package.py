@@ -16,15 +16,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 
 from flows.schemas import PackageParams
-from tasks.orchestration import model_context, publish, run_context
+from tasks.orchestration import publish, registered_model, run_context
 from tasks.registry.packaging import PackagedBento
 from tasks.registry.steps import package_version
 
 
 @flow(name="package", persist_result=True)
 def package(params: PackageParams = PackageParams()) -> PackagedBento:
-    ctx = model_context(run_context(), params.model_name)
-    model_name = ctx.config.model_name
+    ctx = run_context()
+    model_name = registered_model(ctx, params.model_name)
     bento = package_version(model_name, params.ref, ctx)
     url = bento.export_url if "://" in bento.export_url else Path(bento.export_url).resolve().as_uri()
     publish(

@@ -107,6 +107,20 @@ def run_context(settings: Settings | None = None) -> RunContext:
     return RunContext.build(settings, environ=os.environ, credentials=credentials)
 
 
+def registered_model(ctx: RunContext, model_name: str | None) -> str:
+    """The name of a model that has versions in the store (for operations on its registry entry alone:
+    promote, rollback, lineage, package); a model never registered is an error naming those that are."""
+    from tasks.registry.versions import Registry, RegistryError, registered_models
+
+    name = ctx.model_name(model_name)
+    if not Registry(ctx.store, name).versions():
+        raise RegistryError(
+            f"model {name!r} was never registered in {ctx.store.uri} (registered: "
+            f"{registered_models(ctx.store) or 'none'}); check the name, or train it first"
+        )
+    return name
+
+
 def model_context(ctx: RunContext, model_name: str | None) -> RunContext:
     """The run context on ``model_name``'s own dataset config, read from its registry entry (its
     champion's, else its newest version's), never the worker's: one worker acts on any model. A model

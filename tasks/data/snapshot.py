@@ -187,7 +187,7 @@ def split_key(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
 
     cols = [*FeatureSpec.from_config(config).input_columns, config.target.name]
     u = (
-        df.select(c for c in dict.fromkeys(cols) if c in df.columns).hash_rows(seed=config.split.seed) >> 11
+        df.select(c for c in dict.fromkeys(cols) if c in df.columns).hash_rows(seed=config.split.seed) // 2048
     ).cast(pl.Float64) / float(1 << 53)
     if config.split_method == "random":
         return u.rename("__split_key")

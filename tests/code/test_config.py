@@ -89,3 +89,53 @@ def test_extends_loops_and_missing_parents_are_named(tmp_path):
     (tmp_path / "c.yaml").write_text("extends: nowhere.yaml\n")
     with pytest.raises(ConfigError, match=r"extends 'nowhere.yaml', but .*nowhere.yaml does not exist"):
         load_dataset_config(tmp_path / "c.yaml")
+
+
+def test_a_column_no_table_has_is_named_with_the_nearest_ones(tmp_path):
+    path = _write(tmp_path, lambda r: r["features"]["numeric"].append("dep_dleay"))
+    with pytest.raises(ConfigError) as err:
+        load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
+    message = str(err.value)
+    assert str(path) in message and "features.numeric names column(s) ['dep_dleay']" in message
+    assert "did you mean ['dep_delay'" in message
+
+
+@pytest.mark.parametrize(
+    "mutate, field",
+    [
+        (lambda r: r["target"].update({"requires": ["arr_dleay"]}), "target.requires"),
+        (lambda r: r["joins"][0].update({"columns": ["temperature"]}), "joins[0].columns"),
+        (lambda r: r["time"].update({"column": "when"}), "time.column"),
+        (lambda r: r["features"]["derived"].update({"x": "distance / speeed"}), "features.derived.x"),
+        (lambda r: r.update({"slices": ["airline"]}), "slices"),
+        (lambda r: r["tables"]["flights"]["contract"]["rules"].update({"r": "nope > 1"}), "rules.r"),
+    ],
+)
+def test_every_column_a_config_names_must_exist(tmp_path, mutate, field):
+    with pytest.raises(ConfigError, match=rf"{field.replace('[', '.').replace(']', '.')}.*"):
+        load_dataset_config(_write(tmp_path, mutate), {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
+
+
+def test_a_dataset_without_time_cannot_have_a_window_or_a_time_split(tmp_path):
+    def drop_time(raw, **extra):
+        raw.pop("time")
+        raw["features"]["derived"].pop("plane_age")
+        raw.update(extra)
+
+    path = _write(tmp_path, drop_time)  # the window stays: it needs a time column
+    with pytest.raises(ConfigError, match="window needs a time column"):
+        load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
+    path = _write(tmp_path, lambda r: drop_time(r, window={}))
+    config = load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
+    assert config.time_column is None and config.split_method == "stratified"
+    assert not any(n.startswith("time_hour_") for n in config.feature_names)
+
+
+def test_the_registry_copy_keeps_variables_unexpanded_and_overrides_applied():
+    config = load_dataset_config(FLIGHTS, {"DRIFTLOOP_SOURCES_DIR": "/secret/place"})
+    assert "/secret/place" in config.tables["planes"].source.url
+    moved = config.with_updates({"model_name": "other", "window": {"end": "2013-05-01T00:00:00Z"}})
+    template = moved.template()
+    assert template["tables"]["planes"]["source"]["url"].startswith("sqlite:///${DRIFTLOOP_SOURCES_DIR}")
+    assert template["model_name"] == "other" and template["window"]["end"] == "2013-05-01T00:00:00Z"
+    assert moved.origin == str(FLIGHTS)

@@ -18,6 +18,7 @@ DEPLOYMENTS = SPEC["deployments"]
 FLOWS = [
     "training",
     "land-demo-data",
+    "land-table",
     "package",
     "promote",
     "rollback",
@@ -110,7 +111,7 @@ def test_every_flow_the_readme_names_is_deployed():
     names = {_load_flow(d["entrypoint"]).name for d in DEPLOYMENTS}
     assert set(FLOWS) <= names
     readme = (PROJECT_DIR / "README.md").read_text()
-    for name in names - {"land-demo-data"}:
+    for name in names - {"land-demo-data", "land-table"}:
         assert f"{name}/local" in readme, f"README does not mention the {name}/local deployment"
     assert "training/cloud" in readme
 
@@ -121,6 +122,7 @@ def test_retrain_is_triggered_by_drift_and_degradation_of_its_own_target(target)
     (trigger,) = retrain["triggers"]
     assert set(trigger["expect"]) == {"driftloop.drift.detected", "driftloop.performance.degraded"}
     assert trigger["match"] == {"prefect.resource.id": "driftloop.model.*", "driftloop.target": target}
+    assert trigger["for_each"] == ["prefect.resource.id"]  # counted per model
     assert trigger["parameters"]["params"]["model_name"] == "{{ event.payload.model_name }}"
 
 

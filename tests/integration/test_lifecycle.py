@@ -37,10 +37,12 @@ def test_promote_and_rollback(prefect_server, private_settings):
     from flows.lifecycle import PromoteParams, RollbackParams, promote, rollback
 
     registry = Registry(open_store(private_settings), "lifecycle-model")
-    with pytest.raises(BadInput, match="no previous champion"):
+    with pytest.raises(BadInput, match="'lifecycle-model' was never registered"):
         rollback(RollbackParams(model_name="lifecycle-model"))
     for _ in range(3):
         registry.register({"model.txt": b"tree"}, RECORD)
+    with pytest.raises(BadInput, match="no previous champion"):
+        rollback(RollbackParams(model_name="lifecycle-model"))
     registry.set_alias("champion", 1, reason="first", actor="test")
     registry.set_alias("challenger", 2, reason="second", actor="test")
 

@@ -31,7 +31,7 @@ def _log_window(
     from tasks.data.ingest import discover_batches, ingest_batches
     from tasks.data.snapshot import build_snapshot
     from tasks.registry.versions import Registry
-    from tasks.serving.logs import FEEDBACK_SCHEMA, PartitionedLog, prediction_log_schema
+    from tasks.serving.logs import FEEDBACK_SCHEMA, PartitionedLog, log_prefix, prediction_log_schema
     from tasks.serving.watcher import load_version
 
     store = open_store(settings)
@@ -66,7 +66,9 @@ def _log_window(
     from tasks.serving.schema import input_schema
 
     schema = prediction_log_schema(input_schema(config))
-    log = PartitionedLog(store, "predictions", schema, max_rows=10**9, max_seconds=3600)
+    log = PartitionedLog(
+        store, log_prefix("predictions", config.model_name), schema, max_rows=10**9, max_seconds=3600
+    )
     log.append(
         [
             {
@@ -89,7 +91,7 @@ def _log_window(
     log.close()
     feedback = PartitionedLog(
         store,
-        "feedback",
+        log_prefix("feedback", config.model_name),
         FEEDBACK_SCHEMA,
         10**9,
         3600,

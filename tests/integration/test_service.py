@@ -24,6 +24,7 @@ TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FEEDBACK_TOKEN = "test-feedback-token"
 FEEDBACK_AUTH = {"Authorization": f"Bearer {FEEDBACK_TOKEN}"}
+MODEL = "flights-late-arrival"  # the settings' dataset config names it: the service serves it
 
 
 def _free_port() -> int:
@@ -294,7 +295,7 @@ def test_predictions_and_feedback_are_logged(service, serving_store):
     store = LocalStore(serving_store)
     deadline = time.time() + 10
     while time.time() < deadline:
-        preds, feedback_log = read_log(store, "predictions"), read_log(store, "feedback")
+        preds, feedback_log = read_log(store, "predictions", MODEL), read_log(store, "feedback", MODEL)
         if preds.height and set(ids) <= set(preds["request_id"]) and feedback_log.height >= 4:
             break
         time.sleep(0.3)
@@ -302,7 +303,7 @@ def test_predictions_and_feedback_are_logged(service, serving_store):
     assert logged.height == 3 and set(logged["arm"]) <= {"champion", "challenger"}
     assert sorted(logged["correlation_id"]) == sorted(mine)
     assert logged["carrier"].to_list() == [r["carrier"] for r in records]  # raw inputs kept for monitoring
-    assert any("/date=" in k and "/hour=" in k for k in store.list("predictions"))
+    assert any("/date=" in k and "/hour=" in k for k in store.list(f"predictions/{MODEL}"))
     mine_fb = feedback_log.filter(pl.col("request_id").is_in(ids))
     assert mine_fb.height == 4 and set(mine_fb["source"]) == {"feedback-token"}
     outcomes = dict(outcome_per_request(mine_fb).collect().iter_rows())
@@ -448,7 +449,7 @@ def test_a_canary_logs_both_models_scores_for_a_paired_comparison(serving_store)
     issued = [a["request_id"] for a in answers]
     assert [a["correlation_id"] for a in answers] == ids
     logged = read_log(
-        LocalStore(serving_store), "predictions", CANARY_COLUMNS, request_ids=issued + columns["ids"]
+        LocalStore(serving_store), "predictions", MODEL, CANARY_COLUMNS, request_ids=issued + columns["ids"]
     )
     scores = {1: _offline(serving_store, 1, frame), 2: _offline(serving_store, 2, frame)}
     for request_ids in (issued, columns["ids"]):
@@ -498,11 +499,11 @@ def test_graceful_shutdown_flushes_the_prediction_log(serving_store):
             assert resp.status_code == 200
             ids.append(resp.json()["request_id"])
         assert not set(ids) & set(
-            read_log(LocalStore(serving_store), "predictions")["request_id"]
+            read_log(LocalStore(serving_store), "predictions", MODEL)["request_id"]
         )  # still buffered
     finally:
         _stop(proc)
-    logged = read_log(LocalStore(serving_store), "predictions")
+    logged = read_log(LocalStore(serving_store), "predictions", MODEL)
     assert set(ids) <= set(logged["request_id"])
 
 
@@ -574,8 +575,8 @@ def test_monitoring_and_the_canary_judge_what_the_real_service_logged(service, s
     during = replay(400, 1200)
     deadline = time.time() + 15
     while time.time() < deadline:
-        logged = read_log(store, "predictions", ["request_id"])
-        fed = read_log(store, "feedback", ["request_id"])
+        logged = read_log(store, "predictions", MODEL, ["request_id"])
+        fed = read_log(store, "feedback", MODEL, ["request_id"])
         if {*before, *during} <= set(logged["request_id"]) and {*before, *during} <= set(fed["request_id"]):
             break
         time.sleep(0.3)

