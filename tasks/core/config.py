@@ -275,7 +275,9 @@ class MonitoringConfig(Strict):
         "calibrated from random held-out windows of the same size",
     )
     calibration_sizes: list[int] = Field(
-        [1000, 5000, 20000], description="window sizes (rows) of the calibration's random held-out windows"
+        [1000, 5000, 20000],
+        description="window sizes (rows) of the calibration's random held-out windows (min_rows, the "
+        "smallest window judged, is always added)",
     )
     calibration_resamples: int = Field(8, ge=2, le=100, description="random held-out windows per size")
     min_importance: float = Field(

@@ -1,0 +1,148 @@
+"""Drift alarms on a dataset without a time column (default: the ISLR Caravan example config).
+
+The drift statistics were calibrated and checked on flights (``bench/drift_alarms.py``). This checks
+the same rules where the held-out rows are a random stratified sample rather than the latest weeks, and
+windows are small (the whole held-out set is ~2,000 rows): a model is trained from the dataset config
+alone (no Prefect), its drift reference calibrated as the training flow does, then each window profiled
+with whylogs and judged by ``drift_scores`` + ``tasks.decisions.decide_drift``:
+
+- no drift: 20 random samples of held-out rows at each of 200, 500 and 1,000 rows;
+- injected shifts, built from the reference alone (nothing here names a column), 20 windows of 1,000
+  held-out rows each: the most important numeric input +1 standard deviation; 30% nulls in it; and,
+  if the model has a categorical input, an unseen level for 20% of rows of the most important one.
+
+Targets: no retrain from any no-drift window and at most 1 column flagged over all of them; every shift
+detected (a retrain) in at least 95% of windows with the shifted column named first.
+
+    .venv/bin/python bench/drift_alarms_no_time.py [--config configs/caravan.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from drift_alarms import first_feature, judge
+from lib.heldout import train_from_config
+from lib.results import result
+from rich.console import Console
+from rich.table import Table
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def land_caravan(store, settings) -> None:
+    from tasks.data.landing import land_rdataset
+
+    land_rdataset(store, "ISLR", "Caravan", "raw/caravan/caravan.csv")
+
+
+def shifts(held: pl.DataFrame, reference) -> dict[str, tuple[str, object]]:
+    """name -> (column expected first, function(sample, rng) -> shifted sample), from the reference."""
+    inputs = [r for r in reference.columns.values() if r.column != "prediction" and r.column in held.columns]
+    numeric = max((r for r in inputs if r.kind == "numeric"), key=lambda r: r.importance).column
+    std = float(held[numeric].cast(pl.Float64).std())
+    out = {
+        f"{numeric} +1 std": (numeric, lambda s, rng: s.with_columns(pl.col(numeric) + std)),
+        f"30% nulls in {numeric}": (
+            numeric,
+            lambda s, rng: s.with_columns(
+                pl.when(pl.Series(rng.random(s.height) < 0.3))
+                .then(None)
+                .otherwise(pl.col(numeric))
+                .alias(numeric)
+            ),
+        ),
+    }
+    categorical = [r for r in inputs if r.kind != "numeric"]
+    if categorical:
+        cat = max(categorical, key=lambda r: r.importance).column
+        dtype = held.schema[cat]
+        unseen = (
+            pl.lit("UNSEEN").cast(dtype, strict=False) if dtype == pl.String else pl.lit(-999).cast(dtype)
+        )
+        out[f"unseen {cat} level, 20%"] = (
+            cat,
+            lambda s, rng: s.with_columns(
+                pl.when(pl.Series(rng.random(s.height) < 0.2)).then(unseen).otherwise(pl.col(cat)).alias(cat)
+            ),
+        )
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=PROJECT / "configs" / "caravan.yaml")
+    args = parser.parse_args()
+    console = Console()
+    root = Path(tempfile.mkdtemp(prefix="driftloop-bench-drift-no-time-"))
+    try:
+        from tasks.model.train import predict
+        from tasks.monitoring.drift import calibrate_reference, input_importance
+
+        started = time.perf_counter()
+        with console.status(f"training from {args.config.name} and calibrating its drift reference..."):
+            model = train_from_config(root, args.config, land_caravan)
+            config, df, prepared = model.config, model.snapshot, model.prepared
+            spec = prepared.transform.spec
+            inputs = list(spec.input_columns)
+            held = df[model.held_out]
+            _, reference = calibrate_reference(
+                held.select(inputs).with_columns(
+                    pl.Series("prediction", predict(model.booster, model.X[model.held_out]))
+                ),
+                ("held-out rows", ""),
+                df.select(inputs),
+                config,
+                input_importance(spec, model.trained.importance),
+                seed=config.training.seed,
+            )
+        assert config.time_column is None, "this benchmark is for datasets without a time column"
+        console.print(
+            f"{config.name}: {df.height} rows, {held.height} held out ({config.split_method} split)"
+        )
+        rng = np.random.default_rng(11)
+        table = Table(title=f"drift verdicts, {config.name}")
+        for col in ("windows", "count", "columns flagged", "retrains", "detected, right column first"):
+            table.add_column(col, justify="left" if col == "windows" else "right")
+        flagged = retrains = 0
+        for size in (200, 500, 1_000):
+            f = r = 0
+            for _ in range(20):
+                v = judge(
+                    held[np.sort(rng.choice(held.height, size, replace=False))],
+                    config,
+                    prepared,
+                    model.booster,
+                    reference,
+                )
+                f, r = f + len(v.drifted), r + v.detected
+            table.add_row(f"no drift: {size:,} held-out rows", "20", str(f), str(r), "")
+            flagged, retrains = flagged + f, retrains + r
+        detected = total = 0
+        for name, (expected, shift) in shifts(held, reference).items():
+            hits = r = 0
+            for _ in range(20):
+                sample = held[np.sort(rng.choice(held.height, 1_000, replace=False))]
+                v = judge(shift(sample, rng), config, prepared, model.booster, reference)
+                hits += v.detected and expected == first_feature(v)
+                r += v.detected
+            table.add_row(f"shift: {name}", "20", "", str(r), f"{hits}/20")
+            detected, total = detected + hits, total + 20
+        console.print(table)
+        console.print(f"in {time.perf_counter() - started:.0f} s")
+        result("drift_no_time_columns_flagged", flagged, "<=", 1)
+        result("drift_no_time_retrains_without_drift", retrains, "<=", 0)
+        result("drift_no_time_shifts_detected", detected / total, ">=", 0.95)
+        return 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
