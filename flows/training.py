@@ -4,8 +4,10 @@ Reads top to bottom as the story of one training run:
 
 1. ingest each table (discover batches, validate the new ones, quarantine failures);
 2. build the dataset snapshot (content-derived id; reused when inputs are unchanged);
-3. split by time and fit the feature transform on the training rows;
-4. search hyperparameters (trials mapped in parallel), then time-series CV of the best;
+3. split (by time; without a time column, stratified by the target) and fit the feature transform
+   on the training rows;
+4. search hyperparameters (trials mapped in parallel), then cross-validate the best (expanding
+   windows over time, or stratified k-fold);
 5. train the candidate, evaluate it against a baseline and the current champion;
 6. profile its inputs and predictions (the drift reference), track everything in W&B;
 7. register the version, apply the promotion gate's decision, save it to the BentoML store.
@@ -187,7 +189,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     prepared = fit_transform_on_train(manifest, ctx)
     _progress(progress, 25)
 
-    # 4. search: trials in parallel, best by validation AUC; then time-series CV of the best
+    # 4. search: trials in parallel, best by validation AUC; then CV of the best
     trial_params = sample_trial_params(config.training, config.training.n_trials, config.training.seed)
     shared = [unmapped(x) for x in (manifest, prepared, ctx, threads_per_fit(2))]
     trials = run_trial.map(list(range(len(trial_params))), trial_params, *shared).result()

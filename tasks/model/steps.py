@@ -44,7 +44,7 @@ from tasks.registry.versions import Registry
 
 @cached_task(name="fit-feature-transform")
 def fit_transform_on_train(manifest: SnapshotManifest, ctx: RunContext) -> PreparedTraining:
-    """Split by time, then fit the feature transform on the training rows only (no test leakage)."""
+    """Split (by time, or stratified), then fit the feature transform on the training rows only."""
     return prepare_training(load_snapshot(manifest, ctx.store), ctx.config)
 
 
