@@ -85,12 +85,12 @@ def defaults_from_stack(outputs: dict[str, str]) -> dict[str, Any]:
         "execution_role_arn": outputs["TaskExecutionRoleArn"],
         "task_role_arn": outputs["FlowTaskRoleArn"],
         "vpc_id": outputs["VpcId"],
+        # the inner awsvpcConfiguration only: the prefect-aws worker wraps it itself
+        # (ECSWorker._custom_network_configuration); wrapped twice, RunTask lacks "subnets"
         "network_configuration": {
-            "awsvpcConfiguration": {
-                "subnets": outputs["SubnetIds"].split(","),
-                "securityGroups": [outputs["TasksSecurityGroupId"]],
-                "assignPublicIp": outputs.get("AssignPublicIp", "ENABLED"),
-            }
+            "subnets": outputs["SubnetIds"].split(","),
+            "securityGroups": [outputs["TasksSecurityGroupId"]],
+            "assignPublicIp": outputs.get("AssignPublicIp", "ENABLED"),
         },
         "cloudwatch_logs_options": {
             "awslogs-group": outputs["FlowRunLogGroupName"],

@@ -31,6 +31,7 @@ def _free_port() -> int:
 
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="driftloop-tests-"))
 PREFECT_PORT = _free_port()
+MOTO_RECORDING = SESSION_DIR / "moto-recording.jsonl"
 os.environ.update(
     {
         "PREFECT_HOME": str(SESSION_DIR / "prefect"),
@@ -122,6 +123,8 @@ def moto_endpoint() -> str:
     exe = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen(
         [str(exe), "-H", "127.0.0.1", "-p", str(port)],
+        # what a test records (POST /moto-api/recorder/start-recording) goes here, not into the cwd
+        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(MOTO_RECORDING)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

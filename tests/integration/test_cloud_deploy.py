@@ -187,7 +187,7 @@ def test_work_pools_are_created_once_and_bad_values_write_nothing(cloud):
     defaults = {k: v.get("default") for k, v in pool.base_job_template["variables"]["properties"].items()}
     assert pool.type == "ecs" and defaults["cluster"] == "driftloop"
     assert defaults["task_role_arn"] == cloud["outputs"]["FlowTaskRoleArn"]
-    assert defaults["network_configuration"]["awsvpcConfiguration"]["subnets"] == cloud["subnets"]
+    assert defaults["network_configuration"]["subnets"] == cloud["subnets"]  # the worker wraps it
     assert defaults["prefect_api_key_secret_arn"].startswith("arn:aws:secretsmanager:")
 
     # a pool of the wrong type under a pool's name is named, not overwritten
@@ -298,6 +298,103 @@ def test_preflight_refuses_a_missing_image_and_an_empty_secret_then_deploys(clou
     )
     print(f"prefect deploy --all ({2 * n} deployments): {time.perf_counter() - start:.1f} s")
     assert everything.returncode == 0, everything.stdout[-2000:]
+
+
+def _recorded(endpoint: str, action: str) -> list[dict]:
+    """The bodies of the ECS ``action`` requests the moto server recorded (JSON 1.1 protocol)."""
+    import base64
+
+    from tests.conftest import MOTO_RECORDING
+
+    bodies = []
+    for line in MOTO_RECORDING.read_text().splitlines():
+        entry = json.loads(line)
+        target = {k.lower(): v for k, v in entry["headers"].items()}.get("x-amz-target", "")
+        if target.endswith(f".{action}"):
+            body = base64.b64decode(entry["body"]) if entry["body_encoded"] else entry["body"]
+            bodies.append(json.loads(body))
+    return bodies
+
+
+def test_the_real_ecs_worker_launches_a_cloud_flow_run_with_the_stacks_network_roles_and_secret(cloud):
+    """prefect-aws's own ECS worker, on the pool the setup scripts made, submits a training/cloud run
+    to ECS (moto): the RunTask and RegisterTaskDefinition requests it sends are what is checked (moto
+    runs no container). A wrongly shaped pool value fails here, as it would on AWS."""
+    import httpx
+    from botocore.session import get_session
+    from botocore.validate import ParamValidator
+
+    out, endpoint = cloud["outputs"], cloud["endpoint"]
+    deployment = _api(lambda client: client.read_deployment_by_name("training/cloud"))
+    run = _api(lambda client: client.create_flow_run_from_deployment(deployment.id))
+    httpx.post(f"{endpoint}/moto-api/recorder/reset-recording")
+    httpx.post(f"{endpoint}/moto-api/recorder/start-recording")
+    env = {
+        **cloud["env"],  # AWS_ENDPOINT_URL: the worker's boto3 clients reach moto, as the task role would AWS
+        "PREFECT_INTEGRATIONS_AWS_ECS_OBSERVER_SQS_QUEUE_NAME": out["TaskEventsQueueName"],
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # as on ECS, where the worker's own key comes from the secret (prefect-aws expects it in its env
+        # and hands flow runs the secret instead); the test server ignores it
+        "PREFECT_API_KEY": "pnu_sentinel",
+    }
+    try:
+        worker = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                "driftloop-ecs",
+                "--type",
+                "ecs",
+                "--run-once",
+            ],
+            env=env,
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        httpx.post(f"{endpoint}/moto-api/recorder/stop-recording")
+    log = worker.stdout[-3000:] + worker.stderr[-3000:]
+    runs, definitions = _recorded(endpoint, "RunTask"), _recorded(endpoint, "RegisterTaskDefinition")
+    # moto 5.2 answers this RunTask with a 500 (its resource accounting needs container-level memory;
+    # ECS takes task-level memory), so the worker retries: every request it sent is checked
+    assert runs and definitions, log
+    ecs_model = get_session().get_service_model("ecs")
+    for operation, bodies in (("RunTask", runs), ("RegisterTaskDefinition", definitions)):
+        for params in bodies:
+            report = ParamValidator().validate(params, ecs_model.operation_model(operation).input_shape)
+            assert not report.has_errors(), f"{operation}: {report.generate_report()}"
+
+    for request in runs:
+        network = request["networkConfiguration"]["awsvpcConfiguration"]
+        assert network["subnets"] == cloud["subnets"]
+        assert network["securityGroups"] == [out["TasksSecurityGroupId"]]
+        assert network["assignPublicIp"] == out["AssignPublicIp"]
+        assert request["cluster"] == out["ClusterName"] and request["launchType"] == "FARGATE"
+        assert request["overrides"]["taskRoleArn"] == out["FlowTaskRoleArn"]
+        environment = request["overrides"]["containerOverrides"][0]["environment"]
+        overrides = {e["name"]: e["value"] for e in environment}
+        assert overrides["PREFECT__FLOW_RUN_ID"] == str(run.id)
+        assert overrides["DRIFTLOOP_STORE_URI"] == out["StoreUri"]
+        assert "PREFECT_API_KEY" not in overrides
+
+    for definition in definitions:
+        (container,) = definition["containerDefinitions"]
+        assert container["image"] == deployment.job_variables["image"]
+        assert definition["executionRoleArn"] == out["TaskExecutionRoleArn"]
+        assert definition["runtimePlatform"] == {
+            "cpuArchitecture": "X86_64",
+            "operatingSystemFamily": "LINUX",
+        }
+        secrets = {s["name"]: s["valueFrom"] for s in container.get("secrets", [])}
+        assert secrets["PREFECT_API_KEY"].startswith("arn:aws:secretsmanager:")  # a secret, never a value
+        assert "PREFECT_API_KEY" not in {e["name"] for e in container.get("environment", [])}
+    assert "pnu_sentinel" not in json.dumps([runs, definitions])
+
+    _api(lambda client: client.delete_flow_run(run.id))  # nothing will run it: moto starts no container
 
 
 def test_training_runs_with_the_cloud_settings_against_the_stacks_bucket_and_leaks_no_secret(cloud, tmp_path):
