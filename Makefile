@@ -69,7 +69,7 @@ lock: ## re-pin the flow image's dependencies (requirements.lock) from pyproject
 
 IMAGE ?= driftloop/flows:dev
 image: ## build the flow image (needs a Docker engine; CI's deploy workflow builds and pushes it)
-	docker build -f infra/docker/flows.Dockerfile -t $(IMAGE) .
+	docker build --platform linux/amd64 -f infra/docker/flows.Dockerfile -t $(IMAGE) .
 
 cloud-check: $(STAMP) ## check what the */cloud deployments need (pool, image, blocks, secrets), change nothing
 	$(PY) -m deployments.cloud check

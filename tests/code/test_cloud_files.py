@@ -45,24 +45,82 @@ def test_cfn_lint_would_catch_a_broken_template(tmp_path):
     assert out.returncode != 0 and "Clustre" in out.stdout
 
 
-def test_bucket_is_private_encrypted_versioned_and_expires_prediction_logs():
+def _template() -> dict:
     from cfnlint.decode import decode_str
 
     template, _ = decode_str(TEMPLATE.read_text())
+    return template
+
+
+def test_bucket_is_private_encrypted_versioned_and_expires_the_logs_the_code_writes():
+    from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_prefix
+
+    template = _template()
     bucket = template["Resources"]["ArtifactBucket"]["Properties"]
     assert all(bucket["PublicAccessBlockConfiguration"].values())
     assert bucket["VersioningConfiguration"]["Status"] == "Enabled"
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
-    rules = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
-    assert "logs/" in str(rules["expire-prediction-logs"]["Prefix"])
-    # the flow role reaches only the store prefix of this bucket
-    statements = template["Resources"]["FlowTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"][
+    expiring = {
+        r["Prefix"]["Fn::Sub"]: r
+        for r in bucket["LifecycleConfiguration"]["Rules"]
+        if "ExpirationInDays" in r and isinstance(r.get("Prefix"), dict)
+    }
+    # the prefixes the service writes its logs under, taken from the code (a model's log sits below)
+    for kind in (PREDICTIONS, FEEDBACK):
+        prefix = log_prefix(kind, "any-model").rsplit("/", 1)[0]
+        rule = expiring.get("${StorePrefix}/" + prefix + "/")
+        assert rule and rule["ExpirationInDays"] == {"Ref": "PredictionLogRetentionDays"}, (kind, expiring)
+
+
+def test_the_flow_role_reads_and_writes_only_the_store_prefix_and_gets_404_for_missing_keys():
+    statements = _template()["Resources"]["FlowTaskRole"]["Properties"]["Policies"][0]["PolicyDocument"][
         "Statement"
     ]
-    assert {
+    actions = {
         a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
-    } == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
-    assert "${StorePrefix}/*" in str(statements[1]["Resource"])
+    }
+    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+    (listing,) = [s for s in statements if s["Action"] == "s3:ListBucket"]
+    # S3 answers a missing key with 404 only to a caller that may list the bucket, checked without a
+    # prefix in the context: a prefix condition here turns "not there yet" into 403 (an error)
+    assert "Condition" not in listing
+    (objects,) = [s for s in statements if s is not listing]
+    assert "${Bucket}/${StorePrefix}/*" in json.dumps(objects["Resource"])
+
+
+def test_a_new_stack_never_collides_with_a_retained_bucket_and_can_reuse_it():
+    template = _template()
+    bucket = template["Resources"]["ArtifactBucket"]
+    assert bucket["DeletionPolicy"] == "Retain" and "BucketName" not in bucket["Properties"]  # generated
+    assert bucket["Condition"] == "CreateBucket"
+    assert template["Conditions"]["CreateBucket"] == {"Fn::Equals": [{"Ref": "ExistingBucketName"}, ""]}
+
+
+def test_alarms_can_notify_and_a_parked_worker_raises_none():
+    template = _template()
+    resources = template["Resources"]
+    key_ref = resources["AlarmTopic"]["Properties"]["KmsMasterKeyId"]
+    assert key_ref == {"Ref": "AlarmTopicKey"}  # not alias/aws/sns: CloudWatch cannot use that key
+    statements = resources["AlarmTopicKey"]["Properties"]["KeyPolicy"]["Statement"]
+    cloudwatch = [s for s in statements if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert cloudwatch and {"kms:Decrypt", "kms:GenerateDataKey*"} <= set(cloudwatch[0]["Action"])
+    assert template["Parameters"]["WorkerDesiredCount"]["Default"] == 0  # no image yet on a new stack
+    assert resources["WorkerNotRunningAlarm"]["Condition"] == "WorkerRunning"
+    assert template["Conditions"]["WorkerRunning"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "WorkerDesiredCount"}, 0]}]
+    }
+
+
+def test_every_task_runs_on_the_platform_the_images_are_built_for():
+    from deployments.work_pools import ecs_template
+
+    worker = _template()["Resources"]["WorkerTaskDefinition"]["Properties"]
+    assert worker["RuntimePlatform"] == {"CpuArchitecture": "X86_64", "OperatingSystemFamily": "LINUX"}
+    flow_runs = ecs_template()["job_configuration"]["task_definition"]
+    assert flow_runs["runtimePlatform"] == {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"}
+    deploy = (PROJECT_DIR / ".github/workflows/deploy.yml").read_text()
+    assert "docker build --platform linux/amd64" in deploy and "--opt platform=linux/amd64" in deploy
+    assert "--platform linux/amd64" in (PROJECT_DIR / "Makefile").read_text()
 
 
 def test_hadolint_would_catch_a_root_image(tmp_path):
@@ -122,7 +180,7 @@ def test_workflows_test_on_pull_requests_and_deploy_and_run_on_main():
     deploy = yaml.safe_load(deploy_text)
     assert deploy[True]["push"]["branches"] == ["main"]
     for needed in (
-        "docker build -f infra/docker/flows.Dockerfile",
+        "docker build --platform linux/amd64 -f infra/docker/flows.Dockerfile",
         "docker push",
         "deployments.work_pools",
         "deployments.blocks",
@@ -137,6 +195,31 @@ def test_workflows_test_on_pull_requests_and_deploy_and_run_on_main():
         order.index("test") < order.index("flow-image") < order.index("deploy") < order.index("service-image")
     )
     assert "AWS_SECRET_ACCESS_KEY" not in deploy_text  # OIDC role, no long-lived keys
+
+
+def test_deploys_are_never_cancelled_by_a_test_run_of_the_same_push():
+    ci = yaml.safe_load((PROJECT_DIR / ".github/workflows/ci.yml").read_text())
+    deploy = yaml.safe_load((PROJECT_DIR / ".github/workflows/deploy.yml").read_text())
+    # called from deploy.yml, ci.yml's group is evaluated with the caller's github.workflow ("deploy"),
+    # so a push's own ci run and the deploy's test job are in different groups
+    assert "github.workflow" in ci["concurrency"]["group"] and "github.ref" in ci["concurrency"]["group"]
+    assert ci["concurrency"]["cancel-in-progress"] == "${{ github.event_name == 'pull_request' }}"
+    assert deploy["concurrency"] == {"group": "deploy-main", "cancel-in-progress": False}
+    assert deploy["jobs"]["test"]["uses"] == "./.github/workflows/ci.yml"
+
+
+def test_each_deploy_rolls_the_worker_to_its_image_and_lands_data_before_training():
+    text = (PROJECT_DIR / ".github/workflows/deploy.yml").read_text()
+    deploy = yaml.safe_load(text)
+    worker = "\n".join(step.get("run", "") for step in deploy["jobs"]["worker"]["steps"])
+    assert 'WorkerImageTag="${GITHUB_SHA}"' in worker and "WorkerDesiredCount=1" in worker
+    assert "aws ecs wait services-stable" in worker
+    assert "worker" in deploy["jobs"]["deploy"]["needs"]  # flow runs start only on the rolled worker
+    assert ":latest" not in text  # every image is the commit's
+    run = "\n".join(step.get("run", "") for step in deploy["jobs"]["deploy"]["steps"])
+    assert run.index("'land-demo-data/cloud' --watch") < run.index("'training/cloud' --watch")
+    assert "driftloop/flows" not in text and "driftloop/service" not in text  # names from stack outputs
+    assert "FlowsRepositoryUri" in text and "ServiceRepositoryUri" in text
 
 
 def test_ecs_template_keeps_every_field_of_prefect_aws_default():
