@@ -19,6 +19,7 @@ from tasks.core.settings import PROJECT_DIR
 
 BIN = Path(sys.executable).parent
 TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "driftloop.yaml"
+DEPLOY_TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "github-deploy.yaml"
 DOCKERFILE = PROJECT_DIR / "infra" / "docker" / "flows.Dockerfile"
 WORKFLOWS = sorted((PROJECT_DIR / ".github" / "workflows").glob("*.yml"))
 
@@ -30,7 +31,9 @@ def _run(*args: str | Path) -> tuple[subprocess.CompletedProcess, float]:
 
 
 @pytest.mark.parametrize(
-    "linter, path", [("cfn-lint", TEMPLATE), ("hadolint", DOCKERFILE)], ids=["cfn-lint", "hadolint"]
+    "linter, path",
+    [("cfn-lint", TEMPLATE), ("cfn-lint", DEPLOY_TEMPLATE), ("hadolint", DOCKERFILE)],
+    ids=["cfn-lint", "cfn-lint-deploy", "hadolint"],
 )
 def test_infra_file_passes_its_linter(linter, path):
     out, seconds = _run(BIN / linter, path)
@@ -86,6 +89,59 @@ def test_the_flow_role_reads_and_writes_only_the_store_prefix_and_gets_404_for_m
     assert "Condition" not in listing
     (objects,) = [s for s in statements if s is not listing]
     assert "${Bucket}/${StorePrefix}/*" in json.dumps(objects["Resource"])
+
+
+@pytest.mark.parametrize("template", [TEMPLATE, DEPLOY_TEMPLATE], ids=lambda p: p.name)
+def test_templates_fit_cloudformations_inline_limit(template):
+    """`aws cloudformation deploy --template-file` sends the body inline, refused above 51,200 bytes."""
+    assert len(template.read_bytes()) < 51_200 - 2_000, "move a part into its own stack, or upload via S3"
+
+
+def test_the_service_runs_behind_the_load_balancer_scales_and_rolls_safely():
+    resources = _template()["Resources"]
+    service = resources["PredictionService"]["Properties"]
+    (lb,) = service["LoadBalancers"]
+    assert lb == {
+        "ContainerName": "service",
+        "ContainerPort": 3000,
+        "TargetGroupArn": {"Ref": "ServiceTargetGroup"},
+    }
+    deployment = service["DeploymentConfiguration"]
+    assert deployment["MinimumHealthyPercent"] == 100 and deployment["DeploymentCircuitBreaker"]["Rollback"]
+    assert resources["ServiceTargetGroup"]["Properties"]["HealthCheckPath"] == "/readyz"
+    task = resources["ServiceTaskDefinition"]["Properties"]
+    assert task["TaskRoleArn"] == {"Fn::GetAtt": ["ServiceTaskRole", "Arn"]}
+    assert resources["ServiceLogGroup"]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+    https = resources["HttpsListener"]
+    assert https["Condition"] == "ServiceWithTls" and https["Properties"]["Protocol"] == "HTTPS"
+    http_action = resources["HttpListener"]["Properties"]["DefaultActions"][0]["Fn::If"]
+    assert http_action[0] == "HasCertificate" and http_action[1]["Type"] == "redirect"  # HTTP -> HTTPS
+    metrics = {
+        r["Properties"]["TargetTrackingScalingPolicyConfiguration"]["PredefinedMetricSpecification"][
+            "PredefinedMetricType"
+        ]
+        for r in resources.values()
+        if r["Type"] == "AWS::ApplicationAutoScaling::ScalingPolicy"
+    }
+    assert metrics == {"ALBRequestCountPerTarget", "ECSServiceAverageCPUUtilization"}
+
+
+def test_the_services_metrics_are_scraped_into_the_managed_prometheus_workspace():
+    """The collector beside the service scrapes the port and path the service exports its metrics on."""
+    task = _template()["Resources"]["ServiceTaskDefinition"]["Properties"]
+    condition, with_metrics, without = task["ContainerDefinitions"]["Fn::If"]
+    assert condition == "ServiceMetrics" and [c["Name"] for c in without] == ["service"]
+    service, collector = with_metrics
+    assert service == without[0]  # the same service container either way
+    (port,) = service["PortMappings"]
+    (config_env,) = collector["Environment"]
+    config = yaml.safe_load(config_env["Value"]["Fn::Sub"])
+    (job,) = config["receivers"]["prometheus"]["config"]["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"127.0.0.1:{port['ContainerPort']}"]
+    assert job["metrics_path"] == "/metrics"
+    writer = config["exporters"]["prometheusremotewrite"]
+    assert writer["endpoint"] == "${MetricsWorkspace.PrometheusEndpoint}api/v1/remote_write"
+    assert writer["auth"]["authenticator"] == "sigv4auth"
 
 
 def test_a_new_stack_never_collides_with_a_retained_bucket_and_can_reuse_it():

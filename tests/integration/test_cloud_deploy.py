@@ -28,6 +28,7 @@ STACK = "driftloop"
 SENTINEL_AWS_SECRET = "sentinel-aws-secret-5f0c2e9a7b"
 SENTINEL_WANDB_KEY = "sentinel-wandb-key-8d41c3f6e2"
 TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "driftloop.yaml"
+DEPLOY_TEMPLATE = PROJECT_DIR / "infra" / "cloudformation" / "github-deploy.yaml"
 
 
 def _aws(service: str, endpoint: str):
@@ -166,6 +167,134 @@ def test_stack_makes_the_bucket_roles_cluster_and_worker(cloud):
     )
     print("resource types moto's CloudFormation does not implement (checked by cfn-lint only):", skipped)
     assert not {"AWS::S3::Bucket", "AWS::IAM::Role", "AWS::ECS::Cluster", "AWS::ECS::Service"} & set(skipped)
+
+
+def test_the_prediction_service_and_the_deploy_identity_stack_into_moto(moto_endpoint):
+    """DeployService=true: the service behind a load balancer that checks /readyz, with its own narrow
+    task role and token secrets (moto has no Amazon Managed Prometheus, so the metrics collector is
+    checked in the template); then the deploy-identity stack: GitHub's main branch only, and a deploy
+    role that can pass nothing but the stack-update role, which cannot touch the deploy roles."""
+    ec2 = _aws("ec2", moto_endpoint)
+    vpc = ec2.create_vpc(CidrBlock="10.30.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.30.{i}.0/24", AvailabilityZone=f"us-east-1{az}")[
+            "Subnet"
+        ]["SubnetId"]
+        for i, az in ((1, "a"), (2, "b"))
+    ]
+    cfn = _aws("cloudformation", moto_endpoint)
+    params = {
+        "ProjectName": "dlserved",
+        "PrefectApiUrl": "https://api.prefect.cloud/api/accounts/a/workspaces/w",
+        "VpcId": vpc,
+        "SubnetIds": ",".join(subnets),
+        "DeployService": "true",
+        "ServiceImageTag": "0123abc",
+        "ServiceModelName": "caravan-purchase",
+        "ServiceMetricsWorkspace": "false",
+    }
+    cfn.create_stack(
+        StackName="driftloop-served",
+        TemplateBody=TEMPLATE.read_text(),
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+    )
+    stack = cfn.describe_stacks(StackName="driftloop-served")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE"
+    out = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert out["ServiceUrl"].startswith("http://") and out["ServiceName"] == "dlserved-service"
+
+    elb = _aws("elbv2", moto_endpoint)
+    (lb,) = [
+        b
+        for b in elb.describe_load_balancers()["LoadBalancers"]
+        if b["LoadBalancerName"] == "dlserved-service"
+    ]
+    assert lb["Scheme"] == "internet-facing" and out["ServiceUrl"] == f"http://{lb['DNSName']}"
+    (group,) = elb.describe_target_groups(LoadBalancerArn=lb["LoadBalancerArn"])["TargetGroups"] or [
+        g for g in elb.describe_target_groups()["TargetGroups"] if g["TargetGroupName"] == "dlserved-service"
+    ]
+    assert (group["HealthCheckPath"], group["TargetType"], group["Port"]) == ("/readyz", "ip", 3000)
+    (listener,) = elb.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"]
+    assert (
+        listener["Port"] == 80 and listener["DefaultActions"][0]["TargetGroupArn"] == group["TargetGroupArn"]
+    )
+
+    ecs = _aws("ecs", moto_endpoint)
+    (service,) = ecs.describe_services(cluster="dlserved", services=["dlserved-service"])["services"]
+    assert service["desiredCount"] == 2  # ServiceMinCount: one stays up while the other is replaced
+    task = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
+    (container,) = task["containerDefinitions"]  # no metrics collector without a workspace
+    assert container["image"] == f"{out['ServiceRepositoryUri']}:0123abc"
+    env = {e["name"]: e["value"] for e in container["environment"]}
+    assert env["DRIFTLOOP_SERVING__MODEL_NAME"] == "caravan-purchase"
+    assert env["DRIFTLOOP_STORE_URI"] == out["StoreUri"]
+    assert {s["name"] for s in container["secrets"]} == {
+        "DRIFTLOOP_SERVING__AUTH_TOKEN",
+        "DRIFTLOOP_SERVING__FEEDBACK_TOKEN",
+    }
+    assert not any("TOKEN" in e["name"] for e in container["environment"])  # tokens only as secrets
+
+    iam = _aws("iam", moto_endpoint)
+    policy = json.dumps(
+        iam.get_role_policy(RoleName="dlserved-service-task", PolicyName="registry-read-logs-write")[
+            "PolicyDocument"
+        ]
+    )
+    assert "s3:*" not in policy and "s3:DeleteObject" not in policy
+    for prefix in ("registry/*", "predictions/*", "feedback/*", "state/serving/*"):
+        assert f"/driftloop/{prefix}" in policy, prefix
+
+    deploy_params = {
+        "ProjectName": "dlserved",
+        "MainStackName": "driftloop-served",
+        "GitHubRepository": "acme/driftloop",
+        "ArtifactBucketName": out["BucketName"],
+    }
+    cfn.create_stack(
+        StackName="driftloop-served-deploy",
+        TemplateBody=DEPLOY_TEMPLATE.read_text(),
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in deploy_params.items()],
+    )
+    deploy_stack = cfn.describe_stacks(StackName="driftloop-served-deploy")["Stacks"][0]
+    assert deploy_stack["StackStatus"] == "CREATE_COMPLETE"
+    deploy_out = {o["OutputKey"]: o["OutputValue"] for o in deploy_stack["Outputs"]}
+    trust = _doc(iam.get_role(RoleName="dlserved-github-deploy")["Role"]["AssumeRolePolicyDocument"])
+    (statement,) = trust["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Condition"]["StringEquals"] == {
+        "token.actions.githubusercontent.com:aud": "sts.amazonaws.com",
+        "token.actions.githubusercontent.com:sub": "repo:acme/driftloop:ref:refs/heads/main",
+    }
+    deploy_policy = _doc(
+        iam.get_role_policy(RoleName="dlserved-github-deploy", PolicyName="deploy-driftloop")[
+            "PolicyDocument"
+        ]
+    )
+    (passing,) = [s for s in deploy_policy["Statement"] if s["Action"] == "iam:PassRole"]
+    assert passing["Resource"] == deploy_out["StackUpdateRoleArn"]  # the runner cannot pass task roles
+    update_policy = _doc(
+        iam.get_role_policy(RoleName="dlserved-deploy-stack-update", PolicyName="update-the-driftloop-stack")[
+            "PolicyDocument"
+        ]
+    )
+    role_arns = [
+        r for st in update_policy["Statement"] if st["Sid"].startswith("OnlyThe") for r in st["Resource"]
+    ]
+    assert role_arns and not [r for r in role_arns if "deploy" in r or r.endswith("*")]  # no escalation
+
+
+def _doc(document):
+    """A policy document as moto returns it: a dict, JSON, or (made by CloudFormation) Python's repr."""
+    if isinstance(document, dict):
+        return document
+    try:
+        return json.loads(document)
+    except json.JSONDecodeError:
+        import ast
+
+        return ast.literal_eval(document)
 
 
 def test_work_pools_are_created_once_and_bad_values_write_nothing(cloud):
