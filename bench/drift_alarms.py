@@ -71,6 +71,27 @@ def judge(frame: pl.DataFrame, config, prepared, booster, reference):
     return decide_drift(scores, config.monitoring)
 
 
+def verdict_table(title: str) -> Table:
+    table = Table(title=title)
+    for col in ("windows", "count", "columns flagged", "retrains", "detected, right column first"):
+        table.add_column(col, justify="left" if col == "windows" else "right")
+    return table
+
+
+def judge_no_drift(table: Table, held: pl.DataFrame, sizes, repeats: int, rng, model) -> tuple[int, int]:
+    """Random held-out windows of each size judged by ``model`` (config, prepared, booster, reference);
+    a table row per size; returns (columns flagged, retrains) over all of them."""
+    flagged = retrains = 0
+    for size in sizes:
+        f = r = 0
+        for _ in range(repeats):
+            v = judge(held[np.sort(rng.choice(held.height, size, replace=False))], *model)
+            f, r = f + len(v.drifted), r + v.detected
+        table.add_row(f"no drift: {size:,} held-out rows", str(repeats), str(f), str(r), "")
+        flagged, retrains = flagged + f, retrains + r
+    return flagged, retrains
+
+
 def first_feature(verdict) -> str:
     return next((g for g in verdict.drifted if not g.startswith("prediction")), "")
 
@@ -126,24 +147,9 @@ def main() -> int:
             f"calibration {calibration_s:.1f} s"
         )
         rng = np.random.default_rng(7)
-        table = Table(title="drift verdicts")
-        for col in ("windows", "count", "columns flagged", "retrains", "detected, right column first"):
-            table.add_column(col, justify="left" if col == "windows" else "right")
-
-        flagged = retrains = 0
-        for size in (1_000, 5_000, 20_000, 50_000):
-            f = r = 0
-            for _ in range(10):
-                v = judge(
-                    held[np.sort(rng.choice(held.height, size, replace=False))],
-                    config,
-                    prepared,
-                    booster,
-                    reference,
-                )
-                f, r = f + len(v.drifted), r + v.detected
-            table.add_row(f"no drift: {size:,} held-out rows", "10", str(f), str(r), "")
-            flagged, retrains = flagged + f, retrains + r
+        table = verdict_table("drift verdicts")
+        model = (config, prepared, booster, reference)
+        flagged, retrains = judge_no_drift(table, held, (1_000, 5_000, 20_000, 50_000), 10, rng, model)
 
         weeks = df.with_columns(pl.col(config.time.column).dt.truncate("1w").alias("__week")).partition_by(
             "__week", maintain_order=True

@@ -27,11 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from drift_alarms import first_feature, judge
+from drift_alarms import first_feature, judge, judge_no_drift, verdict_table
 from lib.heldout import train_from_config
 from lib.results import result
 from rich.console import Console
-from rich.table import Table
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -107,23 +106,9 @@ def main() -> int:
             f"{config.name}: {df.height} rows, {held.height} held out ({config.split_method} split)"
         )
         rng = np.random.default_rng(11)
-        table = Table(title=f"drift verdicts, {config.name}")
-        for col in ("windows", "count", "columns flagged", "retrains", "detected, right column first"):
-            table.add_column(col, justify="left" if col == "windows" else "right")
-        flagged = retrains = 0
-        for size in (200, 500, 1_000):
-            f = r = 0
-            for _ in range(20):
-                v = judge(
-                    held[np.sort(rng.choice(held.height, size, replace=False))],
-                    config,
-                    prepared,
-                    model.booster,
-                    reference,
-                )
-                f, r = f + len(v.drifted), r + v.detected
-            table.add_row(f"no drift: {size:,} held-out rows", "20", str(f), str(r), "")
-            flagged, retrains = flagged + f, retrains + r
+        table = verdict_table(f"drift verdicts, {config.name}")
+        judged = (config, prepared, model.booster, reference)
+        flagged, retrains = judge_no_drift(table, held, (200, 500, 1_000), 20, rng, judged)
         detected = total = 0
         for name, (expected, shift) in shifts(held, reference).items():
             hits = r = 0
