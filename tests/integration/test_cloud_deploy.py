@@ -193,15 +193,7 @@ def test_the_prediction_service_and_the_deploy_identity_stack_into_moto(moto_end
         "ServiceModelName": "caravan-purchase",
         "ServiceMetricsWorkspace": "false",
     }
-    cfn.create_stack(
-        StackName="driftloop-served",
-        TemplateBody=TEMPLATE.read_text(),
-        Capabilities=["CAPABILITY_NAMED_IAM"],
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
-    )
-    stack = cfn.describe_stacks(StackName="driftloop-served")["Stacks"][0]
-    assert stack["StackStatus"] == "CREATE_COMPLETE"
-    out = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    out = _create_stack(cfn, "driftloop-served", TEMPLATE, params)
     assert out["ServiceUrl"].startswith("http://") and out["ServiceName"] == "dlserved-service"
 
     elb = _aws("elbv2", moto_endpoint)
@@ -251,15 +243,7 @@ def test_the_prediction_service_and_the_deploy_identity_stack_into_moto(moto_end
         "GitHubRepository": "acme/driftloop",
         "ArtifactBucketName": out["BucketName"],
     }
-    cfn.create_stack(
-        StackName="driftloop-served-deploy",
-        TemplateBody=DEPLOY_TEMPLATE.read_text(),
-        Capabilities=["CAPABILITY_NAMED_IAM"],
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in deploy_params.items()],
-    )
-    deploy_stack = cfn.describe_stacks(StackName="driftloop-served-deploy")["Stacks"][0]
-    assert deploy_stack["StackStatus"] == "CREATE_COMPLETE"
-    deploy_out = {o["OutputKey"]: o["OutputValue"] for o in deploy_stack["Outputs"]}
+    deploy_out = _create_stack(cfn, "driftloop-served-deploy", DEPLOY_TEMPLATE, deploy_params)
     trust = _doc(iam.get_role(RoleName="dlserved-github-deploy")["Role"]["AssumeRolePolicyDocument"])
     (statement,) = trust["Statement"]
     assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
@@ -283,6 +267,19 @@ def test_the_prediction_service_and_the_deploy_identity_stack_into_moto(moto_end
         r for st in update_policy["Statement"] if st["Sid"].startswith("OnlyThe") for r in st["Resource"]
     ]
     assert role_arns and not [r for r in role_arns if "deploy" in r or r.endswith("*")]  # no escalation
+
+
+def _create_stack(cfn, name: str, template: Path, params: dict[str, str]) -> dict[str, str]:
+    """Create a stack from ``template`` in moto; its outputs (it must have completed)."""
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=template.read_text(),
+        Capabilities=["CAPABILITY_NAMED_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+    )
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    return {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
 
 
 def _doc(document):
