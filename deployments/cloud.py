@@ -51,6 +51,21 @@ def _block_exists(slug: str, name: str) -> bool:
         return False
 
 
+def network_configuration_problem(value: object) -> str | None:
+    """What is wrong with an ECS pool's network_configuration default, if anything. The prefect-aws
+    worker wraps the value in ``awsvpcConfiguration`` itself, so it must hold ``subnets`` at the top:
+    wrapped twice (as pools made before this check were), every RunTask lacks its subnets."""
+    if not value:
+        return None
+    if not isinstance(value, dict) or "awsvpcConfiguration" in value or not value.get("subnets"):
+        return (
+            "network_configuration must be the inner awsvpcConfiguration ({subnets, securityGroups, "
+            "assignPublicIp}: the worker wraps it); run "
+            "`python -m deployments.work_pools --from-stack <stack>`"
+        )
+    return None
+
+
 def check() -> list[str]:
     """Every problem that would make a cloud deployment fail, as sentences; empty means ready."""
     problems: list[str] = []
@@ -80,6 +95,9 @@ def check() -> list[str]:
                     f"work pool {pool_spec['name']!r} has no default {key}: "
                     "run `python -m deployments.work_pools --from-stack <stack>`"
                 )
+        network = network_configuration_problem(defaults.get("network_configuration"))
+        if network:
+            problems.append(f"work pool {pool_spec['name']!r}: {network}")
         for d in deployments:
             try:
                 validate_job_variables(

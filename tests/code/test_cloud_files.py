@@ -314,6 +314,17 @@ def test_job_variables_out_of_range_are_named(variables, complaint):
     )  # a valid pair passes
 
 
+def test_preflight_refuses_a_pool_whose_network_configuration_is_wrapped_twice():
+    from deployments.cloud import network_configuration_problem
+
+    inner = {"subnets": ["subnet-1"], "securityGroups": ["sg-1"], "assignPublicIp": "ENABLED"}
+    assert network_configuration_problem(inner) is None
+    assert "the worker wraps it" in network_configuration_problem({"awsvpcConfiguration": inner})
+    assert network_configuration_problem({"subnets": []})  # no subnets: refused too
+    # what work_pools writes from the stack's outputs is checked against the real worker in
+    # tests/integration/test_cloud_deploy.py
+
+
 def test_ecr_image_names_are_parsed():
     from deployments.aws import ECR_IMAGE, SetupError, check_image
 
