@@ -19,6 +19,7 @@ from the worker's environment, so one worker and one store serve any number of m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import uuid
@@ -66,6 +67,9 @@ class ModelVersion(NewVersion):
     version: int
     created_at: str
     files: dict[str, str] = Field(description="file name -> store key")
+    files_sha256: dict[str, str] = Field(
+        {}, description="file name -> SHA-256 of its bytes at registration (empty for older records)"
+    )
 
     @property
     def bento_tag(self) -> str:
@@ -178,9 +182,10 @@ class Registry:
     def register(self, files: dict[str, bytes], record: NewVersion) -> ModelVersion:
         """Store the files, then atomically claim the next version number for them."""
         blob_prefix = f"{self.prefix}/blobs/{uuid.uuid4().hex}"
-        keys = {}
+        keys, digests = {}, {}
         for name, data in files.items():
             keys[name] = f"{blob_prefix}/{name}"
+            digests[name] = hashlib.sha256(data).hexdigest()
             self.store.write_bytes(keys[name], data)
         existing = self.versions()
         version = (existing[-1] if existing else 0) + 1
@@ -189,6 +194,7 @@ class Registry:
                 model_name=self.model_name,
                 version=version,
                 files=keys,
+                files_sha256=digests,
                 created_at=datetime.now(timezone.utc).isoformat(),
                 **{f: getattr(record, f) for f in NewVersion.model_fields},
             )
@@ -209,7 +215,16 @@ class Registry:
         return any(h.alias == "champion" and h.version == mv.version for h in self.alias_doc().history)
 
     def read_file(self, mv: ModelVersion, name: str) -> bytes:
-        return self.store.read_bytes(mv.files[name])
+        """A version's file, checked against the hash recorded at registration: a file changed or cut
+        short since (a bad copy, a truncated upload) is an error naming it, never loaded."""
+        data = self.store.read_bytes(mv.files[name])
+        expected = mv.files_sha256.get(name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise RegistryError(
+                f"{self.model_name} v{mv.version}: {name} ({len(data)} bytes) does not match the SHA-256 "
+                "recorded at registration; the stored file was changed or truncated: re-register the model"
+            )
+        return data
 
     # --- the dataset config each version was trained with ----------------------------------------
     def config_template(self, mv: ModelVersion) -> dict[str, Any]:

@@ -5,11 +5,17 @@
 - ``RegistryWatcher``: polls the registry's aliases and swaps in new versions without a restart. A
   version that fails to load (missing or corrupt files) is not swapped in: the service keeps what it
   has and reports the problem.
+
+A model file is untrusted input: its bytes are checked against the hash recorded at registration, and
+it is loaded and made to score once in a child process before this process touches it, because
+LightGBM's fatal errors (e.g. a truncated model: "Model format error") abort the process that loads it.
 """
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,10 +41,38 @@ class LoadedModel:
         return self.booster.predict(self.transform.to_matrix(frame), num_threads=1)
 
 
+_SMOKE_TEST = """
+import sys
+import lightgbm as lgb
+import numpy as np
+booster = lgb.Booster(model_str=sys.stdin.buffer.read().decode())
+booster.predict(np.zeros((2, booster.num_feature())), num_threads=1)
+"""
+
+
+def smoke_test_in_child(model_text: bytes, what: str, timeout: float = 120.0) -> None:
+    """Load ``model_text`` and score with it in a separate process; raise if that process fails or
+    dies (LightGBM aborts on some malformed models, which would take this process down with it)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _SMOKE_TEST], input=model_text, capture_output=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise RegistryError(
+            f"{what}: loading the model took over {timeout:.0f} s in a child process"
+        ) from None
+    if proc.returncode != 0:
+        how = f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        detail = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no message"]
+        raise RegistryError(f"{what}: the model file does not load ({how}: {detail[0][:300]})")
+
+
 def load_version(registry: Registry, mv: ModelVersion, inputs: set[str] | None = None) -> LoadedModel:
     """Load and smoke-test a version: a model that cannot score is never swapped in, nor one needing
     inputs the service's request schema (``inputs``, fixed when it started) does not take."""
-    booster = registry.load_booster(mv)
+    text = registry.read_file(mv, "model.txt")  # checked against its registration hash
+    smoke_test_in_child(text, f"{registry.model_name} v{mv.version}")
+    booster = lgb.Booster(model_str=text.decode())
     transform = registry.load_transform(mv)
     lacking = sorted(set(transform.spec.input_columns) - inputs) if inputs is not None else []
     if lacking:
@@ -139,7 +173,9 @@ class RegistryWatcher:
         """Serve the model packaged in the bento until the registry can be read."""
         import json
 
-        booster = lgb.Booster(model_file=str(path / "model.txt"))
+        text = (path / "model.txt").read_bytes()
+        smoke_test_in_child(text, f"packaged model {path.name}")
+        booster = lgb.Booster(model_str=text.decode())
         transform = FittedTransform.from_json((path / "transform.json").read_text())
         meta = json.loads((path / "registry_version.json").read_text())
         self.models = ModelSet(champion=LoadedModel(ModelVersion.model_validate(meta), booster, transform))

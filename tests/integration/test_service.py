@@ -409,6 +409,33 @@ def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_s
     assert status["champion"] == 2 and f"champion v{mv.version} failed to load" in status["problems"][0]
     assert httpx.get(f"{service}/readyz").status_code == 200
     assert httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["model_version"] == 2
+
+    # a truncated model file: LightGBM aborts the process that loads it ("Model format error"), so
+    # the service tries it in a child process first; it keeps serving, names the version, never restarts
+    registry.set_alias("champion", 2, reason="restore", actor="test")
+    text = registry.read_file(registry.get(1), "model.txt")
+    truncated = registry.register(
+        {
+            "model.txt": text[: len(text) // 5],
+            "transform.json": registry.read_file(registry.get(1), "transform.json"),
+        },
+        NewVersion.model_validate(registry.get(1).model_dump(include=set(NewVersion.model_fields))),
+    )
+    before = httpx.post(f"{service}/model_status", headers=AUTH).json()
+    registry.set_alias("challenger", truncated.version, reason="truncated model on purpose", actor="test")
+    answers, deadline = [], time.time() + 20
+    while time.time() < deadline:
+        answers.append(httpx.post(f"{service}/predict", json=body, headers=AUTH, timeout=10))
+        status = httpx.post(f"{service}/model_status", headers=AUTH).json()
+        if any(f"challenger v{truncated.version}" in p for p in status["problems"]):
+            break
+        time.sleep(0.2)
+    assert any(f"challenger v{truncated.version} failed to load" in p for p in status["problems"]), status
+    assert "the model file does not load" in " ".join(status["problems"])
+    assert all(a.status_code == 200 for a in answers)
+    assert httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["model_version"] in (1, 2)
+    assert status["loaded_at"] == before["loaded_at"]  # the same worker: no crash, no restart
+    assert status["predictions_logged"] >= before["predictions_logged"]
     registry.set_alias("champion", 1, reason="restore", actor="test")
     registry.set_alias("challenger", 2, reason="restore", actor="test")
 
