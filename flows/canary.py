@@ -20,16 +20,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import CanaryDecision, CanaryParams
-from tasks.core.errors import BadInput
 from tasks.decisions import decide_canary
 from tasks.monitoring.performance import canary_evidence, live_performance
-from tasks.orchestration import model_context, publish, run_context
+from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context
 from tasks.registry.steps import apply_canary_decision
 from tasks.registry.versions import Registry
 from tasks.serving.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
 
 
-@flow(name="canary-decision", persist_result=True)
+@flow(name="canary-decision", **FLOW_GUARDS, persist_result=True)
 def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
     model_name = ctx.config.model_name
@@ -37,9 +36,14 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     doc = Registry(store, model_name).alias_doc()
     aliases = doc.aliases
     if "challenger" not in aliases or "champion" not in aliases:
-        raise BadInput(
+        # the hourly schedule runs whether or not a canary is on: nothing to decide is not a failure
+        reason = (
             f"model {model_name!r} has no canary running (aliases: {aliases or 'none'}); "
             "a retrain that passes its gate starts one"
+        )
+        get_run_logger().info(reason)
+        return CanaryDecision(
+            model_name=model_name, outcome="no-canary", reason=reason, champion=None, challenger=None
         )
     champion_v, challenger_v = aliases["champion"], aliases["challenger"]
     # both arms judged on the same period: traffic since this canary started

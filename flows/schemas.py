@@ -145,11 +145,11 @@ class RetrainResult(BaseModel):
 
 class CanaryDecision(BaseModel):
     model_name: str
-    outcome: Literal["promote", "drop", "wait"]
+    outcome: Literal["promote", "drop", "wait", "no-canary"]
     reason: str
     champion: LivePerformance | None
     challenger: LivePerformance | None
-    evidence: CanaryEvidence
+    evidence: CanaryEvidence | None = None
 
 
 class AliasMove(BaseModel):

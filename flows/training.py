@@ -58,7 +58,7 @@ from tasks.model.steps import (
 )
 from tasks.model.train import sample_trial_params, threads_per_fit
 from tasks.monitoring.steps import profile_reference
-from tasks.orchestration import in_prefect_run, model_context, publish, run_context
+from tasks.orchestration import FLOW_GUARDS, in_prefect_run, model_context, publish, run_context
 from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
 from tasks.registry.versions import NewVersion, Registry, VersionDecision, git_commit
 
@@ -138,7 +138,13 @@ def _progress(artifact_id: str | None, value: float) -> None:
         update_progress_artifact(artifact_id, progress=value)
 
 
-@flow(name="training", log_prints=True, persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(
+    name="training",
+    **FLOW_GUARDS,
+    log_prints=True,
+    persist_result=True,
+    task_runner=ThreadPoolTaskRunner(max_workers=2),
+)
 def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     """Train, evaluate, register and (maybe) promote a model from the configured sources."""
     logger = get_run_logger()

@@ -41,17 +41,22 @@ def retry_unless_bad_input(task: Any, task_run: Any, state: Any) -> bool:
     return not isinstance(exc, BadInput)
 
 
+# Guard rails are decorator arguments, fixed when a flow module is imported: read once, here, from the
+# settings (DRIFTLOOP_GUARDS__*), in the process that runs the flow.
+GUARDS = Settings().guards
 IO_RETRIES = dict(
-    retries=3,
-    retry_delay_seconds=exponential_backoff(backoff_factor=1),
+    retries=GUARDS.retries,
+    retry_delay_seconds=exponential_backoff(backoff_factor=GUARDS.retry_delay_seconds),
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_unless_bad_input,
 )
+FLOW_GUARDS = dict(timeout_seconds=GUARDS.flow_timeout_seconds)
 
 
 def io_task(fn: Callable | None = None, **kwargs: Any) -> Any:
-    """A Prefect task that retries I/O failures with exponential backoff and jitter."""
-    options = {**IO_RETRIES, **kwargs}
+    """A Prefect task that retries I/O failures with exponential backoff and jitter, and fails (then
+    retries) when it takes longer than the I/O timeout: a hung source or store call never holds a run."""
+    options = {**IO_RETRIES, "timeout_seconds": GUARDS.io_timeout_seconds, **kwargs}
     if fn is None:
         return functools.partial(io_task, **kwargs)
     return task(**options)(fn)

@@ -41,6 +41,7 @@ os.environ.update(
         "DRIFTLOOP_PREFECT__HOME": str(SESSION_DIR / "prefect"),
         "DRIFTLOOP_PREFECT__PORT": str(PREFECT_PORT),
         "DRIFTLOOP_PREFECT__WORKER_POLL_SECONDS": "1",
+        "DRIFTLOOP_GUARDS__RETRY_DELAY_SECONDS": "0.5",  # retried steps in tests: 0.5, 1, 2 s
         "DRIFTLOOP_STORE_URI": str(SESSION_DIR / "store"),
         "DRIFTLOOP_SOURCES_DIR": str(SESSION_DIR / "sources"),
         "DRIFTLOOP_BENTOML_HOME": str(SESSION_DIR / "bentoml"),

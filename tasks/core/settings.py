@@ -66,6 +66,26 @@ class PrefectSettings(BaseModel):
         return f"http://{self.host}:{self.port}"
 
 
+class GuardSettings(BaseModel):
+    """Prefect guard rails: how long runs and I/O steps may take, how failed I/O is retried."""
+
+    flow_timeout_seconds: float = Field(
+        4 * 3600, gt=0, description="a flow run taking longer fails (a hung run never holds a worker)"
+    )
+    io_timeout_seconds: float = Field(
+        900, gt=0, description="an I/O step (source, store, registry, W&B) taking longer fails and is retried"
+    )
+    retries: int = Field(
+        3, ge=0, le=10, description="retries of a failed I/O step (bad input is never retried)"
+    )
+    retry_delay_seconds: float = Field(
+        10,
+        ge=0,
+        description="first retry's delay; each next one doubles (with jitter): 10, 20, 40 s rides out "
+        "a short S3 or W&B outage",
+    )
+
+
 class ServingSettings(BaseModel):
     """The prediction service: routing between champion and challenger, logs, limits, auth."""
 
@@ -195,6 +215,7 @@ class Settings(BaseSettings):
         "(set inside bentos built by the package flow)",
     )
     prefect: PrefectSettings = PrefectSettings()
+    guards: GuardSettings = GuardSettings()
     serving: ServingSettings = ServingSettings()
     s3: S3Settings = S3Settings()
     tracking: TrackingSettings = TrackingSettings()

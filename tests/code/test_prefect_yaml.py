@@ -126,6 +126,34 @@ def test_retrain_is_triggered_by_drift_and_degradation_of_its_own_target(target)
     assert trigger["parameters"]["params"]["model_name"] == "{{ event.payload.model_name }}"
 
 
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: f"{d['entrypoint']}-{d['name']}")
+def test_every_deployment_has_a_concurrency_limit_that_queues(deployment):
+    limit = deployment["concurrency_limit"]
+    # ENQUEUE, never CANCEL_NEW: deployments take a model name, and a run for one model must not
+    # cancel a run for another
+    assert 1 <= limit["limit"] <= 2 and limit["collision_strategy"] == "ENQUEUE"
+
+
+@pytest.mark.parametrize("target", ["local", "cloud"])
+def test_the_canary_decision_runs_on_the_schedule_the_readme_promises(target):
+    canary = next(
+        d for d in prefect_file.deployments(target, SPEC) if d["entrypoint"].endswith(":canary_decision")
+    )
+    assert canary["schedules"][0]["cron"] == "30 * * * *"
+    assert "canary-decision/local" in (PROJECT_DIR / "README.md").read_text()
+
+
+def test_flows_and_io_steps_have_timeouts_and_retries_from_the_settings():
+    from tasks.data.steps import discover_table_batches
+    from tasks.orchestration import GUARDS
+
+    for deployment in DEPLOYMENTS:
+        flow = _load_flow(deployment["entrypoint"])
+        assert flow.timeout_seconds == GUARDS.flow_timeout_seconds, flow.name
+    assert discover_table_batches.timeout_seconds == GUARDS.io_timeout_seconds
+    assert discover_table_batches.retries == GUARDS.retries
+
+
 def test_events_carry_the_target_the_triggers_match():
     from tasks.events import model_resource
 

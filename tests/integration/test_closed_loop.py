@@ -112,3 +112,21 @@ def test_a_significant_performance_drop_starts_a_retrain_with_that_reason(prefec
         time.sleep(1)
     assert [r.parameters["params"]["reason"] for r in runs] == ["driftloop.performance.degraded"]
     assert runs[0].state.is_completed(), runs[0].state.message
+
+
+def test_the_deployments_on_the_server_carry_their_guard_rails(prefect_worker):
+    """What `prefect deploy` registered from prefect.yaml: concurrency limits that queue, schedules."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    async def read(name: str):
+        async with get_client() as client:
+            return await client.read_deployment_by_name(name)
+
+    for name in ("retrain/local", "training/local", "monitor/local", "canary-decision/local"):
+        deployment = asyncio.run(read(name))
+        assert deployment.global_concurrency_limit and deployment.global_concurrency_limit.limit >= 1, name
+        assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE", name
+    canary = asyncio.run(read("canary-decision/local"))
+    assert [s.schedule.cron for s in canary.schedules] == ["30 * * * *"]

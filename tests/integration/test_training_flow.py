@@ -271,3 +271,69 @@ def test_bad_batch_stops_the_flow_and_registers_nothing(prefect_server, private_
 
     summary = training(TrainingParams(**SMALL, model_name="flights-bad", on_invalid="skip"))
     assert summary.version == 1 and len(summary.quarantined) == 1
+
+
+def test_a_hung_source_hits_the_io_timeout_and_the_run_fails_naming_it(
+    prefect_server, private_settings, tmp_path
+):
+    """A source that never finishes answering (it trickles a byte every half second, so its own HTTP read
+    timeout never trips) must not hold the run: the I/O step's Prefect timeout
+    (DRIFTLOOP_GUARDS__IO_TIMEOUT_SECONDS) fails it, it is retried, then the run fails naming the step.
+    (A call blocked inside C for good is bounded by the source's own timeout: Prefect can interrupt a
+    thread only when it runs Python again.)"""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    release = threading.Event()
+
+    class Hung(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            try:
+                self.wfile.write(b"[")
+                while not release.wait(0.5):
+                    self.wfile.write(b" ")
+                    self.wfile.flush()
+            except OSError:
+                pass  # the client gave up: what the timeout is for
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hung)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "hung.yaml"
+    config.write_text(
+        "name: hung\nmodel_name: hung-source\nbase_table: readings\n"
+        "tables:\n  readings:\n"
+        f"    source: {{kind: http, url: 'http://127.0.0.1:{server.server_port}/rows', timeout_seconds: 60, "
+        "retries: 0}\n"
+        "    contract: {columns: {x: {dtype: float64}, y: {dtype: int64}}}\n"
+        "target: {name: y}\nfeatures: {numeric: [x]}\n"
+    )
+    script = (
+        "from flows.schemas import TrainingParams\n"
+        "from flows.training import training\n"
+        f"training(TrainingParams(dataset_config={str(config)!r}))\n"
+    )
+    env = {
+        **os.environ,
+        "DRIFTLOOP_GUARDS__IO_TIMEOUT_SECONDS": "2",
+        "DRIFTLOOP_GUARDS__RETRIES": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    started = time.perf_counter()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        release.set()
+        server.shutdown()
+    seconds = time.perf_counter() - started
+    output = run.stdout + run.stderr
+    assert run.returncode != 0, output[-2000:]
+    assert "discover-readings" in output and "exceeded timeout of 2.0 second(s)" in output, output[-3000:]
+    assert seconds < 60  # two attempts of 2 s each and a short backoff, not the source's 60 s
