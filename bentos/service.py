@@ -24,12 +24,12 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import bentoml
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
 from starlette.responses import JSONResponse
 
 from tasks.core.config import DatasetConfig, config_from_template
@@ -49,6 +49,25 @@ from tasks.serving.schema import input_contracts, input_schema, request_model
 from tasks.serving.watcher import RegistryWatcher
 
 log = logging.getLogger("driftloop.service")
+
+
+class ClientErrorsAtInfo(logging.Filter):
+    """BentoML logs every failed request at ERROR with a traceback, bad input included (15 MB of log in
+    5 minutes of fuzzing). A 4xx is the caller's mistake, already answered: log it once, at INFO, as one
+    line; server errors keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        code = getattr(getattr(exc, "error_code", None), "value", None)
+        if exc is not None and (type(exc).__name__ == "ValidationError" or (code is not None and code < 500)):
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            record.msg = f"{record.getMessage()}: rejected ({type(exc).__name__}: {first})"
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAtInfo())
 
 SETTINGS = Settings()
 
@@ -205,33 +224,86 @@ class RequestGuard:
         refused = self._refusal(scope["path"], headers.get(b"authorization", b""))
         if refused:
             return await JSONResponse({"error": refused[1]}, status_code=refused[0])(scope, receive, send)
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit():
+        length = headers.get(b"content-length")
+        if length is not None and not length.isdigit():
             return await JSONResponse({"error": "invalid Content-Length header"}, status_code=400)(
                 scope, receive, send
             )
-        if int(length) > self.max_bytes:
-            return await JSONResponse(
-                {
-                    "error": f"request body of {int(length)} bytes exceeds the limit of "
-                    f"{self.max_bytes} (DRIFTLOOP_SERVING__MAX_REQUEST_BYTES)"
-                },
-                status_code=413,
-            )(scope, receive, send)
-        seen = 0
-
-        async def limited_receive() -> dict:
-            nonlocal seen
+        if length is not None and int(length) > self.max_bytes:
+            return await self._too_large(int(length), scope, receive, send)
+        # the declared length may be absent (chunked) or wrong: read the body, at most the limit + 1
+        # byte, before the app sees any of it, so an oversized body is a 413 however it is framed
+        chunks, seen, more = [], 0, True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":
+                return await self.app(scope, receive, send)  # the client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            more = message.get("more_body", False)
             if seen > self.max_bytes:
-                raise ValueError("request body too large")
-            return message
+                return await self._too_large(seen, scope, receive, send, at_least=more)
+        body = b"".join(chunks)
+        replayed = False
 
-        return await self.app(scope, limited_receive, send)
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(
+        self, size: int, scope: dict, receive: Any, send: Any, at_least: bool = False
+    ) -> None:
+        return await JSONResponse(
+            {
+                "error": f"request body of {'more than ' if at_least else ''}{size} bytes exceeds the limit "
+                f"of {self.max_bytes} (DRIFTLOOP_SERVING__MAX_REQUEST_BYTES); split the batch"
+            },
+            status_code=413,
+        )(scope, receive, send)
 
 
 CONTRACTS = input_contracts(CONFIG)
+
+
+def _column_adapters() -> dict[str, TypeAdapter]:
+    """Per input column, a validator of a list of its values with exactly the type and constraints the
+    record model gives that field: /predict_columns accepts what /predict accepts, nothing more (no
+    fractional ints, no Infinity, no objects where text is expected)."""
+    strict = ConfigDict(allow_inf_nan=False)
+    return {
+        name: TypeAdapter(list[_annotated(field.annotation, field.metadata)], config=strict)
+        for name, field in Record.model_fields.items()
+        if name in CONTRACTS
+    }
+
+
+def _annotated(annotation: Any, metadata: list[Any]) -> Any:
+    return Annotated[(annotation, *metadata)] if metadata else annotation
+
+
+COLUMN_ADAPTERS = _column_adapters()
+ID_ADAPTERS = {
+    name: TypeAdapter(list[_annotated(str | None, Record.model_fields[field].metadata)])
+    for name, field in (("correlation_ids", "correlation_id"), ("routing_keys", "routing_key"))
+}
+
+
+def checked_ids(name: str, values: list[Any] | None, rows: int) -> list[str | None]:
+    """Caller ids for a columnar batch, held to the same limits as a record's own fields."""
+    if values is None:
+        return [None] * rows
+    if len(values) != rows:
+        raise bentoml.exceptions.InvalidArgument(f"{name} has {len(values)} entries for {rows} rows")
+    try:
+        return ID_ADAPTERS[name].validate_python(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise bentoml.exceptions.InvalidArgument(f"{name}[{first['loc'][0]}]: {first['msg']}") from None
 
 
 def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
@@ -257,10 +329,18 @@ def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
             series.append(pl.Series(name, [None] * len(next(iter(columns.values()))), dtype=dtype))
             continue
         try:
+            checked = COLUMN_ADAPTERS[name].validate_python(values)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise bad(
+                f"column {name!r}: row {first['loc'][0]}: {first['msg']} "
+                f"({exc.error_count()} bad value(s) in the column)"
+            ) from None
+        try:
             if name == TIME_COLUMN:
-                s = pl.Series(name, values, dtype=pl.String).str.to_datetime(time_zone="UTC", strict=True)
+                s = pl.Series(name, checked, dtype=pl.Datetime("us", "UTC"), strict=False)
             else:
-                s = pl.Series(name, values, strict=True).cast(dtype, strict=True)
+                s = pl.Series(name, checked, strict=True).cast(dtype, strict=True)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
             raise bad(
                 f"column {name!r}: values are not {dtype} ({type(exc).__name__}: {str(exc)[:200]})"
@@ -496,10 +576,12 @@ class Driftloop:
         contracts as /predict_batch; errors name the column."""
         frame = columns_to_frame(columns)
         n = frame.height
-        for name, values in (("correlation_ids", correlation_ids), ("routing_keys", routing_keys)):
-            if values is not None and len(values) != n:
-                raise bentoml.exceptions.InvalidArgument(f"{name} has {len(values)} entries for {n} rows")
-        return self._score(None, frame, correlation_ids or [None] * n, routing_keys or [None] * n)
+        return self._score(
+            None,
+            frame,
+            checked_ids("correlation_ids", correlation_ids, n),
+            checked_ids("routing_keys", routing_keys, n),
+        )
 
     @bentoml.api
     def feedback(self, items: list[FeedbackItem]) -> FeedbackResult:
