@@ -189,11 +189,9 @@ def test_a_killed_run_resumes_from_its_finished_steps(prefect_server, landed, pr
         "the training subprocess finished before it could be killed in training"
     )
     first = _task_states(killed_flow_run)
-    assert (
-        first["validate-flights"] == "Completed"
-        and first.get("build-snapshot", "").startswith("Completed")
-        or any(k.startswith("build-snapshot") and v == "Completed" for k, v in first.items())
-    )
+    # what finished before the kill: every table validated and the snapshot built (each checked alone)
+    assert first["validate-flights"] == "Completed", first
+    assert any(k.startswith("build-snapshot") and v == "Completed" for k, v in first.items()), first
 
     state = training(TrainingParams(**params), return_state=True)
     assert state.is_completed()
