@@ -13,7 +13,7 @@ with whylogs and judged by ``drift_scores`` + ``tasks.decisions.decide_drift``:
 Targets (issue 10): at most 1 column flagged over all no-drift windows and no retrain from them or from
 the single weeks; the shifts detected in at least 95% of windows with the shifted column named first.
 
-    .venv/bin/python bench/drift_alarms.py
+    .venv/bin/python bench/drift_alarms.py      # ends with three RESULT lines, one per target
 """
 
 from __future__ import annotations

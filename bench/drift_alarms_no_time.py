@@ -14,7 +14,7 @@ with whylogs and judged by ``drift_scores`` + ``tasks.decisions.decide_drift``:
 Targets: no retrain from any no-drift window and at most 1 column flagged over all of them; every shift
 detected (a retrain) in at least 95% of windows with the shifted column named first.
 
-    .venv/bin/python bench/drift_alarms_no_time.py [--config configs/caravan.yaml]
+    .venv/bin/python bench/drift_alarms_no_time.py [--config configs/caravan.yaml]  # ends with RESULT lines
 """
 
 from __future__ import annotations
