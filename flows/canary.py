@@ -22,13 +22,13 @@ from prefect.artifacts import create_markdown_artifact
 from flows.schemas import CanaryDecision, CanaryParams
 from tasks.decisions import decide_canary
 from tasks.monitoring.performance import canary_evidence, live_performance
-from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context
+from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
 from tasks.registry.steps import apply_canary_decision
 from tasks.registry.versions import Registry
 from tasks.serving.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
 
 
-@flow(name="canary-decision", **FLOW_GUARDS, persist_result=True)
+@flow(name="canary-decision", **FLOW_GUARDS, flow_run_name=run_name("canary-decision"), persist_result=True)
 def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
     model_name = ctx.config.model_name

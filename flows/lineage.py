@@ -15,10 +15,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import LineageParams
 from tasks.monitoring.steps import trace_lineage
-from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context
+from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
 
 
-@flow(name="lineage", **FLOW_GUARDS, persist_result=True)
+@flow(name="lineage", **FLOW_GUARDS, flow_run_name=run_name("lineage"), persist_result=True)
 def lineage(params: LineageParams) -> dict[str, Any]:
     ctx = run_context()
     result = trace_lineage(registered_model(ctx, params.model_name), params.request_id, params.version, ctx)

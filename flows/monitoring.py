@@ -21,11 +21,11 @@ from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
 from tasks.monitoring.steps import judge_window
 from tasks.monitoring.window import MonitorReport, mark_processed
-from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context
+from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
 from tasks.registry.versions import Registry, registered_models
 
 
-@flow(name="monitor", **FLOW_GUARDS, persist_result=True)
+@flow(name="monitor", **FLOW_GUARDS, flow_run_name=run_name("monitor"), persist_result=True)
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     logger = get_run_logger()
     ctx = run_context()

@@ -16,12 +16,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 
 from flows.schemas import PackageParams
-from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context
+from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
 from tasks.registry.packaging import PackagedBento
 from tasks.registry.steps import package_version
 
 
-@flow(name="package", **FLOW_GUARDS, persist_result=True)
+@flow(name="package", **FLOW_GUARDS, flow_run_name=run_name("package"), persist_result=True)
 def package(params: PackageParams = PackageParams()) -> PackagedBento:
     ctx = run_context()
     model_name = registered_model(ctx, params.model_name)

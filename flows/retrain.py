@@ -28,12 +28,12 @@ from flows.training import training
 from tasks.core.errors import BadInput
 from tasks.events import emit_model_event
 from tasks.model.steps import compare_with_champion
-from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context
+from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
 from tasks.registry.steps import claim_retrain, start_canary
 from tasks.registry.versions import Registry
 
 
-@flow(name="retrain", **FLOW_GUARDS, persist_result=True)
+@flow(name="retrain", **FLOW_GUARDS, flow_run_name=run_name("retrain"), persist_result=True)
 def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
     logger = get_run_logger()
     if params.model_name is not None and not params.model_name.strip():

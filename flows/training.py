@@ -58,7 +58,7 @@ from tasks.model.steps import (
 )
 from tasks.model.train import sample_trial_params, threads_per_fit
 from tasks.monitoring.steps import profile_reference
-from tasks.orchestration import FLOW_GUARDS, in_prefect_run, model_context, publish, run_context
+from tasks.orchestration import FLOW_GUARDS, in_prefect_run, model_context, publish, run_context, run_name
 from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
 from tasks.registry.versions import NewVersion, Registry, VersionDecision, git_commit
 
@@ -141,6 +141,7 @@ def _progress(artifact_id: str | None, value: float) -> None:
 @flow(
     name="training",
     **FLOW_GUARDS,
+    flow_run_name=run_name("training"),
     log_prints=True,
     persist_result=True,
     task_runner=ThreadPoolTaskRunner(max_workers=2),

@@ -53,6 +53,22 @@ IO_RETRIES = dict(
 FLOW_GUARDS = dict(timeout_seconds=GUARDS.flow_timeout_seconds)
 
 
+def run_name(operation: str) -> Callable[[], str]:
+    """A flow run's name that reads like a history in the UI: ``<operation>-<model>-<UTC time>``
+    (``model`` from the run's ``params``; ``default`` when it names none)."""
+
+    def name() -> str:
+        from datetime import datetime, timezone
+
+        from prefect.runtime import flow_run
+
+        params = (flow_run.parameters or {}).get("params")
+        model = params.get("model_name") if isinstance(params, dict) else getattr(params, "model_name", None)
+        return f"{operation}-{model or 'default'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+
+    return name
+
+
 def io_task(fn: Callable | None = None, **kwargs: Any) -> Any:
     """A Prefect task that retries I/O failures with exponential backoff and jitter, and fails (then
     retries) when it takes longer than the I/O timeout: a hung source or store call never holds a run."""

@@ -139,6 +139,7 @@ def test_each_model_is_served_monitored_and_retrained_on_its_own(two_models, lan
             break
         time.sleep(1)
     assert runs and runs[0].state.is_completed(), runs and runs[0].state.message
+    assert runs[0].name.startswith(f"retrain-{CARAVAN}-")  # the UI reads like a history
     assert not _retrain_runs(emitted, FLIGHTS)  # an event for one model starts no work on another
     caravan = Registry(store, CARAVAN)
     assert caravan.versions() == [1, 2]
