@@ -183,6 +183,9 @@ LATENCY = bentoml.metrics.Histogram(
 )
 
 
+SERVED: dict[str, Any] = {}  # this worker's registry watcher, once the service is built
+
+
 class RequestGuard:
     """ASGI middleware: bearer tokens and a request-size limit, before any parsing.
 
@@ -191,6 +194,7 @@ class RequestGuard:
     compared in constant time."""
 
     FEEDBACK_PATHS = ("/feedback",)
+    SCORING_PATHS = ("/predict", "/predict_batch", "/predict_columns")
 
     def __init__(self, app: Any, token: SecretStr | None, feedback_token: SecretStr | None, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -224,6 +228,18 @@ class RequestGuard:
         refused = self._refusal(scope["path"], headers.get(b"authorization", b""))
         if refused:
             return await JSONResponse({"error": refused[1]}, status_code=refused[0])(scope, receive, send)
+        watcher = SERVED.get("watcher")
+        if scope["path"] in self.SCORING_PATHS and watcher is not None and watcher.models.champion is None:
+            # BentoML hides the message of any 5xx an endpoint raises; this one the caller should read
+            return await JSONResponse(
+                {
+                    "error": f"no champion model of {MODEL_NAME!r} is loaded yet ("
+                    f"{'; '.join(watcher.status.problems) or 'none registered'}): train and register one, "
+                    "or see /model_status"
+                },
+                status_code=503,
+                headers={"Retry-After": "5"},
+            )(scope, receive, send)
         length = headers.get(b"content-length")
         if length is not None and not length.isdigit():
             return await JSONResponse({"error": "invalid Content-Length header"}, status_code=400)(
@@ -381,6 +397,7 @@ class Driftloop:
         self.registry = Registry(self.store, MODEL_NAME)
         self.watcher = RegistryWatcher(self.registry, SETTINGS.serving.poll_seconds, set(INPUT_COLUMNS))
         self.watcher.start()
+        SERVED["watcher"] = self.watcher  # the request guard answers 503 itself while nothing serves
         s = SETTINGS.serving
         self.predictions = PartitionedLog(
             self.store,

@@ -62,7 +62,9 @@ def serving_store(prefect_server):
     return store_dir
 
 
-def _start_server(store_dir: Path, **serving_env: str) -> tuple[subprocess.Popen, str]:
+def _start_server(
+    store_dir: Path, ready_path: str = "/readyz", **serving_env: str
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {
         **os.environ,
@@ -90,7 +92,7 @@ def _start_server(store_dir: Path, **serving_env: str) -> tuple[subprocess.Popen
     url = f"http://127.0.0.1:{port}"
     for _ in range(120):
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
             pass
@@ -669,3 +671,18 @@ def test_columns_are_as_strict_as_records_and_bodies_over_the_limit_are_413_howe
     time.sleep(0.5)
     log = (SESSION_DIR / f"bentoml-{service.rsplit(':', 1)[1]}.log").read_text()
     assert "rejected (InvalidArgument: column" in log and "Traceback" not in log
+
+
+def test_without_a_champion_the_service_is_live_but_not_ready(tmp_path):
+    """A store where the served model has no version yet: the process is up (/livez), not ready
+    (/readyz: a load balancer sends it nothing), and a request is a 503 that says why."""
+    proc, url = _start_server(tmp_path / "empty-store", ready_path="/livez")
+    try:
+        assert httpx.get(f"{url}/readyz").status_code != 200
+        body = json.loads((Path(__file__).parents[2] / "bentos/example_request.json").read_text())
+        resp = httpx.post(f"{url}/predict", json=body, timeout=10)
+        assert resp.status_code == 503 and "no champion model of 'flights-late-arrival'" in resp.text
+        assert "is loaded yet" in resp.text and resp.headers["retry-after"] == "5"
+        assert httpx.post(f"{url}/model_status").json()["champion"] is None
+    finally:
+        _stop(proc)
