@@ -11,7 +11,7 @@ better or worse challenger, by a shift towards or away from the truth sized to t
 Targets (issue 10): A/A promoted in at most 5% of 200 canaries; +0.02 promoted in at least 80%;
 -0.02 stopped early (significantly worse) in at least 95%.
 
-    .venv/bin/python bench/canary_power.py [--canaries 200]
+    .venv/bin/python bench/canary_power.py [--canaries 200]   # ends with RESULT lines, one per target
 """
 
 from __future__ import annotations
