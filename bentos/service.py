@@ -97,11 +97,19 @@ def served_config(settings: Settings) -> DatasetConfig:
     file_config = settings.load_dataset(environ=os.environ)
     name = settings.serving.model_name or file_config.model_name
     registry = Registry(open_service_store(settings), name)
-    versions = registry.versions()
-    if versions:
-        newest = registry.get(registry.alias_doc().aliases.get("champion", versions[-1]))
-        if registry.config_template(newest):
-            return registry.load_config(newest, variables)
+    try:
+        versions = registry.versions()
+        if versions:
+            newest = registry.get(registry.alias_doc().aliases.get("champion", versions[-1]))
+            if registry.config_template(newest):
+                return registry.load_config(newest, variables)
+    except Exception as exc:  # noqa: BLE001 - an unreachable store must not crash-loop the service
+        if file_config.model_name != name:
+            raise
+        log.warning(
+            "driftloop: registry unreadable at start (%s); request schema from %s", exc, file_config.origin
+        )
+        return file_config
     if file_config.model_name == name:
         return file_config
     return registry.model_config(variables)  # raises: names the models that are registered
@@ -413,7 +421,7 @@ class Driftloop:
             s.log_max_rows,
             s.log_max_seconds,
         )
-        self.request_ids = RequestIds(request_id_key(self.store, MODEL_NAME))
+        self._request_ids: RequestIds | None = None  # its key is in the store: read on first use
         if self.watcher.models.champion is None and PACKAGED_MODEL:
             try:
                 self.watcher.use_packaged(Path(self.packaged.path))
@@ -424,6 +432,16 @@ class Driftloop:
         # and show up as 100+ ms pauses in the tail latency (measured: p99 ~160 ms -> ~40 ms at 16 clients).
         gc.collect()
         gc.freeze()
+
+    def request_ids(self) -> RequestIds:
+        """The signer of request ids, its key read from the store the first time one is needed (so a
+        store that is down when the service starts delays identity, it does not crash the worker)."""
+        if self._request_ids is None:
+            try:
+                self._request_ids = RequestIds(request_id_key(self.store, MODEL_NAME))
+            except Exception as exc:  # noqa: BLE001 - say why, and try again on the next request
+                raise bentoml.exceptions.ServiceUnavailable(f"request-id key unreadable: {exc}") from None
+        return self._request_ids
 
     def __is_ready__(self) -> bool:
         return self.watcher.models.champion is not None
@@ -446,7 +464,7 @@ class Driftloop:
         if models.champion is None:
             raise bentoml.exceptions.ServiceUnavailable("no champion model is loaded yet; see /model_status")
         n = len(correlation_ids)
-        ids = self.request_ids.issue(n)  # identity comes from the service, never from the caller
+        ids = self.request_ids().issue(n)  # identity comes from the service, never from the caller
         challenger = models.challenger
         shadow = SETTINGS.serving.mode == "shadow" and challenger is not None
         share = SETTINGS.serving.challenger_share if challenger is not None and not shadow else 0.0
@@ -612,7 +630,7 @@ class Driftloop:
         now = datetime.now(timezone.utc)
         accepted, rejected = [], []
         for item in items:
-            if self.request_ids.verify(item.request_id):
+            if self.request_ids().verify(item.request_id):
                 accepted.append(
                     {
                         "request_id": item.request_id,
