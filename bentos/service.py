@@ -59,7 +59,7 @@ class ClientErrorsAtInfo(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         code = getattr(getattr(exc, "error_code", None), "value", None)
-        if exc is not None and (type(exc).__name__ == "ValidationError" or (code is not None and code < 500)):
+        if isinstance(exc, ValidationError) or (code is not None and code < 500):
             first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
             record.msg = f"{record.getMessage()}: rejected ({type(exc).__name__}: {first})"
             record.args, record.exc_info, record.exc_text = (), None, None
@@ -98,11 +98,9 @@ def served_config(settings: Settings) -> DatasetConfig:
     name = settings.serving.model_name or file_config.model_name
     registry = Registry(open_service_store(settings), name)
     try:
-        versions = registry.versions()
-        if versions:
-            newest = registry.get(registry.alias_doc().aliases.get("champion", versions[-1]))
-            if registry.config_template(newest):
-                return registry.load_config(newest, variables)
+        kept = registry.kept_config(variables)
+        if kept is not None:
+            return kept
     except Exception as exc:  # noqa: BLE001 - an unreachable store must not crash-loop the service
         if file_config.model_name != name:
             raise

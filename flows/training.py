@@ -115,21 +115,14 @@ def training_context(params: TrainingParams) -> RunContext:
 def _check_same_dataset(ctx: RunContext) -> None:
     """A model name belongs to one dataset and task: training it on another config's data is an error
     (before anything is read or registered)."""
-    registry = Registry(ctx.store, ctx.config.model_name)
-    versions = registry.versions()
-    if not versions:
-        return
-    newest = registry.get(versions[-1])
-    template = registry.config_template(newest)
-    if not template:
-        return
-    registered = registry.load_config(newest, ctx.settings.config_variables(os.environ))
-    differs = ctx.config.same_dataset_as(registered)
+    registered = Registry(ctx.store, ctx.config.model_name).kept_config(
+        ctx.settings.config_variables(os.environ)
+    )
+    differs = ctx.config.same_dataset_as(registered) if registered is not None else None
     if differs:
         raise ConfigError(
-            f"{ctx.config.origin}: model_name {ctx.config.model_name!r} is registered "
-            f"(v{newest.version}) for another dataset or target ({differs}); give this config its own "
-            "model_name"
+            f"{ctx.config.origin}: model_name {ctx.config.model_name!r} is registered for another dataset "
+            f"or target ({differs}; see {registered.origin}); give this config its own model_name"
         )
 
 

@@ -150,12 +150,13 @@ def model_context(ctx: RunContext, model_name: str | None) -> RunContext:
 
     name = ctx.model_name(model_name)
     registry = Registry(ctx.store, name)
-    versions = registry.versions()
-    if versions and name == ctx.config.model_name:
-        newest = registry.get(registry.alias_doc().aliases.get("champion", versions[-1]))
-        if not registry.config_template(newest):  # registered before versions kept their config
-            return ctx
-    return ctx.with_config(registry.model_config(ctx.settings.config_variables(os.environ)))
+    variables = ctx.settings.config_variables(os.environ)
+    kept = registry.kept_config(variables)
+    if kept is not None:
+        return ctx.with_config(kept)
+    if name == ctx.config.model_name and registry.versions():
+        return ctx  # versions registered before configs were kept: the worker's config names it
+    return ctx.with_config(registry.model_config(variables))  # raises, saying why there is none
 
 
 def aws_credentials_from_block(settings: Settings) -> S3Credentials:

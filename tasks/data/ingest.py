@@ -338,7 +338,7 @@ def ingest_batches(
                 entry = {"status": "valid", "key": vkey, "rows": typed.height, "source": ref.key}
                 if unique:
                     mine = typed.select(unique).with_columns(pl.lit(ref.key).alias("__batch"))
-                    seen = mine if seen is None else pl.concat([seen, mine])
+                    seen = mine if seen is None else pl.concat([seen, mine], rechunk=False)  # no re-copy
             else:
                 qkey = _quarantine(store, dataset, ref, report, raw)
                 entry = {

@@ -246,19 +246,36 @@ class Registry:
             template, variables, f"registry {self.model_name} v{mv.version} ({CONFIG_FILE})"
         )
 
-    def model_config(self, variables: Mapping[str, str]) -> DatasetConfig:
-        """The config of the model: its champion's, else its newest version's. A model that was never
-        registered is an error naming the models that are."""
+    def current_version(self) -> ModelVersion | None:
+        """The version that speaks for the model: its champion, else its newest (None: no versions)."""
         versions = self.versions()
         if not versions:
-            known = registered_models(self.store)
-            raise RegistryError(
-                f"model {self.model_name!r} was never registered in {self.store.uri} (registered: "
-                f"{known or 'none'}); train it first, e.g. prefect deployment run 'training/local' "
-                "-p dataset_config=configs/<yours>.yaml"
-            )
-        version = self.alias_doc().aliases.get("champion", versions[-1])
-        return self.load_config(self.get(version), variables)
+            return None
+        return self.get(self.alias_doc().aliases.get("champion", versions[-1]))
+
+    def kept_config(self, variables: Mapping[str, str]) -> DatasetConfig | None:
+        """The config the current version was trained with; None if there is no version, or it was
+        registered before versions kept their config."""
+        current = self.current_version()
+        if current is None or not self.config_template(current):
+            return None
+        return self.load_config(current, variables)
+
+    def model_config(self, variables: Mapping[str, str]) -> DatasetConfig:
+        """The config of the model (``kept_config``), or an error saying why there is none: never
+        registered (naming the models that are), or registered before configs were kept."""
+        kept = self.kept_config(variables)
+        if kept is not None:
+            return kept
+        current = self.current_version()
+        if current is not None:
+            return self.load_config(current, variables)  # raises: registered before configs were kept
+        known = registered_models(self.store)
+        raise RegistryError(
+            f"model {self.model_name!r} was never registered in {self.store.uri} (registered: "
+            f"{known or 'none'}); train it first, e.g. prefect deployment run 'training/local' "
+            "-p dataset_config=configs/<yours>.yaml"
+        )
 
     def load_booster(self, mv: ModelVersion) -> lgb.Booster:
         return lgb.Booster(model_str=self.read_file(mv, "model.txt").decode())

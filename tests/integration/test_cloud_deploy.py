@@ -119,8 +119,7 @@ def test_stack_makes_the_bucket_roles_cluster_and_worker(cloud):
     iam = _aws("iam", endpoint)
     roles = {r["RoleName"]: r for r in iam.list_roles()["Roles"]}
     for name in ("driftloop-task-execution", "driftloop-flow-task", "driftloop-ecs-worker"):
-        trust = roles[name]["AssumeRolePolicyDocument"]
-        trust = json.loads(trust) if isinstance(trust, str) else trust
+        trust = _doc(roles[name]["AssumeRolePolicyDocument"])
         assert trust["Statement"][0]["Principal"] == {"Service": "ecs-tasks.amazonaws.com"}
     policy = iam.get_role_policy(RoleName="driftloop-flow-task", PolicyName="artifact-store-prefix")[
         "PolicyDocument"
