@@ -280,7 +280,8 @@ def main() -> int:
     console.print(
         f"replayed {len(autumn)} September-October flights as traffic, and their outcomes as feedback"
     )
-    time.sleep(settings.serving.log_max_seconds + 1)  # let the service flush its logs
+    # let the service ship its spool, and monitoring's lateness allowance pass
+    time.sleep(max(settings.serving.log_max_seconds, settings.logs.lateness_seconds) + 1)
 
     before_monitor = time.time()
     report = asyncio.run(_watch("monitor/local", {}, None))

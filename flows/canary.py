@@ -48,10 +48,10 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     champion_v, challenger_v = aliases["champion"], aliases["challenger"]
     # both arms judged on the same period: traffic since this canary started
     started = datetime.fromisoformat(doc.alias_set_at("challenger") or datetime.now(timezone.utc).isoformat())
-    predictions = read_log(store, PREDICTIONS, model_name, CANARY_COLUMNS)
+    predictions = read_log(store, PREDICTIONS, model_name, CANARY_COLUMNS, since=started.date())
     if predictions.height:
         predictions = predictions.filter(pl.col("ts") >= started)
-    feedback = read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS)
+    feedback = read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS, since=started.date())
     hours = (datetime.now(timezone.utc) - started).total_seconds() / 3600
     evidence = canary_evidence(predictions, feedback, champion_v, challenger_v, hours)
     verdict = decide_canary(evidence, ctx.settings.retrain)

@@ -20,7 +20,7 @@ from tasks.events import emit_model_event
 from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
 from tasks.monitoring.steps import judge_window
-from tasks.monitoring.window import MonitorReport, mark_processed
+from tasks.monitoring.window import MonitorReport, advance_watermark
 from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
 from tasks.registry.versions import Registry, registered_models
 
@@ -34,7 +34,6 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         report = MonitorReport(
             model_name=model_name,
             champion=None,
-            files=[],
             rows=0,
             window=None,
             note=f"{model_name!r} has no champion yet: it was never registered in {ctx.store.uri} "
@@ -75,7 +74,8 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
             target=ctx.target,
         )
     _publish(report)
-    mark_processed(ctx.store, model_name, report.files)  # last: a failed run reprocesses its window
+    if report.through is not None:  # last: a failed run judges its window again
+        advance_watermark(ctx.store, model_name, report.through)
     logger.info(
         "monitored %d predictions of %s: drift %s (%s), quality problems %d, degraded %s",
         report.rows,

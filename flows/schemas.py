@@ -73,6 +73,13 @@ class MonitorParams(BaseModel):
     model_name: str | None = Field(None, description=MODEL_NAME)
 
 
+class CompactParams(BaseModel):
+    model_name: str | None = Field(None, description="registry name (default: every registered model)")
+    retention_days: int | None = Field(
+        None, ge=1, description="days of log kept (default: the settings' logs.retention_days)"
+    )
+
+
 class RetrainParams(BaseModel):
     model_name: str | None = Field(None, description=MODEL_NAME)
     reason: str = Field("manual", description="why (an automation passes the event that triggered it)")

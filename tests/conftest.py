@@ -44,6 +44,8 @@ os.environ.update(
         "DRIFTLOOP_GUARDS__RETRY_DELAY_SECONDS": "0.5",  # retried steps in tests: 0.5, 1, 2 s
         "DRIFTLOOP_STORE_URI": str(SESSION_DIR / "store"),
         "DRIFTLOOP_SOURCES_DIR": str(SESSION_DIR / "sources"),
+        "DRIFTLOOP_SERVING__SPOOL_DIR": str(SESSION_DIR / "spool"),
+        "DRIFTLOOP_LOGS__LATENESS_SECONDS": "0",  # tests wait for the service's spool to ship instead
         "DRIFTLOOP_BENTOML_HOME": str(SESSION_DIR / "bentoml"),
         "DRIFTLOOP_TRACKING__DIR": str(SESSION_DIR / "wandb"),
         "BENTOML_HOME": str(SESSION_DIR / "bentoml"),

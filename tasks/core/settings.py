@@ -96,8 +96,13 @@ class ServingSettings(BaseModel):
     )
     challenger_share: float = Field(0.1, ge=0.0, le=1.0)
     poll_seconds: float = Field(2.0, gt=0, description="how often the service checks the registry's aliases")
-    log_max_rows: int = Field(2000, ge=1)
-    log_max_seconds: float = Field(5.0, gt=0)
+    log_max_rows: int = Field(2000, ge=1, description="rows per spool segment before it is shipped")
+    log_max_seconds: float = Field(5.0, gt=0, description="a spool segment older than this is shipped")
+    spool_dir: Path = Field(
+        PROJECT_DIR / ".driftloop" / "spool",
+        description="local disk where predictions and feedback are made durable (fsync) before a "
+        "request is answered, then shipped to the store; on ECS mount a volume here",
+    )
     auth_token: SecretStr | None = Field(
         None, description="if set, scoring requests need 'Authorization: Bearer <token>'"
     )
@@ -119,6 +124,23 @@ class ServingSettings(BaseModel):
     )
     host: str = "127.0.0.1"
     port: int = Field(3000, ge=1, le=65535)
+
+
+class LogSettings(BaseModel):
+    """The prediction and feedback logs in the store: how long they are kept, how they are read."""
+
+    retention_days: int = Field(
+        180,
+        ge=1,
+        description="days of prediction and feedback log kept; the compaction flow deletes older date "
+        "partitions (on S3 the bucket's lifecycle rules expire them too: PredictionLogRetentionDays)",
+    )
+    lateness_seconds: float = Field(
+        15,
+        ge=0,
+        description="monitoring judges predictions at least this old, so rows a service is still "
+        "shipping from its spool are not skipped (keep it above serving.log_max_seconds)",
+    )
 
 
 class RetrainSettings(BaseModel):
@@ -217,6 +239,7 @@ class Settings(BaseSettings):
     prefect: PrefectSettings = PrefectSettings()
     guards: GuardSettings = GuardSettings()
     serving: ServingSettings = ServingSettings()
+    logs: LogSettings = LogSettings()
     s3: S3Settings = S3Settings()
     tracking: TrackingSettings = TrackingSettings()
     gate: GateSettings = GateSettings()

@@ -67,6 +67,10 @@ class ArtifactStore(ABC):
         """All keys below ``prefix`` (recursive), sorted."""
 
     @abstractmethod
+    def delete(self, keys: list[str]) -> None:
+        """Remove ``keys`` (a key already gone is not an error: deleting is idempotent)."""
+
+    @abstractmethod
     def url(self, key: str) -> str:
         """A path or ``s3://`` URL Polars (and people) can open directly."""
 
@@ -196,6 +200,18 @@ class LocalStore(ArtifactStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def delete(self, keys: list[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            path.unlink(missing_ok=True)
+            for parent in path.parents:  # no empty partition directories left behind
+                if parent == self.root or not parent.is_relative_to(self.root):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+
     def list(self, prefix: str = "") -> list[str]:
         base = self.root / prefix.strip("/") if prefix.strip("/") else self.root
         if base.is_file():
@@ -279,6 +295,17 @@ class S3Store(ArtifactStore):
             if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
                 return None
             raise
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            out = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            if out.get("Errors"):
+                first = out["Errors"][0]
+                raise StoreError(
+                    f"could not delete {len(out['Errors'])} keys from {self.uri}, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message')}"
+                )
 
     def list(self, prefix: str = "") -> list[str]:
         want = prefix.strip("/")

@@ -7,6 +7,7 @@ version that answered, its W&B run, git commit and dataset snapshot, and the raw
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import polars as pl
@@ -17,6 +18,7 @@ from tasks.data.ingest import ingest_state_key
 from tasks.data.snapshot import read_manifest
 from tasks.registry.versions import Registry
 from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_keys, outcome_per_request
+from tasks.serving.request_ids import issued_on
 
 
 def raw_sources(store: ArtifactStore, snapshot: dict[str, Any], dataset: str) -> dict[str, list[str]]:
@@ -60,7 +62,11 @@ def version_lineage(store: ArtifactStore, registry: Registry, version: int) -> d
 
 
 def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -> dict[str, Any]:
-    keys = log_keys(store, PREDICTIONS, registry.model_name)
+    # the id's issue date is the index: its prediction is in that day's partition (or the next, if it
+    # was logged across midnight) and its feedback no earlier; ids without a date scan the log
+    issued = issued_on(request_id)
+    until = issued + timedelta(days=1) if issued else None
+    keys = log_keys(store, PREDICTIONS, registry.model_name, since=issued, until=until)
     found = (
         store.scan_parquet(keys).filter(pl.col("request_id") == request_id).collect()
         if keys
@@ -72,7 +78,7 @@ def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -
             "seconds; check the id, or wait and retry)"
         )
     row = found.row(-1, named=True)
-    fb_keys = log_keys(store, FEEDBACK, registry.model_name)
+    fb_keys = log_keys(store, FEEDBACK, registry.model_name, since=issued)
     feedback = (
         store.scan_parquet(fb_keys).filter(pl.col("request_id") == request_id).sort("ts").collect()
         if fb_keys

@@ -6,6 +6,7 @@ degraded or not) is decided by ``tasks.decisions``.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import polars as pl
@@ -25,10 +26,10 @@ from tasks.monitoring.drift import (
 from tasks.monitoring.lineage import request_lineage, version_lineage
 from tasks.monitoring.performance import live_performance
 from tasks.monitoring.profile import load_profile
-from tasks.monitoring.window import MonitorReport, profile_and_store_daily, unprocessed_files
+from tasks.monitoring.window import MonitorReport, profile_and_store_daily, unjudged_predictions
 from tasks.orchestration import cached_task, io_task
 from tasks.registry.versions import ModelVersion, Registry
-from tasks.serving.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, of_model, read_log
+from tasks.serving.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, read_log
 
 
 @cached_task(name="profile-reference")
@@ -77,18 +78,16 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
         return MonitorReport(
             model_name=model_name,
             champion=None,
-            files=[],
             rows=0,
             window=None,
             note=f"{model_name!r} has no champion yet (run the training flow); nothing to monitor",
         )
     champion = registry.get(champion_version)
-    files = unprocessed_files(store, model_name)
-    report = MonitorReport(model_name=model_name, champion=champion.version, files=files, rows=0, window=None)
-    if not files:
+    frame, through = unjudged_predictions(store, model_name, ctx.settings.logs.lateness_seconds)
+    report = MonitorReport(model_name=model_name, champion=champion.version, rows=0, window=None)
+    if frame.height == 0:
         report.note = "no new predictions since the last run; nothing to judge"
         return report
-    frame = of_model(store.scan_parquet(files), model_name).collect()
     report.rows = frame.height
     report.window = (str(frame["ts"].min()), str(frame["ts"].max()))
     mon = config.monitoring
@@ -97,8 +96,8 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
             f"only {frame.height} new predictions (monitoring.min_rows={mon.min_rows}); "
             "they stay unprocessed and count towards the next run"
         )
-        report.files = []
         return report
+    report.through = through
     transform = registry.load_transform(champion)
     reference = load_profile(registry.read_file(champion, "reference_profile.bin"))
     window = profile_and_store_daily(
@@ -121,9 +120,11 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
             "saved with each version: retrain it to judge drift; performance is judged below"
         )
     report.quality_problems = data_quality(frame, transform, reference, mon)
+    # only the date partitions the performance window can reach are read (the log may be long)
+    recent = (datetime.now(timezone.utc) - timedelta(days=mon.performance_window_days + 1)).date()
     report.performance = live_performance(
-        read_log(store, PREDICTIONS, model_name, PREDICTION_COLUMNS),
-        read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS),
+        read_log(store, PREDICTIONS, model_name, PREDICTION_COLUMNS, since=recent),
+        read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS, since=recent),
         mon.min_labels,
         window_days=mon.performance_window_days,
     )

@@ -1,111 +1,20 @@
-"""The prediction and feedback logs: buffered off the request path, flushed to the artifact store as
-Parquet partitioned by model, date and hour (by size, by time, and at shutdown), read back lazily.
+"""The prediction and feedback logs: their schemas, where they live, and how they are read back.
+
+The service writes them through ``tasks.serving.spool.SpooledLog`` (durable before a request is
+answered); the compaction flow merges a day's small files into one.
 
 Layout: ``predictions/<model>/date=…/hour=…/*.parquet`` and ``feedback/<model>/…``: services of
-several models share one store, and whatever reads one model's log lists only that model's files."""
+several models share one store, and whatever reads one model's log lists only that model's files.
+Readers that need a period list only its dates (``since``), so a long log costs them nothing."""
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-import uuid
-from typing import Any
+import re
+from datetime import date
 
 import polars as pl
 
 from tasks.core.store import ArtifactStore
-
-log = logging.getLogger("driftloop.serving")
-
-
-class PartitionedLog:
-    """Append rows in memory; a background thread writes them to ``<prefix>/date=…/hour=…/*.parquet``."""
-
-    def __init__(
-        self,
-        store: ArtifactStore,
-        prefix: str,
-        schema: dict[str, pl.DataType],
-        max_rows: int = 2000,
-        max_seconds: float = 5.0,
-    ):
-        self.store, self.prefix, self.schema = store, prefix, schema
-        self.max_rows, self.max_seconds = max_rows, max_seconds
-        self._rows: list[dict[str, Any]] = []
-        self._frames: list[pl.DataFrame] = []
-        self._buffered = 0
-        self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"{prefix}-flusher", daemon=True)
-        self._thread.start()
-        self.flushed_rows = 0
-        self.errors = 0
-
-    def append(self, rows: list[dict[str, Any]]) -> None:
-        """Buffer rows given as dicts (cheapest for a few rows)."""
-        with self._lock:
-            self._rows.extend(rows)
-            self._buffered += len(rows)
-            full = self._buffered >= self.max_rows
-        if full:
-            self._wake.set()
-
-    def append_frame(self, frame: pl.DataFrame) -> None:
-        """Buffer a frame whose columns match the schema (cheapest for large batches)."""
-        with self._lock:
-            self._frames.append(frame)
-            self._buffered += frame.height
-            full = self._buffered >= self.max_rows
-        if full:
-            self._wake.set()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.max_seconds)
-            self._wake.clear()
-            self.flush()
-
-    def flush(self) -> int:
-        """Write what is buffered; on failure keep it for the next attempt (nothing is dropped)."""
-        with self._flush_lock:
-            with self._lock:
-                rows, frames, self._rows, self._frames, self._buffered = self._rows, self._frames, [], [], 0
-            if not rows and not frames:
-                return 0
-            try:
-                parts = [pl.DataFrame(rows, schema=self.schema)] if rows else []
-                parts += [f.select(list(self.schema)).cast(self.schema) for f in frames]
-                frame = pl.concat(parts)
-                for (date, hour), part in (
-                    frame.with_columns(
-                        pl.col("ts").dt.strftime("%Y-%m-%d").alias("__date"),
-                        pl.col("ts").dt.strftime("%H").alias("__hour"),
-                    )
-                    .partition_by(["__date", "__hour"], as_dict=True)
-                    .items()
-                ):
-                    name = f"{int(time.time() * 1000)}-{uuid.uuid4().hex[:8]}.parquet"
-                    key = f"{self.prefix}/date={date}/hour={hour}/{name}"
-                    self.store.write_parquet(key, part.drop("__date", "__hour"))
-                self.flushed_rows += frame.height
-                return frame.height
-            except Exception as exc:  # noqa: BLE001 - keep the rows, report, try again later
-                self.errors += 1
-                log.error("driftloop: could not flush %s rows: %s", self.prefix, exc)
-                with self._lock:
-                    self._rows[:0] = rows
-                    self._frames[:0] = frames
-                    self._buffered += len(rows) + sum(f.height for f in frames)
-                return 0
-
-    def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=10)
-        self.flush()
 
 
 def prediction_log_schema(inputs: dict[str, pl.DataType]) -> dict[str, pl.DataType]:
@@ -151,9 +60,27 @@ def log_prefix(kind: str, model_name: str) -> str:
     return f"{kind}/{model_name}"
 
 
-def log_keys(store: ArtifactStore, kind: str, model_name: str) -> list[str]:
-    """The Parquet files of one model's prediction or feedback log, in key order."""
-    return [k for k in store.list(log_prefix(kind, model_name)) if k.endswith(".parquet")]
+_DATE_PART = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+
+
+def key_date(key: str) -> date | None:
+    """The date partition a log key lies in (None outside the partitioned layout)."""
+    found = _DATE_PART.search(key)
+    return date.fromisoformat(found.group(1)) if found else None
+
+
+def log_keys(
+    store: ArtifactStore, kind: str, model_name: str, since: date | None = None, until: date | None = None
+) -> list[str]:
+    """The Parquet files of one model's prediction or feedback log, in key order; with ``since`` /
+    ``until`` only those of the date partitions in that range (inclusive)."""
+    keys = [k for k in store.list(log_prefix(kind, model_name)) if k.endswith(".parquet")]
+    if since is None and until is None:
+        return keys
+    dated = [(k, key_date(k)) for k in keys]
+    return [
+        k for k, d in dated if d is None or ((since is None or d >= since) and (until is None or d <= until))
+    ]
 
 
 def read_log(
@@ -162,12 +89,14 @@ def read_log(
     model_name: str,
     columns: list[str] | None = None,
     request_ids: list[str] | None = None,
+    since: date | None = None,
 ) -> pl.DataFrame:
     """What ``model_name``'s service flushed to its prediction or feedback log (empty when nothing was
     logged yet). The scan is lazy: only ``columns`` are read, and only rows of ``request_ids`` kept,
-    so callers that need a little of a large log do not read all of it. A column no file has yet (one
-    added to the log later) reads as nulls."""
-    keys = log_keys(store, kind, model_name)
+    so callers that need a little of a large log do not read all of it; with ``since`` only the date
+    partitions from that day on are listed. A column no file has yet (one added to the log later)
+    reads as nulls."""
+    keys = log_keys(store, kind, model_name, since=since)
     if not keys:
         return pl.DataFrame()
     scan = of_model(store.scan_parquet(keys), model_name)

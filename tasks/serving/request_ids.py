@@ -1,11 +1,17 @@
-"""Request ids the service issues and can verify on its own: ``<random>.<signature>``.
+"""Request ids the service issues and can verify on its own: ``<YYYYMMDD><random>.<signature>``.
 
-Identity comes from the service, never from the caller: every prediction gets an id made of 64 random
-bits and an HMAC of them under a key only the service holds, so ``/feedback`` can reject an id it never
-issued at once, with no index and no scan of the log, on any worker and after any restart. The key
-lives in the artifact store (``state/serving/<model>/request-id-key``), created once by whichever worker
-starts first (a conditional write), so every worker of every deployment of that model agrees; each
-model has its own key, so an id one model's service issued is no id to another's ``/feedback``.
+Identity comes from the service, never from the caller: every prediction gets an id made of its UTC
+issue date, 64 random bits and an HMAC of both under a key only the service holds, so ``/feedback``
+can reject an id it never issued at once, with no index and no scan of the log, on any worker and
+after any restart. The key lives in the artifact store (``state/serving/<model>/request-id-key``),
+created once by whichever worker starts first (a conditional write), so every worker of every
+deployment of that model agrees; each model has its own key, so an id one model's service issued is
+no id to another's ``/feedback``.
+
+The date is the lookup index: the prediction log is partitioned by date, so finding one id reads one
+day's (compacted, id-sorted) file instead of scanning the log; the signature covers the date, so a
+caller cannot move an id to another day. Ids issued before dates were added (16 hex characters) still
+verify; their lookups scan.
 """
 
 from __future__ import annotations
@@ -13,10 +19,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from datetime import date, datetime, timezone
 
 from tasks.core.store import ArtifactStore, PreconditionFailed
 
 _RANDOM_HEX = 16
+_DATE = 8  # YYYYMMDD
 _SIGNATURE_HEX = 16
 
 
@@ -45,13 +53,30 @@ class RequestIds:
     def issue(self, n: int) -> list[str]:
         """``n`` new ids (one ``urandom`` call for all of them)."""
         raw = os.urandom(_RANDOM_HEX // 2 * n).hex()
-        tokens = [raw[i * _RANDOM_HEX : (i + 1) * _RANDOM_HEX] for i in range(n)]
+        day = datetime.now(timezone.utc).strftime("%Y%m%d")
+        tokens = [day + raw[i * _RANDOM_HEX : (i + 1) * _RANDOM_HEX] for i in range(n)]
         return [f"{t}.{self._sign(t)}" for t in tokens]
 
     def verify(self, request_id: str) -> bool:
         """Whether this service issued ``request_id`` (constant-time comparison of the signature)."""
         token, dot, signature = request_id.partition(".")
-        if not dot or len(token) != _RANDOM_HEX or len(signature) != _SIGNATURE_HEX:
+        if (
+            not dot
+            or len(token) not in (_RANDOM_HEX, _DATE + _RANDOM_HEX)
+            or len(signature) != _SIGNATURE_HEX
+        ):
             return False
         # bytes, not str: compare_digest refuses non-ASCII text, and an id is whatever a caller sends
         return hmac.compare_digest(self._sign(token).encode(), signature.encode("utf-8", "replace"))
+
+
+def issued_on(request_id: str) -> date | None:
+    """The UTC date an id was issued (``None`` for ids without one, or not ids at all). Unverified: use
+    it to find a logged prediction, never as evidence."""
+    token = request_id.partition(".")[0]
+    if len(token) != _DATE + _RANDOM_HEX or not token[:_DATE].isdigit():
+        return None
+    try:
+        return datetime.strptime(token[:_DATE], "%Y%m%d").date()
+    except ValueError:
+        return None

@@ -26,6 +26,7 @@ FLOWS = [
     "retrain",
     "canary-decision",
     "lineage",
+    "compact-logs",
 ]
 
 
@@ -142,12 +143,17 @@ def test_every_deployment_has_a_concurrency_limit_that_queues(deployment):
 
 
 @pytest.mark.parametrize("target", ["local", "cloud"])
-def test_the_canary_decision_runs_on_the_schedule_the_readme_promises(target):
+def test_the_canary_decision_and_compaction_run_on_the_schedules_the_readme_promises(target):
     canary = next(
         d for d in prefect_file.deployments(target, SPEC) if d["entrypoint"].endswith(":canary_decision")
     )
     assert canary["schedules"][0]["cron"] == "30 * * * *"
-    assert "canary-decision/local" in (PROJECT_DIR / "README.md").read_text()
+    compaction = {prefect_file.flow_name(d): d for d in prefect_file.deployments(target, SPEC)}[
+        "compact-logs"
+    ]
+    assert compaction["schedules"][0]["cron"] == "45 * * * *"
+    readme = (PROJECT_DIR / "README.md").read_text()
+    assert "canary-decision/local" in readme and "compact-logs/local" in readme
 
 
 def test_flows_and_io_steps_have_timeouts_and_retries_from_the_settings():

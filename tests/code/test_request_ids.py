@@ -27,3 +27,19 @@ def test_issued_ids_verify_and_anything_else_does_not(tmp_path):
         issued[0] + " ",
     ]
     assert [ids.verify(h) for h in hostile] == [False] * len(hostile)
+
+
+def test_ids_carry_their_signed_issue_date_for_lookups(tmp_path):
+    from datetime import datetime, timezone
+
+    from tasks.serving.request_ids import issued_on
+
+    ids = RequestIds(request_id_key(LocalStore(tmp_path), "m"))
+    rid = ids.issue(1)[0]
+    assert issued_on(rid) == datetime.now(timezone.utc).date()
+    moved = "19990101" + rid[8:]  # another day, same random part and signature
+    assert issued_on(moved).year == 1999 and not ids.verify(moved)  # a moved date no longer verifies
+    legacy_token = rid.partition(".")[0][8:]
+    legacy = f"{legacy_token}.{ids._sign(legacy_token)}"  # ids issued before they carried a date
+    assert ids.verify(legacy) and issued_on(legacy) is None
+    assert issued_on("") is None and issued_on("20261399" + "0" * 16 + ".x") is None

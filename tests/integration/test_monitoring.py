@@ -31,7 +31,8 @@ def _log_window(
     from tasks.data.ingest import discover_batches, ingest_batches
     from tasks.data.snapshot import build_snapshot
     from tasks.registry.versions import Registry
-    from tasks.serving.logs import FEEDBACK_SCHEMA, PartitionedLog, log_prefix, prediction_log_schema
+    from tasks.serving.logs import FEEDBACK_SCHEMA, log_prefix, prediction_log_schema
+    from tasks.serving.spool import SpooledLog
     from tasks.serving.watcher import load_version
 
     store = open_store(settings)
@@ -66,8 +67,9 @@ def _log_window(
     from tasks.serving.schema import input_schema
 
     schema = prediction_log_schema(input_schema(config))
-    log = PartitionedLog(
-        store, log_prefix("predictions", config.model_name), schema, max_rows=10**9, max_seconds=3600
+    spool = settings.serving.spool_dir
+    log = SpooledLog(
+        store, log_prefix("predictions", config.model_name), schema, spool, max_rows=10**9, max_seconds=3600
     )
     log.append(
         [
@@ -89,12 +91,8 @@ def _log_window(
         ]
     )
     log.close()
-    feedback = PartitionedLog(
-        store,
-        log_prefix("feedback", config.model_name),
-        FEEDBACK_SCHEMA,
-        10**9,
-        3600,
+    feedback = SpooledLog(
+        store, log_prefix("feedback", config.model_name), FEEDBACK_SCHEMA, spool, 10**9, 3600
     )
     feedback.append(
         [

@@ -63,6 +63,13 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     [t.start() for t in threads]
     [t.join() for t in threads]
     assert sum(a == "start" for a in answers) == 1
+    # the cooldown is Prefect's own: a global concurrency limit whose one slot decays over 60 min
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("retrain-cooldown-flights-race")
+    assert limit.limit == 1 and limit.active_slots == 1
+    assert limit.slot_decay_per_second == pytest.approx(1 / 3600)
 
     if result.status != "canary":
         registry.set_alias("challenger", 2, reason="test: force a canary", actor="test")

@@ -1,0 +1,56 @@
+"""Compaction: the prediction and feedback logs merged into one file per model per day, and expired.
+
+    python flows/compaction.py                         # every registered model
+    prefect deployment run 'compact-logs/local' -p params='{"model_name": "flights-late-arrival"}'
+
+Services ship a small file every few seconds; this flow (scheduled hourly) keeps the store to one
+file per model per day (today: one per hour), drops rows shipped twice, and deletes the date
+partitions older than ``logs.retention_days``. It is safe while services write: see
+``tasks.serving.compaction``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from flows.schemas import CompactParams
+from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from tasks.registry.versions import registered_models
+from tasks.serving.compaction import CompactionResult
+from tasks.serving.logs import FEEDBACK, PREDICTIONS
+from tasks.serving.steps import compact_model_log
+
+
+@flow(name="compact-logs", **FLOW_GUARDS, flow_run_name=run_name("compact-logs"))
+def compact_logs(params: CompactParams = CompactParams()) -> list[CompactionResult]:
+    ctx = run_context()
+    models = [registered_model(ctx, params.model_name)] if params.model_name else registered_models(ctx.store)
+    retention = params.retention_days or ctx.settings.logs.retention_days
+    results = [compact_model_log(kind, m, retention, ctx) for m in models for kind in (PREDICTIONS, FEEDBACK)]
+    for r in results:
+        get_run_logger().info(
+            "%s/%s: %d files -> %d, %d rows rewritten, %d duplicates dropped, %d days expired",
+            r.kind,
+            r.model_name,
+            r.files_before,
+            r.files_after,
+            r.rows_rewritten,
+            r.duplicates_dropped,
+            r.partitions_expired,
+        )
+    publish(
+        create_table_artifact,
+        key="log-compaction",
+        table=[r.model_dump() for r in results],
+        description=f"log compaction (retention {retention} days)",
+    )
+    return results
+
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 else None
+    for result in compact_logs(CompactParams(model_name=name)):
+        print(result.model_dump_json())
