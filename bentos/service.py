@@ -39,13 +39,13 @@ from tasks.registry.versions import CONFIG_FILE, Registry
 from tasks.serving.logs import (
     FEEDBACK,
     FEEDBACK_SCHEMA,
-    PartitionedLog,
     log_prefix,
     prediction_log_schema,
 )
 from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.routing import assign_arm
 from tasks.serving.schema import input_contracts, input_schema, request_model
+from tasks.serving.spool import SpooledLog
 from tasks.serving.watcher import RegistryWatcher
 
 log = logging.getLogger("driftloop.service")
@@ -174,8 +174,8 @@ class ModelStatus(BaseModel):
     loaded_at: str | None
     last_check: str | None
     problems: list[str]
-    predictions_logged: int
-    log_errors: int
+    predictions_logged: int  # shipped to the store by this worker (each is durable on disk before that)
+    log_errors: int  # failed attempts to ship the log to the store (retried; nothing is dropped)
 
 
 PREDICTIONS = bentoml.metrics.Counter(
@@ -405,17 +405,20 @@ class Driftloop:
         self.watcher.start()
         SERVED["watcher"] = self.watcher  # the request guard answers 503 itself while nothing serves
         s = SETTINGS.serving
-        self.predictions = PartitionedLog(
+        # durable before answered (fsync to a local spool), shipped to the store in the background
+        self.predictions = SpooledLog(
             self.store,
             log_prefix("predictions", MODEL_NAME),
             prediction_log_schema(INPUT_SCHEMA),
+            s.spool_dir,
             s.log_max_rows,
             s.log_max_seconds,
         )
-        self.feedback_log = PartitionedLog(
+        self.feedback_log = SpooledLog(
             self.store,
             log_prefix(FEEDBACK, MODEL_NAME),
             FEEDBACK_SCHEMA,
+            s.spool_dir,
             s.log_max_rows,
             s.log_max_seconds,
         )
@@ -662,8 +665,8 @@ class Driftloop:
             loaded_at=s.loaded_at,
             last_check=s.last_check,
             problems=s.problems,
-            predictions_logged=self.predictions.flushed_rows,
-            log_errors=self.predictions.errors,
+            predictions_logged=self.predictions.shipped_rows,
+            log_errors=self.predictions.errors + self.feedback_log.errors,
         )
 
 
