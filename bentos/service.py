@@ -24,7 +24,7 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import bentoml
 import numpy as np
@@ -42,10 +42,11 @@ from tasks.serving.logs import (
     log_prefix,
     prediction_log_schema,
 )
+from tasks.serving.openapi import complete_openapi
 from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.routing import assign_arm
 from tasks.serving.schema import input_contracts, input_schema, request_model
-from tasks.serving.spool import SpooledLog
+from tasks.serving.spool import SpooledLog, spool_root
 from tasks.serving.watcher import RegistryWatcher
 
 log = logging.getLogger("driftloop.service")
@@ -69,7 +70,24 @@ class ClientErrorsAtInfo(logging.Filter):
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAtInfo())
 
-SETTINGS = Settings()
+
+def settings_of_this_process() -> Settings:
+    """The settings, plus what the bento this code runs from says. A bento's ``envs`` (which name its
+    packaged model) are set in the image it becomes, not by ``bentoml serve <tag>``: read them from
+    the bento's own ``bento.yaml`` (beside ``src/``), so an imported bento serves its packaged model
+    wherever it runs. Values set in the environment win."""
+    settings = Settings()
+    manifest = Path(__file__).resolve().parents[2] / "bento.yaml"
+    if settings.packaged_model or not manifest.is_file():
+        return settings
+    import yaml
+
+    envs = {e.get("name"): e.get("value") for e in yaml.safe_load(manifest.read_text()).get("envs") or []}
+    packaged = envs.get("DRIFTLOOP_PACKAGED_MODEL")
+    return settings.model_copy(update={"packaged_model": packaged}) if packaged else settings
+
+
+SETTINGS = settings_of_this_process()
 
 
 def open_service_store(settings: Settings) -> ArtifactStore:
@@ -115,6 +133,9 @@ def served_config(settings: Settings) -> DatasetConfig:
 
 CONFIG = served_config(SETTINGS)
 Record = request_model(CONFIG, "Record")  # the fields are the served model's inputs
+_Item = TypeVar("_Item")
+# a batch: at least one item, at most max_batch_rows (declared in the OpenAPI document too)
+BatchOf = Annotated[list[_Item], Field(min_length=1, max_length=SETTINGS.serving.max_batch_rows)]
 INPUT_COLUMNS = list(input_contracts(CONFIG))
 INPUT_SCHEMA = input_schema(CONFIG)
 TIME_COLUMN = CONFIG.time_column
@@ -147,9 +168,10 @@ class Scored(BaseModel):
 
 
 class FeedbackItem(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")  # no 0 for false, no true for 1
     request_id: str = Field(min_length=1, max_length=128, description="the id /predict returned")
-    outcome: Literal[0, 1] = Field(
-        description="the observed label (1 = positive, e.g. arrived > 15 min late)"
+    outcome: int = Field(
+        ge=0, le=1, description="the observed label (1 = positive, e.g. arrived > 15 min late)"
     )
     correction: bool = Field(
         False, description="replace an outcome reported before (otherwise the first one reported counts)"
@@ -167,12 +189,12 @@ class FeedbackResult(BaseModel):
 
 
 class ModelStatus(BaseModel):
-    champion: int | None
-    challenger: int | None
+    champion: int | None = None
+    challenger: int | None = None
     mode: str
     challenger_share: float
-    loaded_at: str | None
-    last_check: str | None
+    loaded_at: str | None = None
+    last_check: str | None = None
     problems: list[str]
     predictions_logged: int  # shipped to the store by this worker (each is durable on disk before that)
     log_errors: int  # failed attempts to ship the log to the store (retried; nothing is dropped)
@@ -228,6 +250,8 @@ class RequestGuard:
         return None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/docs.json":
+            return await self._openapi(scope, receive, send)
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
@@ -245,6 +269,12 @@ class RequestGuard:
                 },
                 status_code=503,
                 headers={"Retry-After": "5"},
+            )(scope, receive, send)
+        media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if media_type and media_type != b"application/json":
+            return await JSONResponse(
+                {"error": f"unsupported Content-Type {media_type.decode('latin-1')!r}: send JSON"},
+                status_code=415,
             )(scope, receive, send)
         length = headers.get(b"content-length")
         if length is not None and not length.isdigit():
@@ -275,7 +305,56 @@ class RequestGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        return await self.app(scope, replay, send)
+        return await self.app(scope, replay, self._one_error_object(send))
+
+    @staticmethod
+    def _one_error_object(send: Any) -> Any:
+        """BentoML answers an error raised in some endpoints as a one-element list (``[{"error": …}]``);
+        every 4xx body is the one object the OpenAPI document declares."""
+        start: dict | None = None
+        chunks: list[bytes] = []
+
+        async def wrapped(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and 400 <= message["status"] < 500:
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list) and len(parsed) == 1 and isinstance(parsed[0], dict):
+                body = json.dumps(parsed[0]).encode()
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+            await send({**start, "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        return wrapped
+
+    async def _openapi(self, scope: dict, receive: Any, send: Any) -> None:
+        """BentoML's OpenAPI document, completed with what this service really answers."""
+        messages: list[dict] = []
+
+        async def keep(message: dict) -> None:
+            messages.append(message)
+
+        await self.app(scope, receive, keep)
+        start = next((m for m in messages if m["type"] == "http.response.start"), None)
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        if start is None or start["status"] != 200:
+            for message in messages:
+                await send(message)
+            return
+        spec = complete_openapi(
+            json.loads(body), self.SCORING_PATHS, self.FEEDBACK_PATHS, auth=self.token is not None
+        )
+        await JSONResponse(spec)(scope, receive, send)
 
     async def _too_large(
         self, size: int, scope: dict, receive: Any, send: Any, at_least: bool = False
@@ -296,7 +375,7 @@ def _column_adapters() -> dict[str, TypeAdapter]:
     """Per input column, a validator of a list of its values with exactly the type and constraints the
     record model gives that field: /predict_columns accepts what /predict accepts, nothing more (no
     fractional ints, no Infinity, no objects where text is expected)."""
-    strict = ConfigDict(allow_inf_nan=False)
+    strict = ConfigDict(allow_inf_nan=False, strict=True)
     return {
         name: TypeAdapter(list[_annotated(field.annotation, field.metadata)], config=strict)
         for name, field in Record.model_fields.items()
@@ -423,6 +502,8 @@ class Driftloop:
             s.log_max_seconds,
         )
         self._request_ids: RequestIds | None = None  # its key is in the store: read on first use
+        self._key_problem: str | None = None
+        self._key_retry_at = 0.0
         if self.watcher.models.champion is None and PACKAGED_MODEL:
             try:
                 self.watcher.use_packaged(Path(self.packaged.path))
@@ -435,13 +516,27 @@ class Driftloop:
         gc.freeze()
 
     def request_ids(self) -> RequestIds:
-        """The signer of request ids, its key read from the store the first time one is needed (so a
-        store that is down when the service starts delays identity, it does not crash the worker)."""
-        if self._request_ids is None:
+        """The signer of request ids. Its key is read from the store the first time one is needed (a
+        store that is down at start does not crash the worker) and cached on local disk. A service
+        that has never reached its store (a packaged bento elsewhere) still answers: it signs with a
+        temporary key, says so in /model_status, and switches to the store's key once it can read it
+        (feedback for ids signed with the temporary key is rejected, with that reason)."""
+        if self._request_ids is not None and self._key_problem is None:
+            return self._request_ids
+        if self._request_ids is None or time.monotonic() >= self._key_retry_at:
+            cache = spool_root(SETTINGS.serving.spool_dir, self.store.uri) / "request-id-keys" / MODEL_NAME
             try:
-                self._request_ids = RequestIds(request_id_key(self.store, MODEL_NAME))
-            except Exception as exc:  # noqa: BLE001 - say why, and try again on the next request
-                raise bentoml.exceptions.ServiceUnavailable(f"request-id key unreadable: {exc}") from None
+                self._request_ids = RequestIds(request_id_key(self.store, MODEL_NAME, cache))
+                self._key_problem = None
+            except Exception as exc:  # noqa: BLE001 - serve on, say why, try again in a while
+                self._key_retry_at = time.monotonic() + 30
+                if self._request_ids is None:
+                    self._request_ids = RequestIds(os.urandom(32))
+                    self._key_problem = (
+                        f"request-id key unreadable ({type(exc).__name__}): ids are signed with a temporary "
+                        "key until the store is reachable; feedback for those ids will be rejected"
+                    )
+                    log.warning("driftloop: %s", self._key_problem)
         return self._request_ids
 
     def __is_ready__(self) -> bool:
@@ -450,8 +545,10 @@ class Driftloop:
     @bentoml.on_shutdown
     def flush_logs(self) -> None:
         self.watcher.stop()
-        self.predictions.close()
-        self.feedback_log.close()
+        # a store that is down gets a few seconds; what it does not take stays in the spool, and the
+        # next worker on this host ships it (shutdown must fit the platform's grace period)
+        self.predictions.close(ship_for_seconds=5)
+        self.feedback_log.close(ship_for_seconds=5)
 
     def _score(
         self,
@@ -589,21 +686,15 @@ class Driftloop:
         return self._score_records([record])[0]
 
     @bentoml.api
-    def predict_batch(self, records: list[Record]) -> list[Prediction]:  # type: ignore[valid-type]
-        """Score many records at once (rows are routed one by one, as single requests would be)."""
-        if not records:
-            raise bentoml.exceptions.InvalidArgument("records is empty: send at least one record")
-        if len(records) > SETTINGS.serving.max_batch_rows:
-            raise bentoml.exceptions.InvalidArgument(
-                f"{len(records)} records exceed max_batch_rows={SETTINGS.serving.max_batch_rows}; "
-                "split the batch"
-            )
+    def predict_batch(self, records: BatchOf[Record]) -> list[Prediction]:  # type: ignore[valid-type]
+        """Score 1 to ``max_batch_rows`` records at once (rows are routed one by one, as single requests
+        would be)."""
         return self._score_records(records)
 
     @bentoml.api
     async def predict_columns(
         self,
-        columns: dict[str, list[Any]],
+        columns: Annotated[dict[str, list[Any]], Field(min_length=1)],
         correlation_ids: list[str] | None = None,
         routing_keys: list[str] | None = None,
     ) -> Scored:
@@ -620,14 +711,10 @@ class Driftloop:
         )
 
     @bentoml.api
-    def feedback(self, items: list[FeedbackItem]) -> FeedbackResult:
+    def feedback(self, items: BatchOf[FeedbackItem]) -> FeedbackResult:
         """Record observed outcomes for request ids this service issued. An id it never issued is
         rejected (its signature says so: no lookup, no log scan); the first outcome for an id counts
         unless a later one is sent with ``correction: true``; each label records its source."""
-        if not items:
-            raise bentoml.exceptions.InvalidArgument(
-                "items is empty: send at least one {request_id, outcome}"
-            )
         now = datetime.now(timezone.utc)
         accepted, rejected = [], []
         for item in items:
@@ -664,11 +751,17 @@ class Driftloop:
             challenger_share=SETTINGS.serving.challenger_share,
             loaded_at=s.loaded_at,
             last_check=s.last_check,
-            problems=s.problems,
+            problems=[*s.problems, *([self._key_problem] if self._key_problem else [])],
             predictions_logged=self.predictions.shipped_rows,
             log_errors=self.predictions.errors + self.feedback_log.errors,
         )
 
+
+for _api in Driftloop.apis.values():
+    # an unknown top-level field is a 400 naming it (BentoML ignores them), declared in /docs.json as
+    # additionalProperties: false; inside a record the request model forbids them already
+    _api.input_spec.model_config["extra"] = "forbid"
+    _api.input_spec.model_rebuild(force=True)
 
 Driftloop.add_asgi_middleware(
     RequestGuard,

@@ -10,10 +10,10 @@ rejected with their name, so a typo never silently becomes "missing".
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, create_model
 
 from tasks.core.config import ColumnContract, DatasetConfig
 from tasks.model.features import FeatureSpec
@@ -55,6 +55,23 @@ def input_contracts(config: DatasetConfig) -> dict[str, tuple[ColumnContract, bo
     return out
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _iso_text(value: Any) -> datetime:
+    """A time sent as ISO 8601 text (what the OpenAPI document declares); numbers are refused rather than
+    read as Unix seconds."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected ISO 8601 text, e.g. 2013-07-01T09:00:00Z")
+    return _DATETIME.validate_python(value)
+
+
+_DATETIME = TypeAdapter(datetime)
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_text)]
+
+
 def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> type[BaseModel]:
     """A pydantic model of one prediction request, with types and ranges from the contracts."""
     fields: dict[str, Any] = {
@@ -79,17 +96,23 @@ def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> typ
     for col, (contract, required) in input_contracts(config).items():
         py = PY_TYPES[contract.dtype]
         if col == config.time_column:
-            py = datetime  # ISO 8601 text is parsed; anything else is a 400 naming the field
+            py = IsoDatetime  # ISO 8601 text is parsed; anything else is a 400 naming the field
         constraints: dict[str, Any] = {}
         if contract.min is not None and contract.dtype in ("int64", "float64"):
             constraints["ge"] = contract.min
         if contract.max is not None and contract.dtype in ("int64", "float64"):
             constraints["le"] = contract.max
+        if contract.dtype == "int64":  # what the column can hold: a larger number is a 400, not a 500
+            constraints["ge"] = max(constraints.get("ge", INT64_MIN), INT64_MIN)
+            constraints["le"] = min(constraints.get("le", INT64_MAX), INT64_MAX)
         if required:
             fields[col] = (py, Field(..., **constraints))
         else:
             fields[col] = (py | None, Field(None, **constraints))
-    return create_model(name, __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+    # strict: a value must have the type the OpenAPI document declares (no "5" for 5, no 1.0 for an
+    # integer, no true for 1); unknown fields and Infinity/NaN are 400s too
+    config_dict = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    return create_model(name, __config__=config_dict, **fields)
 
 
 def input_schema(config: DatasetConfig) -> dict[str, pl.DataType]:

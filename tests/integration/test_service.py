@@ -248,13 +248,34 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
     malformed = post("predict", content=b'{"record": {', headers={"content-type": "application/json"})
     assert malformed.status_code == 400 and "json" in malformed.text.lower()
     empty = post("predict_batch", json={"records": []})
-    assert empty.status_code == 400 and "empty" in empty.text
+    assert empty.status_code == 400 and "at least 1 item" in empty.text
+    # what the OpenAPI document declares is what is accepted: no unknown top-level fields, no "5" for
+    # 5, no Unix seconds for a time, no numbers a 64-bit column cannot hold, no lone surrogates
+    extra_key = post("predict", json={"record": good, "records": []})
+    assert extra_key.status_code == 400 and "records" in extra_key.text and "Extra inputs" in extra_key.text
+    for field, value in [
+        ("distance", "2402"),
+        ("time_hour", 1357034400),
+        ("distance", 2**70),
+    ]:
+        body = json.dumps({"record": {**good, field: value}}).encode()
+        refused = post("predict", content=body, headers={"content-type": "application/json"})
+        assert refused.status_code == 400 and field in refused.text, (field, value, refused.text)
+    lone_surrogate = json.dumps({"record": {**good, "carrier": "\ud800"}}).encode()  # escaped, ASCII
+    refused = post("predict", content=lone_surrogate, headers={"content-type": "application/json"})
+    assert refused.status_code == 400 and "Invalid JSON" in refused.text
+    not_json = post("predict", content=json.dumps({"record": good}), headers={"content-type": "text/plain"})
+    assert not_json.status_code == 415 and "JSON" in not_json.text
     huge = post("predict_batch", json={"records": [good] * 1000})
     assert huge.status_code == 413 and "MAX_REQUEST_BYTES" in huge.text
     not_binary = httpx.post(
         f"{service}/feedback", json={"items": [{"request_id": "x", "outcome": 2}]}, headers=FEEDBACK_AUTH
     )
     assert not_binary.status_code == 400 and "outcome" in not_binary.text
+    for outcome, correction in [(True, False), (1, 0)]:  # booleans and numbers are not interchangeable
+        item = {"request_id": "x", "outcome": outcome, "correction": correction}
+        strict = httpx.post(f"{service}/feedback", json={"items": [item]}, headers=FEEDBACK_AUTH)
+        assert strict.status_code == 400, strict.text
     no_token = httpx.post(f"{service}/predict", json={"record": good})
     assert no_token.status_code == 401
     # unknown categories and missing optional fields are handled as in training, not rejected
@@ -603,7 +624,12 @@ def test_kill_9_mid_stream_loses_no_acknowledged_prediction_or_label(serving_sto
     assert set(answered) <= set(logged) and logged.filter(logged.is_in(answered)).is_duplicated().sum() == 0
 
 
-def test_package_flow_builds_and_exports_a_bento(serving_store, monkeypatch):
+def test_package_flow_builds_a_bento_that_serves_elsewhere_with_the_registry_down(
+    serving_store, monkeypatch, tmp_path
+):
+    """The package flow's exported bento, imported into a fresh BentoML home and served with the store
+    unreachable (nothing listens where S3 should be): ready, answering with its packaged model,
+    exactly as the offline model scores."""
     from flows.package import PackageParams, package
     from tasks.core.store import LocalStore
 
@@ -618,6 +644,50 @@ def test_package_flow_builds_and_exports_a_bento(serving_store, monkeypatch):
 
     built = bentoml.get(bento.bento_tag)
     assert [str(m.tag) for m in built.info.all_models] == ["flights-late-arrival:v1"]
+
+    elsewhere = tmp_path / "bentoml-elsewhere"
+    cli = str(Path(sys.executable).parent / "bentoml")
+    env = {**os.environ, "BENTOML_HOME": str(elsewhere), "DRIFTLOOP_BENTOML_HOME": str(elsewhere)}
+    exported = serving_store / bento.export_key
+    subprocess.run([cli, "import", str(exported)], env=env, check=True, capture_output=True, timeout=120)
+    env |= {
+        "DRIFTLOOP_STORE_URI": "s3://unreachable/driftloop",
+        "DRIFTLOOP_S3__ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}",  # nothing listens there
+        "DRIFTLOOP_S3__ACCESS_KEY_ID": "x",
+        "DRIFTLOOP_S3__SECRET_ACCESS_KEY": "x",
+        "DRIFTLOOP_SERVING__SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    port = _free_port()
+    log = open(tmp_path / "bento.log", "wb")
+    proc = subprocess.Popen(
+        [cli, "serve", bento.bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        frame, records = _test_rows(serving_store, 50)
+        resp = httpx.post(f"{url}/predict_batch", json={"records": records}, timeout=30)
+        assert resp.status_code == 200, (resp.text, (tmp_path / "bento.log").read_text()[-3000:])
+        served = np.array([a["probability"] for a in resp.json()])
+        assert {a["model_version"] for a in resp.json()} == {1}
+        np.testing.assert_allclose(served, _offline(serving_store, 1, frame), rtol=1e-9)
+        status = httpx.post(f"{url}/model_status", timeout=10).json()
+        assert status["champion"] == 1, status
+        assert str(elsewhere) not in json.dumps(status)  # no filesystem paths in answers
+    finally:
+        _stop(proc)
 
 
 def test_monitoring_and_the_canary_judge_what_the_real_service_logged(service, serving_store, monkeypatch):
@@ -777,3 +847,39 @@ def test_an_unreachable_store_at_start_leaves_the_service_up_not_ready_and_sayin
         assert resp.status_code == 503 and "registry unreachable" in resp.text
     finally:
         _stop(proc)
+
+
+def test_every_endpoint_answers_what_its_openapi_spec_says(serving_store):
+    """Schema-based fuzzing (schemathesis) of the running service, auth on, against its own
+    ``/docs.json``: valid and invalid bodies, types, sizes, content types and methods for every
+    operation; no 5xx, and every status code, content type and body as the document declares.
+    The exceptions schemathesis cannot know are in tests/integration/schemathesis.toml, with why."""
+    proc, url = _start_server(
+        serving_store, auth_token=TOKEN, feedback_token=TOKEN, max_request_bytes="200000"
+    )
+    try:
+        run = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "schemathesis"),
+                "--config-file",
+                str(Path(__file__).parent / "schemathesis.toml"),
+                "run",
+                f"{url}/docs.json",
+                "--header",
+                f"Authorization: Bearer {TOKEN}",
+                "--max-examples",
+                "100",
+                "--seed",
+                "20261127",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=SESSION_DIR,  # its cache and reports go there, not into the checkout
+        )
+    finally:
+        _stop(proc)
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert "passed" in run.stdout and "9 selected" in run.stdout
+    log = (SESSION_DIR / f"bentoml-{url.rsplit(':', 1)[1]}.log").read_text()
+    assert "Traceback" not in log, "a fuzzed request logged a traceback"

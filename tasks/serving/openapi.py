@@ -1,0 +1,99 @@
+"""The service's OpenAPI document, made true to what the service answers.
+
+BentoML generates ``/docs.json`` from the API signatures, but (measured with schemathesis against the
+running service) it says less than the service does: optional response fields are typed non-null
+although they are ``null`` when unset, the 400 body's ``detail`` is declared a string although it
+is pydantic's list of errors, and the answers the request guard gives before BentoML sees a request
+(401/403 without the bearer token, 413 for an oversized body, 503 while no champion is loaded) and
+the bearer security scheme are missing. ``complete_openapi`` adds them; the service serves the
+result, and a schema-based fuzz test holds the service to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+ERROR_BODY = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "what is wrong, and what to do next"}},
+}
+PYDANTIC_ERRORS = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "object", "additionalProperties": True}},
+    ],
+    "title": "Error Detail",
+    "description": "the validation errors, one per field (loc, msg, type)",
+}
+GUARD_ERROR = "#/components/schemas/GuardError"
+GUARD_ANSWERS = {
+    "415": "a body that is not JSON (Content-Type other than application/json)",
+    "413": "request body over DRIFTLOOP_SERVING__MAX_REQUEST_BYTES: split the batch",
+    "503": "no champion is loaded yet (see /model_status); retry after Retry-After seconds",
+}
+AUTH_ANSWERS = {
+    "401": "missing or wrong bearer token",
+    "403": "this token may not call this endpoint (feedback needs the feedback token)",
+}
+
+
+def _nullable_defaults(node: Any) -> None:
+    """A property whose default is ``null`` can be ``null``: say so where the generator dropped it."""
+    if isinstance(node, dict):
+        props = node.get("properties")
+        if isinstance(props, dict):
+            for prop in props.values():
+                if isinstance(prop, dict) and "default" in prop and prop["default"] is None:
+                    if "anyOf" not in prop and "type" in prop and prop["type"] != "null":
+                        kept = {
+                            k: prop.pop(k) for k in list(prop) if k not in ("default", "title", "description")
+                        }
+                        prop["anyOf"] = [kept, {"type": "null"}]
+        for value in node.values():
+            _nullable_defaults(value)
+    elif isinstance(node, list):
+        for value in node:
+            _nullable_defaults(value)
+
+
+def complete_openapi(
+    spec: dict[str, Any], scoring_paths: tuple[str, ...], feedback_paths: tuple[str, ...], auth: bool
+) -> dict[str, Any]:
+    """``spec`` with nullable optional fields, the real 400 body, the guard's answers and, when ``auth``,
+    the bearer scheme on the endpoints that need it."""
+    spec = copy.deepcopy(spec)
+    _nullable_defaults(spec)
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for schema in schemas.values():
+        if isinstance(schema, dict) and "detail" in schema.get("properties", {}):
+            schema["properties"]["detail"] = PYDANTIC_ERRORS
+    schemas["GuardError"] = ERROR_BODY
+    if auth:
+        spec["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+    for path, operations in spec.get("paths", {}).items():
+        for operation in operations.values():
+            if "requestBody" not in operation:
+                continue  # the open endpoints (health, metrics, docs): no guard in front of them
+            body = operation["requestBody"].get("content", {}).get("application/json", {})
+            if body.get("schema", {}).get("required"):
+                operation["requestBody"]["required"] = True  # no body is a 400: say it is required
+            answers = {"413": GUARD_ANSWERS["413"], "415": GUARD_ANSWERS["415"]}
+            if path in scoring_paths:
+                answers["503"] = GUARD_ANSWERS["503"]
+            if auth:
+                answers["401"] = AUTH_ANSWERS["401"]
+                if path in feedback_paths:
+                    answers["403"] = AUTH_ANSWERS["403"]
+                operation["security"] = [{"bearer": []}]
+            responses = operation.setdefault("responses", {})
+            for code, description in answers.items():
+                responses.setdefault(
+                    code,
+                    {
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": GUARD_ERROR}}},
+                    },
+                )
+    return spec
