@@ -80,6 +80,15 @@ class CompactParams(BaseModel):
     )
 
 
+class HousekeepingParams(BaseModel):
+    flow_run_id: str | None = Field(
+        None,
+        description="the ended flow run whose task runs to close (a bare id, or an event's resource id "
+        "prefect.flow-run.<id>); default: every flow run of the last lookback_hours",
+    )
+    lookback_hours: float = Field(24, gt=0, le=24 * 30, description="how far back a sweep looks")
+
+
 class RetrainParams(BaseModel):
     model_name: str | None = Field(None, description=MODEL_NAME)
     reason: str = Field("manual", description="why (an automation passes the event that triggered it)")

@@ -135,6 +135,9 @@ def serving_stack() -> Iterator[dict]:
             "rows": rows,
             "booster": registry.load_booster(mv),
             "transform": registry.load_transform(mv),
+            "bento_pid": procs[0].pid,
+            "store": store,
+            "model_name": config.model_name,
         }
     finally:
         for proc in procs:

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import os
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 from tasks.core.store import ArtifactStore, PreconditionFailed
 
@@ -28,15 +29,28 @@ _DATE = 8  # YYYYMMDD
 _SIGNATURE_HEX = 16
 
 
-def request_id_key(store: ArtifactStore, model_name: str) -> bytes:
-    """``model_name``'s signing key in the store, created on first use."""
+def request_id_key(store: ArtifactStore, model_name: str, cache: Path | None = None) -> bytes:
+    """``model_name``'s signing key in the store, created on first use. With ``cache`` (a local file),
+    the key read last is kept there, and used when the store cannot be reached."""
     key = f"state/serving/{model_name}/request-id-key"
-    if not store.exists(key):
-        try:
-            store.write_bytes(key, os.urandom(32), if_none_match=True)
-        except PreconditionFailed:
-            pass  # another worker created it first: use theirs
-    return store.read_bytes(key)
+    try:
+        if not store.exists(key):
+            try:
+                store.write_bytes(key, os.urandom(32), if_none_match=True)
+            except PreconditionFailed:
+                pass  # another worker created it first: use theirs
+        value = store.read_bytes(key)
+    except Exception:
+        if cache is not None and cache.is_file():
+            return cache.read_bytes()
+        raise
+    if cache is not None and (not cache.is_file() or cache.read_bytes() != value):
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_bytes(value)
+        tmp.replace(cache)
+    return value
 
 
 class RequestIds:

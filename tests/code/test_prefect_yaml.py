@@ -27,6 +27,7 @@ FLOWS = [
     "canary-decision",
     "lineage",
     "compact-logs",
+    "close-crashed-runs",
 ]
 
 

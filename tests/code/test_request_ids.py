@@ -43,3 +43,20 @@ def test_ids_carry_their_signed_issue_date_for_lookups(tmp_path):
     legacy = f"{legacy_token}.{ids._sign(legacy_token)}"  # ids issued before they carried a date
     assert ids.verify(legacy) and issued_on(legacy) is None
     assert issued_on("") is None and issued_on("20261399" + "0" * 16 + ".x") is None
+
+
+def test_the_key_is_cached_locally_for_when_the_store_is_down(tmp_path):
+    import pytest
+
+    from tasks.core.store import StoreError
+
+    class DownStore(LocalStore):
+        def exists(self, key):
+            raise StoreError("store unreachable")
+
+    cache = tmp_path / "cache" / "m.key"
+    key = request_id_key(LocalStore(tmp_path / "store"), "m", cache)
+    assert cache.read_bytes() == key and (cache.stat().st_mode & 0o777) == 0o600
+    assert request_id_key(DownStore(tmp_path / "store"), "m", cache) == key
+    with pytest.raises(StoreError):
+        request_id_key(DownStore(tmp_path / "store"), "m", tmp_path / "no-cache" / "m.key")

@@ -165,6 +165,7 @@ def test_sql_source_reads_lands_and_fails_clearly(private_settings, tmp_path):
 
 class _Api(BaseHTTPRequestHandler):
     rows = [{"id": i, "name": f"n{i}"} for i in range(7)]
+    flaky_calls = 0  # /flaky answers 503 to its first two calls
 
     def log_message(self, *args):  # keep test output clean
         pass
@@ -193,6 +194,12 @@ class _Api(BaseHTTPRequestHandler):
                 else None
             )
             self._send(200, json.dumps({"items": self.rows[start : start + 3], "next": nxt}).encode())
+        elif url.path == "/flaky":
+            type(self).flaky_calls += 1
+            if self.flaky_calls <= 2:
+                self._send(503, b"{}")
+            else:
+                self._send(200, json.dumps(self.rows).encode())
         elif url.path == "/broken":
             self._send(503, b"{}")
         elif url.path == "/html":
@@ -349,3 +356,37 @@ def test_contracts_are_strict_about_types_values_patterns_and_row_rules(private_
     _, reports = _ingest("flights", coercing, store, private_settings, on_invalid="skip")
     failed = {r.batch.split("/")[3] for r in reports}
     assert failed == {"month=03", "month=04", "month=05"}  # the text numbers now pass
+
+
+def test_prefect_retries_a_flaky_source_and_never_a_contract_failure(api, private_settings, prefect_server):
+    """On a real Prefect server: the discover step of an HTTP source that answers 503 twice fails twice
+    and succeeds on its third run; the validate step of a batch that breaks its contract fails once,
+    not retried (bad input does not get better)."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tasks.data.steps import discover_table_batches, validate_table_batches
+
+    _Api.flaky_calls = 0
+    source = HttpSource(kind="http", url=f"{api}/flaky", retries=0)
+    contract = {"columns": {"id": {"dtype": "int64"}, "name": {"dtype": "int64"}}}  # names are text
+    cfg = TableConfig(source=source, contract=TableContract.model_validate(contract))
+    ctx = RunContext.build(private_settings)
+
+    @flow(name="retry-check")
+    def ingest_flaky() -> None:
+        refs = discover_table_batches("flaky", cfg, ctx)
+        validate_table_batches("flaky", refs, cfg, ctx, False, "fail")
+
+    state = ingest_flaky(return_state=True)
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    by_name = {r.name: r for r in runs}
+    assert _Api.flaky_calls == 3
+    assert by_name["discover-flaky"].run_count == 3 and by_name["discover-flaky"].state.is_completed()
+    assert by_name["validate-flaky"].run_count == 1 and by_name["validate-flaky"].state.is_failed()
+    assert "quarantined" in by_name["validate-flaky"].state.message  # and says where the batch went

@@ -128,5 +128,67 @@ def test_the_deployments_on_the_server_carry_their_guard_rails(prefect_worker):
         deployment = asyncio.run(read(name))
         assert deployment.global_concurrency_limit and deployment.global_concurrency_limit.limit >= 1, name
         assert deployment.concurrency_options.collision_strategy.value == "ENQUEUE", name
+    # `prefect deploy` registered every */local deployment prefect.yaml declares (counted)
+    from deployments import prefect_file
+
+    async def local_deployments() -> set[str]:
+        async with get_client() as client:
+            found = await client.read_deployments()
+            flows = {f.id: f.name for f in await client.read_flows()}
+            return {f"{flows[d.flow_id]}/{d.name}" for d in found if d.name == "local"}
+
+    declared = {f"{prefect_file.flow_name(d)}/local" for d in prefect_file.deployments("local")}
+    assert len(declared) >= 12 and asyncio.run(local_deployments()) == declared
     canary = asyncio.run(read("canary-decision/local"))
     assert [s.schedule.cron for s in canary.schedules] == ["30 * * * *"]
+
+
+def test_a_killed_flow_run_leaves_no_task_run_running(prefect_worker, landed):
+    """kill -9 of a flow run's process mid-task: the worker marks the run Crashed, and the automation
+    on prefect.flow-run.Crashed runs close-crashed-runs, which ends its orphaned task runs."""
+    import psutil
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+
+    params = {**SMALL, "n_trials": 60, "model_name": "flights-crash"}
+    run = run_deployment("training/local", parameters={"params": params}, timeout=0)
+    only_this_run = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+
+    def task_runs(client):
+        return client.read_task_runs(flow_run_filter=only_this_run)
+
+    def process_of_run():
+        for proc in psutil.process_iter():
+            try:
+                if proc.environ().get("PREFECT__FLOW_RUN_ID") == str(run.id):
+                    return proc
+            except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+        return None
+
+    with get_client(sync_client=True) as client:
+        deadline, victim = time.time() + 240, None
+        while time.time() < deadline:
+            running = [t for t in task_runs(client) if t.state and t.state.is_running()]
+            victim = process_of_run() if running else None
+            if victim is not None:
+                break
+            time.sleep(0.5)
+        assert victim is not None, "the training run never had a running task"
+        victim.kill()  # SIGKILL: no hook, no state change from inside
+        deadline = time.time() + 120
+        while time.time() < deadline and not client.read_flow_run(run.id).state.is_crashed():
+            time.sleep(1)
+        assert client.read_flow_run(run.id).state.is_crashed()
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            left = [
+                t for t in task_runs(client) if t.state and (t.state.is_running() or t.state.is_pending())
+            ]
+            if not left:
+                break
+            time.sleep(2)
+        assert not left, [t.name for t in left]
+        closed = [t for t in task_runs(client) if t.state.is_crashed()]
+        assert closed and all("close-crashed-runs" in t.state.message for t in closed)
