@@ -556,8 +556,9 @@ class Driftloop:
         frame: pl.DataFrame,
         correlation_ids: list[str | None],
         routing_keys: list[str | None],
-    ) -> "Scored":
-        """Score rows with the arm each is routed to; log inputs and answers (flushed off the hot path)."""
+    ) -> tuple["Scored", list[dict[str, Any]] | pl.DataFrame]:
+        """Score rows with the arm each is routed to; returns the answers and their prediction-log rows
+        (the caller makes those durable before it answers)."""
         models = self.watcher.models  # one consistent snapshot of what serves, even mid-swap
         if models.champion is None:
             raise bentoml.exceptions.ServiceUnavailable("no champion model is loaded yet; see /model_status")
@@ -606,59 +607,57 @@ class Driftloop:
             shadow_probability=challenger.score(frame).tolist() if shadow else [None] * n,
         )
         now = datetime.now(timezone.utc)
-        if rows is not None:  # a few rows: plain dicts are cheapest; the flusher builds the Parquet
-            self.predictions.append(
-                [
-                    {
-                        **inputs,
-                        "model_name": MODEL_NAME,
-                        "request_id": ids[i],
-                        "correlation_id": correlation_ids[i],
-                        "ts": now,
-                        "probability": out.probability[i],
-                        "label": out.label[i],
-                        "model_version": out.model_version[i],
-                        "arm": out.arm[i],
-                        "shadow_version": out.shadow_version,
-                        "shadow_probability": out.shadow_probability[i],
-                        "paired_version": int(paired_version[i]) if paired is not None else None,
-                        "paired_probability": float(paired[i]) if paired is not None else None,
-                    }
-                    for i, inputs in enumerate(rows)
-                ]
-            )
+        if rows is not None:  # a few rows: plain dicts are cheapest (one JSON line in the spool)
+            logged: list[dict[str, Any]] | pl.DataFrame = [
+                {
+                    **inputs,
+                    "model_name": MODEL_NAME,
+                    "request_id": ids[i],
+                    "correlation_id": correlation_ids[i],
+                    "ts": now,
+                    "probability": out.probability[i],
+                    "label": out.label[i],
+                    "model_version": out.model_version[i],
+                    "arm": out.arm[i],
+                    "shadow_version": out.shadow_version,
+                    "shadow_probability": out.shadow_probability[i],
+                    "paired_version": int(paired_version[i]) if paired is not None else None,
+                    "paired_probability": float(paired[i]) if paired is not None else None,
+                }
+                for i, inputs in enumerate(rows)
+            ]
         else:  # a columnar batch stays columnar
-            self.predictions.append_frame(
-                frame.with_columns(
-                    pl.lit(MODEL_NAME, dtype=pl.String).alias("model_name"),
-                    pl.Series("request_id", ids, dtype=pl.String),
-                    pl.Series("correlation_id", correlation_ids, dtype=pl.String),
-                    pl.lit(now).alias("ts"),
-                    pl.Series("probability", out.probability, dtype=pl.Float64),
-                    pl.Series("label", out.label, dtype=pl.Int8),
-                    pl.Series("model_version", out.model_version, dtype=pl.Int64),
-                    pl.Series("arm", out.arm, dtype=pl.String),
-                    pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"),
-                    pl.Series("shadow_probability", out.shadow_probability, dtype=pl.Float64),
-                    pl.Series("paired_version", paired_version, dtype=pl.Int64)
-                    if paired is not None
-                    else pl.lit(None, dtype=pl.Int64).alias("paired_version"),
-                    pl.Series("paired_probability", paired, dtype=pl.Float64)
-                    if paired is not None
-                    else pl.lit(None, dtype=pl.Float64).alias("paired_probability"),
-                )
+            logged = frame.with_columns(
+                pl.lit(MODEL_NAME, dtype=pl.String).alias("model_name"),
+                pl.Series("request_id", ids, dtype=pl.String),
+                pl.Series("correlation_id", correlation_ids, dtype=pl.String),
+                pl.lit(now).alias("ts"),
+                pl.Series("probability", out.probability, dtype=pl.Float64),
+                pl.Series("label", out.label, dtype=pl.Int8),
+                pl.Series("model_version", out.model_version, dtype=pl.Int64),
+                pl.Series("arm", out.arm, dtype=pl.String),
+                pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"),
+                pl.Series("shadow_probability", out.shadow_probability, dtype=pl.Float64),
+                pl.Series("paired_version", paired_version, dtype=pl.Int64)
+                if paired is not None
+                else pl.lit(None, dtype=pl.Int64).alias("paired_version"),
+                pl.Series("paired_probability", paired, dtype=pl.Float64)
+                if paired is not None
+                else pl.lit(None, dtype=pl.Float64).alias("paired_probability"),
             )
-        return out
+        return out, logged
 
-    def _score_records(self, records: list[BaseModel]) -> list[Prediction]:
+    def _score_records(
+        self, records: list[BaseModel]
+    ) -> tuple[list[Prediction], list[dict[str, Any]] | pl.DataFrame]:
         rows = [{c: r.__dict__[c] for c in INPUT_COLUMNS} for r in records]
-        out = self._score(
+        out, logged = self._score(
             rows,
             pl.DataFrame(rows, schema=INPUT_SCHEMA),
             [r.correlation_id for r in records],
             [r.routing_key for r in records],
         )
-        return [
+        answers = [
             Prediction.model_construct(
                 request_id=i,
                 correlation_id=c,
@@ -679,17 +678,22 @@ class Driftloop:
                 out.shadow_probability,
             )
         ]
+        return answers, logged
 
     @bentoml.api
     async def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
         """Score one record: probability, label at the configured threshold, the version that answered."""
-        return self._score_records([record])[0]
+        answers, logged = self._score_records([record])
+        await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
+        return answers[0]
 
     @bentoml.api
     def predict_batch(self, records: BatchOf[Record]) -> list[Prediction]:  # type: ignore[valid-type]
         """Score 1 to ``max_batch_rows`` records at once (rows are routed one by one, as single requests
         would be)."""
-        return self._score_records(records)
+        answers, logged = self._score_records(records)
+        self.predictions.append(logged)  # durable (fsynced) before the answer leaves
+        return answers
 
     @bentoml.api
     async def predict_columns(
@@ -703,12 +707,14 @@ class Driftloop:
         contracts as /predict_batch; errors name the column."""
         frame = columns_to_frame(columns)
         n = frame.height
-        return self._score(
+        out, logged = self._score(
             None,
             frame,
             checked_ids("correlation_ids", correlation_ids, n),
             checked_ids("routing_keys", routing_keys, n),
         )
+        await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
+        return out
 
     @bentoml.api
     def feedback(self, items: BatchOf[FeedbackItem]) -> FeedbackResult:
