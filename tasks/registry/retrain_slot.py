@@ -18,8 +18,6 @@ from datetime import datetime, timezone
 from tasks.core.store import ArtifactStore
 from tasks.decisions import RetrainStart, decide_retrain_start
 
-WAIT_FOR_SLOT_SECONDS = 2.0  # a slot held for the cooldown is not worth waiting for
-
 
 def retrain_slot_key(model_name: str) -> str:
     return f"state/retrain/{model_name}.json"
@@ -55,6 +53,23 @@ def ensure_cooldown_limit(model_name: str, cooldown_minutes: float) -> str:
     return name
 
 
+def take_slot_now(name: str) -> bool:
+    """Take the limit's slot if it is free, at once: the server answers 423 when it is not. (Prefect's
+    ``rate_limit`` waits for a slot instead, and a short wait can expire on a busy machine after the
+    server granted the slot, leaving it taken by nobody.)"""
+    import httpx
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.increment_concurrency_slots(names=[name], slots=1, mode="rate_limit")
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return False
+            raise
+    return True
+
+
 def claim_retrain_slot(
     store: ArtifactStore,
     model_name: str,
@@ -64,8 +79,6 @@ def claim_retrain_slot(
     now: datetime | None = None,
 ) -> RetrainStart:
     """``start`` (and the start is now recorded) if this run may retrain; else ``wait`` and why not."""
-    from prefect.concurrency.sync import rate_limit
-
     key = retrain_slot_key(model_name)
     state = store.read_json(key) if store.exists(key) else {}
     now = now or datetime.now(timezone.utc)
@@ -75,9 +88,7 @@ def claim_retrain_slot(
         decision = RetrainStart(outcome="start", reason=f"{model_name}: {why}")
     else:
         name = ensure_cooldown_limit(model_name, cooldown_minutes)
-        try:
-            rate_limit(name, occupy=1, timeout_seconds=WAIT_FOR_SLOT_SECONDS, strict=True)
-        except TimeoutError:
+        if not take_slot_now(name):
             told = decide_retrain_start(model_name, last, state.get("reason"), now, cooldown_minutes, False)
             return RetrainStart(
                 outcome="wait",

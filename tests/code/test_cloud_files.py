@@ -73,6 +73,11 @@ def test_bucket_is_private_encrypted_versioned_and_expires_the_logs_the_code_wri
         prefix = log_prefix(kind, "any-model").rsplit("/", 1)[0]
         rule = expiring.get("${StorePrefix}/" + prefix + "/")
         assert rule and rule["ExpirationInDays"] == {"Ref": "PredictionLogRetentionDays"}, (kind, expiring)
+    # S3 expires what the compaction flow keeps: the same number of days by default
+    from tasks.core.settings import LogSettings
+
+    days = template["Parameters"]["PredictionLogRetentionDays"]["Default"]
+    assert days == LogSettings().retention_days
 
 
 def test_the_flow_role_reads_and_writes_only_the_store_prefix_and_gets_404_for_missing_keys():
