@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,32 +37,6 @@ ROOT, PORT = private_environment(
     AWS_SECRET_ACCESS_KEY="testing",
     AWS_DEFAULT_REGION="us-east-1",
 )
-
-
-def start_moto() -> tuple[subprocess.Popen, str]:
-    import socket
-
-    import httpx
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(url, timeout=1)
-            return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto server did not start")
 
 
 def log_predictions(settings, model_name: str, rows: int, tag: str) -> list[str]:
@@ -175,7 +147,9 @@ def main() -> int:
     import boto3
     from lib.fault_proxy import FaultProxy
 
-    moto, moto_url = start_moto()
+    from deployments.local_s3 import start_moto_server
+
+    moto, moto_url = start_moto_server()
     proxy = FaultProxy(moto_url, share=0.0, seed=7).start()
     boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1").create_bucket(Bucket="bench")
     os.environ.update(

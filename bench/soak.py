@@ -20,7 +20,7 @@ import argparse
 import psutil
 from lib.loadgen import run_load
 from lib.results import result
-from lib.serving_setup import serving_stack
+from lib.serving_setup import open_serving_stack
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -37,10 +37,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8)
     args = parser.parse_args()
-    console = Console()
-    with console.status("training two versions and starting the service..."):
-        stack = serving_stack()
-        env = stack.__enter__()
+    stack, env = open_serving_stack(console := Console(), "training a version and starting the service...")
     try:
         from lib.pipeline import run_bare
 

@@ -11,9 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -122,28 +120,10 @@ def private_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings: 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> str:
     """A real S3 API on 127.0.0.1 (moto server), spoken to through boto3."""
-    port = _free_port()
-    exe = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)],
-        # what a test records (POST /moto-api/recorder/start-recording) goes here, not into the cwd
-        env={**os.environ, "MOTO_RECORDER_FILEPATH": str(MOTO_RECORDING)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    import httpx
+    from deployments.local_s3 import start_moto_server
 
-    for _ in range(100):
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("moto server did not start")
+    # what a test records (POST /moto-api/recorder/start-recording) goes here, not into the cwd
+    proc, url = start_moto_server(recording=MOTO_RECORDING)
     yield url
     proc.terminate()
     try:

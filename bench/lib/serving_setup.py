@@ -49,6 +49,14 @@ def _stop(proc: subprocess.Popen) -> None:
             continue
 
 
+def open_serving_stack(console, message: str) -> tuple[contextlib.AbstractContextManager, dict]:
+    """``serving_stack`` entered under a spinner; close it with ``stack.__exit__(None, None, None)``."""
+    with console.status(message):
+        stack = serving_stack()
+        env = stack.__enter__()
+    return stack, env
+
+
 @contextlib.contextmanager
 def serving_stack() -> Iterator[dict]:
     """Train (no Prefect), then serve the champion two ways; yields urls, bodies and the loaded model."""
