@@ -60,7 +60,7 @@ def log_predictions(settings, model_name: str, rows: int, tag: str) -> list[str]
     for start in range(0, frame.height, 50):  # requests of 50 rows
         part = frame.slice(start, 50)
         n = part.height
-        log.append_frame(
+        log.append(
             part.with_columns(
                 pl.lit(model_name).alias("model_name"),
                 pl.Series("request_id", ids[start : start + n]),

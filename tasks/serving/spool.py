@@ -212,9 +212,6 @@ class SpooledLog:
             for loop, futures in by_loop.items():
                 loop.call_soon_threadsafe(_resolve, futures, error)
 
-    def append_frame(self, frame: pl.DataFrame) -> None:
-        self.append(frame)
-
     def _encode(self, rows: list[dict] | pl.DataFrame) -> tuple[bytes, int]:
         if isinstance(rows, pl.DataFrame):
             buffer = io.BytesIO()
@@ -290,10 +287,6 @@ class SpooledLog:
             self._wake.clear()
             self._rotate()
             self.ship()
-
-    def pending_rows(self) -> int:
-        """Rows spooled but not shipped yet (this process's and any dead owner's it can see)."""
-        return sum(read_segment(p, self.schema).height for p in self._segments(self.dir, own=True))
 
     def ship(self) -> int:
         """Ship every closed segment of this process and of dead owners; returns the rows shipped. A

@@ -62,7 +62,7 @@ def _ship(store: ArtifactStore, spool: Path, frames: list[pl.DataFrame], kind: s
     schema = _schema() if kind == PREDICTIONS else FEEDBACK_SCHEMA
     log = SpooledLog(store, log_prefix(kind, MODEL), schema, spool, max_rows=10**9, max_seconds=3600)
     for frame in frames:
-        log.append_frame(frame)
+        log.append(frame)
         log._rotate(force=True)
     log.close()
 
@@ -109,7 +109,7 @@ def test_compaction_while_a_service_ships_loses_and_doubles_nothing(tmp_path):
         batch = 0
         while not stop.is_set():
             ids = [f"w{batch}-{i}" for i in range(10)]
-            log.append_frame(_rows(ids, datetime.now(timezone.utc)))
+            log.append(_rows(ids, datetime.now(timezone.utc)))
             appended.extend(ids)
             batch += 1
 
@@ -187,9 +187,9 @@ def test_a_torn_spool_record_is_dropped_and_the_rest_shipped(tmp_path):
     store = LocalStore(tmp_path / "store")
     spool = tmp_path / "spool"
     log = SpooledLog(store, log_prefix(PREDICTIONS, MODEL), _schema(), spool, 10**9, 3600)
-    log.append_frame(_rows(["kept-1", "kept-2"], datetime.now(timezone.utc)))
+    log.append(_rows(["kept-1", "kept-2"], datetime.now(timezone.utc)))
     segment = log._segment
-    log.append_frame(_rows(["torn"], datetime.now(timezone.utc)))
+    log.append(_rows(["torn"], datetime.now(timezone.utc)))
     # the process dies inside the second record's write: its thread, files and lock are gone
     log._stop.set()
     log._thread.join()
