@@ -823,22 +823,13 @@ def test_without_a_champion_the_service_is_live_but_not_ready(tmp_path):
         _stop(proc)
 
 
-def test_an_unreachable_store_at_start_leaves_the_service_up_not_ready_and_saying_why():
+def test_an_unreachable_store_at_start_leaves_the_service_up_not_ready_and_saying_why(monkeypatch):
     """Nothing listens at the store's endpoint when the service starts: it starts anyway (no crash
     loop: the request schema comes from the settings' config, the request-id key is read on first use),
     is not ready, and says why; the watcher keeps polling, so it serves once the store answers."""
-    saved = {k: os.environ.get(k) for k in ("DRIFTLOOP_S3__ENDPOINT_URL", "AWS_MAX_ATTEMPTS")}
-    os.environ.update(
-        {"DRIFTLOOP_S3__ENDPOINT_URL": f"http://127.0.0.1:{_free_port()}", "AWS_MAX_ATTEMPTS": "1"}
-    )
-    try:
-        proc, url = _start_server("s3://nowhere/driftloop", ready_path="/livez")
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    monkeypatch.setenv("DRIFTLOOP_S3__ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    proc, url = _start_server("s3://nowhere/driftloop", ready_path="/livez")
     try:
         assert httpx.get(f"{url}/readyz").status_code != 200
         status = httpx.post(f"{url}/model_status").json()
