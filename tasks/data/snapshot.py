@@ -17,8 +17,10 @@ import inspect
 import io
 import json
 import sys
+import tempfile
 import threading
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -31,10 +33,19 @@ from tasks.model.features import parse_time
 from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_keys, of_model, outcome_per_request
 
 
+class SnapshotPart(BaseModel):
+    """One Parquet file of a snapshot: its rows follow the previous part's in split order."""
+
+    key: str
+    rows: int
+    sha256: str
+
+
 class SnapshotManifest(BaseModel):
     snapshot_id: str
     created_at: str
-    data_key: str
+    parts: list[SnapshotPart] = []
+    data_key: str | None = None  # snapshots written before parts existed: one file
     sources: dict[str, list[str]]
     rows: int
     unlabeled_rows: int
@@ -46,8 +57,19 @@ class SnapshotManifest(BaseModel):
     content_sha256: str
     config_fingerprint: str
 
+    @property
+    def part_keys(self) -> list[str]:
+        """The snapshot's files in split order."""
+        return [p.key for p in self.parts] if self.parts else [self.data_key] if self.data_key else []
 
-SNAPSHOTS = "snapshots"  # <store>/snapshots/<id>/{data.parquet, manifest.json}; the manifest is written last
+    @property
+    def part_offsets(self) -> list[int]:
+        """The first row of each part (parts are consecutive row ranges), then the total."""
+        sizes = [p.rows for p in self.parts] if self.parts else [self.rows]
+        return [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+
+
+SNAPSHOTS = "snapshots"  # <store>/snapshots/<id>/{part-00000.parquet, ..., manifest.json}; manifest last
 
 
 def snapshot_manifest_key(snapshot_id: str) -> str:
@@ -70,12 +92,13 @@ def _prep_config(config: DatasetConfig) -> dict:
     )
 
 
-def snapshot_id_for(sources: dict[str, list[str]], config: DatasetConfig) -> str:
-    """Content-derived id: inputs + preparation config + preparation code."""
+def snapshot_id_for(sources: dict[str, list[str]], config: DatasetConfig, rows_per_part: int) -> str:
+    """Content-derived id: inputs + preparation config + how rows are cut into parts + preparation code."""
     payload = json.dumps(
         {
             "sources": {t: sorted(k) for t, k in sorted(sources.items())},
             "config": _prep_config(config),
+            "rows_per_part": rows_per_part,
             "code": _code_version(),
         },
         sort_keys=True,
@@ -83,8 +106,13 @@ def snapshot_id_for(sources: dict[str, list[str]], config: DatasetConfig) -> str
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def prepare_table(tables: dict[str, pl.LazyFrame], config: DatasetConfig) -> tuple[pl.DataFrame, int]:
-    """Join, window, label and sort; return (labelled rows, rows without a label)."""
+LABELLED = "__labelled"
+BUCKET = "__part"
+
+
+def joined_plan(tables: dict[str, pl.LazyFrame], config: DatasetConfig) -> pl.LazyFrame:
+    """The lazy preparation plan: joins, parsed time, window, and ``__labelled`` (every label column
+    present). Nothing is read until the plan runs, streamed or collected."""
     base = tables[config.base_table]
     for join in config.joins:
         right = tables[join.table]
@@ -128,47 +156,54 @@ def prepare_table(tables: dict[str, pl.LazyFrame], config: DatasetConfig) -> tup
             base = base.filter(pl.col(time_col) >= _utc(config.window.start))
         if config.window.end:
             base = base.filter(pl.col(time_col) < _utc(config.window.end))
-
     required = config.target.label_columns
     labelled = pl.all_horizontal(*(pl.col(c).is_not_null() for c in required)) if required else pl.lit(True)
-    df = base.with_columns(labelled.alias("__labelled")).collect()
-    unlabeled = int((~df["__labelled"]).sum())
-    df = df.filter(pl.col("__labelled")).drop("__labelled")
+    return base.with_columns(labelled.alias(LABELLED))
+
+
+def prepare_table(
+    tables: dict[str, pl.LazyFrame], config: DatasetConfig, rows_per_part: int | None = None
+) -> tuple[pl.DataFrame, int]:
+    """Join, window, label and sort, in memory; return (labelled rows, rows without a label). For small
+    tables (the demo's checks, tests); ``build_snapshot`` runs the same plan streamed."""
+    df = joined_plan(tables, config).collect()
+    unlabeled = int((~df[LABELLED]).sum())
+    df = df.filter(pl.col(LABELLED)).drop(LABELLED)
     df = df.with_columns(binary_label(df, config).alias(config.target.name))
-    return order_rows(df, config), unlabeled
+    return order_rows(df, config, rows_per_part), unlabeled
 
 
 _YES = {"yes", "y", "true", "t", "1", "1.0"}
 _NO = {"no", "n", "false", "f", "0", "0.0"}
 
 
-def binary_label(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
-    """The target as 0/1 (Int8): computed by ``target.expression``, or read from the target column
-    (booleans, 0/1, yes/no-like text, or ``target.positive`` against anything else two-valued)."""
+def label_expr(config: DatasetConfig, dtype: pl.DataType | None, values: list[Any]) -> pl.Expr:
+    """The target as a 0/1 (Int8) expression: computed by ``target.expression``, or read from the
+    target column (booleans, 0/1, yes/no-like text, or ``target.positive`` against anything else
+    two-valued). ``dtype`` and ``values`` are the target column's type and distinct values (unused
+    with an expression); a column that is not a yes/no label is an error naming its values."""
     target = config.target
     where = f"{config.origin}: target"
     if target.expression is not None:
         try:
-            return df.select(pl.sql_expr(target.expression).cast(pl.Int8))[:, 0]
+            return pl.sql_expr(target.expression).cast(pl.Int8).alias(target.name)
         except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
             raise BadInput(
                 f"{where}.expression {target.expression!r} does not give a yes/no label: {exc}"
             ) from None
-    if target.name not in df.columns:
+    if dtype is None:
         raise BadInput(f"{where}.name {target.name!r} is not a column of the prepared table")
-    col = df[target.name]
-    values = col.unique().sort().to_list()
+    col = pl.col(target.name)
     if target.positive is not None:
         if len(values) > 2 or str(target.positive) not in {str(v) for v in values}:
             raise BadInput(
                 f"{where}.positive {target.positive!r}: column {target.name!r} holds {values[:10]}; a binary "
                 "target has two values, one of them the positive"
             )
-        return (col.cast(pl.String) == str(target.positive)).cast(pl.Int8).rename(target.name)
-    if col.dtype == pl.Boolean:
-        return col.cast(pl.Int8)
-    text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
-    unknown = sorted(set(text.unique().to_list()) - _YES - _NO)
+        return (col.cast(pl.String) == str(target.positive)).cast(pl.Int8).alias(target.name)
+    if dtype == pl.Boolean:
+        return col.cast(pl.Int8).alias(target.name)
+    unknown = sorted({str(v).strip().lower() for v in values if v is not None} - _YES - _NO)
     if unknown:
         shown = [v for v in values if str(v).strip().lower() in unknown][:10]
         raise BadInput(
@@ -176,34 +211,104 @@ def binary_label(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
             "booleans, 0/1, yes/no, true/false, y/n); only binary targets are supported: set "
             "target.positive to the value meaning yes, or target.expression to compute the label"
         )
-    return text.is_in(list(_YES)).cast(pl.Int8).rename(target.name)
+    text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+    return text.is_in(list(_YES)).cast(pl.Int8).alias(target.name)
 
 
-def split_key(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
-    """Each row's place in a random / stratified split, in [0, 1): a seeded hash of the row's model
-    inputs and label (the same row gets the same key in every snapshot); stratified, the key is the
-    row's rank within its class, so every range of keys holds the target's share of positives."""
+def binary_label(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
+    """The target of these rows as 0/1 (Int8); see ``label_expr``."""
+    name = config.target.name
+    dtype = df.schema.get(name)
+    values = (
+        df[name].unique().sort().to_list() if dtype is not None and config.target.expression is None else []
+    )
+    try:
+        return df.select(label_expr(config, dtype, values))[:, 0]
+    except pl.exceptions.PolarsError as exc:
+        raise BadInput(
+            f"{config.origin}: target.expression {config.target.expression!r} does not give a yes/no "
+            f"label: {exc}"
+        ) from None
+
+
+def _lazy_label(plan: pl.LazyFrame, config: DatasetConfig) -> pl.Expr:
+    """``label_expr`` for a lazy plan: the target column's distinct values come from a streamed pass."""
+    name = config.target.name
+    dtype = plan.collect_schema().get(name)
+    values: list[Any] = []
+    if config.target.expression is None and dtype is not None:
+        values = (
+            plan.filter(pl.col(LABELLED))
+            .select(pl.col(name).unique().sort().head(1000))
+            .collect(engine="streaming")[name]
+            .to_list()
+        )
+    return label_expr(config, dtype, values)
+
+
+def part_count(rows: int, rows_per_part: int) -> int:
+    return max(1, -(-rows // rows_per_part))
+
+
+def _row_hash(config: DatasetConfig, columns: list[str]) -> pl.Expr:
+    """Each row's uniform draw in [0, 1): a seeded hash of the row's model inputs and label, so the same
+    row gets the same draw in every snapshot."""
     from tasks.model.features import FeatureSpec
 
-    cols = [*FeatureSpec.from_config(config).input_columns, config.target.name]
-    u = (
-        df.select(c for c in dict.fromkeys(cols) if c in df.columns).hash_rows(seed=config.split.seed) // 2048
-    ).cast(pl.Float64) / float(1 << 53)
-    if config.split_method == "random":
-        return u.rename("__split_key")
-    return (
-        pl.DataFrame({"u": u, "y": df[config.target.name]})
-        .select(((pl.col("u").rank("min").over("y") - 0.5) / pl.len().over("y")).alias("__split_key"))
-        .to_series()
-    )
+    cols = [c for c in dict.fromkeys([*FeatureSpec.from_config(config).input_columns, config.target.name])]
+    cols = [c for c in cols if c in columns]
+    return (pl.struct(cols).hash(seed=config.split.seed) // 2048).cast(pl.Float64) / float(1 << 53)
 
 
-def order_rows(df: pl.DataFrame, config: DatasetConfig) -> pl.DataFrame:
-    """Rows in split order: by time, or by ``split_key`` (train, validation, test are then
-    consecutive row ranges, whatever the method)."""
+def bucket_expr(
+    config: DatasetConfig, columns: list[str], parts: int, time_range: tuple[Any, Any]
+) -> pl.Expr:
+    """Which part a row belongs to: equal-width ranges of time (time split), else of the row's hash
+    draw. Parts are consecutive in split order, so each can be sorted on its own: the snapshot is
+    never sorted (or held) whole."""
     if config.split_method == "time":
-        return df.sort(config.time_column, maintain_order=True)
-    return df.with_columns(split_key(df, config)).sort("__split_key", maintain_order=True).drop("__split_key")
+        lo, hi = time_range
+        span = max(1, int((hi - lo).total_seconds() * 1e6)) + 1
+        offset = (pl.col(config.time_column) - pl.lit(lo)).dt.total_microseconds()
+        return (offset * parts // span).clip(0, parts - 1).cast(pl.Int32).alias(BUCKET)
+    return (_row_hash(config, columns) * parts).floor().clip(0, parts - 1).cast(pl.Int32).alias(BUCKET)
+
+
+def order_part(part: pl.DataFrame, config: DatasetConfig) -> pl.DataFrame:
+    """One part's rows in split order: by time; or, random, by the row's hash draw; or, stratified, by
+    the draw's rank within the row's class, so every range of rows holds the target's share of
+    positives (stratified splits and k-fold chunks)."""
+    if config.split_method == "time":
+        return part.sort(config.time_column, maintain_order=True)
+    u = part.select(_row_hash(config, part.columns).alias("u"))["u"]
+    if config.split_method == "random":
+        key = u
+    else:
+        key = (
+            pl.DataFrame({"u": u, "y": part[config.target.name]})
+            .select((pl.col("u").rank("min").over("y") - 0.5) / pl.len().over("y"))
+            .to_series()
+        )
+    return part.with_columns(key.alias("__key")).sort("__key", maintain_order=True).drop("__key")
+
+
+def order_rows(df: pl.DataFrame, config: DatasetConfig, rows_per_part: int | None = None) -> pl.DataFrame:
+    """Rows in split order, in memory: the order ``build_snapshot`` writes (part by part)."""
+    parts = part_count(df.height, rows_per_part or DEFAULT_ROWS_PER_PART)
+    time_range = (df[config.time_column].min(), df[config.time_column].max()) if config.time_column else None
+    if config.split_method == "time" or parts == 1:
+        return order_part(df, config)
+    bucketed = df.with_columns(bucket_expr(config, df.columns, parts, time_range))
+    ordered = [order_part(p.drop(BUCKET), config) for p in _parts_in_order(bucketed)]
+    return pl.concat(ordered)
+
+
+def _parts_in_order(df: pl.DataFrame) -> list[pl.DataFrame]:
+    by = df.partition_by(BUCKET, as_dict=True, maintain_order=True)
+    return [by[k] for k in sorted(by)]
+
+
+DEFAULT_ROWS_PER_PART = 250_000
 
 
 def _utc(ts: datetime) -> datetime:
@@ -211,18 +316,47 @@ def _utc(ts: datetime) -> datetime:
 
 
 def build_snapshot(
-    sources: dict[str, list[str]], config: DatasetConfig, store: ArtifactStore
+    sources: dict[str, list[str]],
+    config: DatasetConfig,
+    store: ArtifactStore,
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
+    on_part: Any = None,
 ) -> SnapshotManifest:
-    """Prepare and write the snapshot for these validated batches, or return the existing one."""
-    sid = snapshot_id_for(sources, config)
+    """Prepare and write the snapshot for these validated batches, or return the existing one.
+
+    Streamed: the lazy plan runs twice over the inputs (once for counts, label values and time range,
+    once to spill labelled rows to local part files by ``bucket_expr``), then each part is sorted on
+    its own and written to the store. Peak memory is about one part, whatever the table's size.
+    ``on_part(done, total)`` reports progress."""
+    sid = snapshot_id_for(sources, config, rows_per_part)
     manifest_key = snapshot_manifest_key(sid)
     if store.exists(manifest_key):
         return SnapshotManifest.model_validate(store.read_json(manifest_key))
 
     tables = {t: store.scan_parquet(keys) for t, keys in sources.items()}
-    df, unlabeled = prepare_table(tables, config)
+    plan = joined_plan(tables, config)
+    label = _lazy_label(plan, config)
     time_col = config.time_column
-    if df.height == 0:
+    labelled = pl.col(LABELLED)
+    stats = (
+        plan.select(
+            labelled.sum().alias("rows"),
+            (~labelled).sum().alias("unlabeled"),
+            label.filter(labelled).cast(pl.Float64).sum().alias("positives"),
+            *(
+                [
+                    pl.col(time_col).filter(labelled).min().alias("lo"),
+                    pl.col(time_col).filter(labelled).max().alias("hi"),
+                ]
+                if time_col
+                else []
+            ),
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
+    rows, unlabeled, positives = int(stats["rows"]), int(stats["unlabeled"]), float(stats["positives"] or 0)
+    if rows == 0:
         if time_col is None:
             raise EmptyWindow(f"{config.base_table!r} holds no labelled rows ({unlabeled} without a label)")
         span = _time_span(tables[config.base_table], config)
@@ -231,31 +365,40 @@ def build_snapshot(
             f"{config.base_table!r}"
             f" (the data covers {span}); change window in the dataset config or the flow parameters"
         )
-    target = df[config.target.name]
-    if target.n_unique() < 2:
+    if positives in (0, rows):
         raise SingleClassTarget(
             f"target {config.target.name!r} ({config.target.expression or 'column'}) has only the value "
-            f"{target[0]} in {df.height} rows; a classifier needs both classes: widen the window or check "
-            "the target"
+            f"{int(positives > 0)} in {rows} rows; a classifier needs both classes: widen the window or "
+            "check the target"
         )
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True)
-    data = buf.getvalue()
-    data_key = f"{SNAPSHOTS}/{sid}/data.parquet"
-    store.write_bytes(data_key, data)
+    n_parts = part_count(rows, rows_per_part)
+    time_range = (stats["lo"], stats["hi"]) if time_col else None
+    labelled_rows = plan.filter(labelled).drop(LABELLED).with_columns(label)
+    columns = list(labelled_rows.collect_schema())
+    with tempfile.TemporaryDirectory(prefix="driftloop-snapshot-") as spill:
+        labelled_rows.with_columns(bucket_expr(config, columns, n_parts, time_range)).sink_parquet(
+            pl.PartitionBy(spill, key=BUCKET, include_key=False, approximate_bytes_per_file=None),
+            mkdir=True,
+            engine="streaming",
+        )
+        spilled = _spilled_parts(Path(spill), n_parts)
+        ordered = (order_part(pl.read_parquet(files), config) for files in spilled if files)
+        parts, schema, digest = _write_parts(
+            store, sid, ordered, lambda i: on_part and on_part(i, len(spilled))
+        )
     manifest = SnapshotManifest(
         snapshot_id=sid,
         created_at=datetime.now(timezone.utc).isoformat(),
-        data_key=data_key,
+        parts=parts,
         sources={t: sorted(k) for t, k in sources.items()},
-        rows=df.height,
+        rows=rows,
         unlabeled_rows=unlabeled,
-        positive_rate=float(target.mean()),
+        positive_rate=positives / rows,
         time_column=time_col,
-        time_min=str(df[time_col].min()) if time_col else None,
-        time_max=str(df[time_col].max()) if time_col else None,
-        columns={c: str(t) for c, t in df.schema.items()},
-        content_sha256=hashlib.sha256(data).hexdigest(),
+        time_min=str(stats["lo"]) if time_col else None,
+        time_max=str(stats["hi"]) if time_col else None,
+        columns=schema,
+        content_sha256=digest,
         config_fingerprint=config.fingerprint(),
     )
     try:
@@ -263,6 +406,37 @@ def build_snapshot(
     except PreconditionFailed:  # another run finished the same snapshot first: same content
         return SnapshotManifest.model_validate(store.read_json(manifest_key))
     return manifest
+
+
+def _write_parts(
+    store: ArtifactStore, sid: str, frames: Any, on_part: Any = None
+) -> tuple[list[SnapshotPart], dict[str, str], str]:
+    """Write each frame (in split order) as the next part; return the parts, the column types and
+    the snapshot's content hash (over the parts' hashes, in order)."""
+    parts: list[SnapshotPart] = []
+    schema: dict[str, str] = {}
+    digest = hashlib.sha256()
+    for i, part in enumerate(frames):
+        buf = io.BytesIO()
+        part.write_parquet(buf, compression="zstd", statistics=True)
+        data = buf.getvalue()
+        key = f"{SNAPSHOTS}/{sid}/part-{i:05d}.parquet"
+        store.write_bytes(key, data)
+        sha = hashlib.sha256(data).hexdigest()
+        digest.update(sha.encode())
+        parts.append(SnapshotPart(key=key, rows=part.height, sha256=sha))
+        schema = schema or {c: str(t) for c, t in part.schema.items()}
+        if on_part is not None:
+            on_part(i + 1)
+    return parts, schema, digest.hexdigest()
+
+
+def _spilled_parts(spill: Path, n_parts: int) -> list[list[Path]]:
+    """The spilled files of each part, in order (a part's files in the order the sink wrote them)."""
+    found: dict[int, list[Path]] = {}
+    for d in spill.iterdir():
+        found[int(d.name.split("=", 1)[1])] = sorted(d.glob("*.parquet"), key=lambda p: (len(p.name), p.name))
+    return [found.get(i, []) for i in range(n_parts)]
 
 
 def _time_span(base: pl.LazyFrame, config: DatasetConfig) -> str:
@@ -280,11 +454,16 @@ def _time_span(base: pl.LazyFrame, config: DatasetConfig) -> str:
 def load_snapshot(manifest: SnapshotManifest, store: ArtifactStore) -> pl.DataFrame:
     """The snapshot's rows. A snapshot never changes once written (its id is its content), so the last
     one read is kept per process: a training run's steps share one read instead of one each."""
-    key = (store.uri, manifest.data_key, manifest.content_sha256)
+    key = (store.uri, manifest.snapshot_id, manifest.content_sha256)
     with _LAST_LOCK:
         if _LAST.get("key") != key:
-            _LAST.update(key=key, frame=store.read_parquet(manifest.data_key))
+            _LAST.update(key=key, frame=store.scan_parquet(manifest.part_keys).collect())
         return _LAST["frame"]
+
+
+def load_snapshot_part(manifest: SnapshotManifest, store: ArtifactStore, index: int) -> pl.DataFrame:
+    """One part of the snapshot (rows ``part_offsets[index]`` .. ``part_offsets[index + 1]``)."""
+    return store.read_parquet(manifest.part_keys[index])
 
 
 _LAST: dict[str, Any] = {}
@@ -315,7 +494,11 @@ def labelled_predictions(
 
 
 def extend_with_feedback(
-    manifest: SnapshotManifest, config: DatasetConfig, store: ArtifactStore, input_columns: list[str]
+    manifest: SnapshotManifest,
+    config: DatasetConfig,
+    store: ArtifactStore,
+    input_columns: list[str],
+    rows_per_part: int = DEFAULT_ROWS_PER_PART,
 ) -> SnapshotManifest:
     """A new snapshot: the raw-zone snapshot plus every prediction the service logged that has an
     observed outcome (the freshest labelled data there is). Content-addressed like any snapshot."""
@@ -323,7 +506,14 @@ def extend_with_feedback(
     if extra.height == 0:
         return manifest
     sid = hashlib.sha256(
-        json.dumps({"base": manifest.snapshot_id, "logs": keys, "code": _code_version()}).encode()
+        json.dumps(
+            {
+                "base": manifest.snapshot_id,
+                "logs": keys,
+                "rows_per_part": rows_per_part,
+                "code": _code_version(),
+            }
+        ).encode()
     ).hexdigest()[:16]
     manifest_key = snapshot_manifest_key(sid)
     if store.exists(manifest_key):
@@ -336,26 +526,26 @@ def extend_with_feedback(
     if time_col:
         extra = extra.with_columns(pl.col(time_col).cast(base.schema[time_col]))
     df = order_rows(
-        pl.concat([base.select(cols), extra.select(cols).cast({c: base.schema[c] for c in cols})]), config
+        pl.concat([base.select(cols), extra.select(cols).cast({c: base.schema[c] for c in cols})]),
+        config,
+        rows_per_part,
     )
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True)
-    data = buf.getvalue()
-    data_key = f"{SNAPSHOTS}/{sid}/data.parquet"
-    store.write_bytes(data_key, data)
+    chunks = (df.slice(lo, rows_per_part) for lo in range(0, df.height, rows_per_part))
+    parts, schema, digest = _write_parts(store, sid, chunks)
     target = df[config.target.name]
     extended = manifest.model_copy(
         update=dict(
             snapshot_id=sid,
             created_at=datetime.now(timezone.utc).isoformat(),
-            data_key=data_key,
+            parts=parts,
+            data_key=None,
             sources={**manifest.sources, "labelled_predictions": keys},
             rows=df.height,
             positive_rate=float(target.mean()),
             time_min=str(df[time_col].min()) if time_col else None,
             time_max=str(df[time_col].max()) if time_col else None,
-            columns={c: str(t) for c, t in df.schema.items()},
-            content_sha256=hashlib.sha256(data).hexdigest(),
+            columns=schema,
+            content_sha256=digest,
         )
     )
     try:

@@ -78,12 +78,16 @@ def validate_table_batches(
 @cached_task(name="build-snapshot")
 def build_dataset_snapshot(sources: dict[str, list[str]], ctx: RunContext) -> SnapshotManifest:
     """Prepare the joined, labelled table once per content-derived id."""
-    return build_snapshot(sources, ctx.config, ctx.store)
+    return build_snapshot(sources, ctx.config, ctx.store, ctx.settings.snapshot_rows_per_part)
 
 
 @io_task(name="extend-with-feedback")  # not cached: it reads logs that grow; its output is content-addressed
 def extend_snapshot_with_feedback(manifest: SnapshotManifest, ctx: RunContext) -> SnapshotManifest:
     """The snapshot plus every logged prediction that has an observed outcome."""
     return extend_with_feedback(
-        manifest, ctx.config, ctx.store, FeatureSpec.from_config(ctx.config).input_columns
+        manifest,
+        ctx.config,
+        ctx.store,
+        FeatureSpec.from_config(ctx.config).input_columns,
+        ctx.settings.snapshot_rows_per_part,
     )

@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from tasks.core.config import DatasetConfig, SearchDimension, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
 from tasks.core.store import ArtifactStore
-from tasks.data.snapshot import SnapshotManifest, load_snapshot, split_key
+from tasks.data.snapshot import SnapshotManifest, load_snapshot
 from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
 
 FIXED_PARAMS = {
@@ -81,8 +81,11 @@ def time_split(times: pl.Series, target: pl.Series, valid_fraction: float, test_
 
 
 def make_split(df: pl.DataFrame, config: DatasetConfig) -> TimeSplit:
-    """The split of a snapshot (whose rows are in split order, see ``tasks.data.snapshot.order_rows``)."""
-    keys = df[config.time_column] if config.split_method == "time" else split_key(df, config)
+    """The split of a snapshot (whose rows are in split order, see ``tasks.data.snapshot.order_part``)."""
+    if config.split_method == "time":
+        keys = df[config.time_column]
+    else:  # rows are in split-key order already (tasks.data.snapshot.order_part): cut by position
+        keys = pl.Series("position", np.arange(df.height) / max(1, df.height))
     return time_split(keys, df[config.target.name], config.split.valid_fraction, config.split.test_fraction)
 
 

@@ -29,7 +29,7 @@ def _log_window(
     from tasks.core.context import RunContext
     from tasks.core.store import open_store
     from tasks.data.ingest import discover_batches, ingest_batches
-    from tasks.data.snapshot import build_snapshot
+    from tasks.data.snapshot import build_snapshot, load_snapshot
     from tasks.registry.versions import Registry
     from tasks.serving.logs import FEEDBACK_SCHEMA, log_prefix, prediction_log_schema
     from tasks.serving.spool import SpooledLog
@@ -48,7 +48,7 @@ def _log_window(
         t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
         for t, c in window.tables.items()
     }
-    rows = store.read_parquet(build_snapshot(sources, window, store).data_key).head(3000)
+    rows = load_snapshot(build_snapshot(sources, window, store), store).head(3000)
     n_unseen = int(rows.height * unseen_share)
     rows = rows.with_columns(
         pl.when(pl.int_range(pl.len()) < n_unseen)

@@ -86,7 +86,7 @@ def test_lightgbm_training_is_deterministic(landed):
     from tasks.core.context import RunContext
     from tasks.core.store import open_store
     from tasks.data.ingest import discover_batches, ingest_batches
-    from tasks.data.snapshot import build_snapshot
+    from tasks.data.snapshot import build_snapshot, load_snapshot
     from tasks.model.features import FeatureSpec, fit_feature_transform
     from tasks.model.train import fit_lightgbm, load_matrix, make_split
 
@@ -100,7 +100,7 @@ def test_lightgbm_training_is_deterministic(landed):
         for t, c in config.tables.items()
     }
     manifest = build_snapshot(sources, config, store)
-    df = store.read_parquet(manifest.data_key)
+    df = load_snapshot(manifest, store)
     split = make_split(df, config)
     transform = fit_feature_transform(df.slice(0, split.train_end), FeatureSpec.from_config(config))
     X, y = load_matrix(store, manifest, transform, "late")
