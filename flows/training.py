@@ -29,7 +29,6 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import ValidationError
 
 from flows.schemas import TrainingParams, TrainingSummary
@@ -44,6 +43,7 @@ from tasks.data.steps import (
     validate_table_batches,
 )
 from tasks.decisions import decide_promotion
+from tasks.engine import EngineTaskRunner, parallel_steps, threads_per_step
 from tasks.events import emit_model_event
 from tasks.model.evaluate import metric_table, model_card
 from tasks.model.steps import (
@@ -56,7 +56,7 @@ from tasks.model.steps import (
     track_training,
     train_final_model,
 )
-from tasks.model.train import sample_trial_params, threads_per_fit
+from tasks.model.tune import best_trial, run_search
 from tasks.monitoring.steps import profile_reference
 from tasks.orchestration import FLOW_GUARDS, in_prefect_run, model_context, publish, run_context, run_name
 from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
@@ -137,7 +137,7 @@ def _progress(artifact_id: str | None, value: float) -> None:
     flow_run_name=run_name("training"),
     log_prints=True,
     persist_result=True,
-    task_runner=ThreadPoolTaskRunner(max_workers=2),
+    task_runner=EngineTaskRunner(),
 )
 def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     """Train, evaluate, register and (maybe) promote a model from the configured sources."""
@@ -189,12 +189,20 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     prepared = fit_transform_on_train(manifest, ctx)
     _progress(progress, 25)
 
-    # 4. search: trials in parallel, best by validation AUC; then CV of the best
-    trial_params = sample_trial_params(config.training, config.training.n_trials, config.training.seed)
-    shared = [unmapped(x) for x in (manifest, prepared, ctx, threads_per_fit(2))]
-    trials = run_trial.map(list(range(len(trial_params))), trial_params, *shared).result()
-    best = max(trials, key=lambda r: r.valid_auc)
-    logger.info("search: %d trials, best validation AUC %.4f (%s)", len(trials), best.valid_auc, best.params)
+    # 4. search: Optuna asks trials in batches as wide as the engine runs at once (trials are mapped
+    # tasks: threads here, or Dask workers), hopeless ones are pruned; best by validation AUC; CV of it
+    shared = [unmapped(x) for x in (manifest, prepared, ctx, threads_per_step(settings))]
+    trials = run_search(
+        config.training, parallel_steps(settings), lambda specs: run_trial.map(specs, *shared).result()
+    )
+    best = best_trial(trials)
+    logger.info(
+        "search: %d trials (%d pruned), best validation AUC %.4f (%s)",
+        len(trials),
+        sum(t.pruned for t in trials),
+        best.valid_auc,
+        best.params,
+    )
     _progress(progress, 55)
     folds = list(range(config.split.cv_folds))
     fold_aucs = cross_validate_fold.map(folds, unmapped(best.params), *shared).result() if folds else []
@@ -206,7 +214,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     _progress(progress, 70)
 
     # 5. candidate, evaluation, champion on the same window, the gate
-    trained = train_final_model(best.params, manifest, prepared, ctx)
+    trained = train_final_model(best, manifest, prepared, ctx)
     candidate = evaluate_candidate_on_test(trained, manifest, prepared, ctx)
     champion = evaluate_champion_on_test(model_name, manifest, prepared, ctx)
     decision = decide_promotion(candidate.evaluation.test, champion, settings.gate)

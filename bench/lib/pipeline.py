@@ -19,8 +19,9 @@ def run_bare(settings: Settings, params) -> float:
     from tasks.core.context import RunContext
     from tasks.data.steps import build_dataset_snapshot, discover_table_batches, validate_table_batches
     from tasks.decisions import decide_promotion
+    from tasks.engine import parallel_steps, threads_per_step
     from tasks.model import steps as model_steps
-    from tasks.model.train import sample_trial_params, threads_per_fit
+    from tasks.model.tune import best_trial, run_search
     from tasks.monitoring.steps import profile_reference
     from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
     from tasks.registry.versions import NewVersion, VersionDecision
@@ -39,15 +40,15 @@ def run_bare(settings: Settings, params) -> float:
     sources = dict(zip(config.tables, pool.map(ingest, config.tables)))
     manifest = build_dataset_snapshot.fn(sources, ctx)
     prepared = model_steps.fit_transform_on_train.fn(manifest, ctx)
-    threads = threads_per_fit(2)
-    trial_params = sample_trial_params(config.training, config.training.n_trials, config.training.seed)
-    trials = list(
-        pool.map(
-            lambda ip: model_steps.run_trial.fn(ip[0], ip[1], manifest, prepared, ctx, threads),
-            enumerate(trial_params),
-        )
+    threads = threads_per_step(settings)
+    trials = run_search(
+        config.training,
+        parallel_steps(settings),
+        lambda specs: list(
+            pool.map(lambda spec: model_steps.run_trial.fn(spec, manifest, prepared, ctx, threads), specs)
+        ),
     )
-    best = max(trials, key=lambda r: r.valid_auc)
+    best = best_trial(trials)
     folds = list(
         pool.map(
             lambda f: model_steps.cross_validate_fold.fn(f, best.params, manifest, prepared, ctx, threads),
@@ -55,7 +56,7 @@ def run_bare(settings: Settings, params) -> float:
         )
     )
     pool.shutdown()
-    trained = model_steps.train_final_model.fn(best.params, manifest, prepared, ctx)
+    trained = model_steps.train_final_model.fn(best, manifest, prepared, ctx)
     candidate = model_steps.evaluate_candidate_on_test.fn(trained, manifest, prepared, ctx)
     champion = model_steps.evaluate_champion_on_test.fn(config.model_name, manifest, prepared, ctx)
     decision = decide_promotion(candidate.evaluation.test, champion, settings.gate)

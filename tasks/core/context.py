@@ -82,6 +82,7 @@ class RunContext(BaseModel):
             "config": self.config.model_dump(mode="json"),
             "on_invalid": s.on_invalid,
             "snapshot_rows_per_part": s.snapshot_rows_per_part,
+            "engine": s.engine,  # the dask engine's final fit is another (distributed) model
             "tracking": s.tracking.model_dump(mode="json", include={"mode", "project", "entity", "dir"}),
         }
 

@@ -17,6 +17,8 @@ from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
 from tasks.data.snapshot import SnapshotManifest, load_snapshot, read_manifest
 from tasks.decisions import HoldoutComparison, compare_on_holdout
+from tasks.engine import cluster_client
+from tasks.model.distributed import train_on_cluster
 from tasks.model.evaluate import (
     CandidateEvaluation,
     ChampionEvaluation,
@@ -35,9 +37,11 @@ from tasks.model.train import (
     load_matrix,
     make_split,
     prepare_training,
+    save_candidate,
     train_candidate,
     write_candidate_files,
 )
+from tasks.model.tune import TrialSpec, pruning_callback
 from tasks.orchestration import cached_task, io_task, wandb_api_key
 from tasks.registry.versions import Registry
 
@@ -48,19 +52,21 @@ def fit_transform_on_train(manifest: SnapshotManifest, ctx: RunContext) -> Prepa
     return prepare_training(load_snapshot(manifest, ctx.store), ctx.config)
 
 
-@cached_task(name="train-trial", task_run_name="trial-{trial}")
+@cached_task(name="train-trial", task_run_name="trial-{spec.number}")
 def run_trial(
-    trial: int,
-    params: dict[str, Any],
+    spec: TrialSpec,
     manifest: SnapshotManifest,
     prepared: PreparedTraining,
     ctx: RunContext,
     num_threads: int,
 ) -> FitResult:
-    """One search trial: train on the train split, early-stop and score on validation."""
+    """One search trial: train on the train split, early-stop and score on validation; pruned by
+    Optuna's median rule against the trials finished before it (``tasks.model.tune``)."""
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
-    _, result = fit_on_split(X, y, params, prepared, ctx.config.training, num_threads)
-    return result
+    _, result = fit_on_split(
+        X, y, spec.params, prepared, ctx.config.training, num_threads, (pruning_callback(spec.pruning),)
+    )
+    return result.model_copy(update={"trial": spec.number})
 
 
 @cached_task(name="cv-fold", task_run_name="cv-fold-{fold}")
@@ -91,11 +97,19 @@ def cross_validate_fold(
 
 @cached_task(name="train-final-model")
 def train_final_model(
-    params: dict[str, Any], manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+    best: FitResult, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
 ) -> TrainedModel:
-    """The candidate: best params, early-stopped on validation; saved as LightGBM text."""
+    """The candidate with the best trial's params, saved as LightGBM text. Local engine: early-stopped
+    on validation in this process. Dask engine: ``lightgbm.dask`` over the snapshot's parts on the
+    cluster, for the best trial's early-stopped number of rounds (``tasks.model.distributed``)."""
+    if ctx.settings.engine == "dask":
+        with cluster_client() as client:
+            booster, result = train_on_cluster(
+                client, best.params, best.best_iteration, manifest, prepared, ctx
+            )
+        return save_candidate(booster, result, prepared, ctx.store)
     X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
-    return train_candidate(X, y, params, prepared, ctx.config.training, ctx.store)
+    return train_candidate(X, y, best.params, prepared, ctx.config.training, ctx.store)
 
 
 @cached_task(name="evaluate-candidate")

