@@ -52,7 +52,7 @@ def log_predictions(settings, model_name: str, rows: int, tag: str) -> list[str]
     inputs = input_schema(config)
     schema = prediction_log_schema(inputs)
     snapshot = open_store(settings)
-    key = next(k for k in snapshot.list("snapshots") if k.endswith("data.parquet"))
+    key = next(k for k in snapshot.list("snapshots") if k.endswith(".parquet"))
     frame = snapshot.read_parquet(key).tail(rows).select(list(inputs))
     prefix = log_prefix("predictions", model_name)
     log = SpooledLog(open_store(settings), prefix, schema, settings.serving.spool_dir, 200, 0.2)

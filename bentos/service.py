@@ -29,8 +29,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import bentoml
 import numpy as np
 import polars as pl
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, TypeAdapter, ValidationError
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from tasks.core.config import DatasetConfig, config_from_template
 from tasks.core.settings import Settings
@@ -222,7 +223,8 @@ class RequestGuard:
     compared in constant time."""
 
     FEEDBACK_PATHS = ("/feedback",)
-    SCORING_PATHS = ("/predict", "/predict_batch", "/predict_columns")
+    SCORING_PATHS = ("/predict", "/predict_batch", "/predict_columns", "/predict_arrow")
+    BODY_TYPES = {"/predict_arrow": b"application/vnd.apache.arrow.stream"}  # the rest: JSON
 
     def __init__(self, app: Any, token: SecretStr | None, feedback_token: SecretStr | None, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -254,6 +256,8 @@ class RequestGuard:
             return await self._openapi(scope, receive, send)
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
+        if scope["path"] == "/predict_arrow":  # the mounted Arrow app's route, without a redirect
+            scope = {**scope, "path": "/predict_arrow/", "raw_path": b"/predict_arrow/"}
         headers = dict(scope.get("headers") or [])
         refused = self._refusal(scope["path"], headers.get(b"authorization", b""))
         if refused:
@@ -271,9 +275,13 @@ class RequestGuard:
                 headers={"Retry-After": "5"},
             )(scope, receive, send)
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if media_type and media_type != b"application/json":
+        expected = self.BODY_TYPES.get(scope["path"].rstrip("/"), b"application/json")
+        if (media_type or expected != b"application/json") and media_type != expected:
             return await JSONResponse(
-                {"error": f"unsupported Content-Type {media_type.decode('latin-1')!r}: send JSON"},
+                {
+                    "error": f"unsupported Content-Type {media_type.decode('latin-1')!r}: send "
+                    f"{expected.decode()}"
+                },
                 status_code=415,
             )(scope, receive, send)
         length = headers.get(b"content-length")
@@ -446,20 +454,104 @@ def columns_to_frame(columns: dict[str, list[Any]]) -> pl.DataFrame:
             raise bad(
                 f"column {name!r}: values are not {dtype} ({type(exc).__name__}: {str(exc)[:200]})"
             ) from None
-        contract, required = CONTRACTS[name]
-        if required and s.null_count():
-            raise bad(f"column {name!r}: {s.null_count()} null value(s) in a required column")
-        if dtype.is_numeric() and (contract.min is not None or contract.max is not None):
-            low = -float("inf") if contract.min is None else contract.min
-            high = float("inf") if contract.max is None else contract.max
-            out = s.filter(~s.is_between(low, high).fill_null(True))
-            if out.len():
-                raise bad(
-                    f"column {name!r}: {out.len()} value(s) outside [{contract.min}, {contract.max}], "
-                    f"e.g. {out.head(3).to_list()}"
-                )
-        series.append(s)
+        series.append(check_column(s))
     return pl.DataFrame(series)
+
+
+def check_column(s: pl.Series) -> pl.Series:
+    """A typed input column against its contract: no nulls if required, values within range."""
+    bad = bentoml.exceptions.InvalidArgument
+    name, dtype = s.name, s.dtype
+    contract, required = CONTRACTS[name]
+    if required and s.null_count():
+        raise bad(f"column {name!r}: {s.null_count()} null value(s) in a required column")
+    if dtype.is_numeric() and (contract.min is not None or contract.max is not None):
+        low = -float("inf") if contract.min is None else contract.min
+        high = float("inf") if contract.max is None else contract.max
+        out = s.filter(~s.is_between(low, high).fill_null(True))
+        if out.len():
+            raise bad(
+                f"column {name!r}: {out.len()} value(s) outside [{contract.min}, {contract.max}], "
+                f"e.g. {out.head(3).to_list()}"
+            )
+    return s
+
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+ARROW_ID_COLUMNS = {"correlation_id": "correlation_ids", "routing_key": "routing_keys"}
+
+
+def arrow_to_frame(body: bytes) -> tuple[pl.DataFrame, list[str | None], list[str | None]]:
+    """An Arrow IPC stream as (typed inputs, correlation ids, routing keys), checked like
+    ``columns_to_frame``: known columns only, required ones present, each cast strictly to its type
+    (the time column: parsed from text, or a datetime) and within its contract's range."""
+    bad = bentoml.exceptions.InvalidArgument
+    try:
+        frame = pl.read_ipc_stream(body)
+    except Exception as exc:  # noqa: BLE001 - pyarrow/polars raise several types for garbage bytes
+        raise bad(
+            f"the body is not an Arrow IPC stream ({type(exc).__name__}): send {ARROW_STREAM}"
+        ) from None
+    unknown = sorted(set(frame.columns) - set(CONTRACTS) - set(ARROW_ID_COLUMNS))
+    if unknown:
+        raise bad(f"unknown column(s) {unknown}; expected a subset of {sorted(CONTRACTS)}")
+    missing = [c for c, (_, required) in CONTRACTS.items() if required and c not in frame.columns]
+    if missing:
+        raise bad(f"missing required column(s) {missing}")
+    if frame.height == 0:
+        raise bad("the batch has no rows")
+    if frame.height > SETTINGS.serving.max_batch_rows:
+        raise bad(f"more rows than max_batch_rows={SETTINGS.serving.max_batch_rows}; split the batch")
+    series = []
+    for name, dtype in INPUT_SCHEMA.items():
+        if name not in frame.columns:
+            series.append(pl.Series(name, [None] * frame.height, dtype=dtype))
+            continue
+        s = frame[name]
+        try:
+            if name == TIME_COLUMN:
+                s = (
+                    s.str.to_datetime(time_zone="UTC", strict=True)
+                    if s.dtype == pl.String
+                    else s.cast(pl.Datetime("us", "UTC"), strict=True)
+                )
+            elif dtype == pl.String and s.dtype != pl.String:
+                raise TypeError(f"{s.dtype}")
+            else:
+                s = s.cast(dtype, strict=True)
+        except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+            raise bad(
+                f"column {name!r}: values of type {frame[name].dtype} are not {dtype} ({str(exc)[:200]})"
+            ) from None
+        series.append(check_column(s.rename(name)))
+    ids = []
+    for column, name in ARROW_ID_COLUMNS.items():
+        values = frame[column].cast(pl.String, strict=False).to_list() if column in frame.columns else None
+        ids.append(checked_ids(name, values, frame.height))
+    return pl.DataFrame(series), ids[0], ids[1]
+
+
+def scored_to_arrow(out: Scored) -> bytes:
+    """The answers as an Arrow IPC stream, one row per input row, in order."""
+    import io
+
+    table = pl.DataFrame(
+        {
+            "request_id": out.ids,
+            "correlation_id": pl.Series(out.correlation_ids, dtype=pl.String),
+            "probability": pl.Series(out.probability, dtype=pl.Float64),
+            "label": pl.Series(out.label, dtype=pl.Int8),
+            "model_version": pl.Series(out.model_version, dtype=pl.Int64),
+            "arm": out.arm,
+            "shadow_probability": pl.Series(out.shadow_probability, dtype=pl.Float64),
+        }
+    ).with_columns(pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"))
+    buf = io.BytesIO()
+    table.write_ipc_stream(buf)
+    return buf.getvalue()
+
+
+ARROW_APP = FastAPI(title="driftloop Arrow endpoint", docs_url=None, redoc_url=None, openapi_url=None)
 
 
 # who a label came from: with a feedback token only its holder can report (see RequestGuard)
@@ -467,6 +559,7 @@ FEEDBACK_SOURCE = "feedback-token" if SETTINGS.serving.feedback_token else "unau
 PACKAGED_MODEL = SETTINGS.packaged_model  # set inside a bento built by the package flow
 
 
+@bentoml.asgi_app(ARROW_APP, path="/predict_arrow")
 @bentoml.service(
     name="driftloop",
     workers=SETTINGS.serving.workers,
@@ -715,6 +808,24 @@ class Driftloop:
         )
         await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
         return out
+
+    @ARROW_APP.post("/")
+    async def predict_arrow(self, request: Request) -> Response:
+        """Score a batch sent as an Arrow IPC stream (``Content-Type: application/vnd.apache.arrow.stream``;
+        columns: the model's inputs, optionally ``correlation_id`` and ``routing_key``): the fast path
+        for large batches, no JSON. Answers an Arrow IPC stream, one row per input row, in order; errors
+        are JSON naming the column, as on /predict_columns."""
+        try:
+            frame, correlation_ids, routing_keys = arrow_to_frame(await request.body())
+        except bentoml.exceptions.InvalidArgument as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if self.watcher.models.champion is None:
+            return JSONResponse(
+                {"error": "no champion model is loaded yet; see /model_status"}, status_code=503
+            )
+        out, logged = self._score(None, frame, correlation_ids, routing_keys)
+        await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
+        return Response(content=scored_to_arrow(out), media_type=ARROW_STREAM)
 
     @bentoml.api
     def feedback(self, items: BatchOf[FeedbackItem]) -> FeedbackResult:

@@ -87,7 +87,7 @@ def serving_stack() -> Iterator[dict]:
     config = settings.load_dataset()
     registry = Registry(store, config.model_name)
     mv = registry.resolve("champion")
-    snapshot = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
+    snapshot = next(k for k in store.list("snapshots") if k.endswith(".parquet"))
     rows = store.read_parquet(snapshot).tail(1000).select(list(input_contracts(config)))
     records = []
     for row in rows.rows(named=True):

@@ -147,7 +147,7 @@ def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
     from tasks.serving.schema import input_contracts
 
     store = LocalStore(store_dir)
-    key = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
+    key = next(k for k in store.list("snapshots") if k.endswith(".parquet"))
     config = Settings().load_dataset()
     frame = store.read_parquet(key).tail(n).select(list(input_contracts(config)))
     records = []
@@ -209,6 +209,50 @@ def test_columnar_batches_score_like_the_offline_model(service, serving_store):
         json={"columns": {**columns, "carier": columns["carrier"]}},
     )
     assert typo.status_code == 400 and "carier" in typo.text
+
+
+def _arrow(frame: pl.DataFrame) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    frame.write_ipc_stream(buf)
+    return buf.getvalue()
+
+
+def test_arrow_batches_score_like_the_offline_model_and_bad_ones_are_named(service, serving_store):
+    frame, _ = _test_rows(serving_store, 300)
+    ids = [f"row-{i}" for i in range(frame.height)]
+    arrow = {**AUTH, "content-type": "application/vnd.apache.arrow.stream"}
+    resp = httpx.post(
+        f"{service}/predict_arrow",
+        content=_arrow(frame.with_columns(pl.Series("correlation_id", ids))),
+        headers=arrow,
+        timeout=30,
+    )
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/vnd.apache.arrow.stream"
+    out = pl.read_ipc_stream(resp.content)
+    assert out.height == 300 and out["correlation_id"].to_list() == ids  # one answer per row, in order
+    assert out["request_id"].n_unique() == 300 and set(out["model_version"]) == {1, 2}
+    offline = {v: _offline(serving_store, v, frame) for v in (1, 2)}
+    for i, (p, v) in enumerate(zip(out["probability"], out["model_version"])):
+        assert p == pytest.approx(offline[v][i], abs=1e-9)
+
+    def refused(body: bytes, headers: dict = arrow) -> httpx.Response:
+        return httpx.post(f"{service}/predict_arrow", content=body, headers=headers, timeout=30)
+
+    as_json = refused(_arrow(frame), {**AUTH, "content-type": "application/json"})
+    assert as_json.status_code == 415 and "application/vnd.apache.arrow.stream" in as_json.text
+    assert refused(_arrow(frame), {"content-type": arrow["content-type"]}).status_code == 401  # no token
+    garbage = refused(b"not arrow at all")
+    assert garbage.status_code == 400 and "not an Arrow IPC stream" in garbage.text
+    missing = refused(_arrow(frame.drop("carrier")))
+    assert missing.status_code == 400 and "carrier" in missing.text
+    out_of_range = refused(_arrow(frame.with_columns(pl.lit(-1).alias("distance"))))
+    assert out_of_range.status_code == 400 and "column 'distance'" in out_of_range.text
+    wrong_type = refused(_arrow(frame.with_columns(pl.lit(1.5).alias("carrier"))))
+    assert wrong_type.status_code == 400 and "column 'carrier'" in wrong_type.text
+    assert httpx.get(f"{service}/readyz").status_code == 200  # and it serves on
 
 
 def test_canary_keeps_a_caller_on_one_arm(service, serving_store):
@@ -707,7 +751,7 @@ def test_monitoring_and_the_canary_judge_what_the_real_service_logged(service, s
     store = LocalStore(serving_store)
     registry = Registry(store, "flights-late-arrival")
     config = Settings().load_dataset()
-    key = next(k for k in store.list("snapshots") if k.endswith("data.parquet"))
+    key = next(k for k in store.list("snapshots") if k.endswith(".parquet"))
     rows = store.read_parquet(key).tail(1200)  # the champion's own held-out rows: no drift, no decay
     labels = rows[config.target.name].to_list()
     records = [
