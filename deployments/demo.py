@@ -30,12 +30,14 @@ from tasks.core.settings import Settings
 console = Console()
 
 
-async def _watch(name: str, parameters: dict, progress_key: str | None) -> object:
+async def _watch(
+    name: str, parameters: dict, progress_key: str | None, job_variables: dict | None = None
+) -> object:
     """Start a deployment run and follow it with a progress bar until it finishes; return its result."""
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
 
-    run = await run_deployment(name, parameters=parameters, timeout=0)
+    run = await run_deployment(name, parameters=parameters, job_variables=job_variables, timeout=0)
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),

@@ -120,6 +120,28 @@ class PackageParams(BaseModel):
     model_name: str | None = Field(None, description=MODEL_NAME)
 
 
+class ScoreParams(BaseModel):
+    """What to score, with which model, and where the predictions go."""
+
+    input: str = Field(
+        description="the dataset to score: a store key prefix (e.g. scaled/raw/flights), an absolute "
+        "directory or an s3:// URI; every Parquet (or CSV) file under it is one partition; may be a glob"
+    )
+    format: Literal["parquet", "csv"] = "parquet"
+    hive_partitioning: bool = Field(True, description="add key=value directories as columns")
+    model_name: str | None = Field(None, description=MODEL_NAME)
+    version: int | None = Field(None, ge=1, description="the registered version (default: the champion)")
+    output: str | None = Field(
+        None, description="store key prefix for the predictions (default: scores/<model>/v<version>/<input>)"
+    )
+    id_column: str | None = Field(
+        None, description="a column of the input that identifies each row (default: <file>#<row number>)"
+    )
+    log_predictions: bool = Field(
+        True, description="also write the scored rows to the model's prediction log, for monitoring"
+    )
+
+
 class LineageParams(BaseModel):
     request_id: str | None = Field(None, description="a prediction's request id")
     version: int | None = Field(None, ge=1, description="a model version")
@@ -133,6 +155,17 @@ class LineageParams(BaseModel):
 
 
 # --- results -------------------------------------------------------------------------------------
+class ScoreSummary(BaseModel):
+    model_name: str
+    version: int
+    input: str
+    output: str
+    partitions: int
+    rows: int
+    quarantined: list[str]  # quarantine prefixes of input files that failed the model's input contract
+    logged: bool
+
+
 class TrainingSummary(BaseModel):
     model_name: str
     version: int

@@ -67,7 +67,7 @@ def train_from_config(root: Path, config_path: Path | None, land: Callable[[Any,
     }
     manifest = build_snapshot(sources, config, ctx.store)
     snapshot = load_snapshot(manifest, ctx.store)
-    prepared = prepare_training(snapshot, config)
+    prepared = prepare_training(manifest, ctx.store, config)
     X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
     trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
     return HeldOutModel(config, snapshot, prepared, trained, load_candidate(ctx.store, trained), X, y)

@@ -31,12 +31,14 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else float("nan")
 
 
-def encode_post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[str, int, bytes]:
+def encode_post(
+    url: str, body: bytes, headers: dict[str, str] | None = None, content_type: str = "application/json"
+) -> tuple[str, int, bytes]:
     u = urlparse(url)
     head = [
         f"POST {u.path or '/'} HTTP/1.1",
         f"Host: {u.hostname}:{u.port}",
-        "Content-Type: application/json",
+        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         "Connection: keep-alive",
     ]
@@ -102,8 +104,9 @@ def run_load(
     seconds: float,
     headers: dict[str, str] | None = None,
     warmup: float = 1.0,
+    content_type: str = "application/json",
 ) -> LoadResult:
-    host, port, request = encode_post(url, body, headers)
+    host, port, request = encode_post(url, body, headers, content_type)
 
     async def main() -> LoadResult:
         if warmup:

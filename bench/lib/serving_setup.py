@@ -57,8 +57,16 @@ def open_serving_stack(console, message: str) -> tuple[contextlib.AbstractContex
     return stack, env
 
 
+def _arrow_stream(rows) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    rows.write_ipc_stream(buf)
+    return buf.getvalue()
+
+
 @contextlib.contextmanager
-def serving_stack() -> Iterator[dict]:
+def serving_stack(batch_rows: int = 1000) -> Iterator[dict]:
     """Train (no Prefect), then serve the champion two ways; yields urls, bodies and the loaded model."""
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-serving-"))
     env = {
@@ -88,7 +96,7 @@ def serving_stack() -> Iterator[dict]:
     registry = Registry(store, config.model_name)
     mv = registry.resolve("champion")
     snapshot = next(k for k in store.list("snapshots") if k.endswith(".parquet"))
-    rows = store.read_parquet(snapshot).tail(1000).select(list(input_contracts(config)))
+    rows = store.read_parquet(snapshot).tail(batch_rows).select(list(input_contracts(config)))
     records = []
     for row in rows.rows(named=True):
         row[config.time.column] = row[config.time.column].strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -140,6 +148,7 @@ def serving_stack() -> Iterator[dict]:
             "single": json.dumps({"record": records[-1]}).encode(),
             "batch": json.dumps({"records": records}).encode(),
             "columns": json.dumps({"columns": {k: [r[k] for r in records] for k in records[0]}}).encode(),
+            "arrow": _arrow_stream(rows),
             "rows": rows,
             "booster": registry.load_booster(mv),
             "transform": registry.load_transform(mv),

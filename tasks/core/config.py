@@ -257,6 +257,15 @@ class TrainingConfig(Strict):
     early_stopping_rounds: int = Field(30, ge=1)
     threshold: float = Field(0.5, gt=0, lt=1, description="probability above which the label is positive")
     seed: int = 13
+    max_search_rows: int = Field(
+        2_000_000,
+        ge=1000,
+        description="search trials and CV folds train on at most this many rows of train + validation "
+        "(evenly spaced, so the split and the time order hold); the final model trains on every row",
+    )
+    max_fit_rows: int = Field(
+        1_000_000, ge=1000, description="training rows (evenly spaced) the feature transform is fitted on"
+    )
 
 
 class MonitoringConfig(Strict):
@@ -280,6 +289,9 @@ class MonitoringConfig(Strict):
         "smallest window judged, is always added)",
     )
     calibration_resamples: int = Field(8, ge=2, le=100, description="random held-out windows per size")
+    max_reference_rows: int = Field(
+        500_000, ge=1000, description="held-out rows (evenly spaced) profiled for the drift reference"
+    )
     min_importance: float = Field(
         0.01,
         ge=0,

@@ -301,16 +301,17 @@ def ingest_batches(
         entry = state.get(ref.batch_id)
         if entry is not None and entry.get("contract", contract_hash) == contract_hash:
             entries[ref.batch_id] = entry
-    accepted_keys = (
-        [
-            store.scan_parquet([e["key"]]).select(unique).with_columns(pl.lit(e["source"]).alias("__batch"))
-            for e in entries.values()
-            if e["status"] == "valid"
-        ]
-        if unique
-        else []
+    # the unique keys of accepted batches, as one 64-bit hash per row (a few bytes a row, whatever the
+    # key's width) and the batch it came from; a hit is confirmed on the real columns before it counts
+    accepted = [e for e in entries.values() if e["status"] == "valid"] if unique else []
+    source_of = {e["key"]: e["source"] for e in accepted}  # validated batch -> the file it came from
+    seen = (
+        pl.concat(
+            [_key_hashes(store.scan_parquet([e["key"]]).select(unique), unique, e["key"]) for e in accepted]
+        ).collect()
+        if accepted
+        else None
     )
-    seen = pl.concat(accepted_keys).collect() if accepted_keys else None
     valid, quarantined, failed_reports = [], [], []
     new = reused = rows = 0
     for ref in refs:
@@ -329,7 +330,7 @@ def ingest_batches(
                 text = set(df.columns) if ref.format == "csv" else set(ref.partition)
                 typed, report = validate_batch(df, table_cfg.contract, table, ref.key, text)
                 if report.ok and unique:
-                    repeated = _repeated_keys(typed.select(unique), seen, unique)
+                    repeated = _repeated_keys(typed.select(unique), seen, unique, store, source_of)
                     if repeated is not None:
                         report.failures.append(repeated)
             if report.ok:
@@ -337,7 +338,8 @@ def ingest_batches(
                 store.write_parquet(vkey, typed.select(list(table_cfg.contract.columns)))
                 entry = {"status": "valid", "key": vkey, "rows": typed.height, "source": ref.key}
                 if unique:
-                    mine = typed.select(unique).with_columns(pl.lit(ref.key).alias("__batch"))
+                    mine = _key_hashes(typed.lazy().select(unique), unique, vkey).collect()
+                    source_of[vkey] = ref.key
                     seen = mine if seen is None else pl.concat([seen, mine], rechunk=False)  # no re-copy
             else:
                 qkey = _quarantine(store, dataset, ref, report, raw)
@@ -379,13 +381,43 @@ def ingest_batches(
     return result, failed_reports
 
 
+def _key_hashes(keys: pl.LazyFrame, unique: list[str], validated_key: str) -> pl.LazyFrame:
+    """One hash per row of the unique key columns (cast to text, so a key hashes the same whatever
+    types a batch arrived with), with the validated batch it belongs to."""
+    return keys.select(
+        pl.struct([pl.col(c).cast(pl.String) for c in unique]).hash(seed=0).alias("__hash"),
+        pl.lit(validated_key).cast(pl.Categorical).alias("__batch"),
+    )
+
+
 def _repeated_keys(
-    keys: pl.DataFrame, seen: pl.DataFrame | None, unique: list[str]
+    keys: pl.DataFrame,
+    seen: pl.DataFrame | None,
+    unique: list[str],
+    store: ArtifactStore,
+    source_of: dict[str, str],
 ) -> ContractFailure | None:
-    """The rows of a batch whose unique key an accepted batch already has (None if there are none)."""
+    """The rows of a batch whose unique key an accepted batch already has (None if there are none).
+
+    Accepted keys are held as hashes: the accepted rows are scanned for this batch's hashes (a hash set
+    of one batch, not of everything accepted), and the few candidate batches are then read to confirm
+    the hits on the real key columns (a hash collision is never reported as a duplicate)."""
     if seen is None or seen.height == 0:
         return None
-    hits = keys.join(seen.cast({c: keys.schema[c] for c in unique}), on=unique, how="inner", nulls_equal=True)
+    mine = _key_hashes(keys.lazy(), unique, "").collect()["__hash"]
+    candidates = seen.filter(pl.col("__hash").is_in(mine.implode()))
+    if candidates.height == 0:
+        return None
+    batches = candidates["__batch"].cast(pl.String).unique(maintain_order=True).to_list()
+    earlier = pl.concat(
+        [
+            store.read_parquet(b).select(unique).with_columns(pl.lit(source_of.get(b, b)).alias("__batch"))
+            for b in batches
+        ]
+    )
+    hits = keys.join(
+        earlier.cast({c: keys.schema[c] for c in unique}), on=unique, how="inner", nulls_equal=True
+    )
     if hits.height == 0:
         return None
     batches = hits["__batch"].unique(maintain_order=True).to_list()

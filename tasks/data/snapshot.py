@@ -379,6 +379,7 @@ def build_snapshot(
         labelled_rows.with_columns(bucket_expr(config, columns, n_parts, time_range)).sink_parquet(
             pl.PartitionBy(spill, key=BUCKET, include_key=False, approximate_bytes_per_file=None),
             mkdir=True,
+            row_group_size=16_384,  # flushed often: an open part holds one small row group, not megabytes
             engine="streaming",
         )
         spilled = _spilled_parts(Path(spill), n_parts)
@@ -459,6 +460,37 @@ def load_snapshot(manifest: SnapshotManifest, store: ArtifactStore) -> pl.DataFr
         if _LAST.get("key") != key:
             _LAST.update(key=key, frame=store.scan_parquet(manifest.part_keys).collect())
         return _LAST["frame"]
+
+
+def load_rows(
+    manifest: SnapshotManifest,
+    store: ArtifactStore,
+    start: int,
+    stop: int | None = None,
+    every: int = 1,
+    columns: list[str] | None = None,
+) -> pl.DataFrame:
+    """Rows [start, stop) of the snapshot (every ``every``-th, counted from ``start``), reading only the
+    parts they lie in, one at a time: a range of a large snapshot costs the memory of that range."""
+    stop = manifest.rows if stop is None else min(stop, manifest.rows)
+    offsets, frames = manifest.part_offsets, []
+    for i, key in enumerate(manifest.part_keys):
+        lo, hi = max(start, offsets[i]), min(stop, offsets[i + 1])
+        if lo >= hi:
+            continue
+        lf = store.scan_parquet([key])
+        if columns is not None:
+            lf = lf.select(columns)
+        part = lf.slice(lo - offsets[i], hi - lo).collect()
+        if every > 1:
+            part = part.gather_every(every, offset=(-(lo - start)) % every)
+        frames.append(part)
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def spacing(rows: int, at_most: int) -> int:
+    """Take every ``spacing``-th of ``rows`` rows to keep at most ``at_most`` of them."""
+    return max(1, -(-rows // at_most))
 
 
 def load_snapshot_part(manifest: SnapshotManifest, store: ArtifactStore, index: int) -> pl.DataFrame:

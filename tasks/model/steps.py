@@ -15,7 +15,7 @@ import numpy as np
 
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
-from tasks.data.snapshot import SnapshotManifest, load_snapshot, read_manifest
+from tasks.data.snapshot import SnapshotManifest, load_rows, read_manifest
 from tasks.decisions import HoldoutComparison, compare_on_holdout
 from tasks.engine import cluster_client
 from tasks.model.distributed import train_on_cluster
@@ -38,6 +38,7 @@ from tasks.model.train import (
     make_split,
     prepare_training,
     save_candidate,
+    split_columns,
     train_candidate,
     write_candidate_files,
 )
@@ -49,7 +50,7 @@ from tasks.registry.versions import Registry
 @cached_task(name="fit-feature-transform")
 def fit_transform_on_train(manifest: SnapshotManifest, ctx: RunContext) -> PreparedTraining:
     """Split (by time, or stratified), then fit the feature transform on the training rows only."""
-    return prepare_training(load_snapshot(manifest, ctx.store), ctx.config)
+    return prepare_training(manifest, ctx.store, ctx.config)
 
 
 @cached_task(name="train-trial", task_run_name="trial-{spec.number}")
@@ -61,10 +62,21 @@ def run_trial(
     num_threads: int,
 ) -> FitResult:
     """One search trial: train on the train split, early-stop and score on validation; pruned by
-    Optuna's median rule against the trials finished before it (``tasks.model.tune``)."""
-    X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
+    Optuna's median rule against the trials finished before it (``tasks.model.tune``). On a large
+    snapshot: on evenly spaced rows of train + validation (``PreparedTraining.search_rows``)."""
+    every, train_end, valid_end = prepared.search_rows(ctx.config.training)
+    X, y = load_matrix(
+        ctx.store, manifest, prepared.transform, ctx.config.target.name, 0, prepared.split.valid_end, every
+    )
     _, result = fit_on_split(
-        X, y, spec.params, prepared, ctx.config.training, num_threads, (pruning_callback(spec.pruning),)
+        X,
+        y,
+        spec.params,
+        prepared,
+        ctx.config.training,
+        num_threads,
+        (pruning_callback(spec.pruning),),
+        (train_end, valid_end),
     )
     return result.model_copy(update={"trial": spec.number})
 
@@ -79,9 +91,12 @@ def cross_validate_fold(
     num_threads: int,
 ) -> float:
     """Validation ROC-AUC of one fold over train+validation rows (an expanding window over time, or
-    one part of a stratified k-fold)."""
-    X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
-    train, valid = cv_fold(prepared.split.valid_end, ctx.config.split.cv_folds, fold, ctx.config.split_method)
+    one part of a stratified k-fold), on the same rows as the search trials."""
+    every, _, valid_end = prepared.search_rows(ctx.config.training)
+    X, y = load_matrix(
+        ctx.store, manifest, prepared.transform, ctx.config.target.name, 0, prepared.split.valid_end, every
+    )
+    train, valid = cv_fold(valid_end, ctx.config.split.cv_folds, fold, ctx.config.split_method)
     _, result = fit_lightgbm(
         X,
         y,
@@ -108,7 +123,9 @@ def train_final_model(
                 client, best.params, best.best_iteration, manifest, prepared, ctx
             )
         return save_candidate(booster, result, prepared, ctx.store)
-    X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
+    X, y = load_matrix(
+        ctx.store, manifest, prepared.transform, ctx.config.target.name, 0, prepared.split.valid_end
+    )
     return train_candidate(X, y, best.params, prepared, ctx.config.training, ctx.store)
 
 
@@ -117,13 +134,13 @@ def evaluate_candidate_on_test(
     trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
 ) -> CandidateEvaluation:
     """Test-window metrics, baseline, slices and plots for the candidate model."""
-    X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name)
     start = prepared.split.valid_end
+    X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name, start)
     return evaluate_candidate(
         load_candidate(ctx.store, trained),
-        X[start:],
-        y[start:],
-        load_snapshot(manifest, ctx.store).slice(start),
+        X,
+        y,
+        load_rows(manifest, ctx.store, start),
         prepared.base_rate,
         trained.importance,
         ctx.config,
@@ -137,7 +154,7 @@ def evaluate_champion_on_test(
     model_name: str, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
 ) -> ChampionEvaluation:
     """The current champion scored on the candidate's test window, with its own saved transform."""
-    test = load_snapshot(manifest, ctx.store).slice(prepared.split.valid_end)
+    test = load_rows(manifest, ctx.store, prepared.split.valid_end)
     return evaluate_champion(Registry(ctx.store, model_name), test, ctx.config)
 
 
@@ -210,8 +227,7 @@ def compare_with_champion(
     manifest = read_manifest(store, snapshot_id)
     if manifest is None:
         raise BadInput(f"snapshot {snapshot_id} does not exist in {store.uri} (or was never completed)")
-    df = load_snapshot(manifest, store)
-    test = df.slice(make_split(df, config).valid_end)
+    test = load_rows(manifest, store, make_split(split_columns(manifest, store, config), config).valid_end)
     y = test[config.target.name].to_numpy().astype(int)
     scores = {}
     for v in (champion.version, candidate):

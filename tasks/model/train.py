@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from tasks.core.config import DatasetConfig, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
 from tasks.core.store import ArtifactStore
-from tasks.data.snapshot import SnapshotManifest, load_snapshot
+from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
 
 FIXED_PARAMS = {
@@ -112,23 +112,30 @@ def cv_fold(n_rows: int, k: int, fold: int, method: str) -> tuple[slice | np.nda
 
 
 def load_matrix(
-    store: ArtifactStore, manifest: SnapshotManifest, transform: FittedTransform, target: str
+    store: ArtifactStore,
+    manifest: SnapshotManifest,
+    transform: FittedTransform,
+    target: str,
+    start: int = 0,
+    stop: int | None = None,
+    every: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The snapshot as (X, y); memoised per process, since trials and folds reuse the same matrix."""
-    key = (store.uri, manifest.data_key, transform.fingerprint(), target)
+    """Rows [start, stop) of the snapshot (every ``every``-th) as (X, y), read part by part; memoised
+    per process, since trials and folds reuse the same matrix."""
+    key = (store.uri, manifest.snapshot_id, transform.fingerprint(), target, start, stop, every)
     with _MATRICES_LOCK:
         hit = _MATRICES.get(key)
         if hit is None:
-            df = load_snapshot(manifest, store)
+            _MATRICES.clear()  # keep one matrix in memory at most
+            df = load_rows(manifest, store, start, stop, every)
             hit = (transform.to_matrix(df), df[target].to_numpy().astype(np.float64))
-            _MATRICES.clear()  # keep one snapshot in memory at most
             _MATRICES[key] = hit
     return hit
 
 
 # A process-local memo of the last matrix (an optimisation only: the content is a pure function of
 # the key, so a fresh process recomputes the same thing).
-_MATRICES: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+_MATRICES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 _MATRICES_LOCK = threading.Lock()
 
 
@@ -210,15 +217,36 @@ class PreparedTraining(BaseModel):
     split: TimeSplit
     base_rate: float
 
+    def search_rows(self, training: TrainingConfig) -> tuple[int, int, int]:
+        """What search trials and CV folds train on: every ``k``-th row of train + validation, at most
+        ``training.max_search_rows``; returns (k, train rows, train + validation rows) of that sample."""
+        k = spacing(self.split.valid_end, training.max_search_rows)
+        return k, -(-self.split.train_end // k), -(-self.split.valid_end // k)
 
-def prepare_training(df: pl.DataFrame, config: DatasetConfig) -> PreparedTraining:
-    """Split, then fit the feature transform on the training rows only (no test leakage)."""
-    split = make_split(df, config)
-    train = df.slice(0, split.train_end)
+
+def split_columns(manifest: SnapshotManifest, store: ArtifactStore, config: DatasetConfig) -> pl.DataFrame:
+    """What the split is computed from, for every row: the time column (time split) and the target."""
+    time = [config.time_column] if config.split_method == "time" else []
+    return load_rows(manifest, store, 0, columns=[*time, config.target.name])
+
+
+def prepare_training(
+    manifest: SnapshotManifest, store: ArtifactStore, config: DatasetConfig
+) -> PreparedTraining:
+    """Split (from the time or split order column and the target only), then fit the feature transform
+    on the training rows only (no test leakage): every row, or evenly spaced ones beyond
+    ``training.max_fit_rows`` (medians, quantiles and frequent levels of millions of rows do not need
+    them all)."""
+    target = config.target.name
+    keys = split_columns(manifest, store, config)
+    split = make_split(keys, config)
+    spec = FeatureSpec.from_config(config)
+    every = spacing(split.train_end, config.training.max_fit_rows)
+    train = load_rows(manifest, store, 0, split.train_end, every, columns=[*spec.input_columns, target])
     return PreparedTraining(
-        transform=fit_feature_transform(train, FeatureSpec.from_config(config)),
+        transform=fit_feature_transform(train, spec),
         split=split,
-        base_rate=float(train[config.target.name].mean()),
+        base_rate=float(keys[target].head(split.train_end).mean()),
     )
 
 
@@ -248,14 +276,16 @@ def fit_on_split(
     training: TrainingConfig,
     num_threads: int,
     callbacks: tuple[Callable[[Any], None], ...] = (),
+    bounds: tuple[int, int] | None = None,
 ) -> tuple[lgb.Booster | None, FitResult]:
-    """Fit on the training rows, early-stopped and scored on the validation rows of the time split."""
-    s = prepared.split
+    """Fit on the training rows, early-stopped and scored on the validation rows of the split
+    (``bounds``: where training and validation end in ``X``, when it is a sample of the rows)."""
+    train_end, valid_end = bounds or (prepared.split.train_end, prepared.split.valid_end)
     return fit_lightgbm(
         X,
         y,
-        slice(0, s.train_end),
-        slice(s.train_end, s.valid_end),
+        slice(0, train_end),
+        slice(train_end, valid_end),
         params,
         prepared.transform,
         training,

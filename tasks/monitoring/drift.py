@@ -176,7 +176,7 @@ def input_importance(spec: FeatureSpec, gains: dict[str, float]) -> dict[str, fl
 def calibrate_reference(
     held_out: pl.DataFrame,
     period: tuple[str, str],
-    training: pl.DataFrame,
+    training: pl.DataFrame | pl.LazyFrame,
     config: DatasetConfig,
     importance: dict[str, float],
     seed: int,
@@ -185,7 +185,7 @@ def calibrate_reference(
     column, plus its ``prediction``; ``period``: the time they cover) and what monitoring needs to judge
     a window against it: buckets, per-column noise from random held-out windows, the model's use of each
     column and what its data covered (``training``: the inputs of every row it was trained and
-    validated on)."""
+    validated on; lazy, it is streamed for its null rates, ranges and levels, never held whole)."""
     mon = config.monitoring
     view = load_profile(profile_frame(held_out).serialize())
     groups = column_groups(config, [c for c in held_out.columns if c != PREDICTION])
@@ -195,16 +195,8 @@ def calibrate_reference(
         if ref is None:
             continue
         ref.importance = importance.get(c, 0.0)
-        if c in training.columns:
-            values = training[c]
-            ref.train_null_rate = values.null_count() / max(values.len(), 1)
-            if ref.kind == "numeric":
-                numeric = values.cast(pl.Float64, strict=False).drop_nulls()
-                ref.train_min = float(numeric.min()) if numeric.len() else None
-                ref.train_max = float(numeric.max()) if numeric.len() else None
-            else:
-                ref.train_levels = sorted(values.drop_nulls().cast(pl.String).unique().to_list())[:5000]
         columns[c] = ref
+    _training_coverage(training.lazy(), columns)
     rng = np.random.default_rng(seed)
     # the smallest window monitoring judges (min_rows) is always calibrated: a small sample's PSI is
     # more than 1/n noise (sparse buckets), so larger sizes alone under-state it (measured on Caravan:
@@ -225,6 +217,34 @@ def calibrate_reference(
         calibration_resamples=mon.calibration_resamples,
     )
     return view.serialize(), reference
+
+
+def _training_coverage(training: pl.LazyFrame, columns: dict[str, "ColumnReference"]) -> None:
+    """Each column's null rate, range (numeric) or levels (categorical) over the training rows, in one
+    streamed pass."""
+    present = [c for c in columns if c in training.collect_schema()]
+    if not present:
+        return
+    exprs = [pl.len().alias("__rows")]
+    for c in present:
+        exprs.append(pl.col(c).null_count().alias(f"{c}|nulls"))
+        if columns[c].kind == "numeric":
+            numeric = pl.col(c).cast(pl.Float64, strict=False)
+            exprs += [numeric.min().alias(f"{c}|min"), numeric.max().alias(f"{c}|max")]
+        else:
+            levels = pl.col(c).cast(pl.String).drop_nulls().unique().sort().head(5000)
+            exprs.append(levels.implode().alias(f"{c}|levels"))
+    stats = training.select(exprs).collect(engine="streaming").row(0, named=True)
+    rows = max(stats["__rows"], 1)
+    for c in present:
+        ref = columns[c]
+        ref.train_null_rate = stats[f"{c}|nulls"] / rows
+        if ref.kind == "numeric":
+            lo, hi = stats[f"{c}|min"], stats[f"{c}|max"]
+            ref.train_min = float(lo) if lo is not None else None
+            ref.train_max = float(hi) if hi is not None else None
+        else:
+            ref.train_levels = list(stats[f"{c}|levels"] or [])
 
 
 def novelty(view: Any, ref: ColumnReference) -> float:

@@ -12,7 +12,7 @@ from typing import Any
 import polars as pl
 
 from tasks.core.context import RunContext
-from tasks.data.snapshot import SnapshotManifest, load_snapshot
+from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
 from tasks.model.evaluate import hanley_mcneil_se
 from tasks.model.train import PreparedTraining, TrainedModel, load_candidate, load_matrix, predict
@@ -40,21 +40,21 @@ def profile_reference(
     predictions on them (rows it did not train on), calibrated against random held-out windows, with
     what the model learned from each column. Returns registry file name -> store key."""
     store, config = ctx.store, ctx.config
-    X, _ = load_matrix(store, manifest, prepared.transform, config.target.name)
     start = prepared.split.train_end
-    df = load_snapshot(manifest, store)
+    every = spacing(manifest.rows - start, config.monitoring.max_reference_rows)  # evenly spaced beyond it
+    X, _ = load_matrix(store, manifest, prepared.transform, config.target.name, start, None, every)
+    held = load_rows(manifest, store, start, None, every)
     spec = prepared.transform.spec
     time_col = config.time_column
-    held = df.slice(start)
     inputs = [c for c in spec.input_columns if c != time_col]
     held_out = held.select(inputs).with_columns(
-        pl.Series("prediction", predict(load_candidate(store, trained), X[start:]))
+        pl.Series("prediction", predict(load_candidate(store, trained), X))
     )
     window = (str(held[time_col].min()), str(held[time_col].max())) if time_col else ("held-out rows", "")
     profile, reference = calibrate_reference(
         held_out,
         window,
-        df.select(inputs),  # every row the model was trained and validated on
+        store.scan_parquet(manifest.part_keys).select(inputs),  # every row (streamed), for coverage
         config,
         input_importance(spec, trained.importance),
         seed=config.training.seed,

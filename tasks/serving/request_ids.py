@@ -1,7 +1,9 @@
 """Request ids the service issues and can verify on its own: ``<YYYYMMDD><random>.<signature>``.
 
 Identity comes from the service, never from the caller: every prediction gets an id made of its UTC
-issue date, 64 random bits and an HMAC of both under a key only the service holds, so ``/feedback``
+issue date, 64 random bits and a MAC of both under a key only the service holds (keyed BLAKE2b:
+several times faster than HMAC-SHA256 in Python, which matters at 10,000 ids a batch; ids signed with
+HMAC-SHA256 before still verify), so ``/feedback``
 can reject an id it never issued at once, with no index and no scan of the log, on any worker and
 after any restart. The key lives in the artifact store (``state/serving/<model>/request-id-key``),
 created once by whichever worker starts first (a conditional write), so every worker of every
@@ -62,6 +64,9 @@ class RequestIds:
         self._key = key
 
     def _sign(self, token: str) -> str:
+        return hashlib.blake2b(token.encode(), key=self._key, digest_size=_SIGNATURE_HEX // 2).hexdigest()
+
+    def _legacy_sign(self, token: str) -> str:
         return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:_SIGNATURE_HEX]
 
     def issue(self, n: int) -> list[str]:
@@ -81,7 +86,10 @@ class RequestIds:
         ):
             return False
         # bytes, not str: compare_digest refuses non-ASCII text, and an id is whatever a caller sends
-        return hmac.compare_digest(self._sign(token).encode(), signature.encode("utf-8", "replace"))
+        sent = signature.encode("utf-8", "replace")
+        return hmac.compare_digest(self._sign(token).encode(), sent) or hmac.compare_digest(
+            self._legacy_sign(token).encode(), sent
+        )
 
 
 def issued_on(request_id: str) -> date | None:

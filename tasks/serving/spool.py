@@ -212,14 +212,16 @@ class SpooledLog:
             for loop, futures in by_loop.items():
                 loop.call_soon_threadsafe(_resolve, futures, error)
 
-    def _encode(self, rows: list[dict] | pl.DataFrame) -> tuple[bytes, int]:
+    def _encode(self, rows: list[dict] | pl.DataFrame) -> tuple[list[bytes], int]:
+        """The record as (header, payload), written with one ``writev`` (a large batch is not copied
+        again to join them), and its row count."""
         if isinstance(rows, pl.DataFrame):
             buffer = io.BytesIO()
             rows.select(list(self.schema)).cast(self.schema).write_ipc_stream(buffer)
             payload, kind, n = buffer.getvalue(), _ARROW, rows.height
         else:
             payload, kind, n = json.dumps(rows, default=_json_value).encode(), _JSON, len(rows)
-        return _HEADER.pack(len(payload), zlib.crc32(payload), kind) + payload, n
+        return [_HEADER.pack(len(payload), zlib.crc32(payload), kind), payload], n
 
     def _write(self, rows: list[dict] | pl.DataFrame) -> int:
         """Write one record to the open segment (not yet durable); its ticket for ``_sync``."""
@@ -230,7 +232,7 @@ class SpooledLog:
             if self._fd is None:
                 self._open_segment()
             assert self._fd is not None
-            os.write(self._fd, record)
+            os.writev(self._fd, record)
             self._written += 1
             ticket = self._written
             self._segment_rows += n

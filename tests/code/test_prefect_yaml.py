@@ -28,6 +28,7 @@ FLOWS = [
     "lineage",
     "compact-logs",
     "close-crashed-runs",
+    "score",
 ]
 
 

@@ -43,6 +43,10 @@ def test_ids_carry_their_signed_issue_date_for_lookups(tmp_path):
     legacy = f"{legacy_token}.{ids._sign(legacy_token)}"  # ids issued before they carried a date
     assert ids.verify(legacy) and issued_on(legacy) is None
     assert issued_on("") is None and issued_on("20261399" + "0" * 16 + ".x") is None
+    token = rid.partition(".")[0]
+    hmac_signed = f"{token}.{ids._legacy_sign(token)}"  # ids signed with HMAC-SHA256 before BLAKE2b
+    assert ids.verify(hmac_signed) and hmac_signed != rid
+    assert not RequestIds(b"another key of 32 bytes.........").verify(hmac_signed)
 
 
 def test_the_key_is_cached_locally_for_when_the_store_is_down(tmp_path):

@@ -10,6 +10,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
+import polars as pl
 import pytest
 
 from tests.conftest import SMALL
@@ -63,6 +64,30 @@ def test_dask_engine_registers_a_model_as_good_as_the_local_engines(
     assert manifest_parts
     assert abs(on_dask.test.roc_auc - local.test.roc_auc) <= 0.01, (on_dask.test, local.test)
     assert on_dask.test.rows == local.test.rows
+
+    # batch scoring on the cluster: every input file a partition, one prediction per input row
+    from flows.schemas import ScoreParams
+    from flows.scoring import PartitionsQuarantined, score
+
+    store = open_store(private_settings)
+    inputs = [k for k in store.list("raw/flights") if k.endswith(".parquet")]
+    expected = sum(store.read_parquet(k).height for k in inputs)
+    scored = score(ScoreParams(input="raw/flights", model_name="flights-engine-dask"))
+    assert scored.partitions == len(inputs) == 9 and scored.rows == expected and not scored.quarantined
+    out = store.scan_parquet([k for k in store.list(scored.output) if k.endswith(".parquet")]).collect()
+    assert out.height == expected and out["row_id"].n_unique() == expected
+    assert set(out["model_version"]) == {on_dask.version} and out["probability"].is_between(0, 1).all()
+    logged = store.scan_parquet([k for k in store.list("predictions/flights-engine-dask") if "batch-" in k])
+    assert logged.select(pl.len()).collect().item() == expected  # fed to the prediction log for monitoring
+
+    # a partition that fails the model's input contract is quarantined; the rest are scored
+    good = store.read_parquet(inputs[0]).with_columns(pl.lit(2013).alias("year"), pl.lit(1).alias("month"))
+    store.write_parquet("incoming/part-good.parquet", good)
+    store.write_parquet("incoming/part-bad.parquet", good.with_columns(pl.lit(-5).alias("distance")))
+    with pytest.raises(PartitionsQuarantined, match="part-bad.*column 'distance'"):
+        score(ScoreParams(input="incoming", model_name="flights-engine-dask", log_predictions=False))
+    kept = [k for k in store.list("scores/flights-engine-dask") if "/quarantine/" in k]
+    assert any(k.endswith("source.parquet") for k in kept) and any(k.endswith("reason.json") for k in kept)
 
 
 def test_a_worker_killed_during_the_search_does_not_lose_the_run(
