@@ -38,15 +38,38 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "flights-scaled.yaml"
 ROUNDS = 100
 
 
+def settings_for(root: str, **extra):
+    from tasks.core.settings import Settings, TrackingSettings
+
+    return Settings(
+        store_uri=root,
+        sources_dir=root,
+        dataset_config=CONFIG,
+        tracking=TrackingSettings(mode="disabled"),
+        **extra,
+    )
+
+
+def ingest(root: str) -> dict[str, list[str]]:
+    """Every landed copy validated once, as the training flow's ingestion does (not timed)."""
+    from tasks.core.context import RunContext
+    from tasks.data.ingest import discover_batches, ingest_batches
+
+    ctx = RunContext.build(settings_for(root))
+    return {
+        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
+        for t, c in ctx.config.tables.items()
+    }
+
+
 def child(root: str, scale: int) -> None:
     """One scale, in this fresh process; prints its figures as JSON."""
     import os
 
     from distributed import Client, LocalCluster
-    from scale_prep import sources_for
 
     from tasks.core.context import RunContext
-    from tasks.core.settings import DaskSettings, Settings, TrackingSettings
+    from tasks.core.settings import DaskSettings
     from tasks.core.store import LocalStore
     from tasks.data.snapshot import build_snapshot
     from tasks.model import steps
@@ -59,13 +82,10 @@ def child(root: str, scale: int) -> None:
         ) as cluster,
         Client(cluster) as client,
     ):
-        settings = Settings(
-            store_uri=root,
-            sources_dir=root,
-            dataset_config=CONFIG,
+        settings = settings_for(
+            root,
             engine="dask",
             dask=DaskSettings(address=cluster.scheduler_address, n_workers=2, threads_per_worker=1),
-            tracking=TrackingSettings(mode="disabled"),
         )
         ctx = RunContext.build(settings)
         config = ctx.config.with_updates(
@@ -77,7 +97,8 @@ def child(root: str, scale: int) -> None:
         )
         ctx = ctx.with_config(config)
         store = LocalStore(root)
-        manifest = build_snapshot(sources_for(store, scale), config, store, settings.snapshot_rows_per_part)
+        sources = json.loads((Path(root) / "sources.json").read_text())
+        manifest = build_snapshot(sources, config, store, settings.snapshot_rows_per_part)
         t0 = time.perf_counter()
         prepared = steps.fit_transform_on_train.fn(manifest, ctx)
 
@@ -137,6 +158,8 @@ def main() -> None:
             land_scaled_flights(
                 LocalStore(root), copies, on_copy=lambda i: progress.update(job, completed=i + 1)
             )
+        with console.status(f"validating {copies}x flights (ingestion, not timed)..."):
+            (root / "sources.json").write_text(json.dumps(ingest(str(root))))
         for scale in sorted(args.scales):
             with console.status(f"training at {scale}x on a 2-worker LocalCluster..."):
                 out = subprocess.run(

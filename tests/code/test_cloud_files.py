@@ -96,6 +96,37 @@ def test_the_flow_role_reads_and_writes_only_the_store_prefix_and_gets_404_for_m
     assert "${Bucket}/${StorePrefix}/*" in json.dumps(objects["Resource"])
 
 
+def test_a_flow_runs_dask_cluster_stays_in_the_stacks_cluster_roles_and_network():
+    resources = _template()["Resources"]
+    (dask,) = [
+        p
+        for p in resources["FlowTaskRole"]["Properties"]["Policies"]
+        if p["PolicyName"] == "dask-cluster-for-a-flow-run"
+    ]
+    statements = {s["Sid"]: s for s in dask["PolicyDocument"]["Statement"]}
+    assert statements["DaskTasksInThisClusterOnly"]["Condition"] == {
+        "ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["Cluster", "Arn"]}}
+    }
+    passed = json.dumps(statements["PassOnlyTheDaskRoles"]["Resource"])
+    assert "-flow-task" in passed and "-task-execution" in passed and "*" not in passed
+    # nothing reaches the scheduler or workers but each other and the flow-run tasks
+    ingress = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    into_dask = [r for r in ingress if r["GroupId"] == {"Ref": "DaskSecurityGroup"}]
+    assert {json.dumps(r["SourceSecurityGroupId"]) for r in into_dask} == {
+        json.dumps({"Ref": "DaskSecurityGroup"}),
+        json.dumps({"Ref": "TasksSecurityGroup"}),
+    }
+    assert "SecurityGroupIngress" not in resources["DaskSecurityGroup"]["Properties"]
+    outputs = _template()["Outputs"]
+    assert {
+        "ClusterArn",
+        "DaskSecurityGroupId",
+        "DaskLogGroupName",
+        "FlowTaskRoleArn",
+        "TaskExecutionRoleArn",
+    } <= set(outputs)
+
+
 @pytest.mark.parametrize("template", [TEMPLATE, DEPLOY_TEMPLATE], ids=lambda p: p.name)
 def test_templates_fit_cloudformations_inline_limit(template):
     """`aws cloudformation deploy --template-file` sends the body inline, refused above 51,200 bytes."""

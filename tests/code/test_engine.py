@@ -40,3 +40,27 @@ def test_the_local_cluster_binds_loopback_with_the_configured_size():
     options = cluster_options(DaskSettings(n_workers=3, memory_limit="1GiB"))
     assert options["cluster_class"] == "distributed.LocalCluster"
     assert options["cluster_kwargs"]["host"] == "127.0.0.1" and options["cluster_kwargs"]["n_workers"] == 3
+
+
+def test_fargate_settings_become_arguments_dask_cloudprovider_accepts(monkeypatch):
+    """The Fargate cluster's settings arrive as one JSON job variable and map onto FargateCluster's own
+    parameters (checked against its signature: a renamed argument fails here, not in the cloud)."""
+    import inspect
+
+    from dask_cloudprovider.aws import ECSCluster
+
+    monkeypatch.setenv("DRIFTLOOP_ENGINE", "dask")
+    monkeypatch.setenv("DRIFTLOOP_DASK__CLUSTER", "fargate")
+    monkeypatch.setenv(
+        "DRIFTLOOP_DASK__FARGATE",
+        '{"image": "123.dkr.ecr.us-east-1.amazonaws.com/driftloop/flows:abc", "cluster_arn": "arn:aws:ecs:c",'
+        ' "subnets": ["subnet-1"], "security_groups": ["sg-1"], "execution_role_arn": "arn:e",'
+        ' "task_role_arn": "arn:t", "cloudwatch_logs_group": "/driftloop/dask", "worker_mem": 4096}',
+    )
+    options = cluster_options(Settings().dask)
+    assert options["cluster_class"] == "dask_cloudprovider.aws.FargateCluster"
+    accepted = set(inspect.signature(ECSCluster.__init__).parameters)
+    assert set(options["cluster_kwargs"]) <= accepted, set(options["cluster_kwargs"]) - accepted
+    assert options["cluster_kwargs"]["worker_mem"] == 4096 and options["cluster_kwargs"]["subnets"] == [
+        "subnet-1"
+    ]
