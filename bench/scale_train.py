@@ -171,6 +171,12 @@ def main() -> None:
             if out.returncode != 0:
                 raise SystemExit(f"training at {scale}x failed:\n{out.stderr[-4000:]}")
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            r = runs[-1]
+            console.print(
+                f"{scale}x: {r['rows']:,} rows in {r['parts']} parts, {r['seconds']:.1f} s, peak RSS driver "
+                f"{r['driver_rss_mib']:,.0f} MiB, workers {r['worker_rss_mib']:,.0f} MiB, "
+                f"test AUC {r['test_auc']:.4f}"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     table = Table(title=f"dask engine, 2 workers x 2 GiB, {ROUNDS} boosting rounds")

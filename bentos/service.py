@@ -45,7 +45,7 @@ from tasks.serving.logs import (
     log_prefix,
     prediction_log_schema,
 )
-from tasks.serving.openapi import complete_openapi
+from tasks.serving.openapi import arrow_operation, complete_openapi
 from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.routing import assign_arm
 from tasks.serving.schema import (
@@ -368,7 +368,11 @@ class RequestGuard:
                 await send(message)
             return
         spec = complete_openapi(
-            json.loads(body), self.SCORING_PATHS, self.FEEDBACK_PATHS, auth=self.token is not None
+            json.loads(body),
+            self.SCORING_PATHS,
+            self.FEEDBACK_PATHS,
+            auth=self.token is not None,
+            extra_paths={"/predict_arrow": arrow_operation(INPUT_COLUMNS)},
         )
         await JSONResponse(spec)(scope, receive, send)
 

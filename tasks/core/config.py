@@ -258,7 +258,7 @@ class TrainingConfig(Strict):
     threshold: float = Field(0.5, gt=0, lt=1, description="probability above which the label is positive")
     seed: int = 13
     max_search_rows: int = Field(
-        2_000_000,
+        1_000_000,
         ge=1000,
         description="search trials and CV folds train on at most this many rows of train + validation "
         "(evenly spaced, so the split and the time order hold); the final model trains on every row",

@@ -6,10 +6,17 @@ train/serve skew), so no process ever holds the whole matrix. ``DaskLGBMClassifi
 data-parallel over the workers holding blocks. Dask's LightGBM does not early-stop (each worker
 would see only its own validation blocks), so the final fit runs the best trial's early-stopped
 number of rounds, and its validation AUC is measured afterwards on all validation rows.
+
+Blocks are float32 (LightGBM bins features anyway; half the bytes of float64 on every worker). A
+worker lost in the middle (out of memory: Dask's nanny restarts it) would leave LightGBM's tasks,
+which are pinned to the workers they started on, waiting forever: a watchdog fails the fit instead,
+with a message saying what happened and what to change.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,7 +32,8 @@ def part_matrix(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows [lo, hi) of part ``index`` as (X, y), transformed on the worker that runs this."""
     df = load_snapshot_part(manifest, ctx.store, index).slice(lo, hi - lo)
-    return prepared.transform.to_matrix(df), df[ctx.config.target.name].to_numpy().astype(np.float64)
+    X = prepared.transform.to_matrix(df).astype(np.float32)
+    return X, df[ctx.config.target.name].to_numpy().astype(np.float32)
 
 
 def row_range(
@@ -45,9 +53,45 @@ def row_range(
         block = dask.delayed(part_matrix, nout=2, pure=True)(
             ctx, manifest, i, prepared, a - offsets[i], b - offsets[i]
         )
-        xs.append(da.from_delayed(block[0], shape=(b - a, width), dtype=np.float64))
-        ys.append(da.from_delayed(block[1], shape=(b - a,), dtype=np.float64))
+        xs.append(da.from_delayed(block[0], shape=(b - a, width), dtype=np.float32))
+        ys.append(da.from_delayed(block[1], shape=(b - a,), dtype=np.float32))
     return da.concatenate(xs), da.concatenate(ys)
+
+
+class WorkerLost(RuntimeError):
+    """A Dask worker left the cluster in the middle of distributed training."""
+
+
+def unless_a_worker_is_lost(
+    client: Any, memory_limit: str, work: Callable[[], Any], poll: float = 1.0
+) -> Any:
+    """``work()`` run in a helper thread while this one watches the cluster: if a worker present at the
+    start leaves (out of memory, killed), raise ``WorkerLost`` here. The helper, blocked on tasks pinned
+    to the lost worker, is abandoned (a daemon thread: it ends with the process)."""
+    before = set(client.scheduler_info(n_workers=-1)["workers"])
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the watching thread
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=run, name="distributed-fit", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        helper.join(poll)
+        lost = before - set(client.scheduler_info(n_workers=-1)["workers"])
+        if lost and helper.is_alive():
+            raise WorkerLost(
+                f"Dask worker(s) {sorted(lost)} left the cluster during distributed training (most often: "
+                f"out of memory, over memory_limit={memory_limit}); LightGBM cannot finish without them. "
+                "Give workers more memory (DRIFTLOOP_DASK__MEMORY_LIMIT) or add workers "
+                "(DRIFTLOOP_DASK__N_WORKERS); the step is retried"
+            )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def train_on_cluster(
@@ -65,7 +109,6 @@ def train_on_cluster(
     split, training = prepared.split, ctx.config.training
     X_train, y_train = row_range(ctx, manifest, prepared, 0, split.train_end)
     X_valid, y_valid = row_range(ctx, manifest, prepared, split.train_end, split.valid_end)
-    X_train, y_train = client.persist([X_train, y_train])
     options = {k: v for k, v in {**params, **FIXED_PARAMS}.items() if k not in {"metric", "objective"}}
     model = lgb.DaskLGBMClassifier(
         client=client,
@@ -74,15 +117,18 @@ def train_on_cluster(
         n_jobs=ctx.settings.dask.threads_per_worker,
         **options,
     )
-    model.fit(
-        X_train,
-        y_train,
-        feature_name=prepared.transform.feature_names,
-        categorical_feature=prepared.transform.categorical_indices,
-    )
-    booster = model.booster_
-    p = model.predict_proba(X_valid)[:, 1]
-    p, y = client.compute([p, y_valid], sync=True)
+
+    def fit_and_score() -> tuple[Any, np.ndarray, np.ndarray]:
+        model.fit(
+            X_train,
+            y_train,
+            feature_name=prepared.transform.feature_names,
+            categorical_feature=prepared.transform.categorical_indices,
+        )
+        p, y = client.compute([model.predict_proba(X_valid)[:, 1], y_valid], sync=True)
+        return model.booster_, p, y
+
+    booster, p, y = unless_a_worker_is_lost(client, ctx.settings.dask.memory_limit, fit_and_score)
     p = np.clip(p, 1e-7, 1 - 1e-7)
     result = FitResult(
         params=params,

@@ -140,13 +140,20 @@ def evaluate_candidate_on_test(
         load_candidate(ctx.store, trained),
         X,
         y,
-        load_rows(manifest, ctx.store, start),
+        load_rows(manifest, ctx.store, start, columns=_evaluated_columns(ctx)),
         prepared.base_rate,
         trained.importance,
         ctx.config,
         ctx.store,
         f"{trained.files_prefix}/plots",
     )
+
+
+def _evaluated_columns(ctx: RunContext) -> list[str]:
+    """What the candidate's evaluation reads beside the matrix: the target, time and slice columns."""
+    config = ctx.config
+    time = [config.time_column] if config.time_column else []
+    return list(dict.fromkeys([config.target.name, *time, *config.slices]))
 
 
 @io_task(name="evaluate-champion")

@@ -58,12 +58,45 @@ def _nullable_defaults(node: Any) -> None:
             _nullable_defaults(value)
 
 
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+BINARY = {"type": "string", "format": "binary"}
+
+
+def arrow_operation(input_columns: list[str]) -> dict[str, Any]:
+    """``/predict_arrow``, which BentoML's generator does not see (a mounted route, not a BentoML API)."""
+    return {
+        "post": {
+            "operationId": "predict_arrow",
+            "summary": "Score a batch sent as an Arrow IPC stream",
+            "description": "Columns: the model's inputs (" + ", ".join(input_columns) + "), optionally "
+            "correlation_id and routing_key. Answers an Arrow IPC stream, one row per input row, in order: "
+            "request_id, correlation_id, probability, label, model_version, arm, shadow_probability, "
+            "shadow_version.",
+            "requestBody": {"required": True, "content": {ARROW_STREAM: {"schema": BINARY}}},
+            "responses": {
+                "200": {"description": "the answers", "content": {ARROW_STREAM: {"schema": BINARY}}},
+                "400": {
+                    "description": "not an Arrow IPC stream, or a column missing, unknown, of the wrong type "
+                    "or out of range (named)",
+                    "content": {"application/json": {"schema": {"$ref": GUARD_ERROR}}},
+                },
+            },
+        }
+    }
+
+
 def complete_openapi(
-    spec: dict[str, Any], scoring_paths: tuple[str, ...], feedback_paths: tuple[str, ...], auth: bool
+    spec: dict[str, Any],
+    scoring_paths: tuple[str, ...],
+    feedback_paths: tuple[str, ...],
+    auth: bool,
+    extra_paths: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``spec`` with nullable optional fields, the real 400 body, the guard's answers and, when ``auth``,
-    the bearer scheme on the endpoints that need it."""
+    the bearer scheme on the endpoints that need it; ``extra_paths`` are operations served beside
+    BentoML's (``/predict_arrow``)."""
     spec = copy.deepcopy(spec)
+    spec.setdefault("paths", {}).update(copy.deepcopy(extra_paths or {}))
     _nullable_defaults(spec)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for schema in schemas.values():
@@ -80,6 +113,8 @@ def complete_openapi(
             if body.get("schema", {}).get("required"):
                 operation["requestBody"]["required"] = True  # no body is a 400: say it is required
             answers = {"413": GUARD_ANSWERS["413"], "415": GUARD_ANSWERS["415"]}
+            if ARROW_STREAM in operation["requestBody"].get("content", {}):
+                answers["415"] = f"a body that is not {ARROW_STREAM}"
             if path in scoring_paths:
                 answers["503"] = GUARD_ANSWERS["503"]
             if auth:
