@@ -284,12 +284,11 @@ class RequestGuard:
             )(scope, receive, send)
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         expected = self.BODY_TYPES.get(scope["path"].rstrip("/"), b"application/json")
-        if (media_type or expected != b"application/json") and media_type != expected:
+        must_say = expected != b"application/json" and scope.get("method") == "POST"  # Arrow is never guessed
+        if (media_type or must_say) and media_type != expected:
+            what = "JSON (application/json)" if expected == b"application/json" else expected.decode()
             return await JSONResponse(
-                {
-                    "error": f"unsupported Content-Type {media_type.decode('latin-1')!r}: send "
-                    f"{expected.decode()}"
-                },
+                {"error": f"unsupported Content-Type {media_type.decode('latin-1')!r}: send {what}"},
                 status_code=415,
             )(scope, receive, send)
         length = headers.get(b"content-length")
@@ -781,7 +780,7 @@ class Driftloop:
         await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
         return out
 
-    @ARROW_APP.post("/")
+    @ARROW_APP.post("/", include_in_schema=False)  # documented by complete_openapi as /predict_arrow
     async def predict_arrow(self, request: Request) -> Response:
         """Score a batch sent as an Arrow IPC stream (``Content-Type: application/vnd.apache.arrow.stream``;
         columns: the model's inputs, optionally ``correlation_id`` and ``routing_key``): the fast path
