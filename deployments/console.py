@@ -25,7 +25,9 @@ def print_training_summary(summary: TrainingSummary, prefect_ui: str | None = No
     lines = [
         f"[bold]decision[/]: {s.decision} — {s.reason}",
         f"[bold]dataset snapshot[/]: {s.snapshot_id} ({s.snapshot_rows} rows)",
-        f"[bold]time-series CV ROC-AUC[/]: {s.cv_auc_mean:.4f} ± {s.cv_auc_std:.4f}",
+        f"[bold]cross-validated ROC-AUC[/]: {s.cv_auc_mean:.4f} ± {s.cv_auc_std:.4f}"
+        if s.cv_auc_mean == s.cv_auc_mean  # NaN: no folds were run
+        else "[bold]cross-validated ROC-AUC[/]: not run (split.cv_folds is 0)",
         f"[bold]registry entry[/]: {s.registry_entry}",
         f"[bold]model, profile, plots[/]: under {s.store_uri}/registry/{s.model_name}/",
         f"[bold]W&B run[/]: {s.wandb_run or 'tracking disabled'}"

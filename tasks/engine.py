@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -24,6 +25,7 @@ from tasks.core.config import ConfigError
 from tasks.core.settings import DaskSettings, Settings
 
 LOCAL_THREADS = 2  # mapped steps at once on the local engine (this machine's cores)
+_BY_VALUE: set[str] = set()  # flow modules loaded from a file, pickled by value for Dask
 
 
 class EngineUnavailable(ConfigError):
@@ -154,30 +156,53 @@ class EngineTaskRunner(TaskRunner):
             super().__exit__(*exc_info)
 
     def submit(self, task: Any, parameters: dict[str, Any], wait_for: Any = None, dependencies: Any = None):
+        self._flow_travels_by_value()
         return self.engine.submit(task, parameters, wait_for=wait_for, dependencies=dependencies)
 
     def map(self, task: Any, parameters: dict[str, Any], wait_for: Any = None):
+        self._flow_travels_by_value()
         return self.engine.map(task, parameters, wait_for=wait_for)
+
+    def _flow_travels_by_value(self) -> None:
+        """A worker loads a deployment's flow from its file (``flows/training.py`` becomes a module named
+        ``training``), and the flow run's context travels with every task sent to Dask: a scheduler or
+        worker elsewhere cannot import a module of that name. Pickle such a module by value instead."""
+        if self._inner is None or isinstance(self._inner, ThreadPoolTaskRunner):
+            return
+        from prefect.context import FlowRunContext
+
+        flow = getattr(FlowRunContext.get(), "flow", None)
+        name = getattr(getattr(flow, "fn", None), "__module__", None)
+        module = sys.modules.get(name) if name else None
+        if module is None or name.startswith("flows.") or name in _BY_VALUE:
+            return
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+        _BY_VALUE.add(module.__name__)
 
 
 @contextlib.contextmanager
 def cluster_client() -> Iterator[Any]:
-    """The Dask client of the run's cluster: on a worker (a mapped step), a client that lets the step
-    start work of its own without holding a worker thread while it waits; in the flow's process, the
-    client the flow's task runner opened."""
-    from distributed import get_client, worker_client
+    """The Dask client of the run's cluster: in the flow's process, the client the flow's task runner
+    opened; on a worker (a mapped step), a client that lets the step start work of its own without
+    holding a worker thread while it waits."""
+    from distributed import worker_client
+    from prefect.context import FlowRunContext
 
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    inner = getattr(runner, "_inner", runner)
+    if inner is not None and hasattr(inner, "client") and not isinstance(inner, ThreadPoolTaskRunner):
+        yield inner.client  # prefect-dask's DaskTaskRunner: connected (or connects) to the run's cluster
+        return
     try:
         with worker_client() as client:
             yield client
             return
     except ValueError:
-        pass  # not on a worker
-    try:
-        client = get_client()
-    except ValueError:
-        raise EngineUnavailable(
-            "this step needs the dask engine's cluster, but no Dask client is open in this process: run it "
-            "inside a flow with DRIFTLOOP_ENGINE=dask (the flow's task runner starts or joins the cluster)"
-        ) from None
-    yield client
+        pass  # not on a Dask worker either
+    raise EngineUnavailable(
+        "this step needs the dask engine's cluster, but it runs neither in a flow on the dask engine nor on "
+        "a Dask worker: run it inside a flow with DRIFTLOOP_ENGINE=dask (the flow's task runner starts or "
+        "joins the cluster)"
+    )

@@ -58,6 +58,10 @@ def row_range(
     return da.concatenate(xs), da.concatenate(ys)
 
 
+def _scores(block: np.ndarray, booster: Any) -> np.ndarray:
+    return booster.predict(block)
+
+
 class WorkerLost(RuntimeError):
     """A Dask worker left the cluster in the middle of distributed training."""
 
@@ -73,7 +77,8 @@ def unless_a_worker_is_lost(
 
     def run() -> None:
         try:
-            outcome["value"] = work()
+            with client.as_current():  # lightgbm.dask waits on the default client: this one, here
+                outcome["value"] = work()
         except BaseException as exc:  # noqa: BLE001 - handed to the watching thread
             outcome["error"] = exc
 
@@ -113,8 +118,7 @@ def train_on_cluster(
     model = lgb.DaskLGBMClassifier(
         client=client,
         n_estimators=rounds,
-        random_state=training.seed,
-        n_jobs=ctx.settings.dask.threads_per_worker,
+        random_state=training.seed,  # threads: each worker's own (lightgbm.dask ignores n_jobs)
         **options,
     )
 
@@ -125,8 +129,10 @@ def train_on_cluster(
             feature_name=prepared.transform.feature_names,
             categorical_feature=prepared.transform.categorical_indices,
         )
-        p, y = client.compute([model.predict_proba(X_valid)[:, 1], y_valid], sync=True)
-        return model.booster_, p, y
+        booster = model.booster_  # scored block by block with the Booster (what the registry saves)
+        scores = X_valid.map_blocks(_scores, booster, drop_axis=1, dtype=np.float64)
+        p, y = client.compute([scores, y_valid], sync=True)
+        return booster, p, y
 
     booster, p, y = unless_a_worker_is_lost(client, ctx.settings.dask.memory_limit, fit_and_score)
     p = np.clip(p, 1e-7, 1 - 1e-7)

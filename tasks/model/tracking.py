@@ -76,13 +76,19 @@ def log_training_run(
             name=f"{name}-trial-{i}",
             group=group,
             job_type="hpo-trial",
-            config={**trial["params"], "trial": i},
+            config={**trial["params"], "trial": trial.get("trial", i)},
         )
         for step, (auc, loss) in enumerate(
             zip(trial["history"]["valid"]["auc"], trial["history"]["valid"]["binary_logloss"])
         ):
             trial_run.log({"valid/auc": auc, "valid/logloss": loss}, step=step)
-        trial_run.summary.update({"valid_auc": trial["valid_auc"], "best_iteration": trial["best_iteration"]})
+        trial_run.summary.update(
+            {
+                "valid_auc": trial["valid_auc"],
+                "best_iteration": trial["best_iteration"],
+                "pruned": bool(trial.get("pruned", False)),  # stopped early by Optuna's median rule
+            }
+        )
         trial_run.finish()
 
     run = _init(settings, api_key, name=name, group=group, job_type="train", config=config)
@@ -103,9 +109,16 @@ def log_training_run(
     run.log(
         {
             "trials": wandb.Table(
-                columns=["trial", "valid_auc", "best_iteration", "params"],
+                columns=["trial", "valid_auc", "best_iteration", "pruned", "params"],
                 data=[
-                    [i, t["valid_auc"], t["best_iteration"], str(t["params"])] for i, t in enumerate(trials)
+                    [
+                        t.get("trial", i),
+                        t["valid_auc"],
+                        t["best_iteration"],
+                        bool(t.get("pruned")),
+                        str(t["params"]),
+                    ]
+                    for i, t in enumerate(trials)
                 ],
             )
         }

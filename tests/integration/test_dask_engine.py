@@ -26,7 +26,7 @@ def cluster():
         LocalCluster(
             n_workers=2, threads_per_worker=1, memory_limit="1GiB", host="127.0.0.1", dashboard_address=None
         ) as cluster,
-        Client(cluster) as client,
+        Client(cluster, set_as_default=False) as client,  # the flows must find their own client
     ):
         yield cluster, client
 

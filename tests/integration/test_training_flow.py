@@ -91,6 +91,9 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
         if r["run"]["job_type"] == "hpo-trial"
     ]
     assert len(trials) == SMALL["n_trials"]  # trials grouped beside the training run
+    # each Optuna trial: its number, its validation AUC, whether the median rule pruned it
+    assert sorted(t["config"]["trial"] for t in trials) == list(range(SMALL["n_trials"]))
+    assert all({"valid_auc", "best_iteration", "pruned"} <= set(t["summary"]) for t in trials)
 
     # the BentoML model store has the version, for `bentoml build`
     import bentoml
