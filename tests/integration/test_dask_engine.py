@@ -135,3 +135,38 @@ def test_a_worker_killed_during_the_search_does_not_lose_the_run(
     summary = state.result()
     assert summary.version == 1 and summary.test.roc_auc > 0.6
     client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker
+
+
+def test_a_deployment_run_by_the_worker_trains_on_the_cluster_its_job_variables_name(
+    prefect_worker, landed, cluster
+):
+    """What `make scale-demo` and a cloud run do: `training/local` started with the dask engine in its
+    job variables; the worker loads the flow from its file and the run's tasks go to this cluster."""
+    import json
+
+    from tasks.core.store import open_store
+    from tasks.registry.versions import Registry
+
+    scheduler, client = cluster
+    env = {
+        "DRIFTLOOP_ENGINE": "dask",
+        "DRIFTLOOP_DASK__ADDRESS": scheduler.scheduler_address,
+        "DRIFTLOOP_SNAPSHOT_ROWS_PER_PART": "15000",
+    }
+    out = prefect_worker.cli(
+        "deployment",
+        "run",
+        "training/local",
+        "--params",
+        json.dumps({"params": {**SMALL, "model_name": "flights-worker-dask"}}),
+        "--job-variable",
+        f"env={json.dumps(env)}",
+        "--watch",
+        "--watch-timeout",
+        "300",
+        check=False,
+    )
+    assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    assert Registry(open_store(landed), "flights-worker-dask").resolve("champion").version == 1
+    prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert any("train" in p or "part_matrix" in p for p in prefixes), prefixes  # LightGBM ran on it
