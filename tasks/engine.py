@@ -136,6 +136,10 @@ class EngineTaskRunner(TaskRunner):
         return type(self)(self._settings)
 
     @property
+    def started(self) -> bool:
+        return self._inner is not None
+
+    @property
     def engine(self) -> TaskRunner:
         if self._inner is None:
             raise RuntimeError("the task runner must be started before submitting work")
@@ -186,23 +190,28 @@ class EngineTaskRunner(TaskRunner):
 def cluster_client() -> Iterator[Any]:
     """The Dask client of the run's cluster: in the flow's process, the client the flow's task runner
     opened; on a worker (a mapped step), a client that lets the step start work of its own without
-    holding a worker thread while it waits."""
-    from distributed import worker_client
+    holding a worker thread while it waits; outside Prefect, this process's default client."""
+    from distributed import default_client, get_worker, worker_client
     from prefect.context import FlowRunContext
 
     runner = getattr(FlowRunContext.get(), "task_runner", None)
-    inner = getattr(runner, "_inner", runner)
-    if inner is not None and hasattr(inner, "client") and not isinstance(inner, ThreadPoolTaskRunner):
-        yield inner.client  # prefect-dask's DaskTaskRunner: connected (or connects) to the run's cluster
+    if isinstance(runner, EngineTaskRunner) and runner.started and hasattr(runner.engine, "client"):
+        yield runner.engine.client  # prefect-dask's DaskTaskRunner: connected to the run's cluster
         return
     try:
+        get_worker()
+    except ValueError:
+        pass  # not on a Dask worker
+    else:
         with worker_client() as client:
             yield client
-            return
+        return
+    try:
+        client = default_client()  # plain Python (a notebook, a bench) with its own Client
     except ValueError:
-        pass  # not on a Dask worker either
-    raise EngineUnavailable(
-        "this step needs the dask engine's cluster, but it runs neither in a flow on the dask engine nor on "
-        "a Dask worker: run it inside a flow with DRIFTLOOP_ENGINE=dask (the flow's task runner starts or "
-        "joins the cluster)"
-    )
+        raise EngineUnavailable(
+            "this step needs the dask engine's cluster, but it runs neither in a flow on the dask engine nor "
+            "on a Dask worker, and no Dask client is open: run it inside a flow with DRIFTLOOP_ENGINE=dask "
+            "(the flow's task runner starts or joins the cluster)"
+        ) from None
+    yield client
