@@ -6,6 +6,7 @@ once, then runs each preparation in a fresh process and reads that process's pea
 - eager: ``prepare_table`` (the same lazy plan, collected whole, sorted) written as one Parquet file;
 - streamed: ``build_snapshot`` (the plan spilled to local parts, each sorted alone, written as parts).
 
+Each target ends as a ``RESULT <metric>=<value> target<op><value> PASS|FAIL`` line.
 Targets (issue 12): at 30x, streamed peak RSS <= 1/3 of eager's, wall time <= 1.5x eager's; at 100x,
 the streamed preparation completes with peak RSS under 2.5 GiB (the eager one would need ~30 GiB and
 is not run).

@@ -8,6 +8,7 @@ feature transform fitted in the driver, one search trial per worker on the clust
 by ``lightgbm.dask`` over the snapshot's parts, evaluation and the drift reference in the driver.
 Boosting rounds are fixed (100, no early stop) so every scale does the same work per row.
 
+Each target ends as a ``RESULT <metric>=<value> target<op><value> PASS|FAIL`` line.
 Targets (issue 12): no process over 2.5 GiB peak RSS at any scale; the 30x run at most 35x the 1x
 run's time (no worse than linear, plus setup).
 

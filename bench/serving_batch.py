@@ -2,6 +2,7 @@
 and record endpoints and the bare endpoint, against in-process transform + ``Booster.predict`` of the
 same rows.
 
+Each target ends as a ``RESULT <metric>=<value> target<op><value> PASS|FAIL`` line.
 Targets: ``/predict_arrow`` reaches at least 50% of in-process rows/s (issue 12); so should the best
 JSON path (it cannot: JSON parsing and validation of every value cost more than the model).
 

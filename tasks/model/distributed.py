@@ -130,7 +130,7 @@ def train_on_cluster(
             categorical_feature=prepared.transform.categorical_indices,
         )
         booster = model.booster_  # scored block by block with the Booster (what the registry saves)
-        scores = X_valid.map_blocks(_scores, booster, drop_axis=1, dtype=np.float64)
+        scores = X_valid.map_blocks(_scores, booster, drop_axis=1, meta=np.array((), dtype=np.float64))
         p, y = client.compute([scores, y_valid], sync=True)
         return booster, p, y
 
