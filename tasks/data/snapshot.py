@@ -243,7 +243,15 @@ def _lazy_label(plan: pl.LazyFrame, config: DatasetConfig) -> pl.Expr:
             .collect(engine="streaming")[name]
             .to_list()
         )
-    return label_expr(config, dtype, values)
+    label = label_expr(config, dtype, values)
+    try:  # a wrong expression fails here, on a few rows, as bad input (not in the middle of the passes)
+        plan.filter(pl.col(LABELLED)).head(1000).select(label).collect(engine="in-memory")
+    except pl.exceptions.PolarsError as exc:
+        raise BadInput(
+            f"{config.origin}: target {config.target.expression or name!r} does not give a yes/no label: "
+            f"{str(exc).splitlines()[0][:300]}"
+        ) from None
+    return label
 
 
 def part_count(rows: int, rows_per_part: int) -> int:
@@ -320,14 +328,12 @@ def build_snapshot(
     config: DatasetConfig,
     store: ArtifactStore,
     rows_per_part: int = DEFAULT_ROWS_PER_PART,
-    on_part: Any = None,
 ) -> SnapshotManifest:
     """Prepare and write the snapshot for these validated batches, or return the existing one.
 
     Streamed: the lazy plan runs twice over the inputs (once for counts, label values and time range,
     once to spill labelled rows to local part files by ``bucket_expr``), then each part is sorted on
-    its own and written to the store. Peak memory is about one part, whatever the table's size.
-    ``on_part(done, total)`` reports progress."""
+    its own and written to the store. Peak memory is about one part, whatever the table's size."""
     sid = snapshot_id_for(sources, config, rows_per_part)
     manifest_key = snapshot_manifest_key(sid)
     if store.exists(manifest_key):
@@ -384,9 +390,7 @@ def build_snapshot(
         )
         spilled = _spilled_parts(Path(spill), n_parts)
         ordered = (order_part(pl.read_parquet(files), config) for files in spilled if files)
-        parts, schema, digest = _write_parts(
-            store, sid, ordered, lambda i: on_part and on_part(i, len(spilled))
-        )
+        parts, schema, digest = _write_parts(store, sid, ordered)
     manifest = SnapshotManifest(
         snapshot_id=sid,
         created_at=datetime.now(timezone.utc).isoformat(),
@@ -410,7 +414,7 @@ def build_snapshot(
 
 
 def _write_parts(
-    store: ArtifactStore, sid: str, frames: Any, on_part: Any = None
+    store: ArtifactStore, sid: str, frames: Any
 ) -> tuple[list[SnapshotPart], dict[str, str], str]:
     """Write each frame (in split order) as the next part; return the parts, the column types and
     the snapshot's content hash (over the parts' hashes, in order)."""
@@ -427,8 +431,6 @@ def _write_parts(
         digest.update(sha.encode())
         parts.append(SnapshotPart(key=key, rows=part.height, sha256=sha))
         schema = schema or {c: str(t) for c, t in part.schema.items()}
-        if on_part is not None:
-            on_part(i + 1)
     return parts, schema, digest.hexdigest()
 
 
@@ -491,11 +493,6 @@ def load_rows(
 def spacing(rows: int, at_most: int) -> int:
     """Take every ``spacing``-th of ``rows`` rows to keep at most ``at_most`` of them."""
     return max(1, -(-rows // at_most))
-
-
-def load_snapshot_part(manifest: SnapshotManifest, store: ArtifactStore, index: int) -> pl.DataFrame:
-    """One part of the snapshot (rows ``part_offsets[index]`` .. ``part_offsets[index + 1]``)."""
-    return store.read_parquet(manifest.part_keys[index])
 
 
 _LAST: dict[str, Any] = {}

@@ -23,15 +23,16 @@ import numpy as np
 from sklearn import metrics as skm
 
 from tasks.core.context import RunContext
-from tasks.data.snapshot import SnapshotManifest, load_snapshot_part
+from tasks.data.snapshot import SnapshotManifest, load_rows
 from tasks.model.train import FIXED_PARAMS, FitResult, PreparedTraining
 
 
 def part_matrix(
-    ctx: RunContext, manifest: SnapshotManifest, index: int, prepared: PreparedTraining, lo: int, hi: int
+    ctx: RunContext, manifest: SnapshotManifest, prepared: PreparedTraining, lo: int, hi: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [lo, hi) of part ``index`` as (X, y), transformed on the worker that runs this."""
-    df = load_snapshot_part(manifest, ctx.store, index).slice(lo, hi - lo)
+    """Rows [lo, hi) of the snapshot (within one part) as (X, y), transformed on the worker that runs
+    this."""
+    df = load_rows(manifest, ctx.store, lo, hi)
     X = prepared.transform.to_matrix(df).astype(np.float32)
     return X, df[ctx.config.target.name].to_numpy().astype(np.float32)
 
@@ -50,9 +51,7 @@ def row_range(
         a, b = max(start, offsets[i]), min(stop, offsets[i + 1])
         if a >= b:
             continue
-        block = dask.delayed(part_matrix, nout=2, pure=True)(
-            ctx, manifest, i, prepared, a - offsets[i], b - offsets[i]
-        )
+        block = dask.delayed(part_matrix, nout=2, pure=True)(ctx, manifest, prepared, a, b)
         xs.append(da.from_delayed(block[0], shape=(b - a, width), dtype=np.float32))
         ys.append(da.from_delayed(block[1], shape=(b - a,), dtype=np.float32))
     return da.concatenate(xs), da.concatenate(ys)

@@ -170,3 +170,19 @@ def test_streamed_snapshot_is_the_in_memory_preparation_part_by_part(landed, sou
         y = streamed[config.target.name].to_numpy()
         shares = [q.mean() for q in np.array_split(y, 4)]
         assert max(abs(s - y.mean()) for s in shares) < (0.01 if method == "stratified" else 0.03)
+
+
+@pytest.mark.parametrize(
+    "expression, says", [("arr_dealy > 15", 'unable to find column "arr_dealy"'), ("carrier", "failed")]
+)
+def test_a_target_expression_that_gives_no_label_is_bad_input_before_the_passes(
+    landed, sources, small_config, expression, says
+):
+    """The streamed build checks the label on a few rows first: a typo or a non-numeric column is a
+    BadInput naming the expression, not a Polars error from the middle of a pass."""
+    config = small_config.model_copy(
+        update={"target": small_config.target.model_copy(update={"expression": expression})}
+    )
+    with pytest.raises(BadInput, match="does not give a yes/no label") as err:
+        build_snapshot(sources, config, open_store(landed))
+    assert expression in str(err.value) and says in str(err.value)
