@@ -155,6 +155,21 @@ def check_inputs(frame: pl.DataFrame, contracts: dict[str, tuple[ColumnContract,
     return frame
 
 
+def _may_become(source: pl.DataType, target: pl.DataType, is_time: bool) -> bool:
+    """Whether a column of ``source`` type may be cast to ``target`` without changing what it says: as
+    strict as the JSON request model (no 1.5 truncated to 1, no true for 1, no number read as a time).
+    Text is always allowed: its cast to a number or a date fails on any value that is not one."""
+    if source == pl.String or source == pl.Null:
+        return True
+    if is_time:
+        return isinstance(source, pl.Datetime) or source == pl.Date
+    if target == pl.Float64:
+        return source.is_numeric()
+    if target.is_integer():
+        return source.is_integer()
+    return source == target
+
+
 def conform_inputs(frame: pl.DataFrame, config: DatasetConfig, allow_extra: bool = False) -> pl.DataFrame:
     """A frame of raw inputs (an Arrow batch, a file to score) as the model's typed inputs, checked
     against the input contracts: required columns present, each cast strictly to its type (the time
@@ -175,14 +190,14 @@ def conform_inputs(frame: pl.DataFrame, config: DatasetConfig, allow_extra: bool
             continue
         s = frame[name]
         try:
+            if not _may_become(s.dtype, dtype, name == config.time_column):
+                raise TypeError("no silent conversion: send the declared type (or text, parsed strictly)")
             if name == config.time_column:
                 s = (
                     s.str.to_datetime(time_zone="UTC", strict=True)
                     if s.dtype == pl.String
                     else s.cast(pl.Datetime("us", "UTC"), strict=True)
                 )
-            elif dtype == pl.String and s.dtype != pl.String:
-                raise TypeError(f"text expected, got {s.dtype}")
             else:
                 s = s.cast(dtype, strict=True)
         except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
