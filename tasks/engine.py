@@ -25,7 +25,6 @@ from tasks.core.config import ConfigError
 from tasks.core.settings import DaskSettings, Settings
 
 LOCAL_THREADS = 2  # mapped steps at once on the local engine (this machine's cores)
-_BY_VALUE: set[str] = set()  # flow modules loaded from a file, pickled by value for Dask
 
 
 class EngineUnavailable(ConfigError):
@@ -127,13 +126,12 @@ class EngineTaskRunner(TaskRunner):
     """The flows' task runner: local threads or Dask, decided when a flow run starts, from the settings
     of the process running it (so a deployment's job variables choose, and the flow code does not)."""
 
-    def __init__(self, settings: Settings | None = None):
+    def __init__(self) -> None:
         super().__init__()
-        self._settings = settings
         self._inner: TaskRunner | None = None
 
     def duplicate(self) -> "EngineTaskRunner":
-        return type(self)(self._settings)
+        return type(self)()
 
     @property
     def started(self) -> bool:
@@ -147,7 +145,7 @@ class EngineTaskRunner(TaskRunner):
 
     def __enter__(self) -> "EngineTaskRunner":
         super().__enter__()
-        self._inner = task_runner_for(self._settings or Settings())
+        self._inner = task_runner_for(Settings())
         self._inner.__enter__()
         return self
 
@@ -178,12 +176,10 @@ class EngineTaskRunner(TaskRunner):
         flow = getattr(FlowRunContext.get(), "flow", None)
         name = getattr(getattr(flow, "fn", None), "__module__", None)
         module = sys.modules.get(name) if name else None
-        if module is None or name.startswith("flows.") or name in _BY_VALUE:
-            return
-        import cloudpickle
+        if module is not None and not name.startswith("flows."):
+            import cloudpickle
 
-        cloudpickle.register_pickle_by_value(module)
-        _BY_VALUE.add(module.__name__)
+            cloudpickle.register_pickle_by_value(module)  # idempotent
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput
 from tasks.core.store import ArtifactStore
 from tasks.data.ingest import BatchRef, read_batch
+from tasks.model.train import predict
 from tasks.registry.versions import ModelVersion, Registry
 from tasks.serving.logs import PREDICTIONS, log_prefix, prediction_log_schema
 from tasks.serving.request_ids import RequestIds, request_id_key
@@ -59,7 +60,10 @@ def score_partition(
 ) -> PartitionScore:
     """Score one input file; quarantine it (with the reason) if it fails the input contract."""
     try:
-        raw = read_batch(ref, data)
+        try:
+            raw = read_batch(ref, data)
+        except Exception as exc:  # noqa: BLE001 - any parse error means an unreadable file
+            raise BadInput(f"unreadable {ref.format}: {type(exc).__name__}: {str(exc)[:300]}") from None
         if id_column is not None and id_column not in raw.columns:
             raise BadInput(
                 f"id_column {id_column!r} is not a column of {ref.key} (columns: {raw.columns[:20]})"
@@ -68,7 +72,7 @@ def score_partition(
     except BadInput as exc:
         return _quarantined(ref, data, str(exc), output, store)
     transform, booster = registry.load_transform(version), registry.load_booster(version)
-    probability = booster.predict(transform.to_matrix(inputs), num_iteration=booster.best_iteration or None)
+    probability = predict(booster, transform.to_matrix(inputs))
     row_ids = (
         raw[id_column].cast(pl.String)
         if id_column is not None

@@ -84,10 +84,13 @@ def test_dask_engine_registers_a_model_as_good_as_the_local_engines(
     good = store.read_parquet(inputs[0]).with_columns(pl.lit(2013).alias("year"), pl.lit(1).alias("month"))
     store.write_parquet("incoming/part-good.parquet", good)
     store.write_parquet("incoming/part-bad.parquet", good.with_columns(pl.lit(-5).alias("distance")))
+    store.write_bytes("incoming/part-broken.parquet", b"PAR1 not really parquet")  # a truncated upload
     with pytest.raises(PartitionsQuarantined, match="part-bad.*column 'distance'"):
         score(ScoreParams(input="incoming", model_name="flights-engine-dask", log_predictions=False))
     kept = [k for k in store.list("scores/flights-engine-dask") if "/quarantine/" in k]
     assert any(k.endswith("source.parquet") for k in kept) and any(k.endswith("reason.json") for k in kept)
+    reasons = [store.read_json(k)["reason"] for k in kept if k.endswith("reason.json")]
+    assert len(reasons) == 2 and any("unreadable parquet" in r for r in reasons)  # kept, with why
 
 
 def test_a_worker_killed_during_the_search_does_not_lose_the_run(
