@@ -25,6 +25,7 @@ from tasks.model.evaluate import (
     evaluate_candidate,
     evaluate_champion,
 )
+from tasks.model.features import FeatureSpec
 from tasks.model.tracking import TrackedRun, log_training_run
 from tasks.model.train import (
     FitResult,
@@ -134,13 +135,12 @@ def evaluate_candidate_on_test(
     trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
 ) -> CandidateEvaluation:
     """Test-window metrics, baseline, slices and plots for the candidate model."""
-    start = prepared.split.valid_end
-    X, y = load_matrix(ctx.store, manifest, prepared.transform, ctx.config.target.name, start)
+    test = load_rows(manifest, ctx.store, prepared.split.valid_end, columns=_evaluated_columns(ctx))
     return evaluate_candidate(
         load_candidate(ctx.store, trained),
-        X,
-        y,
-        load_rows(manifest, ctx.store, start, columns=_evaluated_columns(ctx)),
+        prepared.transform.to_matrix(test),
+        test[ctx.config.target.name].to_numpy().astype(np.float64),
+        test,
         prepared.base_rate,
         trained.importance,
         ctx.config,
@@ -150,10 +150,11 @@ def evaluate_candidate_on_test(
 
 
 def _evaluated_columns(ctx: RunContext) -> list[str]:
-    """What the candidate's evaluation reads beside the matrix: the target, time and slice columns."""
+    """What the candidate's evaluation reads (once): the model's inputs, target, time and slices."""
     config = ctx.config
     time = [config.time_column] if config.time_column else []
-    return list(dict.fromkeys([config.target.name, *time, *config.slices]))
+    inputs = FeatureSpec.from_config(config).input_columns
+    return list(dict.fromkeys([*inputs, config.target.name, *time, *config.slices]))
 
 
 @io_task(name="evaluate-champion")

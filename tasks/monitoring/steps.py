@@ -15,7 +15,7 @@ from tasks.core.context import RunContext
 from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
 from tasks.model.evaluate import hanley_mcneil_se
-from tasks.model.train import PreparedTraining, TrainedModel, load_candidate, load_matrix, predict
+from tasks.model.train import PreparedTraining, TrainedModel, load_candidate, predict
 from tasks.monitoring.drift import (
     DriftReference,
     calibrate_reference,
@@ -42,8 +42,8 @@ def profile_reference(
     store, config = ctx.store, ctx.config
     start = prepared.split.train_end
     every = spacing(manifest.rows - start, config.monitoring.max_reference_rows)  # evenly spaced beyond it
-    X, _ = load_matrix(store, manifest, prepared.transform, config.target.name, start, None, every)
     held = load_rows(manifest, store, start, None, every)
+    X = prepared.transform.to_matrix(held)
     spec = prepared.transform.spec
     time_col = config.time_column
     inputs = [c for c in spec.input_columns if c != time_col]
