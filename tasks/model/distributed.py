@@ -7,6 +7,16 @@ data-parallel over the workers holding blocks. Dask's LightGBM does not early-st
 would see only its own validation blocks), so the final fit runs the best trial's early-stopped
 number of rounds, and its validation AUC is measured afterwards on all validation rows.
 
+Where each part lives decides the model: data-parallel LightGBM finds bins from each worker's rows
+and concatenates a worker's parts in the order it gets them, and the scheduler's own placement
+changes from run to run (the same data gave validation AUCs 0.626, 0.628, 0.638). So parts are
+placed by hand, round-robin over the workers sorted by address (part i on worker i mod n), each
+worker's parts read in order into one block. LightGBM's ranks follow the order in which
+``Client.who_has`` lists the blocks, the order of a Python set (a random one per process), and the
+rank decides which worker's rows bin which features: ``PartOrderClient`` lists them in block order.
+The same data on the same number of workers trains the same model (``tests/integration/
+test_dask_engine.py`` checks).
+
 Blocks are float32 (LightGBM bins features anyway; half the bytes of float64 on every worker). A
 worker lost in the middle (out of memory: Dask's nanny restarts it) would leave LightGBM's tasks,
 which are pinned to the workers they started on, waiting forever: a watchdog fails the fit instead,
@@ -37,28 +47,87 @@ def part_matrix(
     return X, df[ctx.config.target.name].to_numpy().astype(np.float32)
 
 
+def ranges_matrix(
+    ctx: RunContext, manifest: SnapshotManifest, prepared: PreparedTraining, ranges: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row ranges, in order, as one (X, y): filled range by range, so a worker holds its block
+    plus one part being read, never two copies of its block."""
+    rows = sum(b - a for a, b in ranges)
+    X = np.empty((rows, len(prepared.transform.feature_names)), dtype=np.float32)
+    y = np.empty(rows, dtype=np.float32)
+    at = 0
+    for a, b in ranges:
+        X[at : at + b - a], y[at : at + b - a] = part_matrix(ctx, manifest, prepared, a, b)
+        at += b - a
+    return X, y
+
+
 def row_range(
-    ctx: RunContext, manifest: SnapshotManifest, prepared: PreparedTraining, start: int, stop: int
+    client: Any,
+    workers: list[str],
+    ctx: RunContext,
+    manifest: SnapshotManifest,
+    prepared: PreparedTraining,
+    start: int,
+    stop: int,
 ) -> tuple[Any, Any]:
-    """Rows [start, stop) of the snapshot as lazy Dask arrays (X, y), one block per part they touch."""
-    import dask
+    """Rows [start, stop) of the snapshot as Dask arrays (X, y) with one block per worker: the i-th
+    part they touch goes to ``workers[i % len(workers)]``, read and transformed there, in part order
+    (see the module's note)."""
+    import operator
+
     import dask.array as da
 
     offsets = manifest.part_offsets
+    ranges = [
+        (max(start, offsets[i]), min(stop, offsets[i + 1]))
+        for i in range(len(manifest.part_keys))
+        if max(start, offsets[i]) < min(stop, offsets[i + 1])
+    ]
     width = len(prepared.transform.feature_names)
     xs, ys = [], []
-    for i in range(len(manifest.part_keys)):
-        a, b = max(start, offsets[i]), min(stop, offsets[i + 1])
-        if a >= b:
+    for k, worker in enumerate(workers):
+        mine = ranges[k :: len(workers)]
+        if not mine:
             continue
-        block = dask.delayed(part_matrix, nout=2, pure=True)(ctx, manifest, prepared, a, b)
-        xs.append(da.from_delayed(block[0], shape=(b - a, width), dtype=np.float32))
-        ys.append(da.from_delayed(block[1], shape=(b - a,), dtype=np.float32))
+        rows = sum(b - a for a, b in mine)
+        on = {"workers": [worker], "allow_other_workers": False, "pure": True}
+        block = client.submit(ranges_matrix, ctx, manifest, prepared, mine, **on)
+        x = client.submit(operator.itemgetter(0), block, **on)
+        y = client.submit(operator.itemgetter(1), block, **on)
+        xs.append(da.from_delayed(x, shape=(rows, width), dtype=np.float32))
+        ys.append(da.from_delayed(y, shape=(rows,), dtype=np.float32))
     return da.concatenate(xs), da.concatenate(ys)
+
+
+class PartOrderClient:
+    """A Dask client whose ``who_has`` lists the futures it is asked about in the order given, so
+    ``lightgbm.dask`` ranks the workers in block order (see the module's note); all else is the
+    client's own."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def who_has(self, futures: Any = None, **kwargs: Any) -> dict:
+        found = self._client.who_has(futures, **kwargs)
+        if futures is None:
+            return found
+        order = [f.key for f in self._client.futures_of(futures)]
+        return {key: found[key] for key in dict.fromkeys(order) if key in found}
 
 
 def _scores(block: np.ndarray, booster: Any) -> np.ndarray:
     return booster.predict(block)
+
+
+def _workers(client: Any) -> set[str]:
+    """The workers' addresses, asked of the scheduler now. (Not ``scheduler_info()``: it returns a
+    cached copy the client's own periodic refresh overwrites with an empty worker list, which a
+    thread reading it at the wrong moment took for every worker gone.)"""
+    return set(client.nthreads())
 
 
 class WorkerLost(RuntimeError):
@@ -71,7 +140,7 @@ def unless_a_worker_is_lost(
     """``work()`` run in a helper thread while this one watches the cluster: if a worker present at the
     start leaves (out of memory, killed), raise ``WorkerLost`` here. The helper, blocked on tasks pinned
     to the lost worker, is abandoned (a daemon thread: it ends with the process)."""
-    before = set(client.scheduler_info(n_workers=-1)["workers"])
+    before = _workers(client)
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -85,7 +154,7 @@ def unless_a_worker_is_lost(
     helper.start()
     while helper.is_alive():
         helper.join(poll)
-        lost = before - set(client.scheduler_info(n_workers=-1)["workers"])
+        lost = before - _workers(client)
         if lost and helper.is_alive():
             raise WorkerLost(
                 f"Dask worker(s) {sorted(lost)} left the cluster during distributed training (most often: "
@@ -111,17 +180,20 @@ def train_on_cluster(
     import lightgbm as lgb
 
     split, training = prepared.split, ctx.config.training
-    X_train, y_train = row_range(ctx, manifest, prepared, 0, split.train_end)
-    X_valid, y_valid = row_range(ctx, manifest, prepared, split.train_end, split.valid_end)
     options = {k: v for k, v in {**params, **FIXED_PARAMS}.items() if k not in {"metric", "objective"}}
     model = lgb.DaskLGBMClassifier(
-        client=client,
+        client=PartOrderClient(client),
         n_estimators=rounds,
         random_state=training.seed,  # threads: each worker's own (lightgbm.dask ignores n_jobs)
         **options,
     )
 
     def fit_and_score() -> tuple[Any, np.ndarray, np.ndarray]:
+        workers = sorted(_workers(client))
+        X_train, y_train = row_range(client, workers, ctx, manifest, prepared, 0, split.train_end)
+        X_valid, y_valid = row_range(
+            client, workers, ctx, manifest, prepared, split.train_end, split.valid_end
+        )
         model.fit(
             X_train,
             y_train,
