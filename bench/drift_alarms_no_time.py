@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 from drift_alarms import first_feature, judge, judge_no_drift, verdict_table
-from lib.heldout import train_from_config
+from lib.heldout import drift_reference, train_from_config
 from lib.results import result
 from rich.console import Console
 
@@ -81,26 +81,12 @@ def main() -> int:
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-drift-no-time-"))
     try:
-        from tasks.model.train import predict
-        from tasks.monitoring.drift import calibrate_reference, input_importance
-
         started = time.perf_counter()
         with console.status(f"training from {args.config.name} and calibrating its drift reference..."):
             model = train_from_config(root, args.config, land_caravan)
             config, df, prepared = model.config, model.snapshot, model.prepared
-            spec = prepared.transform.spec
-            inputs = list(spec.input_columns)
             held = df[model.held_out]
-            _, reference = calibrate_reference(
-                held.select(inputs).with_columns(
-                    pl.Series("prediction", predict(model.booster, model.X[model.held_out]))
-                ),
-                ("held-out rows", ""),
-                df.select(inputs),
-                config,
-                input_importance(spec, model.trained.importance),
-                seed=config.training.seed,
-            )
+            reference = drift_reference(model)
         assert config.time_column is None, "this benchmark is for datasets without a time column"
         console.print(
             f"{config.name}: {df.height} rows, {held.height} held out ({config.split_method} split)"

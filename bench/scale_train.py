@@ -5,7 +5,8 @@ Each scale runs in a fresh process (the driver, i.e. the flow's process) with a 
 ``distributed.LocalCluster`` of 2 workers, ``memory_limit`` 2 GiB each: the snapshot is built
 (streamed), then the training steps run as the training flow runs them on the dask engine: the
 feature transform fitted in the driver, one search trial per worker on the cluster, the final model
-by ``lightgbm.dask`` over the snapshot's parts, evaluation and the drift reference in the driver.
+by ``lightgbm.dask`` over the snapshot's parts, the held-out rows scored and profiled part by part on
+the workers, evaluation and the drift reference's calibration in the driver.
 Boosting rounds are fixed (100, no early stop) so every scale does the same work per row.
 
 Each target ends as a ``RESULT <metric>=<value> target<op><value> PASS|FAIL`` line.
@@ -74,6 +75,7 @@ def child(root: str, scale: int) -> None:
     from tasks.core.store import LocalStore
     from tasks.data.snapshot import build_snapshot
     from tasks.model import steps
+    from tasks.model.held_out import held_out_ranges
     from tasks.model.tune import best_trial, run_search
     from tasks.monitoring.steps import profile_reference
 
@@ -117,8 +119,22 @@ def child(root: str, scale: int) -> None:
 
         trials = run_search(config.training, 2, on_cluster)
         trained = steps.train_final_model.fn(best_trial(trials), manifest, prepared, ctx)
-        evaluation = steps.evaluate_candidate_on_test.fn(trained, manifest, prepared, ctx)
-        profile_reference.fn(trained, manifest, prepared, ctx)
+        ranges = held_out_ranges(manifest, prepared.split.train_end)
+        parts = client.gather(
+            client.map(
+                steps.score_held_out_part.fn,
+                ranges,
+                trained=trained,
+                manifest=manifest,
+                prepared=prepared,
+                model_name=config.model_name,
+                champion_version=None,
+                ctx=ctx,
+                pure=False,
+            )
+        )
+        evaluation = steps.evaluate_candidate_on_test.fn(trained, parts, prepared, ctx)
+        profile_reference.fn(trained, manifest, prepared, parts, ctx)
         seconds = time.perf_counter() - t0
         workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(

@@ -8,7 +8,8 @@ Reads top to bottom as the story of one training run:
    on the training rows;
 4. search hyperparameters (trials mapped in parallel), then cross-validate the best (expanding
    windows over time, or stratified k-fold);
-5. train the candidate, evaluate it against a baseline and the current champion;
+5. train the candidate; score the held-out rows part by part (mapped); evaluate it against a baseline
+   and the current champion;
 6. profile its inputs and predictions (the drift reference), track everything in W&B;
 7. register the version, apply the promotion gate's decision, save it to the BentoML store.
 
@@ -46,12 +47,14 @@ from tasks.decisions import decide_promotion
 from tasks.engine import EngineTaskRunner, parallel_steps, threads_per_step
 from tasks.events import emit_model_event
 from tasks.model.evaluate import metric_table, model_card
+from tasks.model.held_out import held_out_ranges
 from tasks.model.steps import (
     cross_validate_fold,
     evaluate_candidate_on_test,
     evaluate_champion_on_test,
     fit_transform_on_train,
     run_trial,
+    score_held_out_part,
     stage_candidate_files,
     track_training,
     train_final_model,
@@ -213,15 +216,21 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     }
     _progress(progress, 70)
 
-    # 5. candidate, evaluation, champion on the same window, the gate
+    # 5. candidate; the held-out rows scored part by part on the engine (candidate and champion on the
+    # test rows, the drift reference's sample profiled); evaluation, champion on the same window, gate
     trained = train_final_model(best, manifest, prepared, ctx)
-    candidate = evaluate_candidate_on_test(trained, manifest, prepared, ctx)
-    champion = evaluate_champion_on_test(model_name, manifest, prepared, ctx)
+    champion_version = Registry(ctx.store, model_name).alias_doc().aliases.get("champion")
+    parts = score_held_out_part.map(
+        held_out_ranges(manifest, prepared.split.train_end),
+        *[unmapped(x) for x in (trained, manifest, prepared, model_name, champion_version, ctx)],
+    ).result()
+    candidate = evaluate_candidate_on_test(trained, parts, prepared, ctx)
+    champion = evaluate_champion_on_test(champion_version, parts, ctx)
     decision = decide_promotion(candidate.evaluation.test, champion, settings.gate)
     _progress(progress, 80)
 
-    # 6. reference profile and experiment tracking
-    reference_keys = profile_reference(trained, manifest, prepared, ctx)
+    # 6. reference profile (the parts' profiles merged, calibrated) and experiment tracking
+    reference_keys = profile_reference(trained, manifest, prepared, parts, ctx)
     test = candidate.evaluation.test
     run_config = {
         "model_name": model_name,

@@ -22,6 +22,8 @@ class HeldOutModel:
     booster: Any
     X: np.ndarray
     y: np.ndarray
+    manifest: Any  # SnapshotManifest
+    ctx: Any  # RunContext
 
     @property
     def held_out(self) -> slice:
@@ -65,9 +67,29 @@ def train_from_config(root: Path, config_path: Path | None, land: Callable[[Any,
         t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
         for t, c in config.tables.items()
     }
-    manifest = build_snapshot(sources, config, ctx.store)
+    manifest = build_snapshot(sources, config, ctx.store, settings.snapshot_rows_per_part)
     snapshot = load_snapshot(manifest, ctx.store)
     prepared = prepare_training(manifest, ctx.store, config)
     X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
     trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
-    return HeldOutModel(config, snapshot, prepared, trained, load_candidate(ctx.store, trained), X, y)
+    booster = load_candidate(ctx.store, trained)
+    return HeldOutModel(config, snapshot, prepared, trained, booster, X, y, manifest, ctx)
+
+
+def drift_reference(model: HeldOutModel) -> Any:
+    """The model's ``DriftReference`` made as the training flow makes it: the held-out rows scored and
+    profiled part by part (``score_held_out_part``), the profiles merged and calibrated
+    (``profile_reference``)."""
+    from tasks.model.held_out import held_out_ranges
+    from tasks.model.steps import score_held_out_part
+    from tasks.monitoring.drift import DriftReference
+    from tasks.monitoring.steps import profile_reference
+
+    parts = [
+        score_held_out_part.fn(
+            rows, model.trained, model.manifest, model.prepared, model.config.model_name, None, model.ctx
+        )
+        for rows in held_out_ranges(model.manifest, model.prepared.split.train_end)
+    ]
+    keys = profile_reference.fn(model.trained, model.manifest, model.prepared, parts, model.ctx)
+    return DriftReference.model_validate_json(model.ctx.store.read_bytes(keys["drift_reference.json"]))

@@ -21,10 +21,11 @@ def run_bare(settings: Settings, params) -> float:
     from tasks.decisions import decide_promotion
     from tasks.engine import parallel_steps, threads_per_step
     from tasks.model import steps as model_steps
+    from tasks.model.held_out import held_out_ranges
     from tasks.model.tune import best_trial, run_search
     from tasks.monitoring.steps import profile_reference
     from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
-    from tasks.registry.versions import NewVersion, VersionDecision
+    from tasks.registry.versions import NewVersion, Registry, VersionDecision
 
     t0 = time.perf_counter()
     base = RunContext.build(settings)
@@ -57,10 +58,20 @@ def run_bare(settings: Settings, params) -> float:
     )
     pool.shutdown()
     trained = model_steps.train_final_model.fn(best, manifest, prepared, ctx)
-    candidate = model_steps.evaluate_candidate_on_test.fn(trained, manifest, prepared, ctx)
-    champion = model_steps.evaluate_champion_on_test.fn(config.model_name, manifest, prepared, ctx)
+    champion_version = Registry(ctx.store, config.model_name).alias_doc().aliases.get("champion")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        parts = list(
+            pool.map(
+                lambda rows: model_steps.score_held_out_part.fn(
+                    rows, trained, manifest, prepared, config.model_name, champion_version, ctx
+                ),
+                held_out_ranges(manifest, prepared.split.train_end),
+            )
+        )
+    candidate = model_steps.evaluate_candidate_on_test.fn(trained, parts, prepared, ctx)
+    champion = model_steps.evaluate_champion_on_test.fn(champion_version, parts, ctx)
     decision = decide_promotion(candidate.evaluation.test, champion, settings.gate)
-    reference_keys = profile_reference.fn(trained, manifest, prepared, ctx)
+    reference_keys = profile_reference.fn(trained, manifest, prepared, parts, ctx)
     model_steps.track_training.fn(
         ctx,
         name="bare",

@@ -289,6 +289,14 @@ class MonitoringConfig(Strict):
         "smallest window judged, is always added)",
     )
     calibration_resamples: int = Field(8, ge=2, le=100, description="random held-out windows per size")
+    drift_alpha: float = Field(
+        1e-4,
+        gt=0,
+        lt=0.5,
+        description="chance that one column of a window that has not drifted is flagged anyway, by the "
+        "chi-square bound on rows x PSI (the threshold never goes below it, however lucky the "
+        "calibration's few random windows were)",
+    )
     max_reference_rows: int = Field(
         500_000, ge=1000, description="held-out rows (evenly spaced) profiled for the drift reference"
     )

@@ -10,7 +10,6 @@ import base64
 import io
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import polars as pl
 from pydantic import BaseModel
@@ -19,8 +18,6 @@ from sklearn.calibration import calibration_curve
 
 from tasks.core.config import DatasetConfig
 from tasks.core.store import ArtifactStore
-from tasks.model.train import predict
-from tasks.registry.versions import Registry, RegistryError
 
 
 class Metrics(BaseModel):
@@ -262,8 +259,7 @@ class CandidateEvaluation(BaseModel):
 
 
 def evaluate_candidate(
-    booster: lgb.Booster,
-    X: np.ndarray,
+    p: np.ndarray,
     y: np.ndarray,
     test_frame: pl.DataFrame,
     base_rate: float,
@@ -272,9 +268,8 @@ def evaluate_candidate(
     store: ArtifactStore,
     plot_prefix: str,
 ) -> CandidateEvaluation:
-    """Test-window metrics, baseline, slices and plots (written under ``plot_prefix``) of a candidate;
-    ``X``/``y`` are the test rows of ``test_frame`` as the model sees them."""
-    p = predict(booster, X)
+    """Test-window metrics, baseline, slices and plots (written under ``plot_prefix``) of a candidate
+    from its predictions ``p`` on the test rows of ``test_frame`` (labels ``y``)."""
     evaluation = evaluate_predictions(
         test_frame, y, p, base_rate, config.training.threshold, config.slices, config.time_column
     )
@@ -292,27 +287,18 @@ class ChampionEvaluation(BaseModel):
 
 
 def evaluate_champion(
-    registry: Registry, test_frame: pl.DataFrame, config: DatasetConfig
+    version: int | None, y: np.ndarray, p: np.ndarray | None, problem: str | None, threshold: float
 ) -> ChampionEvaluation:
-    """The current champion scored on a candidate's test window, with its own saved transform."""
-    try:
-        champion = registry.resolve("champion")
-    except RegistryError:
+    """The current champion's metrics on a candidate's test window, from its predictions there (made
+    with its own saved transform); ``problem``: why it could not score them."""
+    if version is None:
         return ChampionEvaluation(version=None, metrics=None, note="no champion yet")
-    try:
-        X = registry.load_transform(champion).to_matrix(test_frame)
-    except Exception as exc:  # noqa: BLE001 - e.g. the champion needs columns this snapshot lacks
-        return ChampionEvaluation(
-            version=champion.version,
-            metrics=None,
-            note=f"champion v{champion.version} cannot score this snapshot: {exc}",
-        )
-    p = predict(registry.load_booster(champion), X)
-    y = test_frame[config.target.name].to_numpy()
+    if problem or p is None:
+        return ChampionEvaluation(version=version, metrics=None, note=f"champion v{version} {problem}")
     return ChampionEvaluation(
-        version=champion.version,
-        metrics=binary_metrics(y, p, config.training.threshold),
-        note=f"champion v{champion.version} scored on the same test window",
+        version=version,
+        metrics=binary_metrics(y, p, threshold),
+        note=f"champion v{version} scored on the same test window",
     )
 
 

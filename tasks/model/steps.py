@@ -15,7 +15,7 @@ import numpy as np
 
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
-from tasks.data.snapshot import SnapshotManifest, load_rows, read_manifest
+from tasks.data.snapshot import SnapshotManifest, load_rows, read_manifest, spacing
 from tasks.decisions import HoldoutComparison, compare_on_holdout
 from tasks.engine import cluster_client
 from tasks.model.distributed import train_on_cluster
@@ -25,7 +25,7 @@ from tasks.model.evaluate import (
     evaluate_candidate,
     evaluate_champion,
 )
-from tasks.model.features import FeatureSpec
+from tasks.model.held_out import CANDIDATE, CHAMPION, HeldOutPart, Scorer, score_held_out, scored_test_rows
 from tasks.model.tracking import TrackedRun, log_training_run
 from tasks.model.train import (
     FitResult,
@@ -34,7 +34,6 @@ from tasks.model.train import (
     cv_fold,
     fit_lightgbm,
     fit_on_split,
-    load_candidate,
     load_matrix,
     make_split,
     prepare_training,
@@ -130,15 +129,56 @@ def train_final_model(
     return train_candidate(X, y, best.params, prepared, ctx.config.training, ctx.store)
 
 
+@cached_task(name="score-held-out-part", task_run_name="score-held-out-rows-{rows[0]}")
+def score_held_out_part(
+    rows: tuple[int, int],
+    trained: TrainedModel,
+    manifest: SnapshotManifest,
+    prepared: PreparedTraining,
+    model_name: str,
+    champion_version: int | None,
+    ctx: RunContext,
+) -> HeldOutPart:
+    """One part of the held-out rows scored where it is read (``tasks.model.held_out``): the test rows
+    by the candidate and by the champion (``champion_version``, with its own saved transform), the
+    drift reference's sample rows by the candidate and profiled."""
+    store, config, split = ctx.store, ctx.config, prepared.split
+    champion, problem = None, None
+    if champion_version is not None:
+        registry = Registry(store, model_name)
+        try:
+            mv = registry.get(champion_version)
+            champion = Scorer(
+                model_text=registry.read_file(mv, "model.txt").decode(), transform=registry.load_transform(mv)
+            )
+        except Exception as exc:  # noqa: BLE001 - its files are unreadable: it cannot be compared
+            problem = f"cannot be loaded: {exc}"
+    candidate = Scorer(model_text=store.read_bytes(trained.model_key).decode(), transform=prepared.transform)
+    every = spacing(manifest.rows - split.train_end, config.monitoring.max_reference_rows)
+    lo, hi = rows
+    part = score_held_out(
+        store,
+        config,
+        manifest,
+        candidate,
+        champion,
+        (split.train_end, split.valid_end, manifest.rows),
+        every,
+        lo,
+        hi,
+        key=f"{trained.files_prefix}/held_out/rows-{lo:012d}.parquet",
+    )
+    return part.model_copy(update={"champion_note": problem}) if problem else part
+
+
 @cached_task(name="evaluate-candidate")
 def evaluate_candidate_on_test(
-    trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+    trained: TrainedModel, parts: list[HeldOutPart], prepared: PreparedTraining, ctx: RunContext
 ) -> CandidateEvaluation:
-    """Test-window metrics, baseline, slices and plots for the candidate model."""
-    test = load_rows(manifest, ctx.store, prepared.split.valid_end, columns=_evaluated_columns(ctx))
+    """Test-window metrics, baseline, slices and plots for the candidate, from its scored parts."""
+    test = scored_test_rows(ctx.store, parts)
     return evaluate_candidate(
-        load_candidate(ctx.store, trained),
-        prepared.transform.to_matrix(test),
+        test[CANDIDATE].to_numpy(),
         test[ctx.config.target.name].to_numpy().astype(np.float64),
         test,
         prepared.base_rate,
@@ -149,21 +189,22 @@ def evaluate_candidate_on_test(
     )
 
 
-def _evaluated_columns(ctx: RunContext) -> list[str]:
-    """What the candidate's evaluation reads (once): the model's inputs, target, time and slices."""
-    config = ctx.config
-    time = [config.time_column] if config.time_column else []
-    inputs = FeatureSpec.from_config(config).input_columns
-    return list(dict.fromkeys([*inputs, config.target.name, *time, *config.slices]))
-
-
 @io_task(name="evaluate-champion")
 def evaluate_champion_on_test(
-    model_name: str, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+    champion_version: int | None, parts: list[HeldOutPart], ctx: RunContext
 ) -> ChampionEvaluation:
-    """The current champion scored on the candidate's test window, with its own saved transform."""
-    test = load_rows(manifest, ctx.store, prepared.split.valid_end)
-    return evaluate_champion(Registry(ctx.store, model_name), test, ctx.config)
+    """The champion's metrics on the candidate's test window, from the scored parts."""
+    problem = next((p.champion_note for p in parts if p.champion_note), None)
+    if champion_version is None or problem:
+        return evaluate_champion(champion_version, np.array([]), None, problem, ctx.config.training.threshold)
+    test = scored_test_rows(ctx.store, parts)
+    return evaluate_champion(
+        champion_version,
+        test[ctx.config.target.name].to_numpy(),
+        test[CHAMPION].to_numpy(),
+        None,
+        ctx.config.training.threshold,
+    )
 
 
 @io_task(name="stage-candidate-files")

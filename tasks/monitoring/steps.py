@@ -9,13 +9,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-import polars as pl
-
 from tasks.core.context import RunContext
-from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
+from tasks.data.snapshot import SnapshotManifest, spacing
 from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
 from tasks.model.evaluate import hanley_mcneil_se
-from tasks.model.train import PreparedTraining, TrainedModel, load_candidate, predict
+from tasks.model.held_out import HeldOutPart, merged_profile, reference_inputs, reference_sample
+from tasks.model.train import PreparedTraining, TrainedModel
 from tasks.monitoring.drift import (
     DriftReference,
     calibrate_reference,
@@ -34,30 +33,33 @@ from tasks.serving.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, P
 
 @cached_task(name="profile-reference")
 def profile_reference(
-    trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+    trained: TrainedModel,
+    manifest: SnapshotManifest,
+    prepared: PreparedTraining,
+    parts: list[HeldOutPart],
+    ctx: RunContext,
 ) -> dict[str, str]:
     """The drift reference: a whylogs profile of the held-out rows' raw inputs and the model's
-    predictions on them (rows it did not train on), calibrated against random held-out windows, with
-    what the model learned from each column. Returns registry file name -> store key."""
+    predictions on them (rows it did not train on; the scored parts' profiles merged), calibrated
+    against random held-out windows, with what the model learned from each column. Returns registry
+    file name -> store key."""
     store, config = ctx.store, ctx.config
     start = prepared.split.train_end
     every = spacing(manifest.rows - start, config.monitoring.max_reference_rows)  # evenly spaced beyond it
-    held = load_rows(manifest, store, start, None, every)
-    X = prepared.transform.to_matrix(held)
-    spec = prepared.transform.spec
+    inputs = reference_inputs(prepared.transform, config)
     time_col = config.time_column
-    inputs = [c for c in spec.input_columns if c != time_col]
-    held_out = held.select(inputs).with_columns(
-        pl.Series("prediction", predict(load_candidate(store, trained), X))
+    held = reference_sample(
+        store, manifest, parts, start, every, [*inputs, *([time_col] if time_col else [])]
     )
     window = (str(held[time_col].min()), str(held[time_col].max())) if time_col else ("held-out rows", "")
     profile, reference = calibrate_reference(
-        held_out,
+        held.select(*inputs, "prediction"),
         window,
         store.scan_parquet(manifest.part_keys).select(inputs),  # every row (streamed), for coverage
         config,
-        input_importance(spec, trained.importance),
+        input_importance(prepared.transform.spec, trained.importance),
         seed=config.training.seed,
+        view=merged_profile(parts),
     )
     keys = {
         "reference_profile.bin": f"{trained.files_prefix}/reference_profile.bin",

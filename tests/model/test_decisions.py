@@ -108,3 +108,36 @@ def test_retrain_waits_for_the_cooldown():
     assert recent.outcome == "wait" and "cooldown of 60 min" in recent.reason and "(drift)" in recent.reason
     assert decide_retrain_start("m", now - timedelta(minutes=10), "drift", now, 60, True).outcome == "start"
     assert decide_retrain_start("m", now - timedelta(minutes=61), "drift", now, 60, False).outcome == "start"
+
+
+def test_the_chance_bound_caps_a_no_drift_windows_false_alarms_at_alpha():
+    """A/A: windows drawn from the reference's own buckets (a numeric column, a categorical one with a
+    rare level, each with an empty null bucket) exceed ``chance_bound / rows`` about ``alpha`` of the
+    time, at the smallest window monitoring judges and at a large one, against a small reference and
+    a large one."""
+    import numpy as np
+
+    from tasks.monitoring.drift import ColumnReference, chance_bound, psi
+
+    rng = np.random.default_rng(5)
+    alpha, draws = 1e-2, 20_000
+    for total in (2_000, 100_000):  # a small reference (Caravan's) and a large one
+        references = [
+            ColumnReference(
+                column="x", group="x", kind="numeric", edges=[1.0] * 9, counts=[0, *[total / 10] * 10]
+            ),
+            ColumnReference(
+                column="c",
+                group="c",
+                kind="categorical",
+                levels=["a", "b", "c"],
+                counts=[0, 0.7 * total, 0.25 * total, 0.045 * total, 0.005 * total],
+            ),
+        ]
+        for ref in references:
+            counts = np.asarray(ref.counts, dtype=float)
+            for rows in (200, 5_000):
+                windows = rng.multinomial(rows, counts / counts.sum(), size=draws)
+                scores = np.array([psi(counts, w) for w in windows]) * rows
+                rate = float(np.mean(scores > chance_bound(ref, alpha, rows)))
+                assert alpha / 4 <= rate <= 2 * alpha, (ref.column, total, rows, rate)  # not lax, not blunt
