@@ -3,7 +3,8 @@
     python flows/monitoring.py
     prefect deployment run 'monitor/local'
 
-Reads the prediction log since its watermark, profiles the window (whylogs, merged per day),
+Reads the prediction log since its watermark, one date partition per mapped step (threads, or Dask
+workers with the dask engine), profiles the window there (whylogs, merged per day),
 compares it with the champion's reference profile (drift per input and of the prediction), checks
 data quality, measures live performance from feedback (the verdicts are ``tasks.decisions``'
 ``decide_drift`` and ``decide_degradation``), and emits Prefect events for what it finds:
@@ -12,20 +13,27 @@ data quality, measures live performance from feedback (the verdicts are ``tasks.
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.schemas import MonitorParams
+from tasks.engine import EngineTaskRunner
 from tasks.events import emit_model_event
 from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
-from tasks.monitoring.steps import judge_window
+from tasks.monitoring.steps import judge_window, plan_monitoring_window, profile_log_partition
 from tasks.monitoring.window import MonitorReport, advance_watermark
 from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
 from tasks.registry.versions import Registry, registered_models
 
 
-@flow(name="monitor", **FLOW_GUARDS, flow_run_name=run_name("monitor"), persist_result=True)
+@flow(
+    name="monitor",
+    **FLOW_GUARDS,
+    flow_run_name=run_name("monitor"),
+    persist_result=True,
+    task_runner=EngineTaskRunner(),
+)
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
     logger = get_run_logger()
     ctx = run_context()
@@ -41,7 +49,13 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         )
     else:
         ctx = model_context(ctx, model_name)  # the model's own config, from its registry entry
-        report = judge_window(model_name, ctx)
+        plan = plan_monitoring_window(model_name, ctx)
+        # each date partition of the log read and profiled by a mapped step (threads, or Dask workers)
+        partitions = plan.window.partitions if plan.window else []
+        parts = profile_log_partition.map(
+            partitions, unmapped(plan), unmapped(model_name), unmapped(ctx)
+        ).result()
+        report = judge_window(model_name, plan, parts, ctx)
     if report.note:
         logger.info(report.note)
         publish(

@@ -323,11 +323,12 @@ def drift_scores(
 
 
 def data_quality(
-    frame: pl.DataFrame, transform: FittedTransform, reference: Any, config: MonitoringConfig
+    window: Any, transform: FittedTransform, reference: Any, config: MonitoringConfig
 ) -> list[str]:
-    """Problems a person should look at: missing columns, null rates up, categories never seen in training."""
+    """Problems a person should look at: missing columns, null rates up, categories never seen in
+    training (``window``: a ``tasks.monitoring.window.WindowPart``, the window's counts)."""
     problems = []
-    missing = [c for c in transform.spec.input_columns if c not in frame.columns]
+    missing = [c for c in transform.spec.input_columns if c not in window.columns]
     if missing:
         problems.append(f"schema: column(s) {missing} missing from the prediction log")
     ref = reference.to_pandas()
@@ -336,21 +337,18 @@ def data_quality(
             continue
         n_ref = float(ref.loc[col].get("counts/n", 0)) or 1.0
         ref_null = float(ref.loc[col].get("counts/null", 0)) / n_ref
-        null_rate = frame[col].null_count() / max(frame.height, 1)
+        null_rate = window.nulls.get(col, 0) / max(window.rows, 1)
         if null_rate - ref_null > config.max_null_increase:
             problems.append(f"nulls: {col!r} is null in {null_rate:.0%} of rows (reference {ref_null:.0%})")
-    for col, levels in transform.categories.items():
-        if col in missing:
+    for col, counts in window.unseen.items():
+        if col in missing or not counts.values:
             continue
-        values = frame[col].drop_nulls().cast(pl.String)
-        if values.len():
-            unseen = values.filter(~values.is_in(pl.Series(levels, dtype=pl.String)))
-            share = unseen.len() / values.len()
-            if share > config.max_unseen_share:
-                problems.append(
-                    f"categories: {share:.0%} of {col!r} values were never seen in training "
-                    f"(e.g. {unseen.unique().head(3).to_list()})"
-                )
+        share = counts.unseen / counts.values
+        if share > config.max_unseen_share:
+            problems.append(
+                f"categories: {share:.0%} of {col!r} values were never seen in training "
+                f"(e.g. {counts.examples})"
+            )
     return problems
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from pydantic import BaseModel
+
 from tasks.core.context import RunContext
 from tasks.data.snapshot import SnapshotManifest, spacing
 from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
@@ -25,7 +27,16 @@ from tasks.monitoring.drift import (
 from tasks.monitoring.lineage import request_lineage, version_lineage
 from tasks.monitoring.performance import live_performance
 from tasks.monitoring.profile import load_profile
-from tasks.monitoring.window import MonitorReport, profile_and_store_daily, unjudged_predictions
+from tasks.monitoring.window import (
+    MonitorReport,
+    WindowPart,
+    WindowPlan,
+    merge_parts,
+    plan_window,
+    profile_partition,
+    read_window,
+    store_daily,
+)
 from tasks.orchestration import cached_task, io_task
 from tasks.registry.versions import ModelVersion, Registry
 from tasks.serving.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, read_log
@@ -70,13 +81,44 @@ def profile_reference(
     return keys
 
 
+class MonitorPlan(BaseModel):
+    """The champion a monitoring run judges, and the window of the log it reads (none: no champion)."""
+
+    champion: int | None
+    window: WindowPlan | None = None
+
+
+@io_task(name="plan-window")
+def plan_monitoring_window(model_name: str, ctx: RunContext) -> MonitorPlan:
+    """The serving champion and the unjudged part of its prediction log, as files by date partition."""
+    champion = Registry(ctx.store, model_name).alias_doc().aliases.get("champion")
+    if champion is None:
+        return MonitorPlan(champion=None)
+    return MonitorPlan(
+        champion=champion,
+        window=plan_window(ctx.store, model_name, ctx.settings.logs.lateness_seconds),
+    )
+
+
+@io_task(name="profile-log-partition")
+def profile_log_partition(keys: list[str], plan: MonitorPlan, model_name: str, ctx: RunContext) -> WindowPart:
+    """One date partition of the window read and profiled where this runs (a thread, or a Dask worker
+    with the dask engine): whylogs profiles per day, null and unseen-level counts; no raw rows return."""
+    registry = Registry(ctx.store, model_name)
+    transform = registry.load_transform(registry.get(plan.champion))
+    frame = read_window(ctx.store, model_name, plan.window, keys)
+    return profile_partition(frame, transform, ctx.config.time_column)
+
+
 @io_task(name="judge-window")
-def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
-    """Everything monitoring concludes about the unprocessed part of the prediction log."""
+def judge_window(
+    model_name: str, plan: MonitorPlan, parts: list[WindowPart], ctx: RunContext
+) -> MonitorReport:
+    """Everything monitoring concludes about the unprocessed part of the prediction log, from its
+    partitions' profiles and counts."""
     store, config = ctx.store, ctx.config
     registry = Registry(store, model_name)
-    champion_version = registry.alias_doc().aliases.get("champion")
-    if champion_version is None:
+    if plan.champion is None:
         return MonitorReport(
             model_name=model_name,
             champion=None,
@@ -84,32 +126,30 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
             window=None,
             note=f"{model_name!r} has no champion yet (run the training flow); nothing to monitor",
         )
-    champion = registry.get(champion_version)
-    frame, through = unjudged_predictions(store, model_name, ctx.settings.logs.lateness_seconds)
+    champion = registry.get(plan.champion)
+    window = merge_parts(parts)
     report = MonitorReport(model_name=model_name, champion=champion.version, rows=0, window=None)
-    if frame.height == 0:
+    if window.rows == 0:
         report.note = "no new predictions since the last run; nothing to judge"
         return report
-    report.rows = frame.height
-    report.window = (str(frame["ts"].min()), str(frame["ts"].max()))
+    report.rows = window.rows
+    report.window = (str(window.ts_min), str(window.ts_max))
     mon = config.monitoring
-    if frame.height < mon.min_rows:
+    if window.rows < mon.min_rows:
         report.note = (
-            f"only {frame.height} new predictions (monitoring.min_rows={mon.min_rows}); "
+            f"only {window.rows} new predictions (monitoring.min_rows={mon.min_rows}); "
             "they stay unprocessed and count towards the next run"
         )
         return report
-    report.through = through
+    report.through = plan.window.end
     transform = registry.load_transform(champion)
     reference = load_profile(registry.read_file(champion, "reference_profile.bin"))
-    window = profile_and_store_daily(
-        store, model_name, frame, transform.spec.input_columns, config.time_column
-    )
+    whole = store_daily(store, model_name, window)
     if "drift_reference.json" in champion.files:
         drift_reference = DriftReference.model_validate_json(
             registry.read_file(champion, "drift_reference.json")
         )
-        report.drift = drift_scores(window, drift_reference, frame.height, mon)
+        report.drift = drift_scores(whole, drift_reference, window.rows, mon)
         verdict = decide_drift(report.drift, mon)
         report.drifted, report.drift_detected, report.drift_reason = (
             verdict.drifted,
@@ -121,7 +161,7 @@ def judge_window(model_name: str, ctx: RunContext) -> MonitorReport:
             f"champion v{champion.version} was registered before drift references were "
             "saved with each version: retrain it to judge drift; performance is judged below"
         )
-    report.quality_problems = data_quality(frame, transform, reference, mon)
+    report.quality_problems = data_quality(window, transform, reference, mon)
     # only the date partitions the performance window can reach are read (the log may be long)
     recent = (datetime.now(timezone.utc) - timedelta(days=mon.performance_window_days + 1)).date()
     report.performance = live_performance(

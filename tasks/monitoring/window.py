@@ -18,10 +18,11 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks.core.store import ArtifactStore
+from tasks.model.features import FittedTransform
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import LivePerformance
 from tasks.monitoring.profile import load_profile, profile_frame
-from tasks.serving.logs import PREDICTIONS, log_keys, of_model
+from tasks.serving.logs import PREDICTIONS, key_date, log_keys, of_model
 
 
 class MonitorReport(BaseModel):
@@ -60,21 +61,46 @@ def read_watermark(store: ArtifactStore, model_name: str) -> datetime | None:
     return newest.replace(tzinfo=newest.tzinfo or timezone.utc) if newest else None
 
 
-def unjudged_predictions(
+class WindowPlan(BaseModel):
+    """What a monitoring run judges: rows logged in (``start``, ``end``], in these files, grouped by
+    their date partition (a request id is only ever repeated inside one: compaction merges a day's
+    files), so each group can be read and profiled on its own, on any worker."""
+
+    start: datetime | None
+    end: datetime
+    partitions: list[list[str]]
+
+
+def plan_window(
     store: ArtifactStore, model_name: str, lateness_seconds: float, now: datetime | None = None
-) -> tuple[pl.DataFrame, datetime]:
-    """The predictions logged after the watermark and at least ``lateness_seconds`` ago (each request
-    id once: a log file being compacted can be listed beside its compacted copy), and the time they
-    run up to (the next watermark)."""
+) -> WindowPlan:
+    """The predictions logged after the watermark and at least ``lateness_seconds`` ago, as files by
+    date partition; ``end`` is the time they run up to (the next watermark)."""
     start = read_watermark(store, model_name)
     end = (now or datetime.now(timezone.utc)) - timedelta(seconds=lateness_seconds)
     keys = log_keys(store, PREDICTIONS, model_name, since=start.date() if start else None, until=end.date())
-    if not keys:
-        return pl.DataFrame(), end
-    scan = of_model(store.scan_parquet(keys), model_name).filter(pl.col("ts") <= end)
-    if start is not None:
-        scan = scan.filter(pl.col("ts") > start)
-    return scan.unique("request_id", keep="first", maintain_order=True).collect(), end
+    by_date: dict[Any, list[str]] = {}
+    for key in keys:
+        by_date.setdefault(key_date(key), []).append(key)
+    return WindowPlan(start=start, end=end, partitions=list(by_date.values()))
+
+
+def read_window(store: ArtifactStore, model_name: str, plan: WindowPlan, keys: list[str]) -> pl.DataFrame:
+    """The plan's rows in ``keys`` (one date partition), each request id once (a log file being
+    compacted can be listed beside its compacted copy)."""
+    scan = of_model(store.scan_parquet(keys), model_name).filter(pl.col("ts") <= plan.end)
+    if plan.start is not None:
+        scan = scan.filter(pl.col("ts") > plan.start)
+    return scan.unique("request_id", keep="first", maintain_order=True).collect()
+
+
+def unjudged_predictions(
+    store: ArtifactStore, model_name: str, lateness_seconds: float, now: datetime | None = None
+) -> tuple[pl.DataFrame, datetime]:
+    """Every row of the window in one frame (small windows, tests), and the time they run up to."""
+    plan = plan_window(store, model_name, lateness_seconds, now)
+    frames = [read_window(store, model_name, plan, keys) for keys in plan.partitions]
+    return (pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()), plan.end
 
 
 def advance_watermark(store: ArtifactStore, model_name: str, through: datetime) -> None:
@@ -87,24 +113,96 @@ def window_view(frame: pl.DataFrame, input_columns: list[str], time_column: str 
     return profile_frame(frame.select(*cols, pl.col("probability").alias("prediction")))
 
 
-def profile_and_store_daily(
-    store: ArtifactStore,
-    model_name: str,
-    frame: pl.DataFrame,
-    input_columns: list[str],
-    time_column: str | None,
-) -> Any:
-    """Profile the window once per day it spans, merge each day into ``profiles/<model>/daily/<date>.bin``,
-    and return the whole window's profile (the days merged)."""
-    window = None
+class UnseenLevels(BaseModel):
+    values: int  # non-null values of a categorical input in the window
+    unseen: int  # of which never seen in training
+    examples: list[str] = []
+
+
+class WindowPart(BaseModel):
+    """One date partition of the window, profiled where it was read: its rows and time span, a whylogs
+    profile per day (by prediction time), and the counts data quality needs."""
+
+    rows: int = 0
+    ts_min: datetime | None = None
+    ts_max: datetime | None = None
+    days: dict[str, bytes] = {}
+    columns: list[str] = []  # the model's inputs the log holds
+    nulls: dict[str, int] = {}  # per input: null (or absent) in this many rows
+    unseen: dict[str, UnseenLevels] = {}
+
+
+def profile_partition(frame: pl.DataFrame, transform: FittedTransform, time_column: str | None) -> WindowPart:
+    """A date partition's rows profiled per day, with their null and unseen-level counts."""
+    if frame.height == 0:
+        return WindowPart()
+    inputs = transform.spec.input_columns
+    days = {}
     for (day,), part in (
         frame.with_columns(pl.col("ts").dt.strftime("%Y-%m-%d").alias("__day"))
         .partition_by(["__day"], as_dict=True)
         .items()
     ):
-        view = window_view(part, input_columns, time_column)
+        days[str(day)] = window_view(part, inputs, time_column).serialize()
+    present = [c for c in inputs if c in frame.columns]
+    unseen = {}
+    for col, levels in transform.categories.items():
+        if col not in frame.columns:
+            continue
+        values = frame[col].drop_nulls().cast(pl.String)
+        new = values.filter(~values.is_in(pl.Series(levels, dtype=pl.String)))
+        unseen[col] = UnseenLevels(
+            values=values.len(), unseen=new.len(), examples=new.unique(maintain_order=True).head(3).to_list()
+        )
+    return WindowPart(
+        rows=frame.height,
+        ts_min=frame["ts"].min(),
+        ts_max=frame["ts"].max(),
+        days=days,
+        columns=present,
+        nulls={c: frame[c].null_count() if c in frame.columns else frame.height for c in inputs},
+        unseen=unseen,
+    )
+
+
+def merge_parts(parts: list[WindowPart]) -> WindowPart:
+    """The window's totals (``days``: each day's profiles merged, as serialized views)."""
+    parts = [p for p in parts if p.rows]
+    if not parts:
+        return WindowPart()
+    days: dict[str, Any] = {}
+    for part in parts:
+        for day, data in part.days.items():
+            view = load_profile(data)
+            days[day] = days[day].merge(view) if day in days else view
+    unseen: dict[str, UnseenLevels] = {}
+    for part in parts:
+        for col, u in part.unseen.items():
+            seen = unseen.get(col, UnseenLevels(values=0, unseen=0))
+            unseen[col] = UnseenLevels(
+                values=seen.values + u.values,
+                unseen=seen.unseen + u.unseen,
+                examples=list(dict.fromkeys([*seen.examples, *u.examples]))[:3],
+            )
+    return WindowPart(
+        rows=sum(p.rows for p in parts),
+        ts_min=min(p.ts_min for p in parts),
+        ts_max=max(p.ts_max for p in parts),
+        days={d: v.serialize() for d, v in sorted(days.items())},
+        columns=sorted(set().union(*(p.columns for p in parts))),
+        nulls={c: sum(p.nulls.get(c, 0) for p in parts) for c in parts[0].nulls},
+        unseen=unseen,
+    )
+
+
+def store_daily(store: ArtifactStore, model_name: str, window: WindowPart) -> Any:
+    """Merge each day's profile into ``profiles/<model>/daily/<date>.bin``; return the whole window's
+    profile (the days merged)."""
+    whole = None
+    for day, data in window.days.items():
+        view = load_profile(data)
         key = f"profiles/{model_name}/daily/{day}.bin"
         stored = load_profile(store.read_bytes(key)).merge(view) if store.exists(key) else view
         store.write_bytes(key, stored.serialize())
-        window = view if window is None else window.merge(view)
-    return window
+        whole = view if whole is None else whole.merge(view)
+    return whole

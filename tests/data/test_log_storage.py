@@ -200,3 +200,72 @@ def test_a_torn_spool_record_is_dropped_and_the_rest_shipped(tmp_path):
     fresh.close()
     assert read_log(store, PREDICTIONS, MODEL)["request_id"].to_list() == ["kept-1", "kept-2"]
     assert not segment.parent.exists()  # the dead owner's spool is shipped and removed
+
+
+def test_a_window_profiled_by_date_partition_adds_up_to_the_whole(tmp_path):
+    """What monitoring maps over (one step per date partition of the log, on threads or Dask workers)
+    gives the whole window's rows, nulls, unseen levels and day profiles, each request id once."""
+    from tasks.core.config import MonitoringConfig
+    from tasks.model.features import FeatureSpec, fit_feature_transform
+    from tasks.monitoring.drift import data_quality
+    from tasks.monitoring.profile import load_profile, profile_frame
+    from tasks.monitoring.window import (
+        merge_parts,
+        plan_window,
+        profile_partition,
+        read_window,
+        unjudged_predictions,
+    )
+    from tasks.serving.logs import prediction_log_schema
+
+    store = LocalStore(tmp_path / "store")
+    spec = FeatureSpec(
+        numeric=["x"],
+        categorical=["c"],
+        derived={},
+        time=None,
+        clip_quantiles=(0.0, 1.0),
+        min_category_count=1,
+    )
+    transform = fit_feature_transform(pl.DataFrame({"x": [1.0, 2.0], "c": ["a", "b"]}), spec)
+    schema = prediction_log_schema({"x": pl.Float64(), "c": pl.String()})
+    now = datetime.now(timezone.utc)
+
+    def day(offset: int, n: int, prefix: str) -> pl.DataFrame:
+        ts = now - timedelta(days=offset)
+        rows = _rows([f"{prefix}{i}" for i in range(n)], ts).with_columns(
+            pl.when(pl.int_range(n) % 5 == 0).then(None).otherwise(pl.col("x")).alias("x"),
+            pl.Series("c", [["a", "b", "z"][i % 3] for i in range(n)]),
+        )
+        return rows.select(list(schema)).cast(schema)
+
+    first, second = day(2, 300, "d2-"), day(1, 200, "d1-")
+    for frame, offset in ((first, 2), (second, 1)):
+        date = (now - timedelta(days=offset)).date().isoformat()
+        store.write_parquet(f"{log_prefix(PREDICTIONS, MODEL)}/date={date}/part-a.parquet", frame)
+    date = (now - timedelta(days=2)).date().isoformat()  # a file listed beside its compacted copy
+    store.write_parquet(f"{log_prefix(PREDICTIONS, MODEL)}/date={date}/compacted-x.parquet", first.head(100))
+
+    plan = plan_window(store, MODEL, lateness_seconds=0)
+    assert len(plan.partitions) == 2
+    window = merge_parts(
+        [
+            profile_partition(read_window(store, MODEL, plan, keys), transform, None)
+            for keys in plan.partitions
+        ]
+    )
+    whole, _ = unjudged_predictions(store, MODEL, lateness_seconds=0)
+    assert window.rows == whole.height == 500
+    assert window.nulls["x"] == whole["x"].null_count() == 100
+    assert (window.unseen["c"].values, window.unseen["c"].unseen) == (500, whole["c"].eq("z").sum())
+    assert window.unseen["c"].examples == ["z"]
+    assert list(window.days) == sorted({str(t.date()) for t in whole["ts"]})
+    for d, data in window.days.items():
+        rows = whole.filter(pl.col("ts").dt.strftime("%Y-%m-%d") == d)
+        merged = load_profile(data).to_pandas()
+        one = profile_frame(rows.select("x", "c", pl.col("probability").alias("prediction"))).to_pandas()
+        assert (merged.loc[one.index, "counts/n"] == one["counts/n"]).all()
+        assert (merged.loc[one.index, "counts/null"] == one["counts/null"]).all()
+    reference = profile_frame(whole.select("x", "c", pl.col("probability").alias("prediction")))
+    problems = data_quality(window, transform, reference, MonitoringConfig(max_unseen_share=0.1))
+    assert any("'c'" in p and "33%" in p for p in problems), problems

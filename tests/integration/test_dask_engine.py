@@ -80,6 +80,18 @@ def test_dask_engine_registers_a_model_as_good_as_the_local_engines(
     logged = store.scan_parquet([k for k in store.list("predictions/flights-engine-dask") if "batch-" in k])
     assert logged.select(pl.len()).collect().item() == expected  # fed to the prediction log for monitoring
 
+    # monitoring on the cluster: each date partition of the log read and profiled by a worker
+    from flows.monitoring import monitor
+    from flows.schemas import MonitorParams
+
+    monkeypatch.setenv("DRIFTLOOP_LOGS__LATENESS_SECONDS", "0")
+    report = monitor(MonitorParams(model_name="flights-engine-dask"))
+    assert report.rows == expected and report.champion == on_dask.version and report.drift, report.note
+    assert store.list("profiles/flights-engine-dask/daily")  # the day's profile, merged from partitions
+    client = cluster[1]
+    prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    assert any("profile_log_partition" in p or "profile-log-partition" in p for p in prefixes), prefixes
+
     # a partition that fails the model's input contract is quarantined; the rest are scored
     good = store.read_parquet(inputs[0]).with_columns(pl.lit(2013).alias("year"), pl.lit(1).alias("month"))
     store.write_parquet("incoming/part-good.parquet", good)
