@@ -287,6 +287,12 @@ class Settings(BaseSettings):
         description="rows per Parquet part of a snapshot: the unit of streamed preparation, and of work "
         "on the dask engine (one partition per part)",
     )
+    ingest_chunk_rows: int = Field(
+        1_000_000,
+        ge=1000,
+        description="a Parquet batch with more rows is validated and written chunk by chunk (row groups "
+        "of this many rows), so a large file is never decoded whole",
+    )
     prefect: PrefectSettings = PrefectSettings()
     guards: GuardSettings = GuardSettings()
     serving: ServingSettings = ServingSettings()

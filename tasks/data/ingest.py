@@ -18,6 +18,7 @@ import fnmatch
 import hashlib
 import io
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ from tasks.data.validate import (
     ContractFailure,
     DataContractError,
     ValidationReport,
+    merge_failures,
     validate_batch,
 )
 
@@ -320,25 +322,13 @@ def ingest_batches(
             new += 1
             src = ctx.store_at(ref.store_uri)
             raw = src.read_bytes(ref.key)
-            try:
-                df = read_batch(ref, raw)
-            except Exception as exc:  # noqa: BLE001 - any parse error means an unreadable batch
-                df = None
-                report = ValidationReport(table=table, batch=ref.key, rows=0)
-                report.failures.append(_unreadable(ref, exc))
-            if df is not None:
-                text = set(df.columns) if ref.format == "csv" else set(ref.partition)
-                typed, report = validate_batch(df, table_cfg.contract, table, ref.key, text)
-                if report.ok and unique:
-                    repeated = _repeated_keys(typed.select(unique), seen, unique, store, source_of)
-                    if repeated is not None:
-                        report.failures.append(repeated)
+            vkey = f"validated/{dataset}/{table}/{ref.batch_id}.parquet"
+            report, mine = validate_and_write(
+                ref, raw, table_cfg, table, ctx.settings.ingest_chunk_rows, seen, store, source_of, vkey
+            )
             if report.ok:
-                vkey = f"validated/{dataset}/{table}/{ref.batch_id}.parquet"
-                store.write_parquet(vkey, typed.select(list(table_cfg.contract.columns)))
-                entry = {"status": "valid", "key": vkey, "rows": typed.height, "source": ref.key}
-                if unique:
-                    mine = _key_hashes(typed.lazy().select(unique), unique, vkey).collect()
+                entry = {"status": "valid", "key": vkey, "rows": report.rows, "source": ref.key}
+                if mine is not None:
                     source_of[vkey] = ref.key
                     seen = mine if seen is None else pl.concat([seen, mine], rechunk=False)  # no re-copy
             else:
@@ -381,6 +371,117 @@ def ingest_batches(
     return result, failed_reports
 
 
+def _chunks(ref: BatchRef, raw: bytes, chunk_rows: int) -> tuple[int, Iterator[pl.DataFrame]]:
+    """A batch's rows and its frames: one, or for a Parquet batch of more than ``chunk_rows`` rows,
+    chunks of that many decoded one at a time (the file's bytes stay compressed in memory)."""
+    if ref.format == "parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(io.BytesIO(raw))
+        rows = parquet.metadata.num_rows
+        if rows > chunk_rows:
+
+            def decoded() -> Iterator[pl.DataFrame]:
+                for batch in parquet.iter_batches(batch_size=chunk_rows):
+                    df = pl.from_arrow(batch)
+                    yield df.with_columns(
+                        pl.lit(v).alias(k) for k, v in ref.partition.items() if k not in df.columns
+                    )
+
+            return rows, decoded()
+    df = read_batch(ref, raw)
+    return df.height, iter([df])
+
+
+def validate_and_write(
+    ref: BatchRef,
+    raw: bytes,
+    table_cfg: TableConfig,
+    table: str,
+    chunk_rows: int,
+    seen: pl.DataFrame | None,
+    store: ArtifactStore,
+    source_of: dict[str, str],
+    vkey: str,
+) -> tuple[ValidationReport, pl.DataFrame | None]:
+    """Validate one new batch, chunk by chunk when it is large, and write its typed rows to ``vkey`` if
+    every chunk passes; returns the report (all chunks' failures, merged) and the batch's key hashes.
+
+    Keys must be unique within the batch (pandera, per chunk; across its chunks, against the key
+    columns of the chunks before: the only rows held whole) and against accepted batches (``seen``)."""
+    import pyarrow.parquet as pq
+
+    contract, unique = table_cfg.contract, table_cfg.contract.unique
+    try:
+        rows, chunks = _chunks(ref, raw, chunk_rows)
+    except Exception as exc:  # noqa: BLE001 - any parse error means an unreadable batch
+        return ValidationReport(table=table, batch=ref.key, rows=0, failures=[_unreadable(ref, exc)]), None
+    report = ValidationReport(table=table, batch=ref.key, rows=rows)
+    whole = rows <= chunk_rows
+    if not whole and rows < max(contract.min_rows, 1):  # (a whole batch's size is checked with it)
+        report.failures.append(
+            ContractFailure(
+                column=None,
+                rule=f"empty batch: {rows} rows, at least {max(contract.min_rows, 1)} needed",
+                failing_rows=0,
+                examples=[],
+            )
+        )
+        return report, None
+    failures: list[ContractFailure] = []
+    hits: list[pl.DataFrame] = []
+    hashes: list[pl.DataFrame] = []
+    earlier: pl.DataFrame | None = None  # this batch's keys so far
+    out, writer, typed = io.BytesIO(), None, None
+    while True:
+        try:
+            df = next(chunks)
+        except StopIteration:
+            break
+        except Exception as exc:  # noqa: BLE001 - a chunk that does not decode: an unreadable batch
+            return ValidationReport(
+                table=table, batch=ref.key, rows=0, failures=[_unreadable(ref, exc)]
+            ), None
+        text = set(df.columns) if ref.format == "csv" else set(ref.partition)
+        typed, part = validate_batch(df, contract, table, ref.key, text, whole=whole)
+        failures.extend(part.failures)
+        typed_keys = not any(f.column is None or f.column in unique for f in part.failures)
+        if unique and typed_keys and set(unique) <= set(typed.columns):  # other rules' failures aside
+            keys = typed.select(unique)
+            if earlier is not None:
+                again = keys.join(earlier, on=unique, how="semi", nulls_equal=True)
+                if again.height:
+                    failures.append(
+                        ContractFailure(
+                            column=", ".join(unique),
+                            rule="duplicate key rows",
+                            failing_rows=again.height,
+                            examples=again.head(MAX_EXAMPLES).to_dicts(),
+                        )
+                    )
+            earlier = keys if earlier is None else pl.concat([earlier, keys], rechunk=False)
+            found = _repeated_key_rows(keys, seen, unique, store, source_of)
+            if found is not None:
+                hits.append(found)
+            hashes.append(_key_hashes(keys.lazy(), unique, vkey).collect())
+        if not failures and not whole:  # chunks go to one file, row group by row group
+            chunk = typed.select(list(contract.columns)).to_arrow()
+            writer = writer or pq.ParquetWriter(out, chunk.schema, compression="zstd")
+            writer.write_table(chunk)
+    if hits:
+        failures.append(_repeated_failure(pl.concat(hits), unique))
+    report.failures = merge_failures(failures)
+    if writer is not None:
+        writer.close()
+    if not report.ok:
+        return report, None
+    if whole:
+        store.write_parquet(vkey, typed.select(list(contract.columns)))
+    else:
+        store.write_bytes(vkey, out.getvalue())
+    return report, pl.concat(hashes) if hashes else None
+
+
 def _key_hashes(keys: pl.LazyFrame, unique: list[str], validated_key: str) -> pl.LazyFrame:
     """One hash per row of the unique key columns (cast to text, so a key hashes the same whatever
     types a batch arrived with), with the validated batch it belongs to."""
@@ -390,14 +491,15 @@ def _key_hashes(keys: pl.LazyFrame, unique: list[str], validated_key: str) -> pl
     )
 
 
-def _repeated_keys(
+def _repeated_key_rows(
     keys: pl.DataFrame,
     seen: pl.DataFrame | None,
     unique: list[str],
     store: ArtifactStore,
     source_of: dict[str, str],
-) -> ContractFailure | None:
-    """The rows of a batch whose unique key an accepted batch already has (None if there are none).
+) -> pl.DataFrame | None:
+    """The rows of a batch whose unique key an accepted batch already has, with the file that batch
+    came from (``__batch``); None if there are none.
 
     Accepted keys are held as hashes: the accepted rows are scanned for this batch's hashes (a hash set
     of one batch, not of everything accepted), and the few candidate batches are then read to confirm
@@ -418,8 +520,10 @@ def _repeated_keys(
     hits = keys.join(
         earlier.cast({c: keys.schema[c] for c in unique}), on=unique, how="inner", nulls_equal=True
     )
-    if hits.height == 0:
-        return None
+    return hits if hits.height else None
+
+
+def _repeated_failure(hits: pl.DataFrame, unique: list[str]) -> ContractFailure:
     batches = hits["__batch"].unique(maintain_order=True).to_list()
     return ContractFailure(
         column=", ".join(unique),

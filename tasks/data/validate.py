@@ -218,10 +218,12 @@ def validate_batch(
     table: str,
     batch: str,
     text_columns: set[str] | frozenset[str] = frozenset(),
+    whole: bool = True,
 ) -> tuple[pl.DataFrame, ValidationReport]:
-    """Cast and check one batch; return the typed frame (contract columns only) and the report."""
+    """Cast and check one batch (``whole=False``: one chunk of it, whose size says nothing); return the
+    typed frame (contract columns only) and the report."""
     report = ValidationReport(table=table, batch=batch, rows=df.height)
-    if df.height < max(contract.min_rows, 1):
+    if whole and df.height < max(contract.min_rows, 1):
         report.failures.append(
             ContractFailure(
                 column=None,
@@ -244,6 +246,22 @@ def validate_batch(
     report.failures.extend(_pattern_failures(typed, contract))
     report.failures.extend(_rule_failures(typed, contract))
     return typed, report
+
+
+def merge_failures(failures: list[ContractFailure]) -> list[ContractFailure]:
+    """One failure per column and rule (a batch validated chunk by chunk reports each chunk's): rows
+    added up, the first examples kept."""
+    merged: dict[tuple[str | None, str], ContractFailure] = {}
+    for f in failures:
+        key = (f.column, f.rule)
+        if key not in merged:
+            merged[key] = f.model_copy(deep=True)
+            continue
+        m = merged[key]
+        m.failing_rows += f.failing_rows
+        m.examples = [*m.examples, *f.examples][:MAX_EXAMPLES]
+        m.example_rows = [*m.example_rows, *f.example_rows][:MAX_EXAMPLES]
+    return list(merged.values())
 
 
 def _failing(df: pl.DataFrame, column: str | None, rule: str, bad: pl.Series) -> ContractFailure | None:

