@@ -288,7 +288,7 @@ class Settings(BaseSettings):
         "on the dask engine (one partition per part)",
     )
     ingest_chunk_rows: int = Field(
-        1_000_000,
+        250_000,
         ge=1000,
         description="a Parquet batch with more rows is validated and written chunk by chunk (row groups "
         "of this many rows), so a large file is never decoded whole",

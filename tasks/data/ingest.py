@@ -407,8 +407,9 @@ def validate_and_write(
     """Validate one new batch, chunk by chunk when it is large, and write its typed rows to ``vkey`` if
     every chunk passes; returns the report (all chunks' failures, merged) and the batch's key hashes.
 
-    Keys must be unique within the batch (pandera, per chunk; across its chunks, against the key
-    columns of the chunks before: the only rows held whole) and against accepted batches (``seen``)."""
+    Keys must be unique within the batch (pandera, per chunk; across its chunks by a 128-bit fingerprint
+    of each key, two independent 64-bit hashes: 16 bytes a row is all a chunked batch holds of the
+    chunks before) and against accepted batches (``seen``)."""
     import pyarrow.parquet as pq
 
     contract, unique = table_cfg.contract, table_cfg.contract.unique
@@ -431,7 +432,7 @@ def validate_and_write(
     failures: list[ContractFailure] = []
     hits: list[pl.DataFrame] = []
     hashes: list[pl.DataFrame] = []
-    earlier: pl.DataFrame | None = None  # this batch's keys so far
+    earlier: pl.DataFrame | None = None  # fingerprints of this batch's keys so far
     out, writer, typed = io.BytesIO(), None, None
     while True:
         try:
@@ -448,8 +449,12 @@ def validate_and_write(
         typed_keys = not any(f.column is None or f.column in unique for f in part.failures)
         if unique and typed_keys and set(unique) <= set(typed.columns):  # other rules' failures aside
             keys = typed.select(unique)
-            if earlier is not None:
-                again = keys.join(earlier, on=unique, how="semi", nulls_equal=True)
+            prints = _fingerprints(keys, unique)
+            if earlier is not None:  # the earlier chunks scanned for this chunk's keys (a set of one chunk)
+                candidates = earlier.filter(pl.col("__h1").is_in(prints["__h1"].implode()))
+                again = keys.filter(
+                    pl.struct(prints).is_in(pl.struct(candidates).implode()) if candidates.height else False
+                )
                 if again.height:
                     failures.append(
                         ContractFailure(
@@ -459,7 +464,7 @@ def validate_and_write(
                             examples=again.head(MAX_EXAMPLES).to_dicts(),
                         )
                     )
-            earlier = keys if earlier is None else pl.concat([earlier, keys], rechunk=False)
+            earlier = prints if earlier is None else pl.concat([earlier, prints], rechunk=False)
             found = _repeated_key_rows(keys, seen, unique, store, source_of)
             if found is not None:
                 hits.append(found)
@@ -480,6 +485,13 @@ def validate_and_write(
     else:
         store.write_bytes(vkey, out.getvalue())
     return report, pl.concat(hashes) if hashes else None
+
+
+def _fingerprints(keys: pl.DataFrame, unique: list[str]) -> pl.DataFrame:
+    """Two independent 64-bit hashes of each key (as text, like ``_key_hashes``): equal keys, equal
+    pairs; different keys share a pair with chance about 2^-128."""
+    key = pl.struct([pl.col(c).cast(pl.String) for c in unique])
+    return keys.select(key.hash(seed=0).alias("__h1"), key.hash(seed=0x9E3779B9).alias("__h2"))
 
 
 def _key_hashes(keys: pl.LazyFrame, unique: list[str], validated_key: str) -> pl.LazyFrame:
