@@ -35,6 +35,7 @@ from tasks.data.validate import (
     DataContractError,
     ValidationReport,
     merge_failures,
+    too_few_rows,
     validate_batch,
 )
 
@@ -419,15 +420,9 @@ def validate_and_write(
         return ValidationReport(table=table, batch=ref.key, rows=0, failures=[_unreadable(ref, exc)]), None
     report = ValidationReport(table=table, batch=ref.key, rows=rows)
     whole = rows <= chunk_rows
-    if not whole and rows < max(contract.min_rows, 1):  # (a whole batch's size is checked with it)
-        report.failures.append(
-            ContractFailure(
-                column=None,
-                rule=f"empty batch: {rows} rows, at least {max(contract.min_rows, 1)} needed",
-                failing_rows=0,
-                examples=[],
-            )
-        )
+    too_few = None if whole else too_few_rows(rows, contract)  # (a whole batch's is checked with it)
+    if too_few is not None:
+        report.failures.append(too_few)
         return report, None
     failures: list[ContractFailure] = []
     hits: list[pl.DataFrame] = []

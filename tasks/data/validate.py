@@ -223,15 +223,9 @@ def validate_batch(
     """Cast and check one batch (``whole=False``: one chunk of it, whose size says nothing); return the
     typed frame (contract columns only) and the report."""
     report = ValidationReport(table=table, batch=batch, rows=df.height)
-    if whole and df.height < max(contract.min_rows, 1):
-        report.failures.append(
-            ContractFailure(
-                column=None,
-                rule=f"empty batch: {df.height} rows, at least {max(contract.min_rows, 1)} needed",
-                failing_rows=0,
-                examples=[],
-            )
-        )
+    too_few = too_few_rows(df.height, contract) if whole else None
+    if too_few is not None:
+        report.failures.append(too_few)
         return df, report
     typed, failures = cast_to_contract(df, contract, table, batch, text_columns)
     report.failures.extend(failures)
@@ -246,6 +240,18 @@ def validate_batch(
     report.failures.extend(_pattern_failures(typed, contract))
     report.failures.extend(_rule_failures(typed, contract))
     return typed, report
+
+
+def too_few_rows(rows: int, contract: TableContract) -> ContractFailure | None:
+    """The batch-size rule: at least ``min_rows`` rows (and never none)."""
+    if rows >= max(contract.min_rows, 1):
+        return None
+    return ContractFailure(
+        column=None,
+        rule=f"empty batch: {rows} rows, at least {max(contract.min_rows, 1)} needed",
+        failing_rows=0,
+        examples=[],
+    )
 
 
 def merge_failures(failures: list[ContractFailure]) -> list[ContractFailure]:
