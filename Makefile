@@ -31,7 +31,7 @@ scale-demo: $(STAMP) ## land SCALE x the flights data (synthetic copies) and tra
 test: $(STAMP) ## lint (ruff: style, imports, line length, formatting), then unit, data, model and integration tests
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: $(STAMP) ## everything but the tests that start servers
 	$(PY) -m pytest -q -ra -m "not integration"
