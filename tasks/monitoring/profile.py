@@ -7,6 +7,7 @@ with each model version is what monitoring compares live traffic against.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -107,15 +108,23 @@ def monitoring_schema() -> Any:
     )
 
 
+# whylogs is not safe to run from two threads of one process at once: two profiles being built
+# together hung for good inside its KLL sketch updates (a training run's two held-out parts, mapped on
+# threads, never finished). Profiling takes this lock; the rest of a mapped step still runs in parallel.
+_PROFILING = threading.Lock()
+
+
 def profile_frame(df: pl.DataFrame) -> Any:
-    """A whylogs ``DatasetProfileView`` of a Polars frame (whylogs reads pandas only)."""
+    """A whylogs ``DatasetProfileView`` of a Polars frame (whylogs reads pandas only); one profile at a
+    time per process (see ``_PROFILING``)."""
     why = import_whylogs()
     pdf = df.with_columns(
         pl.col(c).cast(pl.String)
         for c, t in df.schema.items()
         if isinstance(t, (pl.Datetime, pl.Date, pl.Categorical))
     ).to_pandas()
-    return why.log(pdf, schema=monitoring_schema()).view()
+    with _PROFILING:
+        return why.log(pdf, schema=monitoring_schema()).view()
 
 
 def load_profile(data: bytes) -> Any:

@@ -61,3 +61,38 @@ def test_vectorised_split_matches_whylogs_original():
     assert fast.loc["f", "counts/inf"] == int(np.isinf(frame["f"].to_numpy()).sum()) > 0  # +inf and -inf rows
     assert fast.loc["f", "counts/null"] == fast.loc["f", "counts/nan"] > 0
     assert fast.loc["s", "counts/null"] > 0 and fast.loc["all_null", "counts/null"] == 5000
+
+
+CONCURRENT = """
+import faulthandler, sys
+from concurrent.futures import ThreadPoolExecutor
+import numpy as np, polars as pl
+import tasks.monitoring.profile as profile
+if sys.argv[1] == "unlocked":
+    import contextlib
+    profile._PROFILING = contextlib.nullcontext()
+faulthandler.dump_traceback_later(20, exit=True)  # a hang ends the process with its stacks
+rng = np.random.default_rng(0)
+frames = [
+    pl.DataFrame({"x": rng.normal(size=8000), "k": rng.choice(["a", "b", "c"], 8000)}) for _ in range(2)
+]
+with ThreadPoolExecutor(2) as pool:
+    for _ in range(20):
+        list(pool.map(profile.profile_frame, frames))
+print("done")
+"""
+
+
+def test_profiles_made_on_two_threads_at_once_finish():
+    """Mapped steps on threads (held-out parts, log partitions) profile at the same time: whylogs hung
+    doing that (without the lock this script hangs in 2 runs out of 2), so ``profile_frame`` takes a
+    lock; 20 rounds of two threads must all finish."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WHYLOGS_NO_ANALYTICS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", CONCURRENT, "locked"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0 and "done" in done.stdout, done.stderr[-3000:]
