@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.memory import peak_rss_mib  # noqa: E402
 from lib.results import result  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
@@ -77,7 +77,7 @@ def child(mode: str, root: str, scale: int, rows_per_part: int) -> None:
     else:
         rows = build_snapshot(sources, config, store, rows_per_part).rows
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mib()
     print(json.dumps({"mode": mode, "rows": rows, "seconds": seconds, "rss_mib": rss}))
 
 

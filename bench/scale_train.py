@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from lib.memory import peak_rss_mib  # noqa: E402
 from lib.results import result  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import Progress  # noqa: E402
@@ -136,7 +136,7 @@ def child(root: str, scale: int) -> None:
         evaluation = steps.evaluate_candidate_on_test.fn(trained, parts, prepared, ctx)
         profile_reference.fn(trained, manifest, prepared, parts, ctx)
         seconds = time.perf_counter() - t0
-        workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        workers = client.run(peak_rss_mib)
     print(
         json.dumps(
             {
@@ -144,7 +144,7 @@ def child(root: str, scale: int) -> None:
                 "rows": manifest.rows,
                 "parts": len(manifest.parts),
                 "seconds": seconds,
-                "driver_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "driver_rss_mib": peak_rss_mib(),
                 "worker_rss_mib": max(workers.values()),
                 "test_auc": evaluation.evaluation.test.roc_auc,
                 "pid": os.getpid(),

@@ -245,7 +245,7 @@ def _lazy_label(plan: pl.LazyFrame, config: DatasetConfig) -> pl.Expr:
         )
     label = label_expr(config, dtype, values)
     try:  # a wrong expression fails here, on a few rows, as bad input (not in the middle of the passes)
-        plan.filter(pl.col(LABELLED)).head(1000).select(label).collect(engine="in-memory")
+        plan.filter(pl.col(LABELLED)).head(1000).select(label).collect(engine="streaming")
     except pl.exceptions.PolarsError as exc:
         raise BadInput(
             f"{config.origin}: target {config.target.expression or name!r} does not give a yes/no label: "
