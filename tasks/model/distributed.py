@@ -10,10 +10,10 @@ number of rounds, and its validation AUC is measured afterwards on all validatio
 Where each part lives decides the model: data-parallel LightGBM finds bins from each worker's rows
 and concatenates a worker's parts in the order it gets them, and the scheduler's own placement
 changes from run to run (the same data gave validation AUCs 0.626, 0.628, 0.638). So parts are
-placed by hand, round-robin over the workers sorted by address (part i on worker i mod n), each
-worker's parts read in order into one block. LightGBM's ranks follow the order in which
-``Client.who_has`` lists the blocks, the order of a Python set (a random one per process), and the
-rank decides which worker's rows bin which features: ``PartOrderClient`` lists them in block order.
+placed by hand, round-robin over the workers sorted by address (part i on worker i mod n). A
+worker concatenates its parts, and LightGBM ranks the workers, in the order in which
+``Client.who_has`` lists the parts: the order of a Python set (a random one per process), and the
+rank decides which worker's rows bin which features. ``PartOrderClient`` lists them in part order.
 The same data on the same number of workers trains the same model (``tests/integration/
 test_dask_engine.py`` checks).
 
@@ -47,21 +47,6 @@ def part_matrix(
     return X, df[ctx.config.target.name].to_numpy().astype(np.float32)
 
 
-def ranges_matrix(
-    ctx: RunContext, manifest: SnapshotManifest, prepared: PreparedTraining, ranges: list[tuple[int, int]]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The row ranges, in order, as one (X, y): filled range by range, so a worker holds its block
-    plus one part being read, never two copies of its block."""
-    rows = sum(b - a for a, b in ranges)
-    X = np.empty((rows, len(prepared.transform.feature_names)), dtype=np.float32)
-    y = np.empty(rows, dtype=np.float32)
-    at = 0
-    for a, b in ranges:
-        X[at : at + b - a], y[at : at + b - a] = part_matrix(ctx, manifest, prepared, a, b)
-        at += b - a
-    return X, y
-
-
 def row_range(
     client: Any,
     workers: list[str],
@@ -71,32 +56,27 @@ def row_range(
     start: int,
     stop: int,
 ) -> tuple[Any, Any]:
-    """Rows [start, stop) of the snapshot as Dask arrays (X, y) with one block per worker: the i-th
-    part they touch goes to ``workers[i % len(workers)]``, read and transformed there, in part order
-    (see the module's note)."""
+    """Rows [start, stop) of the snapshot as Dask arrays (X, y), one block per part they touch, the
+    i-th read and transformed on ``workers[i % len(workers)]`` and kept there (see the module's note).
+    Blocks stay one part each: a worker's share as one block was copied whole when Dask spilled it,
+    and a 30x fit lost a worker to its memory limit."""
     import operator
 
     import dask.array as da
 
     offsets = manifest.part_offsets
-    ranges = [
-        (max(start, offsets[i]), min(stop, offsets[i + 1]))
-        for i in range(len(manifest.part_keys))
-        if max(start, offsets[i]) < min(stop, offsets[i + 1])
-    ]
     width = len(prepared.transform.feature_names)
     xs, ys = [], []
-    for k, worker in enumerate(workers):
-        mine = ranges[k :: len(workers)]
-        if not mine:
+    for i in range(len(manifest.part_keys)):
+        a, b = max(start, offsets[i]), min(stop, offsets[i + 1])
+        if a >= b:
             continue
-        rows = sum(b - a for a, b in mine)
-        on = {"workers": [worker], "allow_other_workers": False, "pure": True}
-        block = client.submit(ranges_matrix, ctx, manifest, prepared, mine, **on)
-        x = client.submit(operator.itemgetter(0), block, **on)
-        y = client.submit(operator.itemgetter(1), block, **on)
-        xs.append(da.from_delayed(x, shape=(rows, width), dtype=np.float32))
-        ys.append(da.from_delayed(y, shape=(rows,), dtype=np.float32))
+        on = {"workers": [workers[len(xs) % len(workers)]], "allow_other_workers": False, "pure": True}
+        block = client.submit(part_matrix, ctx, manifest, prepared, a, b, **on)
+        xs.append(
+            da.from_delayed(client.submit(operator.itemgetter(0), block, **on), (b - a, width), np.float32)
+        )
+        ys.append(da.from_delayed(client.submit(operator.itemgetter(1), block, **on), (b - a,), np.float32))
     return da.concatenate(xs), da.concatenate(ys)
 
 

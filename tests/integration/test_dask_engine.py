@@ -215,4 +215,4 @@ def test_a_deployment_run_by_the_worker_trains_on_the_cluster_its_job_variables_
     assert out.returncode == 0 and "Completed" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
     assert Registry(open_store(landed), "flights-worker-dask").resolve("champion").version == 1
     prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert any("train" in p or "ranges_matrix" in p for p in prefixes), prefixes  # LightGBM ran on it
+    assert any("train" in p or "part_matrix" in p for p in prefixes), prefixes  # LightGBM ran on it
