@@ -26,9 +26,9 @@ from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig
 from tasks.core.store import ArtifactStore
-from tasks.data.snapshot import SnapshotManifest, load_rows
+from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.model.features import FittedTransform
-from tasks.model.train import predict
+from tasks.model.train import PreparedTraining, predict
 from tasks.monitoring.profile import load_profile, profile_frame
 
 ROW, IN_TEST, IN_SAMPLE = "__row", "__test", "__sample"
@@ -79,21 +79,25 @@ def reference_inputs(transform: FittedTransform, config: DatasetConfig) -> list[
     return [c for c in transform.spec.input_columns if c != config.time_column]
 
 
+def reference_spacing(manifest: SnapshotManifest, prepared: PreparedTraining, config: DatasetConfig) -> int:
+    """The drift reference's sample: every ``k``-th held-out row, at most ``max_reference_rows``."""
+    return spacing(manifest.rows - prepared.split.train_end, config.monitoring.max_reference_rows)
+
+
 def score_held_out(
     store: ArtifactStore,
     config: DatasetConfig,
     manifest: SnapshotManifest,
+    prepared: PreparedTraining,
     candidate: Scorer,
     champion: Scorer | None,
-    bounds: tuple[int, int, int],
-    every: int,
-    lo: int,
-    hi: int,
+    rows: tuple[int, int],
     key: str,
 ) -> HeldOutPart:
-    """Score rows [lo, hi) of the snapshot (within one part): ``bounds`` are (train_end, valid_end,
-    rows), ``every`` the reference sample's spacing. Writes the part's file to ``key``."""
-    train_end, valid_end, _ = bounds
+    """Score rows [lo, hi) of the snapshot (within one part; split by ``prepared``), writing the
+    part's file to ``key``."""
+    train_end, valid_end = prepared.split.train_end, prepared.split.valid_end
+    every, (lo, hi) = reference_spacing(manifest, prepared, config), rows
     inputs = candidate.transform.spec.input_columns
     columns = list(dict.fromkeys([*inputs, *evaluated_columns(config)]))
     if champion is not None:

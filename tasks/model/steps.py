@@ -15,7 +15,7 @@ import numpy as np
 
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
-from tasks.data.snapshot import SnapshotManifest, load_rows, read_manifest, spacing
+from tasks.data.snapshot import SnapshotManifest, load_rows, read_manifest
 from tasks.decisions import HoldoutComparison, compare_on_holdout
 from tasks.engine import cluster_client
 from tasks.model.distributed import train_on_cluster
@@ -142,7 +142,7 @@ def score_held_out_part(
     """One part of the held-out rows scored where it is read (``tasks.model.held_out``): the test rows
     by the candidate and by the champion (``champion_version``, with its own saved transform), the
     drift reference's sample rows by the candidate and profiled."""
-    store, config, split = ctx.store, ctx.config, prepared.split
+    store = ctx.store
     champion, problem = None, None
     if champion_version is not None:
         registry = Registry(store, model_name)
@@ -154,20 +154,8 @@ def score_held_out_part(
         except Exception as exc:  # noqa: BLE001 - its files are unreadable: it cannot be compared
             problem = f"cannot be loaded: {exc}"
     candidate = Scorer(model_text=store.read_bytes(trained.model_key).decode(), transform=prepared.transform)
-    every = spacing(manifest.rows - split.train_end, config.monitoring.max_reference_rows)
-    lo, hi = rows
-    part = score_held_out(
-        store,
-        config,
-        manifest,
-        candidate,
-        champion,
-        (split.train_end, split.valid_end, manifest.rows),
-        every,
-        lo,
-        hi,
-        key=f"{trained.files_prefix}/held_out/rows-{lo:012d}.parquet",
-    )
+    key = f"{trained.files_prefix}/held_out/rows-{rows[0]:012d}.parquet"
+    part = score_held_out(store, ctx.config, manifest, prepared, candidate, champion, rows, key)
     return part.model_copy(update={"champion_note": problem}) if problem else part
 
 

@@ -12,10 +12,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from tasks.core.context import RunContext
-from tasks.data.snapshot import SnapshotManifest, spacing
+from tasks.data.snapshot import SnapshotManifest
 from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
 from tasks.model.evaluate import hanley_mcneil_se
-from tasks.model.held_out import HeldOutPart, merged_profile, reference_inputs, reference_sample
+from tasks.model.features import FittedTransform
+from tasks.model.held_out import (
+    HeldOutPart,
+    merged_profile,
+    reference_inputs,
+    reference_sample,
+    reference_spacing,
+)
 from tasks.model.train import PreparedTraining, TrainedModel
 from tasks.monitoring.drift import (
     DriftReference,
@@ -56,7 +63,7 @@ def profile_reference(
     file name -> store key."""
     store, config = ctx.store, ctx.config
     start = prepared.split.train_end
-    every = spacing(manifest.rows - start, config.monitoring.max_reference_rows)  # evenly spaced beyond it
+    every = reference_spacing(manifest, prepared, config)  # evenly spaced beyond it
     inputs = reference_inputs(prepared.transform, config)
     time_col = config.time_column
     held = reference_sample(
@@ -85,6 +92,7 @@ class MonitorPlan(BaseModel):
     """The champion a monitoring run judges, and the window of the log it reads (none: no champion)."""
 
     champion: int | None
+    transform: FittedTransform | None = None  # the champion's own, read once for every partition
     window: WindowPlan | None = None
 
 
@@ -94,8 +102,10 @@ def plan_monitoring_window(model_name: str, ctx: RunContext) -> MonitorPlan:
     champion = Registry(ctx.store, model_name).alias_doc().aliases.get("champion")
     if champion is None:
         return MonitorPlan(champion=None)
+    registry = Registry(ctx.store, model_name)
     return MonitorPlan(
         champion=champion,
+        transform=registry.load_transform(registry.get(champion)),
         window=plan_window(ctx.store, model_name, ctx.settings.logs.lateness_seconds),
     )
 
@@ -104,10 +114,8 @@ def plan_monitoring_window(model_name: str, ctx: RunContext) -> MonitorPlan:
 def profile_log_partition(keys: list[str], plan: MonitorPlan, model_name: str, ctx: RunContext) -> WindowPart:
     """One date partition of the window read and profiled where this runs (a thread, or a Dask worker
     with the dask engine): whylogs profiles per day, null and unseen-level counts; no raw rows return."""
-    registry = Registry(ctx.store, model_name)
-    transform = registry.load_transform(registry.get(plan.champion))
     frame = read_window(ctx.store, model_name, plan.window, keys)
-    return profile_partition(frame, transform, ctx.config.time_column)
+    return profile_partition(frame, plan.transform, ctx.config.time_column)
 
 
 @io_task(name="judge-window")
@@ -142,7 +150,6 @@ def judge_window(
         )
         return report
     report.through = plan.window.end
-    transform = registry.load_transform(champion)
     reference = load_profile(registry.read_file(champion, "reference_profile.bin"))
     whole = store_daily(store, model_name, window)
     if "drift_reference.json" in champion.files:
@@ -161,7 +168,7 @@ def judge_window(
             f"champion v{champion.version} was registered before drift references were "
             "saved with each version: retrain it to judge drift; performance is judged below"
         )
-    report.quality_problems = data_quality(window, transform, reference, mon)
+    report.quality_problems = data_quality(window, plan.transform, reference, mon)
     # only the date partitions the performance window can reach are read (the log may be long)
     recent = (datetime.now(timezone.utc) - timedelta(days=mon.performance_window_days + 1)).date()
     report.performance = live_performance(

@@ -19,6 +19,7 @@ from tasks.model.held_out import (
     merged_profile,
     reference_inputs,
     reference_sample,
+    reference_spacing,
     score_held_out,
     scored_test_rows,
 )
@@ -46,24 +47,21 @@ def two_months(landed):
 
 
 def _score(two_months, champion: Scorer | None, every: int):
+    """The parts scored with the reference sample every ``every``-th held-out row."""
     store, config, manifest, prepared, trained = two_months
+    held_out = manifest.rows - prepared.split.train_end
+    config = config.model_copy(
+        update={
+            "monitoring": config.monitoring.model_copy(update={"max_reference_rows": -(-held_out // every)})
+        }
+    )
+    assert reference_spacing(manifest, prepared, config) == every
     candidate = Scorer(model_text=store.read_bytes(trained.model_key).decode(), transform=prepared.transform)
-    split = prepared.split
-    ranges = held_out_ranges(manifest, split.train_end)
+    ranges = held_out_ranges(manifest, prepared.split.train_end)
+    key = f"test-held-out/{every}/{champion is not None}/rows-{{}}.parquet"
     return ranges, [
-        score_held_out(
-            store,
-            config,
-            manifest,
-            candidate,
-            champion,
-            (split.train_end, split.valid_end, manifest.rows),
-            every,
-            lo,
-            hi,
-            f"test-held-out/{every}/{champion is not None}/rows-{lo:012d}.parquet",
-        )
-        for lo, hi in ranges
+        score_held_out(store, config, manifest, prepared, candidate, champion, r, key.format(r[0]))
+        for r in ranges
     ]
 
 
