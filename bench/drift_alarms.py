@@ -47,10 +47,10 @@ def trained_model(root: Path):
 
 def judge(frame: pl.DataFrame, config, prepared, booster, reference):
     """Profile a window of raw rows (with the model's predictions) and judge it as monitoring does."""
+    from tasks.core.profile import profile_frame
     from tasks.decisions import decide_drift
     from tasks.model.train import predict
     from tasks.monitoring.drift import drift_scores
-    from tasks.monitoring.profile import profile_frame
 
     inputs = [c for c in prepared.transform.spec.input_columns if c != config.time_column]
     window = frame.select(inputs).with_columns(

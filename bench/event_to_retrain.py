@@ -76,7 +76,7 @@ def main() -> int:
             land_nycflights13(open_store(settings), settings.sources_dir, months=[1, 2])
             run_bare(settings, TrainingParams(window_end="2013-03-01T00:00:00Z", n_trials=1, cv_folds=0))
             time.sleep(3)  # the worker's first poll
-        from tasks.events import emit_model_event
+        from flows.steps.events import emit_model_event
 
         emitted = time.time()
         emit_model_event(

@@ -43,8 +43,8 @@ def log_predictions(settings, model_name: str, rows: int, tag: str) -> list[str]
     """Append ``rows`` predictions through the service's spool, shipped to the (faulty) store."""
     import polars as pl
 
+    from tasks.core.logs import log_prefix, prediction_log_schema
     from tasks.core.store import open_store
-    from tasks.serving.logs import log_prefix, prediction_log_schema
     from tasks.serving.schema import input_schema
     from tasks.serving.spool import SpooledLog
 
@@ -115,9 +115,9 @@ def run_phase(settings, model_name: str, runs: int, progress: Progress, label: s
 
 
 def consistency(settings, model_name: str, logged: list[str]) -> list[str]:
+    from tasks.core.logs import read_log
     from tasks.core.store import open_store
     from tasks.registry.versions import Registry
-    from tasks.serving.logs import read_log
 
     store = open_store(settings)
     registry = Registry(store, model_name)

@@ -70,14 +70,14 @@ def child(root: str, scale: int) -> None:
 
     from distributed import Client, LocalCluster
 
+    from flows.steps import model as steps
+    from flows.steps.monitoring import profile_reference
     from tasks.core.context import RunContext
     from tasks.core.settings import DaskSettings
     from tasks.core.store import LocalStore
     from tasks.data.snapshot import build_snapshot
-    from tasks.model import steps
     from tasks.model.held_out import held_out_ranges
     from tasks.model.tune import best_trial, run_search
-    from tasks.monitoring.steps import profile_reference
 
     with (
         LocalCluster(

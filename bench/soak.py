@@ -42,10 +42,10 @@ def main() -> int:
         from lib.pipeline import run_bare
 
         from flows.schemas import TrainingParams
+        from tasks.core.logs import PREDICTIONS, log_keys
         from tasks.core.settings import Settings
         from tasks.registry.versions import Registry
         from tasks.serving.compaction import compact_log
-        from tasks.serving.logs import PREDICTIONS, log_keys
 
         store, model = env["store"], env["model_name"]
         with console.status("training a second version to swap with..."):

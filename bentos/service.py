@@ -36,15 +36,15 @@ from starlette.responses import JSONResponse, Response
 
 from tasks.core.config import DatasetConfig, config_from_template
 from tasks.core.errors import BadInput
-from tasks.core.settings import Settings
-from tasks.core.store import ArtifactStore, open_store
-from tasks.registry.versions import CONFIG_FILE, Registry
-from tasks.serving.logs import (
+from tasks.core.logs import (
     FEEDBACK,
     FEEDBACK_SCHEMA,
     log_prefix,
     prediction_log_schema,
 )
+from tasks.core.settings import Settings
+from tasks.core.store import ArtifactStore, open_store
+from tasks.registry.versions import CONFIG_FILE, Registry
 from tasks.serving.openapi import arrow_operation, complete_openapi
 from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.routing import assign_arm
@@ -103,7 +103,7 @@ def open_service_store(settings: Settings) -> ArtifactStore:
     """The artifact store the service reads the registry from and logs to. A named AwsCredentials block
     needs the Prefect API, so only then is Prefect loaded; keys or the task role need nothing more."""
     if settings.s3.credentials_block:
-        from tasks.orchestration import aws_credentials_from_block
+        from flows.steps.runtime import aws_credentials_from_block
 
         return open_store(settings, aws_credentials_from_block(settings))
     return open_store(settings)

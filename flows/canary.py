@@ -20,12 +20,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import CanaryDecision, CanaryParams
+from flows.steps.registry import apply_canary_decision
+from flows.steps.runtime import FLOW_GUARDS, model_context, publish, run_context, run_name
+from tasks.core.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
 from tasks.decisions import decide_canary
 from tasks.monitoring.performance import canary_evidence, live_performance
-from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
-from tasks.registry.steps import apply_canary_decision
 from tasks.registry.versions import Registry
-from tasks.serving.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
 
 
 @flow(name="canary-decision", **FLOW_GUARDS, flow_run_name=run_name("canary-decision"), persist_result=True)

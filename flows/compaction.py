@@ -17,11 +17,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.schemas import CompactParams
-from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.serving import compact_model_log
+from tasks.core.logs import FEEDBACK, PREDICTIONS
 from tasks.registry.versions import registered_models
 from tasks.serving.compaction import CompactionResult
-from tasks.serving.logs import FEEDBACK, PREDICTIONS
-from tasks.serving.steps import compact_model_log
 
 
 @flow(name="compact-logs", **FLOW_GUARDS, flow_run_name=run_name("compact-logs"))

@@ -33,7 +33,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
 from flows.schemas import HousekeepingParams
-from tasks.orchestration import FLOW_GUARDS
+from flows.steps.runtime import FLOW_GUARDS
 
 ENDED = [StateType.CRASHED, StateType.FAILED, StateType.CANCELLED, StateType.COMPLETED]
 UNFINISHED = [StateType.RUNNING, StateType.PENDING]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from flows.schemas import LandParams, LandTableParams
+from flows.steps.data import land_demo_tables, land_rdataset_table
+from flows.steps.runtime import FLOW_GUARDS, run_context, run_name
 from tasks.data.landing import LandingResult
-from tasks.data.steps import land_demo_tables, land_rdataset_table
-from tasks.orchestration import FLOW_GUARDS, run_context, run_name
 
 
 @flow(name="land-demo-data", **FLOW_GUARDS, flow_run_name=run_name("land-demo-data"), persist_result=True)

@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import AliasMove, PromoteParams, RollbackParams
-from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
-from tasks.registry.steps import move_champion
+from flows.steps.registry import move_champion
+from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
 
 
 def _move(

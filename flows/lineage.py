@@ -14,8 +14,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import LineageParams
-from tasks.monitoring.steps import trace_lineage
-from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.monitoring import trace_lineage
+from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
 
 
 @flow(name="lineage", **FLOW_GUARDS, flow_run_name=run_name("lineage"), persist_result=True)

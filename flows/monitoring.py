@@ -17,13 +17,13 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.schemas import MonitorParams
-from tasks.engine import EngineTaskRunner
-from tasks.events import emit_model_event
+from flows.steps.engine import EngineTaskRunner
+from flows.steps.events import emit_model_event
+from flows.steps.monitoring import judge_window, plan_monitoring_window, profile_log_partition
+from flows.steps.runtime import FLOW_GUARDS, model_context, publish, run_context, run_name
 from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
-from tasks.monitoring.steps import judge_window, plan_monitoring_window, profile_log_partition
 from tasks.monitoring.window import MonitorReport, advance_watermark
-from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
 from tasks.registry.versions import Registry, registered_models
 
 

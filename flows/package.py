@@ -16,9 +16,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 
 from flows.schemas import PackageParams
-from tasks.orchestration import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.registry import package_version
+from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
 from tasks.registry.packaging import PackagedBento
-from tasks.registry.steps import package_version
 
 
 @flow(name="package", **FLOW_GUARDS, flow_run_name=run_name("package"), persist_result=True)

@@ -24,12 +24,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import RetrainParams, RetrainResult, TrainingParams
+from flows.steps.events import emit_model_event
+from flows.steps.model import compare_with_champion
+from flows.steps.registry import claim_retrain, start_canary
+from flows.steps.runtime import FLOW_GUARDS, model_context, publish, run_context, run_name
 from flows.training import training
 from tasks.core.errors import BadInput
-from tasks.events import emit_model_event
-from tasks.model.steps import compare_with_champion
-from tasks.orchestration import FLOW_GUARDS, model_context, publish, run_context, run_name
-from tasks.registry.steps import claim_retrain, start_canary
 from tasks.registry.versions import Registry
 
 
@@ -39,7 +39,8 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
     if params.model_name is not None and not params.model_name.strip():
         raise BadInput(
             "the triggering event carried no model_name in its payload (the automation passes "
-            "event.payload.model_name); emit events with tasks.events.emit_model_event, or pass model_name"
+            "event.payload.model_name); emit events with flows.steps.events.emit_model_event, or pass "
+            "model_name"
         )
     ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
     model_name = ctx.config.model_name

@@ -21,14 +21,14 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.futures import as_completed
 
 from flows.schemas import ScoreParams, ScoreSummary
+from flows.steps.engine import EngineTaskRunner
+from flows.steps.runtime import FLOW_GUARDS, model_context, publish, registered_model, run_context, run_name
+from flows.steps.serving import score_input_partition
 from tasks.core.config import FileSource
 from tasks.core.errors import BadInput
 from tasks.data.ingest import discover_file_batches
-from tasks.engine import EngineTaskRunner
-from tasks.orchestration import FLOW_GUARDS, model_context, publish, registered_model, run_context, run_name
 from tasks.registry.versions import Registry
 from tasks.serving.batch import PartitionScore
-from tasks.serving.steps import score_input_partition
 
 
 class PartitionsQuarantined(BadInput):

@@ -33,22 +33,15 @@ from prefect.artifacts import (
 from pydantic import ValidationError
 
 from flows.schemas import TrainingParams, TrainingSummary
-from tasks.core.config import ConfigError, DatasetConfig
-from tasks.core.context import RunContext
-from tasks.core.settings import Settings
-from tasks.data.ingest import IngestedTable
-from tasks.data.steps import (
+from flows.steps.data import (
     build_dataset_snapshot,
     discover_table_batches,
     extend_snapshot_with_feedback,
     validate_table_batches,
 )
-from tasks.decisions import decide_promotion
-from tasks.engine import EngineTaskRunner, parallel_steps, threads_per_step
-from tasks.events import emit_model_event
-from tasks.model.evaluate import metric_table, model_card
-from tasks.model.held_out import held_out_ranges
-from tasks.model.steps import (
+from flows.steps.engine import EngineTaskRunner, parallel_steps, threads_per_step
+from flows.steps.events import emit_model_event
+from flows.steps.model import (
     cross_validate_fold,
     evaluate_candidate_on_test,
     evaluate_champion_on_test,
@@ -59,10 +52,17 @@ from tasks.model.steps import (
     track_training,
     train_final_model,
 )
+from flows.steps.monitoring import profile_reference
+from flows.steps.registry import apply_promotion_decision, register_model_version, save_version_to_bentoml
+from flows.steps.runtime import FLOW_GUARDS, in_prefect_run, model_context, publish, run_context, run_name
+from tasks.core.config import ConfigError, DatasetConfig
+from tasks.core.context import RunContext
+from tasks.core.settings import Settings
+from tasks.data.ingest import IngestedTable
+from tasks.decisions import decide_promotion
+from tasks.model.evaluate import metric_table, model_card
+from tasks.model.held_out import held_out_ranges
 from tasks.model.tune import best_trial, run_search
-from tasks.monitoring.steps import profile_reference
-from tasks.orchestration import FLOW_GUARDS, in_prefect_run, model_context, publish, run_context, run_name
-from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
 from tasks.registry.versions import NewVersion, Registry, VersionDecision, git_commit
 
 

@@ -1,1 +1,2 @@
-"""driftloop's domain, stage by stage, and the Prefect steps over it (``<stage>/steps.py``)."""
+"""driftloop's domain, stage by stage, as layers: core < data < model < registry < serving <
+monitoring < decisions. Nothing here imports Prefect; the Prefect steps over it are in ``flows/steps/``."""

@@ -193,6 +193,35 @@ def decide_retrain_start(
     )
 
 
+def decide_retrain_claim(
+    model_name: str,
+    slot: Literal["free", "taken", "not_needed"],
+    last_started: datetime | None,
+    last_reason: str | None,
+    now: datetime,
+    cooldown_minutes: float,
+    ignore_cooldown: bool,
+    limit_name: str,
+) -> RetrainStart:
+    """Whether this run may retrain, given what the cooldown's concurrency slot said: ``free`` (this
+    run took it), ``taken`` (another retrain holds it) or ``not_needed`` (no cooldown applies)."""
+    if slot == "not_needed":
+        why = "asked to ignore the cooldown" if ignore_cooldown else "no cooldown is set"
+        return RetrainStart(outcome="start", reason=f"{model_name}: {why}")
+    if slot == "free":
+        return RetrainStart(outcome="start", reason=f"{model_name}: the cooldown slot was free")
+    told = decide_retrain_start(model_name, last_started, last_reason, now, cooldown_minutes, False)
+    return RetrainStart(
+        outcome="wait",
+        reason=(
+            told.reason
+            if told.outcome == "wait"
+            else f"another retrain of {model_name} took the slot a moment ago"
+        )
+        + f" (Prefect concurrency limit {limit_name!r}; reset it in the UI to retrain now)",
+    )
+
+
 # --- canary --------------------------------------------------------------------------------------
 class CanaryVerdict(Decision):
     outcome: Literal["promote", "drop", "wait"]

@@ -80,10 +80,10 @@ def drift_reference(model: HeldOutModel) -> Any:
     """The model's ``DriftReference`` made as the training flow makes it: the held-out rows scored and
     profiled part by part (``score_held_out_part``), the profiles merged and calibrated
     (``profile_reference``)."""
+    from flows.steps.model import score_held_out_part
+    from flows.steps.monitoring import profile_reference
     from tasks.model.held_out import held_out_ranges
-    from tasks.model.steps import score_held_out_part
     from tasks.monitoring.drift import DriftReference
-    from tasks.monitoring.steps import profile_reference
 
     parts = [
         score_held_out_part.fn(

@@ -15,16 +15,16 @@ def run_bare(settings: Settings, params) -> float:
 
     import numpy as np
 
+    from flows.steps import model as model_steps
+    from flows.steps.data import build_dataset_snapshot, discover_table_batches, validate_table_batches
+    from flows.steps.engine import parallel_steps, threads_per_step
+    from flows.steps.monitoring import profile_reference
+    from flows.steps.registry import apply_promotion_decision, register_model_version, save_version_to_bentoml
     from flows.training import resolve_config
     from tasks.core.context import RunContext
-    from tasks.data.steps import build_dataset_snapshot, discover_table_batches, validate_table_batches
     from tasks.decisions import decide_promotion
-    from tasks.engine import parallel_steps, threads_per_step
-    from tasks.model import steps as model_steps
     from tasks.model.held_out import held_out_ranges
     from tasks.model.tune import best_trial, run_search
-    from tasks.monitoring.steps import profile_reference
-    from tasks.registry.steps import apply_promotion_decision, register_model_version, save_version_to_bentoml
     from tasks.registry.versions import NewVersion, Registry, VersionDecision
 
     t0 = time.perf_counter()

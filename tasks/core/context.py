@@ -1,6 +1,6 @@
 """The run context: what every step of one flow run shares, built once and passed down.
 
-A flow builds one ``RunContext`` at its start (``tasks.orchestration.run_context`` reads the settings,
+A flow builds one ``RunContext`` at its start (``flows.steps.runtime.run_context`` reads the settings,
 the process environment and, when one is named, the ``AwsCredentials`` block) and hands it to each
 step. Below the flows nothing reads the environment, constructs ``Settings()`` or opens its own
 store: a step gets the settings, the dataset config, the target and the opened store from here.

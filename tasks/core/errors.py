@@ -1,7 +1,7 @@
 """Error types that tell bad input (fix it, do not retry) apart from flaky I/O (retry it).
 
 Every ``BadInput`` message names the thing that is wrong and what to do next. Prefect retries skip
-them (see ``tasks.orchestration.retry_unless_bad_input``): retrying a wrong config only wastes time.
+them (see ``flows.steps.runtime.retry_unless_bad_input``): retrying a wrong config only wastes time.
 """
 
 

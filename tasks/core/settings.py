@@ -326,7 +326,7 @@ class Settings(BaseSettings):
 
     def library_environment(self) -> dict[str, str]:
         """Environment variables the third-party libraries read instead of arguments: where W&B and
-        BentoML write, and their telemetry off. The flow layer (``tasks.orchestration.run_context``) and
+        BentoML write, and their telemetry off. The flow layer (``flows.steps.runtime.run_context``) and
         the service apply them once per process; library code never writes ``os.environ``."""
         wandb_dir = Path(self.tracking.dir)
         return {

@@ -363,7 +363,7 @@ class S3Credentials(BaseModel):
         if s3.credentials_block:
             raise StoreError(
                 f"settings name the AwsCredentials block {s3.credentials_block!r}: open the store through a "
-                "flow's run context (tasks.orchestration.run_context), which loads the block from Prefect"
+                "flow's run context (flows.steps.runtime.run_context), which loads the block from Prefect"
             )
         return cls(
             region=s3.region,

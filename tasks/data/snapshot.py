@@ -28,9 +28,9 @@ from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
+from tasks.core.feature_spec import parse_time
+from tasks.core.logs import FEEDBACK, PREDICTIONS, log_keys, of_model, outcome_per_request
 from tasks.core.store import ArtifactStore, PreconditionFailed
-from tasks.model.features import parse_time
-from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_keys, of_model, outcome_per_request
 
 
 class SnapshotPart(BaseModel):
@@ -261,7 +261,7 @@ def part_count(rows: int, rows_per_part: int) -> int:
 def _row_hash(config: DatasetConfig, columns: list[str]) -> pl.Expr:
     """Each row's uniform draw in [0, 1): a seeded hash of the row's model inputs and label, so the same
     row gets the same draw in every snapshot."""
-    from tasks.model.features import FeatureSpec
+    from tasks.core.feature_spec import FeatureSpec
 
     cols = [c for c in dict.fromkeys([*FeatureSpec.from_config(config).input_columns, config.target.name])]
     cols = [c for c in cols if c in columns]

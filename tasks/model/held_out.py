@@ -25,11 +25,11 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig
+from tasks.core.profile import load_profile, profile_frame
 from tasks.core.store import ArtifactStore
 from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.model.features import FittedTransform
 from tasks.model.train import PreparedTraining, predict
-from tasks.monitoring.profile import load_profile, profile_frame
 
 ROW, IN_TEST, IN_SAMPLE = "__row", "__test", "__sample"
 CANDIDATE, CHAMPION = "__candidate", "__champion"

@@ -22,9 +22,10 @@ from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
+from tasks.core.feature_spec import FeatureSpec
 from tasks.core.store import ArtifactStore
 from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
-from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
+from tasks.model.features import FittedTransform, fit_feature_transform
 
 FIXED_PARAMS = {
     "objective": "binary",

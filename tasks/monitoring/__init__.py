@@ -1,1 +1,1 @@
-"""Monitoring stage: whylogs profiles, the monitoring window, drift, live performance, lineage."""
+"""Monitoring stage: the monitoring window, drift, live performance, lineage."""

@@ -33,8 +33,9 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig, MonitoringConfig
-from tasks.model.features import FeatureSpec, FittedTransform
-from tasks.monitoring.profile import load_profile, profile_frame
+from tasks.core.feature_spec import FeatureSpec
+from tasks.core.profile import load_profile, profile_frame
+from tasks.model.features import FittedTransform
 
 BINS = 10  # numeric buckets: the reference's deciles
 TOP_LEVELS = 20  # categorical buckets: the reference's most frequent levels, then "other"

@@ -13,11 +13,11 @@ from typing import Any
 import polars as pl
 
 from tasks.core.errors import BadInput
+from tasks.core.logs import FEEDBACK, PREDICTIONS, log_keys, outcome_per_request
 from tasks.core.store import ArtifactStore
 from tasks.data.ingest import ingest_state_key
 from tasks.data.snapshot import read_manifest
 from tasks.registry.versions import Registry
-from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_keys, outcome_per_request
 from tasks.serving.request_ids import issued_on
 
 

@@ -9,8 +9,8 @@ import polars as pl
 from pydantic import BaseModel
 from sklearn import metrics as skm
 
+from tasks.core.logs import outcome_per_request
 from tasks.model.evaluate import PairedAucDifference, auc_standard_error, paired_auc_difference
-from tasks.serving.logs import outcome_per_request
 
 
 class LivePerformance(BaseModel):

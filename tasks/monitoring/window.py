@@ -17,12 +17,12 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
+from tasks.core.logs import PREDICTIONS, key_date, log_keys, of_model
+from tasks.core.profile import load_profile, profile_frame
 from tasks.core.store import ArtifactStore
 from tasks.model.features import FittedTransform
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import LivePerformance
-from tasks.monitoring.profile import load_profile, profile_frame
-from tasks.serving.logs import PREDICTIONS, key_date, log_keys, of_model
 
 
 class MonitorReport(BaseModel):

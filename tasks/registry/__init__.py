@@ -1,1 +1,1 @@
-"""Registry stage: versions and aliases (the one truth about models), the retrain slot, BentoML."""
+"""Registry stage: versions and aliases (the one truth about models), retrain history, BentoML."""

@@ -1,1 +1,1 @@
-"""Serving stage: the library of the prediction service (request schema, routing, model watcher, logs)."""
+"""Serving stage: the library of the prediction service (request schema, routing, model watcher, spool)."""

@@ -22,11 +22,11 @@ from pydantic import BaseModel
 
 from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput
+from tasks.core.logs import PREDICTIONS, log_file_key, log_prefix, prediction_log_schema
 from tasks.core.store import ArtifactStore
 from tasks.data.ingest import BatchRef, read_batch
 from tasks.model.train import predict
 from tasks.registry.versions import ModelVersion, Registry
-from tasks.serving.logs import PREDICTIONS, log_prefix, prediction_log_schema
 from tasks.serving.request_ids import RequestIds, request_id_key
 from tasks.serving.schema import conform_inputs, input_schema
 
@@ -123,8 +123,10 @@ def _log(
     rows = rows.with_columns(
         pl.lit(None, dtype=dtype).alias(name) for name, dtype in schema.items() if name not in rows.columns
     ).select(list(schema))
-    name = output_key(output, ref).rsplit("/", 1)[-1]
-    key = f"{log_prefix(PREDICTIONS, config.model_name)}/date={now:%Y-%m-%d}/hour={now:%H}/batch-{name}"
+    name = output_key(output, ref).rsplit("/", 1)[-1].removesuffix(".parquet")
+    key = log_file_key(
+        log_prefix(PREDICTIONS, config.model_name), f"{now:%Y-%m-%d}", f"{now:%H}", f"batch-{name}"
+    )
     store.write_parquet(key, rows)
     return key
 

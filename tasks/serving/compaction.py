@@ -20,18 +20,14 @@ older than ``logs.retention_days`` are deleted.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import defaultdict
 from datetime import date, datetime, timedelta, timezone
 
 import polars as pl
 from pydantic import BaseModel
 
+from tasks.core.logs import FEEDBACK, PREDICTIONS, compacted_key, is_compacted, key_date, log_keys, log_unit
 from tasks.core.store import ArtifactStore
-from tasks.serving.logs import FEEDBACK, PREDICTIONS, key_date, log_keys
-
-_COMPACTED = "compacted-"
-_UNIT = re.compile(r"^(.*/date=\d{4}-\d{2}-\d{2})(/hour=\d{2})?/[^/]+$")
 
 
 class CompactionResult(BaseModel):
@@ -48,10 +44,10 @@ def compaction_units(keys: list[str], today: date) -> dict[str, list[str]]:
     """Group log keys into what becomes one file each: a day before ``today``, an hour of ``today``."""
     units: dict[str, list[str]] = defaultdict(list)
     for key in keys:
-        found = _UNIT.match(key)
+        found = log_unit(key)
         if found is None:
             continue  # not in the partitioned layout: leave it alone
-        day_dir, hour_dir = found.group(1), found.group(2) or ""
+        day_dir, hour_dir = found
         today_key = key_date(key) == today
         units[day_dir + hour_dir if today_key and hour_dir else day_dir].append(key)
     return dict(units)
@@ -59,7 +55,7 @@ def compaction_units(keys: list[str], today: date) -> dict[str, list[str]]:
 
 def compact_unit(store: ArtifactStore, unit: str, keys: list[str], kind: str) -> tuple[int, int]:
     """Merge ``keys`` into one file in ``unit``; returns (rows written, duplicate rows dropped)."""
-    if len(keys) == 1 and keys[0].rsplit("/", 1)[-1].startswith(_COMPACTED):
+    if len(keys) == 1 and is_compacted(keys[0]):
         return 0, 0  # already one compacted file
     frame = store.scan_parquet(sorted(keys)).collect()
     before = frame.height
@@ -69,7 +65,7 @@ def compact_unit(store: ArtifactStore, unit: str, keys: list[str], kind: str) ->
         frame = frame.unique(maintain_order=True)
     frame = frame.sort("request_id", "ts", nulls_last=True)
     digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
-    merged = f"{unit}/{_COMPACTED}{digest}.parquet"
+    merged = compacted_key(unit, digest)
     store.write_parquet(merged, frame)  # first the merged file, then the sources: never a gap
     store.delete([k for k in keys if k != merged])
     return frame.height, before - frame.height

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter,
 
 from tasks.core.config import ColumnContract, DatasetConfig
 from tasks.core.errors import BadInput
-from tasks.model.features import FeatureSpec
+from tasks.core.feature_spec import FeatureSpec
 
 PY_TYPES: dict[str, Any] = {
     "int64": int,

@@ -47,6 +47,7 @@ from typing import Any
 
 import polars as pl
 
+from tasks.core.logs import log_file_key
 from tasks.core.store import ArtifactStore
 
 log = logging.getLogger("driftloop.serving")
@@ -346,7 +347,7 @@ class SpooledLog:
             ).partition_by(["__date", "__hour"], as_dict=True)
             for (date, hour), part in parts.items():
                 # the key depends only on the segment: shipping it again overwrites, never duplicates
-                key = f"{self.prefix}/date={date}/hour={hour}/{segment.stem}.parquet"
+                key = log_file_key(self.prefix, date, hour, segment.stem)
                 self.store.write_parquet(key, part.drop("__date", "__hour"))
         segment.unlink()
         self.shipped_rows += frame.height

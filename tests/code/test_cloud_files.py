@@ -56,7 +56,7 @@ def _template() -> dict:
 
 
 def test_bucket_is_private_encrypted_versioned_and_expires_the_logs_the_code_writes():
-    from tasks.serving.logs import FEEDBACK, PREDICTIONS, log_prefix
+    from tasks.core.logs import FEEDBACK, PREDICTIONS, log_prefix
 
     template = _template()
     bucket = template["Resources"]["ArtifactBucket"]["Properties"]

@@ -7,8 +7,8 @@ import socket
 import pytest
 from pydantic import ValidationError
 
+from flows.steps.engine import EngineUnavailable, cluster_options, task_runner_for
 from tasks.core.settings import DaskSettings, Settings
-from tasks.engine import EngineUnavailable, cluster_options, task_runner_for
 
 
 def test_an_engine_that_does_not_exist_is_refused_by_name(monkeypatch):

@@ -1,11 +1,12 @@
 """The layout keeps its promises: the folder says the layer, the file says the stage.
 
-- domain packages (``tasks/core``, ``data``, ``model``, ``registry``, ``monitoring``, ``serving`` and
-  ``tasks/decisions.py``) import no Prefect, and neither does the prediction service;
-- every Prefect task is defined in a stage's ``steps.py``, every flow under ``flows/``;
-- below the flows nothing reads or writes the environment or builds its own ``Settings()``
-  (``tasks/orchestration.py`` builds the run context and ``tasks/engine.py`` picks the task runner when
-  a flow run starts: the two exceptions, by design);
+- nothing under ``tasks/`` (the domain: ``core``, ``data``, ``model``, ``registry``, ``serving``,
+  ``monitoring`` and ``decisions.py``) imports Prefect or the flows, lazily or not, and neither does
+  the prediction service (but for one lazy import of the Prefect side, to read a credentials block);
+- no stage package imports a later stage (core < data < model < registry < serving < monitoring <
+  decisions), so the folders are layers;
+- every Prefect task is defined in ``flows/steps/``, every flow in ``flows/``;
+- nothing under ``tasks/`` reads or writes the environment or builds its own ``Settings()``;
 - the README's "Where things are" table names every module and only modules that exist.
 """
 
@@ -21,8 +22,9 @@ import pytest
 
 from tasks.core.settings import PROJECT_DIR
 
-STAGES = ("core", "data", "model", "registry", "monitoring", "serving")
-PREFECT_SIDE = {"tasks/orchestration.py", "tasks/events.py", "tasks/engine.py"}
+STAGES = ("core", "data", "model", "registry", "serving", "monitoring")  # in the order they may import
+LAYERS = (*STAGES, "decisions")
+PREFECT_PACKAGES = ("prefect", "prefect_aws", "prefect_dask", "prefect_docker")
 
 
 def _modules(folder: str) -> list[Path]:
@@ -34,9 +36,73 @@ def _rel(path: Path) -> str:
 
 
 def _domain_modules() -> list[str]:
-    paths = [p for stage in STAGES for p in _modules(f"tasks/{stage}") if p.name != "steps.py"]
-    paths.append(PROJECT_DIR / "tasks" / "decisions.py")
-    return [_rel(p).removesuffix(".py").replace("/", ".") for p in paths]
+    return [_rel(p).removesuffix(".py").replace("/", ".") for p in _modules("tasks")]
+
+
+def _imports(path: Path) -> list[tuple[int, str, bool]]:
+    """Every module ``path`` imports, lazily or not: (line, module, at module level)."""
+    tree = ast.parse(path.read_text())
+    top = {id(n) for n in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name, id(node) in top) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module, id(node) in top))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            found.append((node.lineno, str(node.args[0].value), False))
+    return found
+
+
+def _mentions_prefect(path: Path) -> list[str]:
+    """Imports of Prefect (or of the flows, the Prefect side) in ``path``, as ``<line> <module>``."""
+    return [f"{line} {module}" for line, module, _ in _imports(path) if _is_prefect_side(module)]
+
+
+def _is_prefect_side(module: str) -> bool:
+    return module.split(".")[0] in (*PREFECT_PACKAGES, "flows")
+
+
+def test_nothing_under_tasks_imports_prefect_or_the_flows_even_lazily():
+    modules = _modules("tasks")
+    assert len(modules) > 30
+    assert [f"{_rel(p)}:{m}" for p in modules for m in _mentions_prefect(p)] == []
+    assert sorted(p.name for p in (PROJECT_DIR / "tasks").rglob("steps.py")) == []
+
+
+def test_the_folder_check_sees_a_lazy_import(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from prefect import flow\n    importlib.import_module('flows.x')\n")
+    assert _mentions_prefect(module) == ["2 prefect", "3 flows.x"]
+
+
+def test_the_service_reaches_the_prefect_side_only_lazily_for_a_credentials_block():
+    found = [(m, top) for p in _modules("bentos") for _, m, top in _imports(p) if _is_prefect_side(m)]
+    assert found == [("flows.steps.runtime", False)]
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "tasks" or len(parts) < 2:
+        return None
+    return parts[1] if parts[1] in LAYERS else None
+
+
+def test_no_stage_imports_a_later_stage():
+    upward = []
+    for path in _modules("tasks"):
+        own = _layer(_rel(path).removesuffix(".py").replace("/", "."))
+        assert own is not None, f"{_rel(path)} is in no stage"
+        for line, module, _ in _imports(path):
+            other = _layer(module)
+            if other is not None and LAYERS.index(other) > LAYERS.index(own):
+                upward.append(f"{_rel(path)}:{line} ({own}) imports {module} ({other})")
+    assert upward == []
 
 
 def _fresh_python(code: str) -> list[str]:
@@ -76,7 +142,7 @@ def test_the_service_does_not_load_prefect():
 
 
 def test_the_check_sees_prefect_when_it_is_loaded():
-    assert "prefect" in _imports_prefect(["tasks.data.steps"])
+    assert "prefect" in _imports_prefect(["flows.steps.data"])
 
 
 IMPORT_CHECK = """
@@ -121,7 +187,7 @@ TASK_DECORATORS = {"task", "io_task", "cached_task"}
 CODE_DIRS = ("flows", "tasks", "deployments", "bentos", "bench")
 
 
-def test_every_task_lives_in_a_stage_steps_module_and_every_flow_in_flows():
+def test_every_task_lives_in_the_steps_folder_and_every_flow_in_flows():
     tasks_at, flows_at = {}, {}
     for folder in CODE_DIRS:
         for path in _modules(folder):
@@ -130,7 +196,7 @@ def test_every_task_lives_in_a_stage_steps_module_and_every_flow_in_flows():
             if _decorated(path, {"flow"}):
                 flows_at[_rel(path)] = _decorated(path, {"flow"})
     assert tasks_at and flows_at
-    assert [p for p in tasks_at if not re.fullmatch(r"tasks/[a-z]+/steps\.py", p)] == []
+    assert [p for p in tasks_at if not re.fullmatch(r"flows/steps/[a-z_]+\.py", p)] == []
     assert [p for p in flows_at if not p.startswith("flows/")] == []
 
 
@@ -151,8 +217,8 @@ def _environment_uses(source: str) -> list[str]:
 
 
 def test_nothing_below_the_flows_reads_the_environment():
-    below = [p for p in _modules("tasks") if _rel(p) not in PREFECT_SIDE]
-    assert len(below) > 20
+    below = _modules("tasks")
+    assert len(below) > 30
     assert [f"{_rel(p)}:{u}" for p in below for u in _environment_uses(p.read_text())] == []
 
 

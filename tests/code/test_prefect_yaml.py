@@ -159,8 +159,8 @@ def test_the_canary_decision_and_compaction_run_on_the_schedules_the_readme_prom
 
 
 def test_flows_and_io_steps_have_timeouts_and_retries_from_the_settings():
-    from tasks.data.steps import discover_table_batches
-    from tasks.orchestration import GUARDS
+    from flows.steps.data import discover_table_batches
+    from flows.steps.runtime import GUARDS
 
     for deployment in DEPLOYMENTS:
         flow = _load_flow(deployment["entrypoint"])
@@ -170,7 +170,7 @@ def test_flows_and_io_steps_have_timeouts_and_retries_from_the_settings():
 
 
 def test_events_carry_the_target_the_triggers_match():
-    from tasks.events import model_resource
+    from flows.steps.events import model_resource
 
     assert model_resource("m", "cloud")["driftloop.target"] == "cloud"
     assert model_resource("m", Settings().target)["driftloop.target"] == "local"

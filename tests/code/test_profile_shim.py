@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from tasks.monitoring.profile import import_whylogs, monitoring_schema, profile_frame
+from tasks.core.profile import import_whylogs, monitoring_schema, profile_frame
 
 
 def _frame(n: int = 5000) -> pl.DataFrame:
@@ -67,7 +67,7 @@ CONCURRENT = """
 import faulthandler, sys
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np, polars as pl
-import tasks.monitoring.profile as profile
+import tasks.core.profile as profile
 if sys.argv[1] == "unlocked":
     import contextlib
     profile._PROFILING = contextlib.nullcontext()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pickle
 
+from flows.steps.runtime import RunContextIdentity
 from tasks.core.context import RunContext
-from tasks.orchestration import RunContextIdentity
 
 
 def _key(ctx: RunContext) -> str:

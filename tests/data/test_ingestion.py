@@ -366,7 +366,7 @@ def test_prefect_retries_a_flaky_source_and_never_a_contract_failure(api, privat
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tasks.data.steps import discover_table_batches, validate_table_batches
+    from flows.steps.data import discover_table_batches, validate_table_batches
 
     _Api.flaky_calls = 0
     source = HttpSource(kind="http", url=f"{api}/flaky", retries=0)

@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tasks.core.logs import FEEDBACK, FEEDBACK_SCHEMA, PREDICTIONS, log_keys, log_prefix, read_log
 from tasks.core.store import ArtifactStore, LocalStore, open_store
 from tasks.serving.compaction import compact_log, log_row_count
-from tasks.serving.logs import FEEDBACK, FEEDBACK_SCHEMA, PREDICTIONS, log_keys, log_prefix, read_log
 from tasks.serving.spool import SpooledLog
 
 MODEL = "m"
@@ -23,7 +23,7 @@ INPUTS = {"x": pl.Float64()}
 
 
 def _schema() -> dict[str, pl.DataType]:
-    from tasks.serving.logs import prediction_log_schema
+    from tasks.core.logs import prediction_log_schema
 
     return prediction_log_schema(INPUTS)
 
@@ -206,9 +206,11 @@ def test_a_window_profiled_by_date_partition_adds_up_to_the_whole(tmp_path):
     """What monitoring maps over (one step per date partition of the log, on threads or Dask workers)
     gives the whole window's rows, nulls, unseen levels and day profiles, each request id once."""
     from tasks.core.config import MonitoringConfig
-    from tasks.model.features import FeatureSpec, fit_feature_transform
+    from tasks.core.feature_spec import FeatureSpec
+    from tasks.core.logs import prediction_log_schema
+    from tasks.core.profile import load_profile, profile_frame
+    from tasks.model.features import fit_feature_transform
     from tasks.monitoring.drift import data_quality
-    from tasks.monitoring.profile import load_profile, profile_frame
     from tasks.monitoring.window import (
         merge_parts,
         plan_window,
@@ -216,7 +218,6 @@ def test_a_window_profiled_by_date_partition_adds_up_to_the_whole(tmp_path):
         read_window,
         unjudged_predictions,
     )
-    from tasks.serving.logs import prediction_log_schema
 
     store = LocalStore(tmp_path / "store")
     spec = FeatureSpec(

@@ -75,9 +75,9 @@ def _caravan_rows(n: int) -> pl.DataFrame:
 def test_each_model_is_served_monitored_and_retrained_on_its_own(two_models, landed):
     from flows.monitoring import monitor
     from flows.schemas import MonitorParams
+    from flows.steps.events import emit_model_event
     from tasks.core.store import open_store
     from tasks.data.snapshot import read_manifest
-    from tasks.events import emit_model_event
     from tasks.registry.versions import Registry
     from tests.integration.test_closed_loop import _retrain_runs
     from tests.integration.test_monitoring import _log_window

@@ -27,11 +27,11 @@ def _log_window(
     """Score a later window's real flights with a model and log them, with feedback, like the service does
     (during a canary, ``paired_with`` names the other arm, whose score is logged beside the answer)."""
     from tasks.core.context import RunContext
+    from tasks.core.logs import FEEDBACK_SCHEMA, log_prefix, prediction_log_schema
     from tasks.core.store import open_store
     from tasks.data.ingest import discover_batches, ingest_batches
     from tasks.data.snapshot import build_snapshot, load_snapshot
     from tasks.registry.versions import Registry
-    from tasks.serving.logs import FEEDBACK_SCHEMA, log_prefix, prediction_log_schema
     from tasks.serving.spool import SpooledLog
     from tasks.serving.watcher import load_version
 

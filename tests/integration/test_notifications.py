@@ -16,7 +16,7 @@ def test_events_reach_the_webhook(prefect_server):
     from prefect.automations import Automation
 
     from deployments.automations import NAME, ensure_notifications
-    from tasks.events import emit_model_event
+    from flows.steps.events import emit_model_event
 
     received: list[dict] = []
 

@@ -18,11 +18,11 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     from flows.canary import canary_decision
     from flows.retrain import retrain
     from flows.schemas import CanaryParams, RetrainParams, TrainingParams
+    from flows.steps.retrain_slot import claim_retrain_slot
     from flows.training import training
     from tasks.core.store import open_store
     from tasks.data.landing import land_nycflights13
     from tasks.decisions import decide_canary
-    from tasks.registry.retrain_slot import claim_retrain_slot
     from tasks.registry.versions import Registry
 
     store = open_store(private_settings)

@@ -333,8 +333,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
 
 
 def test_predictions_and_feedback_are_logged(service, serving_store):
+    from tasks.core.logs import outcome_per_request, read_log
     from tasks.core.store import LocalStore
-    from tasks.serving.logs import outcome_per_request, read_log
 
     _, records = _test_rows(serving_store, 3)
     mine = [f"caller-{i}-{time.time()}" for i in range(3)]
@@ -540,8 +540,8 @@ def test_shadow_mode_answers_with_the_champion_and_scores_the_challenger(serving
 
 def test_a_canary_logs_both_models_scores_for_a_paired_comparison(serving_store):
     """Each arm answers its own callers; the log carries the other arm's score of the same row."""
+    from tasks.core.logs import CANARY_COLUMNS, read_log
     from tasks.core.store import LocalStore
-    from tasks.serving.logs import CANARY_COLUMNS, read_log
 
     frame, records = _test_rows(serving_store, 40)
     ids = [f"paired-{i}" for i in range(len(records))]
@@ -605,8 +605,8 @@ def test_kill_9_mid_stream_loses_no_acknowledged_prediction_or_label(serving_sto
     ships the dead worker's spool; a segment shipped twice overwrites itself)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from tasks.core.logs import read_log
     from tasks.core.store import LocalStore
-    from tasks.serving.logs import read_log
 
     store = LocalStore(serving_store)
 
@@ -745,11 +745,11 @@ def test_monitoring_and_the_canary_judge_what_the_real_service_logged(service, s
     from flows.canary import canary_decision
     from flows.monitoring import monitor
     from flows.schemas import CanaryParams, MonitorParams
+    from tasks.core.logs import read_log
     from tasks.core.settings import Settings
     from tasks.core.store import LocalStore
     from tasks.decisions import decide_canary
     from tasks.registry.versions import Registry
-    from tasks.serving.logs import read_log
     from tasks.serving.schema import input_contracts
 
     store = LocalStore(serving_store)

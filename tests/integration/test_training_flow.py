@@ -42,8 +42,8 @@ def _task_states(flow_run_id) -> dict[str, str]:
 
 def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_dir):
     """`prefect deployment run 'training/local'` as CI would call it, executed by the process worker."""
+    from tasks.core.profile import load_profile
     from tasks.core.store import open_store
-    from tasks.monitoring.profile import load_profile
     from tasks.registry.versions import Registry
 
     params = json.dumps({"params": {**SMALL, "model_name": "flights-worker"}})

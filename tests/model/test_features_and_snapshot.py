@@ -12,10 +12,11 @@ import pytest
 
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
+from tasks.core.feature_spec import FeatureSpec
 from tasks.core.store import open_store
 from tasks.data.ingest import discover_batches, ingest_batches
 from tasks.data.snapshot import build_snapshot, load_snapshot
-from tasks.model.features import FeatureSpec, FittedTransform, fit_feature_transform
+from tasks.model.features import FittedTransform, fit_feature_transform
 
 
 @pytest.fixture(scope="module")

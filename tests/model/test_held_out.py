@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tasks.core.context import RunContext
+from tasks.core.profile import profile_frame
 from tasks.core.store import open_store
 from tasks.data.ingest import discover_batches, ingest_batches
 from tasks.data.snapshot import build_snapshot, load_rows
@@ -24,7 +25,6 @@ from tasks.model.held_out import (
     scored_test_rows,
 )
 from tasks.model.train import load_candidate, load_matrix, predict, prepare_training, train_candidate
-from tasks.monitoring.profile import profile_frame
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_a_champion_that_cannot_score_the_rows_says_why(two_months, landed):
     scored = scored_test_rows(store, parts)  # the candidate's scores are all there
     assert scored[CHAMPION].null_count() == scored.height and scored[CANDIDATE].null_count() == 0
 
-    from tasks.model.steps import evaluate_champion_on_test
+    from flows.steps.model import evaluate_champion_on_test
 
     verdict = evaluate_champion_on_test.fn(3, parts, RunContext.build(landed).with_config(config))
     assert verdict.version == 3 and verdict.metrics is None and "champion v3 cannot score" in verdict.note

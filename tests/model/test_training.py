@@ -133,10 +133,11 @@ def test_gate_promotes_only_with_a_margin():
 
 def test_lightgbm_training_is_deterministic(landed):
     from tasks.core.context import RunContext
+    from tasks.core.feature_spec import FeatureSpec
     from tasks.core.store import open_store
     from tasks.data.ingest import discover_batches, ingest_batches
     from tasks.data.snapshot import build_snapshot, load_snapshot
-    from tasks.model.features import FeatureSpec, fit_feature_transform
+    from tasks.model.features import fit_feature_transform
     from tasks.model.train import fit_lightgbm, load_matrix, make_split
 
     store = open_store(landed)

@@ -11,7 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from flows.steps.runtime import cached_task, io_task
 from tasks.core.context import RunContext
+from tasks.core.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, read_log
+from tasks.core.profile import load_profile
 from tasks.data.snapshot import SnapshotManifest
 from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
 from tasks.model.evaluate import hanley_mcneil_se
@@ -33,7 +36,6 @@ from tasks.monitoring.drift import (
 )
 from tasks.monitoring.lineage import request_lineage, version_lineage
 from tasks.monitoring.performance import live_performance
-from tasks.monitoring.profile import load_profile
 from tasks.monitoring.window import (
     MonitorReport,
     WindowPart,
@@ -44,9 +46,7 @@ from tasks.monitoring.window import (
     read_window,
     store_daily,
 )
-from tasks.orchestration import cached_task, io_task
 from tasks.registry.versions import ModelVersion, Registry
-from tasks.serving.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, read_log
 
 
 @cached_task(name="profile-reference")

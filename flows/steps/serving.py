@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from flows.steps.runtime import io_task
 from tasks.core.context import RunContext
 from tasks.data.ingest import BatchRef
-from tasks.orchestration import io_task
 from tasks.registry.versions import Registry
 from tasks.serving.batch import PartitionScore, score_partition
 from tasks.serving.compaction import CompactionResult, compact_log

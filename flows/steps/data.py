@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from prefect.artifacts import create_table_artifact
 
+from flows.steps.runtime import cached_task, io_task, publish
 from tasks.core.config import TableConfig
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
+from tasks.core.feature_spec import FeatureSpec
 from tasks.data.ingest import BatchRef, IngestedTable, discover_batches, ingest_batches
 from tasks.data.landing import LandingResult, land_nycflights13, land_rdataset
 from tasks.data.snapshot import SnapshotManifest, build_snapshot, extend_with_feedback
 from tasks.data.validate import DataContractError
-from tasks.model.features import FeatureSpec
-from tasks.orchestration import cached_task, io_task, publish
 
 
 @io_task(name="land-nycflights13")

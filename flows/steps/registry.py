@@ -6,11 +6,11 @@ Each step is a named Prefect task over ``tasks.registry``; alias moves also emit
 
 from __future__ import annotations
 
+from flows.steps.events import emit_model_event
+from flows.steps.retrain_slot import claim_retrain_slot
+from flows.steps.runtime import CACHE_POLICY, cached_task, io_task
 from tasks.core.context import RunContext
-from tasks.events import emit_model_event
-from tasks.orchestration import CACHE_POLICY, cached_task, io_task
 from tasks.registry.packaging import PackagedBento, build_bento, save_to_bentoml
-from tasks.registry.retrain_slot import claim_retrain_slot
 from tasks.registry.versions import ChampionMove, ModelVersion, NewVersion, Registry, VersionDecision
 
 

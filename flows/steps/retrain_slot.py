@@ -7,8 +7,9 @@ one retrain, and the slot frees itself when the cooldown has passed. Operators s
 it in the Prefect UI under Concurrency. The limit is created on first use and follows
 ``retrain.cooldown_minutes`` when that setting changes.
 
-The store keeps the history of starts (``state/retrain/<model>.json``) so a refused run says when
-and why the last retrain started.
+The store keeps the history of starts (``tasks.registry.retrain_history``) so a refused run says
+when and why the last retrain started; whether a run may start is ``tasks.decisions.decide_retrain_claim``,
+given what the slot said.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from tasks.core.store import ArtifactStore
-from tasks.decisions import RetrainStart, decide_retrain_start
-
-
-def retrain_slot_key(model_name: str) -> str:
-    return f"state/retrain/{model_name}.json"
+from tasks.decisions import RetrainStart, decide_retrain_claim
+from tasks.registry.retrain_history import read_retrain_history, record_retrain_start
 
 
 def cooldown_limit_name(model_name: str) -> str:
@@ -78,28 +76,19 @@ def claim_retrain_slot(
     ignore_cooldown: bool,
     now: datetime | None = None,
 ) -> RetrainStart:
-    """``start`` (and the start is now recorded) if this run may retrain; else ``wait`` and why not."""
-    key = retrain_slot_key(model_name)
-    state = store.read_json(key) if store.exists(key) else {}
+    """``start`` (and the start is now recorded) if this run may retrain; else ``wait`` and why not.
+    The slot is asked of the Prefect server here; the decision is ``decide_retrain_claim``'s."""
     now = now or datetime.now(timezone.utc)
-    last = datetime.fromisoformat(state["last_started"]) if state else None
+    last = read_retrain_history(store, model_name)
+    name = cooldown_limit_name(model_name)
     if ignore_cooldown or cooldown_minutes == 0:
-        why = "asked to ignore the cooldown" if ignore_cooldown else "no cooldown is set"
-        decision = RetrainStart(outcome="start", reason=f"{model_name}: {why}")
+        slot = "not_needed"
     else:
-        name = ensure_cooldown_limit(model_name, cooldown_minutes)
-        if not take_slot_now(name):
-            told = decide_retrain_start(model_name, last, state.get("reason"), now, cooldown_minutes, False)
-            return RetrainStart(
-                outcome="wait",
-                reason=(
-                    told.reason
-                    if told.outcome == "wait"
-                    else f"another retrain of {model_name} took the slot a moment ago"
-                )
-                + f" (Prefect concurrency limit {name!r}; reset it in the UI to retrain now)",
-            )
-        decision = RetrainStart(outcome="start", reason=f"{model_name}: the cooldown slot was free")
-    history = state.get("history", [])[-50:] + [{"started": now.isoformat(), "reason": reason}]
-    store.write_json(key, {"last_started": now.isoformat(), "reason": reason, "history": history})
+        ensure_cooldown_limit(model_name, cooldown_minutes)
+        slot = "free" if take_slot_now(name) else "taken"
+    decision = decide_retrain_claim(
+        model_name, slot, last.last_started, last.reason, now, cooldown_minutes, ignore_cooldown, name
+    )
+    if decision.outcome == "start":
+        record_retrain_start(store, model_name, reason, now)
     return decision

@@ -61,6 +61,29 @@ def log_prefix(kind: str, model_name: str) -> str:
 
 
 _DATE_PART = re.compile(r"/date=(\d{4}-\d{2}-\d{2})/")
+_UNIT = re.compile(r"^(.*/date=\d{4}-\d{2}-\d{2})(/hour=\d{2})?/[^/]+$")
+COMPACTED = "compacted-"  # the name of a file compaction merged (``compacted-<digest>.parquet``)
+
+
+def log_file_key(prefix: str, day: str, hour: str, name: str) -> str:
+    """A log file's key: ``<prefix>/date=<YYYY-MM-DD>/hour=<HH>/<name>.parquet`` (``prefix`` from
+    ``log_prefix``). Writers name files after what they hold, so writing one twice overwrites it."""
+    return f"{prefix}/date={day}/hour={hour}/{name}.parquet"
+
+
+def compacted_key(unit: str, digest: str) -> str:
+    """The key of the file that replaces a compaction ``unit``'s files (a day, or an hour of today)."""
+    return f"{unit}/{COMPACTED}{digest}.parquet"
+
+
+def is_compacted(key: str) -> bool:
+    return key.rsplit("/", 1)[-1].startswith(COMPACTED)
+
+
+def log_unit(key: str) -> tuple[str, str] | None:
+    """A log key's (day directory, hour directory or ``""``); None outside the partitioned layout."""
+    found = _UNIT.match(key)
+    return (found.group(1), found.group(2) or "") if found else None
 
 
 def key_date(key: str) -> date | None:

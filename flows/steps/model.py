@@ -13,11 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from flows.steps.engine import cluster_client
+from flows.steps.runtime import cached_task, io_task, wandb_api_key
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
 from tasks.data.snapshot import SnapshotManifest, load_rows, read_manifest
 from tasks.decisions import HoldoutComparison, compare_on_holdout
-from tasks.engine import cluster_client
 from tasks.model.distributed import train_on_cluster
 from tasks.model.evaluate import (
     CandidateEvaluation,
@@ -43,7 +44,6 @@ from tasks.model.train import (
     write_candidate_files,
 )
 from tasks.model.tune import TrialSpec, pruning_callback
-from tasks.orchestration import cached_task, io_task, wandb_api_key
 from tasks.registry.versions import Registry
 
 
