@@ -143,20 +143,15 @@ def registered_model(ctx: RunContext, model_name: str | None) -> str:
 
 
 def model_context(ctx: RunContext, model_name: str | None) -> RunContext:
-    """The run context on ``model_name``'s own dataset config, read from its registry entry (its
-    champion's, else its newest version's), never the worker's: one worker acts on any model. A model
-    never registered is an error naming those that are."""
-    from tasks.registry.versions import Registry
+    """The run context on ``model_name``'s own dataset config (``model_config_of``: the one its
+    registry entry keeps), never the worker's: one worker acts on any model. A model never registered
+    is an error naming those that are."""
+    from tasks.registry.versions import Registry, model_config_of
 
     name = ctx.model_name(model_name)
-    registry = Registry(ctx.store, name)
     variables = ctx.settings.config_variables(os.environ)
-    kept = registry.kept_config(variables)
-    if kept is not None:
-        return ctx.with_config(kept)
-    if name == ctx.config.model_name and registry.versions():
-        return ctx  # versions registered before configs were kept: the worker's config names it
-    return ctx.with_config(registry.model_config(variables))  # raises, saying why there is none
+    config = model_config_of(Registry(ctx.store, name), ctx.config, variables)
+    return ctx if config is ctx.config else ctx.with_config(config)
 
 
 def aws_credentials_from_block(settings: Settings) -> S3Credentials:

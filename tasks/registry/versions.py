@@ -138,6 +138,28 @@ def git_commit(configured: str | None = None) -> str:
 CONFIG_FILE = "dataset_config.json"
 
 
+def model_config_of(
+    registry: "Registry",
+    file_config: DatasetConfig | None,
+    variables: Mapping[str, str],
+    must_be_registered: bool = True,
+) -> DatasetConfig:
+    """Which dataset config a model uses, the one answer the flows, the steps and the service share:
+
+    1. the config its current version (champion, else newest) was registered with;
+    2. else ``file_config`` (the settings' file) when it names this model: versions registered before
+       configs were kept, or (``must_be_registered=False``, the service starting before any training)
+       a model with no version yet;
+    3. else an error saying why there is none (never registered: naming the models that are)."""
+    kept = registry.kept_config(variables)
+    if kept is not None:
+        return kept
+    names_it = file_config is not None and file_config.model_name == registry.model_name
+    if names_it and (not must_be_registered or registry.versions()):
+        return file_config
+    return registry.model_config(variables)
+
+
 def registered_models(store: ArtifactStore) -> list[str]:
     """Names of the models with at least one version in ``store``."""
     return sorted(
