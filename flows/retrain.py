@@ -70,10 +70,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
             window_end=datetime.max.replace(tzinfo=timezone.utc) if ctx.config.time_column else None,
         )
     )
-    if summary.decision == "reproduced" or summary.version == registry.alias_doc().aliases.get("champion"):
+    if summary.decision == "reproduced":  # the training run's own check (tasks.decisions.decide_reproduced)
         reason = (
-            f"training reproduced v{summary.version}, registered before (same data, code and settings, "
-            "from cache): nothing new to put out as a canary"
+            f"training reproduced v{summary.version} ({summary.reason}): nothing new to put out as a canary"
         )
         logger.info("retrain of %s: %s", model_name, reason)
         return RetrainResult(model_name=model_name, status="skipped", reason=reason, version=summary.version)

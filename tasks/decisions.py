@@ -75,6 +75,35 @@ def decide_promotion(
     )
 
 
+def decide_registration(
+    gate: PromotionDecision, register_as: Literal["gate", "candidate"]
+) -> PromotionDecision:
+    """What the new version becomes: the gate's outcome, unless the caller (retraining, with its own
+    gate and a canary) asked for a plain candidate."""
+    if register_as != "candidate":
+        return gate
+    return PromotionDecision(
+        outcome="candidate",
+        reason=f"registered without an alias; the promotion gate would say: {gate.reason}",
+    )
+
+
+def decide_reproduced(
+    version: int, registered_before: bool, carried_out: bool, outcome_then: str | None
+) -> PromotionDecision | None:
+    """A run that rebuilt (from cache) a version registered before, whose decision was carried out then,
+    changes nothing: ``reproduced``. None when the version is new (or its decision is still owed)."""
+    if not (registered_before and carried_out):
+        return None
+    return PromotionDecision(
+        outcome="reproduced",
+        reason=(
+            f"v{version} was registered before from the same data, code and settings "
+            f"({outcome_then or 'no decision recorded'}); nothing changes"
+        ),
+    )
+
+
 # --- retrain gate --------------------------------------------------------------------------------
 class HoldoutComparison(BaseModel):
     """A retrained model against the champion on the same recent holdout, with uncertainty; ``passed``

@@ -27,7 +27,7 @@ from tasks.model.evaluate import (
     evaluate_champion,
 )
 from tasks.model.held_out import CANDIDATE, CHAMPION, HeldOutPart, Scorer, score_held_out, scored_test_rows
-from tasks.model.tracking import TrackedRun, log_training_run
+from tasks.model.tracking import TrackedRun, TrainingReport, log_training_run
 from tasks.model.train import (
     FitResult,
     PreparedTraining,
@@ -217,40 +217,15 @@ def stage_candidate_files(
 
 
 @cached_task(name="track-in-wandb")
-def track_training(
-    ctx: RunContext,
-    name: str,
-    group: str,
-    config: dict[str, Any],
-    model_key: str,
-    transform_json: str,
-    history: dict[str, dict[str, list[float]]],
-    summary: dict[str, float],
-    plot_keys: dict[str, str],
-    trials: list[dict[str, Any]],
-    slices: list[dict[str, Any]],
-) -> TrackedRun | None:
-    """One W&B run for this training (plus one per trial, grouped), built from the results."""
+def track_training(report: TrainingReport, ctx: RunContext) -> TrackedRun | None:
+    """One W&B run for this training (plus one per trial, grouped), built from the report."""
     store = ctx.store
-    pngs = {k: store.read_bytes(v) for k, v in plot_keys.items()}
+    pngs = {k: store.read_bytes(v) for k, v in report.plot_keys.items()}
     with tempfile.TemporaryDirectory() as tmp:
         model_file = Path(tmp) / "model.txt"
-        model_file.write_bytes(store.read_bytes(model_key))
+        model_file.write_bytes(store.read_bytes(report.model_key))
         api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
-        return log_training_run(
-            ctx.settings,
-            api_key=api_key,
-            name=name,
-            group=group,
-            config=config,
-            history=history,
-            summary=summary,
-            pngs=pngs,
-            model_file=model_file,
-            transform_json=transform_json,
-            trials=trials,
-            slices=slices,
-        )
+        return log_training_run(ctx.settings, api_key, report, pngs, model_file)
 
 
 @io_task(name="compare-on-holdout")

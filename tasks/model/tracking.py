@@ -50,31 +50,30 @@ def _init(settings: Settings, api_key: str | None = None, **kwargs: Any) -> Any:
     )
 
 
-def log_training_run(
-    settings: Settings,
-    *,
-    api_key: str | None,
-    name: str,
-    group: str,
-    config: dict[str, Any],
-    history: dict[str, dict[str, list[float]]],
-    summary: dict[str, float],
-    pngs: dict[str, bytes],
-    model_file: Path,
-    transform_json: str,
-    trials: list[dict[str, Any]],
-    slices: list[dict[str, Any]],
-) -> TrackedRun | None:
-    """Log the training run (config, per-iteration curves, metrics, plots, model artifact) and its trials."""
-    if settings.tracking.mode == "disabled":
-        return None
-    wandb = _wandb(settings)
-    for i, trial in enumerate(trials):
+class TrainingReport(BaseModel):
+    """What one training run reports to W&B: its identity, curves, metrics, plots, trials and slices
+    (plots and the model file are store keys: the report is small, and a cache key)."""
+
+    name: str
+    group: str
+    config: dict[str, Any]
+    model_key: str
+    transform_json: str
+    history: dict[str, dict[str, list[float]]]
+    summary: dict[str, float]
+    plot_keys: dict[str, str]
+    trials: list[dict[str, Any]]
+    slices: list[dict[str, Any]]
+
+
+def _log_trials(settings: Settings, api_key: str | None, report: TrainingReport) -> None:
+    """One W&B run per search trial, grouped with the training run."""
+    for i, trial in enumerate(report.trials):
         trial_run = _init(
             settings,
             api_key,
-            name=f"{name}-trial-{i}",
-            group=group,
+            name=f"{report.name}-trial-{i}",
+            group=report.group,
             job_type="hpo-trial",
             config={**trial["params"], "trial": trial.get("trial", i)},
         )
@@ -91,8 +90,10 @@ def log_training_run(
         )
         trial_run.finish()
 
-    run = _init(settings, api_key, name=name, group=group, job_type="train", config=config)
-    train_h, valid_h = history.get("train", {}), history.get("valid", {})
+
+def _log_curves_and_tables(run: Any, wandb: Any, report: TrainingReport, pngs: dict[str, bytes]) -> None:
+    """Per-iteration curves, plots, the trials table and the slices table of the training run."""
+    train_h, valid_h = report.history.get("train", {}), report.history.get("valid", {})
     for step in range(len(valid_h.get("auc", []))):
         run.log(
             {
@@ -106,40 +107,43 @@ def log_training_run(
     from PIL import Image
 
     run.log({f"plots/{k}": wandb.Image(Image.open(io.BytesIO(v)), caption=k) for k, v in pngs.items()})
+    rows = [
+        [t.get("trial", i), t["valid_auc"], t["best_iteration"], bool(t.get("pruned")), str(t["params"])]
+        for i, t in enumerate(report.trials)
+    ]
     run.log(
         {
             "trials": wandb.Table(
-                columns=["trial", "valid_auc", "best_iteration", "pruned", "params"],
-                data=[
-                    [
-                        t.get("trial", i),
-                        t["valid_auc"],
-                        t["best_iteration"],
-                        bool(t.get("pruned")),
-                        str(t["params"]),
-                    ]
-                    for i, t in enumerate(trials)
-                ],
+                columns=["trial", "valid_auc", "best_iteration", "pruned", "params"], data=rows
             )
         }
     )
-    if slices:
-        cols = list(slices[0])
-        run.log({"slices": wandb.Table(columns=cols, data=[[s[c] for c in cols] for s in slices])})
-    run.summary.update(summary)
+    if report.slices:
+        cols = list(report.slices[0])
+        run.log({"slices": wandb.Table(columns=cols, data=[[s[c] for c in cols] for s in report.slices])})
+
+
+def log_training_run(
+    settings: Settings, api_key: str | None, report: TrainingReport, pngs: dict[str, bytes], model_file: Path
+) -> TrackedRun | None:
+    """Log the training run (config, per-iteration curves, metrics, plots, model artifact) and its trials."""
+    if settings.tracking.mode == "disabled":
+        return None
+    wandb = _wandb(settings)
+    _log_trials(settings, api_key, report)
+    config = report.config
+    run = _init(settings, api_key, name=report.name, group=report.group, job_type="train", config=config)
+    _log_curves_and_tables(run, wandb, report, pngs)
+    run.summary.update(report.summary)
     artifact = wandb.Artifact(
         name=f"{config['model_name']}", type="model", metadata={"snapshot_id": config["snapshot_id"]}
     )
     artifact.add_file(str(model_file), name="model.txt")
     with artifact.new_file("transform.json") as fh:
-        fh.write(transform_json)
+        fh.write(report.transform_json)
     run.log_artifact(artifact)
-    url = run.url if settings.tracking.mode == "online" else None
-    path = (
-        f"{run.entity}/{run.project}/{run.id}"
-        if settings.tracking.mode == "online"
-        else str(Path(run.dir).parent)
-    )
-    result = TrackedRun(run_id=run.id, path=path, url=url, group=group)
+    online = settings.tracking.mode == "online"
+    path = f"{run.entity}/{run.project}/{run.id}" if online else str(Path(run.dir).parent)
+    result = TrackedRun(run_id=run.id, path=path, url=run.url if online else None, group=report.group)
     run.finish()
     return result
