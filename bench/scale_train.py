@@ -70,14 +70,20 @@ def child(root: str, scale: int) -> None:
 
     from distributed import Client, LocalCluster
 
-    from flows.steps import model as steps
+    from flows.schemas import TrainingParams
+    from flows.steps.model import fit_transform_on_train
     from flows.steps.monitoring import profile_reference
+    from flows.steps.training import (
+        DaskSteps,
+        TrainingRun,
+        evaluate_and_decide,
+        search_and_cross_validate,
+        train_and_score_held_out,
+    )
     from tasks.core.context import RunContext
     from tasks.core.settings import DaskSettings
     from tasks.core.store import LocalStore
     from tasks.data.snapshot import build_snapshot
-    from tasks.model.held_out import held_out_ranges
-    from tasks.model.tune import best_trial, run_search
 
     with (
         LocalCluster(
@@ -103,38 +109,15 @@ def child(root: str, scale: int) -> None:
         sources = json.loads((Path(root) / "sources.json").read_text())
         manifest = build_snapshot(sources, config, store, settings.snapshot_rows_per_part)
         t0 = time.perf_counter()
-        prepared = steps.fit_transform_on_train.fn(manifest, ctx)
-
-        def on_cluster(specs):
-            futures = client.map(
-                steps.run_trial.fn,
-                specs,
-                manifest=manifest,
-                prepared=prepared,
-                ctx=ctx,
-                num_threads=1,
-                pure=False,
-            )
-            return client.gather(futures)
-
-        trials = run_search(config.training, 2, on_cluster)
-        trained = steps.train_final_model.fn(best_trial(trials), manifest, prepared, ctx)
-        ranges = held_out_ranges(manifest, prepared.split.train_end)
-        parts = client.gather(
-            client.map(
-                steps.score_held_out_part.fn,
-                ranges,
-                trained=trained,
-                manifest=manifest,
-                prepared=prepared,
-                model_name=config.model_name,
-                champion_version=None,
-                ctx=ctx,
-                pure=False,
-            )
+        # the training flow's own stages from the prepared snapshot on, steps mapped on the cluster
+        steps = DaskSteps(client=client)
+        run = TrainingRun(ctx=ctx, params=TrainingParams(), manifest=manifest)
+        run.prepared = steps.call(fit_transform_on_train, manifest, ctx)
+        run = evaluate_and_decide(
+            train_and_score_held_out(search_and_cross_validate(run, steps), steps), steps
         )
-        evaluation = steps.evaluate_candidate_on_test.fn(trained, parts, prepared, ctx)
-        profile_reference.fn(trained, manifest, prepared, parts, ctx)
+        steps.call(profile_reference, run.trained, manifest, run.prepared, run.parts, ctx)
+        evaluation = run.candidate
         seconds = time.perf_counter() - t0
         workers = client.run(peak_rss_mib)
     print(

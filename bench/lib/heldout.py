@@ -53,25 +53,29 @@ def train_from_config(root: Path, config_path: Path | None, land: Callable[[Any,
     )
     if config_path is not None:
         os.environ["DRIFTLOOP_DATASET_CONFIG"] = str(config_path)
-    from tasks.core.context import RunContext
+    from flows.schemas import TrainingParams
+    from flows.steps.model import train_final_model
+    from flows.steps.training import BareSteps, ingest_tables, snapshot_and_prepare, start_training_run
     from tasks.core.settings import Settings
-    from tasks.data.ingest import discover_batches, ingest_batches
-    from tasks.data.snapshot import build_snapshot, load_snapshot
-    from tasks.model.train import load_candidate, load_matrix, prepare_training, train_candidate
+    from tasks.data.snapshot import load_snapshot
+    from tasks.model.train import FitResult, load_candidate, load_matrix
 
     settings = Settings()
-    ctx = RunContext.build(settings)
-    land(ctx.store, settings)
-    config = ctx.config
-    sources = {
-        t: ingest_batches(t, discover_batches(t, c, ctx), c, ctx)[0].valid_keys
-        for t, c in config.tables.items()
-    }
-    manifest = build_snapshot(sources, config, ctx.store, settings.snapshot_rows_per_part)
+    run = start_training_run(TrainingParams(), settings)  # the training flow's own stages, no search
+    land(run.ctx.store, settings)
+    steps = BareSteps()
+    run = snapshot_and_prepare(ingest_tables(run, steps), steps)
+    ctx, config, manifest, prepared = run.ctx, run.config, run.manifest, run.prepared
     snapshot = load_snapshot(manifest, ctx.store)
-    prepared = prepare_training(manifest, ctx.store, config)
     X, y = load_matrix(ctx.store, manifest, prepared.transform, config.target.name)
-    trained = train_candidate(X, y, dict(config.training.params), prepared, config.training, ctx.store)
+    with_config_params = FitResult(
+        params=dict(config.training.params),
+        best_iteration=0,
+        valid_auc=float("nan"),
+        valid_logloss=float("nan"),
+        history={},
+    )
+    trained = steps.call(train_final_model, with_config_params, manifest, prepared, ctx)
     booster = load_candidate(ctx.store, trained)
     return HeldOutModel(config, snapshot, prepared, trained, booster, X, y, manifest, ctx)
 
