@@ -20,8 +20,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import CanaryDecision, CanaryParams
+from flows.steps.command_line import run_from_command_line
 from flows.steps.registry import apply_canary_decision
-from flows.steps.runtime import FLOW_GUARDS, model_context, publish, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from tasks.core.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
 from tasks.decisions import decide_canary
 from tasks.monitoring.performance import canary_evidence, live_performance
@@ -30,7 +31,9 @@ from tasks.registry.versions import Registry
 
 @flow(name="canary-decision", **FLOW_GUARDS, flow_run_name=run_name("canary-decision"), persist_result=True)
 def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
-    ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
+    """Promote, drop or keep waiting on the model's canary, from the labelled traffic since it started.
+    Runs hourly (a quiet ``no-canary`` when none is on) and when asked."""
+    ctx = flow_context(params.model_name, needs="config")  # the model's own config, from the registry
     model_name = ctx.config.model_name
     store = ctx.store
     doc = Registry(store, model_name).alias_doc()
@@ -77,6 +80,4 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-
-    print(canary_decision(CliApp.run(CanaryParams)).model_dump_json(indent=2))
+    run_from_command_line(canary_decision, CanaryParams)

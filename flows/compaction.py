@@ -1,6 +1,7 @@
 """Compaction: the prediction and feedback logs merged into one file per model per day, and expired.
 
     python flows/compaction.py                         # every registered model
+    python flows/compaction.py --model-name flights-late-arrival
     prefect deployment run 'compact-logs/local' -p params='{"model_name": "flights-late-arrival"}'
 
 Services ship a small file every few seconds; this flow (scheduled hourly) keeps the store to one
@@ -11,13 +12,12 @@ partitions older than ``logs.retention_days``. It is safe while services write: 
 
 from __future__ import annotations
 
-import sys
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.schemas import CompactParams
-from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.command_line import run_from_command_line
+from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from flows.steps.serving import compact_model_log
 from tasks.core.logs import FEEDBACK, PREDICTIONS
 from tasks.registry.versions import registered_models
@@ -26,8 +26,10 @@ from tasks.serving.compaction import CompactionResult
 
 @flow(name="compact-logs", **FLOW_GUARDS, flow_run_name=run_name("compact-logs"))
 def compact_logs(params: CompactParams = CompactParams()) -> list[CompactionResult]:
-    ctx = run_context()
-    models = [registered_model(ctx, params.model_name)] if params.model_name else registered_models(ctx.store)
+    """Merge each model's logs into one file per day (an hour, today), drop rows shipped twice, delete
+    days past retention. Runs hourly and when asked."""
+    ctx = flow_context(params.model_name, needs="registered" if params.model_name else "nothing")
+    models = [ctx.model_name(params.model_name)] if params.model_name else registered_models(ctx.store)
     retention = params.retention_days or ctx.settings.logs.retention_days
     results = [compact_model_log(kind, m, retention, ctx) for m in models for kind in (PREDICTIONS, FEEDBACK)]
     for r in results:
@@ -51,6 +53,4 @@ def compact_logs(params: CompactParams = CompactParams()) -> list[CompactionResu
 
 
 if __name__ == "__main__":
-    name = sys.argv[1] if len(sys.argv) > 1 else None
-    for result in compact_logs(CompactParams(model_name=name)):
-        print(result.model_dump_json())
+    run_from_command_line(compact_logs, CompactParams)

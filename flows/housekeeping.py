@@ -1,6 +1,7 @@
 """Housekeeping: close the task runs a crashed flow run left behind.
 
     python flows/housekeeping.py                    # sweep the last day
+    python flows/housekeeping.py --flow-run-id ID   # one ended flow run
     prefect deployment run 'close-crashed-runs/local'
 
 When a flow run's process dies at once (``kill -9``, the OOM killer, an ECS task stopped), the worker
@@ -13,7 +14,6 @@ an hourly schedule sweeps up anything an event missed.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timedelta, timezone
 from uuid import UUID
 
@@ -33,6 +33,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.states import Crashed
 
 from flows.schemas import HousekeepingParams
+from flows.steps.command_line import run_from_command_line
 from flows.steps.runtime import FLOW_GUARDS
 
 ENDED = [StateType.CRASHED, StateType.FAILED, StateType.CANCELLED, StateType.COMPLETED]
@@ -80,6 +81,8 @@ def _run_name() -> str:
 
 @flow(name="close-crashed-runs", **FLOW_GUARDS, flow_run_name=_run_name)
 def close_crashed_runs(params: HousekeepingParams = HousekeepingParams()) -> list[str]:
+    """End the task runs a crashed flow run left Running. Runs on every ``prefect.flow-run.Crashed``
+    event and hourly as a sweep."""
     flow_run_id = UUID(params.flow_run_id.removeprefix("prefect.flow-run.")) if params.flow_run_id else None
     since = datetime.now(timezone.utc) - timedelta(hours=params.lookback_hours)
     closed = close_orphaned_task_runs(flow_run_id, since)
@@ -90,4 +93,4 @@ def close_crashed_runs(params: HousekeepingParams = HousekeepingParams()) -> lis
 
 
 if __name__ == "__main__":
-    print(close_crashed_runs(HousekeepingParams(flow_run_id=sys.argv[1] if len(sys.argv) > 1 else None)))
+    run_from_command_line(close_crashed_runs, HousekeepingParams)

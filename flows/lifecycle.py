@@ -11,23 +11,23 @@ A running service picks up the move on its next registry poll (seconds) without 
 from __future__ import annotations
 
 import getpass
-import sys
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import AliasMove, PromoteParams, RollbackParams
+from flows.steps.command_line import run_subcommand_from_command_line
 from flows.steps.registry import move_champion
-from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 
 
 def _move(
     model_name: str | None, version: int | None, reason: str, actor: str | None, event: str, what: str
 ) -> AliasMove:
     """Move the champion, then log and publish who moved it where and why."""
-    ctx = run_context()
+    ctx = flow_context(model_name, needs="registered")
     move, event_id = move_champion(
-        registered_model(ctx, model_name), version, reason, actor or getpass.getuser(), event, ctx
+        ctx.model_name(model_name), version, reason, actor or getpass.getuser(), event, ctx
     )
     result = AliasMove(event_id=event_id, alias="champion", **move.model_dump())
     get_run_logger().info(
@@ -77,14 +77,6 @@ def rollback(params: RollbackParams = RollbackParams()) -> AliasMove:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-
-    command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if command == "promote":
-        print(promote(CliApp.run(PromoteParams, cli_args=args)).model_dump_json(indent=2))
-    elif command == "rollback":
-        print(rollback(CliApp.run(RollbackParams, cli_args=args)).model_dump_json(indent=2))
-    else:
-        sys.exit(
-            "usage: python flows/lifecycle.py promote --version N [--reason …] | rollback [--to-version N]"
-        )
+    run_subcommand_from_command_line(
+        {"promote": (promote, PromoteParams), "rollback": (rollback, RollbackParams)}
+    )

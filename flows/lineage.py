@@ -14,14 +14,17 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import LineageParams
+from flows.steps.command_line import run_from_command_line
 from flows.steps.monitoring import trace_lineage
-from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 
 
 @flow(name="lineage", **FLOW_GUARDS, flow_run_name=run_name("lineage"), persist_result=True)
 def lineage(params: LineageParams) -> dict[str, Any]:
-    ctx = run_context()
-    result = trace_lineage(registered_model(ctx, params.model_name), params.request_id, params.version, ctx)
+    """Trace a prediction (by the request id the service issued) or a model version back to its data:
+    version, W&B run, snapshot, raw batches, alias history. Runs when asked."""
+    ctx = flow_context(params.model_name, needs="registered")
+    result = trace_lineage(ctx.model_name(params.model_name), params.request_id, params.version, ctx)
     what = f"request {params.request_id}" if params.request_id else f"v{params.version}"
     publish(
         create_markdown_artifact,
@@ -33,7 +36,4 @@ def lineage(params: LineageParams) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-    from rich.console import Console
-
-    Console().print_json(json.dumps(lineage(CliApp.run(LineageParams)), default=str))
+    run_from_command_line(lineage, LineageParams)

@@ -17,10 +17,11 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.schemas import MonitorParams
+from flows.steps.command_line import run_from_command_line
 from flows.steps.engine import EngineTaskRunner
 from flows.steps.events import emit_model_event
 from flows.steps.monitoring import judge_window, plan_monitoring_window, profile_log_partition
-from flows.steps.runtime import FLOW_GUARDS, model_context, publish, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, flow_context, model_context, publish, run_name
 from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
 from tasks.monitoring.window import MonitorReport, advance_watermark
@@ -35,8 +36,10 @@ from tasks.registry.versions import Registry, registered_models
     task_runner=EngineTaskRunner(),
 )
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
+    """Judge the predictions logged since the last run against the champion's reference: drift, data
+    quality, live performance; emit an event for each finding. Runs hourly and when asked."""
     logger = get_run_logger()
-    ctx = run_context()
+    ctx = flow_context()
     model_name = ctx.model_name(params.model_name)
     if not Registry(ctx.store, model_name).versions():  # the hourly schedule may run before training
         report = MonitorReport(
@@ -130,6 +133,8 @@ def _publish(report: MonitorReport) -> None:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-
-    print(monitor(CliApp.run(MonitorParams)).model_dump_json(indent=2, exclude={"files", "drift"}))
+    run_from_command_line(
+        monitor,
+        MonitorParams,
+        show=lambda report: print(report.model_dump_json(indent=2, exclude={"files", "drift"})),
+    )

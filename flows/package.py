@@ -16,15 +16,18 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact
 
 from flows.schemas import PackageParams
+from flows.steps.command_line import run_from_command_line
 from flows.steps.registry import package_version
-from flows.steps.runtime import FLOW_GUARDS, publish, registered_model, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from tasks.registry.packaging import PackagedBento
 
 
 @flow(name="package", **FLOW_GUARDS, flow_run_name=run_name("package"), persist_result=True)
 def package(params: PackageParams = PackageParams()) -> PackagedBento:
-    ctx = run_context()
-    model_name = registered_model(ctx, params.model_name)
+    """Build a version (an alias or a number) into a bento carrying its model, export it to the store and
+    write its Dockerfile. Runs when asked, and in the deploy workflow after training."""
+    ctx = flow_context(params.model_name, needs="registered")
+    model_name = ctx.model_name(params.model_name)
     bento = package_version(model_name, params.ref, ctx)
     url = bento.export_url if "://" in bento.export_url else Path(bento.export_url).resolve().as_uri()
     publish(
@@ -45,6 +48,4 @@ def package(params: PackageParams = PackageParams()) -> PackagedBento:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-
-    print(package(CliApp.run(PackageParams)).model_dump_json(indent=2))
+    run_from_command_line(package, PackageParams)

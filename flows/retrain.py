@@ -24,10 +24,11 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import RetrainParams, RetrainResult, TrainingParams
+from flows.steps.command_line import run_from_command_line
 from flows.steps.events import emit_model_event
 from flows.steps.model import compare_with_champion
 from flows.steps.registry import claim_retrain, start_canary
-from flows.steps.runtime import FLOW_GUARDS, model_context, publish, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from flows.training import training
 from tasks.core.errors import BadInput
 from tasks.registry.versions import Registry
@@ -35,6 +36,8 @@ from tasks.registry.versions import Registry
 
 @flow(name="retrain", **FLOW_GUARDS, flow_run_name=run_name("retrain"), persist_result=True)
 def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
+    """Train a challenger on fresh data plus labelled predictions and start a canary if it passes the
+    holdout gate. Runs on a drift or degradation event (automation), at most once per cooldown."""
     logger = get_run_logger()
     if params.model_name is not None and not params.model_name.strip():
         raise BadInput(
@@ -42,7 +45,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
             "event.payload.model_name); emit events with flows.steps.events.emit_model_event, or pass "
             "model_name"
         )
-    ctx = model_context(run_context(), params.model_name)  # the model's own config, from the registry
+    ctx = flow_context(params.model_name, needs="config")  # the model's own config, from the registry
     model_name = ctx.config.model_name
     registry = Registry(ctx.store, model_name)
     if "champion" not in registry.alias_doc().aliases:
@@ -111,6 +114,4 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-
-    print(retrain(CliApp.run(RetrainParams)).model_dump_json(indent=2))
+    run_from_command_line(retrain, RetrainParams)

@@ -1,6 +1,6 @@
 """Batch scoring: a partitioned dataset scored by the champion (or a named version), on the engine.
 
-    python flows/scoring.py scaled/raw/flights                     # every file under that prefix
+    python flows/scoring.py --input scaled/raw/flights             # every file under that prefix
     prefect deployment run 'score/local' -p params='{"input": "s3://bucket/incoming/", "version": 3}'
 
 Every input file is a partition and a mapped step, so on the dask engine (``DRIFTLOOP_ENGINE=dask``)
@@ -14,15 +14,15 @@ Scored rows also feed the model's prediction log, so monitoring judges batch tra
 from __future__ import annotations
 
 import hashlib
-import sys
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from flows.schemas import ScoreParams, ScoreSummary
+from flows.steps.command_line import run_from_command_line
 from flows.steps.engine import EngineTaskRunner
-from flows.steps.runtime import FLOW_GUARDS, model_context, publish, registered_model, run_context, run_name
+from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from flows.steps.serving import score_input_partition
 from tasks.core.config import FileSource
 from tasks.core.errors import BadInput
@@ -37,10 +37,13 @@ class PartitionsQuarantined(BadInput):
 
 @flow(name="score", **FLOW_GUARDS, flow_run_name=run_name("score"), task_runner=EngineTaskRunner())
 def score(params: ScoreParams) -> ScoreSummary:
+    """Score every file of a partitioned dataset with the champion (or a named version), partitions
+    mapped on the engine; quarantine files failing the input contract. Runs when asked."""
     logger = get_run_logger()
-    ctx = run_context()
-    model_name = registered_model(ctx, params.model_name)
-    ctx = model_context(ctx, model_name)  # the model's own config (input contracts), from the registry
+    ctx = flow_context(
+        params.model_name, needs="config"
+    )  # the model's own input contracts, from the registry
+    model_name = ctx.config.model_name
     registry = Registry(ctx.store, model_name)
     version = registry.get(params.version) if params.version else registry.resolve("champion")
     source = FileSource(
@@ -109,9 +112,4 @@ def score(params: ScoreParams) -> ScoreSummary:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-
-    if len(sys.argv) == 2 and not sys.argv[1].startswith("-"):
-        print(score(ScoreParams(input=sys.argv[1])).model_dump_json(indent=2))
-    else:
-        print(score(CliApp.run(ScoreParams)).model_dump_json(indent=2))
+    run_from_command_line(score, ScoreParams)

@@ -13,7 +13,7 @@ Reads top to bottom as the story of one training run:
 6. profile its inputs and predictions (the drift reference), track everything in W&B;
 7. register the version, apply the promotion gate's decision, save it to the BentoML store.
 
-Run it: ``python flows/training.py --n_trials 6`` or ``prefect deployment run 'training/local'``. The stages
+Run it: ``python flows/training.py --n-trials 6`` or ``prefect deployment run 'training/local'``. The stages
 and the run record they share are in ``flows/steps/training.py``.
 """
 
@@ -23,6 +23,7 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.schemas import TrainingParams, TrainingSummary
+from flows.steps.command_line import run_from_command_line
 from flows.steps.engine import EngineTaskRunner
 from flows.steps.runtime import FLOW_GUARDS, publish, run_name
 from flows.steps.training import (
@@ -83,9 +84,6 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
 
 
 if __name__ == "__main__":
-    from pydantic_settings import CliApp
-
     from deployments.console import print_training_summary
 
-    cli_params = CliApp.run(TrainingParams)
-    print_training_summary(training(cli_params))
+    run_from_command_line(training, TrainingParams, show=print_training_summary)

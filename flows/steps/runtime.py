@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
@@ -126,6 +126,21 @@ def run_context(settings: Settings | None = None) -> RunContext:
         os.environ.setdefault(name, value)
     credentials = aws_credentials_from_block(settings) if settings.s3.credentials_block else None
     return RunContext.build(settings, environ=os.environ, credentials=credentials)
+
+
+def flow_context(
+    model_name: str | None = None,
+    needs: Literal["nothing", "registered", "config"] = "nothing",
+    settings: Settings | None = None,
+) -> RunContext:
+    """How every flow starts: the run context (settings, dataset config, opened store, target).
+    ``needs="registered"``: ``model_name`` must have versions (operations on its registry entry alone);
+    ``needs="config"``: the context on that model's own registered config (``model_context``). A model
+    never registered is an error naming those that are."""
+    ctx = run_context(settings)
+    if needs == "registered":
+        registered_model(ctx, model_name)
+    return model_context(ctx, model_name) if needs == "config" else ctx
 
 
 def registered_model(ctx: RunContext, model_name: str | None) -> str:
