@@ -299,22 +299,14 @@ def ingest_batches(
     state: dict[str, Any] = {} if rebuild else (store.read_json(state_key) if store.exists(state_key) else {})
     contract_hash = _contract_hash(table_cfg)
     unique = table_cfg.contract.unique
-    entries: dict[str, dict[str, Any]] = {}
-    for ref in refs:  # what was decided before under this contract stands
-        entry = state.get(ref.batch_id)
-        if entry is not None and entry.get("contract", contract_hash) == contract_hash:
-            entries[ref.batch_id] = entry
-    # the unique keys of accepted batches, as one 64-bit hash per row (a few bytes a row, whatever the
-    # key's width) and the batch it came from; a hit is confirmed on the real columns before it counts
+    entries = {  # what was decided before under this contract stands
+        ref.batch_id: state[ref.batch_id]
+        for ref in refs
+        if ref.batch_id in state and state[ref.batch_id].get("contract", contract_hash) == contract_hash
+    }
     accepted = [e for e in entries.values() if e["status"] == "valid"] if unique else []
     source_of = {e["key"]: e["source"] for e in accepted}  # validated batch -> the file it came from
-    seen = (
-        pl.concat(
-            [_key_hashes(store.scan_parquet([e["key"]]).select(unique), unique, e["key"]) for e in accepted]
-        ).collect()
-        if accepted
-        else None
-    )
+    seen = _accepted_key_hashes(store, [e["key"] for e in accepted], unique)
     valid, quarantined, failed_reports = [], [], []
     new = reused = rows = 0
     for ref in refs:
@@ -334,13 +326,8 @@ def ingest_batches(
                     seen = mine if seen is None else pl.concat([seen, mine], rechunk=False)  # no re-copy
             else:
                 qkey = _quarantine(store, dataset, ref, report, raw)
-                entry = {
-                    "status": "quarantined",
-                    "key": qkey,
-                    "rows": report.rows,
-                    "source": ref.key,
-                    "message": report.summary(),
-                }
+                entry = {"status": "quarantined", "key": qkey, "rows": report.rows, "source": ref.key}
+                entry["message"] = report.summary()
                 failed_reports.append(report)
             state[ref.batch_id] = {**entry, "contract": contract_hash}
         else:
@@ -425,9 +412,7 @@ def validate_and_write(
         report.failures.append(too_few)
         return report, None
     failures: list[ContractFailure] = []
-    hits: list[pl.DataFrame] = []
-    hashes: list[pl.DataFrame] = []
-    earlier: pl.DataFrame | None = None  # fingerprints of this batch's keys so far
+    keys = _BatchKeys(unique, seen, store, source_of, vkey)
     out, writer, typed = io.BytesIO(), None, None
     while True:
         try:
@@ -443,34 +428,12 @@ def validate_and_write(
         failures.extend(part.failures)
         typed_keys = not any(f.column is None or f.column in unique for f in part.failures)
         if unique and typed_keys and set(unique) <= set(typed.columns):  # other rules' failures aside
-            keys = typed.select(unique)
-            prints = _fingerprints(keys, unique)
-            if earlier is not None:  # the earlier chunks scanned for this chunk's keys (a set of one chunk)
-                candidates = earlier.filter(pl.col("__h1").is_in(prints["__h1"].implode()))
-                again = keys.filter(
-                    pl.struct(prints).is_in(pl.struct(candidates).implode()) if candidates.height else False
-                )
-                if again.height:
-                    failures.append(
-                        ContractFailure(
-                            column=", ".join(unique),
-                            rule="duplicate key rows",
-                            failing_rows=again.height,
-                            examples=again.head(MAX_EXAMPLES).to_dicts(),
-                        )
-                    )
-            earlier = prints if earlier is None else pl.concat([earlier, prints], rechunk=False)
-            found = _repeated_key_rows(keys, seen, unique, store, source_of)
-            if found is not None:
-                hits.append(found)
-            hashes.append(_key_hashes(keys.lazy(), unique, vkey).collect())
+            failures.extend(keys.check(typed.select(unique)))
         if not failures and not whole:  # chunks go to one file, row group by row group
             chunk = typed.select(list(contract.columns)).to_arrow()
             writer = writer or pq.ParquetWriter(out, chunk.schema, compression="zstd")
             writer.write_table(chunk)
-    if hits:
-        failures.append(_repeated_failure(pl.concat(hits), unique))
-    report.failures = merge_failures(failures)
+    report.failures = merge_failures([*failures, *keys.repeated()])
     if writer is not None:
         writer.close()
     if not report.ok:
@@ -479,7 +442,67 @@ def validate_and_write(
         store.write_parquet(vkey, typed.select(list(contract.columns)))
     else:
         store.write_bytes(vkey, out.getvalue())
-    return report, pl.concat(hashes) if hashes else None
+    return report, keys.hashes()
+
+
+class _BatchKeys:
+    """A batch's unique keys, chunk by chunk: repeats within the batch (across its chunks, by a 128-bit
+    fingerprint of each key), repeats of accepted batches' keys (``seen``), and the hashes the batch
+    adds to the accepted ones once it passes."""
+
+    def __init__(
+        self,
+        unique: list[str],
+        seen: pl.DataFrame | None,
+        store: ArtifactStore,
+        source_of: dict[str, str],
+        vkey: str,
+    ):
+        self.unique, self.seen, self.store, self.source_of, self.vkey = unique, seen, store, source_of, vkey
+        self.earlier: pl.DataFrame | None = None  # fingerprints of this batch's keys so far
+        self.hits: list[pl.DataFrame] = []
+        self.added: list[pl.DataFrame] = []
+
+    def check(self, keys: pl.DataFrame) -> list[ContractFailure]:
+        """One chunk's keys: a failure for keys an earlier chunk had (the earlier chunks are scanned
+        for this chunk's keys: a set of one chunk); repeats of accepted batches are kept for later."""
+        failures = []
+        prints = _fingerprints(keys, self.unique)
+        if self.earlier is not None:
+            candidates = self.earlier.filter(pl.col("__h1").is_in(prints["__h1"].implode()))
+            again = keys.filter(
+                pl.struct(prints).is_in(pl.struct(candidates).implode()) if candidates.height else False
+            )
+            if again.height:
+                failures.append(
+                    ContractFailure(
+                        column=", ".join(self.unique),
+                        rule="duplicate key rows",
+                        failing_rows=again.height,
+                        examples=again.head(MAX_EXAMPLES).to_dicts(),
+                    )
+                )
+        self.earlier = prints if self.earlier is None else pl.concat([self.earlier, prints], rechunk=False)
+        found = _repeated_key_rows(keys, self.seen, self.unique, self.store, self.source_of)
+        if found is not None:
+            self.hits.append(found)
+        self.added.append(_key_hashes(keys.lazy(), self.unique, self.vkey).collect())
+        return failures
+
+    def repeated(self) -> list[ContractFailure]:
+        """The failure for rows repeating accepted batches' keys, if any."""
+        return [_repeated_failure(pl.concat(self.hits), self.unique)] if self.hits else []
+
+    def hashes(self) -> pl.DataFrame | None:
+        return pl.concat(self.added) if self.added else None
+
+
+def _accepted_key_hashes(store: ArtifactStore, keys: list[str], unique: list[str]) -> pl.DataFrame | None:
+    """The unique keys of accepted batches, as one 64-bit hash per row (a few bytes a row, whatever the
+    key's width) and the batch it came from; a hit is confirmed on the real columns before it counts."""
+    if not keys:
+        return None
+    return pl.concat([_key_hashes(store.scan_parquet([k]).select(unique), unique, k) for k in keys]).collect()
 
 
 def _fingerprints(keys: pl.DataFrame, unique: list[str]) -> pl.DataFrame:

@@ -344,39 +344,8 @@ def build_snapshot(
     label = _lazy_label(plan, config)
     time_col = config.time_column
     labelled = pl.col(LABELLED)
-    stats = (
-        plan.select(
-            labelled.sum().alias("rows"),
-            (~labelled).sum().alias("unlabeled"),
-            label.filter(labelled).cast(pl.Float64).sum().alias("positives"),
-            *(
-                [
-                    pl.col(time_col).filter(labelled).min().alias("lo"),
-                    pl.col(time_col).filter(labelled).max().alias("hi"),
-                ]
-                if time_col
-                else []
-            ),
-        )
-        .collect(engine="streaming")
-        .row(0, named=True)
-    )
+    stats = _labelled_stats(plan, label, config, tables)
     rows, unlabeled, positives = int(stats["rows"]), int(stats["unlabeled"]), float(stats["positives"] or 0)
-    if rows == 0:
-        if time_col is None:
-            raise EmptyWindow(f"{config.base_table!r} holds no labelled rows ({unlabeled} without a label)")
-        span = _time_span(tables[config.base_table], config)
-        raise EmptyWindow(
-            f"the window {config.window.start} .. {config.window.end} holds no labelled rows of "
-            f"{config.base_table!r}"
-            f" (the data covers {span}); change window in the dataset config or the flow parameters"
-        )
-    if positives in (0, rows):
-        raise SingleClassTarget(
-            f"target {config.target.name!r} ({config.target.expression or 'column'}) has only the value "
-            f"{int(positives > 0)} in {rows} rows; a classifier needs both classes: widen the window or "
-            "check the target"
-        )
     n_parts = part_count(rows, rows_per_part)
     time_range = (stats["lo"], stats["hi"]) if time_col else None
     labelled_rows = plan.filter(labelled).drop(LABELLED).with_columns(label)
@@ -411,6 +380,43 @@ def build_snapshot(
     except PreconditionFailed:  # another run finished the same snapshot first: same content
         return SnapshotManifest.model_validate(store.read_json(manifest_key))
     return manifest
+
+
+def _labelled_stats(
+    plan: pl.LazyFrame, label: pl.Expr, config: DatasetConfig, tables: dict[str, pl.LazyFrame]
+) -> dict[str, Any]:
+    """One streamed pass: labelled and unlabelled rows, positives and the time range; an error saying
+    what to change when the window holds no labelled rows or only one class."""
+    time_col, labelled = config.time_column, pl.col(LABELLED)
+    times = pl.col(time_col).filter(labelled) if time_col else None
+    span = [times.min().alias("lo"), times.max().alias("hi")] if time_col else []
+    stats = (
+        plan.select(
+            labelled.sum().alias("rows"),
+            (~labelled).sum().alias("unlabeled"),
+            label.filter(labelled).cast(pl.Float64).sum().alias("positives"),
+            *span,
+        )
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
+    rows, unlabeled, positives = int(stats["rows"]), int(stats["unlabeled"]), float(stats["positives"] or 0)
+    if rows == 0:
+        if time_col is None:
+            raise EmptyWindow(f"{config.base_table!r} holds no labelled rows ({unlabeled} without a label)")
+        covered = _time_span(tables[config.base_table], config)
+        raise EmptyWindow(
+            f"the window {config.window.start} .. {config.window.end} holds no labelled rows of "
+            f"{config.base_table!r}"
+            f" (the data covers {covered}); change window in the dataset config or the flow parameters"
+        )
+    if positives in (0, rows):
+        raise SingleClassTarget(
+            f"target {config.target.name!r} ({config.target.expression or 'column'}) has only the value "
+            f"{int(positives > 0)} in {rows} rows; a classifier needs both classes: widen the window or "
+            "check the target"
+        )
+    return stats
 
 
 def _write_parts(
