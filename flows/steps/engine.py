@@ -91,7 +91,9 @@ def cluster_options(dask: DaskSettings) -> dict[str, Any]:
         "worker_mem": f.worker_mem,
         "worker_nthreads": dask.threads_per_worker,
         "fargate_spot": f.fargate_spot,
-        "skip_cleanup": False,
+        # its stale-resource sweep lists every cluster, task definition and role in the account: not
+        # this stack's to do, and not in the flow role's policy (tests/code/test_cloud_files.py)
+        "skip_cleanup": True,
     }
     return {
         "cluster_class": "dask_cloudprovider.aws.FargateCluster",

@@ -3,7 +3,14 @@
 # Python and every dependency are pinned (requirements.lock, made by `make lock`); the code goes in
 # last so a code change rebuilds one thin layer. No secrets: credentials come from the task role,
 # Prefect blocks and ECS secrets at run time.
-FROM python:3.11.7-slim-bookworm
+#
+# BASE_IMAGE: the public python image in CI/CD; on a machine with no registry, a Debian base made by
+# `infra/containers/podman.sh setup` (`make images`). Either way the packages go into a venv (Debian's
+# own Python refuses pip installs). PIP_CERT: a CA bundle for pip behind an intercepting proxy (the
+# host's, mounted by `make images`); unset in CI/CD.
+ARG BASE_IMAGE=python:3.11.7-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG PIP_CERT
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -12,7 +19,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     DRIFTLOOP_PROJECT_DIR=/opt/driftloop \
     BENTOML_DO_NOT_TRACK=true \
     WHYLOGS_NO_ANALYTICS=1 \
-    PREFECT_SERVER_ANALYTICS_ENABLED=false
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PATH=/opt/venv/bin:$PATH
 
 # LightGBM needs the OpenMP runtime; nothing else from the OS.
 # hadolint ignore=DL3008
@@ -31,7 +39,13 @@ ENV HOME=/home/driftloop \
 WORKDIR /opt/driftloop
 
 COPY requirements.lock ./
-RUN pip install --no-deps --requirement requirements.lock
+RUN python3 -m venv /opt/venv \
+    && if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
+    && pip install --no-deps --requirement requirements.lock
+
+# dask-cloudprovider starts Fargate containers with `dask-scheduler` / `dask-worker`; distributed
+# ships only `dask scheduler` / `dask worker` now: two shims keep its commands working.
+COPY infra/docker/bin/dask-scheduler infra/docker/bin/dask-worker /opt/venv/bin/
 
 COPY pyproject.toml README.md prefect.yaml ./
 COPY flows ./flows
@@ -39,7 +53,8 @@ COPY tasks ./tasks
 COPY deployments ./deployments
 COPY bentos ./bentos
 COPY configs ./configs
-RUN pip install --no-deps . \
+RUN if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
+    && pip install --no-deps . \
     && mkdir -p /opt/driftloop/.driftloop \
     && chown -R driftloop:driftloop /opt/driftloop/.driftloop
 

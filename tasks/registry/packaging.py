@@ -18,6 +18,7 @@ from tasks.registry.versions import CONFIG_FILE, ModelVersion, Registry, Registr
 
 RUNTIME_PACKAGES = [
     "bentoml",
+    "fastapi",  # the /predict_arrow route (a mounted ASGI app); BentoML does not bring it
     "lightgbm",
     "polars",
     "numpy",

@@ -127,6 +127,80 @@ def test_a_flow_runs_dask_cluster_stays_in_the_stacks_cluster_roles_and_network(
     } <= set(outputs)
 
 
+# what FargateCluster runs only for resources it is not given (the stack gives them all: cluster, roles,
+# security groups, log group; ``cluster_options``), or for the account-wide sweep ``skip_cleanup`` skips
+ONLY_WITHOUT_OUR_RESOURCES = {
+    "_cleanup_stale_resources",
+    "_create_cluster",
+    "_delete_cluster",
+    "_create_execution_role",
+    "_create_task_role",
+    "_delete_role",
+    "_create_cloudwatch_logs_group",
+    "_create_security_groups",
+    "_delete_security_groups",
+}
+
+
+def _aws_calls_of(module_path: Path, skip: set[str]) -> dict[str, set[str]]:
+    """The IAM actions a library's code calls (``await ecs.run_task(...)``, ``get_paginator("list_tasks")``),
+    by function, read from its source: the service client's variable names the service."""
+    import ast
+
+    def action(service: str, method: str) -> str:
+        return f"{service}:{''.join(w.title() for w in method.split('_'))}"
+
+    found: dict[str, set[str]] = {}
+    for fn in ast.walk(ast.parse(module_path.read_text())):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or fn.name in skip:
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                client = getattr(node.func.value, "id", None)
+                if client in ("ecs", "ec2", "logs", "iam"):
+                    if node.func.attr == "get_paginator" and node.args:
+                        found.setdefault(fn.name, set()).add(action(client, node.args[0].value))
+                    elif not node.func.attr.startswith("_") and node.func.attr != "meta":
+                        found.setdefault(fn.name, set()).add(action(client, node.func.attr))
+    return found
+
+
+def test_the_flow_role_allows_every_call_dask_cloudprovider_makes_with_the_stacks_resources():
+    """Read from dask-cloudprovider's own code: every AWS call a FargateCluster makes when it is given the
+    stack's cluster, roles, security groups and log group (and skips its account-wide cleanup, which
+    would call list APIs across the account) is allowed by the flow role's Dask policy."""
+    import dask_cloudprovider.aws.ecs as ecs_module
+
+    from flows.steps.engine import cluster_options
+    from tasks.core.settings import DaskSettings
+
+    fargate = {
+        "image": "i",
+        "cluster_arn": "arn:c",
+        "execution_role_arn": "arn:e",
+        "task_role_arn": "arn:t",
+        "subnets": ["s"],
+        "security_groups": ["g"],
+        "cloudwatch_logs_group": "l",
+    }
+    options = cluster_options(DaskSettings(cluster="fargate", fargate=fargate))
+    assert options["cluster_kwargs"]["skip_cleanup"] is True
+    calls = _aws_calls_of(Path(ecs_module.__file__), ONLY_WITHOUT_OUR_RESOURCES)
+    needed = set().union(*calls.values())
+    assert {"ecs:RunTask", "ecs:ListAccountSettings", "ecs:RegisterTaskDefinition"} <= needed  # it reads
+    (dask,) = [
+        p
+        for p in _template()["Resources"]["FlowTaskRole"]["Properties"]["Policies"]
+        if p["PolicyName"] == "dask-cluster-for-a-flow-run"
+    ]
+    allowed = set()
+    for statement in dask["PolicyDocument"]["Statement"]:
+        actions = statement["Action"]
+        allowed |= {actions} if isinstance(actions, str) else set(actions)
+    missing = {a: sorted(f for f, c in calls.items() if a in c) for a in sorted(needed - allowed)}
+    assert missing == {}
+
+
 @pytest.mark.parametrize("template", [TEMPLATE, DEPLOY_TEMPLATE], ids=lambda p: p.name)
 def test_templates_fit_cloudformations_inline_limit(template):
     """`aws cloudformation deploy --template-file` sends the body inline, refused above 51,200 bytes."""
@@ -220,10 +294,12 @@ def test_hadolint_would_catch_a_root_image(tmp_path):
     worse.write_text(
         DOCKERFILE.read_text()
         .replace("USER 10001:10001", "")
-        .replace("FROM python:3.11.7-slim-bookworm", "FROM python:latest")
+        .replace("FROM ${BASE_IMAGE}", "FROM python:latest")
     )
     out, _ = _run(BIN / "hadolint", worse)
     assert out.returncode != 0 and "DL3007" in out.stdout  # "latest" is not a pinned base image
+    # the base is a build argument (a local base where no registry is reachable): its default is pinned
+    assert re.search(r"^ARG BASE_IMAGE=python:\d+\.\d+\.\d+-slim-bookworm$", DOCKERFILE.read_text(), re.M)
 
 
 def test_flow_image_runs_as_non_root_with_the_project_and_no_secrets():

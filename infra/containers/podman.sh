@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Containers on a machine with no Docker daemon: podman, set up once (see README, "Run it in containers").
+#
+#   infra/containers/podman.sh setup     install podman (Debian packages) and make the local base image
+#   infra/containers/podman.sh socket    serve the Docker API on $DRIFTLOOP_PODMAN_SOCKET (BentoML, prefect-docker)
+#
+# What this machine needs (checked 2026-12-02, ../shared/notes/stack-facts.md): the runc runtime and the
+# cgroupfs manager (crun fails here), the vfs storage driver, no default ulimits; and, since no public
+# image registry is reachable, a base image made from Debian packages (debootstrap). With Docker and a
+# registry, none of this is needed: the Dockerfiles' default base is the public python image.
+set -euo pipefail
+
+STATE="${DRIFTLOOP_PODMAN_STATE:-/var/tmp/driftloop-podman}"
+BASE="${DRIFTLOOP_LOCAL_BASE:-localhost/driftloop/debian-python:bookworm}"
+SOCKET="${DRIFTLOOP_PODMAN_SOCKET:-$STATE/podman.sock}"
+export CONTAINERS_CONF="$STATE/containers.conf"
+
+podman_() { podman --runtime runc --cgroup-manager cgroupfs --storage-driver vfs "$@"; }
+
+setup() {
+  if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
+    echo "installing podman, runc and debootstrap (Debian packages)..."
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+  fi
+  mkdir -p "$STATE"
+  printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n' \
+    > "$CONTAINERS_CONF"
+  if podman_ image exists "$BASE"; then
+    echo "base image $BASE: present"
+    return
+  fi
+  echo "making the base image $BASE from Debian packages (debootstrap, ~2 min)..."
+  local rootfs="$STATE/rootfs"
+  rm -rf "$rootfs"
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
+    bookworm "$rootfs" http://deb.debian.org/debian >"$STATE/debootstrap.log" 2>&1 \
+    || { tail -20 "$STATE/debootstrap.log"; exit 1; }
+  tar -C "$rootfs" -c . | podman_ import --change 'CMD ["python3"]' - "$BASE" >/dev/null
+  rm -rf "$rootfs"
+  echo "base image $BASE: made"
+}
+
+socket() {
+  mkdir -p "$(dirname "$SOCKET")"
+  podman_ system service --time=0 "unix://$SOCKET" &
+  echo $! > "$STATE/podman-service.pid"
+  for _ in $(seq 50); do [ -S "$SOCKET" ] && break; sleep 0.1; done
+  echo "Docker API on unix://$SOCKET (pid $(cat "$STATE/podman-service.pid"))"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  socket) socket ;;
+  *) echo "usage: $0 setup|socket" >&2; exit 2 ;;
+esac
