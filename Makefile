@@ -11,7 +11,7 @@ export WHYLOGS_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DRIFTLOOP_PROJECT_DIR := $(CURDIR)
 
-.PHONY: venv demo scale-demo test test-fast serve bench deploy stack stop clean lint format lint-infra lock image cloud-check cloud-deploy
+.PHONY: venv demo scale-demo test test-fast serve bench deploy stack stop clean lint format lint-infra lock image images test-images cloud-check cloud-deploy
 
 venv: $(STAMP)
 
@@ -68,12 +68,24 @@ lint-infra: $(STAMP) ## CloudFormation, Dockerfile and GitHub workflow linters (
 lock: ## re-pin the flow image's dependencies (requirements.lock) from pyproject.toml
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
 	build/lock-venv/bin/pip install --quiet --upgrade pip && build/lock-venv/bin/pip install --quiet .
-	{ sed -n '1,3p' requirements.lock; build/lock-venv/bin/pip freeze --exclude driftloop; } > requirements.lock.new
+	{ sed -n '1,3p' requirements.lock; build/lock-venv/bin/pip freeze --exclude driftloop; grep -B1 -E '^[^#].* ; python' requirements.lock; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock && rm -rf build/lock-venv
 
 IMAGE ?= driftloop/flows:dev
 image: ## build the flow image (needs a Docker engine; CI's deploy workflow builds and pushes it)
 	docker build --platform linux/amd64 -f infra/docker/flows.Dockerfile -t $(IMAGE) .
+
+# Containers on this machine: podman (no Docker daemon here), a Debian base made locally (no registry).
+PODMAN_STATE ?= /var/tmp/driftloop-podman
+FLOW_IMAGE_LOCAL ?= localhost/driftloop/flows:dev
+export CONTAINERS_CONF := $(PODMAN_STATE)/containers.conf
+export CONTAINERS_STORAGE_CONF := $(PODMAN_STATE)/storage.conf
+images: $(STAMP) ## build the flow image with podman (installs podman and makes the local base the first time)
+	DRIFTLOOP_PODMAN_STATE=$(PODMAN_STATE) infra/containers/podman.sh setup
+	DRIFTLOOP_PODMAN_STATE=$(PODMAN_STATE) infra/containers/podman.sh build-flows $(FLOW_IMAGE_LOCAL)
+
+test-images: images ## start the images the way production does (tests/images) and check what they run
+	DRIFTLOOP_TEST_IMAGES=1 DRIFTLOOP_FLOW_IMAGE=$(FLOW_IMAGE_LOCAL) $(PY) -m pytest -q -ra tests/images
 
 cloud-check: $(STAMP) ## check what the */cloud deployments need (pool, image, blocks, secrets), change nothing
 	$(PY) -m deployments.cloud check

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Containers on a machine with no Docker daemon: podman, set up once (see README, "Run it in containers").
 #
-#   infra/containers/podman.sh setup     install podman (Debian packages) and make the local base image
-#   infra/containers/podman.sh socket    serve the Docker API on $DRIFTLOOP_PODMAN_SOCKET (BentoML, prefect-docker)
+#   infra/containers/podman.sh setup              install podman (Debian packages), make the local base image
+#   infra/containers/podman.sh build-flows TAG    build the flow image (infra/docker/flows.Dockerfile) on it
+#   infra/containers/podman.sh socket             serve the Docker API on $DRIFTLOOP_PODMAN_SOCKET
+#
+# Every podman command reads its configuration from $STATE (export CONTAINERS_CONF and
+# CONTAINERS_STORAGE_CONF as this script does to use the same images: `make images` does).
 #
 # What this machine needs (checked 2026-12-02, ../shared/notes/stack-facts.md): the runc runtime and the
 # cgroupfs manager (crun fails here), the vfs storage driver, no default ulimits; and, since no public
@@ -13,18 +17,24 @@ set -euo pipefail
 STATE="${DRIFTLOOP_PODMAN_STATE:-/var/tmp/driftloop-podman}"
 BASE="${DRIFTLOOP_LOCAL_BASE:-localhost/driftloop/debian-python:bookworm}"
 SOCKET="${DRIFTLOOP_PODMAN_SOCKET:-$STATE/podman.sock}"
-export CONTAINERS_CONF="$STATE/containers.conf"
+export CONTAINERS_CONF="$STATE/containers.conf" CONTAINERS_STORAGE_CONF="$STATE/storage.conf"
 
-podman_() { podman --runtime runc --cgroup-manager cgroupfs --storage-driver vfs "$@"; }
+podman_() { podman "$@"; }
+
+configure() {
+  mkdir -p "$STATE"
+  printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n' \
+    > "$CONTAINERS_CONF"
+  printf '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n' \
+    > "$CONTAINERS_STORAGE_CONF"
+}
 
 setup() {
   if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v debootstrap >/dev/null; then
     echo "installing podman, runc and debootstrap (Debian packages)..."
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
   fi
-  mkdir -p "$STATE"
-  printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n' \
-    > "$CONTAINERS_CONF"
+  configure
   if podman_ image exists "$BASE"; then
     echo "base image $BASE: present"
     return
@@ -40,7 +50,20 @@ setup() {
   echo "base image $BASE: made"
 }
 
+build_flows() {
+  local tag="${1:?usage: $0 build-flows TAG}"
+  configure
+  # pip inside the build goes through this machine's TLS proxy: the host's CA bundle, mounted read-only
+  podman_ build --network host \
+    --build-arg BASE_IMAGE="$BASE" \
+    --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt \
+    --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro \
+    -f infra/docker/flows.Dockerfile -t "$tag" .
+  podman_ image prune -f >/dev/null  # vfs keeps a full copy per layer: drop the replaced ones
+}
+
 socket() {
+  configure
   mkdir -p "$(dirname "$SOCKET")"
   podman_ system service --time=0 "unix://$SOCKET" &
   echo $! > "$STATE/podman-service.pid"
@@ -50,6 +73,7 @@ socket() {
 
 case "${1:-}" in
   setup) setup ;;
+  build-flows) build_flows "${2:-}" ;;
   socket) socket ;;
-  *) echo "usage: $0 setup|socket" >&2; exit 2 ;;
+  *) echo "usage: $0 setup|build-flows TAG|socket" >&2; exit 2 ;;
 esac

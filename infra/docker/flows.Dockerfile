@@ -41,20 +41,17 @@ WORKDIR /opt/driftloop
 COPY requirements.lock ./
 RUN python3 -m venv /opt/venv \
     && if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
-    && pip install --no-deps --requirement requirements.lock
+    && pip install --no-deps --requirement requirements.lock \
+    && pip check
 
-# dask-cloudprovider starts Fargate containers with `dask-scheduler` / `dask-worker`; distributed
-# ships only `dask scheduler` / `dask worker` now: two shims keep its commands working.
-COPY infra/docker/bin/dask-scheduler infra/docker/bin/dask-worker /opt/venv/bin/
-
-COPY pyproject.toml README.md prefect.yaml ./
-COPY flows ./flows
-COPY tasks ./tasks
-COPY deployments ./deployments
-COPY bentos ./bentos
-COPY configs ./configs
+# The code, in one layer (what goes in: .dockerignore). dask-cloudprovider starts Fargate containers
+# with `dask-scheduler` / `dask-worker`; distributed ships only `dask scheduler` / `dask worker` now:
+# two shims keep its commands working.
+COPY . ./
 RUN if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
+    && cp infra/docker/bin/dask-scheduler infra/docker/bin/dask-worker /opt/venv/bin/ \
     && pip install --no-deps . \
+    && pip check \
     && mkdir -p /opt/driftloop/.driftloop \
     && chown -R driftloop:driftloop /opt/driftloop/.driftloop
 

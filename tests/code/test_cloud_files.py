@@ -201,6 +201,42 @@ def test_the_flow_role_allows_every_call_dask_cloudprovider_makes_with_the_stack
     assert missing == {}
 
 
+def test_the_services_region_reaches_the_store_and_autoscaling_owns_its_task_count(monkeypatch):
+    from tasks.core.settings import Settings
+
+    resources = _template()["Resources"]
+    # ContainerDefinitions: !If [ServiceMetrics, [service, collector], [service]]
+    _, with_metrics, without = resources["ServiceTaskDefinition"]["Properties"]["ContainerDefinitions"][
+        "Fn::If"
+    ]
+    services = [c for c in [*with_metrics, *without] if c["Name"] == "service"]
+    assert len(services) == 2  # with the metrics collector beside it, and without
+    for container in services:
+        names = {e["Name"] for e in container["Environment"]}
+        assert "DRIFTLOOP_S3__REGION" in names, "the store reads DRIFTLOOP_S3__REGION, not AWS_REGION"
+    monkeypatch.setenv("DRIFTLOOP_S3__REGION", "eu-west-3")
+    assert Settings().s3.region == "eu-west-3"  # the name the template sets is the setting's
+    assert "DesiredCount" not in resources["PredictionService"]["Properties"]
+    targets = [
+        r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::ApplicationAutoScaling::ScalableTarget"
+    ]
+    assert any(t["ScalableDimension"] == "ecs:service:DesiredCount" for t in targets)
+
+
+def test_every_workflow_job_outlasts_the_waits_its_steps_may_take():
+    """A job killed by its own timeout while a ``--watch`` still waits reports nothing useful."""
+    for path in WORKFLOWS:
+        for name, job in yaml.safe_load(path.read_text())["jobs"].items():
+            waits = sum(
+                int(seconds)
+                for step in job.get("steps", [])
+                for seconds in re.findall(r"--watch-timeout (\d+)", step.get("run", ""))
+            )
+            assert waits / 60 < job.get("timeout-minutes", 360), f"{path.name} job {name}: waits {waits} s"
+
+
 @pytest.mark.parametrize("template", [TEMPLATE, DEPLOY_TEMPLATE], ids=lambda p: p.name)
 def test_templates_fit_cloudformations_inline_limit(template):
     """`aws cloudformation deploy --template-file` sends the body inline, refused above 51,200 bytes."""
@@ -308,9 +344,17 @@ def test_flow_image_runs_as_non_root_with_the_project_and_no_secrets():
     packages = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"][
         "find"
     ]["include"]
-    for package in (p.rstrip("*") for p in packages):
-        assert f"COPY {package} ./{package}" in text, f"the flow image lacks the {package} package"
-    assert "COPY configs ./configs" in text and "requirements.lock" in text
+    ignored = {line.strip().rstrip("/") for line in (PROJECT_DIR / ".dockerignore").read_text().splitlines()}
+    assert re.search(r"^COPY \. \./$", text, re.M) and "requirements.lock" in text  # the build context, whole
+    for package in [
+        *(p.rstrip("*") for p in packages),
+        "configs",
+        "infra/docker/bin",
+        "README.md",
+        "prefect.yaml",
+    ]:
+        assert package not in ignored, f"the flow image would lack {package} (.dockerignore)"
+    assert {".venv", ".driftloop", ".env", "*.pem", "tests"} <= ignored
     assert not re.search(r"(?i)(api_key|secret|password|token)\s*=", text)
     ignored = (PROJECT_DIR / ".dockerignore").read_text().split()
     assert {".venv", ".driftloop", ".git", ".env"} <= set(ignored)
