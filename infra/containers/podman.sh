@@ -9,7 +9,8 @@
 # CONTAINERS_STORAGE_CONF as this script does to use the same images: `make images` does).
 #
 # What this machine needs (checked 2026-12-02, ../shared/notes/stack-facts.md): the runc runtime and the
-# cgroupfs manager (crun fails here), the vfs storage driver, no default ulimits; and, since no public
+# cgroupfs manager (crun fails here), no default ulimits, native overlay storage where the kernel has it
+# (checked 2026-12-03; vfs otherwise); and, since no public
 # image registry is reachable, a base image made from Debian packages (debootstrap). With Docker and a
 # registry, none of this is needed: the Dockerfiles' default base is the public python image.
 set -euo pipefail
@@ -25,8 +26,19 @@ configure() {
   mkdir -p "$STATE"
   printf '[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n' \
     > "$CONTAINERS_CONF"
-  printf '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n' \
+  [ -f "$CONTAINERS_STORAGE_CONF" ] && return
+  # overlay where the kernel offers it natively (layers shared, builds fast), else vfs (a full copy
+  # of every layer: slow, and gigabytes per image)
+  local driver=vfs
+  if env -u CONTAINERS_STORAGE_CONF podman --storage-driver overlay --root "$STATE/probe" \
+      --runroot "$STATE/probe-run" info 2>/dev/null \
+      | grep -q 'Native Overlay Diff: "true"'; then
+    driver=overlay
+  fi
+  rm -rf "$STATE/probe" "$STATE/probe-run"
+  printf '[storage]\ndriver = "%s"\nrunroot = "%s/run"\ngraphroot = "%s/storage"\n' "$driver" "$STATE" "$STATE" \
     > "$CONTAINERS_STORAGE_CONF"
+  echo "podman storage: $driver in $STATE/storage"
 }
 
 setup() {
@@ -59,7 +71,7 @@ build_flows() {
     --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt \
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro \
     -f infra/docker/flows.Dockerfile -t "$tag" .
-  podman_ image prune -f >/dev/null  # vfs keeps a full copy per layer: drop the replaced ones
+  podman_ image prune -f >/dev/null  # drop the layers the new build replaced
 }
 
 socket() {
