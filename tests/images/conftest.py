@@ -25,8 +25,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+STATE = Path(os.environ.get("DRIFTLOOP_PODMAN_STATE", "/var/tmp/driftloop-podman"))
+PODMAN_ENV = {  # the configuration `make images` built with (infra/containers/podman.sh)
+    "CONTAINERS_CONF": str(STATE / "containers.conf"),
+    "CONTAINERS_STORAGE_CONF": str(STATE / "storage.conf"),
+}
+
+
 def podman(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    out = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    env = {**PODMAN_ENV, **os.environ}
+    out = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, env=env)
     if check and out.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)} failed ({out.returncode}): {out.stderr[-2000:]}")
     return out
