@@ -8,18 +8,15 @@ libraries' own optional imports (``h2`` if installed, ...) are theirs to do with
 
 from __future__ import annotations
 
-import ast
-import os
 import re
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from tasks.core.settings import PROJECT_DIR
 from tasks.registry.packaging import RUNTIME_PACKAGES
+from tests.source_reading import fresh_python, imports_of
 
 LOADED = """
 import sys
@@ -55,15 +52,8 @@ def installed_closure(roots: list[str]) -> set[str]:
 
 
 def imported_modules(path: Path) -> set[str]:
-    """The top-level names a module imports, lazily or not (absolute imports)."""
-    tree = ast.parse(path.read_text())
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names.add(node.module.split(".")[0])
-    return names
+    """The top-level names a module imports, lazily or not."""
+    return {module.split(".")[0] for _, module, _ in imports_of(path)}
 
 
 def uncovered(modules: set[str], declared: set[str]) -> dict[str, list[str]]:
@@ -79,17 +69,7 @@ def uncovered(modules: set[str], declared: set[str]) -> dict[str, list[str]]:
 
 
 def test_the_bento_declares_every_package_the_service_loads():
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out = subprocess.run(
-        [sys.executable, "-c", LOADED],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "BENTOML_DO_NOT_TRACK": "true"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    files = [Path(f) for f in eval(out.stdout.strip().splitlines()[-1])]  # noqa: S307 - our own subprocess
+    files = [Path(f) for f in fresh_python(LOADED)]
     assert any(f.name == "service.py" for f in files) and len(files) > 10
     imported = set().union(*(imported_modules(f) for f in files)) - NOT_IN_A_BENTO
     assert {"bentoml", "lightgbm", "polars"} <= imported  # the check sees what the service imports

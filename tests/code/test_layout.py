@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tasks.core.settings import PROJECT_DIR
+from tests.source_reading import fresh_python, imports_of
 
 STAGES = ("core", "data", "model", "registry", "serving", "monitoring")  # in the order they may import
 LAYERS = (*STAGES, "decisions")
@@ -39,29 +38,9 @@ def _domain_modules() -> list[str]:
     return [_rel(p).removesuffix(".py").replace("/", ".") for p in _modules("tasks")]
 
 
-def _imports(path: Path) -> list[tuple[int, str, bool]]:
-    """Every module ``path`` imports, lazily or not: (line, module, at module level)."""
-    tree = ast.parse(path.read_text())
-    top = {id(n) for n in tree.body}
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, a.name, id(node) in top) for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module, id(node) in top))
-        elif (
-            isinstance(node, ast.Call)
-            and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-        ):
-            found.append((node.lineno, str(node.args[0].value), False))
-    return found
-
-
 def _mentions_prefect(path: Path) -> list[str]:
     """Imports of Prefect (or of the flows, the Prefect side) in ``path``, as ``<line> <module>``."""
-    return [f"{line} {module}" for line, module, _ in _imports(path) if _is_prefect_side(module)]
+    return [f"{line} {module}" for line, module, _ in imports_of(path) if _is_prefect_side(module)]
 
 
 def _is_prefect_side(module: str) -> bool:
@@ -82,7 +61,7 @@ def test_the_folder_check_sees_a_lazy_import(tmp_path):
 
 
 def test_the_service_reaches_the_prefect_side_only_lazily_for_a_credentials_block():
-    found = [(m, top) for p in _modules("bentos") for _, m, top in _imports(p) if _is_prefect_side(m)]
+    found = [(m, top) for p in _modules("bentos") for _, m, top in imports_of(p) if _is_prefect_side(m)]
     assert found == [("flows.steps.runtime", False)]
 
 
@@ -98,33 +77,15 @@ def test_no_stage_imports_a_later_stage():
     for path in _modules("tasks"):
         own = _layer(_rel(path).removesuffix(".py").replace("/", "."))
         assert own is not None, f"{_rel(path)} is in no stage"
-        for line, module, _ in _imports(path):
+        for line, module, _ in imports_of(path):
             other = _layer(module)
             if other is not None and LAYERS.index(other) > LAYERS.index(own):
                 upward.append(f"{_rel(path)}:{line} ({own}) imports {module} ({other})")
     assert upward == []
 
 
-def _fresh_python(code: str) -> list[str]:
-    """Run ``code`` in a new interpreter (nothing imported yet, no Prefect settings) at the project root;
-    return the list literal it prints last."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=PROJECT_DIR,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "BENTOML_DO_NOT_TRACK": "true"},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 - our own subprocess printed a list literal
-
-
 def _imports_prefect(modules: list[str]) -> list[str]:
-    return _fresh_python(
+    return fresh_python(
         "import importlib, sys\n"
         f"for name in {modules!r}:\n    importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m == 'prefect' or m.startswith('prefect.')))"
@@ -167,7 +128,7 @@ print(missing)
 def test_every_import_of_project_code_resolves():
     """Imports inside functions (lazy, so a module loads fast) are not checked by importing the
     module: this reads every ``from <project module> import name`` and resolves it."""
-    assert _fresh_python(IMPORT_CHECK) == []
+    assert fresh_python(IMPORT_CHECK) == []
 
 
 def _decorated(path: Path, names: set[str]) -> list[str]:
