@@ -201,7 +201,7 @@ def test_the_flow_role_allows_every_call_dask_cloudprovider_makes_with_the_stack
     assert missing == {}
 
 
-def test_the_services_region_reaches_the_store_and_autoscaling_owns_its_task_count(monkeypatch):
+def test_the_services_region_reaches_the_store(monkeypatch):
     from tasks.core.settings import Settings
 
     resources = _template()["Resources"]
@@ -216,13 +216,6 @@ def test_the_services_region_reaches_the_store_and_autoscaling_owns_its_task_cou
         assert "DRIFTLOOP_S3__REGION" in names, "the store reads DRIFTLOOP_S3__REGION, not AWS_REGION"
     monkeypatch.setenv("DRIFTLOOP_S3__REGION", "eu-west-3")
     assert Settings().s3.region == "eu-west-3"  # the name the template sets is the setting's
-    assert "DesiredCount" not in resources["PredictionService"]["Properties"]
-    targets = [
-        r["Properties"]
-        for r in resources.values()
-        if r["Type"] == "AWS::ApplicationAutoScaling::ScalableTarget"
-    ]
-    assert any(t["ScalableDimension"] == "ecs:service:DesiredCount" for t in targets)
 
 
 def test_every_workflow_job_outlasts_the_waits_its_steps_may_take():
