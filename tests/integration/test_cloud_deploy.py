@@ -494,6 +494,7 @@ def test_the_real_ecs_worker_launches_a_cloud_flow_run_with_the_stacks_network_r
             report = ParamValidator().validate(params, ecs_model.operation_model(operation).input_shape)
             assert not report.has_errors(), f"{operation}: {report.generate_report()}"
 
+    launched = set()
     for request in runs:
         network = request["networkConfiguration"]["awsvpcConfiguration"]
         assert network["subnets"] == cloud["subnets"]
@@ -503,9 +504,15 @@ def test_the_real_ecs_worker_launches_a_cloud_flow_run_with_the_stacks_network_r
         assert request["overrides"]["taskRoleArn"] == out["FlowTaskRoleArn"]
         environment = request["overrides"]["containerOverrides"][0]["environment"]
         overrides = {e["name"]: e["value"] for e in environment}
-        assert overrides["PREFECT__FLOW_RUN_ID"] == str(run.id)
+        launched.add(overrides["PREFECT__FLOW_RUN_ID"])
         assert overrides["DRIFTLOOP_STORE_URI"] == out["StoreUri"]
         assert "PREFECT_API_KEY" not in overrides
+    # this run was launched; any other is a run of the same pool that fell due meanwhile (the hourly
+    # cloud deployments' schedules), launched the same way and checked above
+    assert str(run.id) in launched, launched
+    for other in launched - {str(run.id)}:
+        scheduled = _api(lambda client: client.read_flow_run(UUID(other)))
+        assert scheduled.work_pool_name == "driftloop-ecs", scheduled
 
     for definition in definitions:
         (container,) = definition["containerDefinitions"]
