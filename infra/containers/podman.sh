@@ -16,8 +16,9 @@
 set -euo pipefail
 
 STATE="${DRIFTLOOP_PODMAN_STATE:-/var/tmp/driftloop-podman}"
-BASE="${DRIFTLOOP_LOCAL_BASE:-localhost/driftloop/debian-python:bookworm}"
+BASE="${DRIFTLOOP_LOCAL_BASE:-localhost/driftloop/python:3.11-bookworm}"
 SOCKET="${DRIFTLOOP_PODMAN_SOCKET:-$STATE/podman.sock}"
+PUBLIC_NAMES="docker.io/library/python:3.11-slim docker.io/library/python:3.11.7-slim-bookworm"
 export CONTAINERS_CONF="$STATE/containers.conf" CONTAINERS_STORAGE_CONF="$STATE/storage.conf"
 
 podman_() { podman "$@"; }
@@ -55,23 +56,32 @@ setup() {
   echo "making the base image $BASE from Debian packages (debootstrap, ~2 min)..."
   local rootfs="$STATE/rootfs"
   rm -rf "$rootfs"
-  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,libgomp1 \
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
     bookworm "$rootfs" http://deb.debian.org/debian >"$STATE/debootstrap.log" 2>&1 \
     || { tail -20 "$STATE/debootstrap.log"; exit 1; }
-  tar -C "$rootfs" -c . | podman_ import --change 'CMD ["python3"]' - "$BASE" >/dev/null
+  # Laid out like the public python image: `python` and `pip` in /usr/local/bin, installs allowed (a
+  # venv over /usr/local; Debian's own Python refuses pip installs). Nothing else: each image installs
+  # the OS packages it needs itself (libgomp1 for LightGBM), as it must on the public base.
+  chroot "$rootfs" /usr/bin/python3 -m venv /usr/local >>"$STATE/debootstrap.log" 2>&1
+  # This machine reaches package indexes through a TLS proxy: its CA bundle, for pip and uv
+  cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/host-ca.crt"
+  tar -C "$rootfs" -c . | podman_ import \
+    --change 'ENV PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV PIP_CERT=/etc/ssl/certs/host-ca.crt' \
+    --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/host-ca.crt' \
+    --change 'CMD ["python3"]' - "$BASE" >/dev/null
   rm -rf "$rootfs"
-  echo "base image $BASE: made"
+  # It stands in for the public images the Dockerfiles name: BentoML's generated one (python:3.11-slim)
+  # and ours (its default BASE_IMAGE), so both build unchanged here.
+  for public in $PUBLIC_NAMES; do podman_ tag "$BASE" "$public"; done
+  echo "base image $BASE: made (also tagged $PUBLIC_NAMES)"
 }
 
 build_flows() {
   local tag="${1:?usage: $0 build-flows TAG}"
   configure
-  # pip inside the build goes through this machine's TLS proxy: the host's CA bundle, mounted read-only
-  podman_ build --network host \
-    --build-arg BASE_IMAGE="$BASE" \
-    --build-arg PIP_CERT=/etc/ssl/certs/host-ca.crt \
-    --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro \
-    -f infra/docker/flows.Dockerfile -t "$tag" .
+  # --network host: pip inside the build reaches the package index as this machine does
+  podman_ build --network host -f infra/docker/flows.Dockerfile -t "$tag" .
   podman_ image prune -f >/dev/null  # drop the layers the new build replaced
 }
 

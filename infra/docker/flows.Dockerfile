@@ -1,16 +1,14 @@
 # The flow runtime: what an ECS task (and the ECS worker) runs. Built by CI from the repository root:
 #   docker build -f infra/docker/flows.Dockerfile -t <ecr>/driftloop/flows:<git sha> .
-# Python and every dependency are pinned (requirements.lock, made by `make lock`); the code goes in
+# Python and every dependency are pinned with hashes (requirements.lock, made by `make lock`); the code goes in
 # last so a code change rebuilds one thin layer. No secrets: credentials come from the task role,
 # Prefect blocks and ECS secrets at run time.
 #
-# BASE_IMAGE: the public python image in CI/CD; on a machine with no registry, a Debian base made by
-# `infra/containers/podman.sh setup` (`make images`). Either way the packages go into a venv (Debian's
-# own Python refuses pip installs). PIP_CERT: a CA bundle for pip behind an intercepting proxy (the
-# host's, mounted by `make images`); unset in CI/CD.
+# BASE_IMAGE: the public python image (pin it by digest in CI/CD: --build-arg BASE_IMAGE=python@sha256:…).
+# On a machine with no registry, `make images` makes a stand-in under this name from Debian packages
+# (infra/containers/podman.sh).
 ARG BASE_IMAGE=python:3.11.7-slim-bookworm
 FROM ${BASE_IMAGE}
-ARG PIP_CERT
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -40,16 +38,14 @@ WORKDIR /opt/driftloop
 
 COPY requirements.lock ./
 RUN python3 -m venv /opt/venv \
-    && if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
-    && pip install --no-deps --requirement requirements.lock \
+    && pip install --no-deps --require-hashes --requirement requirements.lock \
     && pip check
 
 # The code, in one layer (what goes in: .dockerignore). dask-cloudprovider starts Fargate containers
 # with `dask-scheduler` / `dask-worker`; distributed ships only `dask scheduler` / `dask worker` now:
 # two shims keep its commands working.
 COPY . ./
-RUN if [ -z "${PIP_CERT:-}" ]; then unset PIP_CERT; fi \
-    && cp infra/docker/bin/dask-scheduler infra/docker/bin/dask-worker /opt/venv/bin/ \
+RUN cp infra/docker/bin/dask-scheduler infra/docker/bin/dask-worker /opt/venv/bin/ \
     && pip install --no-deps . \
     && pip check \
     && mkdir -p /opt/driftloop/.driftloop \

@@ -7,7 +7,6 @@ one as a bento (the service, its model, pinned requirements and a generated Dock
 from __future__ import annotations
 
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -16,20 +15,14 @@ from pydantic import BaseModel
 from tasks.core.settings import PROJECT_DIR, Settings
 from tasks.registry.versions import CONFIG_FILE, ModelVersion, Registry, RegistryError
 
-RUNTIME_PACKAGES = [
-    "bentoml",
-    "fastapi",  # the /predict_arrow route (a mounted ASGI app); BentoML does not bring it
-    "lightgbm",
-    "polars",
-    "numpy",
-    "pyarrow",
-    "pydantic",
-    "pydantic-settings",
-    "pyyaml",
-    "boto3",
-    "pandas",
-    "scikit-learn",
-]
+SERVING_REQUIREMENTS = PROJECT_DIR / "bentos" / "requirements.in"  # what the service needs, by name
+SERVING_LOCK = PROJECT_DIR / "bentos" / "requirements.lock"  # those, pinned with hashes (`make lock`)
+
+
+def serving_packages() -> list[str]:
+    """The distributions a bento installs by name (``bentos/requirements.in``)."""
+    lines = (line.split("#")[0].strip() for line in SERVING_REQUIREMENTS.read_text().splitlines())
+    return [line for line in lines if line]
 
 
 def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) -> str:
@@ -80,11 +73,6 @@ class PackagedBento(BaseModel):
     dockerfile: str
 
 
-def pinned_requirements() -> list[str]:
-    """The serving runtime's packages, pinned to what is installed here (no network needed)."""
-    return [f"{name}=={metadata.version(name)}" for name in RUNTIME_PACKAGES]
-
-
 def bentofile(model_name: str, model_tag: str, version: int, snapshot_id: str) -> dict:
     return {
         "service": "bentos.service:Driftloop",
@@ -92,7 +80,8 @@ def bentofile(model_name: str, model_tag: str, version: int, snapshot_id: str) -
         "description": f"driftloop prediction service for {model_name} (registry version {version})",
         "labels": {"registry_version": str(version), "snapshot": snapshot_id, "owner": "driftloop"},
         "include": ["bentos/*.py", "bentos/*.json", "tasks/**/*.py", "configs/*.yaml"],
-        "python": {"packages": pinned_requirements(), "lock_packages": False},
+        # the lock the development venv and the flow image install from, cut to what serving needs
+        "python": {"requirements_txt": str(SERVING_LOCK.relative_to(PROJECT_DIR)), "lock_packages": False},
         "models": [model_tag],
         "envs": [
             {"name": "DRIFTLOOP_PACKAGED_MODEL", "value": model_tag},
@@ -133,3 +122,23 @@ def build_bento(registry: Registry, ref: str, settings: Settings) -> PackagedBen
         export_url=store.url(key),
         dockerfile=str(dockerfile),
     )
+
+
+def containerize(bento_tag: str, image_tag: str, backend: str = "docker", network: str | None = None) -> str:
+    """Build the bento's container image with BentoML's own ``containerize`` (its generated Dockerfile,
+    never a hand-written one) on ``backend`` (``docker``, or ``podman`` where there is no Docker
+    daemon). ``network="host"``: the build's package installs reach the index as this machine does.
+
+    The generated Dockerfile names its public base (``python:3.11-slim``): where no registry is
+    reachable, ``make images`` puts a stand-in under that name (infra/containers/podman.sh)."""
+    import bentoml
+
+    options = {"network": network} if network else {}
+    try:
+        bentoml.container.build(bento_tag, backend=backend, image_tag=(image_tag,), **options)
+    except Exception as exc:  # noqa: BLE001 - say which bento and backend, and what to look at
+        raise RegistryError(
+            f"containerizing bento {bento_tag} with {backend} failed: {exc}. Check that {backend} works "
+            f"(`{backend} info`) and that its base image is reachable (`make images` makes one here)"
+        ) from exc
+    return image_tag

@@ -1,4 +1,4 @@
-"""A packaged bento installs only ``RUNTIME_PACKAGES`` (and what they depend on): every third-party
+"""A packaged bento installs only ``bentos/requirements.in`` (and what they depend on): every third-party
 package the service's own code imports must be among them, or the container fails where the
 development virtualenv, which has everything, never would. (``make test-images`` proves it in the
 built image.)
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from packaging.requirements import Requirement
 
-from tasks.registry.packaging import RUNTIME_PACKAGES
+from tasks.registry.packaging import serving_packages
 from tests.source_reading import fresh_python, imports_of
 
 LOADED = """
@@ -73,7 +73,7 @@ def test_the_bento_declares_every_package_the_service_loads():
     assert any(f.name == "service.py" for f in files) and len(files) > 10
     imported = set().union(*(imported_modules(f) for f in files)) - NOT_IN_A_BENTO
     assert {"bentoml", "lightgbm", "polars"} <= imported  # the check sees what the service imports
-    assert uncovered(imported, installed_closure(RUNTIME_PACKAGES)) == {}
+    assert uncovered(imported, installed_closure(serving_packages())) == {}
 
 
 def test_the_check_finds_a_package_nothing_declared_brings():

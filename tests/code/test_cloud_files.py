@@ -353,21 +353,79 @@ def test_flow_image_runs_as_non_root_with_the_project_and_no_secrets():
     assert {".venv", ".driftloop", ".git", ".env"} <= set(ignored)
 
 
+LOCKS = {
+    "dev": PROJECT_DIR / "requirements-dev.lock",  # the development venv (make venv)
+    "flows": PROJECT_DIR / "requirements.lock",  # the flow image
+    "serving": PROJECT_DIR / "bentos" / "requirements.lock",  # every bento
+}
+
+
+def locked(path: Path) -> dict[str, tuple[str, list[str], object]]:
+    """A ``uv pip compile --generate-hashes`` file: name -> (version, hashes, marker or None)."""
+    from packaging.requirements import Requirement
+
+    pins: dict[str, tuple[str, list[str], object]] = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", path.read_text()):
+        if entry.startswith("#"):
+            continue
+        requirement, *options = entry.split("\\\n")
+        req = Requirement(requirement.strip())
+        hashes = re.findall(r"--hash=sha256:([0-9a-f]{64})", entry)
+        (version,) = [s.version for s in req.specifier if s.operator == "=="]
+        pins[re.sub(r"[-_.]+", "-", req.name).lower()] = (version, hashes, req.marker)
+    return pins
+
+
 def test_lock_satisfies_every_runtime_dependency():
     from packaging.requirements import Requirement
 
-    locked = {}
-    for line in (PROJECT_DIR / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            locked[name.lower().replace("_", "-")] = version
+    pins = locked(LOCKS["flows"])
     deps = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
     for dep in map(Requirement, deps):
-        name = dep.name.lower().replace("_", "-")
-        assert name in locked, f"{name} is a dependency but not in requirements.lock; run `make lock`"
-        assert dep.specifier.contains(locked[name], prereleases=True), (
-            f"requirements.lock pins {name}=={locked[name]}, outside {dep}; run `make lock`"
+        name = re.sub(r"[-_.]+", "-", dep.name).lower()
+        assert name in pins, f"{name} is a dependency but not in requirements.lock; run `make lock`"
+        assert dep.specifier.contains(pins[name][0], prereleases=True), (
+            f"requirements.lock pins {name}=={pins[name][0]}, outside {dep}; run `make lock`"
         )
+
+
+def test_one_set_of_versions_everywhere_each_with_its_hashes():
+    """The flow image and every bento install versions the development venv was tested with, and pip /
+    uv refuse a download whose hash differs."""
+    dev = locked(LOCKS["dev"])
+    assert len(dev) > 100
+    for kind, path in LOCKS.items():
+        pins = locked(path)
+        assert pins and all(hashes for _, hashes, _ in pins.values()), f"{path.name}: a pin without hashes"
+        differ = {n: (v, dev[n][0]) for n, (v, _, _) in pins.items() if n not in dev or dev[n][0] != v}
+        assert not differ, f"{kind} lock differs from requirements-dev.lock: {differ}; run `make lock`"
+
+
+def test_the_development_venv_is_the_lock():
+    """``make venv`` installs requirements-dev.lock: what is installed here is what it pins."""
+    from importlib import metadata
+
+    wrong = {}
+    for name, (version, _, marker) in locked(LOCKS["dev"]).items():
+        if marker is not None and not marker.evaluate({"extra": ""}):
+            continue  # another platform's package
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = None
+        if installed != version:
+            wrong[name] = (installed, version)
+    assert not wrong, f"installed vs locked: {wrong}; run `make venv` (it reinstalls from the lock)"
+
+
+def test_serving_lock_pins_what_the_service_needs():
+    from tasks.registry.packaging import bentofile, serving_packages
+
+    pins = locked(LOCKS["serving"])
+    assert {re.sub(r"[-_.]+", "-", p).lower() for p in serving_packages()} <= set(pins)
+    assert "prefect" not in pins and "wandb" not in pins  # a bento carries the service, not the flows
+    python = bentofile("m", "m:v1", 1, "s")["python"]
+    assert python == {"requirements_txt": "bentos/requirements.lock", "lock_packages": False}
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.name)
