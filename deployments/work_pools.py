@@ -1,6 +1,7 @@
-"""Work pools as code: the local ``process`` pool and the ``ecs`` pool, created or updated idempotently.
+"""Work pools as code: the ``process``, ``docker`` and ``ecs`` pools, created or updated idempotently.
 
-    python -m deployments.work_pools                         # both pools, project defaults
+    python -m deployments.work_pools                         # all three, project defaults
+    python -m deployments.work_pools --only docker           # flow runs as containers of the flow image
     python -m deployments.work_pools --from-stack driftloop  # ECS defaults from the CloudFormation stack
     python -m deployments.work_pools --only cloud --cpu 2048 --memory 8192
 
@@ -65,9 +66,10 @@ def validate_job_variables(values: dict[str, Any], template: dict[str, Any], whe
     problems = [
         f"{'.'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in validator.iter_errors(values)
     ]
-    cpu = values.get("cpu") or schema["properties"]["cpu"].get("default")
-    memory = values.get("memory") or schema["properties"]["memory"].get("default")
-    launch = values.get("launch_type") or schema["properties"]["launch_type"].get("default")
+    props = schema["properties"]
+    cpu = values.get("cpu") or props.get("cpu", {}).get("default")
+    memory = values.get("memory") or props.get("memory", {}).get("default")
+    launch = values.get("launch_type") or props.get("launch_type", {}).get("default")
     if launch in ("FARGATE", "FARGATE_SPOT") and cpu in FARGATE_MEMORY and memory not in FARGATE_MEMORY[cpu]:
         allowed = FARGATE_MEMORY[cpu]
         problems.append(
@@ -115,6 +117,18 @@ def desired_pools(
                 "type": "process",
                 "description": "driftloop on this machine: flows run as subprocesses of a local worker.",
                 "base_job_template": ProcessWorker.get_default_base_job_template(),
+            }
+        )
+    if only in (None, "docker"):
+        from prefect_docker.worker import DockerWorker
+
+        pools.append(
+            {
+                "name": prefect_file.pool("docker", spec)["name"],
+                "type": "docker",
+                "description": "driftloop in containers on this machine: each flow run is a container "
+                "of the flow image (make images).",
+                "base_job_template": DockerWorker.get_default_base_job_template(),
             }
         )
     if only in (None, "cloud"):
@@ -168,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deployments.work_pools", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--only", choices=["local", "cloud"], help="create/update just this pool")
+    parser.add_argument("--only", choices=["local", "docker", "cloud"], help="create/update just this pool")
     parser.add_argument(
         "--from-stack", metavar="STACK", help="take ECS defaults from this CloudFormation stack"
     )

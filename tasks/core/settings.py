@@ -242,7 +242,11 @@ class Settings(BaseSettings):
     """driftloop settings; construct with ``Settings()`` (reads env) and pass down explicitly."""
 
     model_config = SettingsConfigDict(
-        env_prefix="DRIFTLOOP_", env_nested_delimiter="__", extra="forbid", env_file=None
+        env_prefix="DRIFTLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        env_file=None,
+        env_ignore_empty=True,  # an empty variable is an unset one (prefect.yaml fills unset ones with "")
     )
 
     store_uri: str = Field(
@@ -260,7 +264,7 @@ class Settings(BaseSettings):
     on_invalid: Literal["fail", "skip"] = Field(
         "fail", description="A batch failing its contract stops the flow (fail) or is left out (skip)"
     )
-    target: Literal["local", "cloud"] = Field(
+    target: Literal["local", "docker", "cloud"] = Field(
         "local",
         description="Which deployment variant runs this code; events carry it so each target's "
         "automations react only to their own models",

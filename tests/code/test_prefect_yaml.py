@@ -61,28 +61,49 @@ def test_entrypoint_is_a_flow_with_a_parameter_schema(deployment):
     assert set(definition["properties"]) == set(model.model_fields), flow.name
 
 
-def test_every_flow_exists_for_both_targets_with_the_same_definition():
+TARGETS = ("local", "docker", "cloud")
+
+
+def test_every_flow_exists_for_every_target_with_the_same_definition():
     by_target = {
-        t: {prefect_file.flow_name(d): d for d in prefect_file.deployments(t, SPEC)}
-        for t in ("local", "cloud")
+        t: {prefect_file.flow_name(d): d for d in prefect_file.deployments(t, SPEC)} for t in TARGETS
     }
-    assert sorted(by_target["local"]) == sorted(by_target["cloud"]) == sorted(FLOWS)
-    assert {d["name"] for d in DEPLOYMENTS} == {"local", "cloud"}
+    assert all(sorted(by_target[t]) == sorted(FLOWS) for t in TARGETS)
+    assert {d["name"] for d in DEPLOYMENTS} == set(TARGETS)
+    pools = {"local": "driftloop-local", "docker": "driftloop-docker", "cloud": "driftloop-ecs"}
+    workdir = {"local": "{{ $DRIFTLOOP_PROJECT_DIR }}", "docker": "/opt/driftloop", "cloud": "/opt/driftloop"}
+    assert Settings().prefect.work_pool == pools["local"]
     for name in FLOWS:
-        local, cloud = by_target["local"][name], by_target["cloud"][name]
-        for key in ("entrypoint", "description", "tags", "parameters"):
-            assert local.get(key) == cloud.get(key), f"{name}: {key} differs between targets"
-        assert local["work_pool"]["name"] == Settings().prefect.work_pool == "driftloop-local"
-        assert cloud["work_pool"]["name"] == "driftloop-ecs"
-        assert (
-            local["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
-            == "{{ $DRIFTLOOP_PROJECT_DIR }}"
-        )
-        assert (
-            cloud["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
-            == "/opt/driftloop"
-        )
+        local = by_target["local"][name]
+        for target in TARGETS:
+            deployment = by_target[target][name]
+            for key in ("entrypoint", "description", "tags", "parameters"):
+                assert deployment.get(key) == local.get(key), f"{name}: {key} differs in {target}"
+            assert deployment["work_pool"]["name"] == pools[target]
+            step = deployment["pull"][0]["prefect.deployments.steps.set_working_directory"]
+            assert step["directory"] == workdir[target]
     assert by_target["cloud"]["monitor"]["schedules"][0]["cron"] == "0 * * * *"
+
+
+def test_docker_job_variables_pass_the_docker_workers_template():
+    """Checked against prefect-docker's own template; every DRIFTLOOP_ variable is a setting, and the
+    ones left empty when unset mean 'unset' (Settings ignores empty variables)."""
+    from prefect_docker.worker import DockerWorker
+
+    from deployments.work_pools import validate_job_variables
+
+    template = DockerWorker.get_default_base_job_template()
+    env = {"DRIFTLOOP_FLOW_IMAGE": "localhost/driftloop/flows:dev", "DRIFTLOOP_STORE_URI": "s3://b/p"}
+    for d in prefect_file.deployments("docker", SPEC):
+        variables = prefect_file.render(d["work_pool"]["job_variables"], env)
+        variables["env"] = {k: prefect_file.ENV_PLACEHOLDER.sub("", v) for k, v in variables["env"].items()}
+        validate_job_variables(variables, template, prefect_file.flow_name(d))
+        assert variables["network_mode"] == "host" and variables["image_pull_policy"] == "Never"
+        settings = _settings_from_env(
+            {k: v for k, v in variables["env"].items() if k.startswith("DRIFTLOOP_")}
+        )
+        assert settings.target == "docker" and settings.store_uri == "s3://b/p"
+        assert settings.s3.endpoint_url is None and settings.s3.credentials_block is None
 
 
 def test_cloud_job_variables_pass_the_ecs_template():
@@ -126,7 +147,7 @@ def test_every_flow_the_readme_names_is_deployed():
     assert "training/cloud" in readme
 
 
-@pytest.mark.parametrize("target", ["local", "cloud"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_retrain_is_triggered_by_drift_and_degradation_of_its_own_target(target):
     retrain = next(d for d in prefect_file.deployments(target, SPEC) if d["entrypoint"].endswith(":retrain"))
     (trigger,) = retrain["triggers"]
@@ -144,7 +165,7 @@ def test_every_deployment_has_a_concurrency_limit_that_queues(deployment):
     assert 1 <= limit["limit"] <= 2 and limit["collision_strategy"] == "ENQUEUE"
 
 
-@pytest.mark.parametrize("target", ["local", "cloud"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_the_canary_decision_and_compaction_run_on_the_schedules_the_readme_promises(target):
     canary = next(
         d for d in prefect_file.deployments(target, SPEC) if d["entrypoint"].endswith(":canary_decision")
@@ -176,7 +197,7 @@ def test_events_carry_the_target_the_triggers_match():
     assert model_resource("m", Settings().target)["driftloop.target"] == "local"
 
 
-@pytest.mark.parametrize("target", ["local", "cloud"])
+@pytest.mark.parametrize("target", TARGETS)
 def test_deploy_names_select_each_deployment_of_a_target_once(target):
     args = prefect_file.deploy_name_args(target)
     names = args[1::2]

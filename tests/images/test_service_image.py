@@ -1,6 +1,6 @@
 """The prediction service's container image, as the deploy builds it and ECS runs it.
 
-A model trained by the training flow into a store on the moto S3 API, packaged as a bento and
+A model trained by the ``training/docker`` deployment into a store on the moto S3 API, packaged as a bento and
 containerized by BentoML's own ``containerize`` (podman here), then started as ECS starts it: the
 image's own entrypoint, the store on S3, a token, and stopped with SIGTERM (what ECS sends before it
 kills). A package the service imports but the bento does not install fails here: the container never
@@ -12,7 +12,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,39 +36,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def s3_store(moto_endpoint: str, prefect_server) -> Iterator[dict[str, str]]:
-    """A bucket on the moto server with a champion trained by the training flow (two months, two
-    trials): the environment a service and a flow need to reach it."""
-    import boto3
-
-    from flows.schemas import TrainingParams
-    from flows.training import training
-    from tasks.core.settings import Settings
-    from tasks.core.store import open_store
-    from tasks.data.landing import land_nycflights13
-
-    bucket = f"driftloop-images-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
-    env = {
-        "DRIFTLOOP_STORE_URI": f"s3://{bucket}/driftloop",
-        "DRIFTLOOP_S3__ENDPOINT_URL": moto_endpoint,
-        "DRIFTLOOP_S3__REGION": "us-east-1",
-        "DRIFTLOOP_S3__ACCESS_KEY_ID": "testing",
-        "DRIFTLOOP_S3__SECRET_ACCESS_KEY": "testing",
-    }
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in env.items():
-            patch.setenv(key, value)
-        settings = Settings()
-        land_nycflights13(open_store(settings), settings.sources_dir, months=[1, 2])
-        summary = training(TrainingParams(window_end="2013-03-01T00:00:00Z", n_trials=2, cv_folds=0))
-        assert summary.version == 1 and summary.decision == "champion"
-        yield env
-
-
-@pytest.fixture(scope="module")
-def service_image(s3_store: dict[str, str]) -> str:
-    """The champion's bento, containerized by BentoML on podman (the deploy does the same on Docker)."""
+def service_image(s3_store: dict[str, str], trained_in_the_flow_image) -> str:
+    """The champion (trained by ``training/docker``, in the flow image) packaged as a bento and
+    containerized by BentoML on podman (the deploy does the same on Docker)."""
     from deployments.service_image import build_service_image
     from tasks.core.settings import Settings
 
@@ -92,6 +61,7 @@ class Container:
             "DRIFTLOOP_SERVING__AUTH_TOKEN": TOKEN,
             "DRIFTLOOP_SERVING__LOG_MAX_SECONDS": "60",  # nothing ships on its own during a test
             "DRIFTLOOP_SERVING__POLL_SECONDS": "1",
+            "DRIFTLOOP_SERVING__CHALLENGER_SHARE": "0",  # the champion answers every request
         }
         options = [f"--env={k}={v}" for k, v in env.items()]
         podman(
@@ -174,6 +144,12 @@ def _store(store_env: dict[str, str]):
         return open_store(Settings())
 
 
+def _champion(store_env: dict[str, str]) -> int:
+    from tasks.registry.versions import Registry
+
+    return Registry(_store(store_env), MODEL).resolve("champion").version
+
+
 def _offline(store_env: dict[str, str], frame: pl.DataFrame) -> np.ndarray:
     from tasks.registry.versions import Registry
 
@@ -202,7 +178,7 @@ def test_the_container_serves_the_champion_from_s3_as_offline_scoring_does(start
     resp = httpx.post(f"{service.url}/predict_batch", json={"records": records}, headers=AUTH, timeout=30)
     assert resp.status_code == 200, resp.text
     answers = resp.json()
-    assert {a["model_version"] for a in answers} == {1}
+    assert {a["model_version"] for a in answers} == {_champion(s3_store)}
     served = np.array([a["probability"] for a in answers])
     np.testing.assert_allclose(served, _offline(s3_store, frame), rtol=1e-9)
     single = httpx.post(f"{service.url}/predict", json={"record": records[0]}, headers=AUTH, timeout=30)
