@@ -108,7 +108,13 @@ def test_a_flow_runs_dask_cluster_stays_in_the_stacks_cluster_roles_and_network(
         "ArnEquals": {"ecs:cluster": {"Fn::GetAtt": ["Cluster", "Arn"]}}
     }
     passed = json.dumps(statements["PassOnlyTheDaskRoles"]["Resource"])
-    assert "-flow-task" in passed and "-task-execution" in passed and "*" not in passed
+    assert "-dask-task" in passed and "-task-execution" in passed and "*" not in passed
+    assert "-flow-task" not in passed  # the workers never get the role that may stop the service's tasks
+    dask_role = resources["DaskTaskRole"]["Properties"]
+    assert dask_role["RoleName"] == {"Fn::Sub": "${ProjectName}-dask-task"}
+    (store_only,) = dask_role["Policies"]
+    actions = {a for st in store_only["PolicyDocument"]["Statement"] for a in _listed(st["Action"])}
+    assert actions == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
     # nothing reaches the scheduler or workers but each other and the flow-run tasks
     ingress = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
     into_dask = [r for r in ingress if r["GroupId"] == {"Ref": "DaskSecurityGroup"}]
@@ -122,9 +128,85 @@ def test_a_flow_runs_dask_cluster_stays_in_the_stacks_cluster_roles_and_network(
         "ClusterArn",
         "DaskSecurityGroupId",
         "DaskLogGroupName",
-        "FlowTaskRoleArn",
+        "DaskTaskRoleArn",
         "TaskExecutionRoleArn",
     } <= set(outputs)
+
+
+def _service_containers(resources: dict) -> list[dict]:
+    """The service container in both of the task definition's lists (with the collector, without)."""
+    _, with_metrics, without = resources["ServiceTaskDefinition"]["Properties"]["ContainerDefinitions"][
+        "Fn::If"
+    ]
+    services = [c for c in [*with_metrics, *without] if c["Name"] == "service"]
+    assert len(services) == 2
+    return services
+
+
+def _listed(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def test_https_service_url_is_the_certificates_name_and_the_stack_refuses_plain_http_to_the_internet():
+    template = _template()
+    url = template["Outputs"]["ServiceUrl"]["Value"]["Fn::If"]
+    assert url[0] == "HasCertificate" and url[1] == {"Fn::Sub": "https://${ServiceDomainName}"}
+    rules = template["Rules"]
+    (tls,) = rules["TlsNeedsItsDomainName"]["Assertions"]
+    assert tls["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ServiceDomainName"}, ""]}]}
+    plain = rules["NoPlainHttpToTheInternet"]
+    assert {"Fn::Equals": [{"Ref": "AllowedIngressCidr"}, "0.0.0.0/0"]} in plain["RuleCondition"]["Fn::And"]
+    assert plain["Assertions"][0]["Assert"] == {"Fn::Equals": [{"Ref": "AllowPlainHttp"}, "true"]}
+    assert template["Parameters"]["AllowPlainHttp"]["Default"] == "false"
+
+
+def test_the_load_balancer_can_sit_in_public_subnets_and_the_service_waits_for_every_listener():
+    resources = _template()["Resources"]
+    subnets = resources["LoadBalancer"]["Properties"]["Subnets"]["Fn::If"]
+    assert subnets == ["HasLoadBalancerSubnets", {"Ref": "LoadBalancerSubnetIds"}, {"Ref": "SubnetIds"}]
+    assert resources["PredictionService"]["DependsOn"] == "ListenersReady"
+    ready = resources["ListenersReady"]["Metadata"]
+    assert ready["Https"] == {"Fn::If": ["HasCertificate", {"Ref": "HttpsListener"}, ""]}
+
+
+def test_metrics_and_api_documents_are_not_served_through_the_load_balancer():
+    from bentos.endpoints import ENDPOINTS
+
+    rule = _template()["Resources"]["PrivatePathsRule"]["Properties"]
+    paths = set(rule["Conditions"][0]["PathPatternConfig"]["Values"])
+    assert {"/metrics", "/docs", "/docs.json"} <= paths
+    assert paths - {"/metrics/*"} <= {e.path for e in ENDPOINTS}  # the service's own paths
+    assert rule["Actions"][0]["FixedResponseConfig"]["StatusCode"] == "404"
+    assert rule["ListenerArn"] == {
+        "Fn::If": ["HasCertificate", {"Ref": "HttpsListener"}, {"Ref": "HttpListener"}]
+    }
+
+
+def test_the_load_balancer_closes_idle_connections_before_the_service_does():
+    resources = _template()["Resources"]
+    attributes = {
+        a["Key"]: a["Value"] for a in resources["LoadBalancer"]["Properties"]["LoadBalancerAttributes"]
+    }
+    for service in _service_containers(resources):
+        command = service["Command"]
+        keep_alive = int(command[command.index("--timeout-keep-alive") + 1])
+        assert keep_alive > int(attributes["idle_timeout.timeout_seconds"])
+
+
+def test_image_tags_are_immutable_and_the_deploy_never_pushes_a_tag_twice():
+    resources = _template()["Resources"]
+    for repo in ("FlowsRepository", "ServiceRepository"):
+        assert resources[repo]["Properties"]["ImageTagMutability"] == "IMMUTABLE"
+    deploy = (PROJECT_DIR / ".github" / "workflows" / "deploy.yml").read_text()
+    assert deploy.count("docker push") == deploy.count("aws ecr describe-images") == 2
+
+
+def test_flow_tasks_reach_a_sql_source_only_when_one_is_given():
+    resources = _template()["Resources"]
+    egress = resources["TasksToSourceDatabase"]
+    assert egress["Condition"] == "HasSqlSource"
+    assert egress["Properties"]["CidrIp"] == {"Ref": "SourceDatabaseCidr"}
+    assert egress["Properties"]["FromPort"] == egress["Properties"]["ToPort"] == {"Ref": "SourceDatabasePort"}
 
 
 # what FargateCluster runs only for resources it is not given (the stack gives them all: cluster, roles,
@@ -205,14 +287,8 @@ def test_the_services_region_reaches_the_store(monkeypatch):
     from tasks.core.settings import Settings
 
     resources = _template()["Resources"]
-    # ContainerDefinitions: !If [ServiceMetrics, [service, collector], [service]]
-    _, with_metrics, without = resources["ServiceTaskDefinition"]["Properties"]["ContainerDefinitions"][
-        "Fn::If"
-    ]
-    services = [c for c in [*with_metrics, *without] if c["Name"] == "service"]
-    assert len(services) == 2  # with the metrics collector beside it, and without
-    for container in services:
-        names = {e["Name"] for e in container["Environment"]}
+    for service in _service_containers(resources):
+        names = {e["Name"] for e in service["Environment"]}
         assert "DRIFTLOOP_S3__REGION" in names, "the store reads DRIFTLOOP_S3__REGION, not AWS_REGION"
     monkeypatch.setenv("DRIFTLOOP_S3__REGION", "eu-west-3")
     assert Settings().s3.region == "eu-west-3"  # the name the template sets is the setting's
@@ -230,10 +306,16 @@ def test_every_workflow_job_outlasts_the_waits_its_steps_may_take():
             assert waits / 60 < job.get("timeout-minutes", 360), f"{path.name} job {name}: waits {waits} s"
 
 
-@pytest.mark.parametrize("template", [TEMPLATE, DEPLOY_TEMPLATE], ids=lambda p: p.name)
-def test_templates_fit_cloudformations_inline_limit(template):
-    """`aws cloudformation deploy --template-file` sends the body inline, refused above 51,200 bytes."""
-    assert len(template.read_bytes()) < 51_200 - 2_000, "move a part into its own stack, or upload via S3"
+def test_templates_fit_cloudformations_limits_and_the_big_one_is_always_sent_through_a_bucket():
+    """`aws cloudformation deploy --template-file` sends a body inline up to 51,200 bytes; with
+    `--s3-bucket` it uploads it first (up to 1 MB). The deploy template stays inline (it is created
+    before any bucket of the stack's); the main one is deployed through a bucket wherever it is."""
+    assert len(DEPLOY_TEMPLATE.read_bytes()) < 51_200 - 2_000, "move a part into its own stack"
+    assert len(TEMPLATE.read_bytes()) < 1_000_000 - 50_000
+    for doc in [*WORKFLOWS, PROJECT_DIR / "README.md"]:
+        for command in re.findall(r"aws cloudformation deploy.*", doc.read_text().replace("\\\n", " ")):
+            if "driftloop.yaml" in command:
+                assert "--s3-bucket" in command, f"{doc.name}: {command[:120]}"
 
 
 def test_the_service_runs_behind_the_load_balancer_scales_and_rolls_safely():
@@ -565,3 +647,76 @@ def dashboard_metric_names() -> set[str]:
     for text in texts:
         names |= set(re.findall(r"\b((?:bentoml_service|driftloop)_[a-z_]+)\b", text))
     return names
+
+
+def test_an_alarm_fires_when_every_target_is_gone_and_on_the_load_balancers_own_5xx():
+    resources = _template()["Resources"]
+    alarms = {
+        r["Properties"]["MetricName"]: r["Properties"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    down = alarms["HealthyHostCount"]
+    assert down["ComparisonOperator"] == "LessThanThreshold" and down["Threshold"] == 1
+    assert down["TreatMissingData"] == "breaching"  # no target registered reports nothing
+    assert {"HTTPCode_ELB_5XX_Count", "HTTPCode_Target_5XX_Count"} <= set(alarms)
+    for alarm in (down, alarms["HTTPCode_ELB_5XX_Count"]):
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+
+
+def _actions(statement: dict) -> list[str]:
+    return _listed(statement["Action"])
+
+
+def _every_action(node) -> set[str]:
+    """Every action named in a policy tree, statements under an ``Fn::If`` included."""
+    if isinstance(node, dict):
+        found = set(_listed(node["Action"])) if "Action" in node and "Effect" in node else set()
+        return found.union(*(_every_action(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_every_action(v) for v in node))
+    return set()
+
+
+def test_a_deploy_cannot_widen_the_stacks_roles_beyond_their_boundary():
+    """The deploy's CloudFormation role writes a role of the stack only if it carries the boundary; the
+    boundary allows every action the stack's roles use and nothing that would let a role grant itself
+    more (IAM writes, KMS, another bucket)."""
+    from fnmatch import fnmatchcase
+
+    from cfnlint.decode import decode_str
+
+    deploy, _ = decode_str(DEPLOY_TEMPLATE.read_text())
+    boundary = deploy["Resources"]["RolesBoundary"]["Properties"]["PolicyDocument"]["Statement"]
+    allowed = [a for st in boundary if st["Effect"] == "Allow" for a in _actions(st)]
+    assert not any(a == "*" or a.endswith(":*") for a in allowed)
+    assert {a for a in allowed if a.startswith(("iam:", "kms:", "secretsmanager:"))} == {
+        "iam:PassRole",
+        "secretsmanager:GetSecretValue",
+    }
+    buckets = json.dumps(
+        [st["Resource"] for st in boundary if any(a.startswith("s3:") for a in _actions(st))]
+    )
+    assert "${ArtifactBucketName}" in buckets and ":s3:::*" not in buckets
+
+    roles = {n: r for n, r in _template()["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    used = {a for role in roles.values() for a in _every_action(role["Properties"].get("Policies", []))}
+    assert len(used) > 20
+    missing = sorted(a for a in used if not any(fnmatchcase(a, pattern) for pattern in allowed))
+    assert not missing, f"the boundary would deny what the stack's roles need: {missing}"
+    for name, role in roles.items():
+        assert role["Properties"]["PermissionsBoundary"] == {
+            "Fn::If": ["HasRolesBoundary", {"Ref": "RolesPermissionsBoundaryArn"}, {"Ref": "AWS::NoValue"}]
+        }, name
+
+    update = deploy["Resources"]["StackUpdateRole"]["Properties"]["Policies"][0]["PolicyDocument"][
+        "Statement"
+    ]
+    writes = {"iam:CreateRole", "iam:PutRolePolicy", "iam:DeleteRolePolicy", "iam:AttachRolePolicy"}
+    for statement in update:
+        if statement["Effect"] == "Allow" and writes & set(_actions(statement)):
+            assert statement["Condition"] == {
+                "StringEquals": {"iam:PermissionsBoundary": {"Ref": "RolesBoundary"}}
+            }
+    denied = {a for st in update if st["Effect"] == "Deny" for a in _actions(st)}
+    assert "iam:DeleteRolePermissionsBoundary" in denied

@@ -29,6 +29,21 @@ TOKEN = "image-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
+def _ecs_command() -> list[str]:
+    """The arguments the stack's task definition gives the service container (the bento's entrypoint
+    passes them to ``bentoml serve``)."""
+    from cfnlint.decode import decode_str
+
+    from tasks.core.settings import PROJECT_DIR
+
+    template, _ = decode_str((PROJECT_DIR / "infra" / "cloudformation" / "driftloop.yaml").read_text())
+    _, with_metrics, without = template["Resources"]["ServiceTaskDefinition"]["Properties"][
+        "ContainerDefinitions"
+    ]["Fn::If"]
+    (service,) = [c for c in without if c["Name"] == "service"]
+    return list(service["Command"])
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,7 +81,7 @@ class Container:
         options = [f"--env={k}={v}" for k, v in env.items()]
         podman(
             "run", "-d", "--name", self.name, "--network", "host", "-v", f"{spool}:/spool",
-            *options, image, "--host", "127.0.0.1", "--port", str(self.port),
+            *options, image, *_ecs_command(), "--host", "127.0.0.1", "--port", str(self.port),
         )  # fmt: skip
 
     def wait_ready(self, timeout: float = 180) -> None:
@@ -232,6 +247,21 @@ def test_a_killed_container_leaves_a_spool_its_replacement_ships(start, spool, s
         time.sleep(1)
     missing = set(answered) - _logged_ids(s3_store)
     assert not missing, f"{len(missing)} of {len(answered)} answered predictions never shipped"
+
+
+def test_an_idle_connection_outlives_uvicorns_default_keep_alive_as_the_load_balancer_needs(start, spool):
+    """The load balancer keeps idle connections 60 s; a server closing one first makes the next request
+    on it a 502. Started with the task definition's arguments, the service keeps a connection idle for
+    8 s (uvicorn's default closes it after 5) and answers on it again."""
+    service = start(spool)
+    request = f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
+        conn.sendall(request)
+        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
+        time.sleep(8)
+        conn.sendall(request)
+        again = conn.recv(4096)
+    assert again.startswith(b"HTTP/1.1 200"), f"the service closed the idle connection: {again!r}"
 
 
 def test_the_image_runs_as_an_unprivileged_user(service_image):
