@@ -8,6 +8,7 @@ becomes ready."""
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import time
@@ -254,14 +255,21 @@ def test_an_idle_connection_outlives_uvicorns_default_keep_alive_as_the_load_bal
     on it a 502. Started with the task definition's arguments, the service keeps a connection idle for
     8 s (uvicorn's default closes it after 5) and answers on it again."""
     service = start(spool)
-    request = f"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:{service.port}\r\n\r\n".encode()
-    with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
-        conn.sendall(request)
-        assert conn.recv(4096).startswith(b"HTTP/1.1 200")
-        time.sleep(8)
-        conn.sendall(request)
-        again = conn.recv(4096)
-    assert again.startswith(b"HTTP/1.1 200"), f"the service closed the idle connection: {again!r}"
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)  # one socket, never reopened
+    conn.request("GET", "/readyz")
+    first = conn.getresponse()
+    first.read()
+    assert first.status == 200 and not first.will_close
+    time.sleep(8)
+    try:
+        conn.request("GET", "/readyz")
+        again = conn.getresponse()
+        again.read()
+    except (http.client.RemoteDisconnected, ConnectionError) as exc:
+        raise AssertionError(f"the service closed the idle connection: {exc!r}") from None
+    finally:
+        conn.close()
+    assert again.status == 200
 
 
 def test_the_image_runs_as_an_unprivileged_user(service_image):
