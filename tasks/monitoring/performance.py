@@ -13,6 +13,13 @@ from tasks.core.logs import outcome_per_request
 from tasks.model.evaluate import PairedAucDifference, auc_standard_error, paired_auc_difference
 
 
+def _both_classes_twice(y: np.ndarray) -> bool:
+    """DeLong's standard error needs two rows of each class (one positive has no variance to measure):
+    fewer is "not enough labels yet", never an error that stops the monitor or the canary."""
+    positives = int(np.sum(y == 1))
+    return positives >= 2 and len(y) - positives >= 2
+
+
 class LivePerformance(BaseModel):
     model_version: int
     predictions: int
@@ -47,7 +54,7 @@ def live_performance(
     for (version,), part in labelled.partition_by(["model_version"], as_dict=True).items():
         known = part.filter(pl.col("outcome").is_not_null())
         y, p = known["outcome"].to_numpy(), np.clip(known["probability"].to_numpy(), 1e-7, 1 - 1e-7)
-        enough = known.height >= min_labels and len(np.unique(y)) == 2
+        enough = known.height >= min_labels and _both_classes_twice(y)
         span = (str(part["ts"].min()), str(part["ts"].max())) if "ts" in part.columns else None
         out.append(
             LivePerformance(
@@ -114,6 +121,6 @@ def canary_evidence(
     p_champion = np.where(on_champion, both["probability"], both["paired_probability"])
     p_challenger = np.where(on_champion, both["paired_probability"], both["probability"])
     y = both["outcome"].to_numpy()
-    if both.height == 0 or y.min() == y.max():
+    if not _both_classes_twice(y):
         return evidence
     return evidence.model_copy(update={"paired": paired_auc_difference(y, p_champion, p_challenger)})

@@ -68,7 +68,8 @@ def _ship(store: ArtifactStore, spool: Path, frames: list[pl.DataFrame], kind: s
 
 
 def test_compaction_leaves_one_file_per_day_every_row_once_and_is_idempotent(store, tmp_path):
-    now = datetime.now(timezone.utc).replace(minute=30)
+    # noon: yesterday's rows, up to 2 h earlier, stay on yesterday's date whenever the test runs
+    now = datetime.now(timezone.utc).replace(hour=12, minute=30)
     yesterday, today = now - timedelta(days=1), now
     frames = [_rows([f"y{b}-{i}" for i in range(20)], yesterday - timedelta(hours=b % 3)) for b in range(12)]
     frames += [_rows([f"t{b}-{i}" for i in range(20)], today) for b in range(8)]

@@ -1,0 +1,76 @@
+"""The monitoring statistics on fixed evidence: what each returns, and that sparse labels (one positive,
+one class) are "not enough yet" instead of an error that stops the monitor or the canary flow."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from tasks.monitoring.performance import canary_evidence, live_performance
+
+T0 = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
+
+
+def _predictions(probabilities, version=1, paired=None, paired_version=None) -> pl.DataFrame:
+    n = len(probabilities)
+    frame = {
+        "request_id": [f"r{i}" for i in range(n)],
+        "model_version": [version] * n,
+        "probability": list(probabilities),
+        "ts": [T0 + timedelta(minutes=i) for i in range(n)],
+    }
+    if paired is not None:
+        frame |= {"paired_version": [paired_version] * n, "paired_probability": list(paired)}
+    return pl.DataFrame(frame)
+
+
+def _feedback(outcomes: dict[int, int]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "request_id": [f"r{i}" for i in outcomes],
+            "ts": [T0 + timedelta(hours=1)] * len(outcomes),
+            "outcome": list(outcomes.values()),
+            "correction": [False] * len(outcomes),
+            "source": ["test"] * len(outcomes),
+        }
+    )
+
+
+def test_live_performance_is_the_roc_auc_of_the_labelled_rows():
+    p = np.array([0.9, 0.8, 0.3, 0.2, 0.6, 0.1, 0.7, 0.4])
+    y = np.array([1, 1, 0, 0, 0, 0, 1, 1])
+    (result,) = live_performance(_predictions(p), _feedback(dict(enumerate(y))), min_labels=4)
+    assert result.labels == 8 and result.roc_auc == pytest.approx(roc_auc_score(y, p))
+    assert result.positive_rate == 0.5 and 0 < result.roc_auc_se < 0.3
+
+
+@pytest.mark.parametrize("outcomes", [{0: 1, 1: 0, 2: 0, 3: 0, 4: 0}, {0: 0, 1: 0, 2: 0, 3: 0}, {}])
+def test_one_positive_or_one_class_is_not_enough_labels_not_an_error(outcomes):
+    p = [0.9, 0.1, 0.2, 0.3, 0.4]
+    (result,) = live_performance(_predictions(p), _feedback(outcomes), min_labels=1)
+    assert result.roc_auc is None and result.roc_auc_se is None and result.labels == len(outcomes)
+    evidence = canary_evidence(
+        _predictions(p, version=1, paired=[0.5] * 5, paired_version=2), _feedback(outcomes), 1, 2, hours=3
+    )
+    assert evidence.paired is None and evidence.champion_labels == len(outcomes)
+
+
+def test_canary_evidence_pairs_both_models_on_the_same_rows():
+    y = np.array([1, 0, 1, 0, 1, 0, 0, 1, 0, 0])
+    champion = np.array([0.6, 0.5, 0.4, 0.3, 0.7, 0.2, 0.6, 0.5, 0.1, 0.4])
+    challenger = np.where(y == 1, 0.9, 0.1)  # separates perfectly
+    evidence = canary_evidence(
+        _predictions(champion, version=1, paired=challenger, paired_version=2),
+        _feedback(dict(enumerate(y))),
+        champion=1,
+        challenger=2,
+        hours=5,
+    )
+    paired = evidence.paired
+    assert paired is not None and paired.rows == 10
+    assert paired.auc_a == pytest.approx(roc_auc_score(y, champion)) and paired.auc_b == 1.0
+    assert paired.gain == pytest.approx(1.0 - roc_auc_score(y, champion)) and paired.se > 0
