@@ -6,8 +6,9 @@ Started by a Prefect automation when monitoring emits ``driftloop.drift.detected
     python flows/retrain.py --reason "new data"
     prefect deployment run 'retrain/local'
 
-1. claim the model's retrain slot: at most one retrain per cooldown period, however many events
-   arrive (a compare-and-swap on ``state/retrain/<model>.json``, so two triggers at once start one);
+1. wait while a canary runs (it is decided first), then claim the model's retrain slot: at most one
+   retrain per cooldown period, however many events arrive (a Prefect concurrency limit per model, so
+   two triggers at once start one);
 2. train through the spine on the raw zone plus the service's predictions that have feedback,
    registering the result without an alias;
 3. compare it with the champion on the same recent holdout: a paired bootstrap interval on the
@@ -31,6 +32,7 @@ from flows.steps.registry import claim_retrain, start_canary
 from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from flows.training import training
 from tasks.core.errors import BadInput
+from tasks.decisions import decide_retrain_during_canary
 from tasks.registry.versions import Registry
 
 
@@ -52,7 +54,9 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
         raise BadInput(
             f"model {model_name!r} has no champion to retrain against; run the training flow first"
         )
-    refused = claim_retrain(model_name, params.reason, params.ignore_cooldown, ctx)
+    canary = decide_retrain_during_canary(model_name, registry.alias_doc().aliases.get("challenger"))
+    refused = canary.reason if canary.outcome == "wait" else None
+    refused = refused or claim_retrain(model_name, params.reason, params.ignore_cooldown, ctx)
     if refused:
         logger.info("not retraining: %s", refused)
         publish(

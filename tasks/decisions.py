@@ -251,6 +251,21 @@ def decide_retrain_claim(
     )
 
 
+def decide_retrain_during_canary(model_name: str, challenger: int | None) -> RetrainStart:
+    """A running canary is decided first: a retrain now would replace its challenger and restart its
+    clock, so a stream of drift events could keep any canary from ever finishing."""
+    if challenger is None:
+        return RetrainStart(outcome="start", reason=f"{model_name}: no canary is running")
+    return RetrainStart(
+        outcome="wait",
+        reason=(
+            f"a canary of {model_name} v{challenger} is running; it is decided first (the hourly "
+            "canary-decision flow promotes or stops it). Retrain after that, or stop it now with the "
+            "rollback or promote flow"
+        ),
+    )
+
+
 # --- canary --------------------------------------------------------------------------------------
 class CanaryVerdict(Decision):
     outcome: Literal["promote", "drop", "wait"]

@@ -46,8 +46,15 @@ FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
 }
 PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
 FEEDBACK_COLUMNS = ["request_id", "ts", "outcome", "correction"]
-# during a canary, each row also carries the other arm's model and score (a paired comparison)
-CANARY_COLUMNS = [*PREDICTION_COLUMNS, "paired_version", "paired_probability"]
+# during a canary, each row also carries the other arm's model and score (a paired comparison); in
+# shadow mode, the challenger's (it scores every row, the champion answers)
+CANARY_COLUMNS = [
+    *PREDICTION_COLUMNS,
+    "paired_version",
+    "paired_probability",
+    "shadow_version",
+    "shadow_probability",
+]
 
 
 PREDICTIONS, FEEDBACK = "predictions", "feedback"

@@ -72,6 +72,30 @@ def live_performance(
     return sorted(out, key=lambda r: r.model_version)
 
 
+def _shadow_as_paired(labelled: pl.DataFrame) -> pl.DataFrame:
+    """One spelling for "the other model's score on this row": a canary's paired score, or in shadow
+    mode the challenger's shadow score (the champion answered)."""
+    columns = {"paired_version": pl.Int64, "paired_probability": pl.Float64, "shadow_version": pl.Int64,
+               "shadow_probability": pl.Float64}  # fmt: skip
+    labelled = labelled.with_columns(
+        pl.lit(None, dtype=dtype).alias(name)
+        for name, dtype in columns.items()
+        if name not in labelled.columns
+    )
+    shadowed = pl.col("shadow_version").is_not_null() & pl.col("paired_version").is_null()
+    return labelled.with_columns(
+        pl.when(shadowed)
+        .then(pl.col("shadow_version"))
+        .otherwise(pl.col("paired_version"))
+        .alias("paired_version"),
+        pl.when(shadowed)
+        .then(pl.col("shadow_probability"))
+        .otherwise(pl.col("paired_probability"))
+        .alias("paired_probability"),
+        shadowed.alias("shadowed"),
+    )
+
+
 class CanaryEvidence(BaseModel):
     """What a canary has shown so far: labelled rows per arm, and both models compared on the same
     labelled rows (each row is scored by both during a canary; one answers, the other is logged)."""
@@ -99,20 +123,20 @@ def canary_evidence(
     if predictions.height == 0 or feedback.height == 0:
         return empty
     outcomes = outcome_per_request(feedback).collect()
-    labelled = (
+    labelled = _shadow_as_paired(
         predictions.unique("request_id", keep="first", maintain_order=True)
         .join(outcomes, on="request_id", how="inner")
         .filter(pl.col("outcome").is_not_null())
     )
     counts = dict(labelled.group_by("model_version").len().iter_rows())
+    # in shadow mode the challenger answers no one but scores every row: those rows are its evidence
+    shadowed = labelled.filter(pl.col("shadowed") & (pl.col("paired_version") == challenger)).height
     evidence = empty.model_copy(
         update={
             "champion_labels": int(counts.get(champion, 0)),
-            "challenger_labels": int(counts.get(challenger, 0)),
+            "challenger_labels": int(counts.get(challenger, 0)) + shadowed,
         }
     )
-    if "paired_version" not in labelled.columns:
-        return evidence
     both = labelled.filter(
         ((pl.col("model_version") == champion) & (pl.col("paired_version") == challenger))
         | ((pl.col("model_version") == challenger) & (pl.col("paired_version") == champion))

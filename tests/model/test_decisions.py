@@ -6,7 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from tasks.core.config import MonitoringConfig
-from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift, decide_retrain_start
+from tasks.decisions import (
+    HeldOutAuc,
+    decide_degradation,
+    decide_drift,
+    decide_retrain_during_canary,
+    decide_retrain_start,
+)
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import LivePerformance
 
@@ -108,6 +114,12 @@ def test_retrain_waits_for_the_cooldown():
     assert recent.outcome == "wait" and "cooldown of 60 min" in recent.reason and "(drift)" in recent.reason
     assert decide_retrain_start("m", now - timedelta(minutes=10), "drift", now, 60, True).outcome == "start"
     assert decide_retrain_start("m", now - timedelta(minutes=61), "drift", now, 60, False).outcome == "start"
+
+
+def test_a_retrain_waits_while_a_canary_runs():
+    assert decide_retrain_during_canary("m", None).outcome == "start"
+    running = decide_retrain_during_canary("m", 4)
+    assert running.outcome == "wait" and "canary of m v4 is running" in running.reason
 
 
 def test_the_chance_bound_caps_a_no_drift_windows_false_alarms_at_alpha():

@@ -74,3 +74,31 @@ def test_canary_evidence_pairs_both_models_on_the_same_rows():
     assert paired is not None and paired.rows == 10
     assert paired.auc_a == pytest.approx(roc_auc_score(y, champion)) and paired.auc_b == 1.0
     assert paired.gain == pytest.approx(1.0 - roc_auc_score(y, champion)) and paired.se > 0
+
+
+def _shadow_log(champion, challenger) -> pl.DataFrame:
+    """Shadow mode: the champion (v1) answers every row, the challenger (v2) scores it on the side."""
+    frame = _predictions(champion, version=1)
+    return frame.with_columns(
+        pl.lit(2, dtype=pl.Int64).alias("shadow_version"),
+        pl.Series("shadow_probability", list(challenger), dtype=pl.Float64),
+        pl.lit(None, dtype=pl.Int64).alias("paired_version"),
+        pl.lit(None, dtype=pl.Float64).alias("paired_probability"),
+    )
+
+
+def test_a_shadow_canary_is_judged_on_the_challengers_shadow_scores_and_can_be_promoted():
+    from tasks.core.settings import RetrainSettings
+    from tasks.decisions import decide_canary
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 600)
+    champion = np.clip(0.5 + 0.15 * (2 * y - 1) + rng.normal(0, 0.25, 600), 0.01, 0.99)  # weak
+    challenger = np.clip(0.5 + 0.35 * (2 * y - 1) + rng.normal(0, 0.15, 600), 0.01, 0.99)  # strong
+    evidence = canary_evidence(
+        _shadow_log(champion, challenger), _feedback(dict(enumerate(y))), 1, 2, hours=10
+    )
+    assert evidence.champion_labels == evidence.challenger_labels == 600  # the shadow's rows count
+    assert evidence.paired is not None and evidence.paired.rows == 600
+    assert evidence.paired.auc_b == pytest.approx(roc_auc_score(y, challenger))
+    assert decide_canary(evidence, RetrainSettings()).outcome == "promote"
