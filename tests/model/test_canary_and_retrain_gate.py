@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 
 from tasks.core.settings import RetrainSettings
-from tasks.decisions import bootstrap_auc_gain, canary_bound, compare_on_holdout, decide_canary
+from tasks.decisions import bootstrap_auc_gain, canary_radius, compare_on_holdout, decide_canary
 from tasks.model.evaluate import PairedAucDifference, paired_auc_difference
 from tasks.monitoring.performance import CanaryEvidence
 
@@ -63,9 +63,11 @@ def _evidence(
 
 
 def test_canary_verdicts():
-    policy = RetrainSettings(canary_min_labels=200, canary_alpha=0.05, canary_checks=10, canary_max_hours=72)
-    z = canary_bound(0.05, 10)
-    assert 2.5 < z < 2.6  # one-sided 0.5% per check
+    policy = RetrainSettings(
+        canary_min_labels=200, canary_alpha=0.05, canary_planned_labels=600, canary_max_hours=72
+    )
+    z = canary_radius(600, 0.05, 600)
+    assert 3.0 < z < 3.1  # wider than one look's 1.96: it holds over every look at once
     nothing = CanaryEvidence(
         champion_version=1, challenger_version=2, champion_labels=0, challenger_labels=0, hours=1, paired=None
     )
@@ -80,6 +82,14 @@ def test_canary_verdicts():
     assert decide_canary(nothing.model_copy(update={"hours": 80}), policy).outcome == "drop"
     identical = decide_canary(_evidence(0.0, 0.0), policy)
     assert identical.outcome == "wait"  # an identical challenger is never promoted
+
+
+def test_the_canary_radius_is_tightest_where_planned_and_valid_everywhere():
+    radii = {n: canary_radius(n, 0.05, 5000) for n in (100, 1000, 5000, 50_000, 500_000)}
+    assert min(radii, key=radii.get) == 5000
+    assert all(r > 2.4 for r in radii.values())  # never below a one-look bound, however many looks
+    assert radii[100] > radii[1000] and radii[500_000] > radii[50_000]  # widens away from the plan
+    assert canary_radius(5000, 0.01, 5000) > canary_radius(5000, 0.05, 5000)
 
 
 def test_paired_auc_difference_matches_sklearn_and_the_bootstrap():
