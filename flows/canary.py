@@ -5,9 +5,10 @@
 
 During a canary the service scores every request with both models (one answers, the other's score is
 logged), so this compares the challenger and the champion on the same labelled rows since the canary
-started: DeLong's paired test of the ROC-AUC gain. It promotes when the gain is significantly above
-``canary_margin``, stops early when the challenger is significantly worse, waits otherwise, and after
-``canary_max_hours`` keeps the champion. The false-promotion rate is ``canary_alpha`` however often it
+started: DeLong's paired test of the ROC-AUC gain. It stops early when the challenger is
+significantly worse; promotes, from ``canary_min_hours`` on, when its gain over days (random effects)
+is significantly above ``canary_margin``; waits otherwise, and after ``canary_max_hours`` keeps the
+champion. The false-promotion rate is ``canary_alpha`` however often it
 runs (a time-uniform confidence sequence, ``tasks.decisions.canary_radius``): hourly, on demand, or
 both. The rule is ``tasks.decisions.decide_canary``.
 """

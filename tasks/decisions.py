@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from tasks.core.config import MonitoringConfig
 from tasks.core.settings import GateSettings, RetrainSettings
-from tasks.model.evaluate import ChampionEvaluation, Metrics
+from tasks.model.evaluate import ChampionEvaluation, Metrics, combine_days
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import CanaryEvidence, LivePerformance
 
@@ -313,16 +313,19 @@ def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVe
         )
     p = e.paired
     z = canary_radius(p.rows, policy.canary_alpha, policy.canary_planned_labels)
-    low, high = p.gain - z * p.se, p.gain + z * p.se
+    high = p.gain + z * p.se
+    # promotion: the gain over days (random effects), so a good day does not carry an average one
+    gain, se = combine_days(e.daily) if len(e.daily) > 1 else (p.gain, p.se)
+    low = gain - z * se
     verdict = (
         f"live ROC-AUC on the same {p.rows} labelled rows: challenger v{e.challenger_version} {p.auc_b:.4f}"
-        f" vs champion v{e.champion_version} {p.auc_a:.4f}, gain {p.gain:+.4f} (bounds {low:+.4f} .. "
-        f"{high:+.4f}, {z:.2f} standard errors: false-promotion rate {policy.canary_alpha:g} however "
-        f"often it is judged); {have}"
+        f" vs champion v{e.champion_version} {p.auc_a:.4f}, gain {p.gain:+.4f} (upper bound {high:+.4f}; "
+        f"over {len(e.daily)} day(s) {gain:+.4f}, lower bound {low:+.4f}; {z:.2f} standard errors: "
+        f"false-promotion rate {policy.canary_alpha:g} however often it is judged); {have}"
     )
     if high < -policy.canary_stop_margin:
         return CanaryVerdict(outcome="drop", reason=f"significantly worse, stopped early: {verdict}")
-    if low > policy.canary_margin:
+    if low > policy.canary_margin and e.hours >= policy.canary_min_hours:
         return CanaryVerdict(
             outcome="promote", reason=f"significantly better than +{policy.canary_margin:g}: {verdict}"
         )
@@ -330,6 +333,10 @@ def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVe
         return CanaryVerdict(
             outcome="drop",
             reason=f"not shown better within {policy.canary_max_hours:g} h, the champion stays: {verdict}",
+        )
+    if low > policy.canary_margin:
+        return CanaryVerdict(
+            outcome="wait", reason=f"better so far, judged after {policy.canary_min_hours:g} h: {verdict}"
         )
     return CanaryVerdict(outcome="wait", reason=f"no significant difference yet: {verdict}")
 

@@ -186,6 +186,12 @@ class RetrainSettings(BaseModel):
         description="paired labelled rows at which the canary's bound is tightest (it is valid at any "
         "number; set it near the labels a canary usually gathers)",
     )
+    canary_min_hours: float = Field(
+        48,
+        ge=0,
+        description="no promotion before this (two days: one good day, or hour of day, is not enough); "
+        "a significantly worse challenger is still stopped at once",
+    )
     canary_max_hours: float = Field(
         72, gt=0, description="a canary not promoted by then is stopped and the champion stays"
     )

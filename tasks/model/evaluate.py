@@ -345,6 +345,22 @@ def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> Pa
     )
 
 
+def combine_days(daily: list[PairedAucDifference]) -> tuple[float, float]:
+    """The gain over days and its standard error, days as random effects (DerSimonian-Laird): when
+    the models' relative quality differs from day to day, that spread widens the interval, so one
+    good day cannot carry a challenger that is no better on average."""
+    gains = np.array([d.gain for d in daily])
+    var = np.array([max(d.se, 1e-6) ** 2 for d in daily])
+    w = 1 / var
+    fixed = float(np.sum(w * gains) / np.sum(w))
+    q = float(np.sum(w * (gains - fixed) ** 2))
+    tau2 = (
+        max(0.0, (q - (len(daily) - 1)) / (np.sum(w) - np.sum(w**2) / np.sum(w))) if len(daily) > 1 else 0.0
+    )
+    w_star = 1 / (var + tau2)
+    return float(np.sum(w_star * gains) / np.sum(w_star)), float(np.sum(w_star) ** -0.5)
+
+
 def auc_standard_error(y: np.ndarray, p: np.ndarray) -> float:
     """DeLong's standard error of one model's ROC-AUC on these rows (the one-model case of
     ``paired_auc_difference``)."""

@@ -106,6 +106,7 @@ class CanaryEvidence(BaseModel):
     challenger_labels: int
     hours: float  # since the canary started
     paired: PairedAucDifference | None  # champion = a, challenger = b; None: too few paired labels
+    daily: list[PairedAucDifference] = []  # the same per 24 h since the canary's first request
 
 
 def canary_evidence(
@@ -147,4 +148,13 @@ def canary_evidence(
     y = both["outcome"].to_numpy()
     if not _both_classes_twice(y):
         return evidence
-    return evidence.model_copy(update={"paired": paired_auc_difference(y, p_champion, p_challenger)})
+    daily = []
+    if "ts" in both.columns:
+        day = ((both["ts"] - both["ts"].min()).dt.total_seconds() // 86_400).to_numpy()
+        for d in np.unique(day):
+            on = day == d
+            if _both_classes_twice(y[on]):
+                daily.append(paired_auc_difference(y[on], p_champion[on], p_challenger[on]))
+    return evidence.model_copy(
+        update={"paired": paired_auc_difference(y, p_champion, p_challenger), "daily": daily}
+    )

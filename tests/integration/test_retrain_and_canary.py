@@ -86,9 +86,11 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
             alias=alias,
             paired_with=other,
         )
-    # a verdict held to "promote" whatever the gain (margins -1 and 1): the flow must apply it
+    # a verdict held to "promote" whatever the gain (margins -1 and 1, no minimum duration): the flow
+    # must apply it
     monkeypatch.setenv("DRIFTLOOP_RETRAIN__CANARY_MARGIN", "-1")
     monkeypatch.setenv("DRIFTLOOP_RETRAIN__CANARY_STOP_MARGIN", "1")
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN__CANARY_MIN_HOURS", "0")
     decision = canary_decision(CanaryParams(model_name="flights-canary"))
     evidence = decision.evidence
     assert evidence.champion_labels == evidence.challenger_labels == 3000  # only since the canary began

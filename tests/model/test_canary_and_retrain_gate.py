@@ -76,7 +76,9 @@ def test_canary_verdicts():
     early = decide_canary(_evidence(-0.05, 0.01), policy)
     assert early.outcome == "drop" and "stopped early" in early.reason
     assert decide_canary(_evidence(0.01, 0.005), policy).outcome == "wait"  # +0.01 at z*se=0.013: not shown
-    assert decide_canary(_evidence(0.02, 0.005), policy).outcome == "promote"
+    early_days = decide_canary(_evidence(0.02, 0.005), policy)
+    assert early_days.outcome == "wait" and "judged after 48 h" in early_days.reason
+    assert decide_canary(_evidence(0.02, 0.005, hours=49), policy).outcome == "promote"
     late = decide_canary(_evidence(0.01, 0.005, hours=80), policy)
     assert late.outcome == "drop" and "champion stays" in late.reason
     assert decide_canary(nothing.model_copy(update={"hours": 80}), policy).outcome == "drop"
@@ -105,3 +107,19 @@ def test_paired_auc_difference_matches_sklearn_and_the_bootstrap():
     assert abs(paired.gain - mean) < 0.005 and 0.7 < paired.se / ((high - low) / 3.92) < 1.4
     same = paired_auc_difference(y, good, good)
     assert same.gain == 0 and same.se == 0
+
+
+def _day(gain: float, se: float = 0.004) -> PairedAucDifference:
+    return PairedAucDifference(rows=5000, auc_a=0.7, auc_b=0.7 + gain, gain=gain, se=se, se_a=se, se_b=se)
+
+
+def test_a_challenger_better_only_on_some_days_is_not_promoted():
+    """Pooled over 15,000 rows the gain looks clear (+0.013, se 0.0023); by day it swings +0.03, -0.02,
+    +0.03: the days' spread is in the bound, and the challenger waits. The same pooled gain on three
+    days that agree is promoted."""
+    policy = RetrainSettings(canary_min_hours=48, canary_planned_labels=5000)
+    pooled = _evidence(0.013, 0.0023, labels=5000, hours=60, rows=15000)
+    swinging = pooled.model_copy(update={"daily": [_day(0.03), _day(-0.02), _day(0.03)]})
+    steady = pooled.model_copy(update={"daily": [_day(0.013), _day(0.012), _day(0.014)]})
+    assert decide_canary(swinging, policy).outcome == "wait"
+    assert decide_canary(steady, policy).outcome == "promote"

@@ -96,7 +96,7 @@ def test_a_shadow_canary_is_judged_on_the_challengers_shadow_scores_and_can_be_p
     champion = np.clip(0.5 + 0.15 * (2 * y - 1) + rng.normal(0, 0.25, 600), 0.01, 0.99)  # weak
     challenger = np.clip(0.5 + 0.35 * (2 * y - 1) + rng.normal(0, 0.15, 600), 0.01, 0.99)  # strong
     evidence = canary_evidence(
-        _shadow_log(champion, challenger), _feedback(dict(enumerate(y))), 1, 2, hours=10
+        _shadow_log(champion, challenger), _feedback(dict(enumerate(y))), 1, 2, hours=50
     )
     assert evidence.champion_labels == evidence.challenger_labels == 600  # the shadow's rows count
     assert evidence.paired is not None and evidence.paired.rows == 600
