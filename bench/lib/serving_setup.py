@@ -86,7 +86,7 @@ def serving_stack(batch_rows: int = 1000) -> Iterator[dict]:
     from tasks.core.store import open_store
     from tasks.data.landing import land_nycflights13
     from tasks.registry.versions import Registry
-    from tasks.serving.schema import input_contracts
+    from tasks.serving.schema import as_requests, input_contracts
 
     settings = Settings()
     store = open_store(settings)
@@ -97,10 +97,7 @@ def serving_stack(batch_rows: int = 1000) -> Iterator[dict]:
     mv = registry.resolve("champion")
     snapshot = next(k for k in store.list("snapshots") if k.endswith(".parquet"))
     rows = store.read_parquet(snapshot).tail(batch_rows).select(list(input_contracts(config)))
-    records = []
-    for row in rows.rows(named=True):
-        row[config.time.column] = row[config.time.column].strftime("%Y-%m-%dT%H:%M:%SZ")
-        records.append(row)
+    records = as_requests(rows, config)
 
     bento_port, bare_port = _port(), _port()
     procs = []

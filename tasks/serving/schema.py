@@ -206,3 +206,12 @@ def conform_inputs(frame: pl.DataFrame, config: DatasetConfig, allow_extra: bool
             ) from None
         series.append(s.rename(name))
     return check_inputs(pl.DataFrame(series), contracts)
+
+
+def as_requests(frame: pl.DataFrame, config: DatasetConfig) -> list[dict[str, Any]]:
+    """Rows of ``frame`` as a caller sends them to the service: its input columns, the time as ISO text."""
+    column = config.time.column if config.time else None
+    inputs = list(input_contracts(config))
+    if column and frame.schema.get(column, pl.String).is_temporal():
+        frame = frame.with_columns(pl.col(column).dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return frame.select(inputs).to_dicts()

@@ -133,7 +133,7 @@ def _rows(store_env: dict[str, str], n: int) -> tuple[pl.DataFrame, list[dict]]:
     """The last ``n`` rows of the model's snapshot, as a caller would send them."""
     from tasks.core.settings import Settings
     from tasks.core.store import open_store
-    from tasks.serving.schema import input_contracts
+    from tasks.serving.schema import as_requests, input_contracts
 
     with pytest.MonkeyPatch.context() as patch:
         for key, value in store_env.items():
@@ -143,11 +143,7 @@ def _rows(store_env: dict[str, str], n: int) -> tuple[pl.DataFrame, list[dict]]:
         config = settings.load_dataset()
     key = next(k for k in store.list("snapshots") if k.endswith(".parquet"))
     frame = store.read_parquet(key).tail(n).select(list(input_contracts(config)))
-    records = []
-    for row in frame.rows(named=True):
-        row[config.time.column] = row[config.time.column].strftime("%Y-%m-%dT%H:%M:%SZ")
-        records.append(row)
-    return frame, records
+    return frame, as_requests(frame, config)
 
 
 def _store(store_env: dict[str, str]):

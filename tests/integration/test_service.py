@@ -144,17 +144,13 @@ def service(serving_store):
 def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
     from tasks.core.settings import Settings
     from tasks.core.store import LocalStore
-    from tasks.serving.schema import input_contracts
+    from tasks.serving.schema import as_requests, input_contracts
 
     store = LocalStore(store_dir)
     key = next(k for k in store.list("snapshots") if k.endswith(".parquet"))
     config = Settings().load_dataset()
     frame = store.read_parquet(key).tail(n).select(list(input_contracts(config)))
-    records = []
-    for row in frame.rows(named=True):
-        row[config.time.column] = row[config.time.column].strftime("%Y-%m-%dT%H:%M:%SZ")
-        records.append(row)
-    return frame, records
+    return frame, as_requests(frame, config)
 
 
 def _offline(store_dir: Path, version: int, frame: pl.DataFrame) -> np.ndarray:
