@@ -311,7 +311,18 @@ def main() -> int:
                     f"challenger v{result.version}"
                 )
                 time.sleep(settings.serving.log_max_seconds + 1)
-                decision = asyncio.run(_watch("canary-decision/local", {}, None))
+                # the replay puts two months of traffic into minutes: a canary only minutes old by the
+                # clock is judged without the 48 h minimum here (it is for real time: a good day must
+                # not carry an average challenger); every other rule stays
+                console.print("canary decision on the replay: canary_min_hours=0 (two months in minutes)")
+                decision = asyncio.run(
+                    _watch(
+                        "canary-decision/local",
+                        {},
+                        None,
+                        job_variables={"env": {"DRIFTLOOP_RETRAIN__CANARY_MIN_HOURS": "0"}},
+                    )
+                )
                 console.print(f"canary decision: [bold]{decision.outcome}[/] ({decision.reason})")
     time.sleep(4)  # events are stored asynchronously
     print_timeline(settings.prefect.api_url, t0, webhook)
