@@ -94,7 +94,7 @@ def run_phase(settings, model_name: str, runs: int, progress: Progress, label: s
             window_end=f"2013-02-{10 + i:02d}T00:00:00Z",  # other data each run: nothing from cache
             n_trials=1,
             cv_folds=0,
-            min_auc_gain=0.0,
+            min_gain_lower=-1.0,
         )
         started = time.perf_counter()
         try:

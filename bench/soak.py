@@ -49,7 +49,7 @@ def main() -> int:
 
         store, model = env["store"], env["model_name"]
         with console.status("training a second version to swap with..."):
-            run_bare(Settings(), TrainingParams(n_trials=2, cv_folds=0, seed=3, min_auc_gain=0.5))
+            run_bare(Settings(), TrainingParams(n_trials=2, cv_folds=0, seed=3, min_gain_lower=0.5))
         registry = Registry(store, model)
         versions = registry.versions()[:2]
         rows, first_rss = [], None

@@ -39,6 +39,7 @@ class ArmScores:
 
     probability: np.ndarray
     version: np.ndarray
+    threshold: np.ndarray  # the answering version's own label threshold
     on_challenger: np.ndarray
     paired: np.ndarray | None = None
     paired_version: np.ndarray | None = None
@@ -58,6 +59,7 @@ def score_arms(models: ModelSet, frame: pl.DataFrame, on_challenger: np.ndarray,
     scores = ArmScores(
         probability=np.empty(n),
         version=np.full(n, models.champion.version.version),
+        threshold=np.full(n, models.champion.version.threshold),
         on_challenger=on_challenger,
         paired=np.full(n, np.nan) if paired else None,
         paired_version=np.full(n, -1) if paired else None,
@@ -74,6 +76,7 @@ def score_arms(models: ModelSet, frame: pl.DataFrame, on_challenger: np.ndarray,
         started = time.perf_counter()
         scores.probability[mask] = model.score(rows_of_arm)
         scores.version[mask] = model.version.version
+        scores.threshold[mask] = model.version.threshold
         labels = (str(model.version.version), arm)
         PREDICTIONS.labels(*labels).inc(count)
         LATENCY.labels(*labels).observe((time.perf_counter() - started) / count)
@@ -84,10 +87,11 @@ def score_arms(models: ModelSet, frame: pl.DataFrame, on_challenger: np.ndarray,
 
 
 class Scorer:
-    """Scores rows for one served model under the serving settings (mode, challenger share, threshold)."""
+    """Scores rows for one served model under the serving settings (mode, challenger share); each label
+    at the answering version's own threshold (chosen on validation when it was trained)."""
 
-    def __init__(self, model_name: str, threshold: float, serving: ServingSettings, log_schema: dict):
-        self.model_name, self.threshold, self.serving = model_name, threshold, serving
+    def __init__(self, model_name: str, serving: ServingSettings, log_schema: dict):
+        self.model_name, self.serving = model_name, serving
         self.log_schema = log_schema
 
     def score(
@@ -113,7 +117,7 @@ class Scorer:
             ids=ids,
             correlation_ids=correlation_ids,
             probability=scores.probability.tolist(),
-            label=(scores.probability >= self.threshold).astype(int).tolist(),
+            label=(scores.probability >= scores.threshold).astype(int).tolist(),
             model_version=scores.version.tolist(),
             arm=np.where(scores.on_challenger, "challenger", "champion").tolist(),
             shadow_version=challenger.version.version if shadow else None,

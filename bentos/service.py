@@ -80,7 +80,7 @@ BatchOf = Annotated[list[_Item], Field(min_length=1, max_length=SETTINGS.serving
 INPUT_COLUMNS = list(input_contracts(CONFIG))
 INPUT_SCHEMA = input_schema(CONFIG)
 DECODER = BatchDecoder(CONFIG, Record, SETTINGS.serving.max_batch_rows)
-SCORER = Scorer(MODEL_NAME, CONFIG.training.threshold, SETTINGS.serving, prediction_log_schema(INPUT_SCHEMA))
+SCORER = Scorer(MODEL_NAME, SETTINGS.serving, prediction_log_schema(INPUT_SCHEMA))
 # who a label came from: with a feedback token only its holder can report (see RequestGuard)
 FEEDBACK_SOURCE = "feedback-token" if SETTINGS.serving.feedback_token else "unauthenticated"
 PACKAGED_MODEL = SETTINGS.packaged_model  # set inside a bento built by the package flow
@@ -203,7 +203,7 @@ class Driftloop:
 
     @bentoml.api
     async def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
-        """Score one record: probability, label at the configured threshold, the version that answered."""
+        """Score one record: probability, label at that version's threshold, the version that answered."""
         answers, logged = self._score_records([record])
         await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
         return answers[0]

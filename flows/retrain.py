@@ -9,12 +9,13 @@ Started by a Prefect automation when monitoring emits ``driftloop.drift.detected
 1. wait while a canary runs (it is decided first), then claim the model's retrain slot: at most one
    retrain per cooldown period, however many events arrive (a Prefect concurrency limit per model, so
    two triggers at once start one);
-2. train through the spine on the raw zone plus the service's predictions that have feedback,
-   registering the result without an alias;
-3. compare it with the champion on the same recent holdout: a paired bootstrap interval on the
-   ROC-AUC gain, and no slice worse than the tolerance;
-4. pass: it becomes the challenger and a canary starts (``driftloop.model.canary.started``);
-   fail: the reason is recorded as an artifact and a ``driftloop.retrain.rejected`` event.
+2. train through the spine on the raw zone plus the service's predictions that have feedback; the
+   training run's own promotion gate compares it with the champion on the same recent test rows
+   (``tasks.decisions.compare_on_holdout``: DeLong's paired interval on the ROC-AUC gain against a
+   non-inferiority margin, no slice clearly worse);
+3. pass: it becomes the challenger and a canary starts (``driftloop.model.canary.started``), which
+   decides on live traffic; fail: the reason is recorded as an artifact and a
+   ``driftloop.retrain.rejected`` event.
 """
 
 from __future__ import annotations
@@ -27,8 +28,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.schemas import RetrainParams, RetrainResult, TrainingParams
 from flows.steps.command_line import run_from_command_line
 from flows.steps.events import emit_model_event
-from flows.steps.model import compare_with_champion
-from flows.steps.registry import claim_retrain, start_canary
+from flows.steps.registry import claim_retrain
 from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from flows.training import training
 from tasks.core.errors import BadInput
@@ -72,7 +72,6 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
             model_name=model_name,
             config_from_registry=True,
             include_feedback=True,
-            register_as="candidate",
             # all data there is
             window_end=datetime.max.replace(tzinfo=timezone.utc) if ctx.config.time_column else None,
         )
@@ -83,18 +82,22 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
         )
         logger.info("retrain of %s: %s", model_name, reason)
         return RetrainResult(model_name=model_name, status="skipped", reason=reason, version=summary.version)
-    comparison = compare_with_champion(model_name, summary.version, summary.snapshot_id, ctx)
-    if comparison.passed:
-        start_canary(model_name, summary.version, f"retrain ({params.reason}): {comparison.reason}", ctx)
-        status = "canary"
-    else:
+    comparison = summary.comparison
+    status = "canary" if summary.decision == "challenger" else "rejected"
+    if status == "rejected":
         emit_model_event(
             "driftloop.retrain.rejected",
             model_name,
-            {"version": summary.version, "reason": comparison.reason, "trigger": params.reason},
+            {"version": summary.version, "reason": summary.reason, "trigger": params.reason},
             target=ctx.target,
         )
-        status = "rejected"
+    holdout = (
+        f"- holdout: {comparison.rows} most recent rows ({comparison.positives} positives); champion "
+        f"v{comparison.champion_version} ROC-AUC {comparison.champion_auc:.4f}, new "
+        f"{comparison.candidate_auc:.4f}\n"
+        if comparison
+        else ""
+    )
     publish(
         create_markdown_artifact,
         key=f"{model_name}-retrain".replace("_", "-"),
@@ -102,16 +105,14 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
         markdown=(
             f"# Retrain of {model_name}: {status}\n\n- trigger: {params.reason}\n- new version: "
             f"v{summary.version} (snapshot `{summary.snapshot_id}`, {summary.snapshot_rows} rows)\n"
-            f"- holdout: {comparison.rows} most recent rows; champion v{comparison.champion_version} "
-            f"ROC-AUC {comparison.champion_auc:.4f}, new {comparison.candidate_auc:.4f}\n"
-            f"- gate: {comparison.reason}\n"
+            f"{holdout}- gate: {summary.reason}\n"
         ),
     )
-    logger.info("retrain of %s: v%d %s (%s)", model_name, summary.version, status, comparison.reason)
+    logger.info("retrain of %s: v%d %s (%s)", model_name, summary.version, status, summary.reason)
     return RetrainResult(
         model_name=model_name,
         status=status,
-        reason=comparison.reason,
+        reason=summary.reason,
         version=summary.version,
         comparison=comparison,
     )

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from tasks.decisions import HoldoutComparison
+from tasks.decisions import GainInterval, HoldoutComparison
 from tasks.model.evaluate import Metrics
 from tasks.monitoring.performance import CanaryEvidence, LivePerformance
 
@@ -56,8 +56,12 @@ class TrainingParams(BaseModel):
     on_invalid: Literal["fail", "skip"] | None = Field(
         None, description="what a batch failing its contract does"
     )
-    min_auc_gain: float | None = Field(
-        None, ge=0, le=1, description="ROC-AUC margin needed to replace the champion"
+    min_gain_lower: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="non-inferiority margin the ROC-AUC gain's lower bound over the champion must clear "
+        "for the model to go out as a canary (default: the settings' gate.min_gain_lower)",
     )
     seed: int | None = Field(None, description="random seed for search and LightGBM")
     include_feedback: bool = Field(
@@ -65,7 +69,8 @@ class TrainingParams(BaseModel):
     )
     register_as: Literal["gate", "candidate"] = Field(
         "gate",
-        description="gate: the promotion gate sets champion/challenger; candidate: register without an alias",
+        description="gate: the promotion gate decides (a first model champion, a later one challenger "
+        "with a canary, or rejected); candidate: register without an alias",
     )
 
 
@@ -176,6 +181,10 @@ class TrainingSummary(BaseModel):
     test: Metrics
     baseline: Metrics
     champion_before: int | None
+    threshold: float  # the label threshold chosen on validation, used by the service
+    threshold_rule: str
+    baselines: list[GainInterval | None]  # against the majority class and a logistic regression
+    comparison: HoldoutComparison | None  # against the champion, when there was one
     cv_auc_mean: float
     cv_auc_std: float
     wandb_run: str | None

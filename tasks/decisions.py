@@ -1,7 +1,8 @@
 """Every decision driftloop takes on its own, side by side: pure functions returning outcome + reason.
 
-- ``decide_promotion``: what a freshly trained model becomes (the training flow's gate);
-- ``compare_on_holdout``: whether a retrained model may go out as a canary (the retrain gate);
+- ``decide_promotion``: what a freshly trained model becomes: a first one champion if it beats its
+  baselines (``decide_first_model``), a later one challenger if it passes ``compare_on_holdout`` (the
+  holdout gate), never a direct replacement;
 - ``decide_retrain_start``: whether a retrain may start now (the cooldown);
 - ``decide_canary``: promote the challenger, drop it, or wait for more live evidence;
 - ``decide_drift``: whether a monitoring window has drifted from the champion's reference;
@@ -20,11 +21,11 @@ from typing import Literal
 import numpy as np
 import polars as pl
 from pydantic import BaseModel
-from sklearn.metrics import roc_auc_score
 
 from tasks.core.config import MonitoringConfig
 from tasks.core.settings import GateSettings, RetrainSettings
-from tasks.model.evaluate import ChampionEvaluation, Metrics, combine_days
+from tasks.model.calibrate import ThresholdChoice
+from tasks.model.evaluate import ChampionEvaluation, combine_days, paired_auc_difference
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import CanaryEvidence, LivePerformance
 
@@ -36,50 +37,255 @@ class Decision(BaseModel):
     reason: str
 
 
-# --- promotion gate (training) -------------------------------------------------------------------
+# --- promotion gate (training, retraining) ---------------------------------------------------------
+class GainInterval(BaseModel):
+    """A candidate's ROC-AUC against another model's (or a baseline's) on the same test rows: DeLong's
+    paired difference, with its one-sided bounds at the gate's ``alpha``."""
+
+    against: str  # "champion v3", "logistic regression", "majority class"
+    rows: int
+    positives: int
+    auc: float  # the candidate's
+    other_auc: float
+    gain: float
+    low: float  # gain - z * se
+    high: float  # gain + z * se
+
+
+def auc_gain_interval(
+    y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, against: str, alpha: float
+) -> GainInterval | None:
+    """The candidate's gain over ``p_old`` with one-sided ``alpha`` bounds; None with fewer than two
+    rows of each class (no evidence either way)."""
+    from scipy.stats import norm
+
+    y = np.asarray(y).astype(int)
+    positives = int(y.sum())
+    if positives < 2 or len(y) - positives < 2:
+        return None
+    d = paired_auc_difference(y, p_old, p_new)
+    z = float(norm.ppf(1 - alpha))
+    return GainInterval(
+        against=against,
+        rows=len(y),
+        positives=positives,
+        auc=d.auc_b,
+        other_auc=d.auc_a,
+        gain=d.gain,
+        low=d.gain - z * d.se,
+        high=d.gain + z * d.se,
+    )
+
+
+def _describe(g: GainInterval) -> str:
+    return (
+        f"ROC-AUC {g.auc:.4f} vs {g.against} {g.other_auc:.4f}: gain {g.gain:+.4f} "
+        f"(one-sided bounds {g.low:+.4f} .. {g.high:+.4f}; {g.positives} positives / "
+        f"{g.rows - g.positives} negatives)"
+    )
+
+
+class HoldoutComparison(BaseModel):
+    """A candidate against the champion on the same test rows, with uncertainty; ``passed`` is the
+    gate's outcome and ``reason`` says why."""
+
+    rows: int
+    positives: int
+    champion_version: int
+    candidate_version: int | None  # None: not registered yet (the training run's own gate)
+    champion_auc: float
+    candidate_auc: float
+    gain_mean: float
+    gain_low: float
+    gain_high: float
+    slices_worse: list[str]
+    passed: bool
+    reason: str
+
+
+def slices_clearly_worse(
+    y: np.ndarray,
+    p_new: np.ndarray,
+    p_old: np.ndarray,
+    slices: pl.DataFrame,
+    tolerance: float,
+    alpha: float,
+    min_class_rows: int,
+) -> list[str]:
+    """Slices (one value of a slice column) where the candidate's ROC-AUC is below the champion's by
+    more than ``tolerance`` beyond doubt: the drop's lower bound, Bonferroni-corrected over every slice
+    judged, exceeds it. Slices with fewer than ``min_class_rows`` rows of either class are not judged:
+    their interval would be too wide to fail anything, and that is said in the reason instead."""
+    from scipy.stats import norm
+
+    judged: list[tuple[str, np.ndarray]] = []
+    y = np.asarray(y).astype(int)
+    for col in slices.columns:
+        values = slices[col].cast(pl.String).fill_null("<missing>").to_numpy()
+        for value in np.unique(values):
+            mask = values == value
+            positives = int(y[mask].sum())
+            if min(positives, int(mask.sum()) - positives) >= min_class_rows:
+                judged.append((f"{col}={value}", mask))
+    if not judged:
+        return []
+    z = float(norm.ppf(1 - alpha / len(judged)))
+    worse = []
+    for name, mask in judged:
+        d = paired_auc_difference(y[mask], p_old[mask], p_new[mask])
+        drop_low = -d.gain - z * d.se
+        if drop_low > tolerance:
+            worse.append(f"{name}: ROC-AUC {-d.gain:.3f} lower (at least {drop_low:.3f})")
+    return worse
+
+
+def compare_on_holdout(
+    y: np.ndarray,
+    p_new: np.ndarray,
+    p_old: np.ndarray,
+    slices: pl.DataFrame,
+    champion_version: int,
+    candidate_version: int | None,
+    gate: GateSettings,
+) -> HoldoutComparison:
+    """The gate every later model passes before it may go out as a canary: on the same test rows, the
+    ROC-AUC gain's one-sided lower bound (DeLong, paired) clears the non-inferiority margin
+    ``gate.min_gain_lower`` and no slice is clearly worse. Evidence is what the rows hold: positives
+    and negatives set the interval's width, no fixed row minimum (a small test set gives a wide interval,
+    which an equal model does not clear)."""
+    y = np.asarray(y).astype(int)
+    positives = int(y.sum())
+    g = auc_gain_interval(y, p_new, p_old, f"champion v{champion_version}", gate.alpha)
+    base = dict(
+        rows=len(y), positives=positives, champion_version=champion_version,
+        candidate_version=candidate_version,
+    )  # fmt: skip
+    if g is None:
+        return HoldoutComparison(
+            **base, champion_auc=float("nan"), candidate_auc=float("nan"), gain_mean=float("nan"),
+            gain_low=float("nan"), gain_high=float("nan"), slices_worse=[], passed=False,
+            reason=f"fails: the test window holds {positives} positive(s) and {len(y) - positives} "
+            "negative(s), no evidence either way; train on a wider window",
+        )  # fmt: skip
+    worse = slices_clearly_worse(
+        y, p_new, p_old, slices, gate.slice_tolerance, gate.alpha, gate.min_slice_class_rows
+    )
+    passed = g.low > gate.min_gain_lower and not worse
+    interval = f"{_describe(g)}, non-inferiority margin {gate.min_gain_lower:+.4f}"
+    if passed:
+        reason = f"passes: {interval}; no slice clearly worse by more than {gate.slice_tolerance}"
+    elif worse:
+        reason = f"fails: slices clearly worse ({'; '.join(worse[:5])}); {interval}"
+    else:
+        reason = f"fails: not shown at least as good: {interval}"
+    return HoldoutComparison(
+        **base, champion_auc=g.other_auc, candidate_auc=g.auc, gain_mean=g.gain, gain_low=g.low,
+        gain_high=g.high, slices_worse=worse, passed=passed, reason=reason,
+    )  # fmt: skip
+
+
+class GateEvidence(BaseModel):
+    """What the promotion gate reads off the test rows: the candidate against its baselines (majority
+    class, logistic regression) and, when one scored them, against the champion; and how many test rows
+    its threshold labels positive."""
+
+    baselines: list[GainInterval | None]
+    comparison: HoldoutComparison | None
+    test_flagged: int
+    test_rows: int
+
+
 class PromotionDecision(Decision):
-    # champion / rejected: the gate; candidate: registered for the caller's own gate (retrain);
-    # reproduced: the run rebuilt a version registered before, so nothing changes
-    outcome: Literal["champion", "rejected", "candidate", "reproduced"]
+    # champion: a first model that beat its baselines; challenger: a later model that passed the gate,
+    # put out as a canary (never a direct replacement); rejected: no alias, never served;
+    # candidate: registered for the caller's own purpose; reproduced: rebuilt a version registered
+    # before, so nothing changes
+    outcome: Literal["champion", "challenger", "rejected", "candidate", "reproduced"]
+
+
+def decide_first_model(baselines: list[GainInterval | None], labels_anyone: str | None) -> PromotionDecision:
+    """The first model of a name serves only if it is significantly better than chance (the majority
+    class) and not significantly worse than a regularised logistic regression trained in the same run
+    on the same rows: else a simpler model would serve better, and that is the reason given."""
+    if labels_anyone:
+        return PromotionDecision(outcome="rejected", reason=labels_anyone)
+    majority, linear = baselines
+    if majority is None or linear is None:
+        return PromotionDecision(
+            outcome="rejected",
+            reason="the test window holds fewer than two rows of each class: no evidence the model is "
+            "better than chance; train on a wider window",
+        )
+    if majority.low <= 0:
+        return PromotionDecision(
+            outcome="rejected", reason=f"not shown better than chance: {_describe(majority)}"
+        )
+    if linear.high < 0:
+        return PromotionDecision(
+            outcome="rejected",
+            reason=f"a logistic regression does significantly better: {_describe(linear)}; widen the "
+            "search (training.n_trials, search_space) or check the features",
+        )
+    return PromotionDecision(
+        outcome="champion",
+        reason=f"first model of this name: better than chance ({_describe(majority)}) and not worse "
+        f"than a logistic regression ({_describe(linear)})",
+    )
 
 
 def decide_promotion(
-    candidate: Metrics, champion: ChampionEvaluation, gate: GateSettings
+    champion: ChampionEvaluation,
+    comparison: HoldoutComparison | None,
+    baselines: list[GainInterval | None],
+    labels_anyone: str | None,
+    running_challenger: int | None,
 ) -> PromotionDecision:
-    """A first model becomes champion (something has to serve). A later one becomes champion only if it
-    beats the champion's ROC-AUC on the same test window by the margin, with enough test rows to believe
-    it; otherwise it is rejected: registered with no alias, never served. (A retrained model takes the
-    retrain gate and a canary instead, see ``compare_on_holdout`` and ``decide_canary``.)"""
+    """What a freshly trained model becomes. The first of its name: champion if it beats its baselines
+    (``decide_first_model``). A later one never replaces the champion directly: if it passes the
+    holdout gate (``compare_on_holdout``) it becomes the challenger and a canary decides on live traffic
+    (``decide_canary``); otherwise it is rejected. ``labels_anyone``: why its threshold labels no one
+    positive (or None)."""
     if champion.version is None:
-        return PromotionDecision(outcome="champion", reason="first model of this name: it becomes champion")
-    if champion.metrics is None:
+        return decide_first_model(baselines, labels_anyone)
+    if labels_anyone:
+        return PromotionDecision(outcome="rejected", reason=labels_anyone)
+    if champion.metrics is None or comparison is None:
         return PromotionDecision(
             outcome="rejected",
-            reason=f"{champion.note}: no evidence it is better; promote it by hand (promote flow) "
-            "if intended",
+            reason=f"{champion.note}: no evidence it is as good; promote it by hand (promote flow) if "
+            "intended",
         )
-    if candidate.rows < gate.min_test_rows:
+    if not comparison.passed:
+        return PromotionDecision(outcome="rejected", reason=f"holdout gate {comparison.reason}")
+    if running_challenger is not None:
         return PromotionDecision(
-            outcome="rejected",
-            reason=f"only {candidate.rows} test rows (gate needs {gate.min_test_rows}); not enough evidence",
+            outcome="candidate",
+            reason=f"holdout gate {comparison.reason}; but the canary of v{running_challenger} is "
+            "running: it is decided first. Registered without an alias; start its canary by hand "
+            "(promote flow, alias challenger) after that",
         )
-    gain = candidate.roc_auc - champion.metrics.roc_auc
-    verdict = (
-        f"ROC-AUC {candidate.roc_auc:.4f} vs champion v{champion.version} {champion.metrics.roc_auc:.4f}"
-        f" (gain {gain:+.4f}, margin {gate.min_auc_gain})"
-    )
-    if gain >= gate.min_auc_gain:
-        return PromotionDecision(outcome="champion", reason=f"beats the champion: {verdict}")
     return PromotionDecision(
-        outcome="rejected", reason=f"does not beat the champion by the margin: {verdict}"
+        outcome="challenger", reason=f"holdout gate {comparison.reason}: a canary decides on live traffic"
     )
+
+
+def decide_labels_anyone(threshold: ThresholdChoice, test_flagged: int, test_rows: int) -> str | None:
+    """Why a model's labels are useless, or None: no threshold meets the config's rule on validation,
+    or at its threshold it labels no test row positive."""
+    if threshold.problem:
+        return f"threshold rule {threshold.rule!r}: {threshold.problem}"
+    if test_flagged == 0:
+        return (
+            f"at its threshold {threshold.threshold:.4f} ({threshold.rule}) it labels none of the "
+            f"{test_rows} test rows positive; check the features or the threshold rule"
+        )
+    return None
 
 
 def decide_registration(
     gate: PromotionDecision, register_as: Literal["gate", "candidate"]
 ) -> PromotionDecision:
-    """What the new version becomes: the gate's outcome, unless the caller (retraining, with its own
-    gate and a canary) asked for a plain candidate."""
+    """What the new version becomes: the gate's outcome, unless the caller asked for a plain candidate."""
     if register_as != "candidate":
         return gate
     return PromotionDecision(
@@ -101,90 +307,6 @@ def decide_reproduced(
             f"v{version} was registered before from the same data, code and settings "
             f"({outcome_then or 'no decision recorded'}); nothing changes"
         ),
-    )
-
-
-# --- retrain gate --------------------------------------------------------------------------------
-class HoldoutComparison(BaseModel):
-    """A retrained model against the champion on the same recent holdout, with uncertainty; ``passed``
-    is the gate's outcome and ``reason`` says why."""
-
-    rows: int
-    champion_version: int
-    candidate_version: int
-    champion_auc: float
-    candidate_auc: float
-    gain_mean: float
-    gain_low: float
-    gain_high: float
-    slices_worse: list[str]
-    passed: bool
-    reason: str
-
-
-def bootstrap_auc_gain(
-    y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, samples: int, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean and 95% percentile interval of AUC(new) - AUC(old) over paired bootstrap resamples."""
-    rng = np.random.default_rng(seed)
-    gains = []
-    n = len(y)
-    for _ in range(samples):
-        idx = rng.integers(0, n, n)
-        if y[idx].min() == y[idx].max():
-            continue
-        gains.append(roc_auc_score(y[idx], p_new[idx]) - roc_auc_score(y[idx], p_old[idx]))
-    g = np.array(gains)
-    return float(g.mean()), float(np.percentile(g, 2.5)), float(np.percentile(g, 97.5))
-
-
-def compare_on_holdout(
-    y: np.ndarray,
-    p_new: np.ndarray,
-    p_old: np.ndarray,
-    slices: pl.DataFrame,
-    champion_version: int,
-    candidate_version: int,
-    settings: RetrainSettings,
-    min_slice_rows: int = 200,
-) -> HoldoutComparison:
-    """The retrain gate: a retrained model (``p_new``) against the champion (``p_old``) on the same recent
-    holdout. Pass when the gain's interval clears the non-inferiority margin and no slice gets clearly
-    worse."""
-    mean, low, high = bootstrap_auc_gain(y, p_new, p_old, settings.bootstrap_samples)
-    worse = []
-    for col in slices.columns:
-        values = slices[col].cast(pl.String).fill_null("<missing>").to_numpy()
-        for value in np.unique(values):
-            mask = values == value
-            if mask.sum() < min_slice_rows or len(np.unique(y[mask])) < 2:
-                continue
-            drop = roc_auc_score(y[mask], p_old[mask]) - roc_auc_score(y[mask], p_new[mask])
-            if drop > settings.slice_tolerance:
-                worse.append(f"{col}={value}: ROC-AUC {drop:.3f} lower")
-    passed = low > settings.min_gain_lower and not worse
-    interval = (
-        f"ROC-AUC gain {mean:+.4f} (95% interval {low:+.4f} .. {high:+.4f}, "
-        f"margin {settings.min_gain_lower:+.4f})"
-    )
-    if passed:
-        reason = f"passes: {interval}, no slice worse by more than {settings.slice_tolerance}"
-    elif worse:
-        reason = f"fails: slices got worse ({'; '.join(worse[:5])}); {interval}"
-    else:
-        reason = f"fails: {interval}"
-    return HoldoutComparison(
-        rows=len(y),
-        champion_version=champion_version,
-        candidate_version=candidate_version,
-        champion_auc=float(roc_auc_score(y, p_old)),
-        candidate_auc=float(roc_auc_score(y, p_new)),
-        gain_mean=mean,
-        gain_low=low,
-        gain_high=high,
-        slices_worse=worse,
-        passed=passed,
-        reason=reason,
     )
 
 

@@ -16,9 +16,9 @@ import numpy as np
 from flows.steps.engine import cluster_client
 from flows.steps.runtime import cached_task, io_task, wandb_api_key
 from tasks.core.context import RunContext
-from tasks.core.errors import BadInput
-from tasks.data.snapshot import SnapshotManifest, load_rows, read_manifest
-from tasks.decisions import HoldoutComparison, compare_on_holdout
+from tasks.data.snapshot import SnapshotManifest
+from tasks.decisions import GateEvidence, auc_gain_interval, compare_on_holdout
+from tasks.model.baselines import LinearBaseline, fit_baseline_on_split
 from tasks.model.distributed import train_on_cluster
 from tasks.model.evaluate import (
     CandidateEvaluation,
@@ -26,20 +26,27 @@ from tasks.model.evaluate import (
     evaluate_candidate,
     evaluate_champion,
 )
-from tasks.model.held_out import CANDIDATE, CHAMPION, HeldOutPart, Scorer, score_held_out, scored_test_rows
+from tasks.model.held_out import (
+    BASELINE,
+    CANDIDATE,
+    CHAMPION,
+    HeldOutPart,
+    Scorer,
+    score_held_out,
+    scored_test_rows,
+)
 from tasks.model.tracking import TrackedRun, TrainingReport, log_training_run
 from tasks.model.train import (
     FitResult,
     PreparedTraining,
     TrainedModel,
+    calibrate_candidate,
     cv_fold,
     fit_lightgbm,
     fit_on_split,
     load_matrix,
-    make_split,
     prepare_training,
     save_candidate,
-    split_columns,
     train_candidate,
     write_candidate_files,
 )
@@ -129,6 +136,23 @@ def train_final_model(
     return train_candidate(X, y, best.params, prepared, ctx.config.training, ctx.store)
 
 
+@cached_task(name="calibrate-candidate")
+def calibrate_trained_model(
+    trained: TrainedModel, manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+) -> TrainedModel:
+    """Platt scaling on the validation rows, folded into the model file, and the threshold the config's
+    rule picks there (``tasks.model.calibrate``)."""
+    return calibrate_candidate(trained, manifest, prepared, ctx.config, ctx.store)
+
+
+@cached_task(name="fit-linear-baseline")
+def fit_linear_baseline_on_train(
+    manifest: SnapshotManifest, prepared: PreparedTraining, ctx: RunContext
+) -> LinearBaseline:
+    """The regularised logistic regression the first model of a name must not be worse than."""
+    return fit_baseline_on_split(manifest, prepared, ctx.config, ctx.store)
+
+
 @cached_task(name="score-held-out-part", task_run_name="score-held-out-rows-{rows[0]}")
 def score_held_out_part(
     rows: tuple[int, int],
@@ -137,6 +161,7 @@ def score_held_out_part(
     prepared: PreparedTraining,
     model_name: str,
     champion_version: int | None,
+    baseline: LinearBaseline | None,
     ctx: RunContext,
 ) -> HeldOutPart:
     """One part of the held-out rows scored where it is read (``tasks.model.held_out``): the test rows
@@ -155,7 +180,7 @@ def score_held_out_part(
             problem = f"cannot be loaded: {exc}"
     candidate = Scorer(model_text=store.read_bytes(trained.model_key).decode(), transform=prepared.transform)
     key = f"{trained.files_prefix}/held_out/rows-{rows[0]:012d}.parquet"
-    part = score_held_out(store, ctx.config, manifest, prepared, candidate, champion, rows, key)
+    part = score_held_out(store, ctx.config, manifest, prepared, candidate, champion, rows, key, baseline)
     return part.model_copy(update={"champion_note": problem}) if problem else part
 
 
@@ -170,6 +195,7 @@ def evaluate_candidate_on_test(
         test[ctx.config.target.name].to_numpy().astype(np.float64),
         test,
         prepared.base_rate,
+        trained.threshold.threshold if trained.threshold else 0.5,
         trained.importance,
         ctx.config,
         ctx.store,
@@ -179,19 +205,47 @@ def evaluate_candidate_on_test(
 
 @io_task(name="evaluate-champion")
 def evaluate_champion_on_test(
-    champion_version: int | None, parts: list[HeldOutPart], ctx: RunContext
+    champion_version: int | None, parts: list[HeldOutPart], model_name: str, ctx: RunContext
 ) -> ChampionEvaluation:
-    """The champion's metrics on the candidate's test window, from the scored parts."""
+    """The champion's metrics on the candidate's test window (at its own registered threshold), from
+    the scored parts."""
     problem = next((p.champion_note for p in parts if p.champion_note), None)
     if champion_version is None or problem:
-        return evaluate_champion(champion_version, np.array([]), None, problem, ctx.config.training.threshold)
+        return evaluate_champion(champion_version, np.array([]), None, problem, 0.5)
     test = scored_test_rows(ctx.store, parts)
+    threshold = Registry(ctx.store, model_name).get(champion_version).metrics.get("threshold", 0.5)
     return evaluate_champion(
         champion_version,
         test[ctx.config.target.name].to_numpy(),
         test[CHAMPION].to_numpy(),
         None,
-        ctx.config.training.threshold,
+        threshold,
+    )
+
+
+@io_task(name="gate-evidence")
+def gate_evidence_on_test(
+    trained: TrainedModel, parts: list[HeldOutPart], champion: ChampionEvaluation, ctx: RunContext
+) -> GateEvidence:
+    """The intervals the promotion gate decides on, from the scored test rows."""
+    test = scored_test_rows(ctx.store, parts)
+    y = test[ctx.config.target.name].to_numpy().astype(int)
+    p = test[CANDIDATE].to_numpy()
+    alpha = ctx.settings.gate.alpha
+    constant = np.full(len(y), float(y.mean()) if len(y) else 0.0)
+    baselines = [
+        auc_gain_interval(y, p, constant, "majority class", alpha),
+        auc_gain_interval(y, p, test[BASELINE].to_numpy(), "logistic regression", alpha),
+    ]
+    comparison = None
+    if champion.metrics is not None and champion.version is not None:
+        comparison = compare_on_holdout(
+            y, p, test[CHAMPION].to_numpy(), test.select(ctx.config.slices), champion.version, None,
+            ctx.settings.gate,
+        )  # fmt: skip
+    threshold = trained.threshold.threshold if trained.threshold else 0.5
+    return GateEvidence(
+        baselines=baselines, comparison=comparison, test_flagged=int((p >= threshold).sum()), test_rows=len(y)
     )
 
 
@@ -226,31 +280,3 @@ def track_training(report: TrainingReport, ctx: RunContext) -> TrackedRun | None
         model_file.write_bytes(store.read_bytes(report.model_key))
         api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
         return log_training_run(ctx.settings, api_key, report, pngs, model_file)
-
-
-@io_task(name="compare-on-holdout")
-def compare_with_champion(
-    model_name: str, candidate: int, snapshot_id: str, ctx: RunContext
-) -> HoldoutComparison:
-    """Champion and candidate scored on the candidate snapshot's test rows (the most recent data)."""
-    store, config = ctx.store, ctx.config
-    registry = Registry(store, model_name)
-    champion = registry.resolve("champion")
-    manifest = read_manifest(store, snapshot_id)
-    if manifest is None:
-        raise BadInput(f"snapshot {snapshot_id} does not exist in {store.uri} (or was never completed)")
-    test = load_rows(manifest, store, make_split(split_columns(manifest, store, config), config).valid_end)
-    y = test[config.target.name].to_numpy().astype(int)
-    scores = {}
-    for v in (champion.version, candidate):
-        mv = registry.get(v)
-        scores[v] = registry.load_booster(mv).predict(registry.load_transform(mv).to_matrix(test))
-    return compare_on_holdout(
-        y,
-        np.asarray(scores[candidate]),
-        np.asarray(scores[champion.version]),
-        test.select(config.slices),
-        champion.version,
-        candidate,
-        ctx.settings.retrain,
-    )

@@ -77,14 +77,18 @@ def claim_retrain(model_name: str, reason: str, ignore_cooldown: bool, ctx: RunC
 
 
 @io_task(name="start-canary")
-def start_canary(model_name: str, version: int, reason: str, ctx: RunContext) -> None:
-    Registry(ctx.store, model_name).set_alias("challenger", version, reason=reason, actor="retrain-flow")
+def start_canary(model_name: str, version: int, reason: str, ctx: RunContext) -> dict[str, int]:
+    """Make ``version`` the challenger (the service starts routing a share to it) and say so."""
+    doc = Registry(ctx.store, model_name).set_alias(
+        "challenger", version, reason=reason, actor="training-flow"
+    )
     emit_model_event(
         "driftloop.model.canary.started",
         model_name,
         {"version": version, "share": ctx.settings.serving.challenger_share, "reason": reason},
         target=ctx.target,
     )
+    return doc.aliases
 
 
 @io_task(name="apply-canary-decision")

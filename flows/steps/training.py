@@ -33,10 +33,13 @@ from flows.steps.data import (
 from flows.steps.engine import parallel_steps, threads_per_step
 from flows.steps.events import emit_model_event
 from flows.steps.model import (
+    calibrate_trained_model,
     cross_validate_fold,
     evaluate_candidate_on_test,
     evaluate_champion_on_test,
+    fit_linear_baseline_on_train,
     fit_transform_on_train,
+    gate_evidence_on_test,
     run_trial,
     score_held_out_part,
     stage_candidate_files,
@@ -44,14 +47,27 @@ from flows.steps.model import (
     train_final_model,
 )
 from flows.steps.monitoring import profile_reference
-from flows.steps.registry import apply_promotion_decision, register_model_version, save_version_to_bentoml
+from flows.steps.registry import (
+    apply_promotion_decision,
+    register_model_version,
+    save_version_to_bentoml,
+    start_canary,
+)
 from flows.steps.runtime import in_prefect_run, model_context, run_context
 from tasks.core.config import ConfigError, DatasetConfig
 from tasks.core.context import RunContext
 from tasks.core.settings import Settings
 from tasks.data.ingest import IngestedTable
 from tasks.data.snapshot import SnapshotManifest
-from tasks.decisions import PromotionDecision, decide_promotion, decide_registration, decide_reproduced
+from tasks.decisions import (
+    GateEvidence,
+    PromotionDecision,
+    decide_labels_anyone,
+    decide_promotion,
+    decide_registration,
+    decide_reproduced,
+)
+from tasks.model.baselines import LinearBaseline
 from tasks.model.evaluate import CandidateEvaluation, ChampionEvaluation, metric_table, model_card
 from tasks.model.held_out import HeldOutPart, held_out_ranges
 from tasks.model.tracking import TrackedRun, TrainingReport
@@ -138,10 +154,13 @@ class TrainingRun:
     best: FitResult | None = None
     cv: dict[str, float] = field(default_factory=dict)
     trained: TrainedModel | None = None
+    baseline: LinearBaseline | None = None
     champion_version: int | None = None
+    running_challenger: int | None = None
     parts: list[HeldOutPart] = field(default_factory=list)
     candidate: CandidateEvaluation | None = None
     champion: ChampionEvaluation | None = None
+    gate: GateEvidence | None = None
     decision: PromotionDecision | None = None
     reference_keys: dict[str, str] = field(default_factory=dict)
     tracked: TrackedRun | None = None
@@ -206,8 +225,8 @@ def start_training_run(params: TrainingParams, settings: Settings | None = None)
         updates["dataset_config"] = Path(params.dataset_config)
     if params.on_invalid:
         updates["on_invalid"] = params.on_invalid
-    if params.min_auc_gain is not None:
-        updates["gate"] = settings.gate.model_copy(update={"min_auc_gain": params.min_auc_gain})
+    if params.min_gain_lower is not None:
+        updates["gate"] = settings.gate.model_copy(update={"min_gain_lower": params.min_gain_lower})
     ctx = run_context(settings.model_copy(update=updates) if updates else settings)
     if not params.dataset_config and params.model_name:
         registered = Registry(ctx.store, params.model_name).versions()
@@ -293,12 +312,26 @@ def search_and_cross_validate(run: TrainingRun, steps: StepRunner) -> TrainingRu
 
 
 def train_and_score_held_out(run: TrainingRun, steps: StepRunner) -> TrainingRun:
-    """The candidate trained with the best params; the held-out rows scored part by part where they are
-    read (candidate and champion on the test rows, the drift reference's sample profiled)."""
-    run.trained = steps.call(train_final_model, run.best, run.manifest, run.prepared, run.ctx)
-    run.champion_version = run.registry.alias_doc().aliases.get("champion")
+    """The candidate trained with the best params, calibrated on validation with its threshold chosen
+    there; the logistic regression baseline; the held-out rows scored part by part where they are read
+    (candidate, champion and baseline on the test rows, the drift reference's sample profiled)."""
+    trained = steps.call(train_final_model, run.best, run.manifest, run.prepared, run.ctx)
+    run.trained = steps.call(calibrate_trained_model, trained, run.manifest, run.prepared, run.ctx)
+    run.baseline = steps.call(fit_linear_baseline_on_train, run.manifest, run.prepared, run.ctx)
+    t = run.trained
+    run.log.info(
+        "calibrated on %d validation rows (logit slope %.3f, intercept %+.3f); threshold %.4f (%s): "
+        "precision %.3f, recall %.3f there; logistic regression baseline: validation ROC-AUC %.4f",
+        *(t.calibration.rows, t.calibration.slope, t.calibration.intercept, t.threshold.threshold),
+        *(t.threshold.rule, t.threshold.precision, t.threshold.recall, run.baseline.valid_auc),
+    )
+    aliases = run.registry.alias_doc().aliases
+    run.champion_version, run.running_challenger = aliases.get("champion"), aliases.get("challenger")
     ranges = held_out_ranges(run.manifest, run.prepared.split.train_end)
-    shared = (run.trained, run.manifest, run.prepared, run.model_name, run.champion_version, run.ctx)
+    shared = (
+        *(run.trained, run.manifest, run.prepared, run.model_name, run.champion_version, run.baseline),
+        run.ctx,
+    )
     run.parts = steps.map(score_held_out_part, ranges, *shared)
     return run
 
@@ -307,8 +340,12 @@ def evaluate_and_decide(run: TrainingRun, steps: StepRunner) -> TrainingRun:
     """Test metrics, baseline, slices and plots for the candidate; the champion on the same rows; the
     promotion gate, and what the caller asked the version to become."""
     run.candidate = steps.call(evaluate_candidate_on_test, run.trained, run.parts, run.prepared, run.ctx)
-    run.champion = steps.call(evaluate_champion_on_test, run.champion_version, run.parts, run.ctx)
-    gate = decide_promotion(run.candidate.evaluation.test, run.champion, run.ctx.settings.gate)
+    run.champion = steps.call(
+        evaluate_champion_on_test, run.champion_version, run.parts, run.model_name, run.ctx
+    )
+    e = run.gate = steps.call(gate_evidence_on_test, run.trained, run.parts, run.champion, run.ctx)
+    useless = decide_labels_anyone(run.trained.threshold, e.test_flagged, e.test_rows)
+    gate = decide_promotion(run.champion, e.comparison, e.baselines, useless, run.running_challenger)
     run.decision = decide_registration(gate, run.params.register_as)
     return run
 
@@ -370,6 +407,11 @@ def new_version_record(run: TrainingRun) -> NewVersion:
             "test_rows": float(test.rows),  # with positive_rate: the held-out AUC's uncertainty
             "cv_auc_mean": run.cv["mean"],
             "cv_auc_std": run.cv["std"],
+            # the calibration folded into model.txt, and how its threshold was chosen
+            "calibration_slope": run.trained.calibration.slope,
+            "calibration_intercept": run.trained.calibration.intercept,
+            "validation_precision": run.trained.threshold.precision,
+            "validation_recall": run.trained.threshold.recall,
         },
         test_window=run.candidate.evaluation.test_window,
         feature_names=run.prepared.transform.feature_names,
@@ -385,6 +427,10 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         "candidate": run.candidate.evaluation.model_dump(mode="json"),
         "cv": run.cv,
         "champion": run.champion.model_dump(mode="json"),
+        "gate": run.gate.model_dump(mode="json"),
+        "calibration": run.trained.calibration.model_dump(),
+        "threshold": run.trained.threshold.model_dump(),
+        "baseline": {"kind": "logistic regression", "c": run.baseline.c, "valid_auc": run.baseline.valid_auc},
         "decision": run.decision.model_dump(),
     }
     files = steps.call(
@@ -400,6 +446,8 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         run.aliases = steps.call(
             apply_promotion_decision, name, v.version, "champion", run.decision.reason, ctx
         )
+    elif run.decision.outcome == "challenger":  # a canary decides on live traffic
+        run.aliases = steps.call(start_canary, name, v.version, run.decision.reason, ctx)
     else:  # rejected, reproduced, or a candidate for the caller: no alias moves
         run.aliases = registry.alias_doc().aliases
     run.bento_tag = steps.call(save_version_to_bentoml, name, v.version, ctx)
@@ -437,6 +485,10 @@ def summarize(run: TrainingRun) -> TrainingSummary:
         test=evaluation.test,
         baseline=evaluation.baseline,
         champion_before=run.champion.version,
+        threshold=run.trained.threshold.threshold,
+        threshold_rule=run.trained.threshold.rule,
+        baselines=run.gate.baselines,
+        comparison=run.gate.comparison,
         cv_auc_mean=run.cv["mean"],
         cv_auc_std=run.cv["std"],
         wandb_run=(run.tracked.url or run.tracked.path) if run.tracked else None,

@@ -249,13 +249,42 @@ class SearchDimension(Strict):
         return self
 
 
+class ThresholdRule(Strict):
+    """How a binary model's decision threshold is chosen on validation (``tasks.model.calibrate``)."""
+
+    rule: Literal["f1", "cost", "precision", "recall", "fixed"] = "f1"
+    value: float = Field(
+        0.5,
+        gt=0,
+        lt=1,
+        description="the target precision or recall (rules precision, recall), or the "
+        "threshold itself (rule fixed)",
+    )
+    false_positive_cost: float = Field(1.0, gt=0, description="rule cost: what a false alarm costs")
+    false_negative_cost: float = Field(1.0, gt=0, description="rule cost: what a missed positive costs")
+
+
 class TrainingConfig(Strict):
     params: dict[str, Any] = {}
     search_space: dict[str, SearchDimension] = {}
     n_trials: int = Field(4, ge=1, le=200)
     num_boost_round: int = Field(500, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)
-    threshold: float = Field(0.5, gt=0, lt=1, description="probability above which the label is positive")
+    threshold: "ThresholdRule" = Field(
+        default_factory=lambda: ThresholdRule(rule="f1"),
+        description="how the label's threshold is chosen on the calibrated validation scores: "
+        "{rule: f1} (default), {rule: cost, false_negative_cost: 5}, {rule: precision, value: 0.6}, "
+        "{rule: recall, value: 0.8}, or a number (fixed)",
+    )
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _fixed_number(cls, value: Any) -> Any:
+        """A bare number is a fixed threshold (the configs' earlier spelling)."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return {"rule": "fixed", "value": value}
+        return value
+
     seed: int = 13
     max_search_rows: int = Field(
         1_000_000,

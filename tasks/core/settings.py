@@ -1,7 +1,7 @@
 """The one typed place for driftloop's settings.
 
 Every knob the pipeline reads at run time lives here, with a ``DRIFTLOOP_`` environment override
-(nested fields use ``__``, e.g. ``DRIFTLOOP_GATE__MIN_AUC_GAIN=0.01``). Laptop and cloud differ only
+(nested fields use ``__``, e.g. ``DRIFTLOOP_GATE__MIN_GAIN_LOWER=0``). Laptop and cloud differ only
 in these values: ``store_uri`` is a local path or ``s3://bucket/prefix``; W&B is offline unless a key
 is set. Nothing else in the code base reads the environment for configuration.
 """
@@ -147,15 +147,6 @@ class RetrainSettings(BaseModel):
     """Automated retraining: how often at most, and the statistical gate a retrained model must pass."""
 
     cooldown_minutes: float = Field(60, ge=0, description="at most one retrain per model in this period")
-    bootstrap_samples: int = Field(200, ge=20, le=5000)
-    min_gain_lower: float = Field(
-        -0.005,
-        ge=-1,
-        le=1,
-        description="the 95% interval of the ROC-AUC gain over the "
-        "champion must lie above this (non-inferiority margin)",
-    )
-    slice_tolerance: float = Field(0.03, ge=0, le=1, description="largest ROC-AUC drop allowed on any slice")
     canary_share: float = Field(0.1, ge=0, le=1, description="traffic share a passing challenger starts with")
     canary_min_labels: int = Field(
         200, ge=1, description="labelled predictions per arm before a canary verdict"
@@ -198,10 +189,29 @@ class RetrainSettings(BaseModel):
 
 
 class GateSettings(BaseModel):
-    """Promotion thresholds: a new model replaces the champion only if it is clearly better."""
+    """The holdout gate every new model passes (``tasks.decisions.decide_promotion``): the first of a
+    name against its baselines, every later one against the champion on the same test rows, then a
+    canary. Evidence is counted in positives and negatives through the intervals, not in rows."""
 
-    min_auc_gain: float = Field(0.002, ge=0.0, le=1.0, description="ROC-AUC margin over the champion")
-    min_test_rows: int = Field(1000, ge=1)
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="one-sided error of every gate interval (baselines, champion, slices together)",
+    )
+    min_gain_lower: float = Field(
+        -0.005,
+        ge=-1,
+        le=1,
+        description="the lower bound of the ROC-AUC gain over the champion must lie above this "
+        "(non-inferiority margin) for the model to go out as a canary",
+    )
+    slice_tolerance: float = Field(
+        0.03, ge=0, le=1, description="ROC-AUC drop on a slice that fails the gate once it is beyond doubt"
+    )
+    min_slice_class_rows: int = Field(
+        10, ge=2, description="a slice is judged when it holds this many positives and negatives"
+    )
 
 
 class FargateSettings(BaseModel):

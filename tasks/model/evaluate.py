@@ -179,7 +179,7 @@ def metric_table(
     rows = []
     for label, attr in METRICS_SHOWN:
         if attr in ("precision", "recall"):
-            label = f"{label} @ {test.threshold}"
+            label = f"{label} @ {test.threshold:.3f}"
         rows.append(
             (
                 label,
@@ -263,15 +263,17 @@ def evaluate_candidate(
     y: np.ndarray,
     test_frame: pl.DataFrame,
     base_rate: float,
+    threshold: float,
     importance: dict[str, float],
     config: DatasetConfig,
     store: ArtifactStore,
     plot_prefix: str,
 ) -> CandidateEvaluation:
-    """Test-window metrics, baseline, slices and plots (written under ``plot_prefix``) of a candidate
-    from its predictions ``p`` on the test rows of ``test_frame`` (labels ``y``)."""
+    """Test-window metrics (labels at the candidate's chosen ``threshold``), baseline, slices and plots
+    (written under ``plot_prefix``) of a candidate from its predictions ``p`` on the test rows of
+    ``test_frame`` (labels ``y``)."""
     evaluation = evaluate_predictions(
-        test_frame, y, p, base_rate, config.training.threshold, config.slices, config.time_column
+        test_frame, y, p, base_rate, threshold, config.slices, config.time_column
     )
     keys = {}
     for name, png in plot_pngs(y, p, importance).items():

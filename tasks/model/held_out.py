@@ -5,7 +5,8 @@ The rows a model did not train on (validation + test) are read one snapshot part
 step that scores that part (a mapped Prefect task: a thread, or a Dask worker with the dask engine).
 Each part keeps, in one Parquet file beside the candidate:
 
-- its test rows (target, time, slice columns) with the candidate's and the champion's predictions:
+- its test rows (target, time, slice columns) with the candidate's, the champion's and the logistic
+  regression baseline's predictions:
   the test evaluation and the promotion gate read only these columns, never the whole window;
 - its rows of the drift reference's sample (every ``every``-th held-out row, counted from the first,
   so the union over parts is exactly ``load_rows(manifest, store, train_end, None, every)``) with the
@@ -28,11 +29,12 @@ from tasks.core.config import DatasetConfig
 from tasks.core.profile import load_profile, profile_frame
 from tasks.core.store import ArtifactStore
 from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
+from tasks.model.baselines import LinearBaseline
 from tasks.model.features import FittedTransform
 from tasks.model.train import PreparedTraining, predict
 
 ROW, IN_TEST, IN_SAMPLE = "__row", "__test", "__sample"
-CANDIDATE, CHAMPION = "__candidate", "__champion"
+CANDIDATE, CHAMPION, BASELINE = "__candidate", "__champion", "__baseline"
 
 
 class HeldOutPart(BaseModel):
@@ -93,6 +95,7 @@ def score_held_out(
     champion: Scorer | None,
     rows: tuple[int, int],
     key: str,
+    baseline: LinearBaseline | None = None,
 ) -> HeldOutPart:
     """Score rows [lo, hi) of the snapshot (within one part; split by ``prepared``), writing the
     part's file to ``key``."""
@@ -109,8 +112,10 @@ def score_held_out(
     df = df.filter(pl.Series(keep)).with_columns(
         pl.Series(ROW, row[keep]), pl.Series(IN_TEST, in_test[keep]), pl.Series(IN_SAMPLE, in_sample[keep])
     )
+    X = candidate.transform.to_matrix(df)
     df = df.with_columns(
-        pl.Series(CANDIDATE, predict(candidate.booster(), candidate.transform.to_matrix(df)))
+        pl.Series(CANDIDATE, predict(candidate.booster(), X)),
+        pl.Series(BASELINE, baseline.predict(X) if baseline is not None else np.full(df.height, np.nan)),
     )
     note, champion_scores = None, np.full(df.height, np.nan)
     in_test = df[IN_TEST].to_numpy()
@@ -132,7 +137,7 @@ def score_held_out(
         else None
     )
     store.write_parquet(
-        key, df.select(ROW, IN_TEST, IN_SAMPLE, *evaluated_columns(config), CANDIDATE, CHAMPION)
+        key, df.select(ROW, IN_TEST, IN_SAMPLE, *evaluated_columns(config), CANDIDATE, CHAMPION, BASELINE)
     )
     return HeldOutPart(lo=lo, hi=hi, scored_key=key, profile=profile, champion_note=note)
 

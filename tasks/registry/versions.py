@@ -54,6 +54,13 @@ class NewVersion(BaseModel):
     git_commit: str
     params: dict[str, Any]
     metrics: dict[str, float]
+
+    @property
+    def threshold(self) -> float:
+        """The label threshold chosen on validation when it was trained (0.5 for versions from before
+        thresholds were chosen)."""
+        return float(self.metrics.get("threshold", 0.5))
+
     test_window: tuple[str, str]
     feature_names: list[str]
     input_columns: list[str]

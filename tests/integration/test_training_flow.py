@@ -122,7 +122,7 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
         "run",
         "training/local",
         "--params",
-        json.dumps({"params": {**SMALL, "model_name": "flights-worker", "seed": 7, "min_auc_gain": 0.5}}),
+        json.dumps({"params": {**SMALL, "model_name": "flights-worker", "seed": 7, "min_gain_lower": 0.5}}),
         "--watch",
         "--watch-timeout",
         "300",
@@ -133,7 +133,7 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     assert doc.aliases == {"champion": 1}
     rejected = registry.get(2)
     assert (
-        rejected.decision.outcome == "rejected" and "does not beat the champion" in rejected.decision.reason
+        rejected.decision.outcome == "rejected" and "not shown at least as good" in rejected.decision.reason
     )
 
 

@@ -1,12 +1,12 @@
-"""The retrain gate (paired bootstrap, slices) and the canary verdicts, on controlled predictions."""
+"""The holdout gate (DeLong intervals, slices) and the canary verdicts, on controlled predictions."""
 
 from __future__ import annotations
 
 import numpy as np
 import polars as pl
 
-from tasks.core.settings import RetrainSettings
-from tasks.decisions import bootstrap_auc_gain, canary_radius, compare_on_holdout, decide_canary
+from tasks.core.settings import GateSettings, RetrainSettings
+from tasks.decisions import auc_gain_interval, canary_radius, compare_on_holdout, decide_canary
 from tasks.model.evaluate import PairedAucDifference, paired_auc_difference
 from tasks.monitoring.performance import CanaryEvidence
 
@@ -19,21 +19,43 @@ def _preds(n: int = 4000, seed: int = 0):
     return y, good, weak
 
 
-def test_bootstrap_interval_brackets_the_gain():
+def _twins(n: int = 4000):
+    """Two equally good models: one latent score, each with its own noise of the same size."""
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, n)
+    latent = 0.35 * (y - 0.5) + rng.normal(0, 0.2, n)
+    return y, latent + rng.normal(0, 0.05, n), latent + rng.normal(0, 0.05, n)
+
+
+def test_gain_interval_brackets_the_gain():
     y, good, weak = _preds()
-    mean, low, high = bootstrap_auc_gain(y, good, weak, 200)
-    assert 0 < low < mean < high
-    mean, low, high = bootstrap_auc_gain(y, good, good, 50)
-    assert mean == 0 and low == 0 == high
+    g = auc_gain_interval(y, good, weak, "champion v1", 0.05)
+    assert 0 < g.low < g.gain < g.high and g.auc > g.other_auc and g.positives == int(y.sum())
+    same = auc_gain_interval(y, good, good, "champion v1", 0.05)
+    assert same.gain == 0 and same.low == 0 == same.high
+    assert auc_gain_interval(np.r_[1, 0, 0, 0], good[:4], weak[:4], "x", 0.05) is None  # one positive
 
 
 def test_holdout_gate_passes_a_better_model_and_fails_a_worse_one():
     y, good, weak = _preds()
     slices = pl.DataFrame({"carrier": np.where(np.arange(len(y)) % 2 == 0, "AA", "UA")})
-    better = compare_on_holdout(y, good, weak, slices, 1, 2, RetrainSettings())
+    better = compare_on_holdout(y, good, weak, slices, 1, 2, GateSettings())
     assert better.passed and better.candidate_auc > better.champion_auc and "passes" in better.reason
-    worse = compare_on_holdout(y, weak, good, slices, 1, 2, RetrainSettings())
+    worse = compare_on_holdout(y, weak, good, slices, 1, 2, GateSettings())
     assert not worse.passed and worse.slices_worse and "carrier=AA" in worse.reason
+
+
+def test_an_equal_model_on_few_positives_is_not_waved_through():
+    """40 positives: the interval of an equally good model's gain is wide, so it does not clear the
+    non-inferiority margin (no fixed row minimum: the positives set the width); on 4,000 rows it does."""
+    y, twin, good = _twins()
+    few = np.r_[np.flatnonzero(y == 1)[:40], np.flatnonzero(y == 0)[:400]]
+    small = compare_on_holdout(y[few], twin[few], good[few], pl.DataFrame(), 1, 2, GateSettings())
+    assert not small.passed and small.positives == 40 and "not shown at least as good" in small.reason
+    large = compare_on_holdout(y, twin, good, pl.DataFrame(), 1, 2, GateSettings())
+    assert large.passed
+    one = compare_on_holdout(np.r_[1, 0, 0, 0, 0], good[:5], good[:5], pl.DataFrame(), 1, 2, GateSettings())
+    assert not one.passed and "1 positive(s)" in one.reason
 
 
 def test_a_single_slice_getting_worse_fails_the_gate():
@@ -42,10 +64,19 @@ def test_a_single_slice_getting_worse_fails_the_gate():
     candidate = np.where(half, weak, good)  # as good overall on one half, much worse on the other
     champion = np.where(half, good, good)
     slices = pl.DataFrame({"origin": np.where(half, "EWR", "JFK")})
-    result = compare_on_holdout(y, candidate, champion, slices, 1, 2, RetrainSettings(min_gain_lower=-1.0))
+    result = compare_on_holdout(y, candidate, champion, slices, 1, 2, GateSettings(min_gain_lower=-1.0))
     assert not result.passed and result.slices_worse == [
         s for s in result.slices_worse if s.startswith("origin=EWR")
     ]
+
+
+def test_slices_of_an_equally_good_model_do_not_fail_it():
+    """Forty slices of 100 rows each: the drops of an equally good model scatter by chance, and the
+    intervals (Bonferroni over the slices) keep every one from counting as clearly worse."""
+    y, twin, good = _twins()
+    slices = pl.DataFrame({"tail": (np.arange(len(y)) % 40).astype(str)})
+    result = compare_on_holdout(y, twin, good, slices, 1, 2, GateSettings(min_gain_lower=-1.0))
+    assert result.slices_worse == [] and result.passed
 
 
 def _evidence(
@@ -103,8 +134,12 @@ def test_paired_auc_difference_matches_sklearn_and_the_bootstrap():
         abs(paired.auc_a - roc_auc_score(y, weak)) < 1e-9
         and abs(paired.auc_b - roc_auc_score(y, good)) < 1e-9
     )
-    mean, low, high = bootstrap_auc_gain(y, good, weak, 300)
-    assert abs(paired.gain - mean) < 0.005 and 0.7 < paired.se / ((high - low) / 3.92) < 1.4
+    rng = np.random.default_rng(0)
+    gains = []
+    for _ in range(300):
+        i = rng.integers(0, len(y), len(y))
+        gains.append(roc_auc_score(y[i], good[i]) - roc_auc_score(y[i], weak[i]))
+    assert abs(paired.gain - np.mean(gains)) < 0.005 and 0.8 < paired.se / np.std(gains) < 1.25
     same = paired_auc_difference(y, good, good)
     assert same.gain == 0 and same.se == 0
 

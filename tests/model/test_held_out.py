@@ -127,5 +127,7 @@ def test_a_champion_that_cannot_score_the_rows_says_why(two_months, landed):
 
     from flows.steps.model import evaluate_champion_on_test
 
-    verdict = evaluate_champion_on_test.fn(3, parts, RunContext.build(landed).with_config(config))
+    verdict = evaluate_champion_on_test.fn(
+        3, parts, config.model_name, RunContext.build(landed).with_config(config)
+    )
     assert verdict.version == 3 and verdict.metrics is None and "champion v3 cannot score" in verdict.note

@@ -8,8 +8,8 @@ import pytest
 
 from tasks.core.config import TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
-from tasks.core.settings import GateSettings
-from tasks.decisions import decide_promotion
+from tasks.decisions import GainInterval, HoldoutComparison, decide_labels_anyone, decide_promotion
+from tasks.model.calibrate import ThresholdChoice
 from tasks.model.evaluate import ChampionEvaluation, binary_metrics
 from tasks.model.train import time_series_folds, time_split
 
@@ -98,37 +98,57 @@ def test_optuna_search_is_reproducible_starts_from_the_config_and_prunes_hopeles
     assert [t.params for t in other] != [t.params for t in a]
 
 
-def _metrics(auc_shift: float, rows: int = 5000):
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, rows)
-    p = np.clip(0.5 + auc_shift * (y - 0.5) + rng.normal(0, 0.2, rows), 0, 1)
-    return binary_metrics(y, p, 0.5)
+def _gain(against: str, gain: float, half_width: float) -> GainInterval:
+    return GainInterval(
+        against=against, rows=2000, positives=300, auc=0.7 + gain, other_auc=0.7, gain=gain,
+        low=gain - half_width, high=gain + half_width,
+    )  # fmt: skip
 
 
-def test_gate_first_model_becomes_champion():
-    d = decide_promotion(
-        _metrics(0.2), ChampionEvaluation(version=None, metrics=None, note="none"), GateSettings()
+NO_CHAMPION = ChampionEvaluation(version=None, metrics=None, note="no champion yet")
+
+
+def _comparison(passed: bool) -> HoldoutComparison:
+    return HoldoutComparison(
+        rows=2000, positives=300, champion_version=1, candidate_version=None, champion_auc=0.7,
+        candidate_auc=0.71, gain_mean=0.01, gain_low=0.002 if passed else -0.02, gain_high=0.02,
+        slices_worse=[], passed=passed, reason="passes" if passed else "fails",
+    )  # fmt: skip
+
+
+def test_first_model_must_beat_chance_and_not_lose_to_a_logistic_regression():
+    chance_ok, chance_bad = _gain("majority class", 0.2, 0.03), _gain("majority class", 0.02, 0.03)
+    tie, lost = _gain("logistic regression", -0.01, 0.02), _gain("logistic regression", -0.05, 0.02)
+    assert decide_promotion(NO_CHAMPION, None, [chance_ok, tie], None, None).outcome == "champion"
+    lose = decide_promotion(NO_CHAMPION, None, [chance_ok, lost], None, None)
+    assert lose.outcome == "rejected" and "logistic regression does significantly better" in lose.reason
+    chance = decide_promotion(NO_CHAMPION, None, [chance_bad, tie], None, None)
+    assert chance.outcome == "rejected" and "better than chance" in chance.reason
+    empty = decide_promotion(NO_CHAMPION, None, [None, None], None, None)
+    assert empty.outcome == "rejected" and "fewer than two rows of each class" in empty.reason
+    mute = decide_promotion(NO_CHAMPION, None, [chance_ok, tie], "labels none of the 10 test rows", None)
+    assert mute.outcome == "rejected" and "labels none" in mute.reason
+
+
+def test_a_later_model_never_replaces_the_champion_directly():
+    champion = ChampionEvaluation(
+        version=1, metrics=binary_metrics(np.r_[0, 1, 0, 1], np.r_[0.2, 0.8, 0.3, 0.6], 0.5), note=""
     )
-    assert d.outcome == "champion"
+    passed = decide_promotion(champion, _comparison(True), [], None, None)
+    assert passed.outcome == "challenger" and "canary decides" in passed.reason
+    assert decide_promotion(champion, _comparison(False), [], None, None).outcome == "rejected"
+    during = decide_promotion(champion, _comparison(True), [], None, running_challenger=4)
+    assert during.outcome == "candidate" and "canary of v4 is running" in during.reason
+    unscorable = ChampionEvaluation(version=1, metrics=None, note="champion v1 cannot score")
+    assert decide_promotion(unscorable, None, [], None, None).outcome == "rejected"
 
 
-def test_gate_promotes_only_with_a_margin():
-    weak, strong = _metrics(0.1), _metrics(0.4)
-    champion = ChampionEvaluation(version=1, metrics=weak, note="")
-    assert decide_promotion(strong, champion, GateSettings(min_auc_gain=0.01)).outcome == "champion"
-    assert decide_promotion(weak, champion, GateSettings(min_auc_gain=0.01)).outcome == "rejected"
-    assert (
-        decide_promotion(
-            strong, ChampionEvaluation(version=1, metrics=strong, note=""), GateSettings(min_auc_gain=0.0)
-        ).outcome
-        == "champion"
-    )
-    few = decide_promotion(_metrics(0.4, rows=50), champion, GateSettings(min_test_rows=100))
-    assert few.outcome == "rejected" and "not enough evidence" in few.reason
-    unscorable = decide_promotion(
-        strong, ChampionEvaluation(version=1, metrics=None, note="champion v1 cannot score"), GateSettings()
-    )
-    assert unscorable.outcome == "rejected"
+def test_a_model_whose_labels_say_no_to_everyone_is_named():
+    ok = ThresholdChoice(threshold=0.3, rule="best F1", precision=0.4, recall=0.5, flagged_share=0.1)
+    assert decide_labels_anyone(ok, 12, 100) is None
+    assert "labels none of the 100 test rows" in decide_labels_anyone(ok, 0, 100)
+    unmet = ok.model_copy(update={"problem": "no threshold reaches precision 0.99"})
+    assert "precision 0.99" in decide_labels_anyone(unmet, 12, 100)
 
 
 def test_lightgbm_training_is_deterministic(landed):
