@@ -37,11 +37,12 @@ DEMO_LABELS = 5_433 + 48_558  # labelled requests of the demo's canary (challeng
 NOISE = 0.5  # sd of each model's own error on the logit scale
 
 
-def held_out_predictions(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(outcome, predicted probability) on the test window of a model trained on January-August."""
+def held_out_predictions(root: Path, calibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(outcome, predicted probability) on the test window of a model trained on January-August
+    (``calibrated``: as the training flow leaves it, Platt-calibrated on validation)."""
     from tasks.model.train import predict
 
-    model = train_january_august(root)
+    model = train_january_august(root, calibrated)
     rows = model.test
     return model.y[rows].astype(int), predict(model.booster, model.X[rows])
 

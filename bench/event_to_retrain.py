@@ -80,9 +80,9 @@ def main() -> int:
 
         emitted = time.time()
         emit_model_event(
-            "driftloop.drift.detected",
+            "driftloop.retrain.needed",
             settings.load_dataset().model_name,
-            {"drifted": ["bench"]},
+            {"reasons": ["drift"], "summary": "drift", "reason": "bench"},
             target=settings.target,
         )
         created = started = None

@@ -21,6 +21,8 @@ NAME = "driftloop-notify"
 EVENTS = {
     "driftloop.drift.detected",
     "driftloop.performance.degraded",
+    "driftloop.performance.estimated_drop",
+    "driftloop.retrain.needed",
     "driftloop.data_quality.failed",
     "driftloop.model.registered",
     "driftloop.model.promoted",

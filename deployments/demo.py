@@ -292,7 +292,9 @@ def main() -> int:
     )
     if report.degraded:
         console.print(f"performance: [red]DEGRADED[/] ({'; '.join(report.degraded)})")
-    if report.drift_detected or report.degraded:
+    if report.estimated_drop:
+        console.print(f"estimated before labels: [red]DROP[/] ({'; '.join(report.estimated_drop)})")
+    if report.retrain:
         retrain_run = asyncio.run(_wait_for_run("retrain/local", before_monitor - 1))
         if retrain_run is not None:
             result = asyncio.run(retrain_run.state.aresult())

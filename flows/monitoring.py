@@ -8,7 +8,10 @@ workers with the dask engine), profiles the window there (whylogs, merged per da
 compares it with the champion's reference profile (drift per input and of the prediction), checks
 data quality, measures live performance from feedback (the verdicts are ``tasks.decisions``'
 ``decide_drift`` and ``decide_degradation``), and emits Prefect events for what it finds:
-``driftloop.drift.detected``, ``driftloop.performance.degraded``, ``driftloop.data_quality.failed``.
+``driftloop.drift.detected``, ``driftloop.performance.degraded``, ``driftloop.performance.estimated_drop``,
+``driftloop.data_quality.failed`` (findings, for people and notifications), and when any of drift,
+degradation or an estimated drop calls for it, one ``driftloop.retrain.needed`` carrying every reason:
+the event the retrain automation reacts to, so one finding or three start one retrain.
 """
 
 from __future__ import annotations
@@ -83,6 +86,21 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
             {**payload, "evidence": report.degraded},
             target=ctx.target,
         )
+    if report.estimated_drop:
+        emit_model_event(
+            "driftloop.performance.estimated_drop",
+            model_name,
+            {**payload, "evidence": report.estimated_drop},
+            target=ctx.target,
+        )
+    if report.retrain:
+        emit_model_event(
+            "driftloop.retrain.needed",
+            model_name,
+            {**payload, "reasons": report.retrain, "summary": ", ".join(report.retrain),
+             "reason": report.retrain_reason},
+            target=ctx.target,
+        )  # fmt: skip
     if report.quality_problems:
         emit_model_event(
             "driftloop.data_quality.failed",
@@ -113,9 +131,15 @@ def _publish(report: MonitorReport) -> None:
         description="drift per column vs the champion's reference",
         table=[d.model_dump() for d in report.drift],
     )
+
+    def estimated(p) -> str:  # noqa: ANN001
+        e = p.estimated
+        return "n/a" if e is None else f"{e.roc_auc:.3f} ({e.low:.3f} .. {e.high:.3f})"
+
     perf = "\n".join(
-        f"| v{p.model_version} | {p.predictions} | {p.labels} | "
-        f"{'n/a' if p.roc_auc is None else f'{p.roc_auc:.3f}'} | {p.mean_prediction:.3f} |"
+        f"| v{p.model_version} | {p.predictions} | {p.labels} | {estimated(p)} | "
+        f"{'n/a' if p.roc_auc is None else f'{p.roc_auc:.3f} ± {1.96 * (p.roc_auc_se or 0):.3f}'} | "
+        f"{p.mean_prediction:.3f} |"
         for p in report.performance
     )
     md = (
@@ -124,8 +148,11 @@ def _publish(report: MonitorReport) -> None:
         f"- drift: **{'DETECTED' if report.drift_detected else 'none'}** — "
         f"drifted: {', '.join(report.drifted) or 'none'} ({report.drift_reason})\n"
         f"- data quality: {'; '.join(report.quality_problems) or 'ok'}\n"
-        f"- performance: {'; '.join(report.degraded) or 'no degradation found'}\n\n"
-        "| version | predictions | labels | live ROC-AUC | mean prediction |\n|---|---|---|---|---|\n"
+        f"- performance: {'; '.join(report.degraded) or 'no degradation found'}\n"
+        f"- estimated before labels: {'; '.join(report.estimated_drop) or 'no estimated drop'}\n"
+        f"- retrain: **{', '.join(report.retrain) or 'not needed'}**\n\n"
+        "| version | predictions | labels | estimated ROC-AUC before labels (95% band) | live ROC-AUC "
+        "(95%) | mean prediction |\n|---|---|---|---|---|---|\n"
         f"{perf}\n\n"
         f"![drift]({png_data_uri(drift_png(report.model_name, report.drift))})\n"
     )

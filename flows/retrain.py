@@ -1,7 +1,7 @@
 """The retrain flow: fresh data in, a challenger out, and only if it is at least as good.
 
-Started by a Prefect automation when monitoring emits ``driftloop.drift.detected`` or
-``driftloop.performance.degraded`` (see prefect.yaml), or by hand:
+Started by a Prefect automation when monitoring emits ``driftloop.retrain.needed`` (drift, degradation
+or an estimated drop, every reason in one event; see prefect.yaml), or by hand:
 
     python flows/retrain.py --reason "new data"
     prefect deployment run 'retrain/local'
@@ -72,6 +72,7 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainResult:
             model_name=model_name,
             config_from_registry=True,
             include_feedback=True,
+            reason=f"retrain ({params.reason})",
             # all data there is
             window_end=datetime.max.replace(tzinfo=timezone.utc) if ctx.config.time_column else None,
         )

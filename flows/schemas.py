@@ -67,6 +67,10 @@ class TrainingParams(BaseModel):
     include_feedback: bool = Field(
         False, description="add the service's predictions that have observed outcomes"
     )
+    reason: str | None = Field(
+        None,
+        description="why this run was started (e.g. the retrain's trigger): recorded with the alias it moves",
+    )
     register_as: Literal["gate", "candidate"] = Field(
         "gate",
         description="gate: the promotion gate decides (a first model champion, a later one challenger "

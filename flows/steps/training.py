@@ -409,6 +409,7 @@ def new_version_record(run: TrainingRun) -> NewVersion:
             "cv_auc_std": run.cv["std"],
             # the calibration folded into model.txt, and how its threshold was chosen
             "calibration_slope": run.trained.calibration.slope,
+            "cbpe_day_sd": run.candidate.evaluation.day_sd,
             "calibration_intercept": run.trained.calibration.intercept,
             "validation_precision": run.trained.threshold.precision,
             "validation_recall": run.trained.threshold.recall,
@@ -447,7 +448,8 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
             apply_promotion_decision, name, v.version, "champion", run.decision.reason, ctx
         )
     elif run.decision.outcome == "challenger":  # a canary decides on live traffic
-        run.aliases = steps.call(start_canary, name, v.version, run.decision.reason, ctx)
+        why = f"{run.params.reason}: {run.decision.reason}" if run.params.reason else run.decision.reason
+        run.aliases = steps.call(start_canary, name, v.version, why, ctx)
     else:  # rejected, reproduced, or a candidate for the caller: no alias moves
         run.aliases = registry.alias_doc().aliases
     run.bento_tag = steps.call(save_version_to_bentoml, name, v.version, ctx)

@@ -347,18 +347,29 @@ class MonitoringConfig(Strict):
     min_rows: int = Field(200, ge=1, description="rows a window needs before drift is judged")
     min_labels: int = Field(200, ge=1, description="labelled predictions needed for a performance verdict")
     max_auc_drop: float = Field(
-        0.05,
+        0.02,
         ge=0,
         le=1,
-        description="live ROC-AUC drop vs the model's held-out ROC-AUC that is a "
-        "degradation, if it is also significant (degradation_alpha)",
+        description="live ROC-AUC drop below what was expected of the same rows (the version's "
+        "calibrated probabilities; older versions: its held-out ROC-AUC) that is a degradation, if it "
+        "also clears the sequential bound (degradation_alpha); also the estimated drop, before labels, "
+        "that asks for a retrain",
     )
     degradation_alpha: float = Field(
-        0.01,
+        0.05,
         gt=0,
         lt=0.5,
-        description="one-sided significance the drop must reach against the "
-        "uncertainty of both the live and the held-out ROC-AUC",
+        description="chance of any false 'degraded' within degradation_horizon_days of checks, however "
+        "often monitoring runs (a time-uniform bound per daily start)",
+    )
+    degradation_horizon_days: float = Field(
+        28, ge=1, description="the period degradation_alpha covers (one test starts per day)"
+    )
+    degradation_planned_labels: int = Field(
+        2000,
+        ge=100,
+        description="labels at which the degradation bound is tightest (about two days' worth); valid at "
+        "any number",
     )
     performance_window_days: float = Field(
         7, gt=0, description="live performance is judged on labelled predictions of the last N days"

@@ -46,6 +46,9 @@ class Evaluation(BaseModel):
     baseline: Metrics
     slices: list[SliceMetrics]
     test_window: tuple[str, str]
+    # how far a test day's ROC-AUC strays from what the calibrated scores expect, beyond sampling noise
+    # (tasks.monitoring.estimate.day_to_day_spread; 0 without a time column)
+    day_sd: float = 0.0
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> Metrics:
@@ -101,8 +104,14 @@ def evaluate_predictions(
     slices: list[str],
     time_column: str | None,
 ) -> Evaluation:
+    from tasks.monitoring.estimate import day_to_day_spread
+
+    day_sd = 0.0
     if time_column is not None:
         window = (str(frame[time_column].min()), str(frame[time_column].max()))
+        times = frame[time_column]
+        day = ((times - times.min()).dt.total_seconds() // 86_400).to_numpy()
+        day_sd = day_to_day_spread(np.asarray(y).astype(int), np.asarray(p), day)
     else:  # a random / stratified holdout has no time span: say what it is
         window = ("held-out rows", f"{frame.height} rows")
     return Evaluation(
@@ -110,6 +119,7 @@ def evaluate_predictions(
         baseline=binary_metrics(y, np.full_like(p, base_rate), threshold),
         slices=slice_metrics(frame, slices, y, p),
         test_window=window,
+        day_sd=day_sd,
     )
 
 

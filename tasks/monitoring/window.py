@@ -38,6 +38,9 @@ class MonitorReport(BaseModel):
     quality_problems: list[str] = []
     performance: list[LivePerformance] = []
     degraded: list[str] = []
+    estimated_drop: list[str] = []  # CBPE: a drop the calibrated scores promise, before any label
+    retrain: list[str] = []  # why a retrain is needed (drift, degradation, estimated drop); empty: not
+    retrain_reason: str = ""
     note: str = ""
 
 

@@ -148,10 +148,11 @@ def test_every_flow_the_readme_names_is_deployed():
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_retrain_is_triggered_by_drift_and_degradation_of_its_own_target(target):
+def test_retrain_is_triggered_by_the_one_retrain_needed_event_of_its_own_target(target):
     retrain = next(d for d in prefect_file.deployments(target, SPEC) if d["entrypoint"].endswith(":retrain"))
     (trigger,) = retrain["triggers"]
-    assert set(trigger["expect"]) == {"driftloop.drift.detected", "driftloop.performance.degraded"}
+    assert trigger["expect"] == ["driftloop.retrain.needed"]  # every reason in one event: one retrain
+    assert trigger["parameters"]["params"]["reason"] == "{{ event.event }}: {{ event.payload.summary }}"
     assert trigger["match"] == {"prefect.resource.id": "driftloop.model.*", "driftloop.target": target}
     assert trigger["for_each"] == ["prefect.resource.id"]  # counted per model
     assert trigger["parameters"]["params"]["model_name"] == "{{ event.payload.model_name }}"

@@ -129,7 +129,9 @@ def test_each_model_is_served_monitored_and_retrained_on_its_own(two_models, lan
 
     # --- an event about caravan retrains caravan, on caravan's data and config, nothing else -------
     emitted = time.time()
-    emit_model_event("driftloop.drift.detected", CARAVAN, {"reason": "test"}, target=landed.target)
+    emit_model_event(
+        "driftloop.retrain.needed", CARAVAN, {"summary": "drift", "reason": "test"}, target=landed.target
+    )
     runs, deadline = [], time.time() + 300
     while time.time() < deadline:
         runs = _retrain_runs(emitted, CARAVAN)

@@ -149,6 +149,8 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     drift_events = _events(api, "driftloop.drift.detected", "flights-monitored", 1)
     assert len(drift_events) == 1 and drift_events[0]["payload"]["drifted"][0].startswith("weather")
     assert _events(api, "driftloop.data_quality.failed", "flights-monitored", 1)
+    (needed,) = _events(api, "driftloop.retrain.needed", "flights-monitored", 1)
+    assert needed["payload"]["reasons"] == report.retrain and needed["payload"]["reasons"][0] == "drift"
 
     # outcomes that contradict the model (inverted labels): a large, significant drop is a degradation
     _log_window(

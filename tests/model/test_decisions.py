@@ -7,14 +7,21 @@ from datetime import datetime, timedelta, timezone
 
 from tasks.core.config import MonitoringConfig
 from tasks.decisions import (
+    DegradationVerdict,
+    DriftVerdict,
+    EstimatedDropVerdict,
     HeldOutAuc,
+    canary_radius,
     decide_degradation,
     decide_drift,
+    decide_estimated_drop,
     decide_retrain_during_canary,
+    decide_retrain_needed,
     decide_retrain_start,
 )
 from tasks.monitoring.drift import ColumnDrift
-from tasks.monitoring.performance import LivePerformance
+from tasks.monitoring.estimate import EstimatedPerformance
+from tasks.monitoring.performance import DegradationCheck, LivePerformance
 
 
 def _drift(
@@ -75,21 +82,70 @@ def _perf(version: int, auc: float | None, labels: int = 500, se: float | None =
     )
 
 
-def test_degradation_needs_a_drop_that_is_both_large_and_significant():
-    held = {
-        1: HeldOutAuc(roc_auc=0.72, se=0.005),
-        2: HeldOutAuc(roc_auc=0.71, se=0.005),
-        3: HeldOutAuc(roc_auc=0.9, se=0.005),
-    }
-    verdict = decide_degradation([_perf(1, 0.70), _perf(2, 0.60), _perf(3, None)], held, 0.05, 0.01)
-    assert (
-        verdict.outcome == "degraded" and len(verdict.evidence) == 1 and verdict.evidence[0].startswith("v2:")
+def _check(
+    version: int, realised: float, expected: float, labels: int = 2000, se: float = 0.01, since="2013-09-01"
+):
+    return DegradationCheck(
+        model_version=version, since=since, days=3, labels=labels, realised=realised, expected=expected,
+        expected_from="calibration", gap=realised - expected, se=se, se_sampling=se,
+    )  # fmt: skip
+
+
+def test_degradation_needs_a_drop_that_is_large_and_beyond_the_time_uniform_bound():
+    # 28 daily starts share alpha 0.05: at 2000 labels the bound is ~3.9 standard errors
+    radius = canary_radius(2000, 0.05 / 28, 2000)
+    assert 3.5 < radius < 4.5
+    verdict = decide_degradation(
+        [_check(1, 0.70, 0.72), _check(2, 0.60, 0.71), _check(2, 0.58, 0.71, since="2013-09-02")],
+        0.02, 0.05, 28, 2000,
+    )  # fmt: skip
+    assert verdict.outcome == "degraded" and len(verdict.evidence) == 1  # one line per version
+    assert verdict.evidence[0].startswith("v2:") and "since 2013-09-01" in verdict.evidence[0]
+    small = decide_degradation([_check(1, 0.69, 0.72)], 0.02, 0.05, 28, 2000)
+    assert small.outcome == "ok"  # 0.03 lower is 3 standard errors: inside the bound
+    noisy = decide_degradation([_check(2, 0.60, 0.71, labels=80, se=0.06)], 0.02, 0.05, 28, 2000)
+    assert noisy.outcome == "ok" and "none significantly" in noisy.reason
+    assert decide_degradation([], 0.02, 0.05, 28, 2000).outcome == "ok"
+
+
+def _estimated(version: int, auc: float, low: float, high: float) -> LivePerformance:
+    est = EstimatedPerformance(
+        rows=5000,
+        roc_auc=auc,
+        low=low,
+        high=high,
+        positive_rate=0.2,
+        precision=0.4,
+        recall=0.6,
+        threshold=0.3,
     )
-    fine = decide_degradation([_perf(1, 0.70)], held, 0.05, 0.01)
-    assert fine.outcome == "ok" and fine.evidence == [] and "none significantly" in fine.reason
-    noisy = decide_degradation([_perf(2, 0.60, labels=80, se=0.06)], held, 0.05, 0.01)
-    assert noisy.outcome == "ok"  # 0.11 lower, but on 80 labels that is within the noise (z = 1.8)
-    assert decide_degradation([_perf(1, 0.50)], {1: None}, 0.05, 0.01).outcome == "ok"  # nothing to compare
+    return _perf(version, None).model_copy(update={"estimated": est})
+
+
+def test_an_estimated_drop_is_known_before_labels_and_needs_its_band_clear_of_held_out():
+    held = {1: HeldOutAuc(roc_auc=0.72, se=0.005), 2: HeldOutAuc(roc_auc=0.72, se=0.005)}
+    found = decide_estimated_drop(
+        [_estimated(1, 0.66, 0.65, 0.67), _estimated(2, 0.69, 0.66, 0.71)], held, 0.02
+    )
+    assert (
+        found.outcome == "estimated drop" and len(found.evidence) == 1 and found.evidence[0].startswith("v1:")
+    )
+    assert "covariate shift" in found.evidence[0]
+    assert decide_estimated_drop([_perf(1, 0.6)], held, 0.02).outcome == "ok"  # no estimate: nothing said
+
+
+def test_one_retrain_needed_answer_carries_every_reason():
+    drift = DriftVerdict(outcome="drift", drifted=["weather"], actionable=["weather"], reason="weather moved")
+    calm = DriftVerdict(outcome="no drift", drifted=[], actionable=[], reason="none")
+    degraded = DegradationVerdict(outcome="degraded", evidence=["v1: worse"], reason="v1: worse")
+    fine = DegradationVerdict(outcome="ok", evidence=[], reason="fine")
+    dropped = EstimatedDropVerdict(outcome="estimated drop", evidence=["v1: harder"], reason="v1: harder")
+    none = EstimatedDropVerdict(outcome="ok", evidence=[], reason="no estimated drop")
+    both = decide_retrain_needed(drift, degraded, none)
+    assert both.outcome == "retrain" and both.kinds == ["drift", "degradation"]
+    assert both.reason == "drift: weather moved; degradation: v1: worse"
+    assert decide_retrain_needed(calm, fine, dropped).kinds == ["estimated drop"]
+    assert decide_retrain_needed(calm, fine, none).outcome == "no retrain"
 
 
 def test_standard_errors_of_an_auc_agree():

@@ -102,3 +102,51 @@ def test_a_shadow_canary_is_judged_on_the_challengers_shadow_scores_and_can_be_p
     assert evidence.paired is not None and evidence.paired.rows == 600
     assert evidence.paired.auc_b == pytest.approx(roc_auc_score(y, challenger))
     assert decide_canary(evidence, RetrainSettings()).outcome == "promote"
+
+
+def test_the_expected_auc_is_what_labels_drawn_from_the_probabilities_show():
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.monitoring.estimate import estimate_performance, expected_auc
+
+    rng = np.random.default_rng(7)
+    p = np.round(rng.beta(2, 5, 4000), 2)  # rounded: many ties
+    draws = [roc_auc_score(rng.random(len(p)) < p, p) for _ in range(300)]
+    assert abs(expected_auc(p) - np.mean(draws)) < 0.002
+    est = estimate_performance(p, threshold=0.3)
+    assert abs(est.roc_auc - np.mean(draws)) < 0.002
+    inside = np.mean([(est.low <= d <= est.high) for d in draws])
+    assert 0.9 <= inside <= 0.99  # a 95% band
+    assert est.precision == pytest.approx(p[p >= 0.3].mean()) and est.positive_rate == pytest.approx(p.mean())
+    assert estimate_performance(np.full(10, 0.05), 0.3) is None  # half an expected positive: no AUC
+
+
+def test_degradation_checks_start_at_each_midnight_and_judge_day_by_day():
+    from datetime import datetime, timedelta, timezone
+
+    from tasks.monitoring.performance import CalibratedVersion, HeldOutAuc, degradation_checks
+
+    rng = np.random.default_rng(8)
+    n = 3 * 24 * 20  # three days, 20 predictions an hour
+    start = datetime(2013, 9, 1, tzinfo=timezone.utc)
+    p = rng.beta(2, 5, n)
+    y = (rng.random(n) < p).astype(int)
+    day = np.arange(n) // 480
+    y_stormy = np.where(day == 1, (rng.random(n) < 0.9).astype(int), y)  # everyone late on day two
+    ts = pl.Series("ts", [start + timedelta(minutes=3 * i) for i in range(n)])
+    predictions = _predictions(p).with_columns(ts)
+    calibrated = {1: CalibratedVersion(threshold=0.3, day_sd=0.02)}
+    checks = degradation_checks(predictions, _feedback(dict(enumerate(y))), calibrated, window_days=7)
+    assert [c.since[:10] for c in checks] == ["2013-09-01", "2013-09-02", "2013-09-03"]
+    assert [(c.labels, c.days) for c in checks] == [(n, 3), (n - 480, 2), (n - 960, 1)]
+    assert {c.expected_from for c in checks} == {"calibration"}
+    assert all(abs(c.gap) < 3 * c.se for c in checks)  # calibrated: no drop
+    assert checks[2].se > (0.02**2) ** 0.5  # one day: its own noise plus the between-day spread
+    # a day whose outcomes all go one way says little about ranking: judged within the day, not pooled
+    pooled_auc = roc_auc_score(y_stormy, p)
+    stormy = degradation_checks(predictions, _feedback(dict(enumerate(y_stormy))), calibrated, 7)
+    assert stormy[0].realised > pooled_auc + 0.02 and abs(stormy[0].gap) < 3 * stormy[0].se
+    old = degradation_checks(
+        predictions, _feedback(dict(enumerate(y))), {1: HeldOutAuc(roc_auc=0.9, se=0.01)}, 7
+    )
+    assert {c.expected for c in old} == {0.9} and all(c.gap < -0.1 for c in old)
