@@ -11,8 +11,10 @@ errors (independent noise on the logit) and, for the better or worse challenger,
 away from the truth sized to the ROC-AUC gap.
 
 A second A/A case has the models' relative quality swing by day (the challenger +0.02 one day, -0.02
-the next). Not simulated yet: labels that arrive only for rows a model flagged (selective feedback),
-which biases a paired comparison on the labelled rows (issue 23).
+the next). Four more have selective feedback: the outcome of every row the answering model flagged
+(its top 20%) is reported, of the others only 10%, which biases a comparison on the labelled rows; the
+canary weights each labelled row by its inverse labelling propensity per answer (``canary_evidence``),
+and the A/A case is also run unweighted, as the same-run baseline.
 
 Targets (issues 10, 23): A/A promoted in at most 5% of 200 canaries; +0.02 promoted in at least 80%;
 -0.02 stopped early (significantly worse) in at least 95%.
@@ -80,13 +82,19 @@ def simulate(
     delay_hours: float = 12.0,
     unlabelled: float = 0.3,
     daily_swing: float = 0.0,
+    selective: tuple[float, float] | None = None,
+    weighted: bool = True,
 ):
     """Outcomes of ``canaries`` simulated canaries judged hourly: shares promoted / stopped early /
     dropped at the maximum duration / undecided. ``daily_swing``: the challenger is better by that
-    shift one day and worse by it the next (equal on average)."""
+    shift one day and worse by it the next (equal on average). ``selective``: the share of rows whose
+    outcome is ever reported when the answering model flagged them, and when it did not (feedback that
+    depends on the answer); ``weighted``: the evidence weights labelled rows by their inverse labelling
+    propensity per answer, as ``canary_evidence`` does (False: the unweighted comparison, the
+    baseline)."""
     from tasks.core.settings import RetrainSettings
     from tasks.decisions import decide_canary
-    from tasks.model.evaluate import paired_auc_difference
+    from tasks.model.evaluate import weighted_paired_auc_difference
     from tasks.monitoring.performance import CanaryEvidence
 
     policy = RetrainSettings()
@@ -103,20 +111,31 @@ def simulate(
         on_challenger = rng.random(len(y)) < 0.1
         labelled_at = asked + rng.exponential(delay_hours, len(y))
         labelled_at[rng.random(len(y)) < unlabelled] = np.inf  # never labelled
+        answer = np.where(on_challenger, challenger, champion)
+        flagged = answer >= np.quantile(champion, 0.8)  # the answering model says yes to its top 20%
+        group = on_challenger * 2 + flagged  # (arm, answer): what labelling may depend on
+        if selective is not None:
+            reported = rng.random(len(y)) < np.where(flagged, *selective)
+            labelled_at[~reported] = np.inf
         outcome = "undecided"
         for hour in range(1, hours + 1):  # the hourly canary-decision schedule
             known = labelled_at <= hour
             positives = int(y[known].sum())
             if positives < 2 or known.sum() - positives < 2:  # what canary_evidence calls too few
                 continue
-            paired = paired_auc_difference(y[known], champion[known], challenger[known])
+            asked_now = asked <= hour  # labelling_weights: logged / labelled per (arm, answer)
+            logged = np.bincount(group[asked_now], minlength=4)
+            got = np.bincount(group[known], minlength=4)
+            rate = np.where(got > 0, got / np.maximum(logged, 1), np.nan)
+            w = 1 / rate[group] if weighted else np.ones(len(y))
+            paired = weighted_paired_auc_difference(y[known], champion[known], challenger[known], w[known])
             day = asked // 24
             daily = []  # what promotion judges on, from canary_min_hours on (before, only stopping)
             for d in np.unique(day[known]) if hour >= policy.canary_min_hours else []:
                 on = known & (day == d)
                 positives = int(y[on].sum())
                 if positives >= 2 and on.sum() - positives >= 2:
-                    daily.append(paired_auc_difference(y[on], champion[on], challenger[on]))
+                    daily.append(weighted_paired_auc_difference(y[on], champion[on], challenger[on], w[on]))
             evidence = CanaryEvidence(
                 champion_version=1,
                 challenger_version=2,
@@ -170,8 +189,13 @@ def main() -> int:
             ("A/A, +-0.02 by day", 0.0, False, swing),
             ("better by +0.02", 0.02, False, 0.0),
             ("worse by -0.02", -0.02, False, 0.0),
+            ("A/A, selective labels, unweighted", 0.0, False, 0.0),
+            ("A/A, selective labels", 0.0, False, 0.0),
+            ("+0.02, selective labels", 0.02, False, 0.0),
+            ("-0.02, selective labels", -0.02, False, 0.0),
         ):
             shift = shift_for_gain(y, logit, gain, rng)
+            selective = (1.0, 0.1) if "selective" in name else None
             with console.status(f"simulating: {name}..."):
                 results[name] = r = simulate(
                     y,
@@ -183,6 +207,8 @@ def main() -> int:
                     delay_hours=args.label_delay_hours,
                     unlabelled=args.unlabelled,
                     daily_swing=daily,
+                    selective=selective,
+                    weighted="unweighted" not in name,
                 )
             table.add_row(
                 name,
@@ -193,14 +219,19 @@ def main() -> int:
             )
         console.print(table)
         console.print(f"simulated in {time.perf_counter() - started:.0f} s")
-        better = results["better by +0.02"]["promote"]
-        worse = results["worse by -0.02"]["stopped early"]
-        aa = max(results["equally good (A/A)"]["promote"], results["A/A, +-0.02 by day"]["promote"])
-        console.print(
-            f"A/A promoted {aa:.3f} at most (target <= 0.05), +0.02 promoted {better:.3f} (>= 0.80), "
-            f"-0.02 stopped early {worse:.3f} (>= 0.95)"
+        better = min(results["better by +0.02"]["promote"], results["+0.02, selective labels"]["promote"])
+        worse = min(
+            results["worse by -0.02"]["stopped early"], results["-0.02, selective labels"]["stopped early"]
         )
-        # one line: PASS only when every target holds; the value is the A/A false-promotion rate
+        aa = max(
+            results[k]["promote"]
+            for k in ("equally good (A/A)", "A/A, +-0.02 by day", "A/A, selective labels")
+        )
+        console.print(
+            f"A/A promoted {aa:.3f} at most (target <= 0.05; unweighted with selective labels: "
+            f"{results['A/A, selective labels, unweighted']['promote']:.3f}), +0.02 promoted {better:.3f} "
+            f"at least (>= 0.80), -0.02 stopped early {worse:.3f} at least (>= 0.95)"
+        )
         passed = aa <= 0.05 and better >= 0.80 and worse >= 0.95
         print(f"RESULT canary_aa_promoted={aa:.3f} target<=0.05 {'PASS' if passed else 'FAIL'}")
         return 0

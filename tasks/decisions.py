@@ -417,7 +417,9 @@ def canary_radius(rows: int, alpha: float, planned_rows: int) -> float:
 
 def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVerdict:
     """Promote, drop or wait, on both models scored on the same labelled live rows (DeLong's paired
-    test of the ROC-AUC gain). Promote when the gain's lower bound clears ``canary_margin``; stop early
+    test of the ROC-AUC gain, each row weighted by its inverse labelling propensity so feedback that
+    depends on the answer does not favour either model; answers that never get an outcome make it wait
+    and say so). Promote when the gain's lower bound clears ``canary_margin``; stop early
     when its upper bound is below ``-canary_stop_margin`` (the challenger is significantly worse); with
     too few labels per arm, or no clear result, wait, until ``canary_max_hours``: then the champion
     stays. The bounds are a time-uniform confidence sequence (``canary_radius``): an equally good
@@ -425,6 +427,16 @@ def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVe
     e = evidence
     have = f"{e.challenger_labels} challenger / {e.champion_labels} champion labels after {e.hours:.1f} h"
     expired = e.hours >= policy.canary_max_hours
+    if e.unlabelled:  # selective feedback: the labelled rows cannot stand for the rest
+        rates = ", ".join(f"{g} {r:.0%}" for g, r in sorted(e.labelling.items()))
+        why = (
+            f"outcomes never come for rows {'; '.join(e.unlabelled)} (labelled so far: {rates}): a "
+            "comparison on the labelled rows would favour the model that did not answer them. Report "
+            "outcomes for a random share of those rows too (any share lets them be weighted)"
+        )
+        if expired:
+            return CanaryVerdict(outcome="drop", reason=f"{policy.canary_max_hours:g} h passed; {why}")
+        return CanaryVerdict(outcome="wait", reason=f"labels are selective: {why}")
     if min(e.champion_labels, e.challenger_labels) < policy.canary_min_labels or e.paired is None:
         if expired:
             return CanaryVerdict(

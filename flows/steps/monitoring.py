@@ -181,7 +181,8 @@ def judge_window(
     report.quality_problems = data_quality(window, plan.transform, reference, mon)
     # only the date partitions the performance window can reach are read (the log may be long)
     recent = (datetime.now(timezone.utc) - timedelta(days=mon.performance_window_days + 1)).date()
-    predictions = read_log(store, PREDICTIONS, model_name, PREDICTION_COLUMNS, since=recent)
+    event_time = [config.time_column] if config.time_column else []  # outcomes cluster by the event's day
+    predictions = read_log(store, PREDICTIONS, model_name, [*PREDICTION_COLUMNS, *event_time], since=recent)
     feedback = read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS, since=recent)
     serving = {v: registry.get(v) for v in set(registry.alias_doc().aliases.values())}
     calibrated = {
@@ -190,12 +191,19 @@ def judge_window(
         if "calibration_slope" in mv.metrics
     }
     report.performance = live_performance(
-        predictions, feedback, mon.min_labels, window_days=mon.performance_window_days, calibrated=calibrated
+        predictions,
+        feedback,
+        mon.min_labels,
+        window_days=mon.performance_window_days,
+        calibrated=calibrated,
+        day_column=config.time_column,
     )
     held_out = {v: held_out_auc(mv) for v, mv in serving.items()}  # a retired version's past is not news
     expectations = {v: calibrated.get(v) or ref for v, ref in held_out.items() if v in calibrated or ref}
     degradation = decide_degradation(
-        degradation_checks(predictions, feedback, expectations, mon.performance_window_days),
+        degradation_checks(
+            predictions, feedback, expectations, mon.performance_window_days, config.time_column
+        ),
         mon.max_auc_drop,
         mon.degradation_alpha,
         mon.degradation_horizon_days,

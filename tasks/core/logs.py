@@ -50,6 +50,7 @@ FEEDBACK_COLUMNS = ["request_id", "ts", "outcome", "correction"]
 # shadow mode, the challenger's (it scores every row, the champion answers)
 CANARY_COLUMNS = [
     *PREDICTION_COLUMNS,
+    "label",  # what the caller was answered: feedback may depend on it (tasks.monitoring.performance)
     "paired_version",
     "paired_probability",
     "shadow_version",

@@ -357,6 +357,54 @@ def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> Pa
     )
 
 
+def _weighted_placements(s: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per positive, the weighted share of negatives it outranks (ties half); per negative, the
+    weighted share of positives that outrank it (DeLong's placements, with row weights)."""
+    values, index = np.unique(s, return_inverse=True)
+    neg_w = np.bincount(index[~y], w[~y], minlength=len(values))
+    pos_w = np.bincount(index[y], w[y], minlength=len(values))
+    below = np.cumsum(neg_w) - neg_w
+    above = pos_w.sum() - np.cumsum(pos_w)
+    v10 = (below[index[y]] + 0.5 * neg_w[index[y]]) / neg_w.sum()
+    v01 = (above[index[~y]] + 0.5 * pos_w[index[~y]]) / pos_w.sum()
+    return v10, v01
+
+
+def weighted_paired_auc_difference(
+    y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray, weights: np.ndarray
+) -> PairedAucDifference:
+    """``paired_auc_difference`` with a weight per row (inverse labelling propensities): the ROC-AUCs
+    of the population the weights stand for, and the difference's standard error from the weighted
+    placements (equal weights give DeLong's test exactly). ``rows`` is the effective number of rows,
+    ``(sum w)^2 / sum w^2``: what the evidence is worth once the weights are uneven."""
+    y = np.asarray(y).astype(bool)
+    w = np.asarray(weights, dtype=float)
+    m, n = int(y.sum()), int((~y).sum())
+    if m < 2 or n < 2:
+        raise ValueError(f"need at least 2 rows of each class, got {m} positive and {n} negative")
+    wp, wn = w[y] / w[y].sum(), w[~y] / w[~y].sum()
+    a10, a01 = _weighted_placements(np.asarray(p_a, dtype=float), y, w)
+    b10, b01 = _weighted_placements(np.asarray(p_b, dtype=float), y, w)
+    auc_a, auc_b = float(wp @ a10), float(wp @ b10)
+
+    def var(d10: np.ndarray, d01: np.ndarray, centre: float) -> float:
+        return float(
+            m / (m - 1) * np.sum(wp**2 * (d10 - centre) ** 2)
+            + n / (n - 1) * np.sum(wn**2 * (d01 - centre) ** 2)
+        )
+
+    gain = auc_b - auc_a
+    return PairedAucDifference(
+        rows=int(round(w.sum() ** 2 / np.sum(w**2))),
+        auc_a=auc_a,
+        auc_b=auc_b,
+        gain=gain,
+        se=max(var(b10 - a10, b01 - a01, gain), 0.0) ** 0.5,
+        se_a=max(var(a10, a01, auc_a), 0.0) ** 0.5,
+        se_b=max(var(b10, b01, auc_b), 0.0) ** 0.5,
+    )
+
+
 def combine_days(daily: list[PairedAucDifference]) -> tuple[float, float]:
     """The gain over days and its standard error, days as random effects (DerSimonian-Laird): when
     the models' relative quality differs from day to day, that spread widens the interval, so one

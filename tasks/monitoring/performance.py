@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sklearn import metrics as skm
 
 from tasks.core.logs import outcome_per_request
-from tasks.model.evaluate import PairedAucDifference, auc_standard_error, paired_auc_difference
+from tasks.model.evaluate import PairedAucDifference, auc_standard_error, weighted_paired_auc_difference
 from tasks.monitoring.estimate import EstimatedPerformance, estimate_performance, expected_auc
 
 
@@ -36,16 +36,28 @@ class CalibratedVersion(BaseModel):
     day_sd: float = 0.0
 
 
-def _days(frame: pl.DataFrame) -> int:
-    return frame["ts"].dt.date().n_unique() if "ts" in frame.columns and frame.height else 1
+def event_day(frame: pl.DataFrame, day_column: str | None = None) -> pl.Expr:
+    """The day an outcome belongs to: the event's own day (the dataset's time column, logged with the
+    inputs) when there is one, else the day the prediction was made. Outcomes cluster by the event's day
+    (a storm delays that day's flights), whenever the predictions were asked for."""
+    if day_column and day_column in frame.columns and frame.schema[day_column].is_temporal():
+        return pl.col(day_column).dt.date()
+    return pl.col("ts").dt.date()
 
 
-def _estimate(part: pl.DataFrame, version: CalibratedVersion | None) -> EstimatedPerformance | None:
+def _days(frame: pl.DataFrame, day_column: str | None = None) -> int:
+    if not frame.height or "ts" not in frame.columns:
+        return 1
+    return frame.select(event_day(frame, day_column).n_unique()).item()
+
+
+def _estimate(
+    part: pl.DataFrame, version: CalibratedVersion | None, day_column: str | None
+) -> EstimatedPerformance | None:
     if version is None:
         return None
-    return estimate_performance(
-        part["probability"].to_numpy(), version.threshold, version.day_sd, _days(part)
-    )
+    days = _days(part, day_column)
+    return estimate_performance(part["probability"].to_numpy(), version.threshold, version.day_sd, days)
 
 
 class LivePerformance(BaseModel):
@@ -78,6 +90,7 @@ def live_performance(
     min_labels: int,
     window_days: float | None = None,
     calibrated: dict[int, CalibratedVersion] | None = None,
+    day_column: str | None = None,
 ) -> list[LivePerformance]:
     """Per model version: predictions joined with their observed outcomes (``outcome_per_request``);
     a request id logged twice counts once. With ``window_days``, only predictions made in the last
@@ -107,7 +120,7 @@ def live_performance(
                 positive_rate=float(y.mean()) if known.height else None,
                 roc_auc_se=auc_standard_error(y, p) if enough else None,
                 window=span,
-                estimated=_estimate(part, calibrated.get(int(version))),
+                estimated=_estimate(part, calibrated.get(int(version)), day_column),
             )
         )
     return sorted(out, key=lambda r: r.model_version)
@@ -148,12 +161,47 @@ class CanaryEvidence(BaseModel):
     hours: float  # since the canary started
     paired: PairedAucDifference | None  # champion = a, challenger = b; None: too few paired labels
     daily: list[PairedAucDifference] = []  # the same per 24 h since the canary's first request
+    # share of rows labelled so far per (answering version, answer): what the weights undo
+    labelling: dict[str, float] = {}
+    unlabelled: list[str] = []  # answers that never get an outcome: no weight can stand in for them
+
+
+MIN_GROUP_ROWS = 50  # an answer group this large with no label at all is selective feedback
+
+
+def labelling_weights(rows: pl.DataFrame) -> tuple[np.ndarray, dict[str, float], list[str]]:
+    """Inverse labelling propensities for the labelled rows among ``rows`` (every logged row of the
+    canary, ``outcome`` null when none came yet). Feedback often depends on what the service answered
+    (callers report outcomes of the rows it flagged), and a paired comparison on such rows is biased
+    towards the model that did not answer them: each labelled row stands for the rows of its group
+    (answering version, answer) that got no label, weight = logged / labelled. Delays and a random
+    share never labelled affect every group alike and leave the weights equal. Groups of at least
+    ``MIN_GROUP_ROWS`` rows with no label at all cannot be stood in for: they are named."""
+    group = pl.format("v{} answered {}", pl.col("model_version"), pl.col("label").fill_null(-1))
+    counts = (
+        rows.with_columns(group.alias("__group"))
+        .group_by("__group")
+        .agg(pl.len().alias("logged"), pl.col("outcome").is_not_null().sum().alias("labelled"))
+    )
+    rates = {g: lab / logged for g, logged, lab in counts.select("__group", "logged", "labelled").iter_rows()}
+    unlabelled = sorted(
+        f"{g} ({logged} rows)"
+        for g, logged, lab in counts.select("__group", "logged", "labelled").iter_rows()
+        if lab == 0 and logged >= MIN_GROUP_ROWS
+    )
+    labelled = rows.filter(pl.col("outcome").is_not_null()).with_columns(group.alias("__group"))
+    weights = (
+        1.0 / np.array([rates[g] for g in labelled["__group"].to_list()]) if labelled.height else np.array([])
+    )
+    return weights, rates, unlabelled
 
 
 def canary_evidence(
     predictions: pl.DataFrame, feedback: pl.DataFrame, champion: int, challenger: int, hours: float
 ) -> CanaryEvidence:
-    """Evidence from the prediction log since the canary started (``predictions``) and the feedback."""
+    """Evidence from the prediction log since the canary started (``predictions``) and the feedback:
+    both models on the same labelled rows, each row weighted by its inverse labelling propensity
+    (``labelling_weights``) so that feedback that depends on the answer does not favour either model."""
     empty = CanaryEvidence(
         champion_version=champion,
         challenger_version=challenger,
@@ -164,11 +212,13 @@ def canary_evidence(
     )
     if predictions.height == 0 or feedback.height == 0:
         return empty
-    outcomes = outcome_per_request(feedback).collect()
-    labelled = _shadow_as_paired(
-        predictions.unique("request_id", keep="first", maintain_order=True)
-        .join(outcomes, on="request_id", how="inner")
-        .filter(pl.col("outcome").is_not_null())
+    logged = predictions.unique("request_id", keep="first", maintain_order=True)
+    if "label" not in logged.columns:
+        logged = logged.with_columns(pl.lit(None, dtype=pl.Int8).alias("label"))
+    logged = logged.join(outcome_per_request(feedback).collect(), on="request_id", how="left")
+    weights, rates, unlabelled = labelling_weights(logged)
+    labelled = _shadow_as_paired(logged.filter(pl.col("outcome").is_not_null())).with_columns(
+        pl.Series("__weight", weights)
     )
     counts = dict(labelled.group_by("model_version").len().iter_rows())
     # in shadow mode the challenger answers no one but scores every row: those rows are its evidence
@@ -177,6 +227,8 @@ def canary_evidence(
         update={
             "champion_labels": int(counts.get(champion, 0)),
             "challenger_labels": int(counts.get(challenger, 0)) + shadowed,
+            "labelling": rates,
+            "unlabelled": unlabelled,
         }
     )
     both = labelled.filter(
@@ -186,7 +238,7 @@ def canary_evidence(
     on_champion = both["model_version"] == champion
     p_champion = np.where(on_champion, both["probability"], both["paired_probability"])
     p_challenger = np.where(on_champion, both["paired_probability"], both["probability"])
-    y = both["outcome"].to_numpy()
+    y, w = both["outcome"].to_numpy(), both["__weight"].to_numpy()
     if not _both_classes_twice(y):
         return evidence
     daily = []
@@ -195,9 +247,9 @@ def canary_evidence(
         for d in np.unique(day):
             on = day == d
             if _both_classes_twice(y[on]):
-                daily.append(paired_auc_difference(y[on], p_champion[on], p_challenger[on]))
+                daily.append(weighted_paired_auc_difference(y[on], p_champion[on], p_challenger[on], w[on]))
     return evidence.model_copy(
-        update={"paired": paired_auc_difference(y, p_champion, p_challenger), "daily": daily}
+        update={"paired": weighted_paired_auc_difference(y, p_champion, p_challenger, w), "daily": daily}
     )
 
 
@@ -240,7 +292,7 @@ class DegradationCheck(BaseModel):
 
 def combine_gaps(gaps: list[DayGap], day_sd: float) -> tuple[float, float]:
     """The days' gaps combined with a known between-day spread (random effects): mean and its se."""
-    w = np.array([1 / (g.se**2 + day_sd**2) for g in gaps])
+    w = np.array([1 / (max(g.se, 1e-4) ** 2 + day_sd**2) for g in gaps])  # a tiny day can show se 0
     mean = float(np.sum(w * np.array([g.realised - g.expected for g in gaps])) / w.sum())
     return mean, float(w.sum() ** -0.5)
 
@@ -250,51 +302,60 @@ def degradation_checks(
     feedback: pl.DataFrame,
     expectations: dict[int, HeldOutAuc | CalibratedVersion],
     window_days: float,
+    day_column: str | None = None,
 ) -> list[DegradationCheck]:
-    """One check per version and per UTC midnight within the last ``window_days``: its labelled
-    predictions from that midnight on, day by day. Fixed daily starts (not the sliding window's edge)
-    keep the number of separate tests one per day, whatever the schedule, so ``decide_degradation`` can
-    share its error rate among them; each start's rows only grow as labels arrive, which its
-    time-uniform bound allows however often it is looked at. ``expectations``: per version,
-    ``CalibratedVersion`` (expectations from its probabilities, its between-day spread) or, for versions
-    trained before calibration, its held-out ROC-AUC."""
+    """One check per version and per UTC midnight (of the predictions' own times) within the last
+    ``window_days``: its labelled predictions from that midnight on, judged day by day. Fixed daily
+    starts (not the sliding window's edge) keep the number of separate tests one per day, whatever the
+    schedule, so ``decide_degradation`` can share its error rate among them; each start's rows only
+    grow as labels arrive, which its time-uniform bound allows however often it is looked at. The days
+    within a start are the events' days (``event_day``: ``day_column`` when the dataset has one).
+    ``expectations``: per version, ``CalibratedVersion`` (expectations from its probabilities, its
+    between-day spread) or, for versions trained before calibration, its held-out ROC-AUC."""
     if predictions.height == 0 or feedback.height == 0 or "ts" not in predictions.columns:
         return []
     newest = predictions["ts"].max()
     first = (newest - timedelta(days=window_days)).replace(hour=0, minute=0, second=0, microsecond=0)
-    rows = with_outcomes(predictions.filter(pl.col("ts") >= first), feedback).filter(
-        pl.col("outcome").is_not_null()
+    recent = predictions.filter(pl.col("ts") >= first)
+    day = event_day(recent, day_column)
+    rows = with_outcomes(recent, feedback).join(
+        recent.select("request_id", day.alias("__day")).unique("request_id"), on="request_id"
     )
-    if rows.height == 0:
-        return []
-    rows = rows.with_columns(pl.col("ts").dt.date().alias("__day"))
+    rows = rows.filter(pl.col("outcome").is_not_null())
+    starts = sorted(rows["ts"].dt.date().unique().to_list())
     out = []
     for version, reference in expectations.items():
-        calibrated = isinstance(reference, CalibratedVersion)
-        gaps = []
-        for (day,), part in sorted(rows.filter(pl.col("model_version") == version).partition_by(
-            ["__day"], as_dict=True
-        ).items()):  # fmt: skip
-            y, p = part["outcome"].to_numpy(), part["probability"].to_numpy()
-            if not _both_classes_twice(y):
-                continue
-            se = auc_standard_error(y, p)
-            expected = expected_auc(p) if calibrated else reference.roc_auc
-            se = se if calibrated else (se**2 + reference.se**2) ** 0.5
-            gaps.append(DayGap(day=str(day), labels=len(y), realised=float(skm.roc_auc_score(y, p)),
-                               expected=expected, se=se))  # fmt: skip
-        day_sd = reference.day_sd if calibrated else 0.0
-        for i in range(len(gaps)):
-            since = gaps[i:]
-            gap, se = combine_gaps(since, day_sd)
-            labels = sum(g.labels for g in since)
-            out.append(
-                DegradationCheck(
-                    model_version=version, since=since[0].day, days=len(since), labels=labels,
-                    realised=sum(g.realised * g.labels for g in since) / labels,
-                    expected=sum(g.expected * g.labels for g in since) / labels,
-                    expected_from="calibration" if calibrated else "held-out", gap=gap, se=se,
-                    se_sampling=combine_gaps(since, 0.0)[1],
-                )
-            )  # fmt: skip
+        mine = rows.filter(pl.col("model_version") == version)
+        for start in starts:
+            check = _check_since(mine.filter(pl.col("ts").dt.date() >= start), str(start), version, reference)
+            if check is not None:
+                out.append(check)
     return out
+
+
+def _check_since(
+    rows: pl.DataFrame, start: str, version: int, reference: HeldOutAuc | CalibratedVersion
+) -> DegradationCheck | None:
+    """One start's check: its labelled rows judged day by day (the events' days), the gaps combined."""
+    calibrated = isinstance(reference, CalibratedVersion)
+    gaps = []
+    for (day,), part in sorted(rows.partition_by(["__day"], as_dict=True).items()):
+        y, p = part["outcome"].to_numpy(), part["probability"].to_numpy()
+        if not _both_classes_twice(y):
+            continue
+        se = auc_standard_error(y, p)
+        expected = expected_auc(p) if calibrated else reference.roc_auc
+        se = se if calibrated else (se**2 + reference.se**2) ** 0.5
+        realised = float(skm.roc_auc_score(y, p))
+        gaps.append(DayGap(day=str(day), labels=len(y), realised=realised, expected=expected, se=se))
+    if not gaps:
+        return None
+    gap, se = combine_gaps(gaps, reference.day_sd if calibrated else 0.0)
+    labels = sum(g.labels for g in gaps)
+    return DegradationCheck(
+        model_version=version, since=start, days=len(gaps), labels=labels,
+        realised=sum(g.realised * g.labels for g in gaps) / labels,
+        expected=sum(g.expected * g.labels for g in gaps) / labels,
+        expected_from="calibration" if calibrated else "held-out", gap=gap, se=se,
+        se_sampling=combine_gaps(gaps, 0.0)[1],
+    )  # fmt: skip

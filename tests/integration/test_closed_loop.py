@@ -56,7 +56,7 @@ def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, lande
     assert report.drift_detected
 
     runs, started = [], None
-    deadline = time.time() + 240
+    deadline = time.time() + 420
     while time.time() < deadline:
         runs = _retrain_runs(emitted)
         if runs and started is None and runs[0].start_time:
@@ -65,12 +65,10 @@ def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, lande
             break
         time.sleep(1)
     assert runs, "the automation did not start a retrain run"
-    # summer flights against a model of January-February: outside what it learned, and doing worse
-    # than its calibrated probabilities promised; one event with both reasons, one retrain
-    assert report.retrain == ["drift", "degradation"], report.retrain_reason
-    assert [r.parameters["params"]["reason"] for r in runs] == [
-        "driftloop.retrain.needed: drift, degradation"
-    ]
+    # summer flights against a model of January-February: outside what it learned (weather); its
+    # ranking of these few days' flights is within what their days' spread allows: drift alone
+    assert report.retrain == ["drift"], report.retrain_reason
+    assert [r.parameters["params"]["reason"] for r in runs] == ["driftloop.retrain.needed: drift"]
     assert all(r.state.is_completed() for r in runs), [r.state.message for r in runs]
     print(f"drift event -> retrain run started in {started:.1f}s")
     assert started is not None and started < 30
@@ -83,9 +81,7 @@ def test_drift_starts_a_retrain_that_produces_a_challenger(prefect_worker, lande
     assert doc.aliases.get("challenger") == 2, doc.history[
         -1
     ]  # the retrained model passed its gate: a canary
-    assert doc.history[-1].reason.startswith(
-        "retrain (driftloop.retrain.needed: drift, degradation): holdout"
-    )
+    assert doc.history[-1].reason.startswith("retrain (driftloop.retrain.needed: drift): holdout gate passes")
     assert len(_retrain_runs(emitted)) == 1
 
 
@@ -104,7 +100,7 @@ def test_a_significant_performance_drop_starts_a_retrain_with_that_reason(prefec
     emitted = time.time()
     report = monitor(MonitorParams(model_name="flights-decay"))
     assert not report.drift_detected and report.degraded, (report.drift_reason, report.degraded)
-    runs, deadline = [], time.time() + 240
+    runs, deadline = [], time.time() + 420
     while time.time() < deadline:
         runs = _retrain_runs(emitted, "flights-decay")
         if runs and all(r.state and r.state.is_final() for r in runs):

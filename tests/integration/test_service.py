@@ -153,11 +153,15 @@ def _test_rows(store_dir: Path, n: int) -> tuple[pl.DataFrame, list[dict]]:
     return frame, as_requests(frame, config)
 
 
-def _offline(store_dir: Path, version: int, frame: pl.DataFrame) -> np.ndarray:
+def _registry(store_dir: Path):  # noqa: ANN202
     from tasks.core.store import LocalStore
     from tasks.registry.versions import Registry
 
-    registry = Registry(LocalStore(store_dir), "flights-late-arrival")
+    return Registry(LocalStore(store_dir), "flights-late-arrival")
+
+
+def _offline(store_dir: Path, version: int, frame: pl.DataFrame) -> np.ndarray:
+    registry = _registry(store_dir)
     mv = registry.get(version)
     return registry.load_booster(mv).predict(registry.load_transform(mv).to_matrix(frame))
 
@@ -169,10 +173,13 @@ def test_service_matches_the_offline_model(service, serving_store):
     answers = resp.json()
     assert {a["model_version"] for a in answers} == {1, 2}  # both arms served
     offline = {v: _offline(serving_store, v, frame) for v in (1, 2)}
+    thresholds = {v: _registry(serving_store).get(v).threshold for v in (1, 2)}
+    assert 0 < thresholds[1] < 0.5 and thresholds[1] != thresholds[2]  # F1 on rare delays: well below 0.5
     for i, a in enumerate(answers):
         assert a["arm"] == ("champion" if a["model_version"] == 1 else "challenger")
         assert a["probability"] == pytest.approx(offline[a["model_version"]][i], abs=1e-9)
-        assert a["label"] == int(a["probability"] >= 0.5)
+        # each version's label at its own threshold, chosen on validation when it was trained
+        assert a["label"] == int(a["probability"] >= thresholds[a["model_version"]])
     single = httpx.post(f"{service}/predict", json={"record": records[0]}, headers=AUTH).json()
     assert single["probability"] == pytest.approx(offline[single["model_version"]][0], abs=1e-9)
     assert single["request_id"]

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from tasks.model.evaluate import paired_auc_difference
 from tasks.monitoring.performance import canary_evidence, live_performance
 
 T0 = datetime(2026, 1, 5, 12, tzinfo=timezone.utc)
@@ -146,7 +147,62 @@ def test_degradation_checks_start_at_each_midnight_and_judge_day_by_day():
     pooled_auc = roc_auc_score(y_stormy, p)
     stormy = degradation_checks(predictions, _feedback(dict(enumerate(y_stormy))), calibrated, 7)
     assert stormy[0].realised > pooled_auc + 0.02 and abs(stormy[0].gap) < 3 * stormy[0].se
+    # a replay: every request made within one hour, the events spread over three days (the dataset's
+    # time column): one start, the gaps taken per event day
+    replay = _predictions(p).with_columns(
+        pl.Series("ts", [start + timedelta(seconds=i / 2) for i in range(n)]), ts.alias("event_time")
+    )
+    (compressed,) = degradation_checks(replay, _feedback(dict(enumerate(y))), calibrated, 7, "event_time")
+    assert (compressed.days, compressed.labels, compressed.since) == (3, n, "2013-09-01")
     old = degradation_checks(
         predictions, _feedback(dict(enumerate(y))), {1: HeldOutAuc(roc_auc=0.9, se=0.01)}, 7
     )
     assert {c.expected for c in old} == {0.9} and all(c.gap < -0.1 for c in old)
+
+
+def test_feedback_that_depends_on_the_answer_is_weighted_back():
+    """A/A: both models equally good, the champion answers and flags its top rows; callers report the
+    outcome of every flagged row but of only 5% of the others. On the labelled rows alone the
+    challenger looks better (the champion's flagged rows are where its own errors were cut away);
+    weighted by the labelling propensity per answer, the gain is back near zero."""
+    rng = np.random.default_rng(11)
+    n = 20_000
+    latent = rng.normal(0, 1, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(latent - 1.2)))).astype(int)
+    champion = 1 / (1 + np.exp(-(latent + rng.normal(0, 0.8, n) - 1.2)))
+    challenger = 1 / (1 + np.exp(-(latent + rng.normal(0, 0.8, n) - 1.2)))
+    flagged = champion >= 0.3
+    labelled = flagged | (rng.random(n) < 0.05)
+    log = _predictions(champion, version=1, paired=challenger, paired_version=2).with_columns(
+        pl.Series("label", flagged.astype(np.int8))
+    )
+    outcomes = {i: int(y[i]) for i in np.flatnonzero(labelled)}
+    evidence = canary_evidence(log, _feedback(outcomes), champion=1, challenger=2, hours=5)
+    naive = paired_auc_difference(y[labelled], champion[labelled], challenger[labelled])
+    assert naive.gain > 3 * naive.se  # the bias the weights undo
+    assert abs(evidence.paired.gain) < 2 * evidence.paired.se
+    # and each model's ROC-AUC is the whole traffic's again (on the labelled rows alone: 0.62 vs 0.69)
+    assert (
+        abs(evidence.paired.auc_a - roc_auc_score(y, champion))
+        < 0.02
+        < abs(naive.auc_a - roc_auc_score(y, champion))
+    )
+    assert evidence.labelling == {"v1 answered 0": pytest.approx(0.05, abs=0.01), "v1 answered 1": 1.0}
+    assert evidence.paired.rows < labelled.sum()  # uneven weights: fewer effective rows
+
+
+def test_answers_that_never_get_an_outcome_make_the_canary_wait():
+    from tasks.core.settings import RetrainSettings
+    from tasks.decisions import decide_canary
+
+    p = np.linspace(0.01, 0.99, 400)
+    log = _predictions(p, version=1, paired=p[::-1], paired_version=2).with_columns(
+        pl.Series("label", (p >= 0.5).astype(np.int8))
+    )
+    flagged_only = {i: int(i % 3 == 0) for i in range(400) if p[i] >= 0.5}
+    evidence = canary_evidence(log, _feedback(flagged_only), champion=1, challenger=2, hours=5)
+    assert evidence.unlabelled == ["v1 answered 0 (200 rows)"]
+    verdict = decide_canary(evidence, RetrainSettings(canary_min_labels=10))
+    assert verdict.outcome == "wait" and "labels are selective" in verdict.reason
+    late = decide_canary(evidence.model_copy(update={"hours": 80.0}), RetrainSettings(canary_min_labels=10))
+    assert late.outcome == "drop" and "v1 answered 0" in late.reason
