@@ -79,7 +79,7 @@ def _log_window(
                 "request_id": i,
                 "ts": now,
                 "probability": float(q),
-                "label": int(q >= 0.5),
+                "label": int(q >= champion.version.threshold),
                 "model_version": champion.version.version,
                 "arm": alias,
                 "shadow_version": None,
@@ -150,13 +150,13 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     assert len(drift_events) == 1 and drift_events[0]["payload"]["drifted"][0].startswith("weather")
     assert _events(api, "driftloop.data_quality.failed", "flights-monitored", 1)
     (needed,) = _events(api, "driftloop.retrain.needed", "flights-monitored", 1)
-    assert needed["payload"]["reasons"] == report.retrain and needed["payload"]["reasons"][0] == "drift"
+    assert needed["payload"]["reasons"] == ["drift"] == report.retrain  # inside the range: weather only
 
     # outcomes that contradict the model (inverted labels): a large, significant drop is a degradation
     _log_window(
         private_settings,
         config,
-        "2013-07-02T00:00:00+00:00",  # other rows, other request ids
+        "2013-07-15T00:00:00+00:00",  # other flights (days of their own), other request ids
         "2013-08-01T00:00:00+00:00",
         0.0,
         invert_outcomes=True,
