@@ -3,7 +3,7 @@ live performance from feedback, and the Prefect events it emits."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import polars as pl
 import pytest
@@ -23,6 +23,7 @@ def _log_window(
     alias: str = "champion",
     paired_with: str | None = None,
     invert_outcomes: bool = False,
+    days_ago: int = 0,
 ) -> list[str]:
     """Score a later window's real flights with a model and log them, with feedback, like the service does
     (during a canary, ``paired_with`` names the other arm, whose score is logged beside the answer)."""
@@ -63,7 +64,7 @@ def _log_window(
     other = load_version(registry, registry.resolve(paired_with)) if paired_with else None
     q = other.score(rows.select(other.transform.spec.input_columns)) if other else [None] * rows.height
     ids = [f"{alias}-{start}-{i}" for i in range(rows.height)]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(timezone.utc) - timedelta(days=days_ago)  # when the requests were made
     from tasks.serving.schema import input_schema
 
     schema = prediction_log_schema(input_schema(config))
@@ -126,8 +127,13 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
 
     assert "no new predictions" in monitor(params).note
 
-    _log_window(
-        private_settings, config, "2013-07-01T00:00:00+00:00", "2013-08-01T00:00:00+00:00", unseen_share=0.4
+    _log_window(  # asked yesterday: today's contradicting outcomes (below) get a daily start of their own
+        private_settings,
+        config,
+        "2013-07-01T00:00:00+00:00",
+        "2013-08-01T00:00:00+00:00",
+        unseen_share=0.4,
+        days_ago=1,
     )
     report = monitor(params)
     assert report.rows == 3000 and report.champion == 1
