@@ -25,6 +25,8 @@ import numpy as np
 from pydantic import BaseModel
 from scipy.stats import rankdata
 
+from tasks.model.evaluate import day_to_day_spread, expected_auc  # noqa: F401 - re-exported: CBPE's centre
+
 DRAWS = 400  # label draws for the band (its quantiles move by < 0.002 beyond this at 1,000 rows)
 
 
@@ -83,46 +85,3 @@ def estimate_performance(
         threshold=threshold,
         days=days,
     )
-
-
-def expected_auc(p: np.ndarray) -> float:
-    """The ROC-AUC expected when each row's label is drawn from its probability (pairs weighted by the
-    chance that one is positive and the other negative; ties count half), in O(n log n): the centre
-    the sequential degradation check compares the realised ROC-AUC with."""
-    p = np.sort(np.clip(np.asarray(p, dtype=np.float64), 0.0, 1.0))
-    neg = 1.0 - p
-    _, start = np.unique(p, return_index=True)
-    pos_g, neg_g = np.add.reduceat(p, start), np.add.reduceat(neg, start)
-    within = 0.5 * (pos_g * neg_g - np.add.reduceat(p * neg, start))  # pairs i != j in a tie group
-    numerator = float(np.sum(pos_g * (np.cumsum(neg_g) - neg_g)) + within.sum())
-    denominator = float(p.sum() * neg.sum() - np.sum(p * neg))
-    return numerator / denominator if denominator > 0 else float("nan")
-
-
-def day_to_day_spread(y: np.ndarray, p: np.ndarray, day: np.ndarray) -> float:
-    """The standard deviation, between days, of (realised - expected) ROC-AUC beyond each day's own
-    sampling noise: DerSimonian-Laird's between-study variance (days as studies), taken at its upper 95%
-    confidence bound for a variance with (days - 1) degrees of freedom, so a short test window does not
-    understate it; 0 when the days agree as well as independent labels would."""
-    from scipy.stats import chi2
-
-    from tasks.model.evaluate import auc_standard_error
-
-    gaps, variances = [], []
-    for d in np.unique(day):
-        on = day == d
-        positives = int(y[on].sum())
-        if positives < 5 or on.sum() - positives < 5:
-            continue
-        from sklearn.metrics import roc_auc_score
-
-        gaps.append(roc_auc_score(y[on], p[on]) - expected_auc(p[on]))
-        variances.append(max(auc_standard_error(y[on], p[on]), 1e-4) ** 2)
-    if len(gaps) < 3:
-        return 0.0
-    g, w = np.array(gaps), 1 / np.array(variances)
-    centre = np.sum(w * g) / np.sum(w)
-    q = float(np.sum(w * (g - centre) ** 2))
-    tau2 = max(0.0, (q - (len(g) - 1)) / (np.sum(w) - np.sum(w**2) / np.sum(w)))
-    dof = len(g) - 1
-    return float((tau2 * dof / chi2.ppf(0.05, dof)) ** 0.5)
