@@ -207,17 +207,24 @@ def calibrate_reference(
         columns[c] = ref
     _training_coverage(training.lazy(), columns)
     rng = np.random.default_rng(seed)
+    # noise windows come from rows held apart from the ones they are compared with: half the held-out
+    # rows stand for the reference, windows are drawn from the other half (a window drawn from the
+    # reference's own rows resembles it more than live traffic can, understating the noise up to 3x)
+    order = rng.permutation(held_out.height)
+    half, apart = np.sort(order[: held_out.height // 2]), np.sort(order[held_out.height // 2 :])
+    half_view = load_profile(profile_frame(held_out[half]).serialize())
+    half_counts = {c: bucket_counts(half_view, ref) for c, ref in columns.items()}
     # the smallest window monitoring judges (min_rows) is always calibrated: a small sample's PSI is
     # more than 1/n noise (sparse buckets), so larger sizes alone under-state it (measured on Caravan:
     # 22 columns flagged in 20 no-drift windows of 200 rows when calibrated at 1,000 rows only)
     wanted = sorted({mon.min_rows, *mon.calibration_sizes})
-    sizes = [s for s in wanted if s <= held_out.height // 2] or [max(held_out.height // 2, 1)]
+    sizes = [s for s in wanted if s <= len(apart) // 2] or [max(len(apart) // 2, 1)]
     for size in sizes:
         for _ in range(mon.calibration_resamples):
-            rows = np.sort(rng.choice(held_out.height, size=size, replace=False))
+            rows = np.sort(rng.choice(apart, size=size, replace=False))
             sample = load_profile(profile_frame(held_out[rows]).serialize())
-            for ref in columns.values():
-                ref.noise = max(ref.noise, psi(np.asarray(ref.counts), bucket_counts(sample, ref)) * size)
+            for c, ref in columns.items():
+                ref.noise = max(ref.noise, psi(half_counts[c], bucket_counts(sample, ref)) * size)
     reference = DriftReference(
         rows=held_out.height,
         period=period,
@@ -283,8 +290,10 @@ def novelty(view: Any, ref: ColumnReference) -> float:
 
 
 def chance_bound(ref: ColumnReference, alpha: float, rows: int) -> float:
-    """rows x PSI that a window of ``rows`` rows drawn from the reference exceeds with chance about
-    ``alpha``: the chi-square quantile for the reference's occupied buckets less one, plus what the
+    """rows x PSI that a window of ``rows`` rows drawn from the same population as the reference
+    exceeds with chance about ``alpha``: the chi-square quantile for the reference's occupied buckets
+    less one, scaled by ``1 + rows / reference rows`` because the reference is a sample too (two
+    samples' PSI has both their noise: a window as large as the reference doubles it), plus what the
     smoothing of its empty buckets (e.g. nulls in a column that has none) adds to every window, which
     depends on the two sizes."""
     from scipy.stats import chi2
@@ -294,7 +303,8 @@ def chance_bound(ref: ColumnReference, alpha: float, rows: int) -> float:
     r = SMOOTHING / (counts.sum() + SMOOTHING * len(counts))
     w = SMOOTHING / (rows + SMOOTHING * len(counts))
     empty = (len(counts) - occupied) * (w - r) * np.log(w / r) * rows
-    return float(chi2.isf(alpha, max(occupied - 1, 1)) + empty)
+    both_samples = 1 + rows / max(counts.sum(), 1.0)
+    return float(chi2.isf(alpha, max(occupied - 1, 1)) * both_samples + empty)
 
 
 def drift_scores(

@@ -40,7 +40,7 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     # the gate held open (any gain, any slice): this test is about the flow's steps, each outcome pinned;
     # the gate's statistics are tests/model/test_canary_and_retrain_gate.py's
     monkeypatch.setenv("DRIFTLOOP_GATE__MIN_GAIN_LOWER", "-1")
-    monkeypatch.setenv("DRIFTLOOP_RETRAIN__SLICE_TOLERANCE", "1")
+    monkeypatch.setenv("DRIFTLOOP_GATE__SLICE_TOLERANCE", "1")
     result = retrain(RetrainParams(model_name="flights-canary", reason="test"))
     registry = Registry(store, "flights-canary")
     assert result.version == 2 and registry.versions() == [1, 2]
