@@ -72,42 +72,18 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         )
         return report
     payload = {"version": report.champion, "window": list(report.window or ()), "rows": report.rows}
-    if report.drift_detected:
-        emit_model_event(
-            "driftloop.drift.detected",
-            model_name,
-            {**payload, "drifted": report.drifted, "reason": report.drift_reason},
-            target=ctx.target,
-        )
-    if report.degraded:
-        emit_model_event(
-            "driftloop.performance.degraded",
-            model_name,
-            {**payload, "evidence": report.degraded},
-            target=ctx.target,
-        )
-    if report.estimated_drop:
-        emit_model_event(
-            "driftloop.performance.estimated_drop",
-            model_name,
-            {**payload, "evidence": report.estimated_drop},
-            target=ctx.target,
-        )
-    if report.retrain:
-        emit_model_event(
-            "driftloop.retrain.needed",
-            model_name,
-            {**payload, "reasons": report.retrain, "summary": ", ".join(report.retrain),
-             "reason": report.retrain_reason},
-            target=ctx.target,
-        )  # fmt: skip
-    if report.quality_problems:
-        emit_model_event(
-            "driftloop.data_quality.failed",
-            model_name,
-            {**payload, "problems": report.quality_problems},
-            target=ctx.target,
-        )
+    findings = (  # (event, whether it was found, what it carries), one event per finding
+        ("driftloop.drift.detected", report.drift_detected,
+         {"drifted": report.drifted, "reason": report.drift_reason}),
+        ("driftloop.performance.degraded", report.degraded, {"evidence": report.degraded}),
+        ("driftloop.performance.estimated_drop", report.estimated_drop, {"evidence": report.estimated_drop}),
+        ("driftloop.retrain.needed", report.retrain,
+         {"reasons": report.retrain, "summary": ", ".join(report.retrain), "reason": report.retrain_reason}),
+        ("driftloop.data_quality.failed", report.quality_problems, {"problems": report.quality_problems}),
+    )  # fmt: skip
+    for event, found, carries in findings:
+        if found:
+            emit_model_event(event, model_name, {**payload, **carries}, target=ctx.target)
     _publish(report)
     if report.through is not None:  # last: a failed run judges its window again
         advance_watermark(ctx.store, model_name, report.through)

@@ -55,9 +55,10 @@ def calibrated_model_text(model_text: str, calibration: Calibration) -> str:
     import lightgbm as lgb
 
     booster = lgb.Booster(model_str=model_text)
-    if booster.dump_model().get("objective", "").split(" ")[0] != "binary":
+    dump = booster.dump_model()  # the whole model as JSON: read once
+    if dump.get("objective", "").split(" ")[0] != "binary":
         raise ValueError("only a binary LightGBM model's scores are calibrated by Platt scaling")
-    for tree in booster.dump_model()["tree_info"]:
+    for tree in dump["tree_info"]:
         t = tree["tree_index"]
         for leaf in range(tree["num_leaves"]):
             value = booster.get_leaf_output(t, leaf) * calibration.slope
