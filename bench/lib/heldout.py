@@ -99,9 +99,42 @@ def drift_reference(model: HeldOutModel) -> Any:
 
     parts = [
         score_held_out_part.fn(
-            rows, model.trained, model.manifest, model.prepared, model.config.model_name, None, model.ctx
+            rows,
+            model.trained,
+            model.manifest,
+            model.prepared,
+            model.config.model_name,
+            None,
+            None,
+            model.ctx,
         )
         for rows in held_out_ranges(model.manifest, model.prepared.split.train_end)
     ]
     keys = profile_reference.fn(model.trained, model.manifest, model.prepared, parts, model.ctx)
     return DriftReference.model_validate_json(model.ctx.store.read_bytes(keys["drift_reference.json"]))
+
+
+def reference_apart(model: HeldOutModel, rng: np.random.Generator) -> tuple[Any, pl.DataFrame]:
+    """A drift reference calibrated as the training flow calibrates one, but on a random half of the
+    held-out rows, and the other half: windows drawn from rows the reference never saw, as live
+    traffic is (a window drawn from the reference's own rows resembles it more than traffic can)."""
+    from tasks.model.held_out import reference_inputs
+    from tasks.model.train import predict
+    from tasks.monitoring.drift import calibrate_reference, input_importance
+
+    held = model.snapshot[model.held_out]
+    order = rng.permutation(held.height)
+    half, apart = held[np.sort(order[: held.height // 2])], held[np.sort(order[held.height // 2 :])]
+    inputs = reference_inputs(model.prepared.transform, model.config)
+    scored = half.select(inputs).with_columns(
+        pl.Series("prediction", predict(model.booster, model.prepared.transform.to_matrix(half)))
+    )
+    _, reference = calibrate_reference(
+        scored,
+        ("a random half of the held-out rows", ""),
+        model.snapshot.select(inputs),
+        model.config,
+        input_importance(model.prepared.transform.spec, model.trained.importance),
+        seed=model.config.training.seed,
+    )
+    return reference, apart
