@@ -36,6 +36,7 @@ class RequestGuard:
         max_bytes: int,
         champion_missing: Callable[[], str | None],
         documented_beside: Callable[[], dict[str, Any]],
+        columns_of: dict[str, tuple[str, int]] | None = None,
     ):
         """``champion_missing``: why no champion serves (None when one does); ``documented_beside``:
         the OpenAPI operations of mounted endpoints, which BentoML's generator does not see."""
@@ -43,6 +44,7 @@ class RequestGuard:
         self.token = token.get_secret_value().encode() if token else None
         self.feedback_token = feedback_token.get_secret_value().encode() if feedback_token else None
         self.champion_missing, self.documented_beside = champion_missing, documented_beside
+        self.columns_of = columns_of  # path -> (record schema, most rows): batches sent column by column
 
     def _refusal(self, endpoint: Endpoint, authorization: bytes) -> tuple[int, str] | None:
         presented = authorization.removeprefix(b"Bearer ") if authorization.startswith(b"Bearer ") else b""
@@ -182,6 +184,7 @@ class RequestGuard:
             paths_with(token="feedback"),
             auth=self.token is not None,
             extra_paths=self.documented_beside(),
+            columns_of=self.columns_of,
         )
         await JSONResponse(spec)(scope, receive, send)
 

@@ -41,11 +41,20 @@ from bentos.guard import RequestGuard
 from bentos.inputs import BatchDecoder, scored_to_arrow
 from bentos.loading import open_service_store, served_config, settings_of_this_process
 from bentos.scoring import Scorer
-from tasks.core.logs import FEEDBACK, FEEDBACK_SCHEMA, PREDICTIONS, log_prefix, prediction_log_schema
+from tasks.core.errors import BadInput
+from tasks.core.logs import (
+    FEEDBACK,
+    FEEDBACK_SCHEMA,
+    PREDICTIONS,
+    REJECTIONS,
+    REJECTIONS_SCHEMA,
+    log_prefix,
+    prediction_log_schema,
+)
 from tasks.registry.versions import Registry
 from tasks.serving.openapi import arrow_operation
 from tasks.serving.request_ids import RequestIds, request_id_key
-from tasks.serving.schema import input_contracts, input_schema, request_model
+from tasks.serving.schema import check_inputs, input_contracts, input_schema, request_model
 from tasks.serving.spool import SpooledLog, spool_root
 from tasks.serving.watcher import RegistryWatcher
 
@@ -77,7 +86,8 @@ Record = request_model(CONFIG, "Record")  # the fields are the served model's in
 _Item = TypeVar("_Item")
 # a batch: at least one item, at most max_batch_rows (declared in the OpenAPI document too)
 BatchOf = Annotated[list[_Item], Field(min_length=1, max_length=SETTINGS.serving.max_batch_rows)]
-INPUT_COLUMNS = list(input_contracts(CONFIG))
+INPUT_CONTRACTS = input_contracts(CONFIG)
+INPUT_COLUMNS = list(INPUT_CONTRACTS)
 INPUT_SCHEMA = input_schema(CONFIG)
 DECODER = BatchDecoder(CONFIG, Record, SETTINGS.serving.max_batch_rows)
 SCORER = Scorer(MODEL_NAME, SETTINGS.serving, prediction_log_schema(INPUT_SCHEMA))
@@ -128,6 +138,8 @@ class Driftloop:
         SERVED["watcher"] = self.watcher  # the request guard answers 503 itself while nothing serves
         self.predictions = spooled_log(self.store, PREDICTIONS, prediction_log_schema(INPUT_SCHEMA))
         self.feedback_log = spooled_log(self.store, FEEDBACK, FEEDBACK_SCHEMA)
+        # what the input contract refused: monitoring counts it as a data-quality signal
+        self.rejections = spooled_log(self.store, REJECTIONS, REJECTIONS_SCHEMA)
         self._request_ids: RequestIds | None = None  # its key is in the store: read on first use
         self._key_problem: str | None = None
         self._key_retry_at = 0.0
@@ -176,6 +188,7 @@ class Driftloop:
         # next worker on this host ships it (shutdown must fit the platform's grace period)
         self.predictions.close(ship_for_seconds=5)
         self.feedback_log.close(ship_for_seconds=5)
+        self.rejections.close(ship_for_seconds=5)
 
     def _score(
         self,
@@ -189,13 +202,26 @@ class Driftloop:
         ids = self.request_ids().issue(frame.height)
         return SCORER.score(self.watcher.models, ids, rows, frame, correlation_ids, routing_keys)
 
+    def _refused(self, endpoint: str, rows: int, exc: Exception) -> bentoml.exceptions.InvalidArgument:
+        """A 400 for input the contract refuses, counted in the model's rejection log (monitoring reports
+        it as data quality: a caller's rows that never reached the model are not silently lost)."""
+        message = str(exc)
+        now = datetime.now(timezone.utc)
+        self.rejections.append([{"ts": now, "endpoint": endpoint, "rows": rows, "reason": message[:500]}])
+        return bentoml.exceptions.InvalidArgument(message)
+
     def _score_records(
-        self, records: list[BaseModel]
+        self, records: list[BaseModel], endpoint: str
     ) -> tuple[list[Prediction], list[dict[str, Any]] | pl.DataFrame]:
         rows = [{c: r.__dict__[c] for c in INPUT_COLUMNS} for r in records]
+        frame = pl.DataFrame(rows, schema=INPUT_SCHEMA)
+        try:
+            check_inputs(frame, INPUT_CONTRACTS)  # the value rules ingestion applies, in its words
+        except BadInput as exc:
+            raise self._refused(endpoint, frame.height, exc) from None
         out, logged = self._score(
             rows,
-            pl.DataFrame(rows, schema=INPUT_SCHEMA),
+            frame,
             [r.correlation_id for r in records],
             [r.routing_key for r in records],
         )
@@ -204,7 +230,7 @@ class Driftloop:
     @bentoml.api
     async def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
         """Score one record: probability, label at that version's threshold, the version that answered."""
-        answers, logged = self._score_records([record])
+        answers, logged = self._score_records([record], "/predict")
         await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
         return answers[0]
 
@@ -212,7 +238,7 @@ class Driftloop:
     def predict_batch(self, records: BatchOf[Record]) -> list[Prediction]:  # type: ignore[valid-type]
         """Score 1 to ``max_batch_rows`` records at once (rows are routed one by one, as single requests
         would be)."""
-        answers, logged = self._score_records(records)
+        answers, logged = self._score_records(records, "/predict_batch")
         self.predictions.append(logged)  # durable (fsynced) before the answer leaves
         return answers
 
@@ -226,7 +252,11 @@ class Driftloop:
         """Score a batch sent column by column ({"columns": {"carrier": [...], ...}}): the fast path for
         large batches. Types, required fields and ranges are checked per column against the same
         contracts as /predict_batch; errors name the column."""
-        frame = DECODER.columns_to_frame(columns)
+        try:
+            frame = DECODER.columns_to_frame(columns)
+        except bentoml.exceptions.InvalidArgument as exc:
+            rows = max((len(v) for v in columns.values() if isinstance(v, list)), default=0)
+            raise self._refused("/predict_columns", rows, exc) from None
         n = frame.height
         out, logged = self._score(
             None,
@@ -246,7 +276,7 @@ class Driftloop:
         try:
             frame, correlation_ids, routing_keys = DECODER.arrow_to_frame(await request.body())
         except bentoml.exceptions.InvalidArgument as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return JSONResponse({"error": str(self._refused("/predict_arrow", 0, exc))}, status_code=400)
         if self.watcher.models.champion is None:
             return JSONResponse(
                 {"error": "no champion model is loaded yet; see /model_status"}, status_code=503
@@ -312,4 +342,5 @@ Driftloop.add_asgi_middleware(
     max_bytes=SETTINGS.serving.max_request_bytes,
     champion_missing=champion_missing,
     documented_beside=lambda: {"/predict_arrow": arrow_operation(INPUT_COLUMNS)},
+    columns_of={"/predict_columns": ("Record", SETTINGS.serving.max_batch_rows)},
 )

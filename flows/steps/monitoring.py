@@ -40,6 +40,7 @@ from tasks.monitoring.drift import (
     data_quality,
     drift_scores,
     input_importance,
+    refused_at_serving,
 )
 from tasks.monitoring.lineage import request_lineage, version_lineage
 from tasks.monitoring.performance import CalibratedVersion, degradation_checks, live_performance
@@ -51,6 +52,7 @@ from tasks.monitoring.window import (
     plan_window,
     profile_partition,
     read_window,
+    refused_in,
     store_daily,
 )
 from tasks.registry.versions import ModelVersion, Registry
@@ -179,6 +181,9 @@ def judge_window(
             outcome="no drift", drifted=[], actionable=[], reason=report.drift_reason
         )
     report.quality_problems = data_quality(window, plan.transform, reference, mon)
+    report.quality_problems += refused_at_serving(
+        refused_in(store, model_name, plan.window.start, plan.window.end), window.rows, mon
+    )
     # only the date partitions the performance window can reach are read (the log may be long)
     recent = (datetime.now(timezone.utc) - timedelta(days=mon.performance_window_days + 1)).date()
     event_time = [config.time_column] if config.time_column else []  # outcomes cluster by the event's day

@@ -100,6 +100,16 @@ class ColumnContract(Strict):
     max: float | None = None
     allowed: list[str | int | float] | None = Field(None, description="the only values the column may hold")
     pattern: str | None = Field(None, description="regular expression every (string) value must match")
+    max_length: int = Field(
+        256,
+        ge=1,
+        description="the longest text a string column may hold, in characters (raise it for free text)",
+    )
+    control_characters: bool = Field(
+        False,
+        description="allow control characters (U+0000-U+001F, U+007F-U+009F) and bidirectional "
+        "overrides (U+202A-U+202E, U+2066-U+2069) in text; off: a value holding one is refused",
+    )
     coerce: bool = Field(
         False,
         description="accept values of another type that convert losslessly to dtype (e.g. numbers "
@@ -180,6 +190,11 @@ class TimeConfig(Strict):
     format: str | None = Field(None, description="strptime format when the column is a string")
     timezone: str = Field("UTC", description="zone in which calendar parts (hour, weekday) are taken")
     parts: list[Literal["hour", "weekday", "month", "day", "minute"]] = ["hour", "weekday", "month"]
+    naive: Literal["refuse", "utc", "local"] = Field(
+        "refuse",
+        description="what a time without a UTC offset means where callers send times (requests, files "
+        "to score): refused with a 400 naming the column (default), read as UTC, or read in `timezone`",
+    )
 
 
 class TargetConfig(Strict):
@@ -379,6 +394,13 @@ class MonitoringConfig(Strict):
     )
     max_null_increase: float = Field(
         0.2, ge=0, le=1, description="rise of a column's null rate that fails data quality"
+    )
+    max_rejected_share: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="share of scoring requests the service refused by the input contract (wrong values, "
+        "patterns, lengths, times) in a window that fails data quality",
     )
 
 

@@ -44,6 +44,14 @@ FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
     "correction": pl.Boolean(),
     "source": pl.String(),  # who reported it: the feedback token's holder, or no auth
 }
+# what the service refused by the input contract (a data-quality signal for monitoring): when, where,
+# how many rows, and the message the caller got (values in it cut and escaped)
+REJECTIONS_SCHEMA: dict[str, pl.DataType] = {
+    "ts": pl.Datetime("us", "UTC"),
+    "endpoint": pl.String(),
+    "rows": pl.Int64(),
+    "reason": pl.String(),
+}
 PREDICTION_COLUMNS = ["request_id", "ts", "model_version", "probability"]
 FEEDBACK_COLUMNS = ["request_id", "ts", "outcome", "correction"]
 # during a canary, each row also carries the other arm's model and score (a paired comparison); in
@@ -58,12 +66,12 @@ CANARY_COLUMNS = [
 ]
 
 
-PREDICTIONS, FEEDBACK = "predictions", "feedback"
+PREDICTIONS, FEEDBACK, REJECTIONS = "predictions", "feedback", "rejections"
 
 
 def log_prefix(kind: str, model_name: str) -> str:
-    """Where ``model_name``'s prediction or feedback log lives (``kind``: predictions or feedback)."""
-    if kind not in (PREDICTIONS, FEEDBACK):
+    """Where ``model_name``'s prediction, feedback or rejection log lives."""
+    if kind not in (PREDICTIONS, FEEDBACK, REJECTIONS):
         raise ValueError(f"unknown log {kind!r}")
     return f"{kind}/{model_name}"
 

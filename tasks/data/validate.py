@@ -1,8 +1,9 @@
 """Data contracts: check a batch against its table's contract before anything is joined.
 
 Column presence and types are checked here (so the message can name the column and show the values
-that would not parse); nullability, ranges, allowed values and key uniqueness within the batch are
-checked by pandera's Polars backend; patterns and row-level rules across columns by Polars. The result
+that would not parse); nullability and key uniqueness within the batch are checked by pandera's Polars
+backend; the value rules (ranges, allowed values, patterns, text length, control characters) by the
+expressions serving applies too (``tasks.core.contract_rules``), and row-level rules by Polars. The result
 is a ``ValidationReport`` that names table, batch, column, rule and example rows: it goes to quarantine
 with the batch and into a Prefect table artifact.
 
@@ -22,6 +23,7 @@ import polars as pl
 from pydantic import BaseModel
 
 from tasks.core.config import ColumnContract, TableContract
+from tasks.core.contract_rules import value_rules
 from tasks.core.errors import BadInput
 
 POLARS_DTYPES: dict[str, pl.DataType] = {
@@ -85,14 +87,8 @@ class DataContractError(BadInput):
 
 
 def _column_schema(contract: ColumnContract) -> pa.Column:
-    checks = []
-    if contract.min is not None:
-        checks.append(pa.Check.ge(contract.min))
-    if contract.max is not None:
-        checks.append(pa.Check.le(contract.max))
-    if contract.allowed is not None:
-        checks.append(pa.Check.isin(contract.allowed))
-    return pa.Column(POLARS_DTYPES[contract.dtype], checks=checks, nullable=contract.nullable)
+    """Type and nullability; the value rules are ``tasks.core.contract_rules``' (shared with serving)."""
+    return pa.Column(POLARS_DTYPES[contract.dtype], nullable=contract.nullable)
 
 
 def build_schema(contract: TableContract) -> pa.DataFrameSchema:
@@ -237,7 +233,7 @@ def validate_batch(
         report.failures.extend(
             _failures_from_pandera(exc.failure_cases, typed, already={f.column for f in failures})
         )
-    report.failures.extend(_pattern_failures(typed, contract))
+    report.failures.extend(_value_rule_failures(typed, contract))
     report.failures.extend(_rule_failures(typed, contract))
     return typed, report
 
@@ -284,17 +280,20 @@ def _failing(df: pl.DataFrame, column: str | None, rule: str, bad: pl.Series) ->
     )
 
 
-def _pattern_failures(df: pl.DataFrame, contract: TableContract) -> list[ContractFailure]:
+def _value_rule_failures(df: pl.DataFrame, contract: TableContract) -> list[ContractFailure]:
+    """Ranges, allowed values, patterns, text length and control characters: the rules serving applies
+    to the same columns, in the same words (``tasks.core.contract_rules``), in one pass."""
+    rules = [r for name, c in contract.columns.items() if name in df.columns for r in value_rules(name, c)]
+    if not rules:
+        return []
+    try:
+        broken = df.select(r.broken.fill_null(False).alias(str(i)) for i, r in enumerate(rules))
+    except pl.exceptions.PolarsError as exc:  # Python's re accepted a pattern, Polars' regex did not
+        patterns = {r.column: r.text for r in rules if r.text.startswith("matches pattern")}
+        raise BadInput(f"contract pattern(s) {patterns} cannot be evaluated by Polars: {exc}") from None
     out = []
-    for name, column in contract.columns.items():
-        if column.pattern is None or name not in df.columns:
-            continue
-        text = df[name].cast(pl.String)
-        try:
-            bad = (~text.str.contains(column.pattern)).fill_null(False)
-        except pl.exceptions.PolarsError as exc:  # Python's re accepted it, Polars' regex did not
-            raise BadInput(f"contract of column {name!r}: pattern {column.pattern!r} is not supported: {exc}")
-        failure = _failing(df, name, f"matches pattern {column.pattern!r}", bad)
+    for i, rule in enumerate(rules):
+        failure = _failing(df, rule.column, rule.text, broken[str(i)])
         if failure:
             out.append(failure)
     return out

@@ -363,6 +363,23 @@ def data_quality(
     return problems
 
 
+def refused_at_serving(rejections: pl.DataFrame, scored_rows: int, config: MonitoringConfig) -> list[str]:
+    """The serving-time contract refusals of a window as a data-quality problem when they exceed
+    ``max_rejected_share`` of the requests (``rejections``: rows of the rejection log in the window)."""
+    if rejections.is_empty():
+        return []
+    refused = rejections.height
+    share = refused / (refused + scored_rows)
+    if share <= config.max_rejected_share:
+        return []
+    common = rejections.group_by("reason").len().sort("len", descending=True).head(2)
+    reasons = "; ".join(f"{n}x {r[:160]}" for r, n in common.iter_rows())
+    return [
+        f"contract: the service refused {refused} request(s) ({share:.1%}, {rejections['rows'].sum()} "
+        f"row(s)) by the input contract, e.g. {reasons}: fix the callers, or the contract if it is wrong"
+    ]
+
+
 def drift_png(model_name: str, drift: list[ColumnDrift]) -> bytes:
     """PSI per column against its calibrated threshold (the line at 1); red bars drifted."""
     import matplotlib

@@ -17,7 +17,7 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.core.logs import PREDICTIONS, key_date, log_keys, of_model
+from tasks.core.logs import PREDICTIONS, REJECTIONS, key_date, log_keys, of_model, read_log
 from tasks.core.profile import load_profile, profile_frame
 from tasks.core.store import ArtifactStore
 from tasks.model.features import FittedTransform
@@ -209,3 +209,12 @@ def store_daily(store: ArtifactStore, model_name: str, window: WindowPart) -> An
         store.write_bytes(key, stored.serialize())
         whole = view if whole is None else whole.merge(view)
     return whole
+
+
+def refused_in(store: ArtifactStore, model_name: str, start: datetime | None, end: datetime) -> pl.DataFrame:
+    """The rejection log's rows in (``start``, ``end``]: requests the service refused by the contract."""
+    refused = read_log(store, REJECTIONS, model_name, since=start.date() if start else None)
+    if refused.is_empty():
+        return refused
+    in_window = pl.col("ts") <= end
+    return refused.filter(in_window if start is None else in_window & (pl.col("ts") > start))

@@ -85,19 +85,55 @@ def arrow_operation(input_columns: list[str]) -> dict[str, Any]:
     }
 
 
+CALLER_FIELDS = ("correlation_id", "routing_key")  # a record's own fields, not model inputs
+
+
+def _columns_like_records(spec: dict[str, Any], path: str, record: str, max_rows: int) -> None:
+    """``path``'s ``columns`` (free-form in BentoML's document: ``dict[str, list]``) described from the
+    record schema: one array per input column whose items are exactly what a record's field accepts,
+    the required columns required, nothing else allowed; a generated client can build a valid batch."""
+    body = spec.get("paths", {}).get(path, {}).get("post", {}).get("requestBody", {})
+    schema = body.get("content", {}).get("application/json", {}).get("schema", {})
+    fields = spec.get("components", {}).get("schemas", {}).get(record)
+    if "columns" not in schema.get("properties", {}) or not fields:
+        return
+    inputs = {k: v for k, v in fields["properties"].items() if k not in CALLER_FIELDS}
+    schema["properties"]["columns"] = {
+        "type": "object",
+        "description": "one array per input column, all of the same length (one entry per row; JSON "
+        "Schema cannot say equal lengths, the service answers 400 otherwise); each entry is what a "
+        f"{record} field accepts, optional columns may be left out or hold nulls",
+        "properties": {
+            name: {
+                "type": "array",
+                "items": {k: v for k, v in prop.items() if k not in ("title", "default")},
+                "minItems": 1,
+                "maxItems": max_rows,
+            }
+            for name, prop in inputs.items()
+        },
+        "required": [k for k in fields.get("required", []) if k in inputs],
+        "additionalProperties": False,
+    }
+
+
 def complete_openapi(
     spec: dict[str, Any],
     scoring_paths: tuple[str, ...],
     feedback_paths: tuple[str, ...],
     auth: bool,
     extra_paths: dict[str, Any] | None = None,
+    columns_of: dict[str, tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     """``spec`` with nullable optional fields, the real 400 body, the guard's answers and, when ``auth``,
     the bearer scheme on the endpoints that need it; ``extra_paths`` are operations served beside
-    BentoML's (``/predict_arrow``)."""
+    BentoML's (``/predict_arrow``); ``columns_of``: path -> (record schema, most rows) of the
+    endpoints that take a batch column by column (``/predict_columns``)."""
     spec = copy.deepcopy(spec)
     spec.setdefault("paths", {}).update(copy.deepcopy(extra_paths or {}))
     _nullable_defaults(spec)
+    for path, (record, max_rows) in (columns_of or {}).items():
+        _columns_like_records(spec, path, record, max_rows)
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for schema in schemas.values():
         if isinstance(schema, dict) and "detail" in schema.get("properties", {}):

@@ -1,10 +1,11 @@
 """The serving request schema, generated from the dataset configuration.
 
 A request carries the raw fields the model's feature transform needs (``FeatureSpec.input_columns``),
-typed and range-checked from the table contracts they come from (a joined column's contract is the
-joined table's). Fields that are non-nullable in the base table are required; everything else is
-optional, and a missing optional field is imputed exactly as in training. Unknown fields are
-rejected with their name, so a typo never silently becomes "missing".
+typed and held to the value rules of the table contracts they come from (a joined column's contract is
+the joined table's), the rules ingestion applies (``tasks.core.contract_rules``). Fields that are
+non-nullable in the base table are required; everything else is optional, and a missing optional field
+is imputed exactly as in training. Unknown fields are rejected with their name, so a typo never
+silently becomes "missing".
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from typing import Annotated, Any
 import polars as pl
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, create_model
 
-from tasks.core.config import ColumnContract, DatasetConfig
+from tasks.core.config import ColumnContract, DatasetConfig, TimeConfig
+from tasks.core.contract_rules import (
+    ValueRule,
+    aware,
+    broken_rules,
+    json_schema,
+    times_from_datetimes,
+    times_from_text,
+    value_rules,
+)
 from tasks.core.errors import BadInput
 from tasks.core.feature_spec import FeatureSpec
 
@@ -59,22 +69,28 @@ def input_contracts(config: DatasetConfig) -> dict[str, tuple[ColumnContract, bo
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _iso_text(value: Any) -> datetime:
-    """A time sent as ISO 8601 text (what the OpenAPI document declares); numbers are refused rather than
-    read as Unix seconds."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("expected ISO 8601 text, e.g. 2013-07-01T09:00:00Z")
-    return _DATETIME.validate_python(value)
+def _time_reader(time: TimeConfig | None) -> Any:
+    """A request's time: ISO 8601 text (what the OpenAPI document declares), numbers refused rather than
+    read as Unix seconds; one without a UTC offset is read or refused as the config's ``time.naive``
+    says (``tasks.core.contract_rules.aware``)."""
+
+    def read(value: Any) -> datetime:
+        if not isinstance(value, (str, datetime)):
+            raise ValueError("expected ISO 8601 text, e.g. 2013-07-01T09:00:00Z")
+        parsed = value if isinstance(value, datetime) else _DATETIME.validate_python(value)
+        return aware(parsed, time) if time is not None else parsed
+
+    return read
 
 
 _DATETIME = TypeAdapter(datetime)
-IsoDatetime = Annotated[datetime, BeforeValidator(_iso_text)]
 
 
 def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> type[BaseModel]:
-    """A pydantic model of one prediction request, with types and ranges from the contracts."""
+    """A pydantic model of one prediction request: each field's type, and its contract's value rules
+    stated in the schema (``json_schema``) for the API document. The rules themselves are checked on
+    the typed frame (``check_inputs``) by every endpoint alike, so a value is refused with the same
+    words whichever way it came."""
     fields: dict[str, Any] = {
         "correlation_id": (
             str | None,
@@ -95,21 +111,20 @@ def request_model(config: DatasetConfig, name: str = "PredictionRequest") -> typ
         ),
     }
     for col, (contract, required) in input_contracts(config).items():
-        py = PY_TYPES[contract.dtype]
+        py: Any = PY_TYPES[contract.dtype]
+        extra = json_schema(contract)
         if col == config.time_column:
-            py = IsoDatetime  # ISO 8601 text is parsed; anything else is a 400 naming the field
+            # ISO 8601 text is parsed; anything else is a 400 naming the field
+            py = Annotated[datetime, BeforeValidator(_time_reader(config.time))]
+            extra = {}
         constraints: dict[str, Any] = {}
-        if contract.min is not None and contract.dtype in ("int64", "float64"):
-            constraints["ge"] = contract.min
-        if contract.max is not None and contract.dtype in ("int64", "float64"):
-            constraints["le"] = contract.max
         if contract.dtype == "int64":  # what the column can hold: a larger number is a 400, not a 500
-            constraints["ge"] = max(constraints.get("ge", INT64_MIN), INT64_MIN)
-            constraints["le"] = min(constraints.get("le", INT64_MAX), INT64_MAX)
+            constraints = {"ge": INT64_MIN, "le": INT64_MAX}
+        typed = Annotated[py, Field(json_schema_extra=extra or None, **constraints)]
         if required:
-            fields[col] = (py, Field(..., **constraints))
+            fields[col] = (typed, Field(...))
         else:
-            fields[col] = (py | None, Field(None, **constraints))
+            fields[col] = (typed | None, Field(None))
     # strict: a value must have the type the OpenAPI document declares (no "5" for 5, no 1.0 for an
     # integer, no true for 1); unknown fields and Infinity/NaN are 400s too
     config_dict = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
@@ -124,34 +139,27 @@ def input_schema(config: DatasetConfig) -> dict[str, pl.DataType]:
     }
 
 
+def input_rules(contracts: dict[str, tuple[ColumnContract, bool]]) -> list[ValueRule]:
+    """Every value rule of the model's inputs (``tasks.core.contract_rules``), in column order."""
+    return [rule for name, (contract, _) in contracts.items() for rule in value_rules(name, contract)]
+
+
 def check_inputs(frame: pl.DataFrame, contracts: dict[str, tuple[ColumnContract, bool]]) -> pl.DataFrame:
-    """Typed input columns against their contracts: no nulls in required ones, numbers within range.
-    One pass over the frame counts every violation (a 10,000-row batch costs a millisecond, not one per
-    column); the first one found, in column order, is a ``BadInput`` naming the column."""
-    exprs, checks = [], []
-    for name, (contract, required) in contracts.items():
-        if name not in frame.columns:
-            continue
-        if required:
-            exprs.append(pl.col(name).null_count().alias(f"{name}|nulls"))
-            checks.append((name, "nulls", contract))
-        if frame.schema[name].is_numeric() and (contract.min is not None or contract.max is not None):
-            low = -float("inf") if contract.min is None else contract.min
-            high = float("inf") if contract.max is None else contract.max
-            exprs.append((~pl.col(name).is_between(low, high).fill_null(True)).sum().alias(f"{name}|range"))
-            checks.append((name, "range", contract))
-    counts = frame.select(exprs).row(0) if exprs else ()
-    for (name, kind, contract), count in zip(checks, counts):
-        if not count:
-            continue
-        if kind == "nulls":
-            raise BadInput(f"column {name!r}: {count} null value(s) in a required column")
-        low = -float("inf") if contract.min is None else contract.min
-        high = float("inf") if contract.max is None else contract.max
-        examples = frame[name].filter(~frame[name].is_between(low, high).fill_null(True)).head(3).to_list()
-        raise BadInput(
-            f"column {name!r}: {count} value(s) outside [{contract.min}, {contract.max}], e.g. {examples}"
-        )
+    """Typed input columns against their contracts: no nulls in required ones, every value rule (range,
+    allowed values, pattern, text length, control characters) as ingestion applies it. One pass over
+    the frame counts every violation; the first one found, in column order, is a ``BadInput`` naming
+    the column and the rule."""
+    required = [name for name, (_, needed) in contracts.items() if needed and name in frame.columns]
+    if required:
+        nulls = frame.select(pl.col(required).null_count()).row(0)
+        for name, count in zip(required, nulls):
+            if count:
+                raise BadInput(f"column {name!r}: {count} null value(s) in a required column")
+    # the time column arrives parsed (its own rule: an offset, see ``time.naive``), whatever its contract
+    rules = [r for r in input_rules(contracts) if not frame.schema.get(r.column, pl.Null).is_temporal()]
+    broken = broken_rules(frame, rules, limit=1)
+    if broken:
+        raise BadInput(broken[0].message())
     return frame
 
 
@@ -194,9 +202,9 @@ def conform_inputs(frame: pl.DataFrame, config: DatasetConfig, allow_extra: bool
                 raise TypeError("no silent conversion: send the declared type (or text, parsed strictly)")
             if name == config.time_column:
                 s = (
-                    s.str.to_datetime(time_zone="UTC", strict=True)
+                    times_from_text(s, config.time)
                     if s.dtype == pl.String
-                    else s.cast(pl.Datetime("us", "UTC"), strict=True)
+                    else times_from_datetimes(s, config.time)
                 )
             else:
                 s = s.cast(dtype, strict=True)

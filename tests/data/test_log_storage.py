@@ -271,3 +271,36 @@ def test_a_window_profiled_by_date_partition_adds_up_to_the_whole(tmp_path):
     reference = profile_frame(whole.select("x", "c", pl.col("probability").alias("prediction")))
     problems = data_quality(window, transform, reference, MonitoringConfig(max_unseen_share=0.1))
     assert any("'c'" in p and "33%" in p for p in problems), problems
+
+
+def test_serving_refusals_in_the_window_are_a_data_quality_problem_above_their_share(tmp_path):
+    """The service's rejection log, read for a monitoring window (start, end]: refusals outside the
+    window do not count; above ``max_rejected_share`` of the requests they are a data-quality problem
+    that names the most common reason, below it they are not."""
+    from tasks.core.config import MonitoringConfig
+    from tasks.core.logs import REJECTIONS, REJECTIONS_SCHEMA
+    from tasks.monitoring.drift import refused_at_serving
+    from tasks.monitoring.window import refused_in
+
+    store = LocalStore(tmp_path / "store")
+    start = datetime(2026, 3, 2, 10, tzinfo=timezone.utc)
+    end = start + timedelta(hours=1)
+    reason = "column 'origin': rule one of ['EWR', 'JFK', 'LGA'] broken by 1 value(s), e.g. ['ZZZ']"
+    rows = [
+        {"ts": start - timedelta(minutes=1), "endpoint": "/predict", "rows": 1, "reason": "before"},
+        *(
+            {"ts": start + timedelta(minutes=i), "endpoint": "/predict", "rows": 1, "reason": reason}
+            for i in range(1, 6)
+        ),
+        {"ts": end + timedelta(minutes=1), "endpoint": "/predict", "rows": 1, "reason": "after"},
+    ]
+    log = SpooledLog(store, log_prefix(REJECTIONS, MODEL), REJECTIONS_SCHEMA, tmp_path / "spool", 10**9, 3600)
+    log.append(rows)
+    log.close()
+    window = refused_in(store, MODEL, start, end)
+    assert window["reason"].to_list() == [reason] * 5
+    config = MonitoringConfig(max_rejected_share=0.01)
+    (problem,) = refused_at_serving(window, scored_rows=95, config=config)  # 5 of 100 requests
+    assert "refused 5 request(s) (5.0%" in problem and "5x column 'origin'" in problem
+    assert refused_at_serving(window, scored_rows=995, config=config) == []  # 0.5%: under the share
+    assert refused_in(LocalStore(tmp_path / "empty"), MODEL, start, end).is_empty()
