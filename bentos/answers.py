@@ -73,8 +73,13 @@ class RejectedFeedback(BaseModel):
 
 
 class FeedbackResult(BaseModel):
-    accepted: int
-    rejected: list[RejectedFeedback]
+    accepted: int = Field(description="outcomes recorded that count (first reports and corrections)")
+    ignored: list[RejectedFeedback] = Field(
+        [],
+        description="outcomes recorded but not counted: the request already had one and this one was "
+        "not sent as a correction (the first label stands)",
+    )
+    rejected: list[RejectedFeedback] = Field(description="items not recorded, with why")
 
 
 class ModelStatus(BaseModel):

@@ -24,6 +24,7 @@ import gc
 import logging
 import os
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -53,7 +54,7 @@ from tasks.core.logs import (
 )
 from tasks.registry.versions import Registry
 from tasks.serving.openapi import arrow_operation
-from tasks.serving.request_ids import RequestIds, request_id_key
+from tasks.serving.request_ids import LabelledIds, RequestIds, request_id_key
 from tasks.serving.schema import check_inputs, input_contracts, input_schema, request_model
 from tasks.serving.spool import SpooledLog, spool_root
 from tasks.serving.watcher import RegistryWatcher
@@ -140,6 +141,7 @@ class Driftloop:
         self.feedback_log = spooled_log(self.store, FEEDBACK, FEEDBACK_SCHEMA)
         # what the input contract refused: monitoring counts it as a data-quality signal
         self.rejections = spooled_log(self.store, REJECTIONS, REJECTIONS_SCHEMA)
+        self.labelled = LabelledIds(self.store, MODEL_NAME)  # which requests already have an outcome
         self._request_ids: RequestIds | None = None  # its key is in the store: read on first use
         self._key_problem: str | None = None
         self._key_retry_at = 0.0
@@ -290,8 +292,18 @@ class Driftloop:
     @bentoml.api
     def feedback(self, items: BatchOf[FeedbackItem]) -> FeedbackResult:
         """Record observed outcomes for request ids this service issued. An id it never issued is
-        rejected (its signature says so: no lookup, no log scan); the first outcome for an id counts
-        unless a later one is sent with ``correction: true``; each label records its source."""
+        rejected (its signature says so: no lookup, no log scan); one outcome per id per request (a
+        repeated id is a 400 naming it); the first outcome for an id counts unless a later one is sent
+        with ``correction: true``, and a later one without it is recorded but answered as ignored; each
+        label records its source."""
+        counts = Counter(item.request_id for item in items)
+        repeated = [rid for rid, n in counts.items() if n > 1]
+        if repeated:
+            raise bentoml.exceptions.InvalidArgument(
+                f"{len(repeated)} request id(s) repeated in one request, e.g. "
+                f"{[r[:64] for r in repeated[:3]]}: send one outcome per request id (to change an "
+                "outcome, send it again with correction: true)"
+            )
         now = datetime.now(timezone.utc)
         accepted, rejected = [], []
         for item in items:
@@ -308,8 +320,16 @@ class Driftloop:
             else:
                 reason = "not a request id this service issued: send the request_id /predict returned"
                 rejected.append(RejectedFeedback(request_id=item.request_id[:128], reason=reason))
+        already = self.labelled.already([row["request_id"] for row in accepted if not row["correction"]])
         self.feedback_log.append(accepted)
-        return FeedbackResult(accepted=len(accepted), rejected=rejected)
+        self.labelled.add([row["request_id"] for row in accepted])
+        ignored = [
+            RejectedFeedback(
+                request_id=rid, reason="ignored: first label stands (send correction: true to replace it)"
+            )
+            for rid in already
+        ]
+        return FeedbackResult(accepted=len(accepted) - len(ignored), ignored=ignored, rejected=rejected)
 
     @bentoml.api
     def model_status(self) -> ModelStatus:

@@ -21,9 +21,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections import OrderedDict
 from datetime import date, datetime, timezone
 from pathlib import Path
+from typing import Any
 
+from tasks.core.logs import FEEDBACK, read_log
 from tasks.core.store import ArtifactStore, PreconditionFailed
 
 _RANDOM_HEX = 16
@@ -102,3 +105,36 @@ def issued_on(request_id: str) -> date | None:
         return datetime.strptime(token[:_DATE], "%Y%m%d").date()
     except ValueError:
         return None
+
+
+class LabelledIds:
+    """Which request ids already have an outcome: the ones this worker recorded lately (in memory,
+    bounded), else the model's feedback log in the store from each id's issue date on (an id carries its
+    issue date, so the lookup lists only the days since). Used to tell a caller that a second outcome
+    without ``correction`` is ignored; the log, not this, decides which outcome counts."""
+
+    def __init__(self, store: Any, model_name: str, remember: int = 200_000):
+        self.store, self.model_name, self.remember = store, model_name, remember
+        self.recent: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            self.recent[rid] = None
+            self.recent.move_to_end(rid)
+        while len(self.recent) > self.remember:
+            self.recent.popitem(last=False)
+
+    def already(self, request_ids: list[str]) -> list[str]:
+        """The ids of ``request_ids`` that have an outcome recorded, in order."""
+        if not request_ids:
+            return []
+        unknown = [rid for rid in request_ids if rid not in self.recent]
+        found = set(request_ids) - set(unknown)
+        dates = [d for d in (issued_on(rid) for rid in unknown) if d is not None]
+        if dates:
+            logged = read_log(
+                self.store, FEEDBACK, self.model_name, ["request_id"], request_ids=unknown, since=min(dates)
+            )
+            if not logged.is_empty():
+                found |= set(logged["request_id"].to_list())
+        return [rid for rid in request_ids if rid in found]

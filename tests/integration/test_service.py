@@ -135,7 +135,7 @@ def service(serving_store):
         log_max_seconds="0.5",
         auth_token=TOKEN,
         feedback_token=FEEDBACK_TOKEN,
-        max_request_bytes="200000",
+        max_request_bytes="1500000",  # 10,000 feedback items fit; 4,000 records do not
     )
     yield url
     _stop(proc)
@@ -316,7 +316,7 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
     assert refused.status_code == 400 and "Invalid JSON" in refused.text
     not_json = post("predict", content=json.dumps({"record": good}), headers={"content-type": "text/plain"})
     assert not_json.status_code == 415 and "JSON" in not_json.text
-    huge = post("predict_batch", json={"records": [good] * 1000})
+    huge = post("predict_batch", json={"records": [good] * 4000})
     assert huge.status_code == 413 and "MAX_REQUEST_BYTES" in huge.text
     not_binary = httpx.post(
         f"{service}/feedback", json={"items": [{"request_id": "x", "outcome": 2}]}, headers=FEEDBACK_AUTH
@@ -447,9 +447,15 @@ def test_predictions_and_feedback_are_logged(service, serving_store):
         mine[2],
     ]
     assert "not a request id this service issued" in fb.json()["rejected"][0]["reason"]
-    # a repeated, contradicting outcome does not rewrite the label; an explicit correction does
-    assert feedback([{"request_id": ids[0], "outcome": 0}]).json()["accepted"] == 1
+    # a repeated, contradicting outcome does not rewrite the label, and the caller is told; an explicit
+    # correction does
+    again = feedback([{"request_id": ids[0], "outcome": 0}]).json()
+    assert again["accepted"] == 0 and [i["request_id"] for i in again["ignored"]] == [ids[0]]
+    assert again["ignored"][0]["reason"].startswith("ignored: first label stands")
     assert feedback([{"request_id": ids[1], "outcome": 1, "correction": True}]).json()["accepted"] == 1
+    # one outcome per id per request: 10,000 copies of one id are a 400 naming it, and nothing is logged
+    flood = feedback([{"request_id": ids[2], "outcome": 1}] * 10_000)
+    assert flood.status_code == 400 and "1 request id(s) repeated" in flood.text and ids[2][:64] in flood.text
     store = LocalStore(serving_store)
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -915,7 +921,7 @@ def test_columns_are_as_strict_as_records_and_bodies_over_the_limit_are_413_howe
     )
     assert resp.status_code == 400 and float_column in resp.text and "finite" in resp.text
 
-    big = json.dumps({"records": records * 2000}).encode()  # over the fixture's 200,000-byte limit
+    big = json.dumps({"records": records * 2000}).encode()  # over the fixture's 1,500,000-byte limit
 
     def chunked():  # no Content-Length: the limit must hold for a streamed body too
         for i in range(0, len(big), 16384):
