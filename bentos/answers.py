@@ -89,6 +89,9 @@ class ModelStatus(BaseModel):
     challenger_share: float
     loaded_at: str | None = None
     last_check: str | None = None
+    degraded: str | None = Field(
+        None, description="why the champion that answers is not the registry's (a fallback), if it is not"
+    )
     problems: list[str]
     predictions_logged: int  # shipped to the store by this worker (each is durable on disk before that)
     log_errors: int  # failed attempts to ship the log to the store (retried; nothing is dropped)

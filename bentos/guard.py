@@ -37,6 +37,7 @@ class RequestGuard:
         champion_missing: Callable[[], str | None],
         documented_beside: Callable[[], dict[str, Any]],
         columns_of: dict[str, tuple[str, int]] | None = None,
+        degraded: Callable[[], str | None] = lambda: None,
     ):
         """``champion_missing``: why no champion serves (None when one does); ``documented_beside``:
         the OpenAPI operations of mounted endpoints, which BentoML's generator does not see."""
@@ -45,6 +46,7 @@ class RequestGuard:
         self.feedback_token = feedback_token.get_secret_value().encode() if feedback_token else None
         self.champion_missing, self.documented_beside = champion_missing, documented_beside
         self.columns_of = columns_of  # path -> (record schema, most rows): batches sent column by column
+        self.degraded = degraded  # why the champion answering is a fallback (None: it is the registry's)
 
     def _refusal(self, endpoint: Endpoint, authorization: bytes) -> tuple[int, str] | None:
         presented = authorization.removeprefix(b"Bearer ") if authorization.startswith(b"Bearer ") else b""
@@ -92,6 +94,10 @@ class RequestGuard:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == "/docs.json":
             return await self._openapi(scope, receive, send)
+        if scope["type"] == "http" and scope["path"] == "/readyz" and self.champion_missing() is None:
+            fallback = self.degraded()
+            if fallback:  # ready, for it answers, but not with the registry's champion: say so
+                return await JSONResponse({"ready": True, "degraded": fallback})(scope, receive, send)
         endpoint = endpoint_of(scope["path"]) if scope["type"] == "http" else None
         if scope["type"] != "http" or (endpoint is not None and endpoint.token == "none"):
             return await self.app(scope, receive, send)

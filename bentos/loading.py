@@ -68,3 +68,21 @@ def served_config(settings: Settings) -> DatasetConfig:
             "driftloop: registry unreadable at start (%s); request schema from %s", exc, file_config.origin
         )
         return file_config
+
+
+def store_locations(settings: Settings) -> list[str]:
+    """What names where the store is (its URI, local root, S3 bucket and endpoint): words an answer to a
+    caller must not carry (``redacted``)."""
+    uri = settings.store_uri
+    found = [uri, str(Path(uri).resolve()) if "://" not in uri else ""]
+    if uri.startswith("s3://"):
+        found.append(uri.removeprefix("s3://").split("/", 1)[0])  # the bucket
+    found.append(settings.s3.endpoint_url or "")
+    return sorted({f for f in found if len(f) > 2}, key=len, reverse=True)  # longest first
+
+
+def redacted(text: str, locations: list[str]) -> str:
+    """``text`` with every store location replaced by ``<store>``."""
+    for location in locations:
+        text = text.replace(location, "<store>")
+    return text

@@ -40,7 +40,13 @@ from bentos.answers import FeedbackItem, FeedbackResult, ModelStatus, Prediction
 from bentos.endpoints import ARROW_STREAM, check_declared
 from bentos.guard import RequestGuard
 from bentos.inputs import BatchDecoder, scored_to_arrow
-from bentos.loading import open_service_store, served_config, settings_of_this_process
+from bentos.loading import (
+    open_service_store,
+    redacted,
+    served_config,
+    settings_of_this_process,
+    store_locations,
+)
 from bentos.scoring import Scorer
 from tasks.core.errors import BadInput
 from tasks.core.logs import (
@@ -99,16 +105,26 @@ ARROW_APP = FastAPI(title="driftloop Arrow endpoint", docs_url=None, redoc_url=N
 SERVED: dict[str, RegistryWatcher] = {}  # this worker's registry watcher, once the service is built
 
 
+STORE_LOCATIONS = store_locations(SETTINGS)  # never named to a caller
+
+
 def champion_missing() -> str | None:
-    """Why no champion serves yet (None when one does, or before the service is built)."""
+    """Why no champion serves yet (None when one does, or before the service is built); it names no
+    store location."""
     watcher = SERVED.get("watcher")
     if watcher is None or watcher.models.champion is not None:
         return None
+    why = redacted("; ".join(watcher.status.problems) or "none registered", STORE_LOCATIONS)
     return (
-        f"no champion model of {MODEL_NAME!r} is loaded yet ("
-        f"{'; '.join(watcher.status.problems) or 'none registered'}): train and register one, "
-        "or see /model_status"
+        f"no champion model of {MODEL_NAME!r} is loaded yet ({why}): train and register one, or see "
+        "/model_status"
     )
+
+
+def degraded() -> str | None:
+    """Why the champion that answers is not the registry's (None when it is)."""
+    watcher = SERVED.get("watcher")
+    return redacted(watcher.status.degraded, STORE_LOCATIONS) if watcher and watcher.status.degraded else None
 
 
 def spooled_log(store: Any, kind: str, schema: dict) -> SpooledLog:
@@ -145,7 +161,7 @@ class Driftloop:
         self._request_ids: RequestIds | None = None  # its key is in the store: read on first use
         self._key_problem: str | None = None
         self._key_retry_at = 0.0
-        if self.watcher.models.champion is None and PACKAGED_MODEL:
+        if PACKAGED_MODEL:  # the fallback of last resort, and the champion while the registry has none
             try:
                 self.watcher.use_packaged(Path(self.packaged.path))
             except Exception as exc:  # noqa: BLE001 - stay up, not ready, and say why
@@ -342,7 +358,11 @@ class Driftloop:
             challenger_share=SETTINGS.serving.challenger_share,
             loaded_at=s.loaded_at,
             last_check=s.last_check,
-            problems=[*s.problems, *([self._key_problem] if self._key_problem else [])],
+            degraded=degraded(),
+            problems=[
+                redacted(p, STORE_LOCATIONS)
+                for p in [*s.problems, *([self._key_problem] if self._key_problem else [])]
+            ],
             predictions_logged=self.predictions.shipped_rows,
             log_errors=self.predictions.errors + self.feedback_log.errors,
         )
@@ -361,6 +381,7 @@ Driftloop.add_asgi_middleware(
     feedback_token=SETTINGS.serving.feedback_token,
     max_bytes=SETTINGS.serving.max_request_bytes,
     champion_missing=champion_missing,
+    degraded=degraded,
     documented_beside=lambda: {"/predict_arrow": arrow_operation(INPUT_COLUMNS)},
     columns_of={"/predict_columns": ("Record", SETTINGS.serving.max_batch_rows)},
 )

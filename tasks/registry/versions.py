@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import uuid
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import lightgbm as lgb
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from tasks.core.config import ConfigError, DatasetConfig, config_from_template
 from tasks.core.errors import BadInput
@@ -53,7 +54,19 @@ class NewVersion(BaseModel):
     wandb_run: str | None = None
     git_commit: str
     params: dict[str, Any]
-    metrics: dict[str, float]
+    metrics: dict[str, float] = Field(
+        description="what was measured; a metric that could not be measured (NaN, e.g. the CV mean with "
+        "cv_folds 0) is left out rather than written as null"
+    )
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _measured_only(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        return {
+            k: v for k, v in value.items() if v is not None and not (isinstance(v, float) and math.isnan(v))
+        }
 
     @property
     def threshold(self) -> float:
@@ -107,6 +120,15 @@ class AliasDoc(BaseModel):
             ):
                 return change.previous
         return None
+
+    def past_champions(self) -> list[int]:
+        """Every version that was champion before the current one, most recent first (no repeats)."""
+        current, seen = self.aliases.get("champion"), []
+        for change in reversed(self.history):
+            for version in (change.version, change.previous) if change.alias == "champion" else ():
+                if version is not None and version != current and version not in seen:
+                    seen.append(version)
+        return seen
 
     def alias_set_at(self, alias: str) -> str | None:
         """When ``alias`` was last pointed at the version it names now (e.g. when a canary started)."""

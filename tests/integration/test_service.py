@@ -570,9 +570,15 @@ def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_s
         if status["problems"]:
             break
         time.sleep(0.2)
-    assert status["champion"] == 2 and f"champion v{mv.version} failed to load" in status["problems"][0]
-    assert httpx.get(f"{service}/readyz").status_code == 200
+    assert status["champion"] == 2 and f"champion v{mv.version} cannot be served" in status["problems"][0]
+    assert status["degraded"].endswith("v2 answers (in memory since it last loaded)"), status
+    ready = httpx.get(f"{service}/readyz")  # ready, for it answers, and saying with what
+    assert ready.status_code == 200 and ready.json()["degraded"] == status["degraded"]
     assert httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["model_version"] == 2
+    # the broken version is not tried again on every poll (0.3 s here) but after a backoff: one line
+    time.sleep(3)
+    log = (SESSION_DIR / f"bentoml-{service.rsplit(':', 1)[1]}.log").read_text()
+    assert log.count(f"v{mv.version} cannot be served") == 1, log[-3000:]
 
     # a truncated model file: LightGBM aborts the process that loads it ("Model format error"), so
     # the service tries it in a child process first; it keeps serving, names the version, never restarts
@@ -594,7 +600,7 @@ def test_hot_swap_under_load_and_a_corrupt_version_is_refused(service, serving_s
         if any(f"challenger v{truncated.version}" in p for p in status["problems"]):
             break
         time.sleep(0.2)
-    assert any(f"challenger v{truncated.version} failed to load" in p for p in status["problems"]), status
+    assert any(f"challenger v{truncated.version} cannot be served" in p for p in status["problems"]), status
     assert "the model file does not load" in " ".join(status["problems"])
     assert all(a.status_code == 200 for a in answers)
     assert httpx.post(f"{service}/predict", json=body, headers=AUTH).json()["model_version"] in (1, 2)
@@ -813,6 +819,99 @@ def test_package_flow_builds_a_bento_that_serves_elsewhere_with_the_registry_dow
         status = httpx.post(f"{url}/model_status", timeout=10).json()
         assert status["champion"] == 1, status
         assert str(elsewhere) not in json.dumps(status)  # no filesystem paths in answers
+        assert "unreachable" not in json.dumps(status) and "127.0.0.1" not in json.dumps(status)
+    finally:
+        _stop(proc)
+
+    # a store that is reachable but empty (a bento started with the default, local store): the packaged
+    # model keeps answering, poll after poll, and the service says why
+    env = {k: v for k, v in env.items() if not k.startswith("DRIFTLOOP_S3__")}
+    env |= {"DRIFTLOOP_STORE_URI": str(tmp_path / "empty-store"), "DRIFTLOOP_SERVING__POLL_SECONDS": "0.3"}
+    port = _free_port()
+    proc = subprocess.Popen(
+        [cli, "serve", bento.bento_tag, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        time.sleep(2)  # several polls of the empty registry
+        resp = httpx.post(f"{url}/predict", json={"record": records[0]}, timeout=30)
+        assert resp.status_code == 200 and resp.json()["model_version"] == 1, resp.text
+        status = httpx.post(f"{url}/model_status", timeout=10).json()
+        assert status["champion"] == 1 and "packaged model v1 answers" in status["degraded"], status
+        assert str(tmp_path) not in json.dumps(status)
+        assert httpx.get(f"{url}/readyz").json()["degraded"] == status["degraded"]
+    finally:
+        _stop(proc)
+
+
+def test_a_tampered_champion_never_takes_the_service_dark(serving_store, tmp_path):
+    """Under load, the champion's stored file is changed: the next alias change re-checks it, the copy
+    in memory keeps answering (0 failed requests) and the service says it is degraded; after a restart
+    the tampered champion is refused and the last good champion from the registry answers."""
+    import shutil
+
+    from tasks.core.store import LocalStore
+    from tasks.registry.versions import Registry
+
+    store_dir = tmp_path / "store"
+    shutil.copytree(serving_store / "registry", store_dir / "registry")
+    shutil.copytree(serving_store / "state", store_dir / "state", dirs_exist_ok=True)
+    registry = Registry(LocalStore(store_dir), MODEL)
+    registry.set_alias("challenger", None, reason="test: no canary", actor="test")
+    registry.set_alias("champion", 2, reason="test: v2 replaces v1", actor="test")
+    _, records = _test_rows(serving_store, 1)
+    proc, url = _start_server(store_dir)
+    errors, versions, stop = [], [], threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                r = client.post(f"{url}/predict", json={"record": records[0]})
+                (
+                    versions.append(r.json()["model_version"])
+                    if r.status_code == 200
+                    else errors.append(r.text)
+                )
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    [t.start() for t in threads]
+    try:
+        time.sleep(1)
+        model_file = store_dir / registry.get(2).files["model.txt"]
+        model_file.write_bytes(model_file.read_bytes().replace(b"Tree=0", b"Tree=0\n", 1))
+        registry.set_alias("challenger", None, reason="test: any alias change re-checks", actor="test")
+        deadline, status = time.time() + 10, {}
+        while time.time() < deadline and not status.get("degraded"):
+            status = httpx.post(f"{url}/model_status").json()
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        stop.set()
+        [t.join() for t in threads]
+    _stop(proc)
+    assert errors == [] and set(versions) == {2}  # the verified copy in memory answered throughout
+    assert "SHA-256" in status["degraded"] and "v2 answers (in memory" in status["degraded"], status
+
+    proc, url = _start_server(store_dir)  # a restart: v2's file is refused, v1 (champion before) answers
+    try:
+        status = httpx.post(f"{url}/model_status").json()
+        assert status["champion"] == 1 and "v1, the last good champion, answers" in status["degraded"], status
+        assert httpx.post(f"{url}/predict", json={"record": records[0]}).json()["model_version"] == 1
+        assert httpx.get(f"{url}/readyz").json()["degraded"] == status["degraded"]
+        assert str(store_dir) not in json.dumps(status)  # no store location in an answer
     finally:
         _stop(proc)
 
