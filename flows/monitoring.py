@@ -25,10 +25,28 @@ from flows.steps.engine import EngineTaskRunner
 from flows.steps.events import emit_model_event
 from flows.steps.monitoring import judge_window, plan_monitoring_window, profile_log_partition
 from flows.steps.runtime import FLOW_GUARDS, flow_context, model_context, publish, run_name
+from tasks.core.context import RunContext
 from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
 from tasks.monitoring.window import MonitorReport, advance_watermark
 from tasks.registry.versions import Registry, registered_models
+from tasks.serving.watcher import health_key
+
+
+def serving_degraded(model_name: str, ctx: RunContext) -> str | None:
+    """The model's service said it answers with a fallback (a champion that cannot be served): raise
+    ``driftloop.serving.degraded`` every run until it says otherwise, so the notification automation
+    tells a person. Returns the reason (None: serving as the registry says)."""
+    health = ctx.store.read_json(health_key(model_name)) if ctx.store.exists(health_key(model_name)) else {}
+    reason = (health or {}).get("degraded")
+    if reason:
+        emit_model_event(
+            "driftloop.serving.degraded",
+            model_name,
+            {"reason": reason, "since": health.get("at"), "host": health.get("host")},
+            target=ctx.target,
+        )
+    return reason
 
 
 @flow(
@@ -62,6 +80,9 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
             partitions, unmapped(plan), unmapped(model_name), unmapped(ctx)
         ).result()
         report = judge_window(model_name, plan, parts, ctx)
+    fallback = serving_degraded(model_name, ctx)
+    if fallback:
+        logger.warning("the %s service is degraded: %s", model_name, fallback)
     if report.note:
         logger.info(report.note)
         publish(

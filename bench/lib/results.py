@@ -7,8 +7,9 @@ import operator
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt}
 
 
-def result(metric: str, value: float, op: str, target: float) -> bool:
-    """Print the RESULT line for ``value <op> target``; return whether it passed."""
-    ok = bool(_OPS[op](value, target))
+def result(metric: str, value: float, op: str, target: float, extra_ok: bool = True) -> bool:
+    """Print the RESULT line for ``value <op> target`` (PASS also needs ``extra_ok``: the conditions
+    that come with the target, e.g. no errors); return whether it passed."""
+    ok = bool(_OPS[op](value, target)) and extra_ok
     print(f"RESULT {metric}={value:.3g} target{op}{target:g} {'PASS' if ok else 'FAIL'}")
     return ok

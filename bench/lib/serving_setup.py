@@ -39,14 +39,29 @@ def _wait(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    """End a server and every process it started: BentoML's workers run in sessions of their own (a
+    worker shipping a large log can outlive its parent), so they are found before the parent goes."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
         try:
             proc.wait(timeout=15)
-            return
+            break
         except subprocess.TimeoutExpired:
             continue
+    for child in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.terminate()
+    _, alive = psutil.wait_procs(family, timeout=10)
+    for child in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def open_serving_stack(console, message: str) -> tuple[contextlib.AbstractContextManager, dict]:
@@ -75,6 +90,7 @@ def serving_stack(batch_rows: int = 1000) -> Iterator[dict]:
         "DRIFTLOOP_SOURCES_DIR": str(root / "sources"),
         "DRIFTLOOP_TRACKING__MODE": "disabled",
         "DRIFTLOOP_BENTOML_HOME": str(root / "bentoml"),
+        "DRIFTLOOP_SERVING__SPOOL_DIR": str(root / "spool"),  # nothing the bench writes stays in the repo
         "BENTOML_HOME": str(root / "bentoml"),
         "BENTOML_DO_NOT_TRACK": "true",
         "WHYLOGS_NO_ANALYTICS": "1",
@@ -99,7 +115,7 @@ def serving_stack(batch_rows: int = 1000) -> Iterator[dict]:
     rows = store.read_parquet(snapshot).tail(batch_rows).select(list(input_contracts(config)))
     records = as_requests(rows, config)
 
-    bento_port, bare_port = _port(), _port()
+    bento_port, bare_port, stock_port = _port(), _port(), _port()
     procs = []
     try:
         procs.append(
@@ -137,11 +153,31 @@ def serving_stack(batch_rows: int = 1000) -> Iterator[dict]:
                 start_new_session=True,
             )
         )
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "bentoml"),
+                    "serve",
+                    "bench.lib.stock_bento:Stock",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(stock_port),
+                ],
+                cwd=ROOT_DIR,
+                env={**env, "BENCH_MODEL_NAME": config.model_name},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         _wait(f"http://127.0.0.1:{bento_port}/readyz", procs[0])
         _wait(f"http://127.0.0.1:{bare_port}/predict", procs[1])
+        _wait(f"http://127.0.0.1:{stock_port}/readyz", procs[2])
         yield {
             "bento": f"http://127.0.0.1:{bento_port}",
             "bare": f"http://127.0.0.1:{bare_port}",
+            "stock": f"http://127.0.0.1:{stock_port}",
             "single": json.dumps({"record": records[-1]}).encode(),
             "batch": json.dumps({"records": records}).encode(),
             "columns": json.dumps({"columns": {k: [r[k] for r in records] for k in records[0]}}).encode(),

@@ -139,9 +139,20 @@ def input_schema(config: DatasetConfig) -> dict[str, pl.DataType]:
     }
 
 
+_RULES: dict[int, tuple[Any, list[ValueRule]]] = {}  # contracts -> rules: built once per contracts
+
+
 def input_rules(contracts: dict[str, tuple[ColumnContract, bool]]) -> list[ValueRule]:
-    """Every value rule of the model's inputs (``tasks.core.contract_rules``), in column order."""
-    return [rule for name, (contract, _) in contracts.items() for rule in value_rules(name, contract)]
+    """Every value rule of the model's inputs (``tasks.core.contract_rules``), in column order; built
+    once for a given ``contracts`` (a service checks every request against the same ones)."""
+    hit = _RULES.get(id(contracts))
+    if hit is not None and hit[0] is contracts:
+        return hit[1]
+    rules = [rule for name, (contract, _) in contracts.items() for rule in value_rules(name, contract)]
+    _RULES[id(contracts)] = (contracts, rules)  # holds contracts, so its id is not reused meanwhile
+    while len(_RULES) > 16:
+        _RULES.pop(next(iter(_RULES)))
+    return rules
 
 
 def check_inputs(frame: pl.DataFrame, contracts: dict[str, tuple[ColumnContract, bool]]) -> pl.DataFrame:
@@ -149,14 +160,13 @@ def check_inputs(frame: pl.DataFrame, contracts: dict[str, tuple[ColumnContract,
     allowed values, pattern, text length, control characters) as ingestion applies it. One pass over
     the frame counts every violation; the first one found, in column order, is a ``BadInput`` naming
     the column and the rule."""
-    required = [name for name, (_, needed) in contracts.items() if needed and name in frame.columns]
-    if required:
-        nulls = frame.select(pl.col(required).null_count()).row(0)
-        for name, count in zip(required, nulls):
-            if count:
-                raise BadInput(f"column {name!r}: {count} null value(s) in a required column")
+    for name, (_, needed) in contracts.items():
+        count = frame[name].null_count() if needed and name in frame.columns else 0  # kept, not counted
+        if count:
+            raise BadInput(f"column {name!r}: {count} null value(s) in a required column")
     # the time column arrives parsed (its own rule: an offset, see ``time.naive``), whatever its contract
-    rules = [r for r in input_rules(contracts) if not frame.schema.get(r.column, pl.Null).is_temporal()]
+    schema = frame.schema  # built once: each ``frame.schema`` builds it anew
+    rules = [r for r in input_rules(contracts) if not schema.get(r.column, pl.Null).is_temporal()]
     broken = broken_rules(frame, rules, limit=1)
     if broken:
         raise BadInput(broken[0].message())

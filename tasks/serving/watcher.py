@@ -14,6 +14,7 @@ LightGBM's fatal errors (e.g. a truncated model: "Model format error") abort the
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -104,6 +105,11 @@ class WatcherStatus:
     last_check: str | None = None
     problems: list[str] = field(default_factory=list)
     degraded: str | None = None  # why the champion that answers is not the registry's (None: it is)
+
+
+def health_key(model_name: str) -> str:
+    """Where a model's service records whether it answers with a fallback (``RegistryWatcher``)."""
+    return f"state/serving/{model_name}/health.json"
 
 
 @dataclass
@@ -239,6 +245,8 @@ class RegistryWatcher:
                 f"v{self.packaged.version.version} answers"
             )
             problems.append(degraded)
+        if degraded != self.status.degraded:
+            self._report_health(degraded)
         self.status.problems, self.status.degraded = problems, degraded
         named = {*doc.aliases.values(), *doc.past_champions()}
         self._failed = {v: f for v, f in self._failed.items() if v in named}  # retry only what may serve
@@ -252,6 +260,21 @@ class RegistryWatcher:
             self.status.loaded_at = datetime.now(timezone.utc).isoformat()
             log.info("driftloop: serving champion %s, challenger %s", _v(new.champion), _v(new.challenger))
         return changed
+
+    def _report_health(self, degraded: str | None) -> None:
+        """Say in the store whether this model's service answers with a fallback: the monitor flow reads
+        it and raises ``driftloop.serving.degraded`` (the service itself runs without Prefect)."""
+        try:
+            self.registry.store.write_json(
+                health_key(self.registry.model_name),
+                {
+                    "degraded": degraded,
+                    "at": datetime.now(timezone.utc).isoformat(),
+                    "host": socket.gethostname(),
+                },
+            )
+        except Exception as exc:  # noqa: BLE001 - a store that cannot be written must not stop serving
+            log.warning("driftloop: could not record the service's health in the store: %s", exc)
 
     def use_packaged(self, path: Path) -> None:
         """Serve the model packaged in the bento while the registry has no champion that loads."""

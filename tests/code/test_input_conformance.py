@@ -63,3 +63,36 @@ def test_contracts_and_unknown_columns_are_named():
     )
     with pytest.raises(BadInput, match="missing required column"):
         conform_inputs(_rows().drop("carrier"), CONFIG)
+
+
+def test_each_value_rule_says_the_same_per_value_as_per_column():
+    """A rule is checked per value for a single request and by Polars for a batch: both must refuse
+    exactly the same values, hostile text included."""
+    from tasks.core.config import ColumnContract
+    from tasks.core.contract_rules import SMALL_FRAME_ROWS, broken_rules, value_rules
+
+    cases = {
+        "code": (
+            ColumnContract(dtype="string", pattern="^[A-Z0-9]{2}$", max_length=5),
+            ["UA", "ua", "U\x00", "U\u202e", "ABCDEFG", "", "Ü1", "9E", " UA", "UA\n"],
+        ),
+        "answer": (
+            ColumnContract(dtype="string", allowed=["Yes", "No"]),
+            ["Yes", "YES", "maybe", "No\t", "N\u2066o"],
+        ),
+        "minutes": (
+            ColumnContract(dtype="int64", min=0, max=2359, allowed=[0, 5, 2359]),
+            [-1, 0, 5, 6, 2359, 2360],
+        ),
+        "ratio": (ColumnContract(dtype="float64", min=-1.5, max=2.5), [-2.0, -1.5, 0.0, 2.5, 2.6]),
+    }
+    for name, (contract, values) in cases.items():
+        batch = pl.DataFrame({name: values * (SMALL_FRAME_ROWS // len(values) + 1)})
+        rules = value_rules(name, contract)
+        for rule in rules:
+            by_column = batch.select(rule.broken.fill_null(False))[name].to_list()[: len(values)]
+            by_value = [rule.breaks(v) for v in values]
+            assert by_column == by_value, (name, rule.text, values)
+        small = broken_rules(pl.DataFrame({name: values}), rules)
+        large = broken_rules(batch.head(len(values)).vstack(batch.head(SMALL_FRAME_ROWS)), rules)
+        assert [b.rule for b in small] == [b.rule for b in large] and small, name

@@ -857,7 +857,9 @@ def test_package_flow_builds_a_bento_that_serves_elsewhere_with_the_registry_dow
         _stop(proc)
 
 
-def test_a_tampered_champion_never_takes_the_service_dark(serving_store, tmp_path):
+def test_a_tampered_champion_never_takes_the_service_dark(
+    serving_store, tmp_path, prefect_server, monkeypatch
+):
     """Under load, the champion's stored file is changed: the next alias change re-checks it, the copy
     in memory keeps answering (0 failed requests) and the service says it is degraded; after a restart
     the tampered champion is refused and the last good champion from the registry answers."""
@@ -914,6 +916,18 @@ def test_a_tampered_champion_never_takes_the_service_dark(serving_store, tmp_pat
         assert str(store_dir) not in json.dumps(status)  # no store location in an answer
     finally:
         _stop(proc)
+    # the service recorded it in the store; the monitor flow raises the event a notification follows
+    from flows.monitoring import serving_degraded
+    from tasks.core.context import RunContext
+    from tasks.core.settings import Settings
+    from tasks.serving.watcher import health_key
+    from tests.integration.test_lifecycle import _events
+
+    assert LocalStore(store_dir).read_json(health_key(MODEL))["degraded"] == status["degraded"]
+    monkeypatch.setenv("DRIFTLOOP_STORE_URI", str(store_dir))
+    assert serving_degraded(MODEL, RunContext.build(Settings())) == status["degraded"]
+    (event,) = _events(prefect_server.cfg.api_url, "driftloop.serving.degraded", MODEL, 1)
+    assert event["payload"]["reason"] == status["degraded"]
 
 
 def test_monitoring_and_the_canary_judge_what_the_real_service_logged(service, serving_store, monkeypatch):
