@@ -80,7 +80,8 @@ class RequestGuard:
                 return _answer(503, missing, {"Retry-After": "5"})
         media_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
         expected = endpoint.body.encode()
-        must_say = endpoint.body != JSON and scope.get("method") == "POST"  # Arrow is never guessed
+        has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
+        must_say = has_body and scope.get("method") == "POST"  # a body's type is said, never guessed
         if (media_type or must_say) and media_type != expected:
             what = "JSON (application/json)" if endpoint.body == JSON else endpoint.body
             return _answer(415, f"unsupported Content-Type {media_type.decode('latin-1')!r}: send {what}")

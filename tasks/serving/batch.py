@@ -68,7 +68,10 @@ def score_partition(
             raise BadInput(
                 f"id_column {id_column!r} is not a column of {ref.key} (columns: {raw.columns[:20]})"
             )
-        inputs = conform_inputs(raw, config, allow_extra=True)
+        # CSV (and values from a partition path) carry no types: their text is parsed, strictly
+        inputs = conform_inputs(
+            raw, config, allow_extra=True, parse_text=ref.format != "parquet" or bool(ref.partition)
+        )
     except BadInput as exc:
         return _quarantined(ref, data, str(exc), output, store)
     transform, booster = registry.load_transform(version), registry.load_booster(version)

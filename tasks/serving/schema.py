@@ -173,12 +173,16 @@ def check_inputs(frame: pl.DataFrame, contracts: dict[str, tuple[ColumnContract,
     return frame
 
 
-def _may_become(source: pl.DataType, target: pl.DataType, is_time: bool) -> bool:
+def _may_become(source: pl.DataType, target: pl.DataType, is_time: bool, parse_text: bool) -> bool:
     """Whether a column of ``source`` type may be cast to ``target`` without changing what it says: as
     strict as the JSON request model (no 1.5 truncated to 1, no true for 1, no number read as a time).
-    Text is always allowed: its cast to a number or a date fails on any value that is not one."""
-    if source == pl.String or source == pl.Null:
+    Text is parsed (a cast that fails on any value that is not one) only where the format carries no
+    types (``parse_text``: a CSV file) and for the time column (ISO 8601 text is its declared form);
+    a typed format (Arrow) must send numbers as numbers, as JSON must."""
+    if source == pl.Null or (source == pl.String and (parse_text or is_time or target == pl.String)):
         return True
+    if source == pl.String:
+        return False
     if is_time:
         return isinstance(source, pl.Datetime) or source == pl.Date
     if target == pl.Float64:
@@ -188,11 +192,14 @@ def _may_become(source: pl.DataType, target: pl.DataType, is_time: bool) -> bool
     return source == target
 
 
-def conform_inputs(frame: pl.DataFrame, config: DatasetConfig, allow_extra: bool = False) -> pl.DataFrame:
+def conform_inputs(
+    frame: pl.DataFrame, config: DatasetConfig, allow_extra: bool = False, parse_text: bool = False
+) -> pl.DataFrame:
     """A frame of raw inputs (an Arrow batch, a file to score) as the model's typed inputs, checked
     against the input contracts: required columns present, each cast strictly to its type (the time
     column parsed from ISO text, or a datetime), required ones without nulls, numbers within range.
-    Unknown columns are an error unless ``allow_extra`` (a file to score may carry ids and labels).
+    Unknown columns are an error unless ``allow_extra`` (a file to score may carry ids and labels);
+    text where a number is declared only parses with ``parse_text`` (a format without types: CSV).
     Errors are ``BadInput`` naming the column."""
     contracts, schema = input_contracts(config), input_schema(config)
     unknown = sorted(set(frame.columns) - set(contracts))
@@ -208,7 +215,7 @@ def conform_inputs(frame: pl.DataFrame, config: DatasetConfig, allow_extra: bool
             continue
         s = frame[name]
         try:
-            if not _may_become(s.dtype, dtype, name == config.time_column):
+            if not _may_become(s.dtype, dtype, name == config.time_column, parse_text):
                 raise TypeError("no silent conversion: send the declared type (or text, parsed strictly)")
             if name == config.time_column:
                 s = (

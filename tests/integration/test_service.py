@@ -254,6 +254,10 @@ def test_arrow_batches_score_like_the_offline_model_and_bad_ones_are_named(servi
     assert out_of_range.status_code == 400 and "column 'distance'" in out_of_range.text
     wrong_type = refused(_arrow(frame.with_columns(pl.lit(1.5).alias("carrier"))))
     assert wrong_type.status_code == 400 and "column 'carrier'" in wrong_type.text
+    as_text = refused(
+        _arrow(frame.with_columns(pl.col("distance").cast(pl.String)))
+    )  # "2402": JSON refuses it
+    assert as_text.status_code == 400 and "column 'distance'" in as_text.text
     assert httpx.get(f"{service}/readyz").status_code == 200  # and it serves on
     assert httpx.request("GET", f"{service}/predict_arrow", headers=AUTH).status_code == 405
     documented = httpx.get(f"{service}/docs.json").json()["paths"]["/predict_arrow"]["post"]
@@ -316,6 +320,8 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
     assert refused.status_code == 400 and "Invalid JSON" in refused.text
     not_json = post("predict", content=json.dumps({"record": good}), headers={"content-type": "text/plain"})
     assert not_json.status_code == 415 and "JSON" in not_json.text
+    unsaid = httpx.post(f"{service}/predict", content=json.dumps({"record": good}).encode(), headers=AUTH)
+    assert unsaid.status_code == 415, unsaid.text  # a body without its Content-Type is not guessed at
     huge = post("predict_batch", json={"records": [good] * 4000})
     assert huge.status_code == 413 and "MAX_REQUEST_BYTES" in huge.text
     not_binary = httpx.post(
