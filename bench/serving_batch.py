@@ -83,8 +83,8 @@ def main() -> int:
         table.add_row(name, f"{r.rps * rows:.0f}", f"{r.pct(50):.1f}", str(r.errors))
     console.print(table)
     best_json = max(r.rps * rows for n, r in runs.items() if n.startswith("BentoML") and "arrow" not in n)
-    if any(r.errors for n, r in runs.items() if n.startswith("BentoML")):
-        raise SystemExit(f"requests to the service failed: { {n: r.errors for n, r in runs.items()} }")
+    if any(r.errors for r in runs.values()):  # an error answers fast: its rows/s would mean nothing
+        raise SystemExit(f"requests failed: { {n: r.errors for n, r in runs.items()} }")
     result("json_batch_rows_ratio", best_json / full, ">=", 0.5)
     arrow = runs["BentoML /predict_arrow"].rps * rows
     stock = runs["stock BentoML (records)"].rps * rows

@@ -28,7 +28,7 @@ def make_app(store_dir: str, model_name: str) -> Starlette:
     async def predict(request: Request) -> Response:
         body = json.loads(await request.body())
         rows = body["records"] if "records" in body else [body["record"]]
-        p = booster.predict(transform.to_matrix(pl.DataFrame(rows)), num_threads=1)
+        p = booster.predict(transform.to_matrix(pl.DataFrame(rows, infer_schema_length=None)), num_threads=1)
         return Response(
             json.dumps([{"probability": float(x), "model_version": mv.version} for x in p]),
             media_type="application/json",

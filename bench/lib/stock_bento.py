@@ -34,5 +34,7 @@ class Stock:
 
     @bentoml.api
     def predict_batch(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        p = self.booster.predict(self.transform.to_matrix(pl.DataFrame(records)), num_threads=1)
+        p = self.booster.predict(
+            self.transform.to_matrix(pl.DataFrame(records, infer_schema_length=None)), num_threads=1
+        )
         return [{"probability": float(x), "model_version": self.version.version} for x in p]
