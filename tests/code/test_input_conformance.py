@@ -33,8 +33,11 @@ def test_well_typed_rows_pass_and_text_is_parsed_strictly():
     out = conform_inputs(_rows(), CONFIG)
     assert out.columns == list(input_contracts(CONFIG)) and out["distance"].to_list() == [1400, 900]
     assert out["time_hour"][0] == datetime(2013, 1, 1, 10, tzinfo=timezone.utc)
-    as_text = conform_inputs(_rows().with_columns(pl.col("distance").cast(pl.String)), CONFIG)
+    text = _rows().with_columns(pl.col("distance").cast(pl.String))
+    as_text = conform_inputs(text, CONFIG, parse_text=True)
     assert as_text["distance"].to_list() == [1400, 900]  # a CSV file: text, cast strictly
+    with pytest.raises(BadInput, match="column 'distance'"):  # a typed format (Arrow): "1400" is no number
+        conform_inputs(text, CONFIG)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +47,7 @@ def test_well_typed_rows_pass_and_text_is_parsed_strictly():
         ("distance", True, pl.Boolean),  # a flag is not a distance
         ("time_hour", 1357034400, pl.Int64),  # Unix seconds would be read as microseconds
         ("carrier", 7, pl.Int64),  # a number is not a carrier code
-        ("distance", "1,400", pl.String),  # text that is not a number
+        ("distance", "1,400", pl.String),  # text that is not a number (nor a number as text)
     ],
 )
 def test_nothing_is_converted_silently(column, value, dtype):
