@@ -763,6 +763,30 @@ def test_kill_9_mid_stream_loses_no_acknowledged_prediction_or_label(serving_sto
     assert set(answered) <= set(logged) and logged.filter(logged.is_in(answered)).is_duplicated().sum() == 0
 
 
+def _serve_bento(cli: str, tag: str, env: dict, where: Path) -> tuple[subprocess.Popen, str]:
+    """``bentoml serve`` of an imported bento (its log appended to ``where``/bento.log), once ready."""
+    port = _free_port()
+    with open(where / "bento.log", "ab") as log:
+        proc = subprocess.Popen(
+            [cli, "serve", tag, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=where,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    return proc, url
+
+
 def test_package_flow_builds_a_bento_that_serves_elsewhere_with_the_registry_down(
     serving_store, monkeypatch, tmp_path
 ):
@@ -796,26 +820,8 @@ def test_package_flow_builds_a_bento_that_serves_elsewhere_with_the_registry_dow
         "DRIFTLOOP_S3__SECRET_ACCESS_KEY": "x",
         "DRIFTLOOP_SERVING__SPOOL_DIR": str(tmp_path / "spool"),
     }
-    port = _free_port()
-    log = open(tmp_path / "bento.log", "wb")
-    proc = subprocess.Popen(
-        [cli, "serve", bento.bento_tag, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _serve_bento(cli, bento.bento_tag, env, tmp_path)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         frame, records = _test_rows(serving_store, 50)
         resp = httpx.post(f"{url}/predict_batch", json={"records": records}, timeout=30)
         assert resp.status_code == 200, (resp.text, (tmp_path / "bento.log").read_text()[-3000:])
@@ -833,25 +839,8 @@ def test_package_flow_builds_a_bento_that_serves_elsewhere_with_the_registry_dow
     # model keeps answering, poll after poll, and the service says why
     env = {k: v for k, v in env.items() if not k.startswith("DRIFTLOOP_S3__")}
     env |= {"DRIFTLOOP_STORE_URI": str(tmp_path / "empty-store"), "DRIFTLOOP_SERVING__POLL_SECONDS": "0.3"}
-    port = _free_port()
-    proc = subprocess.Popen(
-        [cli, "serve", bento.bento_tag, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = _serve_bento(cli, bento.bento_tag, env, tmp_path)
     try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
         time.sleep(2)  # several polls of the empty registry
         resp = httpx.post(f"{url}/predict", json={"record": records[0]}, timeout=30)
         assert resp.status_code == 200 and resp.json()["model_version"] == 1, resp.text
