@@ -118,8 +118,8 @@ def spool(tmp_path: Path) -> Path:
 def start(service_image: str, s3_store: dict[str, str]):
     started: list[Container] = []
 
-    def _start(spool: Path) -> Container:
-        container = Container(service_image, s3_store, spool)
+    def _start(spool: Path, store_env: dict[str, str] | None = None) -> Container:
+        container = Container(service_image, s3_store if store_env is None else store_env, spool)
         started.append(container)
         container.wait_ready()
         return container
@@ -195,6 +195,29 @@ def test_the_container_serves_the_champion_from_s3_as_offline_scoring_does(start
     np.testing.assert_allclose(served, _offline(s3_store, frame), rtol=1e-9)
     single = httpx.post(f"{service.url}/predict", json={"record": records[0]}, headers=AUTH, timeout=30)
     assert single.json()["probability"] == pytest.approx(served[0], abs=1e-12)
+
+
+def test_a_bento_with_an_empty_store_or_none_serves_its_packaged_model_and_says_so(start, spool, s3_store):
+    """The clean image with a store that holds nothing of the model (an empty S3 prefix), and with no
+    store configured at all (the bento's default, a local directory): the packaged champion answers,
+    poll after poll, and /model_status and /readyz say it is the packaged model."""
+    _, records = _rows(s3_store, 1)
+    empty = {
+        **s3_store,
+        "DRIFTLOOP_STORE_URI": f"{s3_store['DRIFTLOOP_STORE_URI']}-empty-{uuid.uuid4().hex[:6]}",
+    }
+    for store_env in (empty, {}):
+        service = start(spool, store_env)
+        time.sleep(3)  # several polls (1 s) of a registry with no champion
+        answer = httpx.post(f"{service.url}/predict", json={"record": records[0]}, headers=AUTH, timeout=30)
+        assert answer.status_code == 200 and answer.json()["model_version"] == _champion(s3_store), (
+            answer.text
+        )
+        status = httpx.post(f"{service.url}/model_status", headers=AUTH, timeout=10).json()
+        assert f"packaged model v{_champion(s3_store)} answers" in status["degraded"], status
+        assert httpx.get(f"{service.url}/readyz").json()["degraded"] == status["degraded"]
+        assert s3_store["DRIFTLOOP_S3__ENDPOINT_URL"] not in str(status)  # no store location in answers
+        service.remove()
 
 
 def test_hostile_requests_are_refused_with_a_4xx_and_serving_goes_on(start, spool, s3_store):
