@@ -12,6 +12,7 @@ no errors (``single_row_rps_ratio_16``), and at least 1.3x the stock BentoML ser
 (``single_row_vs_stock_bentoml``).
 
     .venv/bin/python bench/serving_single_row.py [--seconds 60] [--warmup 20] [--clients 16]
+    # ends with two lines: RESULT single_row_rps_ratio_16=... and RESULT single_row_vs_stock_bentoml=...
 """
 
 from __future__ import annotations

@@ -225,7 +225,11 @@ class Driftloop:
         it as data quality: a caller's rows that never reached the model are not silently lost)."""
         message = str(exc)
         now = datetime.now(timezone.utc)
-        self.rejections.append([{"ts": now, "endpoint": endpoint, "rows": rows, "reason": message[:500]}])
+        # not fsynced before answering (nothing was promised to the caller), so a flood of bad requests
+        # never waits on the disk, nor blocks the event loop of the async endpoints
+        self.rejections.append_unsynced(
+            [{"ts": now, "endpoint": endpoint, "rows": rows, "reason": message[:500]}]
+        )
         return bentoml.exceptions.InvalidArgument(message)
 
     def _score_records(

@@ -190,6 +190,11 @@ class SpooledLog:
         if ticket:
             self._sync(ticket)
 
+    def append_unsynced(self, rows: list[dict] | pl.DataFrame) -> None:
+        """Append rows no answer waits on (e.g. what a refused request was refused for): written now,
+        durable with the next fsync or rotation, so neither a thread nor an event loop waits on disk."""
+        self._write(rows)
+
     async def append_async(self, rows: list[dict] | pl.DataFrame) -> None:
         """The same for an event loop: written now; the syncer thread's next fsync (one for every
         request written meanwhile: group commit) resolves the wait, so the loop never blocks on disk."""

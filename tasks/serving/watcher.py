@@ -96,7 +96,6 @@ class ModelSet:
 
     champion: LoadedModel | None = None
     challenger: LoadedModel | None = None
-    etag: str | None = None
 
 
 @dataclass
@@ -250,7 +249,7 @@ class RegistryWatcher:
         self.status.problems, self.status.degraded = problems, degraded
         named = {*doc.aliases.values(), *doc.past_champions()}
         self._failed = {v: f for v, f in self._failed.items() if v in named}  # retry only what may serve
-        new = ModelSet(champion=loaded.get("champion"), challenger=loaded.get("challenger"), etag=etag)
+        new = ModelSet(champion=loaded.get("champion"), challenger=loaded.get("challenger"))
         changed = (_v(new.champion), _v(new.challenger)) != (
             _v(self.models.champion),
             _v(self.models.challenger),
