@@ -32,6 +32,12 @@ LATENCY = bentoml.metrics.Histogram(
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
 )
 
+COALESCED = bentoml.metrics.Histogram(
+    name="driftloop_coalesced_requests",
+    documentation="single-row /predict requests scored together in one batch",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
+
 
 @dataclass
 class ArmScores:

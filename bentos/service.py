@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
+from bentos.coalesce import Coalescer
 from bentos.answers import FeedbackItem, FeedbackResult, ModelStatus, Prediction, RejectedFeedback, Scored
 from bentos.endpoints import ARROW_STREAM, check_declared
 from bentos.guard import RequestGuard
@@ -47,7 +48,8 @@ from bentos.loading import (
     settings_of_this_process,
     store_locations,
 )
-from bentos.scoring import Scorer
+from bentos.scoring import COALESCED, Scorer
+from bentos.timeouts import install as install_prompt_timeouts
 from tasks.core.errors import BadInput
 from tasks.core.logs import (
     FEEDBACK,
@@ -85,6 +87,7 @@ class ClientErrorsAtInfo(logging.Filter):
 
 
 logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorsAtInfo())
+install_prompt_timeouts()  # BentoML's own request timeout leaves a live timer per request for 30 s
 
 SETTINGS = settings_of_this_process(Path(__file__).resolve().parents[2] / "bento.yaml")
 CONFIG = served_config(SETTINGS)  # the one registry read at load: the request types depend on it
@@ -158,6 +161,10 @@ class Driftloop:
         # what the input contract refused: monitoring counts it as a data-quality signal
         self.rejections = spooled_log(self.store, REJECTIONS, REJECTIONS_SCHEMA)
         self.labelled = LabelledIds(self.store, MODEL_NAME)  # which requests already have an outcome
+        # single /predict requests that arrive together are scored as one batch (bentos/coalesce.py)
+        self.singles: Coalescer[BaseModel, Prediction] = Coalescer(
+            self._predict_together, max_batch=min(64, SETTINGS.serving.max_batch_rows), retry_alone=(BadInput,)
+        )
         self._request_ids: RequestIds | None = None  # its key is in the store: read on first use
         self._key_problem: str | None = None
         self._key_retry_at = 0.0
@@ -233,13 +240,18 @@ class Driftloop:
         return bentoml.exceptions.InvalidArgument(message)
 
     def _score_records(
-        self, records: list[BaseModel], endpoint: str
+        self, records: list[BaseModel], endpoint: str, refusal_counted: bool = True
     ) -> tuple[list[Prediction], list[dict[str, Any]] | pl.DataFrame]:
+        """Answers and log rows for ``records``. A contract refusal is a logged 400; with
+        ``refusal_counted`` false it is the plain ``BadInput``, neither logged nor answered (the records
+        of several callers: each is then tried alone)."""
         rows = [{c: r.__dict__[c] for c in INPUT_COLUMNS} for r in records]
         frame = pl.DataFrame(rows, schema=INPUT_SCHEMA)
         try:
             check_inputs(frame, INPUT_CONTRACTS)  # the value rules ingestion applies, in its words
         except BadInput as exc:
+            if not refusal_counted:
+                raise
             raise self._refused(endpoint, frame.height, exc) from None
         out, logged = self._score(
             rows,
@@ -252,9 +264,15 @@ class Driftloop:
     @bentoml.api
     async def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
         """Score one record: probability, label at that version's threshold, the version that answered."""
-        answers, logged = self._score_records([record], "/predict")
-        await self.predictions.append_async(logged)  # durable (fsynced) before the answer leaves
-        return answers[0]
+        return await self.singles.submit(record)
+
+    async def _predict_together(self, records: list[BaseModel]) -> list[Prediction]:
+        """Single-record requests that arrived together: one contract check, one transform, one log
+        record and one fsync for all of them; each caller gets its own answer and request id."""
+        COALESCED.observe(len(records))
+        answers, logged = self._score_records(records, "/predict", refusal_counted=len(records) == 1)
+        await self.predictions.append_async(logged)  # durable (fsynced) before the answers leave
+        return answers
 
     @bentoml.api
     def predict_batch(self, records: BatchOf[Record]) -> list[Prediction]:  # type: ignore[valid-type]

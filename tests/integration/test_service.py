@@ -411,6 +411,64 @@ def test_the_contract_refuses_the_same_values_in_the_same_words_everywhere(servi
         assert (column.replace("plane_manufacturer", "tailnum"), rule) in found, (column, report.summary())
 
 
+def _coalesced(url: str) -> tuple[float, float]:
+    """(scoring calls, calls of one request) of the /predict coalescer, from the service's metrics."""
+    metrics = httpx.get(f"{url}/metrics").text
+    count = re.search(r"^driftloop_coalesced_requests_count (\S+)$", metrics, re.M)
+    alone = re.search(r'^driftloop_coalesced_requests_bucket\{le="1.0"\} (\S+)$', metrics, re.M)
+    return (float(count.group(1)), float(alone.group(1))) if count and alone else (0.0, 0.0)
+
+
+def test_single_requests_scored_together_each_get_their_own_answer(service, serving_store):
+    """Concurrent /predict requests are scored in shared batches (one transform, one log record), yet
+    each caller gets the answer it would get alone: the offline model's probability for its own row, its
+    own request id; a refused row among them gets its own 400 and is the only one counted as refused."""
+    import asyncio
+
+    from tasks.core.logs import REJECTIONS, read_log
+    from tasks.core.store import LocalStore
+
+    frame, records = _test_rows(serving_store, 60)
+    offline = {v: _offline(serving_store, v, frame) for v in (1, 2)}
+    bad = {3: ("origin", "ZZZ"), 20: ("distance", -5), 41: ("carrier", "ua")}
+    bodies = [
+        {"record": {**r, bad[i][0]: bad[i][1]} if i in bad else r} for i, r in enumerate(records)
+    ]
+
+    async def send_all() -> list[httpx.Response]:
+        limits = httpx.Limits(max_connections=len(bodies))
+        async with httpx.AsyncClient(headers=AUTH, timeout=30, limits=limits) as client:
+            return await asyncio.gather(*(client.post(f"{service}/predict", json=b) for b in bodies))
+
+    rejected_before = read_log(LocalStore(serving_store), REJECTIONS, MODEL).height
+    for attempt in range(5):  # until some requests did share a batch (concurrency is the OS's to give)
+        calls_before, alone_before = _coalesced(service)
+        answers = asyncio.run(send_all())
+        ids = set()
+        for i, answer in enumerate(answers):
+            if i in bad:
+                assert answer.status_code == 400, answer.text
+                assert bad[i][0] in answer.text, answer.text
+                continue
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert body["probability"] == pytest.approx(offline[body["model_version"]][i], abs=1e-9)
+            ids.add(body["request_id"])
+        assert len(ids) == len(records) - len(bad)  # one id per caller, never shared
+        calls, alone = _coalesced(service)
+        if (calls - calls_before) - (alone - alone_before) > 0:  # some scoring call held several requests
+            break
+    else:
+        pytest.fail("60 concurrent requests never shared a scoring call in 5 attempts")
+    deadline = time.time() + 10
+    expected = rejected_before + len(bad) * (attempt + 1)
+    while (rejected := read_log(LocalStore(serving_store), REJECTIONS, MODEL).height) < expected:
+        assert time.time() < deadline, "the refusals did not reach the rejection log"
+        time.sleep(0.2)
+    time.sleep(1.5)  # shipped every 0.5 s: a row refused twice (once in its batch) would have landed
+    assert read_log(LocalStore(serving_store), REJECTIONS, MODEL).height == expected
+
+
 def test_predictions_and_feedback_are_logged(service, serving_store):
     from tasks.core.logs import outcome_per_request, read_log
     from tasks.core.store import LocalStore
