@@ -21,6 +21,32 @@ from bentos.endpoints import JSON, Endpoint, endpoint_of, paths_with
 from tasks.serving.openapi import complete_openapi
 
 
+class _Repeated(ValueError):
+    def __init__(self, key: str):
+        self.key = key
+
+
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        raise _Repeated(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return value
+
+
+def repeated_key(body: bytes) -> str | None:
+    """A key a JSON object of ``body`` names twice (most parsers, BentoML's included, keep the last
+    value silently: a record whose ``carrier`` is "UA" to one reader and "ZZ" to another), or None.
+    A body that is not JSON is left to the endpoint, which says what is wrong with it."""
+    try:
+        json.loads(body, object_pairs_hook=_no_repeats)
+    except _Repeated as repeated:
+        return repeated.key[:100]
+    except ValueError:
+        return None
+    return None
+
+
 def _answer(status: int, error: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": error}, status_code=status, headers=headers)
 
@@ -113,6 +139,12 @@ class RequestGuard:
             return await self.app(scope, receive, send)  # the client went away
         if over is not None:
             return await self._too_large(*over)(scope, receive, send)
+        if endpoint.body == JSON and body:
+            repeated = repeated_key(body)
+            if repeated:
+                return await _answer(
+                    400, f"the JSON body names {repeated!r} twice in one object: send each field once"
+                )(scope, receive, send)
         replayed = False
 
         async def replay() -> dict:

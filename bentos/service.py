@@ -221,10 +221,13 @@ class Driftloop:
         frame: pl.DataFrame,
         correlation_ids: list[str | None],
         routing_keys: list[str | None],
+        one_caller: bool = True,
     ) -> tuple[Scored, list[dict[str, Any]] | pl.DataFrame]:
         """Score with what serves now (one consistent snapshot, even mid-swap) under ids the service
-        issues: identity comes from the service, never from the caller."""
-        ids = self.request_ids().issue(frame.height)
+        issues: identity comes from the service, never from the caller. One caller's rows share one
+        signature; rows of several callers (``one_caller`` false) are signed one by one."""
+        signer = self.request_ids()
+        ids = signer.issue(frame.height) if one_caller else signer.issue_each(frame.height)
         return SCORER.score(self.watcher.models, ids, rows, frame, correlation_ids, routing_keys)
 
     def _refused(self, endpoint: str, rows: int, exc: Exception) -> bentoml.exceptions.InvalidArgument:
@@ -258,6 +261,7 @@ class Driftloop:
             frame,
             [r.correlation_id for r in records],
             [r.routing_key for r in records],
+            one_caller=endpoint != "/predict",  # /predict's records are several callers' (coalesced)
         )
         return out.predictions(), logged
 

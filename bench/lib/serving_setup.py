@@ -115,69 +115,33 @@ def serving_stack(batch_rows: int = 1000) -> Iterator[dict]:
     rows = store.read_parquet(snapshot).tail(batch_rows).select(list(input_contracts(config)))
     records = as_requests(rows, config)
 
-    bento_port, bare_port, stock_port = _port(), _port(), _port()
+    serve = [str(Path(sys.executable).parent / "bentoml"), "serve"]
+    bare = [sys.executable, "-m", "bench.lib.bare_endpoint", str(root / "store"), config.model_name]
+    servers = {  # name: (command line before the port, after it, the path that answers once ready)
+        "bento": ([*serve, "bentos.service:Driftloop", "--host", "127.0.0.1", "--port"], [], "/readyz"),
+        "bare": (bare, [], "/predict"),
+        "bare_coalesced": (bare, ["--coalesce"], "/predict"),
+        "stock": ([*serve, "bench.lib.stock_bento:Stock", "--host", "127.0.0.1", "--port"], [], "/readyz"),
+    }
+    ports = {name: _port() for name in servers}
     procs = []
     try:
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "bentoml"),
-                    "serve",
-                    "bentos.service:Driftloop",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(bento_port),
-                ],
-                cwd=ROOT_DIR,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
+        for name, (before, after, _) in servers.items():
+            command = [*before, str(ports[name]), *after]
+            procs.append(
+                subprocess.Popen(
+                    command,
+                    cwd=ROOT_DIR,
+                    env={**env, "BENCH_MODEL_NAME": config.model_name},
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             )
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.lib.bare_endpoint",
-                    str(root / "store"),
-                    config.model_name,
-                    str(bare_port),
-                ],
-                cwd=ROOT_DIR,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "bentoml"),
-                    "serve",
-                    "bench.lib.stock_bento:Stock",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(stock_port),
-                ],
-                cwd=ROOT_DIR,
-                env={**env, "BENCH_MODEL_NAME": config.model_name},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        )
-        _wait(f"http://127.0.0.1:{bento_port}/readyz", procs[0])
-        _wait(f"http://127.0.0.1:{bare_port}/predict", procs[1])
-        _wait(f"http://127.0.0.1:{stock_port}/readyz", procs[2])
+        for proc, (name, (_, _, ready)) in zip(procs, servers.items()):
+            _wait(f"http://127.0.0.1:{ports[name]}{ready}", proc)
         yield {
-            "bento": f"http://127.0.0.1:{bento_port}",
-            "bare": f"http://127.0.0.1:{bare_port}",
-            "stock": f"http://127.0.0.1:{stock_port}",
+            **{name: f"http://127.0.0.1:{port}" for name, port in ports.items()},
             "single": json.dumps({"record": records[-1]}).encode(),
             "batch": json.dumps({"records": records}).encode(),
             "columns": json.dumps({"columns": {k: [r[k] for r in records] for k in records[0]}}).encode(),

@@ -1,9 +1,9 @@
-"""Request ids the service issues and can verify on its own: ``<YYYYMMDD><random>.<signature>``.
+"""Request ids the service issues and can verify on its own: ``<YYYYMMDD><random>.<signature>``, and
+for the rows of one batch ``<YYYYMMDD><random>-<rows>-<row>.<signature>``.
 
 Identity comes from the service, never from the caller: every prediction gets an id made of its UTC
-issue date, 64 random bits and a MAC of both under a key only the service holds (keyed BLAKE2b:
-several times faster than HMAC-SHA256 in Python, which matters at 10,000 ids a batch; ids signed with
-HMAC-SHA256 before still verify), so ``/feedback``
+issue date, 64 random bits and a MAC of both under a key only the service holds (keyed BLAKE2b; ids
+signed with HMAC-SHA256 before still verify), so ``/feedback``
 can reject an id it never issued at once, with no index and no scan of the log, on any worker and
 after any restart. The key lives in the artifact store (``state/serving/<model>/request-id-key``),
 created once by whichever worker starts first (a conditional write), so every worker of every
@@ -14,6 +14,12 @@ The date is the lookup index: the prediction log is partitioned by date, so find
 day's (compacted, id-sorted) file instead of scanning the log; the signature covers the date, so a
 caller cannot move an id to another day. Ids issued before dates were added (16 hex characters) still
 verify; their lookups scan.
+
+One caller's batch gets one signature, over its date, random part and row count; each row's id adds
+its position (hex), which must be below the signed count: one MAC for 10,000 rows instead of 10,000
+(~15 ms of a 10,000-row batch), and still no id the service did not issue verifies. Only rows of one
+caller share a signature: requests of several callers scored together get one id each, so no caller
+can derive another's id from its own.
 """
 
 from __future__ import annotations
@@ -73,32 +79,46 @@ class RequestIds:
         return hmac.new(self._key, token.encode(), hashlib.sha256).hexdigest()[:_SIGNATURE_HEX]
 
     def issue(self, n: int) -> list[str]:
-        """``n`` new ids (one ``urandom`` call for all of them)."""
-        raw = os.urandom(_RANDOM_HEX // 2 * n).hex()
-        day = datetime.now(timezone.utc).strftime("%Y%m%d")
-        tokens = [day + raw[i * _RANDOM_HEX : (i + 1) * _RANDOM_HEX] for i in range(n)]
-        return [f"{t}.{self._sign(t)}" for t in tokens]
+        """``n`` new ids for the rows of one caller's request: one id, or one signed batch of ``n``."""
+        token = datetime.now(timezone.utc).strftime("%Y%m%d") + os.urandom(_RANDOM_HEX // 2).hex()
+        if n == 1:
+            return [f"{token}.{self._sign(token)}"]
+        batch = f"{token}-{n:x}"
+        signature = self._sign(batch)
+        return [f"{batch}-{i:x}.{signature}" for i in range(n)]
+
+    def issue_each(self, n: int) -> list[str]:
+        """``n`` ids signed one by one: for rows of different callers scored together."""
+        return [rid for _ in range(n) for rid in self.issue(1)]
 
     def verify(self, request_id: str) -> bool:
         """Whether this service issued ``request_id`` (constant-time comparison of the signature)."""
         token, dot, signature = request_id.partition(".")
-        if (
-            not dot
-            or len(token) not in (_RANDOM_HEX, _DATE + _RANDOM_HEX)
-            or len(signature) != _SIGNATURE_HEX
-        ):
+        if not dot or len(signature) != _SIGNATURE_HEX:
             return False
+        signed, legacy = token, len(token) in (_RANDOM_HEX, _DATE + _RANDOM_HEX)
+        if not legacy:  # a row of a batch: <date><random>-<rows>-<row>, the row below the rows signed
+            parts = token.split("-")
+            if len(parts) != 3 or len(parts[0]) != _DATE + _RANDOM_HEX or not all(map(_is_hex, parts[1:])):
+                return False
+            if int(parts[2], 16) >= int(parts[1], 16) or parts[2] != f"{int(parts[2], 16):x}":
+                return False  # past the batch's end, or a row number spelled two ways
+            signed = f"{parts[0]}-{parts[1]}"
         # bytes, not str: compare_digest refuses non-ASCII text, and an id is whatever a caller sends
         sent = signature.encode("utf-8", "replace")
-        return hmac.compare_digest(self._sign(token).encode(), sent) or hmac.compare_digest(
-            self._legacy_sign(token).encode(), sent
+        return hmac.compare_digest(self._sign(signed).encode(), sent) or (
+            legacy and hmac.compare_digest(self._legacy_sign(signed).encode(), sent)
         )
+
+
+def _is_hex(text: str) -> bool:
+    return 0 < len(text) <= 8 and all(c in "0123456789abcdef" for c in text)
 
 
 def issued_on(request_id: str) -> date | None:
     """The UTC date an id was issued (``None`` for ids without one, or not ids at all). Unverified: use
     it to find a logged prediction, never as evidence."""
-    token = request_id.partition(".")[0]
+    token = request_id.partition(".")[0].split("-")[0]  # a batch row's id: <date><random>-<rows>-<row>
     if len(token) != _DATE + _RANDOM_HEX or not token[:_DATE].isdigit():
         return None
     try:

@@ -31,3 +31,13 @@ def test_the_document_and_the_guard_read_the_same_lists():
     )
     assert paths_with(token="feedback") == ("/feedback",)
     assert BY_PATH["/model_status"].token == "scoring" and not BY_PATH["/model_status"].needs_champion
+
+
+def test_a_key_named_twice_in_any_object_of_a_body_is_found():
+    from bentos.guard import repeated_key
+
+    assert repeated_key(b'{"record": {"carrier": "UA", "distance": 5, "carrier": "ZZ"}}') == "carrier"
+    assert repeated_key(b'{"records": [{"a": 1}, {"a": 2, "b": 1, "b": 2}]}') == "b"
+    assert repeated_key(b'{"records": [{"a": 1}, {"a": 2}]}') is None  # the same key in two objects
+    assert repeated_key(b'{"record": {"a": 1}, "record": {"a": 1}}') == "record"
+    assert repeated_key(b'{"record": ') is None  # not JSON: the endpoint says what is wrong

@@ -29,6 +29,36 @@ def test_issued_ids_verify_and_anything_else_does_not(tmp_path):
     assert [ids.verify(h) for h in hostile] == [False] * len(hostile)
 
 
+def test_a_batch_has_one_signature_and_no_row_beyond_it_verifies():
+    """One caller's batch is signed once (its date, random part and row count); a row's id adds its
+    position. Changing the position past the count, the count, or spelling the position another way
+    breaks it; rows of several callers scored together are signed one by one."""
+    ids = RequestIds(b"k" * 32)
+    batch = ids.issue(300)
+    assert len(set(batch)) == 300 and all(ids.verify(i) for i in batch)
+    assert len({i.partition(".")[2] for i in batch}) == 1  # one signature
+    head, _, signature = batch[0].partition(".")
+    base, count, _ = head.split("-")
+    assert count == f"{300:x}"
+    assert ids.verify(f"{base}-{count}-12b.{signature}")  # row 299: the last one
+    beyond = [
+        f"{base}-{count}-12c.{signature}",  # row 300 of 300
+        f"{base}-12d-12c.{signature}",  # a larger count than signed
+        f"{base}-{count}-012.{signature}",  # row 18 spelled with a leading zero
+        f"{base}-{count}-1-2.{signature}",
+        f"{base}-{count}--1.{signature}",
+        f"{base}-{count}-.{signature}",
+        f"{base}-{count}-ffffffffff.{signature}",
+        f"{base}-{count}-1A.{signature}",
+    ]
+    assert [ids.verify(b) for b in beyond] == [False] * len(beyond)
+    from tasks.serving.request_ids import issued_on
+
+    assert issued_on(batch[5]) == issued_on(ids.issue(1)[0]) is not None
+    each = ids.issue_each(3)
+    assert len({i.partition(".")[2] for i in each}) == 3 and all(ids.verify(i) for i in each)
+
+
 def test_ids_carry_their_signed_issue_date_for_lookups(tmp_path):
     from datetime import datetime, timezone
 

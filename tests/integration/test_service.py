@@ -315,6 +315,13 @@ def test_bad_input_is_a_4xx_naming_the_field_and_serving_goes_on(service, servin
         body = json.dumps({"record": {**good, field: value}}).encode()
         refused = post("predict", content=body, headers={"content-type": "application/json"})
         assert refused.status_code == 400 and field in refused.text, (field, value, refused.text)
+    twice = json.dumps(good)[:-1] + ', "carrier": "ZZ"}'  # "carrier" named twice in one record
+    for path, body in [("predict", f'{{"record": {twice}}}'), ("predict_batch", f'{{"records": [{twice}]}}')]:
+        refused = post(path, content=body.encode(), headers={"content-type": "application/json"})
+        assert refused.status_code == 400 and "'carrier' twice" in refused.text, (path, refused.text)
+    columns = '{"columns": {"carrier": ["UA"], "carrier": ["ZZ"]}}'
+    refused = post("predict_columns", content=columns.encode(), headers={"content-type": "application/json"})
+    assert refused.status_code == 400 and "'carrier' twice" in refused.text, refused.text
     lone_surrogate = json.dumps({"record": {**good, "carrier": "\ud800"}}).encode()  # escaped, ASCII
     refused = post("predict", content=lone_surrogate, headers={"content-type": "application/json"})
     assert refused.status_code == 400 and "Invalid JSON" in refused.text
