@@ -36,8 +36,8 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from bentos.coalesce import Coalescer
 from bentos.answers import FeedbackItem, FeedbackResult, ModelStatus, Prediction, RejectedFeedback, Scored
+from bentos.coalesce import Coalescer
 from bentos.endpoints import ARROW_STREAM, check_declared
 from bentos.guard import RequestGuard
 from bentos.inputs import BatchDecoder, scored_to_arrow
@@ -163,7 +163,9 @@ class Driftloop:
         self.labelled = LabelledIds(self.store, MODEL_NAME)  # which requests already have an outcome
         # single /predict requests that arrive together are scored as one batch (bentos/coalesce.py)
         self.singles: Coalescer[BaseModel, Prediction] = Coalescer(
-            self._predict_together, max_batch=min(64, SETTINGS.serving.max_batch_rows), retry_alone=(BadInput,)
+            self._predict_together,
+            max_batch=min(64, SETTINGS.serving.max_batch_rows),
+            retry_alone=(BadInput,),
         )
         self._request_ids: RequestIds | None = None  # its key is in the store: read on first use
         self._key_problem: str | None = None

@@ -1,4 +1,5 @@
-"""Compaction: the prediction and feedback logs merged into one file per model per day, and expired.
+"""Compaction: the prediction, feedback and rejection logs merged into one file per model per day,
+and expired.
 
     python flows/compaction.py                         # every registered model
     python flows/compaction.py --model-name flights-late-arrival
@@ -19,9 +20,8 @@ from flows.schemas import CompactParams
 from flows.steps.command_line import run_from_command_line
 from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from flows.steps.serving import compact_model_log
-from tasks.core.logs import FEEDBACK, PREDICTIONS
 from tasks.registry.versions import registered_models
-from tasks.serving.compaction import CompactionResult
+from tasks.serving.compaction import LOG_KINDS, CompactionResult
 
 
 @flow(name="compact-logs", **FLOW_GUARDS, flow_run_name=run_name("compact-logs"))
@@ -31,7 +31,7 @@ def compact_logs(params: CompactParams = CompactParams()) -> list[CompactionResu
     ctx = flow_context(params.model_name, needs="registered" if params.model_name else "nothing")
     models = [ctx.model_name(params.model_name)] if params.model_name else registered_models(ctx.store)
     retention = params.retention_days or ctx.settings.logs.retention_days
-    results = [compact_model_log(kind, m, retention, ctx) for m in models for kind in (PREDICTIONS, FEEDBACK)]
+    results = [compact_model_log(kind, m, retention, ctx) for m in models for kind in LOG_KINDS]
     for r in results:
         get_run_logger().info(
             "%s/%s: %d files -> %d, %d rows rewritten, %d duplicates dropped, %d days expired",

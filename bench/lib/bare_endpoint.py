@@ -63,5 +63,9 @@ def make_app(store_dir: str, model_name: str, coalesce: bool = False) -> Starlet
 if __name__ == "__main__":
     store_dir, model_name, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     uvicorn.run(
-        make_app(store_dir, model_name, coalesce="--coalesce" in sys.argv[4:]), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        make_app(store_dir, model_name, coalesce="--coalesce" in sys.argv[4:]),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
     )

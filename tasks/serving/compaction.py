@@ -1,4 +1,4 @@
-"""Compaction and retention of the prediction and feedback logs, so storage stays small.
+"""Compaction and retention of the prediction, feedback and rejection logs, so storage stays small.
 
 Each service worker ships a small Parquet file every few seconds (``log_max_seconds``): ~17,000 files
 a day per worker, which makes every reader slow and S3 requests costly. Compaction merges them:
@@ -7,9 +7,9 @@ a day per worker, which makes every reader slow and S3 requests costly. Compacti
   and current hours become one file per hour, merged into the day's file once the day is over;
 - rows are deduplicated (a prediction by its request id; a feedback row when every field repeats),
   so a spool segment shipped twice, or a compaction interrupted half way, leaves no double rows;
-- rows are sorted by request id, so a lookup of one id (the id carries its date: see
-  ``tasks.serving.request_ids``) reads one day's file and, inside it, only the row groups whose
-  min/max statistics can hold the id.
+- rows are sorted by request id (the rejection log, which has none, by time), so a lookup of one id
+  (the id carries its date: see ``tasks.serving.request_ids``) reads one day's file and, inside it,
+  only the row groups whose min/max statistics can hold the id.
 
 It is safe against services writing at the same time: a run merges the files it listed and deletes
 exactly those, never a file shipped after it listed; the merged file's name is a hash of its sources,
@@ -26,8 +26,19 @@ from datetime import date, datetime, timedelta, timezone
 import polars as pl
 from pydantic import BaseModel
 
-from tasks.core.logs import FEEDBACK, PREDICTIONS, compacted_key, is_compacted, key_date, log_keys, log_unit
+from tasks.core.logs import (
+    FEEDBACK,
+    PREDICTIONS,
+    REJECTIONS,
+    compacted_key,
+    is_compacted,
+    key_date,
+    log_keys,
+    log_unit,
+)
 from tasks.core.store import ArtifactStore
+
+LOG_KINDS = (PREDICTIONS, FEEDBACK, REJECTIONS)  # every log a service ships
 
 
 class CompactionResult(BaseModel):
@@ -63,7 +74,7 @@ def compact_unit(store: ArtifactStore, unit: str, keys: list[str], kind: str) ->
         frame = frame.unique("request_id", keep="first", maintain_order=True)
     else:
         frame = frame.unique(maintain_order=True)
-    frame = frame.sort("request_id", "ts", nulls_last=True)
+    frame = frame.sort(*(["request_id"] if "request_id" in frame.columns else []), "ts", nulls_last=True)
     digest = hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:16]
     merged = compacted_key(unit, digest)
     store.write_parquet(merged, frame)  # first the merged file, then the sources: never a gap
@@ -78,8 +89,8 @@ def compact_log(
     retention_days: int,
     now: datetime | None = None,
 ) -> CompactionResult:
-    """Expire, then compact, one model's prediction or feedback log."""
-    if kind not in (PREDICTIONS, FEEDBACK):
+    """Expire, then compact, one model's prediction, feedback or rejection log."""
+    if kind not in LOG_KINDS:
         raise ValueError(f"unknown log {kind!r}")
     now = now or datetime.now(timezone.utc)
     keys = log_keys(store, kind, model_name)

@@ -151,6 +151,30 @@ def test_retention_deletes_old_days_of_both_logs(store, tmp_path):
     assert log_row_count(store, FEEDBACK, MODEL) == 0
 
 
+def test_the_rejection_log_is_compacted_and_expired_like_the_others(store, tmp_path):
+    """What the contract refused at serving time: merged per day (by time: it has no request id), every
+    refusal kept once, old days expired."""
+    from tasks.core.logs import REJECTIONS, REJECTIONS_SCHEMA
+
+    now = datetime.now(timezone.utc).replace(hour=12, minute=30)
+    log = SpooledLog(store, log_prefix(REJECTIONS, MODEL), REJECTIONS_SCHEMA, tmp_path / "spool", 10**9, 3600)
+    refusals = [
+        [{"ts": now - timedelta(days=d, minutes=i), "endpoint": "/predict", "rows": 1, "reason": f"r{d}-{i}"}]
+        for d in (0, 1, 45)
+        for i in range(5)
+    ]
+    for rows in refusals:
+        log.append_unsynced(rows)
+        log._rotate(force=True)
+    log.close()
+    assert len(log_keys(store, REJECTIONS, MODEL)) == 15
+    result = compact_log(store, REJECTIONS, MODEL, retention_days=30, now=now)
+    assert result.partitions_expired == 1 and result.files_after == 2 and result.duplicates_dropped == 0
+    kept = read_log(store, REJECTIONS, MODEL)
+    assert sorted(kept["reason"]) == sorted(f"r{d}-{i}" for d in (0, 1) for i in range(5))
+    assert kept.filter(pl.col("reason").str.starts_with("r1-"))["ts"].is_sorted()
+
+
 def test_monitoring_watermark_is_one_timestamp_that_survives_compaction(tmp_path):
     from tasks.monitoring.window import advance_watermark, unjudged_predictions, watermark_key
 

@@ -438,9 +438,7 @@ def test_single_requests_scored_together_each_get_their_own_answer(service, serv
     frame, records = _test_rows(serving_store, 60)
     offline = {v: _offline(serving_store, v, frame) for v in (1, 2)}
     bad = {3: ("origin", "ZZZ"), 20: ("distance", -5), 41: ("carrier", "ua")}
-    bodies = [
-        {"record": {**r, bad[i][0]: bad[i][1]} if i in bad else r} for i, r in enumerate(records)
-    ]
+    bodies = [{"record": {**r, bad[i][0]: bad[i][1]} if i in bad else r} for i, r in enumerate(records)]
 
     async def send_all() -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=len(bodies))
@@ -469,7 +467,7 @@ def test_single_requests_scored_together_each_get_their_own_answer(service, serv
         pytest.fail("60 concurrent requests never shared a scoring call in 5 attempts")
     deadline = time.time() + 10
     expected = rejected_before + len(bad) * (attempt + 1)
-    while (rejected := read_log(LocalStore(serving_store), REJECTIONS, MODEL).height) < expected:
+    while read_log(LocalStore(serving_store), REJECTIONS, MODEL).height < expected:
         assert time.time() < deadline, "the refusals did not reach the rejection log"
         time.sleep(0.2)
     time.sleep(1.5)  # shipped every 0.5 s: a row refused twice (once in its batch) would have landed
