@@ -82,6 +82,13 @@ class MonitorParams(BaseModel):
     model_name: str | None = Field(None, description=MODEL_NAME)
 
 
+class FleetParams(BaseModel):
+    models: list[str] | None = Field(
+        None,
+        description="registry names to cover (default: every registered model, read when the run starts)",
+    )
+
+
 class CompactParams(BaseModel):
     model_name: str | None = Field(None, description="registry name (default: every registered model)")
     retention_days: int | None = Field(

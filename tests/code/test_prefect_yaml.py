@@ -23,8 +23,10 @@ FLOWS = [
     "promote",
     "rollback",
     "monitor",
+    "monitor-every-model",
     "retrain",
     "canary-decision",
+    "canary-decision-every-model",
     "lineage",
     "compact-logs",
     "close-crashed-runs",
@@ -82,7 +84,7 @@ def test_every_flow_exists_for_every_target_with_the_same_definition():
             assert deployment["work_pool"]["name"] == pools[target]
             step = deployment["pull"][0]["prefect.deployments.steps.set_working_directory"]
             assert step["directory"] == workdir[target]
-    assert by_target["cloud"]["monitor"]["schedules"][0]["cron"] == "0 * * * *"
+    assert by_target["cloud"]["monitor-every-model"]["schedules"][0]["cron"] == "0 * * * *"
 
 
 def test_docker_job_variables_pass_the_docker_workers_template():
@@ -167,17 +169,22 @@ def test_every_deployment_has_a_concurrency_limit_that_queues(deployment):
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_the_canary_decision_and_compaction_run_on_the_schedules_the_readme_promises(target):
-    canary = next(
-        d for d in prefect_file.deployments(target, SPEC) if d["entrypoint"].endswith(":canary_decision")
-    )
-    assert canary["schedules"][0]["cron"] == "30 * * * *"
-    compaction = {prefect_file.flow_name(d): d for d in prefect_file.deployments(target, SPEC)}[
-        "compact-logs"
-    ]
-    assert compaction["schedules"][0]["cron"] == "45 * * * *"
+def test_every_model_is_operated_on_the_schedules_the_readme_promises(target):
+    """The hourly schedules start the flows that read the registry when they run (every model, a model
+    registered later too), never a per-model flow with a model fixed in its parameters."""
+    by_flow = {prefect_file.flow_name(d): d for d in prefect_file.deployments(target, SPEC)}
+    expected = {
+        "monitor-every-model": "0 * * * *",
+        "canary-decision-every-model": "30 * * * *",
+        "compact-logs": "45 * * * *",
+        "close-crashed-runs": "50 * * * *",
+    }
+    scheduled = {name: d["schedules"][0]["cron"] for name, d in by_flow.items() if d.get("schedules")}
+    assert scheduled == expected
+    for name in expected:
+        assert not by_flow[name].get("parameters"), f"{name}: a schedule with fixed parameters"
     readme = (PROJECT_DIR / "README.md").read_text()
-    assert "canary-decision/local" in readme and "compact-logs/local" in readme
+    assert all(f"{name}/local" in readme for name in expected)
 
 
 def test_flows_and_io_steps_have_timeouts_and_retries_from_the_settings():

@@ -136,8 +136,9 @@ def test_the_deployments_on_the_server_carry_their_guard_rails(prefect_worker):
 
     declared = {f"{prefect_file.flow_name(d)}/local" for d in prefect_file.deployments("local")}
     assert len(declared) >= 12 and asyncio.run(local_deployments()) == declared
-    canary = asyncio.run(read("canary-decision/local"))
+    canary = asyncio.run(read("canary-decision-every-model/local"))
     assert [s.schedule.cron for s in canary.schedules] == ["30 * * * *"]
+    assert not asyncio.run(read("canary-decision/local")).schedules  # per model: started by the fleet run
 
 
 def test_a_killed_flow_run_leaves_no_task_run_running(prefect_worker, landed):

@@ -179,3 +179,49 @@ def test_bad_model_names_and_configs_are_refused_before_anything_is_registered(t
     with pytest.raises(BadInput, match="target.name 'MOSTYPE' holds .*not a yes/no label"):
         training(TrainingParams(dataset_config=str(bad)))
     assert not Registry(store, "caravan-subtype").versions()
+
+
+def _fleet_run(deployment: str) -> tuple[object, dict[str, object]]:
+    """Start a fleet deployment as its schedule would (no parameters), through the worker; returns its
+    flow run and the per-model runs it started, by model name."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment, timeout=600)
+
+    async def children() -> list:
+        async with get_client() as client:
+            return await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id]))
+            )
+
+    by_model = {r.parameters["params"]["model_name"]: r for r in asyncio.run(children())}
+    return run, by_model
+
+
+def test_the_hourly_fleet_runs_cover_every_registered_model_and_one_added_later(two_models, landed):
+    """The scheduled deployments take no parameters and read the registry when they run: each model
+    gets its own run, named for it; a model registered afterwards is covered by the next run, with
+    prefect.yaml untouched."""
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.core.store import open_store
+    from tasks.registry.versions import registered_models
+
+    store = open_store(landed)
+    monitored_run, monitored = _fleet_run("monitor-every-model/local")
+    assert monitored_run.state.is_completed(), monitored_run.state.message
+    assert {CARAVAN, FLIGHTS} <= set(monitored) and set(monitored) == set(registered_models(store))
+    for model_name, run in monitored.items():
+        assert run.name.startswith(f"monitor-{model_name}-") and run.state.is_completed(), run.name
+
+    third = "flights-added-later"
+    assert third not in registered_models(store)
+    training(TrainingParams(**SMALL, model_name=third))
+    decided_run, decided = _fleet_run("canary-decision-every-model/local")
+    assert decided_run.state.is_completed(), decided_run.state.message
+    assert {CARAVAN, FLIGHTS, third} <= set(decided)
+    assert decided[third].name.startswith(f"canary-decision-{third}-") and decided[third].state.is_completed()
