@@ -1,7 +1,7 @@
 """Every registered model on schedule: monitoring and canary decisions fanned out over the registry.
 
     python flows/fleet.py monitor          # the monitor flow once per registered model
-    python flows/fleet.py canary-decision  # the canary decision once per registered model
+    python flows/fleet.py canary-decision --models '["caravan-purchase"]'  # or those named
     prefect deployment run 'monitor-every-model/local'
 
 The hourly schedules in ``prefect.yaml`` start these flows, not ``monitor`` and ``canary-decision``
@@ -19,7 +19,6 @@ models that failed. Compaction already covers every model in one run (``flows/co
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Callable
 
 from prefect import flow, get_run_logger
@@ -29,6 +28,7 @@ from pydantic import BaseModel
 from flows.canary import canary_decision
 from flows.monitoring import monitor
 from flows.schemas import CanaryParams, FleetParams, MonitorParams
+from flows.steps.command_line import run_subcommand_from_command_line
 from flows.steps.runtime import FLOW_GUARDS, flow_context, publish
 from tasks.core.errors import BadInput
 from tasks.registry.versions import registered_models
@@ -127,10 +127,10 @@ def canary_decision_every_model(params: FleetParams = FleetParams()) -> list[Mod
     )
 
 
-FLEET = {"monitor": monitor_every_model, "canary-decision": canary_decision_every_model}
-
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or sys.argv[1] not in FLEET:
-        sys.exit(f"usage: python flows/fleet.py {{{'|'.join(FLEET)}}}")
-    for run in FLEET[sys.argv[1]]():
-        print(f"{run.model_name}: {run.state} ({run.summary})")
+    run_subcommand_from_command_line(
+        {
+            "monitor": (monitor_every_model, FleetParams),
+            "canary-decision": (canary_decision_every_model, FleetParams),
+        }
+    )

@@ -16,6 +16,8 @@ the event the retrain automation reacts to, so one finding or three start one re
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -28,6 +30,7 @@ from flows.steps.runtime import FLOW_GUARDS, flow_context, model_context, publis
 from tasks.core.context import RunContext
 from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
+from tasks.monitoring.status import keep_last_report, last_verdict
 from tasks.monitoring.window import MonitorReport, advance_watermark
 from tasks.registry.versions import Registry, registered_models
 from tasks.serving.watcher import health_key
@@ -88,7 +91,7 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         publish(
             create_markdown_artifact,
             key=f"{model_name}-monitoring".replace("_", "-"),
-            markdown=f"# Monitoring {model_name}\n\n{report.note}",
+            markdown=f"# Monitoring {model_name}\n\n{report.note}\n\n{last_verdict(ctx.store, model_name)}",
             description="monitoring summary",
         )
         return report
@@ -106,6 +109,7 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         if found:
             emit_model_event(event, model_name, {**payload, **carries}, target=ctx.target)
     _publish(report)
+    keep_last_report(ctx.store, report, datetime.now(timezone.utc))  # `driftloop status` reads it
     if report.through is not None:  # last: a failed run judges its window again
         advance_watermark(ctx.store, model_name, report.through)
     logger.info(

@@ -150,6 +150,18 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
 
     again = monitor(params)  # the watermark: the same window is never counted twice
     assert again.rows == 0 and "no new predictions" in again.note
+    # the run that judged nothing replaced the model's latest artifact, and still shows the verdict
+    from prefect.artifacts import Artifact
+
+    from tasks.monitoring.status import model_status
+
+    latest = Artifact.get("flights-monitored-monitoring")
+    assert "no new predictions" in latest.data and "The last judged window" in latest.data
+    assert "3000 predictions, retrain: drift" in latest.data, latest.data
+    status = model_status(store, "flights-monitored", datetime.now(timezone.utc))
+    low, high = (float(x) for x in status.live_auc.split("(")[1].rstrip(")").split(" .. "))
+    assert low < perf[1].roc_auc < high and status.coverage == "3000/3000 (100%)"
+    assert status.drift.startswith("detected: weather")
 
     api = prefect_server.cfg.api_url
     drift_events = _events(api, "driftloop.drift.detected", "flights-monitored", 1)
