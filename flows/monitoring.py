@@ -30,6 +30,7 @@ from flows.steps.runtime import FLOW_GUARDS, flow_context, model_context, publis
 from tasks.core.context import RunContext
 from tasks.model.evaluate import png_data_uri
 from tasks.monitoring.drift import drift_png
+from tasks.monitoring.history import history_page, history_png, page_key, record_window
 from tasks.monitoring.status import keep_last_report, last_verdict
 from tasks.monitoring.window import MonitorReport, advance_watermark
 from tasks.registry.versions import Registry, registered_models
@@ -109,7 +110,9 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         if found:
             emit_model_event(event, model_name, {**payload, **carries}, target=ctx.target)
     _publish(report)
-    keep_last_report(ctx.store, report, datetime.now(timezone.utc))  # `driftloop status` reads it
+    now = datetime.now(timezone.utc)
+    keep_last_report(ctx.store, report, now)  # `driftloop status` reads it
+    _publish_history(report, ctx, now)
     if report.through is not None:  # last: a failed run judges its window again
         advance_watermark(ctx.store, model_name, report.through)
     logger.info(
@@ -122,6 +125,23 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorReport:
         report.degraded or "no",
     )
     return report
+
+
+def _publish_history(report: MonitorReport, ctx: RunContext, now: datetime) -> None:
+    """The window joins the model's history; the history drawn as an artifact and a page in the store."""
+    champion = Registry(ctx.store, report.model_name).get(report.champion) if report.champion else None
+    windows = record_window(ctx.store, report, champion.metrics.get("roc_auc") if champion else None, now)
+    picture = png_data_uri(history_png(report.model_name, windows))
+    page = page_key(report.model_name)
+    ctx.store.write_bytes(page, history_page(report.model_name, windows, picture, now).encode())
+    publish(
+        create_markdown_artifact,
+        key=f"{report.model_name}-monitoring-history".replace("_", "-"),
+        description="monitoring over time: drift per input, live ROC-AUC with its interval, labels",
+        markdown=f"# {report.model_name}: monitoring over time\n\n"
+        f"{len(windows)} judged windows; the page with every window's figures: `{ctx.store.uri}/{page}`\n\n"
+        f"![drift per input over time, live ROC-AUC with its interval, label coverage]({picture})\n",
+    )
 
 
 def _publish(report: MonitorReport) -> None:

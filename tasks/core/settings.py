@@ -147,7 +147,6 @@ class RetrainSettings(BaseModel):
     """Automated retraining: how often at most, and the statistical gate a retrained model must pass."""
 
     cooldown_minutes: float = Field(60, ge=0, description="at most one retrain per model in this period")
-    canary_share: float = Field(0.1, ge=0, le=1, description="traffic share a passing challenger starts with")
     canary_min_labels: int = Field(
         200, ge=1, description="labelled predictions per arm before a canary verdict"
     )

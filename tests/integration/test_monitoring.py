@@ -183,3 +183,18 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     assert worse.degraded and worse.degraded[0].startswith("v1:") and "lower" in worse.degraded[0]
     degraded_events = _events(api, "driftloop.performance.degraded", "flights-monitored", 1)
     assert any(e["payload"]["evidence"] == worse.degraded for e in degraded_events)
+
+    # monitoring over time: both judged windows kept, drawn as an artifact and a page in the store
+    from tasks.monitoring.history import page_key, read_history
+
+    history = read_history(store, "flights-monitored")
+    assert [w.rows for w in history] == [3000, worse.rows] and history[0].drift["temp"] > 1
+    assert history[1].live_auc < history[0].live_auc and history[0].held_out_auc is not None
+    worse_perf = {p.model_version: p for p in worse.performance}[1]  # live figures look back further
+    assert (history[1].labels, history[1].predictions) == (worse_perf.labels, worse_perf.predictions)
+    assert history[1].retrain == worse.retrain
+    page = store.read_bytes(page_key("flights-monitored")).decode()
+    assert page.count("<tr>") == 3 and '<img alt="drift per input' in page and "data:image/png;base64," in page
+    assert "<script" not in page and "http" not in page  # self-contained: nothing fetched
+    drawn = Artifact.get("flights-monitored-monitoring-history")
+    assert "2 judged windows" in drawn.data and "data:image/png;base64," in drawn.data
