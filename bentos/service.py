@@ -50,6 +50,7 @@ from bentos.loading import (
 )
 from bentos.scoring import COALESCED, Scorer
 from bentos.timeouts import install as install_prompt_timeouts
+from bentos.verdicts import VerdictExporter
 from tasks.core.errors import BadInput
 from tasks.core.logs import (
     FEEDBACK,
@@ -155,6 +156,9 @@ class Driftloop:
             Registry(self.store, MODEL_NAME), SETTINGS.serving.poll_seconds, set(INPUT_COLUMNS)
         )
         self.watcher.start()
+        # the model's last monitoring verdict on /metrics, beside service health (bentos/verdicts.py)
+        self.verdicts = VerdictExporter(self.store, MODEL_NAME, SETTINGS.serving.verdict_seconds)
+        self.verdicts.start()
         SERVED["watcher"] = self.watcher  # the request guard answers 503 itself while nothing serves
         self.predictions = spooled_log(self.store, PREDICTIONS, prediction_log_schema(INPUT_SCHEMA))
         self.feedback_log = spooled_log(self.store, FEEDBACK, FEEDBACK_SCHEMA)
@@ -211,6 +215,7 @@ class Driftloop:
     @bentoml.on_shutdown
     def flush_logs(self) -> None:
         self.watcher.stop()
+        self.verdicts.stop()
         # a store that is down gets a few seconds; what it does not take stays in the spool, and the
         # next worker on this host ships it (shutdown must fit the platform's grace period)
         self.predictions.close(ship_for_seconds=5)

@@ -98,6 +98,11 @@ class ServingSettings(BaseModel):
     poll_seconds: float = Field(2.0, gt=0, description="how often the service checks the registry's aliases")
     log_max_rows: int = Field(2000, ge=1, description="rows per spool segment before it is shipped")
     log_max_seconds: float = Field(5.0, gt=0, description="a spool segment older than this is shipped")
+    verdict_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="how often the service re-reads its model's last monitoring verdict for /metrics",
+    )
     spool_dir: Path = Field(
         PROJECT_DIR / ".driftloop" / "spool",
         description="local disk where predictions and feedback are made durable (fsync) before a "

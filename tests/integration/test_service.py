@@ -133,6 +133,7 @@ def service(serving_store):
         serving_store,
         challenger_share="0.5",
         log_max_seconds="0.5",
+        verdict_seconds="1",
         auth_token=TOKEN,
         feedback_token=FEEDBACK_TOKEN,
         max_request_bytes="1500000",  # 10,000 feedback items fit; 4,000 records do not
@@ -1052,6 +1053,19 @@ def test_monitoring_and_the_canary_judge_what_the_real_service_logged(service, s
     )
     served = {p.model_version: p for p in report.performance}
     assert served[1].labels >= 400 + 1 and served[1].roc_auc is not None
+    # the verdict reaches the service's /metrics (re-read every second here), for the dashboard
+    deadline, found = time.time() + 15, {}
+    while time.time() < deadline and "judged" not in found:
+        for line in httpx.get(f"{service}/metrics").text.splitlines():
+            if line.startswith("driftloop_monitoring_") and f'model_name="{MODEL}"' in line:
+                name, value = line.split("{")[0], float(line.rsplit(" ", 1)[1])
+                if name.endswith("judged_timestamp_seconds") and value == value:  # not NaN
+                    found["judged"] = value
+                if name.endswith("live_roc_auc") and 'bound="estimate"' in line:
+                    found["auc"] = value
+        time.sleep(0.5)
+    assert abs(found.get("judged", 0) - time.time()) < 120, found
+    assert found["auc"] == pytest.approx(served[1].roc_auc, abs=1e-9)
 
     # minutes into a canary nothing is promoted (canary_min_hours), and with no early stop allowed the
     # verdict is pinned: wait, and the challenger keeps its traffic

@@ -1,0 +1,121 @@
+"""The served model's last monitoring verdict on the service's ``/metrics``, beside its service health.
+
+Prometheus scrapes services, not flows: the monitor flow keeps each model's last judged window in the
+store (``tasks.monitoring.status``), and the service re-reads its own model's every ``every`` seconds
+and exports it, so the Grafana dashboard and alert rules show drift and live performance next to
+latency and errors. Until a window has been judged the gauges are NaN (exported, so a dashboard
+query finds the series, and shown as "no data").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import bentoml
+
+from tasks.core.store import ArtifactStore
+from tasks.monitoring.status import read_last_report
+
+log = logging.getLogger("driftloop.service")
+_MODE = {"multiprocess_mode": "mostrecent"}  # every worker reads the same record: the latest value
+DRIFT = bentoml.metrics.Gauge(
+    name="driftloop_monitoring_drift_detected",
+    documentation="1 when the last judged window's drift takes the model outside what it learned",
+    labelnames=["model_name"],
+    **_MODE,
+)
+RETRAIN = bentoml.metrics.Gauge(
+    name="driftloop_monitoring_retrain_needed",
+    documentation="1 when the last judged window asked for a retrain (drift, degradation, estimated drop)",
+    labelnames=["model_name"],
+    **_MODE,
+)
+LIVE_AUC = bentoml.metrics.Gauge(
+    name="driftloop_monitoring_live_roc_auc",
+    documentation="the champion's live ROC-AUC in the last judged window, with its 95% interval bounds",
+    labelnames=["model_name", "bound"],
+    **_MODE,
+)
+COVERAGE = bentoml.metrics.Gauge(
+    name="driftloop_monitoring_label_coverage",
+    documentation="share of the champion's judged predictions with an observed outcome",
+    labelnames=["model_name"],
+    **_MODE,
+)
+QUALITY = bentoml.metrics.Gauge(
+    name="driftloop_monitoring_quality_problems",
+    documentation="data-quality problems found in the last judged window",
+    labelnames=["model_name"],
+    **_MODE,
+)
+JUDGED_AT = bentoml.metrics.Gauge(
+    name="driftloop_monitoring_judged_timestamp_seconds",
+    documentation="when the last window was judged (Unix time): alert when monitoring stops",
+    labelnames=["model_name"],
+    **_MODE,
+)
+
+
+def export_verdict(store: ArtifactStore, model_name: str) -> bool:
+    """Set the gauges from the model's last judged window; False when none was judged yet."""
+    last = read_last_report(store, model_name)
+    nan = math.nan
+    if last is None:
+        values = {
+            "drift": nan,
+            "retrain": nan,
+            "auc": (nan, nan, nan),
+            "coverage": nan,
+            "quality": nan,
+            "at": nan,
+        }
+    else:
+        at, report = last
+        perf = next((p for p in report.performance if p.model_version == report.champion), None)
+        auc = (nan, nan, nan)
+        if perf is not None and perf.roc_auc is not None:
+            half = 1.96 * (perf.roc_auc_se or 0.0)
+            auc = (perf.roc_auc, perf.roc_auc - half, perf.roc_auc + half)
+        values = {
+            "drift": float(report.drift_detected),
+            "retrain": float(bool(report.retrain)),
+            "auc": auc,
+            "coverage": perf.labels / perf.predictions if perf and perf.predictions else nan,
+            "quality": float(len(report.quality_problems)),
+            "at": at.timestamp(),
+        }
+    DRIFT.labels(model_name).set(values["drift"])
+    RETRAIN.labels(model_name).set(values["retrain"])
+    for bound, value in zip(("estimate", "low", "high"), values["auc"]):
+        LIVE_AUC.labels(model_name, bound).set(value)
+    COVERAGE.labels(model_name).set(values["coverage"])
+    QUALITY.labels(model_name).set(values["quality"])
+    JUDGED_AT.labels(model_name).set(values["at"])
+    return last is not None
+
+
+class VerdictExporter:
+    """Re-reads the model's last verdict every ``every`` seconds, in a thread of its own."""
+
+    def __init__(self, store: ArtifactStore, model_name: str, every: float = 60.0):
+        self.store, self.model_name, self.every = store, model_name, every
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="verdict-exporter", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                export_verdict(self.store, self.model_name)
+            except Exception as exc:  # noqa: BLE001 - a store hiccup must not stop the service
+                log.warning(
+                    "driftloop: could not read %s's last monitoring verdict: %s", self.model_name, exc
+                )
+            if self._stop.wait(self.every):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
