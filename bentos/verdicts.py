@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from datetime import datetime
 
 import bentoml
 
 from tasks.core.store import ArtifactStore
-from tasks.monitoring.status import read_last_report
+from tasks.monitoring.status import last_report_key
 
 log = logging.getLogger("driftloop.service")
 _MODE = {"multiprocess_mode": "mostrecent"}  # every worker reads the same record: the latest value
@@ -59,41 +60,31 @@ JUDGED_AT = bentoml.metrics.Gauge(
 
 
 def export_verdict(store: ArtifactStore, model_name: str) -> bool:
-    """Set the gauges from the model's last judged window; False when none was judged yet."""
-    last = read_last_report(store, model_name)
+    """Set the gauges from the model's last judged window; False when none was judged yet. Read as the
+    plain record the monitor flow wrote (the service's bento has no whylogs for the report model)."""
+    key = last_report_key(model_name)
+    doc = store.read_json(key) if store.exists(key) else None
     nan = math.nan
-    if last is None:
-        values = {
-            "drift": nan,
-            "retrain": nan,
-            "auc": (nan, nan, nan),
-            "coverage": nan,
-            "quality": nan,
-            "at": nan,
-        }
-    else:
-        at, report = last
-        perf = next((p for p in report.performance if p.model_version == report.champion), None)
-        auc = (nan, nan, nan)
-        if perf is not None and perf.roc_auc is not None:
-            half = 1.96 * (perf.roc_auc_se or 0.0)
-            auc = (perf.roc_auc, perf.roc_auc - half, perf.roc_auc + half)
-        values = {
-            "drift": float(report.drift_detected),
-            "retrain": float(bool(report.retrain)),
-            "auc": auc,
-            "coverage": perf.labels / perf.predictions if perf and perf.predictions else nan,
-            "quality": float(len(report.quality_problems)),
-            "at": at.timestamp(),
-        }
-    DRIFT.labels(model_name).set(values["drift"])
-    RETRAIN.labels(model_name).set(values["retrain"])
-    for bound, value in zip(("estimate", "low", "high"), values["auc"]):
+    drift = retrain = coverage = quality = at = nan
+    auc = (nan, nan, nan)
+    if doc is not None:
+        report = doc["report"]
+        perf = next((p for p in report["performance"] if p["model_version"] == report["champion"]), None)
+        if perf is not None and perf.get("roc_auc") is not None:
+            half = 1.96 * (perf.get("roc_auc_se") or 0.0)
+            auc = (perf["roc_auc"], perf["roc_auc"] - half, perf["roc_auc"] + half)
+        if perf is not None and perf["predictions"]:
+            coverage = perf["labels"] / perf["predictions"]
+        drift, retrain = float(report["drift_detected"]), float(bool(report["retrain"]))
+        quality, at = float(len(report["quality_problems"])), datetime.fromisoformat(doc["at"]).timestamp()
+    DRIFT.labels(model_name).set(drift)
+    RETRAIN.labels(model_name).set(retrain)
+    for bound, value in zip(("estimate", "low", "high"), auc):
         LIVE_AUC.labels(model_name, bound).set(value)
-    COVERAGE.labels(model_name).set(values["coverage"])
-    QUALITY.labels(model_name).set(values["quality"])
-    JUDGED_AT.labels(model_name).set(values["at"])
-    return last is not None
+    COVERAGE.labels(model_name).set(coverage)
+    QUALITY.labels(model_name).set(quality)
+    JUDGED_AT.labels(model_name).set(at)
+    return doc is not None
 
 
 class VerdictExporter:

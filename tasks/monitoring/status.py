@@ -6,12 +6,15 @@ judged (``last_report_key``)."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from tasks.core.store import ArtifactStore
-from tasks.monitoring.window import MonitorReport
 from tasks.registry.versions import Registry
+
+if TYPE_CHECKING:  # the service reads the key only: whylogs and matplotlib are not in its bento
+    from tasks.monitoring.window import MonitorReport
 
 
 def last_report_key(model_name: str) -> str:
@@ -20,13 +23,15 @@ def last_report_key(model_name: str) -> str:
     return f"state/monitor/{model_name}.last-report.json"
 
 
-def keep_last_report(store: ArtifactStore, report: MonitorReport, at: datetime) -> None:
+def keep_last_report(store: ArtifactStore, report: "MonitorReport", at: datetime) -> None:
     store.write_json(
         last_report_key(report.model_name), {"at": at.isoformat(), "report": report.model_dump(mode="json")}
     )
 
 
-def read_last_report(store: ArtifactStore, model_name: str) -> tuple[datetime, MonitorReport] | None:
+def read_last_report(store: ArtifactStore, model_name: str) -> "tuple[datetime, MonitorReport] | None":
+    from tasks.monitoring.window import MonitorReport
+
     key = last_report_key(model_name)
     if not store.exists(key):
         return None
