@@ -821,7 +821,7 @@ def test_kill_9_mid_stream_loses_no_acknowledged_prediction_or_label(serving_sto
     from flows.schemas import CompactParams
 
     monkeypatch.setenv("DRIFTLOOP_STORE_URI", str(serving_store))
-    predictions, _ = compact_logs(CompactParams(model_name=MODEL))
+    predictions, _, _ = compact_logs(CompactParams(model_name=MODEL))  # predictions, feedback, rejections
     assert predictions.files_before > predictions.files_after >= 1
     logged = logged_ids("predictions")
     assert set(answered) <= set(logged) and logged.filter(logged.is_in(answered)).is_duplicated().sum() == 0
