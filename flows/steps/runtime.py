@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 from prefect import task
@@ -26,7 +27,7 @@ from prefect.tasks import exponential_backoff
 
 from tasks.core.context import RunContext
 from tasks.core.errors import BadInput
-from tasks.core.settings import Settings
+from tasks.core.settings import PROJECT_DIR, Settings
 from tasks.core.store import S3Credentials, StoreError
 
 
@@ -53,18 +54,34 @@ IO_RETRIES = dict(
 FLOW_GUARDS = dict(timeout_seconds=GUARDS.flow_timeout_seconds)
 
 
+def named_model(params: Any) -> str:
+    """The model a run's ``params`` act on, for its name: ``model_name``, else the ``model_name`` of the
+    ``dataset_config`` it names, else the settings' dataset config's ("a run started with a config is
+    named after the model it trains, not 'default'")."""
+    get = params.get if isinstance(params, dict) else lambda k: getattr(params, k, None)
+    if get("model_name"):
+        return str(get("model_name"))
+    try:
+        import yaml
+
+        path = Path(get("dataset_config") or Settings().dataset_config)
+        path = path if path.is_absolute() or path.exists() else PROJECT_DIR / path
+        return str(yaml.safe_load(path.read_text())["model_name"])
+    except Exception:  # noqa: BLE001 - a name is not worth failing a run for; the run reports the config
+        return "default"
+
+
 def run_name(operation: str) -> Callable[[], str]:
     """A flow run's name that reads like a history in the UI: ``<operation>-<model>-<UTC time>``
-    (``model`` from the run's ``params``; ``default`` when it names none)."""
+    (``model``: see ``named_model``)."""
 
     def name() -> str:
         from datetime import datetime, timezone
 
         from prefect.runtime import flow_run
 
-        params = (flow_run.parameters or {}).get("params")
-        model = params.get("model_name") if isinstance(params, dict) else getattr(params, "model_name", None)
-        return f"{operation}-{model or 'default'}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        model = named_model((flow_run.parameters or {}).get("params") or {})
+        return f"{operation}-{model}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
     return name
 

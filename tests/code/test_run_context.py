@@ -47,3 +47,15 @@ def test_a_context_travels_without_its_open_store(private_settings):
     assert ctx.store is store  # opened once, shared by the run's steps
     copy = pickle.loads(pickle.dumps(ctx))
     assert copy.config == ctx.config and copy.store is not store and copy.store.uri == store.uri
+
+
+def test_a_run_is_named_after_the_model_it_acts_on():
+    """``training-caravan-purchase-...``, not ``training-default-...``, for a run started with a config."""
+    from flows.schemas import TrainingParams
+    from flows.steps.runtime import named_model
+
+    assert named_model({"model_name": "mine"}) == "mine"
+    assert named_model(TrainingParams(dataset_config="configs/caravan.yaml")) == "caravan-purchase"
+    assert named_model({"dataset_config": "configs/caravan.yaml", "model_name": None}) == "caravan-purchase"
+    assert named_model({}) == "flights-late-arrival"  # the settings' dataset config
+    assert named_model({"dataset_config": "/no/such/config.yaml"}) == "default"

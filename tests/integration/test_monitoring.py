@@ -194,7 +194,9 @@ def test_monitoring_flags_a_drifted_window_once(prefect_server, private_settings
     assert (history[1].labels, history[1].predictions) == (worse_perf.labels, worse_perf.predictions)
     assert history[1].retrain == worse.retrain
     page = store.read_bytes(page_key("flights-monitored")).decode()
-    assert page.count("<tr>") == 3 and '<img alt="drift per input' in page and "data:image/png;base64," in page
+    assert (
+        page.count("<tr>") == 3 and '<img alt="drift per input' in page and "data:image/png;base64," in page
+    )
     assert "<script" not in page and "http" not in page  # self-contained: nothing fetched
     drawn = Artifact.get("flights-monitored-monitoring-history")
     assert "2 judged windows" in drawn.data and "data:image/png;base64," in drawn.data
