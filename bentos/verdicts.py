@@ -20,42 +20,41 @@ from tasks.core.store import ArtifactStore
 from tasks.monitoring.status import last_report_key
 
 log = logging.getLogger("driftloop.service")
-_MODE = {"multiprocess_mode": "mostrecent"}  # every worker reads the same record: the latest value
-DRIFT = bentoml.metrics.Gauge(
-    name="driftloop_monitoring_drift_detected",
-    documentation="1 when the last judged window's drift takes the model outside what it learned",
-    labelnames=["model_name"],
-    **_MODE,
+
+
+def _gauge(name: str, documentation: str, *extra_labels: str):  # noqa: ANN202 - a prometheus Gauge
+    # every worker reads the same record: the most recent value is the value
+    return bentoml.metrics.Gauge(
+        name=name,
+        documentation=documentation,
+        labelnames=["model_name", *extra_labels],
+        multiprocess_mode="mostrecent",
+    )
+
+
+DRIFT = _gauge(
+    "driftloop_monitoring_drift_detected",
+    "1 when the last judged window's drift takes the model outside what it learned",
 )
-RETRAIN = bentoml.metrics.Gauge(
-    name="driftloop_monitoring_retrain_needed",
-    documentation="1 when the last judged window asked for a retrain (drift, degradation, estimated drop)",
-    labelnames=["model_name"],
-    **_MODE,
+RETRAIN = _gauge(
+    "driftloop_monitoring_retrain_needed",
+    "1 when the last judged window asked for a retrain (drift, degradation, estimated drop)",
 )
-LIVE_AUC = bentoml.metrics.Gauge(
-    name="driftloop_monitoring_live_roc_auc",
-    documentation="the champion's live ROC-AUC in the last judged window, with its 95% interval bounds",
-    labelnames=["model_name", "bound"],
-    **_MODE,
+LIVE_AUC = _gauge(
+    "driftloop_monitoring_live_roc_auc",
+    "the champion's live ROC-AUC in the last judged window, with its 95% interval bounds",
+    "bound",
 )
-COVERAGE = bentoml.metrics.Gauge(
-    name="driftloop_monitoring_label_coverage",
-    documentation="share of the champion's judged predictions with an observed outcome",
-    labelnames=["model_name"],
-    **_MODE,
+COVERAGE = _gauge(
+    "driftloop_monitoring_label_coverage",
+    "share of the champion's judged predictions with an observed outcome",
 )
-QUALITY = bentoml.metrics.Gauge(
-    name="driftloop_monitoring_quality_problems",
-    documentation="data-quality problems found in the last judged window",
-    labelnames=["model_name"],
-    **_MODE,
+QUALITY = _gauge(
+    "driftloop_monitoring_quality_problems", "data-quality problems found in the last judged window"
 )
-JUDGED_AT = bentoml.metrics.Gauge(
-    name="driftloop_monitoring_judged_timestamp_seconds",
-    documentation="when the last window was judged (Unix time): alert when monitoring stops",
-    labelnames=["model_name"],
-    **_MODE,
+JUDGED_AT = _gauge(
+    "driftloop_monitoring_judged_timestamp_seconds",
+    "when the last window was judged (Unix time): alert when monitoring stops",
 )
 
 
