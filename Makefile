@@ -42,7 +42,7 @@ test-fast: $(STAMP) ## everything but the tests that start servers
 MODEL ?=
 PORT ?= 3000
 serve: $(STAMP) ## serve the current champion on 127.0.0.1:3000 (after make demo); another model or port: make serve MODEL=caravan-purchase PORT=3001
-	BENTOML_HOME=$(CURDIR)/.driftloop/bentoml DRIFTLOOP_SERVING__MODEL_NAME=$(MODEL) $(VENV)/bin/bentoml serve bentos.service:Driftloop --host 127.0.0.1 --port $(PORT)
+	BENTOML_HOME=$(CURDIR)/.driftloop/bentoml-serve/$(PORT) DRIFTLOOP_SERVING__MODEL_NAME=$(MODEL) $(VENV)/bin/bentoml serve bentos.service:Driftloop --host 127.0.0.1 --port $(PORT)
 
 stack: $(STAMP) ## start the local Prefect server, pool, deployments and worker
 	$(PY) -m deployments.local_stack up

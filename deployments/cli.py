@@ -294,7 +294,10 @@ def serve(
 ) -> None:
     """Serve a model's champion with BentoML on 127.0.0.1 (Ctrl-C stops it)."""
     settings = Settings()
-    env = {**os.environ, "BENTOML_HOME": str(settings.bentoml_home), "BENTOML_DO_NOT_TRACK": "true"}
+    # a BentoML home per port: a server starting empties its home's metrics directory, which would
+    # erase the metrics of another service started from the same home
+    home = settings.bentoml_home.parent / "bentoml-serve" / str(port)
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     if model:
         env["DRIFTLOOP_SERVING__MODEL_NAME"] = model
     bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
