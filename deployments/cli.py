@@ -131,26 +131,22 @@ FLOW_COMMANDS = {
 
 
 # --- options from a parameter model ------------------------------------------------------------------
-def _option_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
-    """The type Typer parses a field into, and extra option settings (choices for a Literal)."""
+def _option_type(annotation: Any) -> Any:
+    """The type Typer parses a field into (a Literal becomes a choice of its values)."""
     if get_origin(annotation) in (Union, UnionType):
         inner = [a for a in get_args(annotation) if a is not type(None)]
-        return _option_type(inner[0]) if len(inner) == 1 else (str, {})
+        return _option_type(inner[0]) if len(inner) == 1 else str
     if get_origin(annotation) is Literal:
-        choices = Enum("Choice", {str(v): str(v) for v in get_args(annotation)}, type=str)
-        return choices, {}
-    if get_origin(annotation) is list:
-        (inner,) = get_args(annotation)
-        return list[inner], {}
+        return Enum("Choice", {str(v): str(v) for v in get_args(annotation)}, type=str)
     if annotation is datetime:  # pydantic reads ISO 8601 with an offset ("...Z"); Typer's parser does not
-        return str, {}
-    return annotation, {}
+        return str
+    return annotation  # list[int] and the like Typer takes as they are
 
 
 def _signature(command: FlowCommand) -> inspect.Signature:
     parameters = []
     for name, info in command.params.model_fields.items():
-        kind, _ = _option_type(info.annotation)
+        kind = _option_type(info.annotation)
         default = None if info.is_required() else info.get_default(call_default_factory=True)
         if isinstance(default, list):
             default = default or None
