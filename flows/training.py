@@ -10,8 +10,9 @@ Reads top to bottom as the story of one training run:
    windows over time, or stratified k-fold);
 5. train the candidate; score the held-out rows part by part (mapped); evaluate it against a baseline
    and the current champion;
-6. profile its inputs and predictions (the drift reference), track everything in W&B;
-7. register the version, apply the promotion gate's decision, save it to the BentoML store.
+6. profile its inputs and predictions (the drift reference) and write its model card;
+7. track the run in W&B, register the version, apply the promotion gate's decision, save it to the
+   BentoML store.
 
 Run it: ``python flows/training.py --n-trials 6`` or ``prefect deployment run 'training/local'``. The stages
 and the run record they share are in ``flows/steps/training.py``.
@@ -30,7 +31,7 @@ from flows.steps.training import (
     PrefectSteps,
     evaluate_and_decide,
     ingest_tables,
-    profile_and_track,
+    profile_and_describe,
     publish_training_artifacts,
     register_and_apply,
     search_and_cross_validate,
@@ -74,7 +75,7 @@ def training(params: TrainingParams = TrainingParams()) -> TrainingSummary:
     run = train_and_score_held_out(run, steps)
     run = evaluate_and_decide(run, steps)
     done(80)
-    run = profile_and_track(run, steps)
+    run = profile_and_describe(run, steps)
     done(88)
     run = register_and_apply(run, steps)
     summary = summarize(run)

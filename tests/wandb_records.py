@@ -70,7 +70,19 @@ def summarize_run(run_dir: Path) -> dict[str, Any]:
                 row[key] = json.loads(item.value_json)
             out["history"].append(row)
         elif kind == "artifact":
-            out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type})
+            a = rec.artifact
+            out["artifacts"].append({"name": a.name, "type": a.type})
+            out.setdefault("logged", []).append(
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "aliases": sorted(a.aliases),
+                    "digest": a.digest,
+                    "files": sorted(entry.path for entry in a.manifest.contents),
+                    "refs": [entry.ref for entry in a.manifest.contents if entry.ref],
+                    "metadata": json.loads(a.metadata) if a.metadata else {},
+                }
+            )
         elif kind == "run":
             out["run"] = {"id": rec.run.run_id, "group": rec.run.run_group, "job_type": rec.run.job_type}
             for item in rec.run.config.update:

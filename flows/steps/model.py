@@ -7,8 +7,6 @@ the snapshot's matrix is shared between steps of one process by ``load_matrix``.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -256,6 +254,7 @@ def stage_candidate_files(
     candidate: CandidateEvaluation,
     reference_keys: dict[str, str],
     evaluation: dict[str, Any],
+    card: str,
     ctx: RunContext,
 ) -> dict[str, str]:
     """Everything that explains the candidate, beside it in the store; registry file name -> store key."""
@@ -267,16 +266,17 @@ def stage_candidate_files(
         reference_keys,
         candidate.plot_keys,
         ctx.config.template(),
+        card,
     )
 
 
 @cached_task(name="track-in-wandb")
 def track_training(report: TrainingReport, ctx: RunContext) -> TrackedRun | None:
-    """One W&B run for this training (plus one per trial, grouped), built from the report."""
+    """One W&B run for this training, built from the report (plots and model files read from the store)."""
     store = ctx.store
-    pngs = {k: store.read_bytes(v) for k, v in report.plot_keys.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        model_file = Path(tmp) / "model.txt"
-        model_file.write_bytes(store.read_bytes(report.model_key))
-        api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
-        return log_training_run(ctx.settings, api_key, report, pngs, model_file)
+    files = {name: store.read_bytes(key) for name, key in report.files.items()}
+    pngs = {
+        n.removeprefix("plots/").removesuffix(".png"): v for n, v in files.items() if n.startswith("plots/")
+    }
+    api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
+    return log_training_run(ctx.settings, api_key, report, pngs, files)

@@ -6,10 +6,13 @@ Each step is a named Prefect task over ``tasks.registry``; alias moves also emit
 
 from __future__ import annotations
 
+from prefect import get_run_logger
+
 from flows.steps.events import emit_model_event
 from flows.steps.retrain_slot import claim_retrain_slot
-from flows.steps.runtime import CACHE_POLICY, cached_task, io_task
+from flows.steps.runtime import CACHE_POLICY, cached_task, io_task, wandb_api_key
 from tasks.core.context import RunContext
+from tasks.model.tracking import log_alias_move, model_artifact_files
 from tasks.registry.packaging import PackagedBento, build_bento, save_to_bentoml
 from tasks.registry.versions import ChampionMove, ModelVersion, NewVersion, Registry, VersionDecision
 
@@ -58,6 +61,7 @@ def move_champion(
     """Move the champion (None: back to the previous one) and emit ``event``; return the move and
     the event's id."""
     move = Registry(ctx.store, model_name).move_champion(version, reason=reason, actor=actor)
+    mirror_aliases_in_wandb(model_name, move.version, reason, ctx)
     event_id = emit_model_event(
         event,
         model_name,
@@ -65,6 +69,26 @@ def move_champion(
         target=ctx.target,
     )
     return move, event_id
+
+
+def mirror_aliases_in_wandb(model_name: str, version: int, reason: str, ctx: RunContext) -> str | None:
+    """Log ``version``'s model artifact in W&B with the aliases it has now in the registry (after a
+    move). W&B mirrors the registry: if it cannot be reached, the move stands and the run says so."""
+    registry = Registry(ctx.store, model_name)
+    mv = registry.get(version)
+    aliases = sorted(a for a, v in registry.alias_doc().aliases.items() if v == version)
+    files = {name: registry.read_file(mv, name) for name in model_artifact_files(mv.files)}
+    metadata = {"snapshot_id": mv.snapshot_id, "registry_version": version, "training_run": mv.wandb_run}
+    try:
+        api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
+        return log_alias_move(ctx.settings, api_key, model_name, version, files, aliases, reason, metadata)
+    except Exception as exc:  # noqa: BLE001 - the registry moved; W&B only mirrors it
+        get_run_logger().warning(
+            "W&B did not record %s v%d's aliases %s (%s); the registry has them. Log them again with "
+            "a later promotion, or check tracking settings",
+            *(model_name, version, aliases, exc),
+        )
+        return None
 
 
 @io_task(name="claim-retrain-slot")
@@ -82,6 +106,7 @@ def start_canary(model_name: str, version: int, reason: str, ctx: RunContext) ->
     doc = Registry(ctx.store, model_name).set_alias(
         "challenger", version, reason=reason, actor="training-flow"
     )
+    mirror_aliases_in_wandb(model_name, version, reason, ctx)
     emit_model_event(
         "driftloop.model.canary.started",
         model_name,

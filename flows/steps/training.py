@@ -68,9 +68,10 @@ from tasks.decisions import (
     decide_reproduced,
 )
 from tasks.model.baselines import LinearBaseline
-from tasks.model.evaluate import CandidateEvaluation, ChampionEvaluation, metric_table, model_card
+from tasks.model.card import AttributionSums, CardFacts, GateRow, model_card
+from tasks.model.evaluate import CandidateEvaluation, ChampionEvaluation, metric_table
 from tasks.model.held_out import HeldOutPart, held_out_ranges
-from tasks.model.tracking import TrackedRun, TrainingReport
+from tasks.model.tracking import TrackedRun, TrainingReport, model_artifact_files
 from tasks.model.train import FitResult, PreparedTraining, TrainedModel
 from tasks.model.tune import best_trial, run_search
 from tasks.registry.versions import ModelVersion, NewVersion, Registry, VersionDecision, git_commit
@@ -163,6 +164,7 @@ class TrainingRun:
     gate: GateEvidence | None = None
     decision: PromotionDecision | None = None
     reference_keys: dict[str, str] = field(default_factory=dict)
+    card: CardFacts | None = None
     tracked: TrackedRun | None = None
     version: ModelVersion | None = None
     aliases: dict[str, int] = field(default_factory=dict)
@@ -350,6 +352,57 @@ def evaluate_and_decide(run: TrainingRun, steps: StepRunner) -> TrainingRun:
     return run
 
 
+def gate_rows(gate: GateEvidence) -> list[GateRow]:
+    """The gate's comparisons as the model card shows them: each baseline, then the champion."""
+    rows = [
+        GateRow(against=g.against, other_auc=g.other_auc, auc=g.auc, gain=g.gain, low=g.low, high=g.high)
+        for g in gate.baselines
+        if g is not None
+    ]
+    c = gate.comparison
+    if c is not None:
+        rows.append(
+            GateRow(
+                against=f"champion v{c.champion_version}",
+                other_auc=c.champion_auc,
+                auc=c.candidate_auc,
+                gain=c.gain_mean,
+                low=c.gain_low,
+                high=c.gain_high,
+            )
+        )
+    return rows
+
+
+def card_facts(run: TrainingRun) -> CardFacts:
+    """What the model card says, from what the run has measured and decided so far."""
+    explained = AttributionSums()
+    for part in run.parts:
+        explained = explained.plus(part.attributions)
+    m = run.manifest
+    return CardFacts(
+        model_name=run.model_name,
+        dataset=run.config.name,
+        decision=run.decision.outcome,
+        reason=run.decision.reason,
+        evaluation=run.candidate.evaluation,
+        champion=run.champion.metrics,
+        champion_version=run.champion.version,
+        gate=gate_rows(run.gate),
+        test_flagged=run.gate.test_flagged,
+        snapshot_id=m.snapshot_id,
+        snapshot_rows=m.rows,
+        time_range=(m.time_min, m.time_max),
+        sources={t: len(r.valid_keys) for t, r in run.ingested.items()},
+        split_method=run.config.split_method,
+        cv=run.cv,
+        params=run.trained.fit.params,
+        git_commit=git_commit(run.ctx.settings.git_commit),
+        attributions=explained.mean_abs(),
+        plot_names=list(run.candidate.plot_keys),
+    )
+
+
 def run_config(run: TrainingRun) -> dict[str, Any]:
     """What identifies this run in W&B and the registry."""
     return {
@@ -364,15 +417,15 @@ def run_config(run: TrainingRun) -> dict[str, Any]:
     }
 
 
-def training_report(run: TrainingRun) -> TrainingReport:
-    """What W&B gets: this run's identity, curves, metrics, plots, trials and slices."""
+def training_report(run: TrainingRun, files: dict[str, str]) -> TrainingReport:
+    """What W&B gets: this run's identity, curves, metrics, plots, trials and slices, the snapshot, and
+    the model's files as the registry will hold them (``files``: registry name -> store key)."""
     evaluation, snapshot_id = run.candidate.evaluation, run.manifest.snapshot_id
     return TrainingReport(
         name=f"{run.model_name}-{snapshot_id}",
         group=f"{run.model_name}-{snapshot_id}-seed{run.config.training.seed}",
         config=run_config(run),
-        model_key=run.trained.model_key,
-        transform_json=run.prepared.transform.to_json(),
+        files=model_artifact_files(files),
         history=run.trained.fit.history,
         summary={
             **{f"test/{k}": v for k, v in evaluation.test.model_dump().items()},
@@ -380,18 +433,27 @@ def training_report(run: TrainingRun) -> TrainingReport:
             "cv/auc_mean": run.cv["mean"],
             "cv/auc_std": run.cv["std"],
         },
-        plot_keys=run.candidate.plot_keys,
+        aliases=[run.decision.outcome] if run.decision.outcome in ("champion", "challenger") else [],
+        dataset_uri=_as_link(run.ctx.store.url(f"snapshots/{run.manifest.snapshot_id}")),
+        dataset_metadata={
+            "snapshot_id": run.manifest.snapshot_id,
+            "rows": run.manifest.rows,
+            "time_min": run.manifest.time_min,
+            "time_max": run.manifest.time_max,
+            "content_sha256": run.manifest.content_sha256,
+            "sources": {t: len(keys) for t, keys in run.manifest.sources.items()},
+        },
         trials=[t.model_dump() for t in run.trials],
         slices=[s.model_dump() for s in evaluation.slices],
     )
 
 
-def profile_and_track(run: TrainingRun, steps: StepRunner) -> TrainingRun:
-    """The drift reference (the parts' profiles merged, calibrated), and one W&B run for the training."""
+def profile_and_describe(run: TrainingRun, steps: StepRunner) -> TrainingRun:
+    """The drift reference (the parts' profiles merged, calibrated) and the model card's facts."""
+    run.card = card_facts(run)
     run.reference_keys = steps.call(
         profile_reference, run.trained, run.manifest, run.prepared, run.parts, run.ctx
     )
-    run.tracked = steps.call(track_training, training_report(run), run.ctx)
     return run
 
 
@@ -421,7 +483,8 @@ def new_version_record(run: TrainingRun) -> NewVersion:
 
 
 def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
-    """Register the version with everything that explains it, carry out the decision (a version this
+    """Track the run in W&B, register the version with everything that explains it (its card among
+    them), carry out the decision (a version this
     run only reproduced changes nothing), make it buildable as a bento, and say so in an event."""
     ctx, registry, name = run.ctx, run.registry, run.model_name
     explained = {
@@ -435,8 +498,10 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         "decision": run.decision.model_dump(),
     }
     files = steps.call(
-        stage_candidate_files, run.trained, run.prepared, run.candidate, run.reference_keys, explained, ctx
+        stage_candidate_files,
+        *(run.trained, run.prepared, run.candidate, run.reference_keys, explained, model_card(run.card), ctx),
     )
+    run.tracked = steps.call(track_training, training_report(run, files), ctx)  # one W&B run
     known = set(registry.versions())
     decided = VersionDecision(**run.decision.model_dump())
     run.version = v = steps.call(register_model_version, name, files, new_version_record(run), decided, ctx)
@@ -470,7 +535,7 @@ TRAINING_STAGES = (
     search_and_cross_validate,
     train_and_score_held_out,
     evaluate_and_decide,
-    profile_and_track,
+    profile_and_describe,
     register_and_apply,
 )
 
@@ -506,7 +571,7 @@ def publish_training_artifacts(run: TrainingRun, summary: TrainingSummary) -> No
         return
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-    candidate, champion, ctx, cv = run.candidate, run.champion, run.ctx, run.cv
+    candidate, champion, ctx = run.candidate, run.champion, run.ctx
     key = summary.model_name.replace("_", "-")
     rows = []
     for label, model, baseline, champ in metric_table(summary.test, summary.baseline, champion.metrics):
@@ -520,19 +585,9 @@ def publish_training_artifacts(run: TrainingRun, summary: TrainingSummary) -> No
         description=f"Test metrics of {summary.model_name} v{summary.version}",
     )
     pngs = {k: ctx.store.read_bytes(v) for k, v in candidate.plot_keys.items()}
-    card = model_card(
-        model_name=summary.model_name,
-        version=summary.version,
-        decision=summary.decision,
-        reason=summary.reason,
-        evaluation=candidate.evaluation,
-        champion=champion.metrics,
-        snapshot_id=summary.snapshot_id,
-        params=run.trained.fit.params,
-        cv=cv,
-        wandb_url=summary.wandb_run,
-        pngs=pngs,
-    )
+    tracked = summary.wandb_run or "not tracked"
+    where = f"Registered as **v{summary.version}** ({summary.registry_entry}); W&B run: {tracked}."
+    card = model_card(run.card, inline_plots=pngs).replace("\n\n", f"\n\n{where}\n\n", 1)
     create_markdown_artifact(key=f"{key}-model-card", markdown=card, description="Model card")
     create_link_artifact(
         key=f"{key}-registry",

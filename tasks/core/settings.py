@@ -46,6 +46,11 @@ class TrackingSettings(BaseModel):
     api_key_block: str | None = Field(
         None, description="name of a Prefect Secret block holding the W&B API key (used when online)"
     )
+    registry: str = Field(
+        "model",
+        description="the W&B Registry models are linked to (online): collection "
+        "wandb-registry-<registry>/<model name>",
+    )
 
 
 class PrefectSettings(BaseModel):

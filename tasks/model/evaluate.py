@@ -1,7 +1,7 @@
-"""Evaluation: test metrics, a trivial baseline, metrics per slice, plots and the model card.
+"""Evaluation: test metrics, a trivial baseline, metrics per slice and plots.
 
 Metrics come from scikit-learn (no hand-rolled AUC). Plots are PNG bytes (matplotlib, Agg) so they
-can go to the artifact store, to W&B and, inlined, into the Prefect model card.
+can go to the artifact store, to W&B and into the model card (``tasks.model.card``).
 """
 
 from __future__ import annotations
@@ -201,64 +201,6 @@ def metric_table(
 
 def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def model_card(
-    *,
-    model_name: str,
-    version: int | None,
-    decision: str,
-    reason: str,
-    evaluation: Evaluation,
-    champion: Metrics | None,
-    snapshot_id: str,
-    params: dict[str, Any],
-    cv: dict[str, float],
-    wandb_url: str | None,
-    pngs: dict[str, bytes],
-) -> str:
-    """The model card as Markdown: what the model is, how good, compared with what, and why it was
-    promoted."""
-    t = evaluation.test
-    lines = [
-        f"# {model_name} v{version if version is not None else '?'}",
-        "",
-        f"**Decision: {decision}** — {reason}",
-        "",
-        f"- dataset snapshot: `{snapshot_id}`; "
-        f"test window {evaluation.test_window[0]} .. {evaluation.test_window[1]}"
-        f" ({t.rows} rows, positive rate {t.positive_rate:.3f})",
-        f"- time-series CV ROC-AUC: {cv.get('mean', float('nan')):.4f} ± {cv.get('std', float('nan')):.4f}"
-        f" over {int(cv.get('folds', 0))} folds",
-        f"- W&B run: {wandb_url or 'not tracked'}",
-        "",
-        "| metric | model | baseline (positive rate) |" + (" champion |" if champion else ""),
-        "|---|---|---|" + ("---|" if champion else ""),
-    ]
-    for label, model, baseline, champ in metric_table(t, evaluation.baseline, champion):
-        lines.append(
-            f"| {label} | {model:.4f} | {baseline:.4f} |" + (f" {champ:.4f} |" if champ is not None else "")
-        )
-    lines += [
-        "",
-        "## Parameters",
-        "",
-        "```",
-        *(f"{k}: {v}" for k, v in sorted(params.items())),
-        "```",
-        "",
-        "## Slices (test)",
-        "",
-        "| column | value | rows | positive rate | ROC-AUC |",
-        "|---|---|---|---|---|",
-    ]
-    for s in evaluation.slices:
-        auc = f"{s.roc_auc:.4f}" if s.roc_auc is not None else "n/a"
-        lines.append(f"| {s.column} | {s.value} | {s.rows} | {s.positive_rate:.3f} | {auc} |")
-    lines += ["", "## Plots", ""]
-    for name, png in pngs.items():
-        lines.append(f"![{name}]({png_data_uri(png)})")
-    return "\n".join(lines)
 
 
 class CandidateEvaluation(BaseModel):

@@ -30,6 +30,7 @@ from tasks.core.profile import load_profile, profile_frame
 from tasks.core.store import ArtifactStore
 from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.model.baselines import LinearBaseline
+from tasks.model.card import AttributionSums, attribution_sums
 from tasks.model.features import FittedTransform
 from tasks.model.train import PreparedTraining, predict
 
@@ -45,6 +46,7 @@ class HeldOutPart(BaseModel):
     scored_key: str
     profile: bytes | None  # whylogs view of its reference-sample rows (None: it has none)
     champion_note: str | None = None  # why the champion could not score these rows, if it could not
+    attributions: AttributionSums = AttributionSums()  # the candidate's |pred_contrib| over its test rows
 
 
 class Scorer(BaseModel):
@@ -112,9 +114,10 @@ def score_held_out(
     df = df.filter(pl.Series(keep)).with_columns(
         pl.Series(ROW, row[keep]), pl.Series(IN_TEST, in_test[keep]), pl.Series(IN_SAMPLE, in_sample[keep])
     )
-    X = candidate.transform.to_matrix(df)
+    X, booster = candidate.transform.to_matrix(df), candidate.booster()
+    explained = attribution_sums(booster, X[df[IN_TEST].to_numpy()], candidate.transform.feature_names)
     df = df.with_columns(
-        pl.Series(CANDIDATE, predict(candidate.booster(), X)),
+        pl.Series(CANDIDATE, predict(booster, X)),
         pl.Series(BASELINE, baseline.predict(X) if baseline is not None else np.full(df.height, np.nan)),
     )
     note, champion_scores = None, np.full(df.height, np.nan)
@@ -139,7 +142,9 @@ def score_held_out(
     store.write_parquet(
         key, df.select(ROW, IN_TEST, IN_SAMPLE, *evaluated_columns(config), CANDIDATE, CHAMPION, BASELINE)
     )
-    return HeldOutPart(lo=lo, hi=hi, scored_key=key, profile=profile, champion_note=note)
+    return HeldOutPart(
+        lo=lo, hi=hi, scored_key=key, profile=profile, champion_note=note, attributions=explained
+    )
 
 
 def scored_test_rows(store: ArtifactStore, parts: list[HeldOutPart]) -> pl.DataFrame:

@@ -1,4 +1,12 @@
-"""Experiment tracking with Weights & Biases: one run per training, trials grouped beside it.
+"""Experiment tracking with Weights & Biases, and W&B as the model registry people know.
+
+One run per training: curves, plots, metrics, the search's trials (a table and a curve each), the
+dataset snapshot as a reference artifact, and the model (``model.txt``, ``transform.json``, the
+model card and its plots) as a ``model`` artifact carrying the gate's alias. The driftloop registry
+stays the one truth; every alias move there (promotion, canary, rollback) is mirrored by a short
+``registry`` run that logs the same files with the aliases the version now has, so ``champion`` and
+``challenger`` follow in W&B (same bytes, same digest: one artifact version). Online, the artifact
+is also linked to the W&B Registry collection ``wandb-registry-<registry>/<model>``.
 
 Offline by default (``DRIFTLOOP_TRACKING__MODE=offline``): runs land as files under the tracking dir
 and can be uploaded later with ``wandb sync``. Online when the mode is ``online``, with the key the
@@ -50,49 +58,36 @@ def _init(settings: Settings, api_key: str | None = None, **kwargs: Any) -> Any:
     )
 
 
+MODEL_FILES = ("model.txt", "transform.json", "model_card.md")  # + plots/*.png: the W&B model artifact
+
+
+def model_artifact_files(files: dict[str, Any]) -> dict[str, Any]:
+    """Which of a version's files (registry name -> anything) make its W&B model artifact. The
+    training run and every later alias move log exactly these names with the same bytes, so W&B
+    sees one artifact version (same digest) whose aliases move."""
+    return {n: v for n, v in files.items() if n in MODEL_FILES or n.startswith("plots/")}
+
+
 class TrainingReport(BaseModel):
-    """What one training run reports to W&B: its identity, curves, metrics, plots, trials and slices
-    (plots and the model file are store keys: the report is small, and a cache key)."""
+    """What one training run reports to W&B: its identity, curves, metrics, trials, slices, the
+    dataset snapshot it read and the model files (store keys: the report is small, and a cache key)."""
 
     name: str
     group: str
     config: dict[str, Any]
-    model_key: str
-    transform_json: str
+    files: dict[str, str]  # the model artifact: registry file name -> store key
+    aliases: list[str]  # what the gate made it: champion, challenger, or nothing yet
+    dataset_uri: str
+    dataset_metadata: dict[str, Any]
     history: dict[str, dict[str, list[float]]]
     summary: dict[str, float]
-    plot_keys: dict[str, str]
     trials: list[dict[str, Any]]
     slices: list[dict[str, Any]]
 
 
-def _log_trials(settings: Settings, api_key: str | None, report: TrainingReport) -> None:
-    """One W&B run per search trial, grouped with the training run."""
-    for i, trial in enumerate(report.trials):
-        trial_run = _init(
-            settings,
-            api_key,
-            name=f"{report.name}-trial-{i}",
-            group=report.group,
-            job_type="hpo-trial",
-            config={**trial["params"], "trial": trial.get("trial", i)},
-        )
-        for step, (auc, loss) in enumerate(
-            zip(trial["history"]["valid"]["auc"], trial["history"]["valid"]["binary_logloss"])
-        ):
-            trial_run.log({"valid/auc": auc, "valid/logloss": loss}, step=step)
-        trial_run.summary.update(
-            {
-                "valid_auc": trial["valid_auc"],
-                "best_iteration": trial["best_iteration"],
-                "pruned": bool(trial.get("pruned", False)),  # stopped early by Optuna's median rule
-            }
-        )
-        trial_run.finish()
-
-
 def _log_curves_and_tables(run: Any, wandb: Any, report: TrainingReport, pngs: dict[str, bytes]) -> None:
-    """Per-iteration curves, plots, the trials table and the slices table of the training run."""
+    """Per-iteration curves, plots, the trials (one table row and one curve each: no run per trial)
+    and the slices table of the training run."""
     train_h, valid_h = report.history.get("train", {}), report.history.get("valid", {})
     for step in range(len(valid_h.get("auc", []))):
         run.log(
@@ -111,39 +106,112 @@ def _log_curves_and_tables(run: Any, wandb: Any, report: TrainingReport, pngs: d
         [t.get("trial", i), t["valid_auc"], t["best_iteration"], bool(t.get("pruned")), str(t["params"])]
         for i, t in enumerate(report.trials)
     ]
-    run.log(
-        {
-            "trials": wandb.Table(
-                columns=["trial", "valid_auc", "best_iteration", "pruned", "params"], data=rows
-            )
-        }
-    )
+    columns = ["trial", "valid_auc", "best_iteration", "pruned", "params"]
+    run.log({"trials": wandb.Table(columns=columns, data=rows)})
+    curves = [t["history"]["valid"]["auc"] for t in report.trials if t.get("history", {}).get("valid")]
+    if curves:
+        run.log(
+            {
+                "trials/valid_auc": wandb.plot.line_series(
+                    xs=list(range(max(len(c) for c in curves))),
+                    ys=curves,
+                    keys=[f"trial {t.get('trial', i)}" for i, t in enumerate(report.trials)],
+                    title="validation ROC-AUC per boosting round, each search trial",
+                    xname="round",
+                )
+            }
+        )
     if report.slices:
         cols = list(report.slices[0])
         run.log({"slices": wandb.Table(columns=cols, data=[[s[c] for c in cols] for s in report.slices])})
 
 
+def registry_collection(settings: Settings, model_name: str) -> str:
+    """The W&B Registry collection a model's versions are linked to."""
+    return f"wandb-registry-{settings.tracking.registry}/{model_name}"
+
+
+def _model_artifact(wandb: Any, model_name: str, files: dict[str, bytes], metadata: dict[str, Any]) -> Any:
+    artifact = wandb.Artifact(name=model_name, type="model", metadata=metadata)
+    for name, data in sorted(files.items()):
+        with artifact.new_file(name, mode="wb") as fh:
+            fh.write(data)
+    return artifact
+
+
+def _publish(settings: Settings, run: Any, artifact: Any, model_name: str, aliases: list[str]) -> None:
+    """Log the model artifact with ``aliases`` (its own project); online, also link it to the W&B
+    Registry collection with the same aliases. wandb cannot link offline (``link_artifact`` raises
+    NotImplementedError in 0.31): offline runs carry the aliases and the collection in metadata,
+    and the link is made when the run is synced and trained or promoted online."""
+    run.log_artifact(artifact, aliases=aliases)
+    if settings.tracking.mode == "online":
+        run.link_artifact(artifact, registry_collection(settings, model_name), aliases=aliases)
+
+
 def log_training_run(
-    settings: Settings, api_key: str | None, report: TrainingReport, pngs: dict[str, bytes], model_file: Path
+    settings: Settings,
+    api_key: str | None,
+    report: TrainingReport,
+    pngs: dict[str, bytes],
+    files: dict[str, bytes],
 ) -> TrackedRun | None:
-    """Log the training run (config, per-iteration curves, metrics, plots, model artifact) and its trials."""
+    """One W&B run for the training: config, curves, metrics, plots, trials; the dataset snapshot as a
+    reference artifact it used; the model (``files``) as an artifact with the gate's alias."""
     if settings.tracking.mode == "disabled":
         return None
     wandb = _wandb(settings)
-    _log_trials(settings, api_key, report)
     config = report.config
     run = _init(settings, api_key, name=report.name, group=report.group, job_type="train", config=config)
     _log_curves_and_tables(run, wandb, report, pngs)
     run.summary.update(report.summary)
-    artifact = wandb.Artifact(
-        name=f"{config['model_name']}", type="model", metadata={"snapshot_id": config["snapshot_id"]}
+    dataset = wandb.Artifact(
+        name=f"{config['model_name']}-snapshot", type="dataset", metadata=report.dataset_metadata
     )
-    artifact.add_file(str(model_file), name="model.txt")
-    with artifact.new_file("transform.json") as fh:
-        fh.write(report.transform_json)
-    run.log_artifact(artifact)
+    dataset.add_reference(report.dataset_uri, name="snapshot", checksum=False)
+    run.use_artifact(dataset) if settings.tracking.mode == "online" else run.log_artifact(dataset)
+    model_name = config["model_name"]
+    metadata = {
+        "snapshot_id": config["snapshot_id"],
+        "dataset_artifact": f"{model_name}-snapshot",
+        "registry_collection": registry_collection(settings, model_name),
+    }
+    _publish(settings, run, _model_artifact(wandb, model_name, files, metadata), model_name, report.aliases)
     online = settings.tracking.mode == "online"
     path = f"{run.entity}/{run.project}/{run.id}" if online else str(Path(run.dir).parent)
     result = TrackedRun(run_id=run.id, path=path, url=run.url if online else None, group=report.group)
     run.finish()
     return result
+
+
+def log_alias_move(
+    settings: Settings,
+    api_key: str | None,
+    model_name: str,
+    version: int,
+    files: dict[str, bytes],
+    aliases: list[str],
+    reason: str,
+    metadata: dict[str, Any],
+) -> str | None:
+    """Mirror a registry alias move in W&B: a short run (job type ``registry``) logs the version's
+    model artifact again with the same bytes (W&B keeps one artifact version for one digest) and the
+    aliases it now has, so ``champion``/``challenger`` follow promotion, canary and rollback there.
+    Returns the run's path (None: tracking disabled)."""
+    if settings.tracking.mode == "disabled":
+        return None
+    wandb = _wandb(settings)
+    run = _init(
+        settings,
+        api_key,
+        name=f"{model_name}-v{version}-{'-'.join(aliases) or 'no-alias'}",
+        group=f"{model_name}-registry",
+        job_type="registry",
+        config={"model_name": model_name, "registry_version": version, "aliases": aliases, "reason": reason},
+    )
+    meta = {**metadata, "registry_collection": registry_collection(settings, model_name)}
+    _publish(settings, run, _model_artifact(wandb, model_name, files, meta), model_name, aliases)
+    online = settings.tracking.mode == "online"
+    path = f"{run.entity}/{run.project}/{run.id}" if online else str(Path(run.dir).parent)
+    run.finish()
+    return path

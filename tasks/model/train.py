@@ -382,21 +382,25 @@ def write_candidate_files(
     reference_keys: dict[str, str],
     plot_keys: dict[str, str],
     config_template: dict[str, Any],
+    card: str,
 ) -> dict[str, str]:
-    """Write the transform, evaluation and dataset config beside the candidate's model; return what the
-    registry stores for it: file name -> store key (model, transform, config, drift reference,
-    evaluation, plots)."""
+    """Write the transform, evaluation, dataset config and model card beside the candidate's model;
+    return what the registry stores for it: file name -> store key (model, transform, config, drift
+    reference, evaluation, card, plots)."""
     transform_key = f"{trained.files_prefix}/transform.json"
     store.write_bytes(transform_key, transform.to_json().encode())
     config_key = f"{trained.files_prefix}/dataset_config.json"
     store.write_json(config_key, config_template)
     evaluation_key = f"{trained.files_prefix}/evaluation.json"
     store.write_json(evaluation_key, evaluation)
+    card_key = f"{trained.files_prefix}/model_card.md"
+    store.write_bytes(card_key, card.encode())
     return {
         "model.txt": trained.model_key,
         "transform.json": transform_key,
         "dataset_config.json": config_key,
         **reference_keys,  # the drift reference: profile and calibration
         "evaluation.json": evaluation_key,
+        "model_card.md": card_key,
         **{f"plots/{k}.png": v for k, v in plot_keys.items()},
     }

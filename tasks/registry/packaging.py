@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel
 
 from tasks.core.settings import PROJECT_DIR, Settings
-from tasks.registry.versions import CONFIG_FILE, ModelVersion, Registry, RegistryError
+from tasks.registry.versions import CARD_FILE, CONFIG_FILE, ModelVersion, Registry, RegistryError
 
 SERVING_REQUIREMENTS = PROJECT_DIR / "bentos" / "requirements.in"  # what the service needs, by name
 SERVING_LOCK = PROJECT_DIR / "bentos" / "requirements.lock"  # those, pinned with hashes (`make lock`)
@@ -54,9 +54,9 @@ def save_to_bentoml(mv: ModelVersion, registry: Registry, settings: Settings) ->
         labels={"registry_version": str(mv.version), "snapshot": mv.snapshot_id},
         metadata={"registry_store": registry.store.uri, "metrics": mv.metrics, "git_commit": mv.git_commit},
     ) as model:
-        for name in ("model.txt", "transform.json", CONFIG_FILE):
+        for name in ("model.txt", "transform.json", CONFIG_FILE, CARD_FILE):
             if name not in mv.files:
-                continue  # versions registered before configs were kept
+                continue  # versions registered before configs (or cards) were kept
             with open(model.path_of(name), "wb") as fh:
                 fh.write(registry.read_file(mv, name))
         with open(model.path_of("registry_version.json"), "w") as fh:
@@ -73,11 +73,13 @@ class PackagedBento(BaseModel):
     dockerfile: str
 
 
-def bentofile(model_name: str, model_tag: str, version: int, snapshot_id: str) -> dict:
+def bentofile(model_name: str, model_tag: str, version: int, snapshot_id: str, card: str = "") -> dict:
+    """The bento's build spec; its description (the bento's README) is the version's model card."""
+    title = f"driftloop prediction service for {model_name} (registry version {version})"
     return {
         "service": "bentos.service:Driftloop",
         "name": model_name,
-        "description": f"driftloop prediction service for {model_name} (registry version {version})",
+        "description": f"{title}\n\n{card}" if card else title,
         "labels": {"registry_version": str(version), "snapshot": snapshot_id, "owner": "driftloop"},
         "include": ["bentos/*.py", "bentos/*.json", "tasks/**/*.py", "configs/*.yaml"],
         # the lock the development venv and the flow image install from, cut to what serving needs
@@ -98,10 +100,13 @@ def build_bento(registry: Registry, ref: str, settings: Settings) -> PackagedBen
     store, model_name = registry.store, registry.model_name
     mv = registry.resolve(ref)
     model_tag = save_to_bentoml(mv, registry, settings)
+    card = registry.read_file(mv, CARD_FILE).decode() if CARD_FILE in mv.files else ""
     with tempfile.TemporaryDirectory() as tmp:
         spec = Path(tmp) / "bentofile.yaml"
         spec.write_text(
-            yaml.safe_dump(bentofile(model_name, model_tag, mv.version, mv.snapshot_id), sort_keys=False)
+            yaml.safe_dump(
+                bentofile(model_name, model_tag, mv.version, mv.snapshot_id, card), sort_keys=False
+            )
         )
         try:  # rebuilding a version replaces its bento (the code may have changed since)
             bentoml.bentos.delete(f"{model_name}:v{mv.version}")

@@ -165,6 +165,7 @@ def git_commit(configured: str | None = None) -> str:
 
 
 CONFIG_FILE = "dataset_config.json"
+CARD_FILE = "model_card.md"  # the model card (tasks.model.card), Markdown
 
 
 def model_config_of(

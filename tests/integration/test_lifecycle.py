@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ from tasks.core.errors import BadInput
 from tasks.core.store import open_store
 from tasks.registry.versions import Registry, RegistryError
 from tests.conftest import RECORD
+from tests.wandb_records import runs_in_group
 
 pytestmark = pytest.mark.integration
 
@@ -39,8 +42,8 @@ def test_promote_and_rollback(prefect_server, private_settings):
     registry = Registry(open_store(private_settings), "lifecycle-model")
     with pytest.raises(BadInput, match="'lifecycle-model' was never registered"):
         rollback(RollbackParams(model_name="lifecycle-model"))
-    for _ in range(3):
-        registry.register({"model.txt": b"tree"}, RECORD)
+    for i in range(3):
+        registry.register({"model.txt": f"tree {i}".encode(), "model_card.md": b"# card"}, RECORD)
     with pytest.raises(BadInput, match="no previous champion"):
         rollback(RollbackParams(model_name="lifecycle-model"))
     registry.set_alias("champion", 1, reason="first", actor="test")
@@ -63,6 +66,17 @@ def test_promote_and_rollback(prefect_server, private_settings):
         promote(PromoteParams(version=9, model_name="lifecycle-model"))
     with pytest.raises(BadInput, match="already champion"):
         promote(PromoteParams(version=3, model_name="lifecycle-model"))
+
+    # W&B follows: each move logged the version's files again with the aliases it has now
+    moves = runs_in_group(Path(os.environ["DRIFTLOOP_TRACKING__DIR"]), "lifecycle-model-registry")
+    logged = [(r["config"]["registry_version"], r["logged"][0]) for r in moves]
+    assert [(v, a["aliases"]) for v, a in logged] == [(v, ["champion", "latest"]) for v in (2, 1, 3)]
+    assert all(a["files"] == ["model.txt", "model_card.md"] and a["type"] == "model" for _, a in logged)
+    digests = {v: a["digest"] for v, a in logged}
+    assert len(set(digests.values())) == 3  # one W&B artifact version per registry version
+    assert all(
+        a["metadata"]["registry_collection"] == "wandb-registry-model/lifecycle-model" for _, a in logged
+    )
 
     api = prefect_server.cfg.api_url
     promoted = _events(api, "driftloop.model.promoted", "lifecycle-model", 1)

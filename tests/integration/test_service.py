@@ -880,6 +880,8 @@ def test_package_flow_builds_a_bento_that_serves_elsewhere_with_the_registry_dow
 
     built = bentoml.get(bento.bento_tag)
     assert [str(m.tag) for m in built.info.all_models] == ["flights-late-arrival:v1"]
+    readme = (Path(built.path) / "README.md").read_text()  # the bento's README is the model card
+    assert "# Model card: flights-late-arrival" in readme and "## What drives the score" in readme
 
     elsewhere = tmp_path / "bentoml-elsewhere"
     cli = str(Path(sys.executable).parent / "bentoml")

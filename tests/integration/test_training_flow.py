@@ -84,22 +84,39 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     assert {"plots/roc", "plots/pr", "plots/calibration", "plots/importance"} <= {
         k.rsplit("/", 1)[0] for row in run["history"] for k in row
     }
-    assert {"type": "model", "name": "flights-worker"} in run["artifacts"]
-    trials = [
-        r
-        for r in runs_in_group(Path(os.environ["DRIFTLOOP_TRACKING__DIR"]), run["run"]["group"])
-        if r["run"]["job_type"] == "hpo-trial"
+    # one run: the trials are a table and a curve in it, not runs of their own
+    group = runs_in_group(Path(os.environ["DRIFTLOOP_TRACKING__DIR"]), run["run"]["group"])
+    assert [r["run"]["job_type"] for r in group] == ["train"]
+    logged = {k: v for row in run["history"] for k, v in row.items()}
+    assert logged["trials/nrows"] == SMALL["n_trials"] and logged["trials/valid_auc_table/nrows"] > 0
+    # the snapshot as a dataset reference; the model (its registry files) with the gate's alias
+    dataset = next(a for a in run["logged"] if a["type"] == "dataset")
+    assert (
+        dataset["name"] == "flights-worker-snapshot" and dataset["metadata"]["snapshot_id"] == mv.snapshot_id
+    )
+    assert any(ref.endswith(f"snapshots/{mv.snapshot_id}/manifest.json") for ref in dataset["refs"])
+    model = next(a for a in run["logged"] if a["type"] == "model")
+    assert model["name"] == "flights-worker" and model["aliases"] == ["champion", "latest"]
+    assert {"model.txt", "transform.json", "model_card.md", "plots/roc.png"} <= set(model["files"])
+
+    # the model card travels with the version: registry, BentoML model, W&B artifact (same bytes)
+    card = registry.read_file(mv, "model_card.md").decode()
+    assert "time-ordered CV (expanding windows)" in card and "stratified" not in card
+    assert "## What drives the score" in card and "pred_contrib" in card and "## Gate evidence" in card
+    assert mv.snapshot_id in card and "![roc](plots/roc.png)" in card
+    drivers = [
+        line.split("|")[1].strip()
+        for line in card.split("## What drives the score")[1].split("\n## ")[0].splitlines()
+        if line.startswith("| ") and "feature" not in line and "more)" not in line
     ]
-    assert len(trials) == SMALL["n_trials"]  # trials grouped beside the training run
-    # each Optuna trial: its number, its validation AUC, whether the median rule pruned it
-    assert sorted(t["config"]["trial"] for t in trials) == list(range(SMALL["n_trials"]))
-    assert all({"valid_auc", "best_iteration", "pruned"} <= set(t["summary"]) for t in trials)
+    assert 5 <= len(drivers) <= 15 and set(drivers) <= set(mv.feature_names)
 
     # the BentoML model store has the version, for `bentoml build`
     import bentoml
 
     bento_model = bentoml.models.get(mv.bento_tag)
     assert Path(bento_model.path_of("model.txt")).read_bytes() == registry.read_file(mv, "model.txt")
+    assert Path(bento_model.path_of("model_card.md")).read_text() == card
 
     # Prefect artifacts: metrics table, model card, links, progress
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -113,7 +130,11 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     assert kinds["flights-worker-metrics"] == "table"
     assert kinds["flights-worker-model-card"] == "markdown"
     card = next(a for a in arts if a.key == "flights-worker-model-card").data
-    assert "Decision: champion" in card and "data:image/png;base64," in card
+    assert (
+        "Gate decision: champion" in card
+        and "data:image/png;base64," in card
+        and "Registered as **v1**" in card
+    )
     assert "flights-worker-registry" in kinds and "flights-worker-wandb" in kinds
 
     # a second run that cannot clear the gate's margin is rejected: registered, no alias, never served
