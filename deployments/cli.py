@@ -263,12 +263,8 @@ def status(
     settings = Settings()
     store = open_store(settings)
     models = [model] if model else registered_models(store)
-    if model and model not in registered_models(store):
-        console.print(
-            f"[bold red]{model!r} is not registered[/] in {store.uri} "
-            f"(registered: {registered_models(store) or 'none'}): train it first (driftloop train)"
-        )
-        raise typer.Exit(1)
+    if model:
+        _registered_or_exit(store, model)
     if not models:
         console.print(f"no model is registered in {store.uri} yet: run `driftloop train` (or `make demo`)")
         return
@@ -278,6 +274,57 @@ def status(
     for name in models:
         s = model_status(store, name, datetime.now(timezone.utc))
         table.add_row(name, s.champion, s.challenger, s.monitored, s.live_auc, s.coverage, s.drift)
+    console.print(table)
+
+
+def _registered_or_exit(store, model: str) -> None:
+    from tasks.registry.versions import registered_models
+
+    if model not in registered_models(store):
+        console.print(
+            f"[bold red]{model!r} is not registered[/] in {store.uri} "
+            f"(registered: {registered_models(store) or 'none'}): train it first (driftloop train)"
+        )
+        raise typer.Exit(1)
+
+
+@app.command()
+def history(
+    model: Annotated[str, typer.Argument(help="a registered model")],
+    kind: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="only these kinds (repeat): gate, canary, approval, promotion, rollback, "
+            "canary-start, canary-stop, retrain"
+        ),
+    ] = None,
+    last: Annotated[int, typer.Option(min=1, help="show the newest N decisions")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line, for scripts")] = False,
+) -> None:
+    """Every decision on a model, oldest first: gate, canary verdicts, approvals, promotions,
+    rollbacks, canary starts and stops, retrains; with when, why, the evidence and who decided."""
+    import json
+
+    from tasks.core.store import open_store
+    from tasks.registry.decision_log import model_history
+    from tasks.registry.versions import Registry
+
+    store = open_store(Settings())
+    _registered_or_exit(store, model)
+    records = [r for r in model_history(Registry(store, model)) if not kind or r.kind in kind][-last:]
+    if as_json:
+        for r in records:
+            print(r.model_dump_json())
+        return
+    table = Table(title=f"decisions on {model} ({len(records)} shown)", show_lines=True)
+    for column in ("when (UTC)", "kind", "version", "outcome", "why", "decided by", "evidence"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        evidence = json.dumps(r.evidence, default=str) if r.evidence else ""
+        version = f"v{r.version}" if r.version is not None else ""
+        table.add_row(
+            r.at[:19].replace("T", " "), r.kind, version, r.outcome, r.reason, r.decided_by, evidence
+        )
     console.print(table)
 
 

@@ -10,7 +10,9 @@ significantly worse; promotes, from ``canary_min_hours`` on, when its gain over 
 is significantly above ``canary_margin``; waits otherwise, and after ``canary_max_hours`` keeps the
 champion. The false-promotion rate is ``canary_alpha`` however often it
 runs (a time-uniform confidence sequence, ``tasks.decisions.canary_radius``): hourly, on demand, or
-both. The rule is ``tasks.decisions.decide_canary``.
+both. The rule is ``tasks.decisions.decide_canary``. Each verdict goes to the model's decision log;
+where the model's config asks (``approval.canary_promotion``), a promotion waits for a person's answer
+in the Prefect UI (``flows.steps.approval``).
 """
 
 from __future__ import annotations
@@ -22,13 +24,31 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.schemas import CanaryDecision, CanaryParams
+from flows.steps.approval import ApprovalTimedOut, ask_for_approval
 from flows.steps.command_line import run_from_command_line
 from flows.steps.registry import apply_canary_decision
 from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from tasks.core.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
-from tasks.decisions import decide_canary
-from tasks.monitoring.performance import canary_evidence, live_performance
+from tasks.decisions import CanaryVerdict, decide_canary
+from tasks.monitoring.performance import CanaryEvidence, canary_evidence, live_performance
+from tasks.registry.decision_log import DecisionRecord, now_iso, record_decision
 from tasks.registry.versions import Registry
+
+
+def evidence_summary(evidence: CanaryEvidence) -> dict:
+    """What a canary verdict rested on, small enough for the decision log and the approval form."""
+    paired = evidence.paired
+    return {
+        "hours": round(evidence.hours, 2),
+        "champion_labels": evidence.champion_labels,
+        "challenger_labels": evidence.challenger_labels,
+        **(
+            {"paired_rows": paired.rows, "champion_auc": paired.auc_a, "challenger_auc": paired.auc_b}
+            | {"gain": paired.gain, "gain_se": paired.se}
+            if paired
+            else {}
+        ),
+    }
 
 
 @flow(name="canary-decision", **FLOW_GUARDS, flow_run_name=run_name("canary-decision"), persist_result=True)
@@ -61,7 +81,37 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     evidence = canary_evidence(predictions, feedback, champion_v, challenger_v, hours)
     verdict = decide_canary(evidence, ctx.settings.retrain)
     perf = {p.model_version: p for p in live_performance(predictions, feedback, min_labels=50)}
-    apply_canary_decision(model_name, verdict.outcome, challenger_v, verdict.reason, ctx)
+    summary = evidence_summary(evidence)
+    record_decision(
+        store,
+        model_name,
+        DecisionRecord(
+            at=now_iso(),
+            kind="canary",
+            version=challenger_v,
+            outcome=verdict.outcome,
+            reason=verdict.reason,
+            decided_by="canary-flow",
+            evidence=summary,
+        ),
+    )
+    actor = "canary-flow"
+    if verdict.outcome == "promote" and ctx.config.approval.canary_promotion:
+        question = f"promote the challenger over champion v{champion_v}? The canary says: {verdict.reason}"
+        answer = ask_for_approval(ctx, model_name, challenger_v, question, summary)
+        if answer.outcome == "timed-out":
+            raise ApprovalTimedOut(
+                f"{model_name} v{challenger_v}: {answer.reason}; the canary goes on and the next decision "
+                "asks again"
+            )
+        if answer.outcome == "rejected":
+            verdict = CanaryVerdict(outcome="drop", reason=f"rejected by {answer.by}: {answer.reason}")
+        else:
+            verdict = CanaryVerdict(
+                outcome="promote", reason=f"{verdict.reason}; approved by {answer.by}: {answer.reason}"
+            )
+        actor = answer.by
+    apply_canary_decision(model_name, verdict.outcome, challenger_v, verdict.reason, ctx, actor)
     get_run_logger().info(
         "canary of %s v%d: %s (%s)", model_name, challenger_v, verdict.outcome, verdict.reason
     )

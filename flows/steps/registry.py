@@ -60,7 +60,8 @@ def move_champion(
 ) -> tuple[ChampionMove, str | None]:
     """Move the champion (None: back to the previous one) and emit ``event``; return the move and
     the event's id."""
-    move = Registry(ctx.store, model_name).move_champion(version, reason=reason, actor=actor)
+    kind = "rollback" if event == "driftloop.model.rolled_back" else "promotion"
+    move = Registry(ctx.store, model_name).move_champion(version, reason=reason, actor=actor, kind=kind)
     mirror_aliases_in_wandb(model_name, move.version, reason, ctx)
     event_id = emit_model_event(
         event,
@@ -117,15 +118,16 @@ def start_canary(model_name: str, version: int, reason: str, ctx: RunContext) ->
 
 
 @io_task(name="apply-canary-decision")
-def apply_canary_decision(model_name: str, outcome: str, version: int, reason: str, ctx: RunContext) -> None:
-    """Promote the challenger (``promote``) or stop the canary (``drop``); ``wait`` changes nothing."""
+def apply_canary_decision(
+    model_name: str, outcome: str, version: int, reason: str, ctx: RunContext, actor: str = "canary-flow"
+) -> None:
+    """Promote the challenger (``promote``) or stop the canary (``drop``); ``wait`` changes nothing.
+    ``actor``: who decided (the canary flow, or the person who approved or rejected it)."""
     if outcome == "promote":
-        move_champion.fn(
-            model_name, version, f"canary: {reason}", "canary-flow", "driftloop.model.promoted", ctx
-        )
+        move_champion.fn(model_name, version, f"canary: {reason}", actor, "driftloop.model.promoted", ctx)
     elif outcome == "drop":
         Registry(ctx.store, model_name).set_alias(
-            "challenger", None, reason=f"canary stopped: {reason}", actor="canary-flow"
+            "challenger", None, reason=f"canary stopped: {reason}", actor=actor
         )
         emit_model_event(
             "driftloop.model.canary.stopped",

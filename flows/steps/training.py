@@ -508,6 +508,8 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
     then = v.decision.outcome if v.decision else None
     reproduced = decide_reproduced(v.version, v.version in known, registry.decision_applied(v), then)
     run.decision = reproduced or run.decision
+    if run.decision.outcome == "champion" and run.config.approval.first_champion:
+        run.decision = first_champion_approval(run, v.version)
     if run.decision.outcome == "champion":
         run.aliases = steps.call(
             apply_promotion_decision, name, v.version, "champion", run.decision.reason, ctx
@@ -527,6 +529,30 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         *(name, v.version, run.decision.outcome, run.decision.reason, run.aliases, run.bento_tag),
     )
     return run
+
+
+def first_champion_approval(run: TrainingRun, version: int) -> PromotionDecision:
+    """The config asks a person to approve a model's first champion: ask in the Prefect UI (outside
+    Prefect nobody can answer: the version stays a candidate to promote by hand)."""
+    if not in_prefect_run():
+        return PromotionDecision(
+            outcome="candidate",
+            reason=f"{run.decision.reason}; approval.first_champion asks a person, and this run is outside "
+            f"Prefect: promote it by hand (driftloop promote {version})",
+        )
+    from flows.steps.approval import ApprovalTimedOut, ask_for_approval
+
+    test = run.candidate.evaluation.test
+    evidence = {"roc_auc": test.roc_auc, "test_rows": test.rows, "snapshot_id": run.manifest.snapshot_id}
+    question = f"make it the first champion of {run.model_name}? The gate says: {run.decision.reason}"
+    answer = ask_for_approval(run.ctx, run.model_name, version, question, evidence)
+    if answer.outcome == "timed-out":
+        raise ApprovalTimedOut(f"{run.model_name} v{version}: {answer.reason}; promote it by hand later")
+    if answer.outcome == "rejected":
+        return PromotionDecision(outcome="rejected", reason=f"rejected by {answer.by}: {answer.reason}")
+    return PromotionDecision(
+        outcome="champion", reason=f"{run.decision.reason}; approved by {answer.by}: {answer.reason}"
+    )
 
 
 TRAINING_STAGES = (

@@ -404,6 +404,18 @@ class MonitoringConfig(Strict):
     )
 
 
+class ApprovalConfig(Strict):
+    """Where a person must approve what the system decided on its own. The flow pauses with a form in
+    the Prefect UI (approve or reject, with a reason); no answer within ``timeout_minutes`` keeps the
+    champion. Every answer is kept in the model's history (``driftloop history MODEL``)."""
+
+    canary_promotion: bool = Field(False, description="a canary's challenger is promoted only when approved")
+    first_champion: bool = Field(
+        False, description="a model's first version becomes champion only when approved"
+    )
+    timeout_minutes: int = Field(60, ge=1, le=7 * 24 * 60, description="no answer by then: champion kept")
+
+
 class DatasetConfig(Strict):
     name: str
     model_name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -420,6 +432,7 @@ class DatasetConfig(Strict):
     slices: list[str] = []
     training: TrainingConfig = TrainingConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    approval: ApprovalConfig = ApprovalConfig()
 
     # where the config came from (for error messages) and the file as written (${VAR} unexpanded)
     _origin: str = PrivateAttr("<dataset config>")

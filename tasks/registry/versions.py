@@ -103,6 +103,7 @@ class AliasChange(BaseModel):
     at: str
     reason: str
     actor: str
+    kind: str | None = None  # what the move was: promotion, rollback (None: records before kinds)
 
 
 class AliasDoc(BaseModel):
@@ -352,7 +353,13 @@ class Registry:
         return self.get(doc.aliases[ref])
 
     def set_alias(
-        self, alias: str, version: int | None, *, reason: str, actor: str = "driftloop"
+        self,
+        alias: str,
+        version: int | None,
+        *,
+        reason: str,
+        actor: str = "driftloop",
+        kind: str | None = None,
     ) -> AliasDoc:
         """Point ``alias`` at ``version`` (None removes it), atomically, recording who and why."""
         if alias not in ALIASES:
@@ -381,6 +388,7 @@ class Registry:
                     at=datetime.now(timezone.utc).isoformat(),
                     reason=reason,
                     actor=actor,
+                    kind=kind,
                 )
             )
             try:
@@ -393,7 +401,9 @@ class Registry:
                 continue  # lost a race: re-read and apply again
         raise RuntimeError(f"could not update alias {alias!r} of {self.model_name}: too much contention")
 
-    def move_champion(self, version: int | None, *, reason: str, actor: str) -> ChampionMove:
+    def move_champion(
+        self, version: int | None, *, reason: str, actor: str, kind: str = "promotion"
+    ) -> ChampionMove:
         """Make ``version`` the champion (None: the previous champion, i.e. a rollback). A promoted
         challenger stops being the challenger."""
         doc = self.alias_doc()
@@ -408,7 +418,7 @@ class Registry:
         self.get(version)  # must exist: a clear error names the versions that do
         if version == current:
             raise BadInput(f"v{version} of {self.model_name!r} is already champion; nothing to do")
-        doc = self.set_alias("champion", version, reason=reason, actor=actor)
+        doc = self.set_alias("champion", version, reason=reason, actor=actor, kind=kind)
         if doc.aliases.get("challenger") == version:
             self.set_alias("challenger", None, reason=f"promoted to champion: {reason}", actor=actor)
         return ChampionMove(

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from deployments.cli import FLOW_COMMANDS, app
 
 RUNNER = CliRunner()
-COMMANDS = [*FLOW_COMMANDS, "status", "serve", "deploy"]
+COMMANDS = [*FLOW_COMMANDS, "status", "history", "serve", "deploy"]
 
 
 def test_the_installed_command_lists_every_operation():
