@@ -49,6 +49,7 @@ from flows.steps.model import (
 from flows.steps.monitoring import profile_reference
 from flows.steps.registry import (
     apply_promotion_decision,
+    mirror_aliases_in_wandb,
     register_model_version,
     save_version_to_bentoml,
     start_canary,
@@ -433,7 +434,6 @@ def training_report(run: TrainingRun, files: dict[str, str]) -> TrainingReport:
             "cv/auc_mean": run.cv["mean"],
             "cv/auc_std": run.cv["std"],
         },
-        aliases=[run.decision.outcome] if run.decision.outcome in ("champion", "challenger") else [],
         dataset_uri=_as_link(run.ctx.store.url(f"snapshots/{run.manifest.snapshot_id}")),
         dataset_metadata={
             "snapshot_id": run.manifest.snapshot_id,
@@ -501,7 +501,11 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         stage_candidate_files,
         *(run.trained, run.prepared, run.candidate, run.reference_keys, explained, model_card(run.card), ctx),
     )
-    run.tracked = steps.call(track_training, training_report(run, files), ctx)  # one W&B run
+    asks = run.decision.outcome == "champion" and run.config.approval.first_champion  # a person decides
+    aliases = (
+        [run.decision.outcome] if run.decision.outcome in ("champion", "challenger") and not asks else []
+    )
+    run.tracked = steps.call(track_training, training_report(run, files), aliases, ctx)  # one W&B run
     known = set(registry.versions())
     decided = VersionDecision(**run.decision.model_dump())
     run.version = v = steps.call(register_model_version, name, files, new_version_record(run), decided, ctx)
@@ -514,6 +518,8 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         run.aliases = steps.call(
             apply_promotion_decision, name, v.version, "champion", run.decision.reason, ctx
         )
+        if asks:  # approved by a person after the W&B run was logged: W&B follows now
+            mirror_aliases_in_wandb(name, v.version, run.decision.reason, ctx)
     elif run.decision.outcome == "challenger":  # a canary decides on live traffic
         why = f"{run.params.reason}: {run.decision.reason}" if run.params.reason else run.decision.reason
         run.aliases = steps.call(start_canary, name, v.version, why, ctx)

@@ -76,7 +76,6 @@ class TrainingReport(BaseModel):
     group: str
     config: dict[str, Any]
     files: dict[str, str]  # the model artifact: registry file name -> store key
-    aliases: list[str]  # what the gate made it: champion, challenger, or nothing yet
     dataset_uri: str
     dataset_metadata: dict[str, Any]
     history: dict[str, dict[str, list[float]]]
@@ -155,9 +154,10 @@ def log_training_run(
     report: TrainingReport,
     pngs: dict[str, bytes],
     files: dict[str, bytes],
+    aliases: list[str],
 ) -> TrackedRun | None:
     """One W&B run for the training: config, curves, metrics, plots, trials; the dataset snapshot as a
-    reference artifact it used; the model (``files``) as an artifact with the gate's alias."""
+    reference artifact it used; the model (``files``) as an artifact with the gate's ``aliases``."""
     if settings.tracking.mode == "disabled":
         return None
     wandb = _wandb(settings)
@@ -176,7 +176,7 @@ def log_training_run(
         "dataset_artifact": f"{model_name}-snapshot",
         "registry_collection": registry_collection(settings, model_name),
     }
-    _publish(settings, run, _model_artifact(wandb, model_name, files, metadata), model_name, report.aliases)
+    _publish(settings, run, _model_artifact(wandb, model_name, files, metadata), model_name, aliases)
     online = settings.tracking.mode == "online"
     path = f"{run.entity}/{run.project}/{run.id}" if online else str(Path(run.dir).parent)
     result = TrackedRun(run_id=run.id, path=path, url=run.url if online else None, group=report.group)
