@@ -303,7 +303,6 @@ def history(
 ) -> None:
     """Every decision on a model, oldest first: gate, canary verdicts, approvals, promotions,
     rollbacks, canary starts and stops, retrains; with when, why, the evidence and who decided."""
-    import json
 
     from tasks.core.store import open_store
     from tasks.registry.decision_log import model_history
@@ -320,7 +319,8 @@ def history(
     for column in ("when (UTC)", "kind", "version", "outcome", "why", "decided by", "evidence"):
         table.add_column(column, overflow="fold")
     for r in records:
-        evidence = json.dumps(r.evidence, default=str) if r.evidence else ""
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in r.evidence.items()}
+        evidence = ", ".join(f"{k} {v}" for k, v in shown.items())
         version = f"v{r.version}" if r.version is not None else ""
         table.add_row(
             r.at[:19].replace("T", " "), r.kind, version, r.outcome, r.reason, r.decided_by, evidence

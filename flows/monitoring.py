@@ -166,8 +166,9 @@ def _publish(report: MonitorReport) -> None:
     md = (
         f"# Monitoring {report.model_name} (champion v{report.champion})\n\n"
         f"- window: {report.window[0]} .. {report.window[1]}, {report.rows} predictions\n"
-        f"- drift: **{'DETECTED' if report.drift_detected else 'none'}** — "
-        f"drifted: {', '.join(report.drifted) or 'none'} ({report.drift_reason})\n"
+        f"- drift that needs action: **{'DETECTED' if report.drift_detected else 'none'}** "
+        f"({report.drift_reason})\n"
+        f"- inputs that moved: {', '.join(report.drifted) or 'none'}\n"
         f"- data quality: {'; '.join(report.quality_problems) or 'ok'}\n"
         f"- performance: {'; '.join(report.degraded) or 'no degradation found'}\n"
         f"- estimated before labels: {'; '.join(report.estimated_drop) or 'no estimated drop'}\n"

@@ -118,9 +118,12 @@ def history_png(model_name: str, windows: list[JudgedWindow], max_features: int 
     half = 1.96 * np.array([w.live_auc_se or 0.0 for w in shown])
     auc.fill_between(x, live - half, live + half, alpha=0.25, color="tab:blue", label="95% interval")
     auc.plot(x, live, "o-", color="tab:blue", ms=3, label="live ROC-AUC (champion)")
-    held = [w.held_out_auc for w in shown]
-    if any(h is not None for h in held):
-        auc.plot(x, [np.nan if h is None else h for h in held], "--", color="grey", label="held-out ROC-AUC")
+    held = np.array([np.nan if w.held_out_auc is None else w.held_out_auc for w in shown])
+    if not np.isnan(held).all():  # a dash per window, so even a single window shows its held-out figure
+        auc.plot(x, held, "_--", color="grey", ms=16, mew=2, label="held-out ROC-AUC")
+    shown_values = np.concatenate([live - half, live + half, held])
+    if not np.isnan(shown_values).all():  # both the interval and the held-out figure inside the axes
+        auc.set_ylim(np.nanmin(shown_values) - 0.01, np.nanmax(shown_values) + 0.01)
     auc.set_ylabel("ROC-AUC")
     auc.legend(fontsize=7, loc="lower left")
     coverage = [w.labels / w.predictions if w.predictions else 0.0 for w in shown]
