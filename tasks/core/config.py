@@ -279,9 +279,36 @@ class ThresholdRule(Strict):
     false_negative_cost: float = Field(1.0, gt=0, description="rule cost: what a missed positive costs")
 
 
+FIXED_BY_THE_LOOP = {"metric", "deterministic", "force_row_wise", "verbose"}  # tasks.model.train
+
+
 class TrainingConfig(Strict):
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = Field(
+        {},
+        description="LightGBM parameters (the search starts from them); the objective is the target's "
+        "(binary), early stopping's metric and determinism are set by the loop",
+    )
     search_space: dict[str, SearchDimension] = {}
+
+    @field_validator("params")
+    @classmethod
+    def _params_the_model_is_trained_with(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """A parameter the loop sets for itself would be silently replaced, and the registry would
+        record a value the model was not trained with: refuse it, naming what happens instead."""
+        objective = params.get("objective")
+        if objective is not None and objective != "binary":
+            raise ValueError(
+                f"objective {objective!r} contradicts the target: the target is yes/no, trained with "
+                "objective 'binary' (only binary targets are supported); remove training.params.objective"
+            )
+        fixed = sorted(FIXED_BY_THE_LOOP & set(params))
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)} set by the loop (early stopping on binary_logloss with auc reported; "
+                "deterministic row-wise training); remove them from training.params"
+            )
+        return params
+
     n_trials: int = Field(4, ge=1, le=200)
     num_boost_round: int = Field(500, ge=1)
     early_stopping_rounds: int = Field(30, ge=1)

@@ -139,3 +139,28 @@ def test_the_registry_copy_keeps_variables_unexpanded_and_overrides_applied():
     assert template["tables"]["planes"]["source"]["url"].startswith("sqlite:///${DRIFTLOOP_SOURCES_DIR}")
     assert template["model_name"] == "other" and template["window"]["end"] == "2013-05-01T00:00:00Z"
     assert moved.origin == str(FLIGHTS)
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"objective": "regression"}, r"training\.params.*objective 'regression' contradicts the target"),
+        ({"objective": "multiclass", "num_class": 3}, r"objective 'multiclass' contradicts the target"),
+        ({"metric": "l2"}, r"metric set by the loop .*remove them from training\.params"),
+    ],
+)
+def test_a_parameter_the_loop_would_replace_is_refused_naming_it(tmp_path, params, named):
+    """It used to be overridden silently, and the registry recorded a value the model never had."""
+    path = _write(tmp_path, lambda r: r["training"]["params"].update(params))
+    with pytest.raises(ConfigError, match=named):
+        load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
+
+
+def test_the_objective_the_model_is_trained_with_is_accepted_and_no_other(tmp_path):
+    path = _write(tmp_path, lambda r: r["training"]["params"].update({"objective": "binary"}))
+    assert (
+        load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"}).training.params["objective"] == "binary"
+    )
+    path = _write(tmp_path, lambda r: r["training"]["params"].update({"objective": "cross_entropy"}))
+    with pytest.raises(ConfigError, match="objective 'cross_entropy' contradicts"):  # trained as binary
+        load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"})

@@ -18,9 +18,23 @@ from tests.integration.test_monitoring import _log_window
 pytestmark = pytest.mark.integration
 
 
-def _answer_the_approval_form(answers: list[dict], outcomes: list) -> threading.Thread:
-    """A person at the Prefect UI: wait for the paused canary-decision run, send a form missing its
-    reason (refused by Prefect's validation, the run stays paused), then each answer in turn."""
+def _log_both_arms(settings, config) -> None:
+    """Both arms answer traffic after the canary started, each row scored by both (paired)."""
+    for alias, other in {"champion": "challenger", "challenger": "champion"}.items():
+        _log_window(
+            settings,
+            config,
+            "2013-07-16T00:00:00+00:00",
+            "2013-08-01T00:00:00+00:00",
+            0.0,
+            alias=alias,
+            paired_with=other,
+        )
+
+
+def _answer_the_approval_form(answers: list[dict], outcomes: list, flow: str = "canary") -> threading.Thread:
+    """A person at the Prefect UI: wait for the paused run of ``flow``, send a form missing its reason
+    (refused by Prefect's validation, the run stays paused), then each answer in turn."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
@@ -31,9 +45,7 @@ def _answer_the_approval_form(answers: list[dict], outcomes: list) -> threading.
         deadline = time.time() + 180
         with get_client(sync_client=True) as client:
             while time.time() < deadline and answers:
-                runs = [
-                    r for r in client.read_flow_runs(flow_run_filter=paused) if r.name.startswith("canary")
-                ]
+                runs = [r for r in client.read_flow_runs(flow_run_filter=paused) if r.name.startswith(flow)]
                 if not runs:
                     time.sleep(0.5)
                     continue
@@ -114,17 +126,7 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     assert limit.limit == 1 and limit.active_slots == 1
     assert limit.slot_decay_per_second == pytest.approx(1 / 3600)
 
-    arms = {"champion": "challenger", "challenger": "champion"}
-    for alias, other in arms.items():  # both arms answer traffic after the canary started, each paired
-        _log_window(
-            private_settings,
-            config,
-            "2013-07-16T00:00:00+00:00",
-            "2013-08-01T00:00:00+00:00",
-            0.0,
-            alias=alias,
-            paired_with=other,
-        )
+    _log_both_arms(private_settings, config)
     # a verdict held to "promote" whatever the gain (margins -1 and 1, no minimum duration): the flow
     # must apply it
     monkeypatch.setenv("DRIFTLOOP_RETRAIN__CANARY_MARGIN", "-1")
@@ -147,16 +149,7 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     assert registry.alias_doc().aliases == {"champion": 1}
     # the canary started again (by hand) and approved this time: promoted, with the approver as actor
     registry.set_alias("challenger", 2, reason="second look", actor="test")
-    for alias, other in arms.items():
-        _log_window(
-            private_settings,
-            config,
-            "2013-07-16T00:00:00+00:00",
-            "2013-08-01T00:00:00+00:00",
-            0.0,
-            alias=alias,
-            paired_with=other,
-        )
+    _log_both_arms(private_settings, config)
     decision = canary_decision(CanaryParams(model_name="flights-canary"))
     person.join(timeout=30)
     assert (
@@ -189,3 +182,33 @@ def test_retrain_then_canary_decision(prefect_server, private_settings, monkeypa
     # no canary now, but the cooldown from the first retrain still holds
     later = retrain(RetrainParams(model_name="flights-canary", reason="a third event"))
     assert later.status == "skipped" and "cooldown" in later.reason
+
+
+def test_a_first_champion_waits_for_a_person_and_a_rejection_leaves_it_unserved(
+    prefect_server, private_settings, tmp_path
+):
+    from flows.schemas import TrainingParams
+    from flows.training import training
+    from tasks.core.store import open_store
+    from tasks.data.landing import land_nycflights13
+    from tasks.registry.decision_log import model_history
+    from tasks.registry.versions import Registry
+
+    store = open_store(private_settings)
+    land_nycflights13(store, private_settings.sources_dir, months=[1, 2])
+    raw = yaml.safe_load(FLIGHTS_CONFIG.read_text())
+    raw["approval"] = {"first_champion": True, "timeout_minutes": 5}
+    approving = tmp_path / "flights-first-approval.yaml"
+    approving.write_text(yaml.safe_dump(raw))
+    outcomes: list = []
+    person = _answer_the_approval_form(
+        [{"approve": False, "reason": "wait for the data audit", "approver": "carol"}], outcomes, "training"
+    )
+    summary = training(TrainingParams(**SMALL, model_name="flights-first", dataset_config=str(approving)))
+    person.join(timeout=30)
+    assert summary.decision == "rejected" and summary.reason == "rejected by carol: wait for the data audit"
+    registry = Registry(store, "flights-first")
+    assert registry.versions() == [1] and registry.alias_doc().aliases == {}  # registered, never served
+    approvals = [(r.outcome, r.decided_by) for r in model_history(registry) if r.kind == "approval"]
+    assert approvals == [("asked", "driftloop"), ("rejected", "carol")]
+    assert outcomes and outcomes[0][2] == "ACCEPT"
