@@ -149,14 +149,10 @@ def test_a_killed_flow_run_leaves_no_task_run_running(prefect_worker, landed):
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.deployments import run_deployment
 
-    params = {**SMALL, "n_trials": 60, "model_name": "flights-crash"}
-    run = run_deployment("training/local", parameters={"params": params}, timeout=0)
-    only_this_run = FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+    def task_runs(client, run):
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
 
-    def task_runs(client):
-        return client.read_task_runs(flow_run_filter=only_this_run)
-
-    def process_of_run():
+    def process_of_run(run):
         for proc in psutil.process_iter():
             try:
                 if proc.environ().get("PREFECT__FLOW_RUN_ID") == str(run.id):
@@ -165,16 +161,30 @@ def test_a_killed_flow_run_leaves_no_task_run_running(prefect_worker, landed):
                 continue
         return None
 
-    with get_client(sync_client=True) as client:
+    def start_and_kill(client, attempt: int):
+        """Start a long training, kill its process while a task runs; return the run and the task
+        runs the server still shows Running right after the kill (the dead process cannot change
+        them). Empty when the kill landed between two tasks."""
+        params = {**SMALL, "n_trials": 60, "model_name": f"flights-crash-{attempt}"}
+        run = run_deployment("training/local", parameters={"params": params}, timeout=0)
         deadline, victim = time.time() + 240, None
         while time.time() < deadline:
-            running = [t for t in task_runs(client) if t.state and t.state.is_running()]
-            victim = process_of_run() if running else None
+            running = [t for t in task_runs(client, run) if t.state and t.state.is_running()]
+            victim = process_of_run(run) if running else None
             if victim is not None:
                 break
             time.sleep(0.5)
         assert victim is not None, "the training run never had a running task"
         victim.kill()  # SIGKILL: no hook, no state change from inside
+        time.sleep(0.2)
+        return run, {t.id for t in task_runs(client, run) if t.state and t.state.is_running()}
+
+    with get_client(sync_client=True) as client:
+        for attempt in range(3):  # a kill between two tasks orphans nothing: try again
+            run, orphans = start_and_kill(client, attempt)
+            if orphans:
+                break
+        assert orphans, "three kills all landed between tasks"
         deadline = time.time() + 120
         while time.time() < deadline and not client.read_flow_run(run.id).state.is_crashed():
             time.sleep(1)
@@ -182,11 +192,14 @@ def test_a_killed_flow_run_leaves_no_task_run_running(prefect_worker, landed):
         deadline = time.time() + 180
         while time.time() < deadline:
             left = [
-                t for t in task_runs(client) if t.state and (t.state.is_running() or t.state.is_pending())
+                t
+                for t in task_runs(client, run)
+                if t.state and (t.state.is_running() or t.state.is_pending())
             ]
             if not left:
                 break
             time.sleep(2)
         assert not left, [t.name for t in left]
-        closed = [t for t in task_runs(client) if t.state.is_crashed()]
-        assert closed and all("close-crashed-runs" in t.state.message for t in closed)
+        closed = {t.id: t for t in task_runs(client, run) if t.state.is_crashed()}
+        assert orphans <= set(closed)  # every task the kill orphaned was ended by the automation
+        assert all("close-crashed-runs" in t.state.message for t in closed.values())
