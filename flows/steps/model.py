@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from flows.steps.engine import cluster_client
-from flows.steps.runtime import CACHE_POLICY, cached_task, io_task, wandb_api_key
+from flows.steps.runtime import cached_task, io_task, wandb_api_key
 from tasks.core.context import RunContext
 from tasks.data.snapshot import SnapshotManifest
 from tasks.decisions import GateEvidence, auc_gain_interval, compare_on_holdout
@@ -270,17 +270,17 @@ def stage_candidate_files(
     )
 
 
-@cached_task(name="track-in-wandb", cache_policy=CACHE_POLICY - "aliases")
-def track_training(report: TrainingReport, aliases: list[str], ctx: RunContext) -> TrackedRun | None:
-    """One W&B run for this training, built from the report (plots and model files read from the store),
-    its model artifact carrying ``aliases`` (what the gate made it).
+@cached_task(name="track-in-wandb")
+def track_training(report: TrainingReport, ctx: RunContext) -> TrackedRun | None:
+    """One W&B run for this training, built from the report (plots and model files read from the store).
 
-    Cached on the model and its facts, not on the gate's verdict (which depends on whichever champion
-    serves now, like ``register-model``): a rerun reproducing a tracked model reuses its run."""
+    The report holds the model's facts, not the gate's verdict (which depends on whichever champion
+    serves now): a rerun reproducing a tracked model reuses its run. Aliases come with the registry's
+    moves (``flows.steps.registry.mirror_aliases_in_wandb``)."""
     store = ctx.store
     files = {name: store.read_bytes(key) for name, key in report.files.items()}
     pngs = {
         n.removeprefix("plots/").removesuffix(".png"): v for n, v in files.items() if n.startswith("plots/")
     }
     api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
-    return log_training_run(ctx.settings, api_key, report, pngs, files, aliases)
+    return log_training_run(ctx.settings, api_key, report, pngs, files)

@@ -6,11 +6,9 @@ Each step is a named Prefect task over ``tasks.registry``; alias moves also emit
 
 from __future__ import annotations
 
-from prefect import get_run_logger
-
 from flows.steps.events import emit_model_event
 from flows.steps.retrain_slot import claim_retrain_slot
-from flows.steps.runtime import CACHE_POLICY, cached_task, io_task, wandb_api_key
+from flows.steps.runtime import CACHE_POLICY, cached_task, io_task, step_logger, wandb_api_key
 from tasks.core.context import RunContext
 from tasks.model.tracking import log_alias_move, model_artifact_files
 from tasks.registry.packaging import PackagedBento, build_bento, save_to_bentoml
@@ -37,8 +35,9 @@ def register_model_version(
 def apply_promotion_decision(
     model_name: str, version: int, outcome: str, reason: str, ctx: RunContext
 ) -> dict[str, int]:
-    """Move the decided alias to the new version (atomic compare-and-swap)."""
+    """Move the decided alias to the new version (atomic compare-and-swap); W&B follows."""
     doc = Registry(ctx.store, model_name).set_alias(outcome, version, reason=reason, actor="training-flow")
+    mirror_aliases_in_wandb(model_name, version, reason, ctx)
     return doc.aliases
 
 
@@ -84,7 +83,7 @@ def mirror_aliases_in_wandb(model_name: str, version: int, reason: str, ctx: Run
         api_key = wandb_api_key(ctx.settings) if ctx.settings.tracking.mode != "disabled" else None
         return log_alias_move(ctx.settings, api_key, model_name, version, files, aliases, reason, metadata)
     except Exception as exc:  # noqa: BLE001 - the registry moved; W&B only mirrors it
-        get_run_logger().warning(
+        step_logger("driftloop.registry").warning(
             "W&B did not record %s v%d's aliases %s (%s); the registry has them. Log them again with "
             "a later promotion, or check tracking settings",
             *(model_name, version, aliases, exc),

@@ -15,6 +15,7 @@ code, so rerunning a failed flow reuses every finished step.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,16 @@ def cached_task(fn: Callable | None = None, **kwargs: Any) -> Any:
 def in_prefect_run() -> bool:
     """True inside a flow or task run; artifacts and progress only make sense there."""
     return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
+def step_logger(name: str) -> Any:
+    """The run's logger under Prefect (lines in the UI); a plain ``logging`` logger outside it (the
+    steps' own functions in benches and on bare or Dask runners)."""
+    if in_prefect_run():
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    return logging.getLogger(name)
 
 
 def publish(create: Callable[..., Any], **kwargs: Any) -> Any:

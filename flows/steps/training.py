@@ -13,7 +13,6 @@ and track, register and apply the decision.
 
 from __future__ import annotations
 
-import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,12 +48,11 @@ from flows.steps.model import (
 from flows.steps.monitoring import profile_reference
 from flows.steps.registry import (
     apply_promotion_decision,
-    mirror_aliases_in_wandb,
     register_model_version,
     save_version_to_bentoml,
     start_canary,
 )
-from flows.steps.runtime import in_prefect_run, model_context, run_context
+from flows.steps.runtime import in_prefect_run, model_context, run_context, step_logger
 from tasks.core.config import ConfigError, DatasetConfig
 from tasks.core.context import RunContext
 from tasks.core.settings import Settings
@@ -185,11 +183,7 @@ class TrainingRun:
 
     @property
     def log(self) -> Any:
-        if in_prefect_run():
-            from prefect import get_run_logger
-
-            return get_run_logger()
-        return logging.getLogger("driftloop.training")
+        return step_logger("driftloop.training")
 
 
 # --- the run's context ----------------------------------------------------------------------------
@@ -501,11 +495,7 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         stage_candidate_files,
         *(run.trained, run.prepared, run.candidate, run.reference_keys, explained, model_card(run.card), ctx),
     )
-    asks = run.decision.outcome == "champion" and run.config.approval.first_champion  # a person decides
-    aliases = (
-        [run.decision.outcome] if run.decision.outcome in ("champion", "challenger") and not asks else []
-    )
-    run.tracked = steps.call(track_training, training_report(run, files), aliases, ctx)  # one W&B run
+    run.tracked = steps.call(track_training, training_report(run, files), ctx)  # one W&B run
     known = set(registry.versions())
     decided = VersionDecision(**run.decision.model_dump())
     run.version = v = steps.call(register_model_version, name, files, new_version_record(run), decided, ctx)
@@ -518,8 +508,6 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         run.aliases = steps.call(
             apply_promotion_decision, name, v.version, "champion", run.decision.reason, ctx
         )
-        if asks:  # approved by a person after the W&B run was logged: W&B follows now
-            mirror_aliases_in_wandb(name, v.version, run.decision.reason, ctx)
     elif run.decision.outcome == "challenger":  # a canary decides on live traffic
         why = f"{run.params.reason}: {run.decision.reason}" if run.params.reason else run.decision.reason
         run.aliases = steps.call(start_canary, name, v.version, why, ctx)

@@ -2,8 +2,8 @@
 
 One run per training: curves, plots, metrics, the search's trials (a table and a curve each), the
 dataset snapshot as a reference artifact, and the model (``model.txt``, ``transform.json``, the
-model card and its plots) as a ``model`` artifact carrying the gate's alias. The driftloop registry
-stays the one truth; every alias move there (promotion, canary, rollback) is mirrored by a short
+model card and its plots) as a ``model`` artifact. The driftloop registry stays the one truth;
+every alias move there (first champion, canary start, promotion, rollback) is mirrored by a short
 ``registry`` run that logs the same files with the aliases the version now has, so ``champion`` and
 ``challenger`` follow in W&B (same bytes, same digest: one artifact version). Online, the artifact
 is also linked to the W&B Registry collection ``wandb-registry-<registry>/<model>``.
@@ -138,11 +138,18 @@ def _model_artifact(wandb: Any, model_name: str, files: dict[str, bytes], metada
     return artifact
 
 
+def _run_path(settings: Settings, run: Any) -> str:
+    """Where a run can be found: entity/project/id online, its run directory offline."""
+    if settings.tracking.mode == "online":
+        return f"{run.entity}/{run.project}/{run.id}"
+    return str(Path(run.dir).parent)
+
+
 def _publish(settings: Settings, run: Any, artifact: Any, model_name: str, aliases: list[str]) -> None:
-    """Log the model artifact with ``aliases`` (its own project); online, also link it to the W&B
-    Registry collection with the same aliases. wandb cannot link offline (``link_artifact`` raises
-    NotImplementedError in 0.31): offline runs carry the aliases and the collection in metadata,
-    and the link is made when the run is synced and trained or promoted online."""
+    """Log the model artifact with ``aliases`` (in its project); online, also link it to the W&B
+    Registry collection with them. wandb cannot link offline (``link_artifact`` raises
+    NotImplementedError in 0.31): offline runs carry the aliases, and the collection only as metadata;
+    syncing them does not make the link, a later move made online does."""
     run.log_artifact(artifact, aliases=aliases)
     if settings.tracking.mode == "online":
         run.link_artifact(artifact, registry_collection(settings, model_name), aliases=aliases)
@@ -154,10 +161,10 @@ def log_training_run(
     report: TrainingReport,
     pngs: dict[str, bytes],
     files: dict[str, bytes],
-    aliases: list[str],
 ) -> TrackedRun | None:
     """One W&B run for the training: config, curves, metrics, plots, trials; the dataset snapshot as a
-    reference artifact it used; the model (``files``) as an artifact with the gate's ``aliases``."""
+    reference artifact it used; the model (``files``) as an artifact (aliases follow when the registry
+    moves one: ``log_alias_move``)."""
     if settings.tracking.mode == "disabled":
         return None
     wandb = _wandb(settings)
@@ -176,10 +183,11 @@ def log_training_run(
         "dataset_artifact": f"{model_name}-snapshot",
         "registry_collection": registry_collection(settings, model_name),
     }
-    _publish(settings, run, _model_artifact(wandb, model_name, files, metadata), model_name, aliases)
+    _publish(settings, run, _model_artifact(wandb, model_name, files, metadata), model_name, [])
     online = settings.tracking.mode == "online"
-    path = f"{run.entity}/{run.project}/{run.id}" if online else str(Path(run.dir).parent)
-    result = TrackedRun(run_id=run.id, path=path, url=run.url if online else None, group=report.group)
+    result = TrackedRun(
+        run_id=run.id, path=_run_path(settings, run), url=run.url if online else None, group=report.group
+    )
     run.finish()
     return result
 
@@ -211,7 +219,6 @@ def log_alias_move(
     )
     meta = {**metadata, "registry_collection": registry_collection(settings, model_name)}
     _publish(settings, run, _model_artifact(wandb, model_name, files, meta), model_name, aliases)
-    online = settings.tracking.mode == "online"
-    path = f"{run.entity}/{run.project}/{run.id}" if online else str(Path(run.dir).parent)
+    path = _run_path(settings, run)
     run.finish()
     return path

@@ -83,3 +83,22 @@ def test_promote_and_rollback(prefect_server, private_settings):
     assert promoted and promoted[0]["payload"]["version"] == 2 and promoted[0]["payload"]["actor"] == "alice"
     rolled = _events(api, "driftloop.model.rolled_back", "lifecycle-model", 2)
     assert {e["payload"]["version"] for e in rolled} == {1, 3}
+
+
+def test_a_promotion_stands_when_wandb_cannot_record_it(
+    prefect_server, private_settings, tmp_path, monkeypatch
+):
+    """W&B only mirrors the registry: a tracking directory that cannot be made fails the mirror, not
+    the move."""
+    from flows.lifecycle import PromoteParams, promote
+
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the W&B directory should be")
+    monkeypatch.setenv("DRIFTLOOP_TRACKING__DIR", str(blocked / "wandb"))
+    registry = Registry(open_store(private_settings), "mirror-model")
+    for i in range(2):
+        registry.register({"model.txt": f"tree {i}".encode()}, RECORD)
+    registry.set_alias("champion", 1, reason="first", actor="test")
+    moved = promote(PromoteParams(version=2, model_name="mirror-model", reason="wandb down", actor="dave"))
+    assert (moved.previous, moved.version) == (1, 2) and registry.alias_doc().aliases == {"champion": 2}
+    assert not (blocked / "wandb").exists()

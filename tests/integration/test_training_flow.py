@@ -96,7 +96,12 @@ def test_training_deployment_runs_on_the_worker(prefect_worker, landed, session_
     )
     assert any(ref.endswith(f"snapshots/{mv.snapshot_id}/manifest.json") for ref in dataset["refs"])
     model = next(a for a in run["logged"] if a["type"] == "model")
-    assert model["name"] == "flights-worker" and model["aliases"] == ["champion", "latest"]
+    assert model["name"] == "flights-worker" and model["aliases"] == ["latest"]
+    # the gate made it champion: a registry run gave the same artifact (same digest) that alias
+    [moved] = runs_in_group(Path(os.environ["DRIFTLOOP_TRACKING__DIR"]), "flights-worker-registry")
+    assert moved["config"]["registry_version"] == 1 and moved["config"]["aliases"] == ["champion"]
+    assert moved["logged"][0]["aliases"] == ["champion", "latest"]
+    assert moved["logged"][0]["digest"] == model["digest"] and moved["logged"][0]["files"] == model["files"]
     assert {"model.txt", "transform.json", "model_card.md", "plots/roc.png"} <= set(model["files"])
 
     # the model card travels with the version: registry, BentoML model, W&B artifact (same bytes)
