@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from tasks.decisions import GainInterval, HoldoutComparison
 from tasks.model.evaluate import Metrics
+from tasks.model.kind_metrics import KindMetrics
 from tasks.monitoring.performance import CanaryEvidence, LivePerformance
 
 MODEL_NAME = "registry name (default: the dataset config's)"
@@ -189,13 +190,15 @@ class TrainingSummary(BaseModel):
     reason: str
     snapshot_id: str
     snapshot_rows: int
-    test: Metrics
-    baseline: Metrics
+    kind: str = "binary"  # the target's: binary, multiclass, regression
+    test: Metrics | KindMetrics
+    baseline: Metrics | KindMetrics
     champion_before: int | None
-    threshold: float  # the label threshold chosen on validation, used by the service
-    threshold_rule: str
-    baselines: list[GainInterval | None]  # against the majority class and a logistic regression
+    threshold: float | None  # yes/no: the label threshold chosen on validation, used by the service
+    threshold_rule: str | None
+    baselines: list[GainInterval | None]  # against the constant and the linear baseline
     comparison: HoldoutComparison | None  # against the champion, when there was one
+    cv_metric: str = "auc"  # the search's metric the CV folds report
     cv_auc_mean: float
     cv_auc_std: float
     wandb_run: str | None

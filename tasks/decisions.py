@@ -23,12 +23,14 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, Field
 
 from tasks.core.config import MonitoringConfig
 from tasks.core.settings import GateSettings, RetrainSettings
+from tasks.core.target import LearningTask
 from tasks.model.calibrate import ThresholdChoice
 from tasks.model.evaluate import ChampionEvaluation, combine_days, paired_auc_difference
+from tasks.model.kind_metrics import paired_loss_gain
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import CanaryEvidence, DegradationCheck, HeldOutAuc, LivePerformance
 
@@ -42,17 +44,23 @@ class Decision(BaseModel):
 
 # --- promotion gate (training, retraining) ---------------------------------------------------------
 class GainInterval(BaseModel):
-    """A candidate's ROC-AUC against another model's (or a baseline's) on the same test rows: DeLong's
-    paired difference, with its one-sided bounds at the gate's ``alpha``."""
+    """A candidate against another model (or a baseline) on the same test rows, with the gain's
+    one-sided bounds at the gate's ``alpha``. Yes/no: ROC-AUC, DeLong's paired difference. Classes and
+    numbers: the objective's mean loss, the gain its relative reduction (paired bootstrap)."""
 
-    against: str  # "champion v3", "logistic regression", "majority class"
+    against: str  # "champion v3", "logistic regression", "majority class", "training mean"
+    metric: str = "ROC-AUC"  # or the loss's name ("log loss", "squared error", ...)
     rows: int
-    positives: int
-    auc: float  # the candidate's
-    other_auc: float
+    positives: int | None = None  # yes/no only
+    score: float = Field(validation_alias=AliasChoices("score", "auc"))  # the candidate's
+    other_score: float = Field(validation_alias=AliasChoices("other_score", "other_auc"))
     gain: float
-    low: float  # gain - z * se
-    high: float  # gain + z * se
+    low: float
+    high: float
+
+    @property
+    def is_loss(self) -> bool:
+        return self.metric != "ROC-AUC"
 
 
 def auc_gain_interval(
@@ -72,30 +80,55 @@ def auc_gain_interval(
         against=against,
         rows=len(y),
         positives=positives,
-        auc=d.auc_b,
-        other_auc=d.auc_a,
+        score=d.auc_b,
+        other_score=d.auc_a,
         gain=d.gain,
         low=d.gain - z * d.se,
         high=d.gain + z * d.se,
     )
 
 
+def loss_gain_interval(
+    task: LearningTask, y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, against: str, alpha: float
+) -> GainInterval | None:
+    """For classes and numbers: the candidate's relative reduction of the objective's mean loss against
+    ``p_old`` on the same rows, with paired-bootstrap one-sided ``alpha`` bounds; None with fewer than
+    two rows (or rows the other model cannot be scored on)."""
+    p_old = np.asarray(p_old, dtype=np.float64)
+    if not np.isfinite(p_old).all():
+        return None
+    g = paired_loss_gain(task, y, p_new, p_old, alpha)
+    if g is None:
+        return None
+    return GainInterval(
+        against=against, metric=task.loss_name, rows=g.rows, score=g.loss_new, other_score=g.loss_old,
+        gain=g.gain, low=g.low, high=g.high,
+    )  # fmt: skip
+
+
 def _describe(g: GainInterval) -> str:
+    if g.is_loss:
+        return (
+            f"mean {g.metric} {g.score:.4g} vs {g.against} {g.other_score:.4g}: {g.gain:+.1%} lower "
+            f"(one-sided bounds {g.low:+.1%} .. {g.high:+.1%}; {g.rows} rows, paired bootstrap)"
+        )
     return (
-        f"ROC-AUC {g.auc:.4f} vs {g.against} {g.other_auc:.4f}: gain {g.gain:+.4f} "
+        f"ROC-AUC {g.score:.4f} vs {g.against} {g.other_score:.4f}: gain {g.gain:+.4f} "
         f"(one-sided bounds {g.low:+.4f} .. {g.high:+.4f}; {g.positives} positives / "
-        f"{g.rows - g.positives} negatives)"
+        f"{g.rows - (g.positives or 0)} negatives)"
     )
 
 
 class HoldoutComparison(BaseModel):
     """A candidate against the champion on the same test rows, with uncertainty; ``passed`` is the
-    gate's outcome and ``reason`` says why."""
+    gate's outcome and ``reason`` says why. ``metric``: what ``champion_auc`` / ``candidate_auc`` hold
+    (ROC-AUC, or the objective's mean loss, whose gain is the relative reduction)."""
 
     rows: int
-    positives: int
+    positives: int | None
     champion_version: int
     candidate_version: int | None  # None: not registered yet (the training run's own gate)
+    metric: str = "ROC-AUC"
     champion_auc: float
     candidate_auc: float
     gain_mean: float
@@ -150,12 +183,17 @@ def compare_on_holdout(
     champion_version: int,
     candidate_version: int | None,
     gate: GateSettings,
+    task: LearningTask | None = None,
 ) -> HoldoutComparison:
     """The gate every later model passes before it may go out as a canary: on the same test rows, the
-    ROC-AUC gain's one-sided lower bound (DeLong, paired) clears the non-inferiority margin
-    ``gate.min_gain_lower`` and no slice is clearly worse. Evidence is what the rows hold: positives
-    and negatives set the interval's width, no fixed row minimum (a small test set gives a wide interval,
+    gain's one-sided lower bound clears the non-inferiority margin ``gate.min_gain_lower`` and (yes/no)
+    no slice is clearly worse. Yes/no: the ROC-AUC gain (DeLong, paired); classes and numbers: the
+    relative reduction of the objective's mean loss (paired bootstrap), so the margin is a share of the
+    loss. Evidence is what the rows hold, no fixed row minimum (a small test set gives a wide interval,
     which an equal model does not clear)."""
+    task = task or LearningTask()
+    if task.kind != "binary":
+        return _compare_losses(task, y, p_new, p_old, champion_version, candidate_version, gate)
     y = np.asarray(y).astype(int)
     positives = int(y.sum())
     g = auc_gain_interval(y, p_new, p_old, f"champion v{champion_version}", gate.alpha)
@@ -182,8 +220,43 @@ def compare_on_holdout(
     else:
         reason = f"fails: not shown at least as good: {interval}"
     return HoldoutComparison(
-        **base, champion_auc=g.other_auc, candidate_auc=g.auc, gain_mean=g.gain, gain_low=g.low,
+        **base, champion_auc=g.other_score, candidate_auc=g.score, gain_mean=g.gain, gain_low=g.low,
         gain_high=g.high, slices_worse=worse, passed=passed, reason=reason,
+    )  # fmt: skip
+
+
+def _compare_losses(
+    task: LearningTask,
+    y: np.ndarray,
+    p_new: np.ndarray,
+    p_old: np.ndarray,
+    champion_version: int,
+    candidate_version: int | None,
+    gate: GateSettings,
+) -> HoldoutComparison:
+    """``compare_on_holdout`` for classes and numbers (slices are not judged for these kinds yet: the
+    reason says so)."""
+    g = loss_gain_interval(task, y, p_new, p_old, f"champion v{champion_version}", gate.alpha)
+    base = dict(
+        rows=len(y), positives=None, champion_version=champion_version, candidate_version=candidate_version,
+        metric=task.loss_name, slices_worse=[],
+    )  # fmt: skip
+    if g is None:
+        return HoldoutComparison(
+            **base, champion_auc=float("nan"), candidate_auc=float("nan"), gain_mean=float("nan"),
+            gain_low=float("nan"), gain_high=float("nan"), passed=False,
+            reason=f"fails: {len(y)} test row(s), no evidence either way; train on a wider window",
+        )  # fmt: skip
+    passed = g.low > gate.min_gain_lower
+    interval = f"{_describe(g)}, non-inferiority margin {gate.min_gain_lower:+.1%} of the loss"
+    reason = (
+        f"passes: {interval} (slices not judged for {task.kind} targets)"
+        if passed
+        else f"fails: not shown at least as good: {interval}"
+    )
+    return HoldoutComparison(
+        **base, champion_auc=g.other_score, candidate_auc=g.score, gain_mean=g.gain, gain_low=g.low,
+        gain_high=g.high, passed=passed, reason=reason,
     )  # fmt: skip
 
 
@@ -219,20 +292,21 @@ def decide_first_model(baselines: list[GainInterval | None], labels_anyone: str 
             reason="the test window holds fewer than two rows of each class: no evidence the model is "
             "better than chance; train on a wider window",
         )
+    chance = "chance" if majority.against == "majority class" else f"the {majority.against}"
     if majority.low <= 0:
         return PromotionDecision(
-            outcome="rejected", reason=f"not shown better than chance: {_describe(majority)}"
+            outcome="rejected", reason=f"not shown better than {chance}: {_describe(majority)}"
         )
     if linear.high < 0:
         return PromotionDecision(
             outcome="rejected",
-            reason=f"a logistic regression does significantly better: {_describe(linear)}; widen the "
+            reason=f"a {linear.against} does significantly better: {_describe(linear)}; widen the "
             "search (training.n_trials, search_space) or check the features",
         )
     return PromotionDecision(
         outcome="champion",
-        reason=f"first model of this name: better than chance ({_describe(majority)}) and not worse "
-        f"than a logistic regression ({_describe(linear)})",
+        reason=f"first model of this name: better than {chance} ({_describe(majority)}) and not worse "
+        f"than a {linear.against} ({_describe(linear)})",
     )
 
 
@@ -272,9 +346,12 @@ def decide_promotion(
     )
 
 
-def decide_labels_anyone(threshold: ThresholdChoice, test_flagged: int, test_rows: int) -> str | None:
-    """Why a model's labels are useless, or None: no threshold meets the config's rule on validation,
-    or at its threshold it labels no test row positive."""
+def decide_labels_anyone(threshold: ThresholdChoice | None, test_flagged: int, test_rows: int) -> str | None:
+    """Why a yes/no model's labels are useless, or None: no threshold meets the config's rule on
+    validation, or at its threshold it labels no test row positive. (Classes and numbers have no
+    threshold: None.)"""
+    if threshold is None:
+        return None
     if threshold.problem:
         return f"threshold rule {threshold.rule!r}: {threshold.problem}"
     if test_flagged == 0:

@@ -77,8 +77,8 @@ def train_from_config(
     with_config_params = FitResult(
         params=dict(config.training.params),
         best_iteration=0,
-        valid_auc=float("nan"),
-        valid_logloss=float("nan"),
+        valid_score=float("nan"),
+        valid_loss=float("nan"),
         history={},
     )
     trained = steps.call(train_final_model, with_config_params, manifest, prepared, ctx)

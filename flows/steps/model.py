@@ -15,7 +15,7 @@ from flows.steps.engine import cluster_client
 from flows.steps.runtime import cached_task, io_task, wandb_api_key
 from tasks.core.context import RunContext
 from tasks.data.snapshot import SnapshotManifest
-from tasks.decisions import GateEvidence, auc_gain_interval, compare_on_holdout
+from tasks.decisions import GateEvidence, auc_gain_interval, compare_on_holdout, loss_gain_interval
 from tasks.model.baselines import LinearBaseline, fit_baseline_on_split
 from tasks.model.distributed import train_on_cluster
 from tasks.model.evaluate import (
@@ -95,8 +95,9 @@ def cross_validate_fold(
     ctx: RunContext,
     num_threads: int,
 ) -> float:
-    """Validation ROC-AUC of one fold over train+validation rows (an expanding window over time, or
-    one part of a stratified k-fold), on the same rows as the search trials."""
+    """The search metric on validation (ROC-AUC, or the objective's loss) of one fold over train +
+    validation rows (an expanding window over time, or one part of a k-fold, stratified for classes),
+    on the same rows as the search trials."""
     every, _, valid_end = prepared.search_rows(ctx.config.training)
     X, y = load_matrix(
         ctx.store, manifest, prepared.transform, ctx.config.target.name, 0, prepared.split.valid_end, every
@@ -109,10 +110,11 @@ def cross_validate_fold(
         valid,
         params,
         prepared.transform,
+        prepared.task,
         ctx.config.training,
         num_threads,
     )
-    return result.valid_auc
+    return result.valid_score
 
 
 @cached_task(name="train-final-model")
@@ -186,15 +188,17 @@ def score_held_out_part(
 def evaluate_candidate_on_test(
     trained: TrainedModel, parts: list[HeldOutPart], prepared: PreparedTraining, ctx: RunContext
 ) -> CandidateEvaluation:
-    """Test-window metrics, baseline, slices and plots for the candidate, from its scored parts."""
+    """Test-window metrics, baselines, slices and plots for the candidate, from its scored parts."""
     test = scored_test_rows(ctx.store, parts)
     return evaluate_candidate(
         test[CANDIDATE].to_numpy(),
         test[ctx.config.target.name].to_numpy().astype(np.float64),
         test,
-        prepared.base_rate,
+        prepared.constant_prediction(test.height),
+        test[BASELINE].to_numpy(),
         trained.threshold.threshold if trained.threshold else 0.5,
         trained.importance,
+        prepared.task,
         ctx.config,
         ctx.store,
         f"{trained.files_prefix}/plots",
@@ -211,40 +215,62 @@ def evaluate_champion_on_test(
     if champion_version is None or problem:
         return evaluate_champion(champion_version, np.array([]), None, problem, 0.5)
     test = scored_test_rows(ctx.store, parts)
-    threshold = Registry(ctx.store, model_name).get(champion_version).metrics.get("threshold", 0.5)
+    registry = Registry(ctx.store, model_name)
+    mv = registry.get(champion_version)
     return evaluate_champion(
         champion_version,
         test[ctx.config.target.name].to_numpy(),
         test[CHAMPION].to_numpy(),
         None,
-        threshold,
+        mv.metrics.get("threshold", 0.5),
+        registry.load_transform(mv).task,
     )
 
 
 @io_task(name="gate-evidence")
 def gate_evidence_on_test(
-    trained: TrainedModel, parts: list[HeldOutPart], champion: ChampionEvaluation, ctx: RunContext
+    trained: TrainedModel,
+    parts: list[HeldOutPart],
+    prepared: PreparedTraining,
+    champion: ChampionEvaluation,
+    ctx: RunContext,
 ) -> GateEvidence:
-    """The intervals the promotion gate decides on, from the scored test rows."""
+    """The intervals the promotion gate decides on, from the scored test rows: yes/no by ROC-AUC
+    (DeLong), classes and numbers by the relative reduction of the objective's mean loss (paired
+    bootstrap); each against the constant, the linear baseline and, if one scored them, the champion."""
     test = scored_test_rows(ctx.store, parts)
-    y = test[ctx.config.target.name].to_numpy().astype(int)
+    task, gate = prepared.task, ctx.settings.gate
+    y = test[ctx.config.target.name].to_numpy().astype(np.float64)
     p = test[CANDIDATE].to_numpy()
-    alpha = ctx.settings.gate.alpha
-    constant = np.full(len(y), float(y.mean()) if len(y) else 0.0)
-    baselines = [
-        auc_gain_interval(y, p, constant, "majority class", alpha),
-        auc_gain_interval(y, p, test[BASELINE].to_numpy(), "logistic regression", alpha),
-    ]
+    if task.kind == "binary":
+        y = y.astype(int)
+        constant = np.full(len(y), float(y.mean()) if len(y) else 0.0)
+        baselines = [
+            auc_gain_interval(y, p, constant, task.constant_name, gate.alpha),
+            auc_gain_interval(y, p, test[BASELINE].to_numpy(), task.linear_name, gate.alpha),
+        ]
+    else:
+        baselines = [
+            loss_gain_interval(
+                task, y, p, prepared.constant_prediction(len(y)), task.constant_name, gate.alpha
+            ),
+            loss_gain_interval(task, y, p, test[BASELINE].to_numpy(), task.linear_name, gate.alpha),
+        ]
     comparison = None
     if champion.metrics is not None and champion.version is not None:
         comparison = compare_on_holdout(
-            y, p, test[CHAMPION].to_numpy(), test.select(ctx.config.slices), champion.version, None,
-            ctx.settings.gate,
-        )  # fmt: skip
+            y,
+            p,
+            test[CHAMPION].to_numpy(),
+            test.select(ctx.config.slices),
+            champion.version,
+            None,
+            gate,
+            task,
+        )
     threshold = trained.threshold.threshold if trained.threshold else 0.5
-    return GateEvidence(
-        baselines=baselines, comparison=comparison, test_flagged=int((p >= threshold).sum()), test_rows=len(y)
-    )
+    flagged = int((p >= threshold).sum()) if task.kind == "binary" else len(y)
+    return GateEvidence(baselines=baselines, comparison=comparison, test_flagged=flagged, test_rows=len(y))
 
 
 @io_task(name="stage-candidate-files")

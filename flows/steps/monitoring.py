@@ -76,7 +76,7 @@ def profile_reference(
     inputs = reference_inputs(prepared.transform, config)
     time_col = config.time_column
     held = reference_sample(
-        store, manifest, parts, start, every, [*inputs, *([time_col] if time_col else [])]
+        store, manifest, parts, start, every, [*inputs, *([time_col] if time_col else [])], prepared.task
     )
     window = (str(held[time_col].min()), str(held[time_col].max())) if time_col else ("held-out rows", "")
     profile, reference = calibrate_reference(

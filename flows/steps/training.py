@@ -68,7 +68,7 @@ from tasks.decisions import (
 )
 from tasks.model.baselines import LinearBaseline
 from tasks.model.card import AttributionSums, CardFacts, GateRow, model_card
-from tasks.model.evaluate import CandidateEvaluation, ChampionEvaluation, metric_table
+from tasks.model.evaluate import CandidateEvaluation, ChampionEvaluation, flat_metrics, metric_table
 from tasks.model.held_out import HeldOutPart, held_out_ranges
 from tasks.model.tracking import TrackedRun, TrainingReport, model_artifact_files
 from tasks.model.train import FitResult, PreparedTraining, TrainedModel
@@ -273,9 +273,11 @@ def snapshot_and_prepare(run: TrainingRun, steps: StepRunner) -> TrainingRun:
     sources = {t: r.valid_keys for t, r in run.ingested.items()}
     m = run.manifest = steps.call(build_dataset_snapshot, sources, run.ctx)
     run.log.info(
-        "snapshot %s: %d rows, %s .. %s, positive rate %.3f",
-        *(m.snapshot_id, m.rows, m.time_min, m.time_max, m.positive_rate),
+        "snapshot %s: %d rows, %s .. %s, %s target, %s",
+        *(m.snapshot_id, m.rows, m.time_min, m.time_max, m.target_kind, m.target_summary()),
     )
+    if run.config.target.kind != m.target_kind:  # state the kind the data showed, for every later stage
+        run.ctx = run.ctx.with_config(run.config.with_target_kind(m.target_kind))
     if run.params.include_feedback:
         m = run.manifest = steps.call(extend_snapshot_with_feedback, m, run.ctx)
         run.log.info(
@@ -290,13 +292,15 @@ def search_and_cross_validate(run: TrainingRun, steps: StepRunner) -> TrainingRu
     prunes hopeless ones; the best by validation AUC is cross-validated (time-ordered or stratified)."""
     settings, config = run.ctx.settings, run.config
     shared = (run.manifest, run.prepared, run.ctx, threads_per_step(settings))
+    task = run.prepared.task
     run.trials = run_search(
-        config.training, parallel_steps(settings), lambda specs: steps.map(run_trial, specs, *shared)
+        config.training, task, parallel_steps(settings), lambda specs: steps.map(run_trial, specs, *shared)
     )
-    run.best = best_trial(run.trials)
+    run.best = best_trial(run.trials, task)
     run.log.info(
-        "search: %d trials (%d pruned), best validation AUC %.4f (%s)",
-        *(len(run.trials), sum(t.pruned for t in run.trials), run.best.valid_auc, run.best.params),
+        "search: %d trials (%d pruned), best validation %s %.4f (%s)",
+        *(len(run.trials), sum(t.pruned for t in run.trials), task.search_metric, run.best.valid_score),
+        run.best.params,
     )
     aucs = steps.map(cross_validate_fold, range(config.split.cv_folds), run.best.params, *shared)
     nan = float("nan")
@@ -315,12 +319,21 @@ def train_and_score_held_out(run: TrainingRun, steps: StepRunner) -> TrainingRun
     trained = steps.call(train_final_model, run.best, run.manifest, run.prepared, run.ctx)
     run.trained = steps.call(calibrate_trained_model, trained, run.manifest, run.prepared, run.ctx)
     run.baseline = steps.call(fit_linear_baseline_on_train, run.manifest, run.prepared, run.ctx)
-    t = run.trained
+    t, task = run.trained, run.prepared.task
+    if t.calibration is not None and t.threshold is not None:
+        run.log.info(
+            "calibrated on %d validation rows (logit slope %.3f, intercept %+.3f); threshold %.4f (%s): "
+            "precision %.3f, recall %.3f there",
+            *(t.calibration.rows, t.calibration.slope, t.calibration.intercept, t.threshold.threshold),
+            *(t.threshold.rule, t.threshold.precision, t.threshold.recall),
+        )
     run.log.info(
-        "calibrated on %d validation rows (logit slope %.3f, intercept %+.3f); threshold %.4f (%s): "
-        "precision %.3f, recall %.3f there; logistic regression baseline: validation ROC-AUC %.4f",
-        *(t.calibration.rows, t.calibration.slope, t.calibration.intercept, t.threshold.threshold),
-        *(t.threshold.rule, t.threshold.precision, t.threshold.recall, run.baseline.valid_auc),
+        "%s baseline: validation %s %.4f",
+        *(
+            task.linear_name,
+            "ROC-AUC" if task.maximize else f"mean {task.loss_name}",
+            run.baseline.valid_score,
+        ),
     )
     aliases = run.registry.alias_doc().aliases
     run.champion_version, run.running_challenger = aliases.get("champion"), aliases.get("challenger")
@@ -340,7 +353,9 @@ def evaluate_and_decide(run: TrainingRun, steps: StepRunner) -> TrainingRun:
     run.champion = steps.call(
         evaluate_champion_on_test, run.champion_version, run.parts, run.model_name, run.ctx
     )
-    e = run.gate = steps.call(gate_evidence_on_test, run.trained, run.parts, run.champion, run.ctx)
+    e = run.gate = steps.call(
+        gate_evidence_on_test, run.trained, run.parts, run.prepared, run.champion, run.ctx
+    )
     useless = decide_labels_anyone(run.trained.threshold, e.test_flagged, e.test_rows)
     gate = decide_promotion(run.champion, e.comparison, e.baselines, useless, run.running_challenger)
     run.decision = decide_registration(gate, run.params.register_as)
@@ -350,15 +365,19 @@ def evaluate_and_decide(run: TrainingRun, steps: StepRunner) -> TrainingRun:
 def gate_rows(gate: GateEvidence) -> list[GateRow]:
     """The gate's comparisons as the model card shows them: each baseline, then the champion."""
     rows = [
-        GateRow(against=g.against, other_auc=g.other_auc, auc=g.auc, gain=g.gain, low=g.low, high=g.high)
+        GateRow(
+            against=g.against, metric=g.metric, other_auc=g.other_score, auc=g.score, gain=g.gain, low=g.low,
+            high=g.high,
+        )
         for g in gate.baselines
         if g is not None
-    ]
+    ]  # fmt: skip
     c = gate.comparison
     if c is not None:
         rows.append(
             GateRow(
                 against=f"champion v{c.champion_version}",
+                metric=c.metric,
                 other_auc=c.champion_auc,
                 auc=c.candidate_auc,
                 gain=c.gain_mean,
@@ -423,10 +442,10 @@ def training_report(run: TrainingRun, files: dict[str, str]) -> TrainingReport:
         files=model_artifact_files(files),
         history=run.trained.fit.history,
         summary={
-            **{f"test/{k}": v for k, v in evaluation.test.model_dump().items()},
-            **{f"baseline/{k}": v for k, v in evaluation.baseline.model_dump().items()},
-            "cv/auc_mean": run.cv["mean"],
-            "cv/auc_std": run.cv["std"],
+            **{f"test/{k}": v for k, v in flat_metrics(evaluation.test).items()},
+            **{f"baseline/{k}": v for k, v in flat_metrics(evaluation.baseline).items()},
+            f"cv/{run.best.metric}_mean": run.cv["mean"],
+            f"cv/{run.best.metric}_std": run.cv["std"],
         },
         dataset_uri=_as_link(run.ctx.store.url(f"snapshots/{run.manifest.snapshot_id}")),
         dataset_metadata={
@@ -451,25 +470,34 @@ def profile_and_describe(run: TrainingRun, steps: StepRunner) -> TrainingRun:
     return run
 
 
+def version_metrics(run: TrainingRun) -> dict[str, float]:
+    """What the registry records of the version's test and CV (and, yes/no, its calibration and
+    threshold): names as each kind's metrics are called."""
+    test, trained = run.candidate.evaluation.test, run.trained
+    metrics = {
+        **{k: v for k, v in flat_metrics(test).items() if k != "rows"},
+        "test_rows": float(test.rows),  # with positive_rate: the held-out AUC's uncertainty
+        f"cv_{run.best.metric}_mean": run.cv["mean"],
+        f"cv_{run.best.metric}_std": run.cv["std"],
+        "cbpe_day_sd": run.candidate.evaluation.day_sd,
+    }
+    if trained.calibration is not None and trained.threshold is not None:
+        metrics |= {  # the calibration folded into model.txt, and how its threshold was chosen
+            "calibration_slope": trained.calibration.slope,
+            "calibration_intercept": trained.calibration.intercept,
+            "validation_precision": trained.threshold.precision,
+            "validation_recall": trained.threshold.recall,
+        }
+    return metrics
+
+
 def new_version_record(run: TrainingRun) -> NewVersion:
-    test = run.candidate.evaluation.test
     return NewVersion(
         snapshot_id=run.manifest.snapshot_id,
         wandb_run=run.tracked.path if run.tracked else None,
         git_commit=run_config(run)["git_commit"],
         params=run.best.params,
-        metrics={
-            **{k: v for k, v in test.model_dump().items() if isinstance(v, float)},
-            "test_rows": float(test.rows),  # with positive_rate: the held-out AUC's uncertainty
-            "cv_auc_mean": run.cv["mean"],
-            "cv_auc_std": run.cv["std"],
-            # the calibration folded into model.txt, and how its threshold was chosen
-            "calibration_slope": run.trained.calibration.slope,
-            "cbpe_day_sd": run.candidate.evaluation.day_sd,
-            "calibration_intercept": run.trained.calibration.intercept,
-            "validation_precision": run.trained.threshold.precision,
-            "validation_recall": run.trained.threshold.recall,
-        },
+        metrics=version_metrics(run),
         test_window=run.candidate.evaluation.test_window,
         feature_names=run.prepared.transform.feature_names,
         input_columns=run.prepared.transform.spec.input_columns,
@@ -486,9 +514,14 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         "cv": run.cv,
         "champion": run.champion.model_dump(mode="json"),
         "gate": run.gate.model_dump(mode="json"),
-        "calibration": run.trained.calibration.model_dump(),
-        "threshold": run.trained.threshold.model_dump(),
-        "baseline": {"kind": "logistic regression", "c": run.baseline.c, "valid_auc": run.baseline.valid_auc},
+        "target": run.prepared.task.model_dump(),
+        "calibration": run.trained.calibration.model_dump() if run.trained.calibration else None,
+        "threshold": run.trained.threshold.model_dump() if run.trained.threshold else None,
+        "baseline": {
+            "kind": run.prepared.task.linear_name,
+            "c": run.baseline.c,
+            "valid_score": run.baseline.valid_score,
+        },
         "decision": run.decision.model_dump(),
     }
     files = steps.call(
@@ -516,7 +549,7 @@ def register_and_apply(run: TrainingRun, steps: StepRunner) -> TrainingRun:
     run.bento_tag = steps.call(save_version_to_bentoml, name, v.version, ctx)
     if run.decision.outcome != "reproduced" and steps.emits_events:
         payload = {"version": v.version, "decision": run.decision.outcome, "reason": run.decision.reason}
-        payload |= {"snapshot_id": run.manifest.snapshot_id, "roc_auc": run.candidate.evaluation.test.roc_auc}
+        payload |= {"snapshot_id": run.manifest.snapshot_id, **headline(run)}
         emit_model_event("driftloop.model.registered", name, payload, target=ctx.target)
     run.log.info(
         "registered %s v%d as %s (%s); aliases now %s; BentoML model %s",
@@ -536,8 +569,8 @@ def first_champion_approval(run: TrainingRun, version: int) -> PromotionDecision
         )
     from flows.steps.approval import ApprovalTimedOut, ask_for_approval
 
-    test = run.candidate.evaluation.test
-    evidence = {"roc_auc": test.roc_auc, "test_rows": test.rows, "snapshot_id": run.manifest.snapshot_id}
+    evidence = {**headline(run), "test_rows": run.candidate.evaluation.test.rows}
+    evidence["snapshot_id"] = run.manifest.snapshot_id
     question = f"make it the first champion of {run.model_name}? The gate says: {run.decision.reason}"
     answer = ask_for_approval(run.ctx, run.model_name, version, question, evidence)
     if answer.outcome == "timed-out":
@@ -547,6 +580,15 @@ def first_champion_approval(run: TrainingRun, version: int) -> PromotionDecision
     return PromotionDecision(
         outcome="champion", reason=f"{run.decision.reason}; approved by {answer.by}: {answer.reason}"
     )
+
+
+HEADLINE = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
+
+
+def headline(run: TrainingRun) -> dict[str, float]:
+    """The one test metric an event or an approval form names: ROC-AUC, log loss or RMSE."""
+    name = HEADLINE[run.prepared.task.kind]
+    return {name: flat_metrics(run.candidate.evaluation.test)[name]}
 
 
 TRAINING_STAGES = (
@@ -569,13 +611,15 @@ def summarize(run: TrainingRun) -> TrainingSummary:
         reason=run.decision.reason,
         snapshot_id=run.manifest.snapshot_id,
         snapshot_rows=run.manifest.rows,
+        kind=run.prepared.task.kind,
         test=evaluation.test,
         baseline=evaluation.baseline,
         champion_before=run.champion.version,
-        threshold=run.trained.threshold.threshold,
-        threshold_rule=run.trained.threshold.rule,
+        threshold=run.trained.threshold.threshold if run.trained.threshold else None,
+        threshold_rule=run.trained.threshold.rule if run.trained.threshold else None,
         baselines=run.gate.baselines,
         comparison=run.gate.comparison,
+        cv_metric=run.best.metric,
         cv_auc_mean=run.cv["mean"],
         cv_auc_std=run.cv["std"],
         wandb_run=(run.tracked.url or run.tracked.path) if run.tracked else None,

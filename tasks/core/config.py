@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from tasks.core.errors import BadInput
+from tasks.core.target import Kind, check_objective
 
 
 class ConfigError(BadInput):
@@ -198,14 +199,17 @@ class TimeConfig(Strict):
 
 
 class TargetConfig(Strict):
-    """The yes/no label. Either a column holding it (``name`` alone: booleans, 0/1, or text such as
-    yes/no, true/false, y/n, 1/0; ``positive`` names the positive value of any other two-valued column)
-    or an ``expression`` computing it from other columns (then ``name`` is the new column's name)."""
+    """What the model predicts: a column (``name`` alone) or an ``expression`` computing it from other
+    columns (then ``name`` is the new column's name). Its ``kind`` (``tasks.core.target``): ``binary``
+    (booleans, 0/1, yes/no-like text, or ``positive`` naming the yes value of a two-valued column),
+    ``multiclass`` (2..50 named classes) or ``regression`` (a number); inferred from the data when not
+    given, and an error saying which to set where the data could be either."""
 
     name: str
-    expression: str | None = Field(None, description="Polars SQL expression giving the boolean label")
+    kind: Kind | None = Field(None, description="binary, multiclass or regression; default: from the data")
+    expression: str | None = Field(None, description="Polars SQL expression giving the target")
     positive: str | int | bool | None = Field(
-        None, description="the value of the target column that means yes (without an expression)"
+        None, description="the value of the target column that means yes (binary, without an expression)"
     )
     requires: list[str] = Field([], description="columns that must be non-null for a row to have a label")
 
@@ -213,6 +217,10 @@ class TargetConfig(Strict):
     def _one_way(self) -> "TargetConfig":
         if self.expression is not None and self.positive is not None:
             raise ValueError("target: give either expression or positive, not both")
+        if self.positive is not None and self.kind not in (None, "binary"):
+            raise ValueError(
+                f"target: positive names the yes value of a binary target, not a {self.kind} one"
+            )
         return self
 
     @property
@@ -279,14 +287,15 @@ class ThresholdRule(Strict):
     false_negative_cost: float = Field(1.0, gt=0, description="rule cost: what a missed positive costs")
 
 
-FIXED_BY_THE_LOOP = {"metric", "deterministic", "force_row_wise", "verbose"}  # tasks.model.train
+FIXED_BY_THE_LOOP = {"metric", "num_class", "deterministic", "force_row_wise", "verbose"}  # tasks.model.train
 
 
 class TrainingConfig(Strict):
     params: dict[str, Any] = Field(
         {},
         description="LightGBM parameters (the search starts from them); the objective is the target's "
-        "(binary), early stopping's metric and determinism are set by the loop",
+        "(or a kind-matching one such as huber, quantile, tweedie), early stopping's metric and "
+        "determinism are set by the loop",
     )
     search_space: dict[str, SearchDimension] = {}
 
@@ -295,16 +304,12 @@ class TrainingConfig(Strict):
     def _params_the_model_is_trained_with(cls, params: dict[str, Any]) -> dict[str, Any]:
         """A parameter the loop sets for itself would be silently replaced, and the registry would
         record a value the model was not trained with: refuse it, naming what happens instead."""
-        objective = params.get("objective")
-        if objective is not None and objective != "binary":
-            raise ValueError(
-                f"objective {objective!r} contradicts the target: the target is yes/no, trained with "
-                "objective 'binary' (only binary targets are supported); remove training.params.objective"
-            )
+        check_objective(params.get("objective"), None, "training.params")
         fixed = sorted(FIXED_BY_THE_LOOP & set(params))
         if fixed:
             raise ValueError(
-                f"{', '.join(fixed)} set by the loop (early stopping on binary_logloss with auc reported; "
+                f"{', '.join(fixed)} set by the loop (early stopping on the objective's own loss, with "
+                "ROC-AUC, classification error or squared and absolute error reported by kind; "
                 "deterministic row-wise training); remove them from training.params"
             )
         return params
@@ -482,6 +487,11 @@ class DatasetConfig(Strict):
             raise ValueError("window needs a time column: set time.column or remove window")
         if self.split.method == "time" and self.time is None:
             raise ValueError("split.method time needs a time column: set time.column or use stratified")
+        if self.split.method == "stratified" and self.target.kind == "regression":
+            raise ValueError(
+                "split.method stratified balances classes; a regression target has none: use random"
+            )
+        check_objective(self.training.params.get("objective"), self.target.kind, "training.params")
         self._columns_exist()
         return self
 
@@ -534,7 +544,11 @@ class DatasetConfig(Strict):
 
     @property
     def split_method(self) -> str:
-        return self.split.method or ("time" if self.time is not None else "stratified")
+        if self.split.method:
+            return self.split.method
+        if self.time is not None:
+            return "time"
+        return "random" if self.target.kind == "regression" else "stratified"
 
     @property
     def feature_names(self) -> list[str]:
@@ -566,11 +580,22 @@ class DatasetConfig(Strict):
         merged._template = _merge(self.template(), _plain(updates))
         return merged
 
+    def with_target_kind(self, kind: Kind) -> "DatasetConfig":
+        """This config with its target's kind stated (as the data showed it): what the registry keeps, so
+        every later stage reads the kind instead of inferring it again."""
+        return self if self.target.kind == kind else self.with_updates({"target": {"kind": kind}})
+
     def same_dataset_as(self, other: "DatasetConfig") -> str | None:
         """None if ``other`` describes the same dataset and task (tables, target), else what differs:
-        a model name must not be reused for another dataset's model."""
+        a model name must not be reused for another dataset's model. A kind stated on one side only is
+        the kind the data showed: not a difference."""
         for field in ("name", "base_table", "target"):
             mine, theirs = getattr(self, field), getattr(other, field)
+            if field == "target" and None in (mine.kind, theirs.kind):
+                mine, theirs = (
+                    mine.model_copy(update={"kind": None}),
+                    theirs.model_copy(update={"kind": None}),
+                )
             if mine != theirs:
                 return f"{field}: {theirs!r} (registered) vs {mine!r}"
         return None

@@ -31,6 +31,7 @@ from tasks.core.errors import BadInput, EmptyWindow, SingleClassTarget
 from tasks.core.feature_spec import parse_time
 from tasks.core.logs import FEEDBACK, PREDICTIONS, log_keys, of_model, outcome_per_request
 from tasks.core.store import ArtifactStore, PreconditionFailed
+from tasks.core.target import MAX_CLASSES, NO, YES, Kind, LearningTask, infer_kind, learning_task
 
 
 class SnapshotPart(BaseModel):
@@ -49,13 +50,27 @@ class SnapshotManifest(BaseModel):
     sources: dict[str, list[str]]
     rows: int
     unlabeled_rows: int
-    positive_rate: float
+    positive_rate: float  # yes/no: the share of yes; a number: its mean; classes: unused (the shares vary)
+    target_kind: Kind = "binary"  # as stated, or as the data showed it (tasks.core.target)
+    classes: list[str] = []  # multiclass: the class values in code order
     time_column: str | None
     time_min: str | None
     time_max: str | None
     columns: dict[str, str]
     content_sha256: str
     config_fingerprint: str
+
+    def learning_task(self, config: DatasetConfig) -> LearningTask:
+        """The target's task as this snapshot holds it, trained with the config's objective."""
+        return learning_task(self.target_kind, self.classes, config.training.params, config.origin)
+
+    def target_summary(self) -> str:
+        """The target in a few words for logs: its share of yes, its classes, or its mean."""
+        if self.target_kind == "multiclass":
+            return f"{len(self.classes)} classes ({', '.join(self.classes[:6])})"
+        if self.target_kind == "regression":
+            return f"target mean {self.positive_rate:.4g}"
+        return f"positive rate {self.positive_rate:.3f}"
 
     @property
     def part_keys(self) -> list[str]:
@@ -169,31 +184,64 @@ def prepare_table(
     df = joined_plan(tables, config).collect()
     unlabeled = int((~df[LABELLED]).sum())
     df = df.filter(pl.col(LABELLED)).drop(LABELLED)
-    df = df.with_columns(binary_label(df, config).alias(config.target.name))
-    return order_rows(df, config, rows_per_part), unlabeled
+    task, label = encoded_target(df, config)
+    df = df.with_columns(label.alias(config.target.name))
+    return order_rows(df, config.with_target_kind(task.kind), rows_per_part), unlabeled
 
 
-_YES = {"yes", "y", "true", "t", "1", "1.0"}
-_NO = {"no", "n", "false", "f", "0", "0.0"}
-
-
-def label_expr(config: DatasetConfig, dtype: pl.DataType | None, values: list[Any]) -> pl.Expr:
-    """The target as a 0/1 (Int8) expression: computed by ``target.expression``, or read from the
-    target column (booleans, 0/1, yes/no-like text, or ``target.positive`` against anything else
-    two-valued). ``dtype`` and ``values`` are the target column's type and distinct values (unused
-    with an expression); a column that is not a yes/no label is an error naming its values."""
+def target_values(config: DatasetConfig) -> pl.Expr:
+    """The target as the data holds it: the column, or ``target.expression`` computed from others."""
     target = config.target
-    where = f"{config.origin}: target"
-    if target.expression is not None:
-        try:
-            return pl.sql_expr(target.expression).cast(pl.Int8).alias(target.name)
-        except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
-            raise BadInput(
-                f"{where}.expression {target.expression!r} does not give a yes/no label: {exc}"
-            ) from None
+    if target.expression is None:
+        return pl.col(target.name)
+    try:
+        return pl.sql_expr(target.expression).alias(target.name)
+    except Exception as exc:  # noqa: BLE001 - polars raises several SQL error types
+        raise BadInput(
+            f"{config.origin}: target.expression {target.expression!r} does not parse: {exc}"
+        ) from None
+
+
+def resolve_target(config: DatasetConfig, dtype: pl.DataType | None, values: list[Any]) -> LearningTask:
+    """The target's kind (stated, else inferred from ``values``: the target's distinct values, sorted, at
+    most a thousand) and classes; an error naming the values when they do not fit the kind."""
+    target, where = config.target, f"{config.origin}: target"
     if dtype is None:
         raise BadInput(f"{where}.name {target.name!r} is not a column of the prepared table")
-    col = pl.col(target.name)
+    kind = target.kind or (
+        "binary"
+        if target.positive is not None
+        else infer_kind(dtype, values, len(values), target.name, where)
+    )
+    classes: list[str] = []
+    if kind == "regression" and not dtype.is_numeric():
+        raise BadInput(
+            f"{where} {target.name!r} is {dtype} ({values[:5]}), not a number: target.kind regression needs "
+            "a numeric column or expression"
+        )
+    if kind == "multiclass":
+        classes = sorted({str(v) for v in values if v is not None})
+        if not 2 <= len(classes) <= MAX_CLASSES:
+            raise BadInput(
+                f"{where} {target.name!r} holds {len(classes)} distinct values; target.kind multiclass needs "
+                f"2 to {MAX_CLASSES}"
+            )
+    return learning_task(kind, classes, config.training.params, config.origin)
+
+
+def label_expr(config: DatasetConfig, task: LearningTask, dtype: pl.DataType, values: list[Any]) -> pl.Expr:
+    """The target as LightGBM reads it: 0/1 (Int8) for yes/no (booleans, 0/1, yes/no-like text, or
+    ``target.positive`` against anything else two-valued), the class's code (Int32, its index in
+    ``task.classes``) for classes, the number (Float64) for regression."""
+    target, where = config.target, f"{config.origin}: target"
+    col = target_values(config)
+    if task.kind == "regression":
+        return col.cast(pl.Float64).alias(target.name)
+    if task.kind == "multiclass":
+        codes = list(range(len(task.classes)))
+        return (
+            col.cast(pl.String).replace_strict(task.classes, codes, return_dtype=pl.Int32).alias(target.name)
+        )
     if target.positive is not None:
         if len(values) > 2 or str(target.positive) not in {str(v) for v in values}:
             raise BadInput(
@@ -201,57 +249,70 @@ def label_expr(config: DatasetConfig, dtype: pl.DataType | None, values: list[An
                 "target has two values, one of them the positive"
             )
         return (col.cast(pl.String) == str(target.positive)).cast(pl.Int8).alias(target.name)
-    if dtype == pl.Boolean:
+    if dtype == pl.Boolean or dtype.is_numeric():
+        if dtype.is_numeric() and not {float(v) for v in values if v is not None} <= {0.0, 1.0}:
+            raise BadInput(
+                f"{where} {target.name!r} holds {values[:10]}, not 0/1: a binary target needs two values "
+                "(set target.kind to regression or multiclass, or target.positive to the yes value)"
+            )
         return col.cast(pl.Int8).alias(target.name)
-    unknown = sorted({str(v).strip().lower() for v in values if v is not None} - _YES - _NO)
+    unknown = sorted({str(v).strip().lower() for v in values if v is not None} - YES - NO)
     if unknown:
         shown = [v for v in values if str(v).strip().lower() in unknown][:10]
         raise BadInput(
             f"{where}.name {target.name!r} holds {shown}, which is not a yes/no label (supported: "
-            "booleans, 0/1, yes/no, true/false, y/n); only binary targets are supported: set "
-            "target.positive to the value meaning yes, or target.expression to compute the label"
+            "booleans, 0/1, yes/no, true/false, y/n): set target.positive to the value meaning yes, "
+            "target.kind: multiclass for named classes, or target.expression to compute the label"
         )
     text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
-    return text.is_in(list(_YES)).cast(pl.Int8).alias(target.name)
+    return text.is_in(list(YES)).cast(pl.Int8).alias(target.name)
 
 
-def binary_label(df: pl.DataFrame, config: DatasetConfig) -> pl.Series:
-    """The target of these rows as 0/1 (Int8); see ``label_expr``."""
+def _target_facts(frame: pl.LazyFrame, config: DatasetConfig) -> tuple[pl.DataType | None, list[Any]]:
+    """The target's type and (up to a thousand of) its distinct values among the labelled rows."""
     name = config.target.name
-    dtype = df.schema.get(name)
-    values = (
-        df[name].unique().sort().to_list() if dtype is not None and config.target.expression is None else []
-    )
+    if config.target.expression is None and name not in frame.collect_schema():
+        return None, []
     try:
-        return df.select(label_expr(config, dtype, values))[:, 0]
-    except pl.exceptions.PolarsError as exc:
-        raise BadInput(
-            f"{config.origin}: target.expression {config.target.expression!r} does not give a yes/no "
-            f"label: {exc}"
-        ) from None
-
-
-def _lazy_label(plan: pl.LazyFrame, config: DatasetConfig) -> pl.Expr:
-    """``label_expr`` for a lazy plan: the target column's distinct values come from a streamed pass."""
-    name = config.target.name
-    dtype = plan.collect_schema().get(name)
-    values: list[Any] = []
-    if config.target.expression is None and dtype is not None:
         values = (
-            plan.filter(pl.col(LABELLED))
-            .select(pl.col(name).unique().sort().head(1000))
+            frame.filter(pl.col(LABELLED))
+            .select(target_values(config).unique().sort().head(1000))
             .collect(engine="streaming")[name]
-            .to_list()
         )
-    label = label_expr(config, dtype, values)
-    try:  # a wrong expression fails here, on a few rows, as bad input (not in the middle of the passes)
-        plan.filter(pl.col(LABELLED)).head(1000).select(label).collect(engine="streaming")
     except pl.exceptions.PolarsError as exc:
         raise BadInput(
-            f"{config.origin}: target {config.target.expression or name!r} does not give a yes/no label: "
+            f"{config.origin}: target {config.target.expression or name!r} cannot be computed: "
             f"{str(exc).splitlines()[0][:300]}"
         ) from None
-    return label
+    return values.dtype, [v for v in values.to_list() if v is not None]
+
+
+def labelled_target(frame: pl.LazyFrame, config: DatasetConfig) -> tuple[LearningTask, pl.Expr]:
+    """The target's resolved task and its encoding expression for a plan (lazy, or a frame made lazy);
+    the encoding is tried on a few rows first, so a wrong expression fails here as bad input."""
+    dtype, values = _target_facts(frame, config)
+    task = resolve_target(config, dtype, values)
+    label = label_expr(config, task, dtype, values)
+    try:
+        frame.filter(pl.col(LABELLED)).head(1000).select(label).collect(engine="streaming")
+    except pl.exceptions.PolarsError as exc:
+        raise BadInput(
+            f"{config.origin}: target {config.target.expression or config.target.name!r} is not a "
+            f"{task.kind} target: {str(exc).splitlines()[0][:300]}"
+        ) from None
+    return task, label
+
+
+def encoded_target(df: pl.DataFrame, config: DatasetConfig) -> tuple[LearningTask, pl.Series]:
+    """The target of these rows as LightGBM reads it, and its task; see ``label_expr``."""
+    task, label = labelled_target(df.lazy().with_columns(pl.lit(True).alias(LABELLED)), config)
+    try:
+        return task, df.select(label)[:, 0]
+    except pl.exceptions.PolarsError as exc:
+        raise BadInput(
+            f"{config.origin}: target {config.target.expression or config.target.name!r} is not a "
+            f"{task.kind} target: {exc}"
+        ) from None
 
 
 def part_count(rows: int, rows_per_part: int) -> int:
@@ -341,7 +402,8 @@ def build_snapshot(
 
     tables = {t: store.scan_parquet(keys) for t, keys in sources.items()}
     plan = joined_plan(tables, config)
-    label = _lazy_label(plan, config)
+    task, label = labelled_target(plan, config)
+    config = config.with_target_kind(task.kind)  # rows are ordered (stratified or not) by the kind
     time_col = config.time_column
     labelled = pl.col(LABELLED)
     stats = _labelled_stats(plan, label, config, tables)
@@ -368,6 +430,8 @@ def build_snapshot(
         rows=rows,
         unlabeled_rows=unlabeled,
         positive_rate=positives / rows,
+        target_kind=task.kind,
+        classes=task.classes,
         time_column=time_col,
         time_min=str(stats["lo"]) if time_col else None,
         time_max=str(stats["hi"]) if time_col else None,
@@ -395,12 +459,14 @@ def _labelled_stats(
             labelled.sum().alias("rows"),
             (~labelled).sum().alias("unlabeled"),
             label.filter(labelled).cast(pl.Float64).sum().alias("positives"),
+            label.filter(labelled).n_unique().alias("distinct"),
             *span,
         )
         .collect(engine="streaming")
         .row(0, named=True)
     )
-    rows, unlabeled, positives = int(stats["rows"]), int(stats["unlabeled"]), float(stats["positives"] or 0)
+    rows, unlabeled = int(stats["rows"]), int(stats["unlabeled"])
+    distinct = int(stats["distinct"] or 0)
     if rows == 0:
         if time_col is None:
             raise EmptyWindow(f"{config.base_table!r} holds no labelled rows ({unlabeled} without a label)")
@@ -410,11 +476,11 @@ def _labelled_stats(
             f"{config.base_table!r}"
             f" (the data covers {covered}); change window in the dataset config or the flow parameters"
         )
-    if positives in (0, rows):
+    if distinct < 2:
+        what = "a classifier needs two classes" if config.target.kind != "regression" else "nothing to learn"
         raise SingleClassTarget(
-            f"target {config.target.name!r} ({config.target.expression or 'column'}) has only the value "
-            f"{int(positives > 0)} in {rows} rows; a classifier needs both classes: widen the window or "
-            "check the target"
+            f"target {config.target.name!r} ({config.target.expression or 'column'}) has only one value in "
+            f"{rows} rows; {what}: widen the window or check the target"
         )
     return stats
 

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from tasks.model.evaluate import Evaluation, Metrics, metric_table, png_data_uri
+from tasks.model.evaluate import Evaluation, Metrics, kind_rows, metric_table, png_data_uri
+from tasks.model.kind_metrics import KindMetrics
 
 ATTRIBUTION_ROWS_PER_PART = 5_000  # test rows per held-out part explained (evenly spaced)
 ATTRIBUTIONS_SHOWN = 15
@@ -47,21 +48,25 @@ class AttributionSums(BaseModel):
 
 def attribution_sums(booster: Any, X: np.ndarray, feature_names: list[str]) -> AttributionSums:
     """|pred_contrib| summed per feature over (at most ``ATTRIBUTION_ROWS_PER_PART``, evenly spaced)
-    rows of ``X``. The last column LightGBM returns is the expected value, not a feature."""
+    rows of ``X`` (and, for classes, over every class's raw score). The last column LightGBM returns per
+    class is the expected value, not a feature."""
     if len(X) == 0:
         return AttributionSums()
     step = max(1, -(-len(X) // ATTRIBUTION_ROWS_PER_PART))
     rows = X[::step]
-    contrib = np.asarray(booster.predict(rows, pred_contrib=True))[:, : len(feature_names)]
-    sums = np.abs(contrib).sum(axis=0)
+    width = len(feature_names) + 1
+    contrib = np.asarray(booster.predict(rows, pred_contrib=True)).reshape(len(rows), -1, width)
+    sums = np.abs(contrib[:, :, : len(feature_names)]).sum(axis=(0, 1))
     return AttributionSums(rows=len(rows), sums={n: float(s) for n, s in zip(feature_names, sums)})
 
 
 class GateRow(BaseModel):
-    """One comparison the promotion gate read: the candidate's ROC-AUC against another model's on the
-    same test rows, with the one-sided bounds of the gain."""
+    """One comparison the promotion gate read: the candidate's ROC-AUC (or, classes and numbers, mean
+    loss) against another model's on the same test rows, with the one-sided bounds of the gain (for a
+    loss: of its relative reduction)."""
 
     against: str
+    metric: str = "ROC-AUC"
     other_auc: float
     auc: float
     gain: float
@@ -77,7 +82,7 @@ class CardFacts(BaseModel):
     decision: str
     reason: str
     evaluation: Evaluation
-    champion: Metrics | None
+    champion: Metrics | KindMetrics | None
     champion_version: int | None
     gate: list[GateRow]
     test_flagged: int  # test rows the threshold labels positive
@@ -109,6 +114,13 @@ def model_card(facts: CardFacts, inline_plots: dict[str, bytes] | None = None) -
     """The card as Markdown. ``inline_plots`` (name -> PNG) replaces the plot file references with the
     images themselves (the Prefect artifact); without it, the card names ``plots/<name>.png``."""
     f, t = facts, facts.evaluation.test
+    kind = f.evaluation.kind
+    if isinstance(t, KindMetrics):
+        target_line = f"{kind} target"
+        cv_metric = "mean loss"
+        constant = "class shares" if kind == "multiclass" else "constant"
+    else:
+        target_line, cv_metric, constant = f"positive rate {t.positive_rate:.3f}", "ROC-AUC", "positive rate"
     lines = [
         f"# Model card: {f.model_name}",
         "",
@@ -121,8 +133,8 @@ def model_card(facts: CardFacts, inline_plots: dict[str, bytes] | None = None) -
         "- sources: " + ", ".join(f"{table} ({n} batches)" for table, n in sorted(f.sources.items())),
         f"- split: {SPLIT_WORDING.get(f.split_method, f.split_method)}",
         f"- test window {f.evaluation.test_window[0]} .. {f.evaluation.test_window[1]}: {t.rows:,} rows, "
-        f"positive rate {t.positive_rate:.3f}",
-        f"- {CV_WORDING.get(f.split_method, 'CV')} ROC-AUC: "
+        f"{target_line}",
+        f"- {CV_WORDING.get(f.split_method, 'CV')} {cv_metric}: "
         + (
             f"{f.cv['mean']:.4f} ± {f.cv['std']:.4f} over {int(f.cv['folds'])} folds"
             if f.cv.get("folds")
@@ -132,21 +144,29 @@ def model_card(facts: CardFacts, inline_plots: dict[str, bytes] | None = None) -
         "",
         "## Test metrics",
         "",
-        "| metric | model | baseline (positive rate) |" + (" champion |" if f.champion else ""),
+        f"| metric | model | baseline ({constant}) |" + (" champion |" if f.champion else ""),
         "|---|---|---|" + ("---|" if f.champion else ""),
     ]
+    number = ".4g" if isinstance(t, KindMetrics) else ".4f"
+    names = dict(kind_rows(t)) if isinstance(t, KindMetrics) else {}
     for label, model, baseline, champ in metric_table(t, f.evaluation.baseline, f.champion):
+        shown = f"{model:{number}}"
+        if label in names:
+            interval = t.metrics[names[label]]  # type: ignore[union-attr]
+            shown += f" [{interval.low:.4g}, {interval.high:.4g}]"
         lines.append(
-            f"| {label} | {model:.4f} | {baseline:.4f} |" + (f" {champ:.4f} |" if champ is not None else "")
+            f"| {label} | {shown} | {baseline:{number}} |"
+            + (f" {champ:{number}} |" if champ is not None else "")
         )
+    if isinstance(t, KindMetrics):
+        lines += ["", "Model values with their 95% bootstrap intervals over the test rows."]
     lines += ["", *_gate_lines(f), "", *_attribution_lines(f), ""]
     lines += ["## Parameters", "", "```", *(f"{k}: {v}" for k, v in sorted(f.params.items())), "```", ""]
-    lines += [
-        "## Slices (test)",
-        "",
-        "| column | value | rows | positive rate | ROC-AUC |",
-        "|---|---|---|---|---|",
-    ]
+    lines += ["## Slices (test)", ""]
+    if f.evaluation.kind != "binary":
+        lines.append(f"Not computed for {f.evaluation.kind} targets yet.")
+    else:
+        lines += ["| column | value | rows | positive rate | ROC-AUC |", "|---|---|---|---|---|"]
     for s in f.evaluation.slices:
         auc = f"{s.roc_auc:.4f}" if s.roc_auc is not None else "n/a"
         lines.append(f"| {s.column} | {s.value} | {s.rows} | {s.positive_rate:.3f} | {auc} |")
@@ -161,6 +181,18 @@ def model_card(facts: CardFacts, inline_plots: dict[str, bytes] | None = None) -
 def _gate_lines(f: CardFacts) -> list[str]:
     """The evidence the gate read: ROC-AUC gains with their one-sided bounds, against each baseline and
     the champion, on the same test rows."""
+    if f.evaluation.kind != "binary":
+        metric = f.gate[0].metric if f.gate else "loss"
+        lines = [
+            "## Gate evidence (same test rows)",
+            "",
+            f"| against | mean {metric} there | candidate | reduction | bounds |",
+            "|---|---|---|---|---|",
+        ]
+        for g in f.gate:
+            bounds = f"{g.low:+.1%} .. {g.high:+.1%}"
+            lines.append(f"| {g.against} | {g.other_auc:.4g} | {g.auc:.4g} | {g.gain:+.1%} | {bounds} |")
+        return [*lines, "", "Reductions of the mean loss, with one-sided paired-bootstrap bounds."]
     lines = [
         "## Gate evidence (same test rows)",
         "",

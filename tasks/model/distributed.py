@@ -33,6 +33,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from tasks.core.context import RunContext
+from tasks.core.errors import BadInput
 from tasks.data.snapshot import SnapshotManifest, load_rows
 from tasks.model.train import FIXED_PARAMS, FitResult, PreparedTraining
 
@@ -160,6 +161,11 @@ def train_on_cluster(
     import lightgbm as lgb
 
     split, training = prepared.split, ctx.config.training
+    if prepared.task.kind != "binary":
+        raise BadInput(
+            f"the dask engine's final fit trains yes/no targets only; this target is {prepared.task.kind}: "
+            "train it with DRIFTLOOP_ENGINE=local (one machine), which handles every kind"
+        )
     options = {k: v for k, v in {**params, **FIXED_PARAMS}.items() if k not in {"metric", "objective"}}
     model = lgb.DaskLGBMClassifier(
         client=PartOrderClient(client),
@@ -190,8 +196,8 @@ def train_on_cluster(
     result = FitResult(
         params=params,
         best_iteration=rounds,
-        valid_auc=float(skm.roc_auc_score(y, p)),
-        valid_logloss=float(skm.log_loss(y, p, labels=[0, 1])),
+        valid_score=float(skm.roc_auc_score(y, p)),
+        valid_loss=float(skm.log_loss(y, p, labels=[0, 1])),
         history={},  # no per-round curve: the search trials' curves are in W&B
     )
     return booster, result

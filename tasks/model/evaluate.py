@@ -18,6 +18,8 @@ from sklearn.calibration import calibration_curve
 
 from tasks.core.config import DatasetConfig
 from tasks.core.store import ArtifactStore
+from tasks.core.target import Kind, LearningTask
+from tasks.model.kind_metrics import KindMetrics, kind_metrics
 
 
 class Metrics(BaseModel):
@@ -42,13 +44,26 @@ class SliceMetrics(BaseModel):
 
 
 class Evaluation(BaseModel):
-    test: Metrics
-    baseline: Metrics
+    """The candidate's test metrics beside the constant baseline's (``baseline``) and, for classes and
+    numbers, the linear baseline's (``linear``; yes/no shows it in the gate's intervals). Yes/no
+    metrics are ``Metrics``; classes and numbers ``KindMetrics``, each value with its interval."""
+
+    kind: Kind = "binary"
+    test: Metrics | KindMetrics
+    baseline: Metrics | KindMetrics
+    linear: KindMetrics | None = None
     slices: list[SliceMetrics]
     test_window: tuple[str, str]
     # how far a test day's ROC-AUC strays from what the calibrated scores expect, beyond sampling noise
     # (tasks.monitoring.estimate.day_to_day_spread; 0 without a time column)
     day_sd: float = 0.0
+
+
+def flat_metrics(m: Metrics | KindMetrics) -> dict[str, float]:
+    """A model's test metrics as name -> number (what the registry records and W&B summarises)."""
+    if isinstance(m, KindMetrics):
+        return {"rows": float(m.rows), **{k: v.value for k, v in m.metrics.items()}}
+    return {k: float(v) for k, v in m.model_dump().items()}
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> Metrics:
@@ -104,6 +119,7 @@ def evaluate_predictions(
     slices: list[str],
     time_column: str | None,
 ) -> Evaluation:
+    """A yes/no candidate's test evaluation (see ``evaluate_kind`` for classes and numbers)."""
     day_sd = 0.0
     if time_column is not None:
         window = (str(frame[time_column].min()), str(frame[time_column].max()))
@@ -121,8 +137,34 @@ def evaluate_predictions(
     )
 
 
-def plot_pngs(y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> dict[str, bytes]:
-    """ROC, precision-recall, calibration and feature-importance plots as PNG bytes."""
+def _test_window(frame: pl.DataFrame, time_column: str | None) -> tuple[str, str]:
+    if time_column is not None:
+        return (str(frame[time_column].min()), str(frame[time_column].max()))
+    return ("held-out rows", f"{frame.height} rows")  # a random / stratified holdout has no time span
+
+
+def evaluate_kind(
+    frame: pl.DataFrame,
+    y: np.ndarray,
+    p: np.ndarray,
+    constant: np.ndarray,
+    linear: np.ndarray,
+    task: LearningTask,
+    time_column: str | None,
+) -> Evaluation:
+    """A class or number candidate's test evaluation: its metrics, the constant's and the linear
+    baseline's on the same rows, each with bootstrap intervals (``tasks.model.kind_metrics``)."""
+    return Evaluation(
+        kind=task.kind,
+        test=kind_metrics(task, y, p, seed=1),
+        baseline=kind_metrics(task, y, constant, seed=2),
+        linear=kind_metrics(task, y, linear, seed=3),
+        slices=[],
+        test_window=_test_window(frame, time_column),
+    )
+
+
+def _png_saver() -> tuple[Any, dict[str, bytes], Any]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,6 +178,56 @@ def plot_pngs(y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> dic
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
         pngs[name] = buf.getvalue()
+
+    return plt, pngs, save
+
+
+def _importance_png(plt: Any, save: Any, importance: dict[str, float]) -> None:
+    top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.barh([k for k, _ in top], [v for _, v in top])
+    ax.set(xlabel="total gain", title="Feature importance")
+    save(fig, "importance")
+
+
+def kind_plot_pngs(
+    y: np.ndarray, p: np.ndarray, importance: dict[str, float], task: LearningTask
+) -> dict[str, bytes]:
+    """Classes: the confusion matrix (rows: true class, shares); numbers: predicted against actual and
+    the residuals; both: feature importance. PNG bytes."""
+    plt, pngs, save = _png_saver()
+    if task.kind == "multiclass":
+        k = len(task.classes)
+        matrix = skm.confusion_matrix(y.astype(int), np.argmax(p, axis=1), labels=list(range(k)))
+        shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+        fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.1 * k + 1.5))
+        ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{shares[i, j]:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(k), task.classes, rotation=45, ha="right")
+        ax.set_yticks(range(k), task.classes)
+        ax.set(xlabel="predicted class", ylabel="true class", title="Confusion (test, row shares)")
+        save(fig, "confusion")
+    else:
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.scatter(y, p, s=3, alpha=0.3)
+        lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "--", color="grey", label="perfect")
+        ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual (test)")
+        ax.legend(loc="upper left")
+        save(fig, "predicted_vs_actual")
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.hist(y - p, bins=60)
+        ax.set(xlabel="actual - predicted", ylabel="rows", title="Residuals (test)")
+        save(fig, "residuals")
+    _importance_png(plt, save, importance)
+    return pngs
+
+
+def plot_pngs(y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> dict[str, bytes]:
+    """ROC, precision-recall, calibration and feature-importance plots as PNG bytes."""
+    plt, pngs, save = _png_saver()
 
     fpr, tpr, _ = skm.roc_curve(y, p)
     fig, ax = plt.subplots(figsize=(4.5, 4))
@@ -160,12 +252,7 @@ def plot_pngs(y: np.ndarray, p: np.ndarray, importance: dict[str, float]) -> dic
     ax.set(xlabel="mean predicted probability", ylabel="observed positive rate", title="Calibration (test)")
     ax.legend(loc="upper left")
     save(fig, "calibration")
-
-    top = sorted(importance.items(), key=lambda kv: kv[1], reverse=True)[:20][::-1]
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.barh([k for k, _ in top], [v for _, v in top])
-    ax.set(xlabel="total gain", title="Feature importance")
-    save(fig, "importance")
+    _importance_png(plt, save, importance)
     return pngs
 
 
@@ -179,11 +266,32 @@ METRICS_SHOWN = (
 )
 
 
+METRICS_SHOWN_BY_KIND = {
+    "regression": (("RMSE", "rmse"), ("MAE", "mae"), ("R^2", "r2"), ("mean loss (objective)", "mean_loss")),
+    "multiclass": (("macro ROC-AUC", "macro_roc_auc"), ("log loss", "log_loss"), ("accuracy", "accuracy")),
+}
+
+
+def kind_rows(test: KindMetrics) -> list[tuple[str, str]]:
+    """(label, metric name) of each metric a class or number model's table shows, per-class recall last."""
+    recalls = [(n, n) for n in test.metrics if n.startswith("recall[")]
+    return [*METRICS_SHOWN_BY_KIND[test.kind], *recalls]
+
+
 def metric_table(
-    test: Metrics, baseline: Metrics, champion: Metrics | None = None
+    test: Metrics | KindMetrics,
+    baseline: Metrics | KindMetrics,
+    champion: Metrics | KindMetrics | None = None,
 ) -> list[tuple[str, float, float, float | None]]:
     """The comparison every report shows (console, model card, Prefect table): one row per metric with
-    the model's, the baseline's and (if there is one) the champion's value on the same test window."""
+    the model's, the constant baseline's and (if there is one) the champion's value on the same test
+    window."""
+    if isinstance(test, KindMetrics):
+        return [
+            (label, test.value(name), baseline.value(name),  # type: ignore[union-attr]
+             champion.value(name) if isinstance(champion, KindMetrics) else None)
+            for label, name in kind_rows(test)
+        ]  # fmt: skip
     rows = []
     for label, attr in METRICS_SHOWN:
         if attr in ("precision", "recall"):
@@ -212,21 +320,29 @@ def evaluate_candidate(
     p: np.ndarray,
     y: np.ndarray,
     test_frame: pl.DataFrame,
-    base_rate: float,
+    constant: np.ndarray,
+    linear: np.ndarray,
     threshold: float,
     importance: dict[str, float],
+    task: LearningTask,
     config: DatasetConfig,
     store: ArtifactStore,
     plot_prefix: str,
 ) -> CandidateEvaluation:
-    """Test-window metrics (labels at the candidate's chosen ``threshold``), baseline, slices and plots
+    """Test-window metrics (yes/no labels at the candidate's chosen ``threshold``), baselines (the
+    ``constant`` model's and the ``linear`` one's predictions on the same rows), slices and plots
     (written under ``plot_prefix``) of a candidate from its predictions ``p`` on the test rows of
     ``test_frame`` (labels ``y``)."""
-    evaluation = evaluate_predictions(
-        test_frame, y, p, base_rate, threshold, config.slices, config.time_column
-    )
+    if task.kind == "binary":
+        evaluation = evaluate_predictions(
+            test_frame, y, p, float(constant[0]), threshold, config.slices, config.time_column
+        )
+        pngs = plot_pngs(y, p, importance)
+    else:
+        evaluation = evaluate_kind(test_frame, y, p, constant, linear, task, config.time_column)
+        pngs = kind_plot_pngs(y, p, importance, task)
     keys = {}
-    for name, png in plot_pngs(y, p, importance).items():
+    for name, png in pngs.items():
         keys[name] = f"{plot_prefix}/{name}.png"
         store.write_bytes(keys[name], png)
     return CandidateEvaluation(evaluation=evaluation, plot_keys=keys)
@@ -234,12 +350,17 @@ def evaluate_candidate(
 
 class ChampionEvaluation(BaseModel):
     version: int | None
-    metrics: Metrics | None
+    metrics: Metrics | KindMetrics | None
     note: str
 
 
 def evaluate_champion(
-    version: int | None, y: np.ndarray, p: np.ndarray | None, problem: str | None, threshold: float
+    version: int | None,
+    y: np.ndarray,
+    p: np.ndarray | None,
+    problem: str | None,
+    threshold: float,
+    task: LearningTask | None = None,
 ) -> ChampionEvaluation:
     """The current champion's metrics on a candidate's test window, from its predictions there (made
     with its own saved transform); ``problem``: why it could not score them."""
@@ -247,9 +368,12 @@ def evaluate_champion(
         return ChampionEvaluation(version=None, metrics=None, note="no champion yet")
     if problem or p is None:
         return ChampionEvaluation(version=version, metrics=None, note=f"champion v{version} {problem}")
+    task = task or LearningTask()
     return ChampionEvaluation(
         version=version,
-        metrics=binary_metrics(y, p, threshold),
+        metrics=binary_metrics(y, p, threshold)
+        if task.kind == "binary"
+        else kind_metrics(task, y, p, seed=4),
         note=f"champion v{version} scored on the same test window",
     )
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tasks.core.errors import BadInput
 from tasks.core.feature_spec import FeatureSpec
+from tasks.core.target import LearningTask
 
 
 class FittedTransform(BaseModel):
@@ -31,6 +32,9 @@ class FittedTransform(BaseModel):
     fill: dict[str, float]
     clip: dict[str, tuple[float, float]]
     categories: dict[str, list[str]]
+    # the target's kind and classes: how the model's output reads back as an answer (versions saved
+    # before other kinds existed are yes/no)
+    task: LearningTask = LearningTask()
 
     @property
     def feature_names(self) -> list[str]:

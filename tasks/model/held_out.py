@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from tasks.core.config import DatasetConfig
 from tasks.core.profile import load_profile, profile_frame
 from tasks.core.store import ArtifactStore
+from tasks.core.target import LearningTask
 from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.model.baselines import LinearBaseline
 from tasks.model.card import AttributionSums, attribution_sums
@@ -114,13 +115,15 @@ def score_held_out(
     df = df.filter(pl.Series(keep)).with_columns(
         pl.Series(ROW, row[keep]), pl.Series(IN_TEST, in_test[keep]), pl.Series(IN_SAMPLE, in_sample[keep])
     )
-    X, booster = candidate.transform.to_matrix(df), candidate.booster()
+    X, booster, task = candidate.transform.to_matrix(df), candidate.booster(), candidate.transform.task
     explained = attribution_sums(booster, X[df[IN_TEST].to_numpy()], candidate.transform.feature_names)
+    scores = predict(booster, X)
+    missing = np.full(scores.shape, np.nan)  # a prediction's shape: a number, or a row of class shares
     df = df.with_columns(
-        pl.Series(CANDIDATE, predict(booster, X)),
-        pl.Series(BASELINE, baseline.predict(X) if baseline is not None else np.full(df.height, np.nan)),
+        pl.Series(CANDIDATE, scores),
+        pl.Series(BASELINE, baseline.predict(X) if baseline is not None else missing),
     )
-    note, champion_scores = None, np.full(df.height, np.nan)
+    note, champion_scores = None, missing.copy()
     in_test = df[IN_TEST].to_numpy()
     if champion is not None and in_test.any():
         try:
@@ -128,12 +131,13 @@ def score_held_out(
             champion_scores[in_test] = predict(champion.booster(), champion.transform.to_matrix(test))
         except Exception as exc:  # noqa: BLE001 - e.g. the champion needs columns this snapshot lacks
             note = f"cannot score this snapshot: {exc}"
-    df = df.with_columns(pl.Series(CHAMPION, champion_scores).fill_nan(None))
+    champion_column = pl.Series(CHAMPION, champion_scores)
+    df = df.with_columns(champion_column.fill_nan(None) if champion_scores.ndim == 1 else champion_column)
     sample = df.filter(pl.col(IN_SAMPLE))
     profile = (
         profile_frame(
-            sample.select(
-                *reference_inputs(candidate.transform, config), pl.col(CANDIDATE).alias("prediction")
+            sample.select(*reference_inputs(candidate.transform, config)).with_columns(
+                pl.Series("prediction", task.answer(sample[CANDIDATE].to_numpy()))
             )
         ).serialize()
         if sample.height
@@ -160,23 +164,26 @@ def reference_sample(
     start: int,
     every: int,
     inputs: list[str],
+    task: LearningTask | None = None,
 ) -> pl.DataFrame:
     """The reference sample: its rows' raw ``inputs`` (read from the snapshot) with the candidate's
-    ``prediction`` (from the scored parts), in snapshot order."""
+    ``prediction`` (from the scored parts; for classes, the most probable class), in snapshot order."""
+    task = task or LearningTask()
     scored = (
         store.scan_parquet([p.scored_key for p in parts])
         .filter(pl.col(IN_SAMPLE))
-        .select(ROW, pl.col(CANDIDATE).alias("prediction"))
+        .select(ROW, CANDIDATE)
         .sort(ROW)
         .collect()
     )
+    answers = pl.Series("prediction", task.answer(scored[CANDIDATE].to_numpy()))
     rows = load_rows(manifest, store, start, None, every, columns=inputs)
     if rows.height != scored.height:
         raise RuntimeError(
             f"the scored parts hold {scored.height} reference rows, the snapshot {rows.height}: "
             "a part's file is from another run; rerun without the cache"
         )
-    return rows.with_columns(scored["prediction"])
+    return rows.with_columns(answers)
 
 
 def merged_profile(parts: list[HeldOutPart]) -> Any:

@@ -88,34 +88,36 @@ def _log_curves_and_tables(run: Any, wandb: Any, report: TrainingReport, pngs: d
     """Per-iteration curves, plots, the trials (one table row and one curve each: no run per trial)
     and the slices table of the training run."""
     train_h, valid_h = report.history.get("train", {}), report.history.get("valid", {})
-    for step in range(len(valid_h.get("auc", []))):
+    names = {"binary_logloss": "logloss", "multi_logloss": "logloss"}  # every other metric by its own name
+    rounds = max((len(v) for v in valid_h.values()), default=0)
+    for step in range(rounds):
         run.log(
             {
-                "train/auc": train_h["auc"][step],
-                "train/logloss": train_h["binary_logloss"][step],
-                "valid/auc": valid_h["auc"][step],
-                "valid/logloss": valid_h["binary_logloss"][step],
+                f"{split}/{names.get(metric, metric)}": values[step]
+                for split, history in (("train", train_h), ("valid", valid_h))
+                for metric, values in history.items()
             },
             step=step,
         )
     from PIL import Image
 
     run.log({f"plots/{k}": wandb.Image(Image.open(io.BytesIO(v)), caption=k) for k, v in pngs.items()})
+    metric = report.trials[0].get("metric", "auc") if report.trials else "auc"
     rows = [
-        [t.get("trial", i), t["valid_auc"], t["best_iteration"], bool(t.get("pruned")), str(t["params"])]
+        [t.get("trial", i), t["valid_score"], t["best_iteration"], bool(t.get("pruned")), str(t["params"])]
         for i, t in enumerate(report.trials)
     ]
-    columns = ["trial", "valid_auc", "best_iteration", "pruned", "params"]
+    columns = ["trial", f"valid_{metric}", "best_iteration", "pruned", "params"]
     run.log({"trials": wandb.Table(columns=columns, data=rows)})
-    curves = [t["history"]["valid"]["auc"] for t in report.trials if t.get("history", {}).get("valid")]
+    curves = [t["history"]["valid"][metric] for t in report.trials if t.get("history", {}).get("valid")]
     if curves:
         run.log(
             {
-                "trials/valid_auc": wandb.plot.line_series(
+                f"trials/valid_{metric}": wandb.plot.line_series(
                     xs=list(range(max(len(c) for c in curves))),
                     ys=curves,
                     keys=[f"trial {t.get('trial', i)}" for i, t in enumerate(report.trials)],
-                    title="validation ROC-AUC per boosting round, each search trial",
+                    title=f"validation {metric} per boosting round, each search trial",
                     xname="round",
                 )
             }

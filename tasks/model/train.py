@@ -24,6 +24,7 @@ from tasks.core.config import DatasetConfig, TrainingConfig
 from tasks.core.errors import BadInput, SingleClassTarget
 from tasks.core.feature_spec import FeatureSpec
 from tasks.core.store import ArtifactStore
+from tasks.core.target import LearningTask
 from tasks.data.snapshot import SnapshotManifest, load_rows, spacing
 from tasks.model.calibrate import (
     Calibration,
@@ -35,16 +36,16 @@ from tasks.model.calibrate import (
 )
 from tasks.model.features import FittedTransform, fit_feature_transform
 
-FIXED_PARAMS = {
-    "objective": "binary",
-    # early stopping watches the first metric only: log loss, which keeps improving while the model
-    # learns the probabilities' scale (ROC-AUC can peak after 3 trees and leave a model that never
-    # says yes); the search still picks trials by validation ROC-AUC
-    "metric": ["binary_logloss", "auc"],
-    "deterministic": True,
-    "force_row_wise": True,
-    "verbose": -1,
-}
+# set by the loop for every fit, beside the target's objective and metrics (LearningTask.lightgbm_params:
+# early stopping watches the first metric only, the objective's own loss, which keeps improving while
+# a yes/no model learns the probabilities' scale: ROC-AUC can peak after 3 trees and leave a model that
+# never says yes; the search still picks yes/no trials by validation ROC-AUC)
+FIXED_PARAMS = {"deterministic": True, "force_row_wise": True, "verbose": -1}
+
+
+def training_params(params: dict[str, Any], task: LearningTask) -> dict[str, Any]:
+    """What LightGBM is given: the trial's params, the target's objective and metrics, the loop's own."""
+    return {**params, **task.lightgbm_params(), **FIXED_PARAMS}
 
 
 class TimeSplit(BaseModel):
@@ -156,9 +157,15 @@ class FitResult(BaseModel):
     trial: int = 0
     pruned: bool = False  # a search trial stopped early by the pruner (its curve is partial)
     best_iteration: int
-    valid_auc: float
-    valid_logloss: float
+    metric: str = "auc"  # the search's metric (LearningTask.search_metric): ``valid_score`` is its value
+    valid_score: float  # on validation at the best iteration
+    valid_loss: float  # the objective's loss there (what early stopping watched)
     history: dict[str, dict[str, list[float]]]
+
+    @property
+    def curve(self) -> list[float]:
+        """The search metric on validation, round by round."""
+        return self.history["valid"][self.metric]
 
 
 def fit_lightgbm(
@@ -168,13 +175,14 @@ def fit_lightgbm(
     valid: slice | np.ndarray,
     params: dict[str, Any],
     transform: FittedTransform,
+    task: LearningTask,
     training: TrainingConfig,
     num_threads: int,
     callbacks: tuple[Callable[[Any], None], ...] = (),
 ) -> tuple[lgb.Booster | None, FitResult]:
     """One LightGBM fit with early stopping on the validation rows. ``callbacks`` may prune it
     (``optuna.TrialPruned``): then no booster, and the result holds the curve up to there."""
-    full = {**params, **FIXED_PARAMS, "seed": training.seed, "num_threads": num_threads}
+    full = {**training_params(params, task), "seed": training.seed, "num_threads": num_threads}
     names = transform.feature_names
     dtrain = lgb.Dataset(
         X[train],
@@ -202,13 +210,15 @@ def fit_lightgbm(
         )
         best = booster.best_iteration or booster.current_iteration()
     except optuna.TrialPruned:
-        best = int(np.argmax(history["valid"]["auc"])) + 1
+        curve = np.asarray(history["valid"][task.search_metric])
+        best = int(np.argmax(curve) if task.maximize else np.argmin(curve)) + 1
     result = FitResult(
         params=params,
         pruned=booster is None,
         best_iteration=best,
-        valid_auc=float(history["valid"]["auc"][best - 1]),
-        valid_logloss=float(history["valid"]["binary_logloss"][best - 1]),
+        metric=task.search_metric,
+        valid_score=float(history["valid"][task.search_metric][best - 1]),
+        valid_loss=float(history["valid"][task.loss_metric][best - 1]),
         history={k: {m: [float(x) for x in v] for m, v in d.items()} for k, d in history.items()},
     )
     return booster, result
@@ -223,11 +233,27 @@ def predict(booster: lgb.Booster, X: np.ndarray) -> np.ndarray:
 
 
 class PreparedTraining(BaseModel):
-    """The time split of a snapshot and the feature transform fitted on its training rows."""
+    """The time split of a snapshot, the feature transform fitted on its training rows (carrying the
+    target's task) and what a constant model predicts (the training rows' share of yes or of each class,
+    or the number minimising the objective's loss on them)."""
 
     transform: FittedTransform
     split: TimeSplit
-    base_rate: float
+    constant: list[float]
+
+    @property
+    def task(self) -> LearningTask:
+        return self.transform.task
+
+    @property
+    def base_rate(self) -> float:
+        """Yes/no: the training rows' share of yes."""
+        return self.constant[0]
+
+    def constant_prediction(self, rows: int) -> np.ndarray:
+        """The constant model's predictions for ``rows`` rows (a row of class shares each, for classes)."""
+        c = np.asarray(self.constant)
+        return np.tile(c, (rows, 1)) if self.task.kind == "multiclass" else np.full(rows, c[0])
 
     def search_rows(self, training: TrainingConfig) -> tuple[int, int, int]:
         """What search trials and CV folds train on: every ``k``-th row of train + validation, at most
@@ -249,16 +275,17 @@ def prepare_training(
     on the training rows only (no test leakage): every row, or evenly spaced ones beyond
     ``training.max_fit_rows`` (medians, quantiles and frequent levels of millions of rows do not need
     them all)."""
-    target = config.target.name
+    target, task = config.target.name, manifest.learning_task(config)
     keys = split_columns(manifest, store, config)
     split = make_split(keys, config)
     spec = FeatureSpec.from_config(config)
     every = spacing(split.train_end, config.training.max_fit_rows)
     train = load_rows(manifest, store, 0, split.train_end, every, columns=[*spec.input_columns, target])
+    y_train = keys[target].head(split.train_end).to_numpy()
     return PreparedTraining(
-        transform=fit_feature_transform(train, spec),
+        transform=fit_feature_transform(train, spec).model_copy(update={"task": task}),
         split=split,
-        base_rate=float(keys[target].head(split.train_end).mean()),
+        constant=np.atleast_1d(task.constant_prediction(y_train, 1)[0]).tolist(),
     )
 
 
@@ -303,6 +330,7 @@ def fit_on_split(
         slice(train_end, valid_end),
         params,
         prepared.transform,
+        prepared.task,
         training,
         num_threads,
         callbacks,
@@ -357,9 +385,11 @@ def calibrate_candidate(
     config: DatasetConfig,
     store: ArtifactStore,
 ) -> TrainedModel:
-    """The candidate calibrated on the validation rows (Platt, folded into the model file, saved under
-    its own content hash) with the threshold the config's rule picks on its calibrated validation
-    scores (``tasks.model.calibrate``)."""
+    """A yes/no candidate calibrated on the validation rows (Platt, folded into the model file, saved
+    under its own content hash) with the threshold the config's rule picks on its calibrated validation
+    scores (``tasks.model.calibrate``). Other kinds answer with the model's own output: unchanged."""
+    if prepared.task.kind != "binary":
+        return trained
     X, y = validation_matrix(store, manifest, prepared, config.target.name)
     raw = predict(load_candidate(store, trained), X)
     calibration = fit_platt(raw, y)

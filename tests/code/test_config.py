@@ -145,15 +145,25 @@ def test_the_registry_copy_keeps_variables_unexpanded_and_overrides_applied():
     ("params", "named"),
     [
         ({"objective": "regression"}, r"training\.params.*objective 'regression' contradicts the target"),
-        ({"objective": "multiclass", "num_class": 3}, r"objective 'multiclass' contradicts the target"),
+        (
+            {"objective": "multiclass"},
+            r"objective 'multiclass' contradicts the target.*target\.kind is 'binary'",
+        ),
+        ({"num_class": 3}, r"num_class set by the loop .*remove them from training\.params"),
         ({"metric": "l2"}, r"metric set by the loop .*remove them from training\.params"),
     ],
 )
 def test_a_parameter_the_loop_would_replace_is_refused_naming_it(tmp_path, params, named):
-    """It used to be overridden silently, and the registry recorded a value the model never had."""
-    path = _write(tmp_path, lambda r: r["training"]["params"].update(params))
+    """It used to be overridden silently, and the registry recorded a value the model never had. With
+    the kind stated, a contradicting objective is refused as the config is read (an inferred kind is
+    checked when the snapshot shows it: tests/data)."""
+
+    def edit(raw):
+        raw["training"]["params"].update(params)
+        raw["target"]["kind"] = "binary"
+
     with pytest.raises(ConfigError, match=named):
-        load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
+        load_dataset_config(_write(tmp_path, edit), {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
 
 
 def test_the_objective_the_model_is_trained_with_is_accepted_and_no_other(tmp_path):
@@ -162,5 +172,9 @@ def test_the_objective_the_model_is_trained_with_is_accepted_and_no_other(tmp_pa
         load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"}).training.params["objective"] == "binary"
     )
     path = _write(tmp_path, lambda r: r["training"]["params"].update({"objective": "cross_entropy"}))
-    with pytest.raises(ConfigError, match="objective 'cross_entropy' contradicts"):  # trained as binary
+    with pytest.raises(ConfigError, match="objective 'cross_entropy' is not one the loop trains"):
         load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"})
+    path = _write(tmp_path, lambda r: r["training"]["params"].update({"objective": "huber"}))
+    assert (
+        load_dataset_config(path, {"DRIFTLOOP_SOURCES_DIR": "/tmp"}).training.params["objective"] == "huber"
+    )

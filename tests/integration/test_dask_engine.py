@@ -132,8 +132,8 @@ def test_the_distributed_fit_is_reproducible(landed, cluster):
         for _ in range(3)
     ]
     trees = {booster.model_to_string().split("\nparameters:")[0] for booster, _ in fits}
-    assert len(trees) == 1, [fit.valid_auc for _, fit in fits]
-    assert fits[0][1].valid_auc > 0.6
+    assert len(trees) == 1, [fit.valid_score for _, fit in fits]
+    assert fits[0][1].valid_score > 0.6
 
 
 def test_a_worker_killed_during_the_search_does_not_lose_the_run(

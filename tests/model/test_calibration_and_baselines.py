@@ -86,4 +86,4 @@ def test_the_linear_baseline_scores_like_scikit_learn_and_handles_missing_and_ca
     assert design.shape[1] == 2 + 1 + 5  # two standardised, one missing indicator, five levels
     refit = LogisticRegression(C=base.c, max_iter=500).fit(base.design(X[:4000]), y[:4000])
     assert np.abs(base.predict(X[4000:]) - refit.predict_proba(design)[:, 1]).max() < 1e-9
-    assert roc_auc_score(y[4000:], base.predict(X[4000:])) > 0.75 and base.valid_auc > 0.75
+    assert roc_auc_score(y[4000:], base.predict(X[4000:])) > 0.75 and base.valid_score > 0.75

@@ -30,7 +30,7 @@ def _twins(n: int = 4000):
 def test_gain_interval_brackets_the_gain():
     y, good, weak = _preds()
     g = auc_gain_interval(y, good, weak, "champion v1", 0.05)
-    assert 0 < g.low < g.gain < g.high and g.auc > g.other_auc and g.positives == int(y.sum())
+    assert 0 < g.low < g.gain < g.high and g.score > g.other_score and g.positives == int(y.sum())
     same = auc_gain_interval(y, good, good, "champion v1", 0.05)
     assert same.gain == 0 and same.low == 0 == same.high
     assert auc_gain_interval(np.r_[1, 0, 0, 0], good[:4], weak[:4], "x", 0.05) is None  # one positive

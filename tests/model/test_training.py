@@ -67,8 +67,8 @@ def _fake_trials(specs):
                 trial=spec.number,
                 pruned=pruned,
                 best_iteration=len(curve),
-                valid_auc=max(curve),
-                valid_logloss=0.5,
+                valid_score=max(curve),
+                valid_loss=0.5,
                 history=history,
             )
         )
@@ -76,7 +76,10 @@ def _fake_trials(specs):
 
 
 def test_optuna_search_is_reproducible_starts_from_the_config_and_prunes_hopeless_trials():
+    from tasks.core.target import LearningTask
     from tasks.model.tune import best_trial, run_search
+
+    task = LearningTask()  # yes/no: ROC-AUC, higher is better
 
     cfg = TrainingConfig.model_validate(
         {
@@ -86,15 +89,15 @@ def test_optuna_search_is_reproducible_starts_from_the_config_and_prunes_hopeles
             "search_space": {"num_leaves": {"low": 4, "high": 4096, "integer": True, "log": True}},
         }
     )
-    a, b = run_search(cfg, 3, _fake_trials), run_search(cfg, 3, _fake_trials)
+    a, b = run_search(cfg, task, 3, _fake_trials), run_search(cfg, task, 3, _fake_trials)
     assert [(t.params, t.pruned) for t in a] == [(t.params, t.pruned) for t in b]  # same seed, same search
     assert a[0].params == {"num_leaves": 31} and len(a) == 12  # trial 0 is the config
     assert all(4 <= t.params["num_leaves"] <= 4096 and isinstance(t.params["num_leaves"], int) for t in a)
     assert not any(t.pruned for t in a[:3])  # nothing finished yet to compare the first batch with
     assert any(t.pruned for t in a[3:])  # a curve below the median of finished trials stops early
     assert all(len(t.history["valid"]["auc"]) < 100 for t in a if t.pruned)
-    assert best_trial(a).params == {"num_leaves": 31}  # the objective's best
-    other = run_search(cfg.model_copy(update={"seed": cfg.seed + 1}), 3, _fake_trials)
+    assert best_trial(a, task).params == {"num_leaves": 31}  # the objective's best
+    other = run_search(cfg.model_copy(update={"seed": cfg.seed + 1}), task, 3, _fake_trials)
     assert [t.params for t in other] != [t.params for t in a]
 
 
@@ -183,13 +186,16 @@ def test_lightgbm_training_is_deterministic(landed):
             slice(split.train_end, split.valid_end),
             dict(config.training.params),
             transform,
+            manifest.learning_task(config),
             training,
             num_threads=2,
         )
         for _ in range(2)
     ]
     assert fits[0][0].model_to_string() == fits[1][0].model_to_string()
-    assert fits[0][1].valid_auc > 0.6  # learns something real, well above chance
+    assert (
+        fits[0][1].metric == "auc" and fits[0][1].valid_score > 0.6
+    )  # learns something real, well above chance
 
 
 def _caravan(method: str = "stratified", extra: pl.DataFrame | None = None):
@@ -262,22 +268,24 @@ def test_a_random_split_keeps_every_row_in_its_split_as_data_grows():
     ],
 )
 def test_yes_no_targets_are_read_without_an_expression(values, positive, expected):
-    from tasks.data.snapshot import binary_label
+    from tasks.data.snapshot import encoded_target
 
     config, _, _ = _caravan()
     config = config.with_updates({"target": {"positive": positive}} if positive else {})
     df = pl.DataFrame({"Purchase": values})
-    assert binary_label(df, config).to_list() == expected
+    task, label = encoded_target(df, config)
+    assert task.kind == "binary" and label.to_list() == expected
 
 
 def test_a_target_that_is_not_yes_no_is_named():
     from tasks.core.errors import BadInput
-    from tasks.data.snapshot import binary_label
+    from tasks.data.snapshot import encoded_target
 
     config, _, _ = _caravan()
-    with pytest.raises(BadInput, match=r"caravan.yaml: target.name 'Purchase' holds \['maybe'\].*binary"):
-        binary_label(pl.DataFrame({"Purchase": ["yes", "no", "maybe"]}), config)
+    binary = config.with_updates({"target": {"kind": "binary"}})
+    with pytest.raises(BadInput, match=r"caravan.yaml: target.name 'Purchase' holds \['maybe'\].*multiclass"):
+        encoded_target(pl.DataFrame({"Purchase": ["yes", "no", "maybe"]}), binary)
     with pytest.raises(BadInput, match="target.positive 'Y'"):
-        binary_label(
+        encoded_target(
             pl.DataFrame({"Purchase": ["a", "b", "c"]}), config.with_updates({"target": {"positive": "Y"}})
         )
