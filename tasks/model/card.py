@@ -105,7 +105,7 @@ CV_WORDING = {
 }
 SPLIT_WORDING = {
     "time": "by time: the latest rows are the test window, the ones before them validation",
-    "stratified": "rows assigned by a seeded hash, each split keeping the target's share of positives",
+    "stratified": "rows assigned by a seeded hash, each split keeping the target's class shares",
     "random": "rows assigned by a seeded hash",
 }
 
