@@ -10,7 +10,7 @@ import bentoml
 import polars as pl
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from bentos.answers import Scored
+from bentos.answers import ClassScored, Scored, ValueScored
 from bentos.endpoints import ARROW_STREAM
 from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput
@@ -136,17 +136,32 @@ class BatchDecoder:
         return inputs, ids[0], ids[1]
 
 
-def scored_to_arrow(out: Scored) -> bytes:
-    """The answers as an Arrow IPC stream, one row per input row, in order."""
+def scored_to_arrow(out: Scored | ValueScored | ClassScored) -> bytes:
+    """The answers as an Arrow IPC stream, one row per input row, in order (the columns per target kind:
+    ``tasks.serving.openapi.ARROW_ANSWERS``)."""
+    if isinstance(out, Scored):
+        answer = {
+            "probability": pl.Series(out.probability, dtype=pl.Float64),
+            "label": pl.Series(out.label, dtype=pl.Int8),
+        }
+        shadow = {"shadow_probability": pl.Series(out.shadow_probability, dtype=pl.Float64)}
+    elif isinstance(out, ValueScored):
+        answer = {"value": pl.Series(out.value, dtype=pl.Float64)}
+        shadow = {"shadow_value": pl.Series(out.shadow_value, dtype=pl.Float64)}
+    else:
+        answer = {
+            "predicted_class": pl.Series(out.predicted_class, dtype=pl.String),
+            "probabilities": pl.DataFrame(out.probabilities).to_struct("probabilities"),
+        }
+        shadow = {"shadow_class": pl.Series(out.shadow_class, dtype=pl.String)}
     table = pl.DataFrame(
         {
             "request_id": out.ids,
             "correlation_id": pl.Series(out.correlation_ids, dtype=pl.String),
-            "probability": pl.Series(out.probability, dtype=pl.Float64),
-            "label": pl.Series(out.label, dtype=pl.Int8),
+            **answer,
             "model_version": pl.Series(out.model_version, dtype=pl.Int64),
             "arm": out.arm,
-            "shadow_probability": pl.Series(out.shadow_probability, dtype=pl.Float64),
+            **shadow,
         }
     ).with_columns(pl.lit(out.shadow_version, dtype=pl.Int64).alias("shadow_version"))
     buf = io.BytesIO()

@@ -17,8 +17,9 @@ import bentoml
 import numpy as np
 import polars as pl
 
-from bentos.answers import Scored
+from bentos.answers import ClassScored, Scored, ValueScored
 from tasks.core.settings import ServingSettings
+from tasks.core.target import LearningTask
 from tasks.serving.routing import assign_arm
 from tasks.serving.watcher import LoadedModel, ModelSet
 
@@ -41,9 +42,10 @@ COALESCED = bentoml.metrics.Histogram(
 
 @dataclass
 class ArmScores:
-    """Per row: the answering arm's probability and version, and during a canary the other arm's."""
+    """Per row: the answering arm's output (yes/no: the probability of yes; a number; or every class's
+    probability, rows x classes) and version, and during a canary the other arm's."""
 
-    probability: np.ndarray
+    output: np.ndarray
     version: np.ndarray
     threshold: np.ndarray  # the answering version's own label threshold
     on_challenger: np.ndarray
@@ -62,12 +64,14 @@ def route(ids: list[str], routing_keys: list[str | None], share: float) -> np.nd
 def score_arms(models: ModelSet, frame: pl.DataFrame, on_challenger: np.ndarray, paired: bool) -> ArmScores:
     """Each row scored by the arm it is routed to (and, when ``paired``, by the other arm too)."""
     n = frame.height
+    task = models.champion.transform.task
+    shape = (n, len(task.classes)) if task.kind == "multiclass" else (n,)
     scores = ArmScores(
-        probability=np.empty(n),
+        output=np.empty(shape),
         version=np.full(n, models.champion.version.version),
         threshold=np.full(n, models.champion.version.threshold),
         on_challenger=on_challenger,
-        paired=np.full(n, np.nan) if paired else None,
+        paired=np.full(shape, np.nan) if paired else None,
         paired_version=np.full(n, -1) if paired else None,
     )
     arms: tuple[tuple[LoadedModel | None, np.ndarray, str, LoadedModel | None], ...] = (
@@ -80,7 +84,7 @@ def score_arms(models: ModelSet, frame: pl.DataFrame, on_challenger: np.ndarray,
             continue
         rows_of_arm = frame if count == n else frame.filter(pl.Series(mask))
         started = time.perf_counter()
-        scores.probability[mask] = model.score(rows_of_arm)
+        scores.output[mask] = model.score(rows_of_arm)
         scores.version[mask] = model.version.version
         scores.threshold[mask] = model.version.threshold
         labels = (str(model.version.version), arm)
@@ -90,6 +94,31 @@ def score_arms(models: ModelSet, frame: pl.DataFrame, on_challenger: np.ndarray,
             scores.paired[mask] = other.score(rows_of_arm)
             scores.paired_version[mask] = other.version.version
     return scores
+
+
+def answers(task: LearningTask, scores: ArmScores, shadow: np.ndarray | None, common: dict[str, Any]) -> Any:
+    """The answers of the target's kind (``bentos.answers.ANSWERS``): yes/no probability and label at the
+    answering version's threshold; the number; or the most probable class with every class's
+    probability."""
+    n = len(common["ids"])
+    if task.kind == "binary":
+        return Scored(
+            **common,
+            probability=scores.output.tolist(),
+            label=(scores.output >= scores.threshold).astype(int).tolist(),
+            shadow_probability=shadow.tolist() if shadow is not None else [None] * n,
+        )
+    if task.kind == "regression":
+        shadow_value = shadow.tolist() if shadow is not None else [None] * n
+        return ValueScored(**common, value=scores.output.tolist(), shadow_value=shadow_value)
+    classes = np.asarray(task.classes, dtype=object)
+    shadow_class = classes[np.argmax(shadow, axis=1)].tolist() if shadow is not None else [None] * n
+    return ClassScored(
+        **common,
+        predicted_class=classes[np.argmax(scores.output, axis=1)].tolist(),
+        probabilities=[dict(zip(task.classes, row)) for row in scores.output.tolist()],
+        shadow_class=shadow_class,
+    )
 
 
 class Scorer:
@@ -108,7 +137,7 @@ class Scorer:
         frame: pl.DataFrame,
         correlation_ids: list[str | None],
         routing_keys: list[str | None],
-    ) -> tuple[Scored, list[dict[str, Any]] | pl.DataFrame]:
+    ) -> tuple[Any, list[dict[str, Any]] | pl.DataFrame]:
         """Score ``frame`` (``rows``: the same inputs as dicts, when few) with the arm each row is routed
         to; returns the answers and their prediction-log rows (the caller makes those durable before it
         answers). ``ids`` are the request ids the service issued, one per row."""
@@ -118,36 +147,59 @@ class Scorer:
         shadow = self.serving.mode == "shadow" and challenger is not None
         share = self.serving.challenger_share if challenger is not None and not shadow else 0.0
         scores = score_arms(models, frame, route(ids, routing_keys, share), paired=share > 0)
-        n = frame.height
-        out = Scored(
+        task = models.champion.transform.task
+        shadow_output = challenger.score(frame) if shadow else None
+        common = dict(
             ids=ids,
             correlation_ids=correlation_ids,
-            probability=scores.probability.tolist(),
-            label=(scores.probability >= scores.threshold).astype(int).tolist(),
             model_version=scores.version.tolist(),
             arm=np.where(scores.on_challenger, "challenger", "champion").tolist(),
             shadow_version=challenger.version.version if shadow else None,
-            shadow_probability=challenger.score(frame).tolist() if shadow else [None] * n,
         )
-        return out, self.log_rows(rows, frame, self.log_columns(out, scores))
+        out = answers(task, scores, shadow_output, common)
+        return out, self.log_rows(rows, frame, self.log_columns(out, scores, task, shadow_output))
 
-    def log_columns(self, out: Scored, scores: ArmScores) -> dict[str, Any]:
+    def log_columns(
+        self, out: Any, scores: ArmScores, task: LearningTask, shadow_output: np.ndarray | None
+    ) -> dict[str, Any]:
         """The prediction log's columns beyond the inputs, spelled once: a list holds one value per row,
-        anything else is the same for every row."""
+        anything else is the same for every row. Yes/no: the probability, label and the other arm's
+        probability. Classes: ``probability`` and ``label`` are the chosen class's probability and code,
+        ``output`` every class's probability; numbers: ``output`` holds the value (``paired_output`` and
+        ``shadow_output`` the other arm's), what monitoring and the canary score later labels against."""
         paired = scores.paired is not None
-        return {
+        n = len(out.ids)
+        columns = {
             "model_name": self.model_name,
             "request_id": out.ids,
             "correlation_id": out.correlation_ids,
             "ts": datetime.now(timezone.utc),
-            "probability": out.probability,
-            "label": out.label,
             "model_version": out.model_version,
             "arm": out.arm,
             "shadow_version": out.shadow_version,
-            "shadow_probability": out.shadow_probability,
             "paired_version": scores.paired_version.tolist() if paired else None,
-            "paired_probability": scores.paired.tolist() if paired else None,
+        }
+        if task.kind == "binary":
+            return columns | {
+                "probability": out.probability,
+                "label": out.label,
+                "shadow_probability": out.shadow_probability,
+                "paired_probability": scores.paired.tolist() if paired else None,
+                "output": None, "paired_output": None, "shadow_output": None,
+            }  # fmt: skip
+
+        def rows_of(values: np.ndarray) -> list[list[float]]:
+            return values.reshape(n, -1).tolist()
+
+        chosen = np.argmax(scores.output, axis=1) if task.kind == "multiclass" else None
+        return columns | {
+            "probability": scores.output.max(axis=1).tolist() if chosen is not None else None,
+            "label": chosen.tolist() if chosen is not None else None,
+            "shadow_probability": None,
+            "paired_probability": None,
+            "output": rows_of(scores.output),
+            "paired_output": rows_of(scores.paired) if paired else None,
+            "shadow_output": rows_of(shadow_output) if shadow_output is not None else None,
         }
 
     def log_rows(

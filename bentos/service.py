@@ -36,7 +36,7 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from bentos.answers import FeedbackItem, FeedbackResult, ModelStatus, Prediction, RejectedFeedback, Scored
+from bentos.answers import ANSWERS, FEEDBACK_ITEMS, FeedbackResult, ModelStatus, RejectedFeedback
 from bentos.coalesce import Coalescer
 from bentos.endpoints import ARROW_STREAM, check_declared
 from bentos.guard import RequestGuard
@@ -54,10 +54,10 @@ from bentos.verdicts import VerdictExporter
 from tasks.core.errors import BadInput
 from tasks.core.logs import (
     FEEDBACK,
-    FEEDBACK_SCHEMA,
     PREDICTIONS,
     REJECTIONS,
     REJECTIONS_SCHEMA,
+    feedback_log_schema,
     log_prefix,
     prediction_log_schema,
 )
@@ -94,6 +94,11 @@ SETTINGS = settings_of_this_process(Path(__file__).resolve().parents[2] / "bento
 CONFIG = served_config(SETTINGS)  # the one registry read at load: the request types depend on it
 MODEL_NAME = CONFIG.model_name
 Record = request_model(CONFIG, "Record")  # the fields are the served model's inputs
+KIND = CONFIG.target.kind or "binary"  # registered configs state it; configs from before kinds were yes/no
+# what this model answers (bentos/answers.py): a probability and a label, a value, or a class and every
+# class's probability; the API document names the one this service gives
+Prediction, Scored = ANSWERS[KIND]
+FeedbackItem = FEEDBACK_ITEMS[KIND]  # and what a caller reports: 0/1, the observed value, or the class
 _Item = TypeVar("_Item")
 # a batch: at least one item, at most max_batch_rows (declared in the OpenAPI document too)
 BatchOf = Annotated[list[_Item], Field(min_length=1, max_length=SETTINGS.serving.max_batch_rows)]
@@ -153,7 +158,7 @@ class Driftloop:
     def __init__(self) -> None:
         self.store = open_service_store(SETTINGS)
         self.watcher = RegistryWatcher(
-            Registry(self.store, MODEL_NAME), SETTINGS.serving.poll_seconds, set(INPUT_COLUMNS)
+            Registry(self.store, MODEL_NAME), SETTINGS.serving.poll_seconds, set(INPUT_COLUMNS), KIND
         )
         self.watcher.start()
         # the model's last monitoring verdict on /metrics, beside service health (bentos/verdicts.py)
@@ -161,12 +166,12 @@ class Driftloop:
         self.verdicts.start()
         SERVED["watcher"] = self.watcher  # the request guard answers 503 itself while nothing serves
         self.predictions = spooled_log(self.store, PREDICTIONS, prediction_log_schema(INPUT_SCHEMA))
-        self.feedback_log = spooled_log(self.store, FEEDBACK, FEEDBACK_SCHEMA)
+        self.feedback_log = spooled_log(self.store, FEEDBACK, feedback_log_schema(KIND))
         # what the input contract refused: monitoring counts it as a data-quality signal
         self.rejections = spooled_log(self.store, REJECTIONS, REJECTIONS_SCHEMA)
         self.labelled = LabelledIds(self.store, MODEL_NAME)  # which requests already have an outcome
         # single /predict requests that arrive together are scored as one batch (bentos/coalesce.py)
-        self.singles: Coalescer[BaseModel, Prediction] = Coalescer(
+        self.singles: Coalescer[BaseModel, Any] = Coalescer(
             self._predict_together,
             max_batch=min(64, SETTINGS.serving.max_batch_rows),
             retry_alone=(BadInput,),
@@ -229,7 +234,7 @@ class Driftloop:
         correlation_ids: list[str | None],
         routing_keys: list[str | None],
         one_caller: bool = True,
-    ) -> tuple[Scored, list[dict[str, Any]] | pl.DataFrame]:
+    ) -> tuple[Any, list[dict[str, Any]] | pl.DataFrame]:
         """Score with what serves now (one consistent snapshot, even mid-swap) under ids the service
         issues: identity comes from the service, never from the caller. One caller's rows share one
         signature; rows of several callers (``one_caller`` false) are signed one by one."""
@@ -251,7 +256,7 @@ class Driftloop:
 
     def _score_records(
         self, records: list[BaseModel], endpoint: str, refusal_counted: bool = True
-    ) -> tuple[list[Prediction], list[dict[str, Any]] | pl.DataFrame]:
+    ) -> tuple[list[Any], list[dict[str, Any]] | pl.DataFrame]:
         """Answers and log rows for ``records``. A contract refusal is a logged 400; with
         ``refusal_counted`` false it is the plain ``BadInput``, neither logged nor answered (the records
         of several callers: each is then tried alone)."""
@@ -274,10 +279,12 @@ class Driftloop:
 
     @bentoml.api
     async def predict(self, record: Record) -> Prediction:  # type: ignore[valid-type]
-        """Score one record: probability, label at that version's threshold, the version that answered."""
+        """Score one record: the answer (yes/no: the probability and the label at that version's
+        threshold; a number: the value; classes: the most probable and every class's probability) and
+        the version that answered."""
         return await self.singles.submit(record)
 
-    async def _predict_together(self, records: list[BaseModel]) -> list[Prediction]:
+    async def _predict_together(self, records: list[BaseModel]) -> list[Any]:
         """Single-record requests that arrived together: one contract check, one transform, one log
         record and one fsync for all of them; each caller gets its own answer and request id."""
         COALESCED.observe(len(records))
@@ -299,7 +306,7 @@ class Driftloop:
         columns: Annotated[dict[str, list[Any]], Field(min_length=1)],
         correlation_ids: list[str] | None = None,
         routing_keys: list[str] | None = None,
-    ) -> Scored:
+    ) -> Scored:  # type: ignore[valid-type]
         """Score a batch sent column by column ({"columns": {"carrier": [...], ...}}): the fast path for
         large batches. Types, required fields and ranges are checked per column against the same
         contracts as /predict_batch; errors name the column."""
@@ -339,7 +346,7 @@ class Driftloop:
         return Response(content=await anyio.to_thread.run_sync(scored_to_arrow, out), media_type=ARROW_STREAM)
 
     @bentoml.api
-    def feedback(self, items: BatchOf[FeedbackItem]) -> FeedbackResult:
+    def feedback(self, items: BatchOf[FeedbackItem]) -> FeedbackResult:  # type: ignore[valid-type]
         """Record observed outcomes for request ids this service issued. An id it never issued is
         rejected (its signature says so: no lookup, no log scan); one outcome per id per request (a
         repeated id is a 400 naming it); the first outcome for an id counts unless a later one is sent
@@ -355,8 +362,13 @@ class Driftloop:
             )
         now = datetime.now(timezone.utc)
         accepted, rejected = [], []
+        champion = self.watcher.models.champion
+        classes = set(champion.transform.task.classes) if KIND == "multiclass" and champion else None
         for item in items:
-            if self.request_ids().verify(item.request_id):
+            if classes is not None and item.outcome not in classes:
+                reason = f"outcome {item.outcome[:64]!r} is not one of the classes {sorted(classes)}"
+                rejected.append(RejectedFeedback(request_id=item.request_id[:128], reason=reason))
+            elif self.request_ids().verify(item.request_id):
                 accepted.append(
                     {
                         "request_id": item.request_id,
@@ -415,6 +427,6 @@ Driftloop.add_asgi_middleware(
     max_bytes=SETTINGS.serving.max_request_bytes,
     champion_missing=champion_missing,
     degraded=degraded,
-    documented_beside=lambda: {"/predict_arrow": arrow_operation(INPUT_COLUMNS)},
+    documented_beside=lambda: {"/predict_arrow": arrow_operation(INPUT_COLUMNS, KIND)},
     columns_of={"/predict_columns": ("Record", SETTINGS.serving.max_batch_rows)},
 )

@@ -34,6 +34,11 @@ def prediction_log_schema(inputs: dict[str, pl.DataType]) -> dict[str, pl.DataTy
         "shadow_probability": pl.Float64(),
         "paired_version": pl.Int64(),  # during a canary: the other arm's model and its score
         "paired_probability": pl.Float64(),
+        # classes and numbers: the model's whole output (every class's probability, or the value), and
+        # the other arm's during a canary or in shadow mode (yes/no models leave them empty)
+        "output": pl.List(pl.Float64()),
+        "paired_output": pl.List(pl.Float64()),
+        "shadow_output": pl.List(pl.Float64()),
     }
 
 
@@ -44,6 +49,15 @@ FEEDBACK_SCHEMA: dict[str, pl.DataType] = {
     "correction": pl.Boolean(),
     "source": pl.String(),  # who reported it: the feedback token's holder, or no auth
 }
+OUTCOME_TYPES = {"binary": pl.Int8(), "regression": pl.Float64(), "multiclass": pl.String()}
+
+
+def feedback_log_schema(kind: str) -> dict[str, pl.DataType]:
+    """The feedback log's columns for a target of ``kind``: the outcome is 0/1, the observed number, or
+    the observed class's name (not a code: a retrain may see other classes)."""
+    return {**FEEDBACK_SCHEMA, "outcome": OUTCOME_TYPES[kind]}
+
+
 # what the service refused by the input contract (a data-quality signal for monitoring): when, where,
 # how many rows, and the message the caller got (values in it cut and escaped)
 REJECTIONS_SCHEMA: dict[str, pl.DataType] = {

@@ -8,8 +8,8 @@ configured params (``training.params``), so the search never does worse than the
 Pruning happens inside each trial, with Optuna's own ``MedianPruner``: the trial task gets the
 validation curves (ROC-AUC, or the objective's loss) of the trials finished before its batch,
 rebuilds a study holding just those, and asks it, round by round, whether its own curve is hopeless
-(below the median of earlier trials at the same round, after a warm-up). So the decision does not depend on timing, and the same seed
-gives the same trials, the same pruning and the same best params.
+(below the median of earlier trials at the same round, after a warm-up). So the decision does not
+depend on timing, and the same seed gives the same trials, the same pruning and the same best params.
 """
 
 from __future__ import annotations

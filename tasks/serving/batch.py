@@ -24,6 +24,7 @@ from tasks.core.config import DatasetConfig
 from tasks.core.errors import BadInput
 from tasks.core.logs import PREDICTIONS, log_file_key, log_prefix, prediction_log_schema
 from tasks.core.store import ArtifactStore
+from tasks.core.target import LearningTask
 from tasks.data.ingest import BatchRef, read_batch
 from tasks.model.train import predict
 from tasks.registry.versions import ModelVersion, Registry
@@ -75,18 +76,14 @@ def score_partition(
     except BadInput as exc:
         return _quarantined(ref, data, str(exc), output, store)
     transform, booster = registry.load_transform(version), registry.load_booster(version)
-    probability = predict(booster, transform.to_matrix(inputs))
+    model_output = predict(booster, transform.to_matrix(inputs))
     row_ids = (
         raw[id_column].cast(pl.String)
         if id_column is not None
         else pl.Series([f"{ref.key}#{i}" for i in range(raw.height)], dtype=pl.String)
     )
     scored = pl.DataFrame(
-        {
-            "row_id": row_ids,
-            "probability": pl.Series(probability, dtype=pl.Float64),
-            "label": pl.Series((probability >= version.threshold).astype(np.int8), dtype=pl.Int8),
-        }
+        {"row_id": row_ids, **answer_columns(transform.task, model_output, version.threshold)}
     ).with_columns(
         pl.lit(config.model_name, dtype=pl.String).alias("model_name"),
         pl.lit(version.version, dtype=pl.Int64).alias("model_version"),
@@ -97,8 +94,32 @@ def score_partition(
         scored = scored.with_columns(pl.Series("request_id", ids, dtype=pl.String))
         logged_key = _log(scored, inputs, config, ref, output, store)
     key = output_key(output, ref)
-    store.write_parquet(key, scored)
+    store.write_parquet(key, scored.select(pl.exclude("__output")))
     return PartitionScore(source=ref.key, rows=raw.height, output_key=key, logged_key=logged_key)
+
+
+def answer_columns(task: LearningTask, output: np.ndarray, threshold: float) -> dict[str, pl.Series]:
+    """A scored file's answer columns by target kind: the probability of yes and the label at the
+    version's threshold; the value; or the most probable class, its probability and one
+    ``probability_<class>`` column per class. ``__output`` (the model's whole output, for the log) is
+    dropped before the file is written."""
+    rows = output.reshape(len(output), -1).tolist()
+    kept = {"__output": pl.Series("__output", rows, dtype=pl.List(pl.Float64))}
+    if task.kind == "binary":
+        return {
+            "probability": pl.Series(output, dtype=pl.Float64),
+            "label": pl.Series((output >= threshold).astype(np.int8), dtype=pl.Int8),
+        }
+    if task.kind == "regression":
+        return {"value": pl.Series(output, dtype=pl.Float64), **kept}
+    chosen = np.argmax(output, axis=1)
+    return {
+        "predicted_class": pl.Series(np.asarray(task.classes, dtype=object)[chosen], dtype=pl.String),
+        "probability": pl.Series(output.max(axis=1), dtype=pl.Float64),
+        "label": pl.Series(chosen, dtype=pl.Int8),  # the class's code: the prediction log's label
+        **{f"probability_{c}": pl.Series(p, dtype=pl.Float64) for c, p in zip(task.classes, output.T)},
+        **kept,
+    }
 
 
 def _log(
@@ -118,8 +139,8 @@ def _log(
         scored["request_id"],
         scored["row_id"].alias("correlation_id"),
         pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias("ts"),
-        scored["probability"],
-        scored["label"],
+        *(scored[c] for c in ("probability", "label") if c in scored.columns),
+        *([scored["__output"].alias("output")] if "__output" in scored.columns else []),
         scored["model_version"],
         pl.lit("batch", dtype=pl.String).alias("arm"),
     )

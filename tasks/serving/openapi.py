@@ -62,7 +62,15 @@ ARROW_STREAM = "application/vnd.apache.arrow.stream"
 BINARY = {"type": "string", "format": "binary"}
 
 
-def arrow_operation(input_columns: list[str]) -> dict[str, Any]:
+ARROW_ANSWERS = {  # what /predict_arrow answers per target kind (bentos/inputs.py: scored_to_arrow)
+    "binary": "probability, label, model_version, arm, shadow_probability, shadow_version",
+    "regression": "value, model_version, arm, shadow_value, shadow_version",
+    "multiclass": "predicted_class, probabilities (a struct: one field per class), model_version, arm, "
+    "shadow_class, shadow_version",
+}
+
+
+def arrow_operation(input_columns: list[str], kind: str = "binary") -> dict[str, Any]:
     """``/predict_arrow``, which BentoML's generator does not see (a mounted route, not a BentoML API)."""
     return {
         "post": {
@@ -70,8 +78,7 @@ def arrow_operation(input_columns: list[str]) -> dict[str, Any]:
             "summary": "Score a batch sent as an Arrow IPC stream",
             "description": "Columns: the model's inputs (" + ", ".join(input_columns) + "), optionally "
             "correlation_id and routing_key. Answers an Arrow IPC stream, one row per input row, in order: "
-            "request_id, correlation_id, probability, label, model_version, arm, shadow_probability, "
-            "shadow_version.",
+            f"request_id, correlation_id, {ARROW_ANSWERS[kind]}.",
             "requestBody": {"required": True, "content": {ARROW_STREAM: {"schema": BINARY}}},
             "responses": {
                 "200": {"description": "the answers", "content": {ARROW_STREAM: {"schema": BINARY}}},

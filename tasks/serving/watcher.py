@@ -69,9 +69,12 @@ def smoke_test_in_child(model_text: bytes, what: str, timeout: float = 120.0) ->
         raise RegistryError(f"{what}: the model file does not load ({how}: {detail[0][:300]})")
 
 
-def load_version(registry: Registry, mv: ModelVersion, inputs: set[str] | None = None) -> LoadedModel:
+def load_version(
+    registry: Registry, mv: ModelVersion, inputs: set[str] | None = None, kind: str | None = None
+) -> LoadedModel:
     """Load and smoke-test a version: a model that cannot score is never swapped in, nor one needing
-    inputs the service's request schema (``inputs``, fixed when it started) does not take."""
+    inputs the service's request schema (``inputs``, fixed when it started) does not take, nor one
+    answering another kind of target than the service's answers (``kind``) declare."""
     text = registry.read_file(mv, "model.txt")  # checked against its registration hash
     smoke_test_in_child(text, f"{registry.model_name} v{mv.version}")
     booster = lgb.Booster(model_str=text.decode())
@@ -81,6 +84,11 @@ def load_version(registry: Registry, mv: ModelVersion, inputs: set[str] | None =
         raise RegistryError(
             f"v{mv.version} needs input(s) {lacking} that this service's request schema does not take "
             "(its dataset config changed): restart the service to serve it"
+        )
+    if kind is not None and transform.task.kind != kind:
+        raise RegistryError(
+            f"v{mv.version} predicts a {transform.task.kind} target; this service answers {kind}: restart "
+            "the service to serve it"
         )
     if booster.num_feature() != len(transform.feature_names):
         raise RegistryError(
@@ -134,9 +142,15 @@ class RegistryWatcher:
     on every poll, with one log line per attempt. When the aliases change, the versions kept in memory
     have their stored files checked again, so tampering shows up without a restart."""
 
-    def __init__(self, registry: Registry, poll_seconds: float = 2.0, inputs: set[str] | None = None):
+    def __init__(
+        self,
+        registry: Registry,
+        poll_seconds: float = 2.0,
+        inputs: set[str] | None = None,
+        kind: str | None = None,
+    ):
         self.registry = registry
-        self.inputs = inputs
+        self.inputs, self.kind = inputs, kind
         self.poll_seconds = poll_seconds
         self.models = ModelSet()
         self.status = WatcherStatus()
@@ -179,7 +193,7 @@ class RegistryWatcher:
                     self.registry.read_file(self.registry.get(version), "model.txt")  # the hash, again
                 model = kept
             else:
-                model = load_version(self.registry, self.registry.get(version), self.inputs)
+                model = load_version(self.registry, self.registry.get(version), self.inputs, self.kind)
         except Exception as exc:  # noqa: BLE001 - any failure means: not this version
             raise RegistryError(self._fail(version, exc).reason) from None
         self._failed.pop(version, None)

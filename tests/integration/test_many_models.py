@@ -64,7 +64,7 @@ def test_a_dataset_without_a_time_column_trains_from_its_config_alone(two_models
     # its card says what was done to this dataset: stratified rows, stratified k-fold, its own inputs
     card = registry.read_file(registry.get(summary.version), "model_card.md").decode()
     assert "stratified k-fold CV ROC-AUC" in card and "time-ordered" not in card
-    assert "each split keeping the target's share of positives" in card and "customers (1 batches)" in card
+    assert "each split keeping the target's class shares" in card and "customers (1 batches)" in card
     table = card.split("## What drives the score")[1].split("\n## ")[0]
     drivers = [row.split("|")[1].strip() for row in table.splitlines() if row.startswith("| ")][1:]
     drivers = [d for d in drivers if not d.startswith("(")]  # "(N more)"
