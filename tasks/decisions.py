@@ -621,8 +621,9 @@ def decide_degradation(
     planned_labels: int,
 ) -> DegradationVerdict:
     """A version is degraded when, on the labelled predictions since some midnight of the window, its
-    ROC-AUC is, day by day, more than ``max_auc_drop`` below what was expected of those very rows (its
-    calibrated probabilities' promise, ``DegradationCheck``) and the drop clears a time-uniform
+    ROC-AUC (classes and numbers: its mean loss, relatively, ``max_auc_drop`` then being the config's
+    ``max_loss_increase``) is, day by day, more than ``max_auc_drop`` below what was expected of those
+    very rows (its calibrated probabilities' promise, ``DegradationCheck``) and the drop clears a time-uniform
     bound: the chance of any false "degraded" within ``horizon_days`` of checks, however often they
     run, is at most ``alpha`` (one test per daily start, ``alpha`` shared among the ``horizon_days``
     starts; each test's bound is ``canary_radius``'s confidence sequence on its effective labels, the
@@ -636,6 +637,14 @@ def decide_degradation(
         drop = -c.gap
         radius = canary_radius(max(1, round(c.effective_labels)), per_start, planned_labels)
         if c.model_version in evidence or drop <= max_auc_drop or drop <= radius * c.se:
+            continue
+        if c.metric != "ROC-AUC":  # a loss: the drop is its relative increase
+            evidence[c.model_version] = (
+                f"v{c.model_version}: live {c.metric} {c.realised:.4g} on {c.labels} labels over {c.days} "
+                f"day(s) since {c.since[:10]} vs {c.expected:.4g} held-out: {drop:.1%} more day by day "
+                f"(more than {max_auc_drop:.0%} and beyond the time-uniform bound {radius * c.se:.1%}: "
+                f"false-alarm rate {alpha:g} per {horizon_days:g} days of checks)"
+            )
             continue
         evidence[c.model_version] = (
             f"v{c.model_version}: live ROC-AUC {c.realised:.3f} on {c.labels} labels over {c.days} "

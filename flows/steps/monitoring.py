@@ -9,15 +9,19 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import polars as pl
 from pydantic import BaseModel
 
 from flows.steps.runtime import cached_task, io_task
+from tasks.core.config import DatasetConfig
 from tasks.core.context import RunContext
 from tasks.core.logs import FEEDBACK, FEEDBACK_COLUMNS, PREDICTION_COLUMNS, PREDICTIONS, read_log
 from tasks.core.profile import load_profile
 from tasks.data.snapshot import SnapshotManifest
 from tasks.decisions import (
+    DegradationVerdict,
     DriftVerdict,
+    EstimatedDropVerdict,
     HeldOutAuc,
     decide_degradation,
     decide_drift,
@@ -43,6 +47,7 @@ from tasks.monitoring.drift import (
     refused_at_serving,
 )
 from tasks.monitoring.lineage import request_lineage, version_lineage
+from tasks.monitoring.loss_performance import HeldOutLoss, live_loss_performance, loss_degradation_checks
 from tasks.monitoring.performance import CalibratedVersion, degradation_checks, live_performance
 from tasks.monitoring.window import (
     MonitorReport,
@@ -187,9 +192,31 @@ def judge_window(
     # only the date partitions the performance window can reach are read (the log may be long)
     recent = (datetime.now(timezone.utc) - timedelta(days=mon.performance_window_days + 1)).date()
     event_time = [config.time_column] if config.time_column else []  # outcomes cluster by the event's day
-    predictions = read_log(store, PREDICTIONS, model_name, [*PREDICTION_COLUMNS, *event_time], since=recent)
+    task = plan.transform.task
+    outputs = ["output"] if task.kind != "binary" else []
+    predictions = read_log(
+        store, PREDICTIONS, model_name, [*PREDICTION_COLUMNS, *outputs, *event_time], since=recent
+    )
     feedback = read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS, since=recent)
     serving = {v: registry.get(v) for v in set(registry.alias_doc().aliases.values())}
+    if task.kind != "binary":
+        degradation, estimated = judge_losses(report, predictions, feedback, serving, registry, config)
+    else:
+        degradation, estimated = judge_roc_auc(report, predictions, feedback, serving, config)
+    needed = decide_retrain_needed(drift_verdict, degradation, estimated)
+    report.retrain, report.retrain_reason = needed.kinds, needed.reason
+    return report
+
+
+def judge_roc_auc(
+    report: MonitorReport,
+    predictions: pl.DataFrame,
+    feedback: pl.DataFrame,
+    serving: dict[int, ModelVersion],
+    config: DatasetConfig,
+) -> tuple[DegradationVerdict, EstimatedDropVerdict]:
+    """A yes/no model's live performance (ROC-AUC, with CBPE before labels), and whether it degraded."""
+    mon = config.monitoring
     calibrated = {
         v: CalibratedVersion(threshold=mv.threshold, day_sd=mv.metrics.get("cbpe_day_sd") or 0.0)
         for v, mv in serving.items()
@@ -218,9 +245,45 @@ def judge_window(
     serving_now = [p for p in report.performance if p.model_version in serving]
     estimated = decide_estimated_drop(serving_now, held_out, mon.max_auc_drop)
     report.estimated_drop = estimated.evidence
-    needed = decide_retrain_needed(drift_verdict, degradation, estimated)
-    report.retrain, report.retrain_reason = needed.kinds, needed.reason
-    return report
+    return degradation, estimated
+
+
+def judge_losses(
+    report: MonitorReport,
+    predictions: pl.DataFrame,
+    feedback: pl.DataFrame,
+    serving: dict[int, ModelVersion],
+    registry: Registry,
+    config: DatasetConfig,
+) -> tuple[DegradationVerdict, EstimatedDropVerdict]:
+    """A class or number model's live performance (its metrics and mean loss per version, each with its
+    own classes), and whether its loss rose beyond the held-out one (``tasks.monitoring.loss_performance``).
+    There is no estimate before labels for these kinds: said in the verdict."""
+    mon = config.monitoring
+    tasks = {v: registry.load_transform(mv).task for v, mv in serving.items()}
+    report.performance = live_loss_performance(
+        predictions, feedback, tasks, mon.min_labels, window_days=mon.performance_window_days
+    )
+    expected = {
+        v: HeldOutLoss(loss=mv.metrics["loss"], se=mv.metrics.get("loss_se", 0.0))
+        for v, mv in serving.items()
+        if "loss" in mv.metrics
+    }
+    checks = loss_degradation_checks(
+        predictions, feedback, expected, tasks, mon.performance_window_days, config.time_column
+    )
+    degradation = decide_degradation(
+        checks,
+        mon.max_loss_increase,
+        mon.degradation_alpha,
+        mon.degradation_horizon_days,
+        mon.degradation_planned_labels,
+    )
+    report.degraded = degradation.evidence
+    estimated = EstimatedDropVerdict(
+        outcome="ok", evidence=[], reason="no estimate before labels for classes and numbers: labels decide"
+    )
+    return degradation, estimated
 
 
 def held_out_auc(mv: ModelVersion) -> HeldOutAuc | None:

@@ -70,6 +70,7 @@ from tasks.model.baselines import LinearBaseline
 from tasks.model.card import AttributionSums, CardFacts, GateRow, model_card
 from tasks.model.evaluate import CandidateEvaluation, ChampionEvaluation, flat_metrics, metric_table
 from tasks.model.held_out import HeldOutPart, held_out_ranges
+from tasks.model.kind_metrics import KindMetrics
 from tasks.model.tracking import TrackedRun, TrainingReport, model_artifact_files
 from tasks.model.train import FitResult, PreparedTraining, TrainedModel
 from tasks.model.tune import best_trial, run_search
@@ -481,6 +482,9 @@ def version_metrics(run: TrainingRun) -> dict[str, float]:
         f"cv_{run.best.metric}_std": run.cv["std"],
         "cbpe_day_sd": run.candidate.evaluation.day_sd,
     }
+    if isinstance(test, KindMetrics):  # the mean loss monitoring compares live losses with, and its se
+        held_out = test.metrics["log_loss" if test.kind == "multiclass" else "mean_loss"]
+        metrics |= {"loss": held_out.value, "loss_se": (held_out.high - held_out.low) / (2 * 1.96)}
     if trained.calibration is not None and trained.threshold is not None:
         metrics |= {  # the calibration folded into model.txt, and how its threshold was chosen
             "calibration_slope": trained.calibration.slope,

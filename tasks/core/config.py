@@ -393,6 +393,13 @@ class MonitoringConfig(Strict):
     )
     min_rows: int = Field(200, ge=1, description="rows a window needs before drift is judged")
     min_labels: int = Field(200, ge=1, description="labelled predictions needed for a performance verdict")
+    max_loss_increase: float = Field(
+        0.10,
+        ge=0,
+        description="classes and numbers: the relative increase of the live mean loss (log loss, squared "
+        "error, ...) over the version's held-out one that is a degradation, if it also clears the "
+        "sequential bound (degradation_alpha); 0.10: 10% more loss",
+    )
     max_auc_drop: float = Field(
         0.02,
         ge=0,

@@ -73,6 +73,12 @@ class LivePerformance(BaseModel):
     # CBPE: what the version's calibrated probabilities promise for every prediction of the window
     # (labelled or not), with the band the realised value falls in if calibration holds
     estimated: EstimatedPerformance | None = None
+    # classes and numbers (tasks.monitoring.loss_performance): the kind's metrics on the labelled rows
+    # and the mean loss the version was trained to lower, with its standard error
+    kind: str = "binary"
+    metrics: dict[str, float] = {}
+    loss: float | None = None
+    loss_se: float | None = None
 
 
 def with_outcomes(predictions: pl.DataFrame, feedback: pl.DataFrame) -> pl.DataFrame:
@@ -282,6 +288,9 @@ class DegradationCheck(BaseModel):
     gap: float  # combined realised - expected (negative: worse than expected)
     se: float  # of gap
     se_sampling: float  # of gap from the labels alone (no between-day spread)
+    # what is judged: ROC-AUC (gap in AUC), or a mean loss (realised / expected are losses; the gap is
+    # minus their ratio's excess over 1, so a drop is the relative increase of the loss)
+    metric: str = "ROC-AUC"
 
     @property
     def effective_labels(self) -> float:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from tasks.core.logs import PREDICTIONS, REJECTIONS, key_date, log_keys, of_model, read_log
 from tasks.core.profile import load_profile, profile_frame
 from tasks.core.store import ArtifactStore
+from tasks.core.target import LearningTask
 from tasks.model.features import FittedTransform
 from tasks.monitoring.drift import ColumnDrift
 from tasks.monitoring.performance import LivePerformance
@@ -110,10 +111,28 @@ def advance_watermark(store: ArtifactStore, model_name: str, through: datetime) 
     store.write_json(watermark_key(model_name), {"through": through.isoformat()})
 
 
-def window_view(frame: pl.DataFrame, input_columns: list[str], time_column: str | None) -> Any:
+def logged_answer(task: LearningTask) -> pl.Expr:
+    """The logged prediction as the drift reference holds it (``LearningTask.answer``): the probability
+    of yes, the value, or the chosen class's name."""
+    if task.kind == "regression":
+        return pl.col("output").list.first().alias("prediction")
+    if task.kind == "multiclass":
+        codes = list(range(len(task.classes)))
+        return (
+            pl.col("label")
+            .cast(pl.Int64)
+            .replace_strict(codes, task.classes, default=None, return_dtype=pl.String)
+            .alias("prediction")
+        )
+    return pl.col("probability").alias("prediction")
+
+
+def window_view(
+    frame: pl.DataFrame, input_columns: list[str], time_column: str | None, task: LearningTask | None = None
+) -> Any:
     """The window's profile, shaped like the reference: raw inputs (no time column) + ``prediction``."""
     cols = [c for c in input_columns if c != time_column and c in frame.columns]
-    return profile_frame(frame.select(*cols, pl.col("probability").alias("prediction")))
+    return profile_frame(frame.select(*cols, logged_answer(task or LearningTask())))
 
 
 class UnseenLevels(BaseModel):
@@ -146,7 +165,7 @@ def profile_partition(frame: pl.DataFrame, transform: FittedTransform, time_colu
         .partition_by(["__day"], as_dict=True)
         .items()
     ):
-        days[str(day)] = window_view(part, inputs, time_column).serialize()
+        days[str(day)] = window_view(part, inputs, time_column, transform.task).serialize()
     present = [c for c in inputs if c in frame.columns]
     unseen = {}
     for col, levels in transform.categories.items():

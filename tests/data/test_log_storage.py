@@ -45,6 +45,9 @@ def _rows(ids: list[str], ts: datetime) -> pl.DataFrame:
             "shadow_probability": [None] * n,
             "paired_version": [None] * n,
             "paired_probability": [None] * n,
+            "output": [None] * n,  # a yes/no model's log leaves the classes' and numbers' columns empty
+            "paired_output": [None] * n,
+            "shadow_output": [None] * n,
         },
         schema=_schema(),
     )

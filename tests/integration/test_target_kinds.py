@@ -175,6 +175,55 @@ def test_each_kind_is_served_with_its_own_answer_and_feedback(diamonds, landed):
     assert fed["outcome"].dtype == pl.Float64 and fed.height == 200
 
 
+def test_each_kind_is_monitored_by_its_own_loss_and_a_rising_loss_is_degradation(diamonds, landed):
+    """The served price model's labelled predictions judged by RMSE and squared error against its
+    held-out loss: true prices are fine; the same requests again (logged as the service logs them)
+    whose prices came out 60% higher are a loss many times the held-out one, beyond the sequential
+    bound: degraded, with a retrain asked for."""
+    from datetime import datetime, timezone
+
+    from flows.monitoring import monitor
+    from flows.schemas import MonitorParams
+    from tasks.core.logs import FEEDBACK, PREDICTIONS, feedback_log_schema, log_file_key, log_prefix, read_log
+    from tasks.core.store import open_store
+
+    report = monitor(MonitorParams(model_name=PRICE))
+    assert report.rows >= 200, report.note
+    live = {p.model_version: p for p in report.performance}[1]
+    held_out = diamonds["price"].test.metrics
+    print(f"price live: {live.metrics} on {live.labels} labels; held-out RMSE {held_out['rmse'].value:.0f}")
+    assert live.kind == "regression" and live.labels == 200 and live.roc_auc is None
+    assert live.metrics["rmse"] < 2 * held_out["rmse"].value and live.metrics["r2"] > 0.9
+    assert live.loss == pytest.approx(live.metrics["rmse"] ** 2)  # L2: the loss is the squared error
+    assert not report.degraded and "degradation" not in report.retrain
+    assert "prediction" in {d.column for d in report.drift}  # the values' distribution is judged too
+    # the same requests again, under new ids, and their prices 1.6 x what they were
+    store = open_store(landed)
+    now = datetime.now(timezone.utc)
+    told = read_log(store, FEEDBACK, PRICE)
+    again = (
+        read_log(store, PREDICTIONS, PRICE)
+        .join(told.select("request_id", "outcome"), on="request_id")
+        .with_columns(("again-" + pl.col("request_id")).alias("request_id"), pl.lit(now).alias("ts"))
+    )
+    wrong = again.select(
+        "request_id",
+        pl.lit(now, dtype=pl.Datetime("us", "UTC")).alias("ts"),
+        (pl.col("outcome") * 1.6).alias("outcome"),
+        pl.lit(False).alias("correction"),
+        pl.lit("test").alias("source"),
+    ).cast(feedback_log_schema("regression"))
+
+    def key(prefix: str) -> str:
+        return log_file_key(log_prefix(prefix, PRICE), f"{now:%Y-%m-%d}", f"{now:%H}", "again")
+
+    store.write_parquet(key(PREDICTIONS), again.drop("outcome"))
+    store.write_parquet(key(FEEDBACK), wrong)
+    report = monitor(MonitorParams(model_name=PRICE))
+    assert report.degraded and "degradation" in report.retrain, report.retrain_reason
+    assert "v1: live mean squared error" in report.degraded[0] and "more day by day" in report.degraded[0]
+
+
 def _arrow(frame: pl.DataFrame) -> bytes:
     import io
 
