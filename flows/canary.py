@@ -30,6 +30,7 @@ from flows.steps.registry import apply_canary_decision
 from flows.steps.runtime import FLOW_GUARDS, flow_context, publish, run_name
 from tasks.core.logs import CANARY_COLUMNS, FEEDBACK, FEEDBACK_COLUMNS, PREDICTIONS, read_log
 from tasks.decisions import CanaryVerdict, decide_canary
+from tasks.monitoring.loss_performance import canary_loss_evidence, live_loss_performance
 from tasks.monitoring.performance import CanaryEvidence, canary_evidence, live_performance
 from tasks.registry.decision_log import DecisionRecord, now_iso, record_decision
 from tasks.registry.versions import Registry
@@ -44,7 +45,7 @@ def evidence_summary(evidence: CanaryEvidence) -> dict:
         "challenger_labels": evidence.challenger_labels,
         **(
             {"paired_rows": paired.rows, "champion_auc": paired.auc_a, "challenger_auc": paired.auc_b}
-            | {"gain": paired.gain, "gain_se": paired.se}
+            | {"gain": paired.gain, "gain_se": paired.se, "metric": paired.metric}
             if paired
             else {}
         ),
@@ -73,14 +74,24 @@ def canary_decision(params: CanaryParams = CanaryParams()) -> CanaryDecision:
     champion_v, challenger_v = aliases["champion"], aliases["challenger"]
     # both arms judged on the same period: traffic since this canary started
     started = datetime.fromisoformat(doc.alias_set_at("challenger") or datetime.now(timezone.utc).isoformat())
-    predictions = read_log(store, PREDICTIONS, model_name, CANARY_COLUMNS, since=started.date())
+    registry = Registry(store, model_name)
+    tasks = {v: registry.load_transform(registry.get(v)).task for v in (champion_v, challenger_v)}
+    task = tasks[champion_v]  # a model name has one target: both arms answer the same kind
+    outputs = ["output", "paired_output", "shadow_output"] if task.kind != "binary" else []
+    columns = [*CANARY_COLUMNS, *outputs]
+    predictions = read_log(store, PREDICTIONS, model_name, columns, since=started.date())
     if predictions.height:
         predictions = predictions.filter(pl.col("ts") >= started)
     feedback = read_log(store, FEEDBACK, model_name, FEEDBACK_COLUMNS, since=started.date())
     hours = (datetime.now(timezone.utc) - started).total_seconds() / 3600
-    evidence = canary_evidence(predictions, feedback, champion_v, challenger_v, hours)
+    if task.kind == "binary":
+        evidence = canary_evidence(predictions, feedback, champion_v, challenger_v, hours)
+        live = live_performance(predictions, feedback, min_labels=50)
+    else:  # classes and numbers: the paired comparison of the models' losses on the same rows
+        evidence = canary_loss_evidence(predictions, feedback, champion_v, challenger_v, hours, task)
+        live = live_loss_performance(predictions, feedback, tasks, min_labels=50)
     verdict = decide_canary(evidence, ctx.settings.retrain)
-    perf = {p.model_version: p for p in live_performance(predictions, feedback, min_labels=50)}
+    perf = {p.model_version: p for p in live}
     summary = evidence_summary(evidence)
     record_decision(
         store,

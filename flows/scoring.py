@@ -5,8 +5,9 @@
 
 Every input file is a partition and a mapped step, so on the dask engine (``DRIFTLOOP_ENGINE=dask``)
 partitions are scored on the cluster's workers; the flow itself holds no data. Each partition's
-predictions (row id, probability, label, model name and version) go to one Parquet file under the
-output prefix; a file that fails the model's input contract is quarantined beside them with the
+predictions (row id; the probability and label, the value, or the chosen class with each class's
+probability, by the target's kind; model name and version) go to one Parquet file under the output
+prefix; a file that fails the model's input contract is quarantined beside them with the
 reason, and the run fails naming it once the rest are scored (``on_invalid: skip`` lets it pass).
 Scored rows also feed the model's prediction log, so monitoring judges batch traffic too.
 """

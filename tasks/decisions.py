@@ -494,9 +494,10 @@ def canary_radius(rows: int, alpha: float, planned_rows: int) -> float:
 
 def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVerdict:
     """Promote, drop or wait, on both models scored on the same labelled live rows (DeLong's paired
-    test of the ROC-AUC gain, each row weighted by its inverse labelling propensity so feedback that
-    depends on the answer does not favour either model; answers that never get an outcome make it wait
-    and say so). Promote when the gain's lower bound clears ``canary_margin``; stop early
+    test of the ROC-AUC gain; for classes and numbers, of the relative reduction of the mean loss,
+    the margins then being shares of the loss; each row weighted by its inverse labelling propensity
+    so feedback that depends on the answer does not favour either model; answers that never get an
+    outcome make it wait and say so). Promote when the gain's lower bound clears ``canary_margin``; stop early
     when its upper bound is below ``-canary_stop_margin`` (the challenger is significantly worse); with
     too few labels per arm, or no clear result, wait, until ``canary_max_hours``: then the champion
     stays. The bounds are a time-uniform confidence sequence (``canary_radius``): an equally good
@@ -531,12 +532,22 @@ def decide_canary(evidence: CanaryEvidence, policy: RetrainSettings) -> CanaryVe
     # promotion: the gain over days (random effects), so a good day does not carry an average one
     gain, se = combine_days(e.daily) if len(e.daily) > 1 else (p.gain, p.se)
     low = gain - z * se
-    verdict = (
-        f"live ROC-AUC on the same {p.rows} labelled rows: challenger v{e.challenger_version} {p.auc_b:.4f}"
-        f" vs champion v{e.champion_version} {p.auc_a:.4f}, gain {p.gain:+.4f} (upper bound {high:+.4f}; "
-        f"over {len(e.daily)} day(s) {gain:+.4f}, lower bound {low:+.4f}; {z:.2f} standard errors: "
-        f"false-promotion rate {policy.canary_alpha:g} however often it is judged); {have}"
-    )
+    if p.metric != "ROC-AUC":  # a loss: the gain is its relative reduction
+        verdict = (
+            f"live {p.metric} on the same {p.rows} labelled rows: challenger v{e.challenger_version} "
+            f"{p.auc_b:.4g} vs champion v{e.champion_version} {p.auc_a:.4g}, {p.gain:+.2%} lower (upper "
+            f"bound {high:+.2%}; over {len(e.daily)} day(s) {gain:+.2%}, lower bound {low:+.2%}; {z:.2f} "
+            f"standard errors: false-promotion rate {policy.canary_alpha:g} however often it is judged); "
+            f"{have}"
+        )
+    else:
+        verdict = (
+            f"live ROC-AUC on the same {p.rows} labelled rows: challenger v{e.challenger_version} "
+            f"{p.auc_b:.4f} vs champion v{e.champion_version} {p.auc_a:.4f}, gain {p.gain:+.4f} (upper "
+            f"bound {high:+.4f}; over {len(e.daily)} day(s) {gain:+.4f}, lower bound {low:+.4f}; {z:.2f} "
+            f"standard errors: false-promotion rate {policy.canary_alpha:g} however often it is judged); "
+            f"{have}"
+        )
     if high < -policy.canary_stop_margin:
         return CanaryVerdict(outcome="drop", reason=f"significantly worse, stopped early: {verdict}")
     if low > policy.canary_margin and e.hours >= policy.canary_min_hours:

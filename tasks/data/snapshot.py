@@ -571,18 +571,32 @@ _LAST: dict[str, Any] = {}
 _LAST_LOCK = threading.Lock()
 
 
+def encoded_outcome(manifest: SnapshotManifest) -> pl.Expr:
+    """A reported outcome encoded as the snapshot encodes its target: 0/1, the number, or the class's
+    code in the snapshot's classes (the service accepts only the classes its model knows)."""
+    if manifest.target_kind == "regression":
+        return pl.col("outcome").cast(pl.Float64)
+    if manifest.target_kind == "multiclass":
+        codes = list(range(len(manifest.classes)))
+        return (
+            pl.col("outcome").cast(pl.String).replace_strict(manifest.classes, codes, return_dtype=pl.Int32)
+        )
+    return pl.col("outcome").cast(pl.Int8)
+
+
 def labelled_predictions(
-    store: ArtifactStore, config: DatasetConfig, input_columns: list[str]
+    store: ArtifactStore, config: DatasetConfig, input_columns: list[str], manifest: SnapshotManifest
 ) -> tuple[pl.DataFrame, list[str]]:
     """Logged predictions of this model joined with their observed outcomes, shaped like a snapshot's
-    rows: the model inputs, the time column and the target. Returns (rows, log keys used)."""
+    rows: the model inputs, the time column and the target (encoded as ``manifest`` encodes it).
+    Returns (rows, log keys used)."""
     pred_keys = log_keys(store, PREDICTIONS, config.model_name)
     fb_keys = log_keys(store, FEEDBACK, config.model_name)
     keys = sorted(pred_keys + fb_keys)
     if not pred_keys or not fb_keys:
         return pl.DataFrame(), keys
     outcomes = outcome_per_request(store.scan_parquet(fb_keys)).select(
-        "request_id", pl.col("outcome").cast(pl.Int8).alias(config.target.name)
+        "request_id", encoded_outcome(manifest).alias(config.target.name)
     )
     rows = (
         of_model(store.scan_parquet(pred_keys), config.model_name)
@@ -603,7 +617,7 @@ def extend_with_feedback(
 ) -> SnapshotManifest:
     """A new snapshot: the raw-zone snapshot plus every prediction the service logged that has an
     observed outcome (the freshest labelled data there is). Content-addressed like any snapshot."""
-    extra, keys = labelled_predictions(store, config, input_columns)
+    extra, keys = labelled_predictions(store, config, input_columns, manifest)
     if extra.height == 0:
         return manifest
     sid = hashlib.sha256(

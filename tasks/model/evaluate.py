@@ -379,7 +379,9 @@ def evaluate_champion(
 
 
 class PairedAucDifference(BaseModel):
-    """ROC-AUC of two models scored on the same labelled rows, and the difference's standard error."""
+    """ROC-AUC of two models scored on the same labelled rows, and the difference's standard error.
+    For classes and numbers (``metric`` a loss's name): ``auc_a`` / ``auc_b`` are the mean losses and
+    ``gain`` the relative reduction ``1 - b / a`` (``weighted_paired_loss_difference``)."""
 
     rows: int
     auc_a: float
@@ -388,6 +390,7 @@ class PairedAucDifference(BaseModel):
     se: float
     se_a: float  # of auc_a alone
     se_b: float
+    metric: str = "ROC-AUC"
 
 
 def paired_auc_difference(y: np.ndarray, p_a: np.ndarray, p_b: np.ndarray) -> PairedAucDifference:
@@ -467,6 +470,26 @@ def weighted_paired_auc_difference(
         se_a=max(var(a10, a01, auc_a), 0.0) ** 0.5,
         se_b=max(var(b10, b01, auc_b), 0.0) ** 0.5,
     )
+
+
+def weighted_paired_loss_difference(
+    loss_a: np.ndarray, loss_b: np.ndarray, w: np.ndarray, metric: str
+) -> PairedAucDifference:
+    """Two models' per-row losses on the same rows (each row weighted by ``w``): the relative reduction
+    of the weighted mean loss from ``a`` to ``b`` and its delta-method standard error. The estimate is
+    a smooth function of two weighted means, so it is asymptotically linear: the canary's time-uniform
+    bound (``tasks.decisions.canary_radius``) applies to it as to DeLong's difference."""
+    w = np.asarray(w, dtype=np.float64) / np.mean(w)
+    n = len(w)
+    a, b = float(np.sum(w * loss_a) / n), float(np.sum(w * loss_b) / n)
+    ratio = b / a if a > 0 else float("inf")
+    influence = w * (loss_b - ratio * loss_a) / a if a > 0 else np.zeros(n)
+    se = float(np.sqrt(np.sum(influence**2)) / n)
+    return PairedAucDifference(
+        rows=n, auc_a=a, auc_b=b, gain=1.0 - ratio, se=se,
+        se_a=float(np.sqrt(np.sum((w * loss_a - a) ** 2)) / n),
+        se_b=float(np.sqrt(np.sum((w * loss_b - b) ** 2)) / n), metric=metric,
+    )  # fmt: skip
 
 
 def combine_days(daily: list[PairedAucDifference]) -> tuple[float, float]:

@@ -90,6 +90,7 @@ def request_lineage(store: ArtifactStore, registry: Registry, request_id: str) -
         "arm": row["arm"],
         "probability": row["probability"],
         "label": row["label"],
+        "output": row.get("output"),  # classes and numbers: every class's probability, or the value
         "outcome": outcome_per_request(feedback).collect()["outcome"][0] if feedback.height else None,
         "model": version_lineage(store, registry, int(row["model_version"])),
     }

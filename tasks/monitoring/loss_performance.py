@@ -20,9 +20,19 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel
 
+from tasks.core.logs import outcome_per_request
 from tasks.core.target import LearningTask
+from tasks.model.evaluate import weighted_paired_loss_difference
 from tasks.model.kind_metrics import metric_values
-from tasks.monitoring.performance import DayGap, DegradationCheck, LivePerformance, combine_gaps, event_day
+from tasks.monitoring.performance import (
+    CanaryEvidence,
+    DayGap,
+    DegradationCheck,
+    LivePerformance,
+    combine_gaps,
+    event_day,
+    paired_rows,
+)
 
 
 class HeldOutLoss(BaseModel):
@@ -33,16 +43,18 @@ class HeldOutLoss(BaseModel):
 
 
 def labelled_rows(
-    predictions: pl.DataFrame, feedback: pl.DataFrame, task: LearningTask
+    predictions: pl.DataFrame, feedback: pl.DataFrame, task: LearningTask, labelled: bool = False
 ) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
     """The labelled predictions (each request once) with their outcomes as LightGBM reads them (a
-    class's code, or the number) and the model's outputs (rows x classes, or one value per row)."""
-    from tasks.core.logs import outcome_per_request
-
+    class's code, or the number) and the model's outputs (rows x classes, or one value per row).
+    ``labelled``: ``predictions`` carry their ``outcome`` already (``feedback`` unused)."""
     logged = predictions.unique("request_id", keep="first", maintain_order=True)
-    if feedback.height == 0 or logged.height == 0:
+    if labelled:
+        rows = logged
+    elif feedback.height == 0 or logged.height == 0:
         return logged.head(0), np.array([]), np.array([])
-    rows = logged.join(outcome_per_request(feedback).collect(), on="request_id", how="inner")
+    else:
+        rows = logged.join(outcome_per_request(feedback).collect(), on="request_id", how="inner")
     rows = rows.filter(pl.col("outcome").is_not_null() & pl.col("output").is_not_null())
     if task.kind == "multiclass":
         code = (
@@ -169,3 +181,54 @@ def _loss_check_since(
         realised=sum(-g.realised * g.labels for g in gaps) / labels * base, expected=base,
         expected_from="held-out", gap=gap, se=se, se_sampling=se, metric=f"mean {task.loss_name}",
     )  # fmt: skip
+
+
+def canary_loss_evidence(
+    predictions: pl.DataFrame,
+    feedback: pl.DataFrame,
+    champion: int,
+    challenger: int,
+    hours: float,
+    task: LearningTask,
+) -> CanaryEvidence:
+    """``canary_evidence`` for classes and numbers: both models' losses on the same labelled rows (the
+    answering arm's ``output`` and the other arm's ``paired_output``, or in shadow mode the challenger's
+    ``shadow_output``), each row weighted by its inverse labelling propensity (``labelling_weights``:
+    groups are the answering version and its chosen class; a number's answers form one group per
+    version), compared as the relative reduction of the weighted mean loss, overall and per 24 h."""
+    empty = CanaryEvidence(
+        champion_version=champion, challenger_version=challenger, champion_labels=0, challenger_labels=0,
+        hours=hours, paired=None,
+    )  # fmt: skip
+    if predictions.height == 0 or feedback.height == 0:
+        return empty
+    evidence, both = paired_rows(predictions, feedback, empty, "paired_output", "shadow_output")
+    both = both.filter(pl.col("output").is_not_null())
+    rows, y, answered = labelled_rows(both, pl.DataFrame(), task, labelled=True)
+    if len(y) < 2:
+        return evidence
+    other = _outputs(rows["paired_output"], task)
+    on_champion = (rows["model_version"] == champion).to_numpy()
+    pick = on_champion[:, None] if answered.ndim == 2 else on_champion
+    loss_champion = task.row_loss(y, np.where(pick, answered, other))
+    loss_challenger = task.row_loss(y, np.where(pick, other, answered))
+    w = rows["__weight"].to_numpy()
+    metric = f"mean {task.loss_name}"
+    daily = []
+    if "ts" in rows.columns:
+        day = ((rows["ts"] - rows["ts"].min()).dt.total_seconds() // 86_400).to_numpy()
+        for d in np.unique(day):
+            on = day == d
+            if on.sum() >= 2:
+                daily.append(
+                    weighted_paired_loss_difference(loss_champion[on], loss_challenger[on], w[on], metric)
+                )
+    paired = weighted_paired_loss_difference(loss_champion, loss_challenger, w, metric)
+    return evidence.model_copy(update={"paired": paired, "daily": daily})
+
+
+def _outputs(column: pl.Series, task: LearningTask) -> np.ndarray:
+    """A log's list column of outputs as rows x classes (classes) or one value per row (numbers)."""
+    if task.kind == "multiclass":
+        return np.asarray(column.to_list(), dtype=np.float64).reshape(len(column), -1)
+    return np.asarray(column.list.first().to_numpy(), dtype=np.float64)

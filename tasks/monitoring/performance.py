@@ -132,11 +132,14 @@ def live_performance(
     return sorted(out, key=lambda r: r.model_version)
 
 
-def _shadow_as_paired(labelled: pl.DataFrame) -> pl.DataFrame:
+def _shadow_as_paired(
+    labelled: pl.DataFrame, paired: str = "paired_probability", shadow: str = "shadow_probability"
+) -> pl.DataFrame:
     """One spelling for "the other model's score on this row": a canary's paired score, or in shadow
-    mode the challenger's shadow score (the champion answered)."""
-    columns = {"paired_version": pl.Int64, "paired_probability": pl.Float64, "shadow_version": pl.Int64,
-               "shadow_probability": pl.Float64}  # fmt: skip
+    mode the challenger's shadow score (the champion answered). ``paired`` / ``shadow``: the columns
+    holding them (a yes/no probability, or classes' and numbers' whole output)."""
+    dtype = labelled.schema.get(paired) or labelled.schema.get(shadow) or pl.Float64
+    columns = {"paired_version": pl.Int64, paired: dtype, "shadow_version": pl.Int64, shadow: dtype}
     labelled = labelled.with_columns(
         pl.lit(None, dtype=dtype).alias(name)
         for name, dtype in columns.items()
@@ -148,10 +151,7 @@ def _shadow_as_paired(labelled: pl.DataFrame) -> pl.DataFrame:
         .then(pl.col("shadow_version"))
         .otherwise(pl.col("paired_version"))
         .alias("paired_version"),
-        pl.when(shadowed)
-        .then(pl.col("shadow_probability"))
-        .otherwise(pl.col("paired_probability"))
-        .alias("paired_probability"),
+        pl.when(shadowed).then(pl.col(shadow)).otherwise(pl.col(paired)).alias(paired),
         shadowed.alias("shadowed"),
     )
 
@@ -202,28 +202,19 @@ def labelling_weights(rows: pl.DataFrame) -> tuple[np.ndarray, dict[str, float],
     return weights, rates, unlabelled
 
 
-def canary_evidence(
-    predictions: pl.DataFrame, feedback: pl.DataFrame, champion: int, challenger: int, hours: float
-) -> CanaryEvidence:
-    """Evidence from the prediction log since the canary started (``predictions``) and the feedback:
-    both models on the same labelled rows, each row weighted by its inverse labelling propensity
-    (``labelling_weights``) so that feedback that depends on the answer does not favour either model."""
-    empty = CanaryEvidence(
-        champion_version=champion,
-        challenger_version=challenger,
-        champion_labels=0,
-        challenger_labels=0,
-        hours=hours,
-        paired=None,
-    )
-    if predictions.height == 0 or feedback.height == 0:
-        return empty
+def paired_rows(
+    predictions: pl.DataFrame, feedback: pl.DataFrame, empty: CanaryEvidence, paired: str, shadow: str
+) -> tuple[CanaryEvidence, pl.DataFrame]:
+    """The canary's labelled rows counted per arm (``empty``'s versions), with their labelling weights
+    (``__weight``), and those of them both arms scored (the other arm's output in ``paired``; in shadow
+    mode the challenger's, from ``shadow``)."""
+    champion, challenger = empty.champion_version, empty.challenger_version
     logged = predictions.unique("request_id", keep="first", maintain_order=True)
     if "label" not in logged.columns:
         logged = logged.with_columns(pl.lit(None, dtype=pl.Int8).alias("label"))
     logged = logged.join(outcome_per_request(feedback).collect(), on="request_id", how="left")
     weights, rates, unlabelled = labelling_weights(logged)
-    labelled = _shadow_as_paired(logged.filter(pl.col("outcome").is_not_null())).with_columns(
+    labelled = _shadow_as_paired(logged.filter(pl.col("outcome").is_not_null()), paired, shadow).with_columns(
         pl.Series("__weight", weights)
     )
     counts = dict(labelled.group_by("model_version").len().iter_rows())
@@ -240,7 +231,27 @@ def canary_evidence(
     both = labelled.filter(
         ((pl.col("model_version") == champion) & (pl.col("paired_version") == challenger))
         | ((pl.col("model_version") == challenger) & (pl.col("paired_version") == champion))
-    ).filter(pl.col("paired_probability").is_not_null())
+    ).filter(pl.col(paired).is_not_null())
+    return evidence, both
+
+
+def canary_evidence(
+    predictions: pl.DataFrame, feedback: pl.DataFrame, champion: int, challenger: int, hours: float
+) -> CanaryEvidence:
+    """Evidence from the prediction log since the canary started (``predictions``) and the feedback:
+    both models on the same labelled rows, each row weighted by its inverse labelling propensity
+    (``labelling_weights``) so that feedback that depends on the answer does not favour either model."""
+    empty = CanaryEvidence(
+        champion_version=champion,
+        challenger_version=challenger,
+        champion_labels=0,
+        challenger_labels=0,
+        hours=hours,
+        paired=None,
+    )
+    if predictions.height == 0 or feedback.height == 0:
+        return empty
+    evidence, both = paired_rows(predictions, feedback, empty, "paired_probability", "shadow_probability")
     on_champion = both["model_version"] == champion
     p_champion = np.where(on_champion, both["probability"], both["paired_probability"])
     p_challenger = np.where(on_champion, both["paired_probability"], both["probability"])

@@ -85,7 +85,15 @@ def model_history(registry: Registry) -> list[DecisionRecord]:
     for number in registry.versions():
         mv = registry.get(number)
         if mv.decision is not None:
-            evidence = {k: mv.metrics[k] for k in ("roc_auc", "test_rows", "cv_auc_mean") if k in mv.metrics}
+            shown = (
+                "roc_auc",
+                "rmse",
+                "log_loss",
+                "loss",
+                "test_rows",
+                "cv_auc_mean",
+            )  # by the target's kind
+            evidence = {k: mv.metrics[k] for k in shown if k in mv.metrics}
             found.append(
                 DecisionRecord(
                     at=mv.created_at,

@@ -5,6 +5,7 @@ Nothing in the code knows diamonds: the configs say what the target is."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -222,6 +223,118 @@ def test_each_kind_is_monitored_by_its_own_loss_and_a_rising_loss_is_degradation
     report = monitor(MonitorParams(model_name=PRICE))
     assert report.degraded and "degradation" in report.retrain, report.retrain_reason
     assert "v1: live mean squared error" in report.degraded[0] and "more day by day" in report.degraded[0]
+
+
+@pytest.mark.parametrize("model_name", [PRICE, CUT])
+def test_each_kind_is_retrained_and_its_canary_compares_losses_on_the_same_rows(
+    diamonds, landed, monkeypatch, model_name
+):
+    """The retrain flow trains a new version on the data plus the labelled predictions (outcomes encoded
+    as the snapshot encodes its target), gates it on the relative loss reduction (here with a margin
+    that lets any version through, so a canary starts), and the canary decision compares both arms'
+    losses on the same labelled rows: the evidence is recomputed here from the raw log and feedback."""
+    from flows.canary import canary_decision
+    from flows.retrain import retrain
+    from flows.schemas import CanaryParams, RetrainParams
+    from tasks.core.logs import FEEDBACK, PREDICTIONS, read_log
+    from tasks.core.store import open_store
+    from tasks.core.target import LearningTask
+    from tasks.registry.versions import Registry
+    from tests.integration.test_service import _start_server, _stop
+
+    monkeypatch.setenv("DRIFTLOOP_GATE__MIN_GAIN_LOWER", "-1")  # any version goes out as a canary
+    monkeypatch.setenv("DRIFTLOOP_RETRAIN__CANARY_MIN_LABELS", "100000")  # and the verdict stays "wait"
+    store = open_store(landed)
+    registry = Registry(store, model_name)
+    before = max(registry.versions())
+    result = retrain(RetrainParams(model_name=model_name, reason="test", ignore_cooldown=True))
+    assert result.status == "canary" and result.version == before + 1, result.reason
+    loss_name = "squared error" if model_name == PRICE else "log loss"
+    assert result.comparison.metric == loss_name and "lower" in result.reason
+    assert registry.alias_doc().aliases["challenger"] == result.version
+    target = "price" if model_name == PRICE else "cut"
+    rows = _rows(600).sample(600, seed=11, shuffle=True)  # rows of both arms, answered by either
+    proc, url = _start_server(
+        Path(landed.store_uri), model_name=model_name, log_max_seconds="0.3", challenger_share="0.5"
+    )
+    try:
+        for _ in range(120):  # the challenger is loaded beside the champion
+            if httpx.post(f"{url}/model_status", timeout=5).json()["challenger"] == result.version:
+                break
+            time.sleep(0.25)
+        records = rows.drop("rownames", target).to_dicts()
+        answered = httpx.post(f"{url}/predict_batch", json={"records": records}, timeout=60)
+        assert answered.status_code == 200, answered.text
+        answers = answered.json()
+        assert {a["model_version"] for a in answers} == {before, result.version}  # both arms answer
+        outcomes = rows[target].to_list()
+        items = [{"request_id": a["request_id"], "outcome": o} for a, o in zip(answers, outcomes)]
+        fed = httpx.post(f"{url}/feedback", json={"items": items}, timeout=30)
+        assert fed.status_code == 200 and fed.json()["accepted"] == 600, fed.text
+    finally:
+        _stop(proc)
+    decision = canary_decision(CanaryParams(model_name=model_name))
+    assert decision.outcome == "wait" and "not enough evidence yet" in decision.reason
+    paired = decision.evidence.paired
+    assert paired is not None and paired.metric == f"mean {loss_name}" and paired.rows == 600
+    # the same comparison from the raw log: each row's loss under the arm that answered and the other
+    ids = {a["request_id"] for a in answers}
+    log = read_log(store, PREDICTIONS, model_name).filter(pl.col("request_id").is_in(list(ids)))
+    told = read_log(store, FEEDBACK, model_name).filter(pl.col("request_id").is_in(list(ids)))
+    both = log.join(told.select("request_id", "outcome"), on="request_id")
+    task: LearningTask = registry.load_transform(registry.get(before)).task
+    if task.kind == "multiclass":
+        y = np.array([task.classes.index(o) for o in both["outcome"]], dtype=float)
+        mine, other = (np.array(both[c].to_list()) for c in ("output", "paired_output"))
+    else:
+        y = both["outcome"].to_numpy()
+        mine, other = (both[c].list.first().to_numpy() for c in ("output", "paired_output"))
+    on_champion = (both["model_version"] == before).to_numpy()
+    pick = on_champion[:, None] if mine.ndim == 2 else on_champion
+    champion_loss = task.row_loss(y, np.where(pick, mine, other)).mean()
+    challenger_loss = task.row_loss(y, np.where(pick, other, mine)).mean()
+    assert paired.auc_a == pytest.approx(champion_loss, rel=1e-9)  # every labelling group is complete:
+    assert paired.auc_b == pytest.approx(challenger_loss, rel=1e-9)  # the weights are all equal
+    assert paired.gain == pytest.approx(1 - challenger_loss / champion_loss, rel=1e-6)
+
+
+def test_the_five_class_model_is_monitored_by_its_log_loss(diamonds, landed):
+    """After its canary's traffic: each serving version's accuracy, macro ROC-AUC and log loss on its
+    labelled predictions, the chosen classes' distribution judged for drift, nothing degraded."""
+    from flows.monitoring import monitor
+    from flows.schemas import MonitorParams
+
+    report = monitor(MonitorParams(model_name=CUT))
+    assert report.rows >= 600, report.note
+    live = {p.model_version: p for p in report.performance}
+    print({v: (p.labels, p.metrics) for v, p in live.items()})
+    assert set(live) == {1, 2} and all(p.kind == "multiclass" for p in live.values())
+    labelled = [p for p in live.values() if p.metrics]  # min_labels (200) reached: each arm ~300
+    assert len(labelled) == 2 and all(
+        0.6 < p.metrics["accuracy"] and p.metrics["log_loss"] < 1.0 for p in labelled
+    )
+    assert all(p.loss == pytest.approx(p.metrics["log_loss"]) for p in labelled)
+    assert "prediction" in {d.column for d in report.drift} and not report.degraded
+
+
+def test_a_run_failing_on_bad_input_says_why_in_its_final_state(diamonds, tmp_path):
+    """What `prefect deployment run --watch` (its last log line) and the UI show of a failed run: the
+    final state's message names what is wrong. Here, through the worker: an objective the target's values
+    contradict (the kind is inferred from the data, so only the snapshot can tell)."""
+    import yaml
+    from prefect.deployments import run_deployment
+
+    raw = yaml.safe_load((CONFIGS / "diamonds-price.yaml").read_text())
+    raw["model_name"] = "diamond-price-misconfigured"
+    del raw["target"]["kind"]
+    raw["training"]["params"]["objective"] = "multiclass"
+    path = tmp_path / "misconfigured.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = run_deployment("training/local", parameters={"params": {"dataset_config": str(path)}}, timeout=600)
+    assert run.state.is_failed(), run.state
+    message = run.state.message
+    assert "objective 'multiclass' contradicts the target" in message, message
+    assert "target.kind is 'regression'" in message and str(path) in message
 
 
 def _arrow(frame: pl.DataFrame) -> bytes:
