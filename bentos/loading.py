@@ -11,6 +11,7 @@ from pathlib import Path
 from tasks.core.config import DatasetConfig, config_from_template
 from tasks.core.settings import Settings
 from tasks.core.store import ArtifactStore, open_store
+from tasks.model.features import FittedTransform
 from tasks.registry.versions import CONFIG_FILE, Registry, model_config_of
 
 log = logging.getLogger("driftloop.service")
@@ -68,6 +69,27 @@ def served_config(settings: Settings) -> DatasetConfig:
             "driftloop: registry unreadable at start (%s); request schema from %s", exc, file_config.origin
         )
         return file_config
+
+
+def served_kind(settings: Settings, config: DatasetConfig) -> str:
+    """The kind of target the served model predicts (what its answers look like): stated in its config,
+    else its champion's (the kind the data showed when it was trained: the packaged one's in a bento),
+    else yes/no. A version of another kind is then refused by the watcher, naming the restart it needs."""
+    if config.target.kind:
+        return config.target.kind
+    try:
+        if settings.packaged_model:
+            import bentoml
+
+            path = Path(bentoml.models.get(settings.packaged_model).path_of("transform.json"))
+            return FittedTransform.from_json(path.read_text()).task.kind
+        registry = Registry(open_service_store(settings), config.model_name)
+        champion = registry.alias_doc().aliases.get("champion")
+        if champion is not None:
+            return registry.load_transform(registry.get(champion)).task.kind
+    except Exception as exc:  # noqa: BLE001 - an unreadable store must not crash-loop the service
+        log.warning("driftloop: the champion's target kind is unreadable at start (%s): yes/no assumed", exc)
+    return "binary"
 
 
 def store_locations(settings: Settings) -> list[str]:

@@ -45,6 +45,7 @@ from bentos.loading import (
     open_service_store,
     redacted,
     served_config,
+    served_kind,
     settings_of_this_process,
     store_locations,
 )
@@ -94,7 +95,7 @@ SETTINGS = settings_of_this_process(Path(__file__).resolve().parents[2] / "bento
 CONFIG = served_config(SETTINGS)  # the one registry read at load: the request types depend on it
 MODEL_NAME = CONFIG.model_name
 Record = request_model(CONFIG, "Record")  # the fields are the served model's inputs
-KIND = CONFIG.target.kind or "binary"  # registered configs state it; configs from before kinds were yes/no
+KIND = served_kind(SETTINGS, CONFIG)  # yes/no, classes or a number: stated, or the champion's
 # what this model answers (bentos/answers.py): a probability and a label, a value, or a class and every
 # class's probability; the API document names the one this service gives
 Prediction, Scored = ANSWERS[KIND]

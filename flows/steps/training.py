@@ -277,8 +277,6 @@ def snapshot_and_prepare(run: TrainingRun, steps: StepRunner) -> TrainingRun:
         "snapshot %s: %d rows, %s .. %s, %s target, %s",
         *(m.snapshot_id, m.rows, m.time_min, m.time_max, m.target_kind, m.target_summary()),
     )
-    if run.config.target.kind != m.target_kind:  # state the kind the data showed, for every later stage
-        run.ctx = run.ctx.with_config(run.config.with_target_kind(m.target_kind))
     if run.params.include_feedback:
         m = run.manifest = steps.call(extend_snapshot_with_feedback, m, run.ctx)
         run.log.info(
@@ -409,7 +407,7 @@ def card_facts(run: TrainingRun) -> CardFacts:
         snapshot_rows=m.rows,
         time_range=(m.time_min, m.time_max),
         sources={t: len(r.valid_keys) for t, r in run.ingested.items()},
-        split_method=run.config.split_method,
+        split_method=run.config.with_target_kind(m.target_kind).split_method,  # as the snapshot split
         cv=run.cv,
         params=run.trained.fit.params,
         git_commit=git_commit(run.ctx.settings.git_commit),

@@ -178,13 +178,15 @@ def test_bad_model_names_and_configs_are_refused_before_anything_is_registered(t
     with pytest.raises(ConfigError, match=f"caravan.yaml: model_name '{FLIGHTS}' is registered .*name"):
         training(TrainingParams(dataset_config=str(CARAVAN_CONFIG), model_name=FLIGHTS))
     assert Registry(store, FLIGHTS).versions() == [1]
-    # a target that is not yes/no: the customer subtype (41 codes)
+    # a target whose kind the data leaves open: the customer subtype (40 whole-number codes)
     raw = yaml.safe_load(CARAVAN_CONFIG.read_text())
     raw.update(model_name="caravan-subtype", target={"name": "MOSTYPE"})
     raw["features"]["categorical"] = ["MOSHOOFD"]
     bad = tmp_path / "caravan-subtype.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    with pytest.raises(BadInput, match="target.name 'MOSTYPE' holds .*not a yes/no label"):
+    with pytest.raises(
+        BadInput, match=r"target 'MOSTYPE' holds 40 distinct whole numbers .*target.kind: multic"
+    ):
         training(TrainingParams(dataset_config=str(bad)))
     assert not Registry(store, "caravan-subtype").versions()
 
