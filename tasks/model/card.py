@@ -164,7 +164,7 @@ def model_card(facts: CardFacts, inline_plots: dict[str, bytes] | None = None) -
     lines += ["## Parameters", "", "```", *(f"{k}: {v}" for k, v in sorted(f.params.items())), "```", ""]
     lines += ["## Slices (test)", ""]
     if f.evaluation.kind != "binary":
-        lines.append(f"Not computed for {f.evaluation.kind} targets yet.")
+        lines += _kind_slice_lines(f)
     else:
         lines += ["| column | value | rows | positive rate | ROC-AUC |", "|---|---|---|---|---|"]
     for s in f.evaluation.slices:
@@ -176,6 +176,22 @@ def model_card(facts: CardFacts, inline_plots: dict[str, bytes] | None = None) -
         source = png_data_uri(png) if png is not None else f"plots/{name}.png"
         lines.append(f"![{name}]({source})")
     return "\n".join(lines) + "\n"
+
+
+def _kind_slice_lines(f: CardFacts) -> list[str]:
+    """A class or number model's metrics per slice value (the config's ``slices``)."""
+    slices = f.evaluation.kind_slices
+    if not slices:
+        return ["No slice columns configured (`slices` in the dataset config), or none with 200 test rows."]
+    names = [n for n in slices[0].metrics if not n.startswith("recall[")]
+    lines = ["| column | value | rows | " + " | ".join(names) + " |", "|---" * (3 + len(names)) + "|"]
+    for s in slices:
+        lines.append(
+            f"| {s.column} | {s.value} | {s.rows} | "
+            + " | ".join(f"{s.metrics[n]:.4g}" for n in names)
+            + " |"
+        )
+    return lines
 
 
 def _gate_lines(f: CardFacts) -> list[str]:

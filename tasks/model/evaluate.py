@@ -43,6 +43,38 @@ class SliceMetrics(BaseModel):
     log_loss: float
 
 
+class KindSlice(BaseModel):
+    """A class or number model's metrics on the test rows of one value of a slice column."""
+
+    column: str
+    value: str
+    rows: int
+    metrics: dict[str, float]
+
+
+def kind_slice_metrics(
+    frame: pl.DataFrame,
+    columns: list[str],
+    y: np.ndarray,
+    p: np.ndarray,
+    task: LearningTask,
+    min_rows: int = 200,
+) -> list[KindSlice]:
+    """The kind's metrics per value of each slice column (values with fewer than ``min_rows`` rows are
+    skipped)."""
+    from tasks.model.kind_metrics import metric_values
+
+    out = []
+    for col in columns:
+        values = frame[col].cast(pl.String).fill_null("<missing>").to_numpy()
+        for value in sorted(set(values)):
+            mask = values == value
+            if mask.sum() >= min_rows:
+                shown = metric_values(task, y[mask], p[mask])
+                out.append(KindSlice(column=col, value=str(value), rows=int(mask.sum()), metrics=shown))
+    return out
+
+
 class Evaluation(BaseModel):
     """The candidate's test metrics beside the constant baseline's (``baseline``) and, for classes and
     numbers, the linear baseline's (``linear``; yes/no shows it in the gate's intervals). Yes/no
@@ -53,6 +85,7 @@ class Evaluation(BaseModel):
     baseline: Metrics | KindMetrics
     linear: KindMetrics | None = None
     slices: list[SliceMetrics]
+    kind_slices: list[KindSlice] = []  # classes and numbers
     test_window: tuple[str, str]
     # how far a test day's ROC-AUC strays from what the calibrated scores expect, beyond sampling noise
     # (tasks.monitoring.estimate.day_to_day_spread; 0 without a time column)
@@ -151,6 +184,7 @@ def evaluate_kind(
     linear: np.ndarray,
     task: LearningTask,
     time_column: str | None,
+    slices: list[str] = (),
 ) -> Evaluation:
     """A class or number candidate's test evaluation: its metrics, the constant's and the linear
     baseline's on the same rows, each with bootstrap intervals (``tasks.model.kind_metrics``)."""
@@ -160,6 +194,7 @@ def evaluate_kind(
         baseline=kind_metrics(task, y, constant, seed=2),
         linear=kind_metrics(task, y, linear, seed=3),
         slices=[],
+        kind_slices=kind_slice_metrics(frame, list(slices), y, p, task),
         test_window=_test_window(frame, time_column),
     )
 
@@ -339,7 +374,9 @@ def evaluate_candidate(
         )
         pngs = plot_pngs(y, p, importance)
     else:
-        evaluation = evaluate_kind(test_frame, y, p, constant, linear, task, config.time_column)
+        evaluation = evaluate_kind(
+            test_frame, y, p, constant, linear, task, config.time_column, config.slices
+        )
         pngs = kind_plot_pngs(y, p, importance, task)
     keys = {}
     for name, png in pngs.items():

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from tasks.core.logs import outcome_per_request
 from tasks.core.target import LearningTask
 from tasks.model.evaluate import weighted_paired_loss_difference
-from tasks.model.kind_metrics import metric_values
+from tasks.model.kind_metrics import kind_metrics
 from tasks.monitoring.performance import (
     CanaryEvidence,
     DayGap,
@@ -93,6 +93,7 @@ def live_loss_performance(
         rows, y, output = labelled_rows(part, feedback, task)
         enough = len(y) >= max(2, min_labels)
         losses = task.row_loss(y, output) if enough else np.array([])
+        measured = kind_metrics(task, y, output, seed=int(version)) if enough else None
         answered = part["output"].drop_nulls()
         mean_prediction = (
             float(np.mean(answered.list.first().to_numpy())) if task.kind == "regression" and answered.len()
@@ -109,7 +110,8 @@ def live_loss_performance(
                 positive_rate=None,
                 window=(str(part["ts"].min()), str(part["ts"].max())) if "ts" in part.columns else None,
                 kind=task.kind,
-                metrics=metric_values(task, y, output) if enough else {},
+                metrics={k: v.value for k, v in measured.metrics.items()} if measured else {},
+                intervals={k: (v.low, v.high) for k, v in measured.metrics.items()} if measured else {},
                 loss=float(np.mean(losses)) if enough else None,
                 loss_se=float(np.std(losses, ddof=1) / np.sqrt(len(losses))) if enough else None,
             )

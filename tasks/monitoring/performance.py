@@ -77,6 +77,7 @@ class LivePerformance(BaseModel):
     # and the mean loss the version was trained to lower, with its standard error
     kind: str = "binary"
     metrics: dict[str, float] = {}
+    intervals: dict[str, tuple[float, float]] = {}  # 95% bootstrap interval of each of ``metrics``
     loss: float | None = None
     loss_se: float | None = None
 

@@ -66,6 +66,7 @@ def test_a_price_is_trained_as_a_number_and_judged_against_simple_baselines(diam
     assert mv.metrics["rmse"] == pytest.approx(m["rmse"].value) and "roc_auc" not in mv.metrics
     card = registry.read_file(mv, "model_card.md").decode()
     assert "| RMSE |" in card and "ridge regression" in card and "k-fold CV (random rows) mean loss" in card
+    assert "| column | value | rows | rmse | mae | r2 | mean_loss |" in card and "| cut | Ideal |" in card
     assert registry.load_transform(mv).task.kind == "regression"
 
 
@@ -194,6 +195,8 @@ def test_each_kind_is_monitored_by_its_own_loss_and_a_rising_loss_is_degradation
     held_out = diamonds["price"].test.metrics
     print(f"price live: {live.metrics} on {live.labels} labels; held-out RMSE {held_out['rmse'].value:.0f}")
     assert live.kind == "regression" and live.labels == 200 and live.roc_auc is None
+    low, high = live.intervals["rmse"]
+    assert low < live.metrics["rmse"] < high  # 200 labels: a wide interval, said as such
     assert live.metrics["rmse"] < 2 * held_out["rmse"].value and live.metrics["r2"] > 0.9
     assert live.loss == pytest.approx(live.metrics["rmse"] ** 2)  # L2: the loss is the squared error
     assert not report.degraded and "degradation" not in report.retrain
