@@ -254,8 +254,8 @@ for _name, _command in FLOW_COMMANDS.items():
 def status(
     model: Annotated[Optional[str], typer.Argument(help="a registered model (default: every one)")] = None,
 ) -> None:
-    """Each model: champion, challenger and its canary, last monitoring verdict, live ROC-AUC with its
-    95% interval, label coverage, drift."""
+    """Each model: champion, challenger and its canary, last monitoring verdict, live performance (ROC-AUC,
+    RMSE or log loss, by the target's kind) with its 95% interval, label coverage, drift."""
     from tasks.core.store import open_store
     from tasks.monitoring.status import model_status
     from tasks.registry.versions import registered_models
@@ -269,7 +269,7 @@ def status(
         console.print(f"no model is registered in {store.uri} yet: run `driftloop train` (or `make demo`)")
         return
     table = Table(title=f"models in {store.uri}")
-    for column in ("model", "champion", "challenger", "last monitoring", "live ROC-AUC", "labels", "drift"):
+    for column in ("model", "champion", "challenger", "last monitoring", "live (95% CI)", "labels", "drift"):
         table.add_column(column)
     for name in models:
         s = model_status(store, name, datetime.now(timezone.utc))

@@ -39,6 +39,9 @@ def read_last_report(store: ArtifactStore, model_name: str) -> "tuple[datetime, 
     return datetime.fromisoformat(doc["at"]), MonitorReport.model_validate(doc["report"])
 
 
+HEADLINE = {"roc_auc": "ROC-AUC", "rmse": "RMSE", "log_loss": "log loss"}  # one metric per target kind
+
+
 class ModelStatus(BaseModel):
     """Each field is what a person reads in one cell."""
 
@@ -67,9 +70,11 @@ def model_status(store: ArtifactStore, model_name: str, now: datetime) -> ModelS
     champion_v, challenger_v = doc.aliases.get("champion"), doc.aliases.get("challenger")
     champion = "none"
     if champion_v is not None:
-        held_out = registry.get(champion_v).metrics.get("roc_auc")
+        measured = registry.get(champion_v).metrics
+        name = next((n for n in HEADLINE if n in measured), None)  # by the target's kind
         since = doc.alias_set_at("champion")
-        champion = f"v{champion_v}" + (f" (held-out ROC-AUC {held_out:.3f})" if held_out is not None else "")
+        shown = f"{measured[name]:.3f}" if name == "roc_auc" else f"{measured[name]:.4g}" if name else ""
+        champion = f"v{champion_v}" + (f" (held-out {HEADLINE[name]} {shown})" if name else "")
         champion += f", since {_ago(datetime.fromisoformat(since), now)}" if since else ""
     challenger = "none"
     if challenger_v is not None:
@@ -96,6 +101,10 @@ def model_status(store: ArtifactStore, model_name: str, now: datetime) -> ModelS
         if perf.roc_auc is not None:
             half = 1.96 * (perf.roc_auc_se or 0.0)
             live = f"{perf.roc_auc:.3f} ({perf.roc_auc - half:.3f} .. {perf.roc_auc + half:.3f})"
+        name = next((n for n in HEADLINE if n in perf.intervals), None)  # classes and numbers
+        if name is not None:
+            low, high = perf.intervals[name]
+            live = f"{HEADLINE[name]} {perf.metrics[name]:.4g} ({low:.4g} .. {high:.4g})"
     drift = ("detected: " if report.drift_detected else "within bounds: ") + (
         ", ".join(report.drifted[:3]) or "none"
     )
@@ -117,6 +126,6 @@ def last_verdict(store: ArtifactStore, model_name: str) -> str:
     s = model_status(store, model_name, datetime.now(timezone.utc))
     return (
         "## The last judged window (still the verdict)\n\n"
-        f"| | |\n|---|---|\n| judged | {s.monitored} |\n| live ROC-AUC (95% CI) | {s.live_auc} |\n"
+        f"| | |\n|---|---|\n| judged | {s.monitored} |\n| live performance (95% CI) | {s.live_auc} |\n"
         f"| labels | {s.coverage} |\n| drift | {s.drift} |\n| champion | {s.champion} |\n"
     )

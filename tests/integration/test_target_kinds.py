@@ -201,6 +201,10 @@ def test_each_kind_is_monitored_by_its_own_loss_and_a_rising_loss_is_degradation
     assert live.loss == pytest.approx(live.metrics["rmse"] ** 2)  # L2: the loss is the squared error
     assert not report.degraded and "degradation" not in report.retrain
     assert "prediction" in {d.column for d in report.drift}  # the values' distribution is judged too
+    from tasks.monitoring.status import model_status
+
+    status = model_status(open_store(landed), PRICE, datetime.now(timezone.utc))
+    assert status.champion.startswith("v1 (held-out RMSE 547") and status.live_auc.startswith("RMSE ")
     # the same requests again, under new ids, and their prices 1.6 x what they were
     store = open_store(landed)
     now = datetime.now(timezone.utc)
