@@ -626,41 +626,41 @@ class DegradationVerdict(Decision):
 
 def decide_degradation(
     checks: list[DegradationCheck],
-    max_auc_drop: float,
+    max_drop: float,
     alpha: float,
     horizon_days: float,
     planned_labels: int,
 ) -> DegradationVerdict:
-    """A version is degraded when, on the labelled predictions since some midnight of the window, its
-    ROC-AUC (classes and numbers: its mean loss, relatively, ``max_auc_drop`` then being the config's
-    ``max_loss_increase``) is, day by day, more than ``max_auc_drop`` below what was expected of those
-    very rows (its calibrated probabilities' promise, ``DegradationCheck``) and the drop clears a time-uniform
-    bound: the chance of any false "degraded" within ``horizon_days`` of checks, however often they
-    run, is at most ``alpha`` (one test per daily start, ``alpha`` shared among the ``horizon_days``
-    starts; each test's bound is ``canary_radius``'s confidence sequence on its effective labels, the
-    days' spread counted as a random effect). A window of cases the model finds harder lowers
-    the expectation with the realised value, so case mix alone is not degradation; and a drift that
-    ended leaves the starts after it clean. Checked by simulation in ``bench/degradation_alarms.py``."""
+    """A version is degraded when, on the labelled predictions since some midnight of the window, its ROC-AUC
+    (classes and numbers: its mean loss, relatively) is, day by day, more than ``max_drop`` (the config's
+    ``max_auc_drop``, or ``max_loss_increase`` for a loss) below what was expected of those very rows (its
+    calibrated probabilities' promise, ``DegradationCheck``) and the drop clears a time-uniform bound: the
+    chance of any false "degraded" within ``horizon_days`` of checks, however often they run, is at most
+    ``alpha`` (one test per daily start, ``alpha`` shared among the ``horizon_days`` starts; each test's
+    bound is ``canary_radius``'s confidence sequence on its effective labels, the days' spread counted as
+    a random effect). A window of cases the model finds harder lowers the expectation with the realised
+    value, so case mix alone is not degradation; and a drift that ended leaves the starts after it clean.
+    Checked by simulation in ``bench/degradation_alarms.py`` (losses: ``bench/decisions_by_kind.py``)."""
     per_start = alpha / max(1.0, horizon_days)
     evidence: dict[int, str] = {}
     judged = {c.model_version for c in checks}
     for c in sorted(checks, key=lambda c: c.since):
         drop = -c.gap
         radius = canary_radius(max(1, round(c.effective_labels)), per_start, planned_labels)
-        if c.model_version in evidence or drop <= max_auc_drop or drop <= radius * c.se:
+        if c.model_version in evidence or drop <= max_drop or drop <= radius * c.se:
             continue
         if c.metric != "ROC-AUC":  # a loss: the drop is its relative increase
             evidence[c.model_version] = (
                 f"v{c.model_version}: live {c.metric} {c.realised:.4g} on {c.labels} labels over {c.days} "
                 f"day(s) since {c.since[:10]} vs {c.expected:.4g} held-out: {drop:.1%} more day by day "
-                f"(more than {max_auc_drop:.0%} and beyond the time-uniform bound {radius * c.se:.1%}: "
+                f"(more than {max_drop:.0%} and beyond the time-uniform bound {radius * c.se:.1%}: "
                 f"false-alarm rate {alpha:g} per {horizon_days:g} days of checks)"
             )
             continue
         evidence[c.model_version] = (
             f"v{c.model_version}: live ROC-AUC {c.realised:.3f} on {c.labels} labels over {c.days} "
             f"day(s) since {c.since[:10]} vs {c.expected:.3f} expected of those rows ({c.expected_from}): "
-            f"{drop:.3f} lower day by day (more than {max_auc_drop} and beyond the time-uniform bound "
+            f"{drop:.3f} lower day by day (more than {max_drop} and beyond the time-uniform bound "
             f"{radius * c.se:.3f}: false-alarm rate {alpha:g} per {horizon_days:g} days of checks)"
         )
     if evidence:
@@ -669,7 +669,7 @@ def decide_degradation(
     return DegradationVerdict(
         outcome="ok",
         evidence=[],
-        reason=f"{len(judged)} version(s) with enough labels, none significantly more than {max_auc_drop} "
+        reason=f"{len(judged)} version(s) with enough labels, none significantly more than {max_drop} "
         "below what was expected of its rows",
     )
 
