@@ -181,6 +181,20 @@ class LearningTask(BaseModel):
             return np.asarray(self.classes, dtype=object)[np.argmax(pred, axis=1)]
         return pred
 
+    def check_values(self, y: np.ndarray, where: str) -> None:
+        """Poisson and Tweedie need targets >= 0, gamma > 0 (LightGBM stops with a bare error otherwise):
+        a ``BadInput`` naming the objective, how many values break it and what to use instead."""
+        lowest = {"poisson": 0.0, "tweedie": 0.0, "gamma": np.nextafter(0.0, 1.0)}.get(self.objective)
+        y = np.asarray(y, dtype=np.float64)
+        if lowest is None or not len(y) or y.min() >= lowest:
+            return
+        bad, bound = int((y < lowest).sum()), "> 0" if lowest > 0 else ">= 0"
+        raise BadInput(
+            f"{where}: objective {self.objective!r} needs targets {bound}; {bad} of {len(y)} rows hold less "
+            f"(lowest {y.min():g}): use objective regression or huber, or a target expression that is never "
+            "negative"
+        )
+
     def row_loss(self, y: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """Each row's loss under the trained objective: log loss of the true class's probability for
         classes, and for a number the objective's own loss (squared error for L2, pinball for a quantile,

@@ -281,6 +281,7 @@ def prepare_training(
     spec = FeatureSpec.from_config(config)
     every = spacing(split.train_end, config.training.max_fit_rows)
     train = load_rows(manifest, store, 0, split.train_end, every, columns=[*spec.input_columns, target])
+    task.check_values(keys[target].to_numpy(), f"{config.origin}: training.params")
     y_train = keys[target].head(split.train_end).to_numpy()
     return PreparedTraining(
         transform=fit_feature_transform(train, spec).model_copy(update={"task": task}),

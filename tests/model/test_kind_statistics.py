@@ -55,6 +55,18 @@ def test_an_objective_is_checked_against_the_kind_and_its_parameters_kept():
     assert LearningTask().search_metric == "auc" and classes.search_metric == "multi_logloss"
 
 
+def test_a_count_objective_refuses_negative_targets_naming_them():
+    y = np.array([3.0, 0.0, -2.0, -5.0])
+    with pytest.raises(
+        BadInput, match=r"cfg: objective 'poisson' needs targets >= 0; 2 of 4 rows .*lowest -5"
+    ):
+        learning_task("regression", [], {"objective": "poisson"}).check_values(y, "cfg")
+    with pytest.raises(BadInput, match=r"objective 'gamma' needs targets > 0; 3 of 4"):
+        learning_task("regression", [], {"objective": "gamma"}).check_values(y, "cfg")
+    learning_task("regression", [], {"objective": "tweedie"}).check_values(np.array([0.0, 4.0]), "cfg")
+    learning_task("regression", [], {}).check_values(y, "cfg")  # L2 takes any number
+
+
 def test_row_losses_are_the_objectives_own():
     y = np.array([1.0, 3.0, 10.0])
     pred = np.array([2.0, 3.0, 6.0])
